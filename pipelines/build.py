@@ -1,0 +1,238 @@
+"""``tessera build``: raw videos -> a curated, scored, deduplicated clip table in Parquet shards.
+
+The Ray Data graph (streaming; each stage is a Ray-free function or class from ``curate/``)::
+
+    inputs ─► probe (1:1) ─► split: decode, scenes, cut clips (1:N, sandboxed) ─► basic scores ─► OCR ─► CLIP
+           ─► stage shards per input (+ done marker, driver side)
+    then, on the driver: dedup (embeddings only) ─► publish clips/part-NNNNN.parquet ─► filter ─► summary
+           ─► _manifest.json (last)
+
+It runs on a local Ray by default and unchanged on a cluster (``RAY_ADDRESS`` or ``--address``). A killed run
+re-started with the same command skips the inputs that have a done marker; a changed config is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate.clips import ClipConfig
+from curate.dedup import DedupThresholds
+from curate.filter import FilterSpec
+from curate.frames import DecodeConfig
+from curate.inputs import InputItem, resolve_inputs
+from curate.probe import ProbeLimits
+from curate.scenes import SceneConfig
+from curate.schema import CLIP_SCHEMA, FAILURE_SCHEMA, SCHEMA_VERSION
+from curate.split import SampleConfig, SplitConfig
+from curate.store import BuildState, fingerprint
+from pipelines import publish
+from pipelines.stages import (ProbeStage, ScoreStage, SplitFlatMap, StageWriter, TIMING_COLUMNS)
+
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Resource hints per stage. Concurrency ``None`` means: derived from the cluster's CPUs."""
+
+    probe_cpus: float = 0.5
+    split_cpus: float = 1.0
+    split_concurrency: int | None = None
+    score_cpus: float = 0.5
+    score_concurrency: int | None = None
+    score_batch_size: int = 8
+    clip_gpus: float = 0.0  # >0 puts the CLIP scorer on GPUs
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Every knob of a build. All but ``filters``, ``resources``, ``address`` and ``overwrite`` enter the
+    fingerprint: changing them makes a different dataset."""
+
+    input: str | list[str]
+    output: str
+    limits: ProbeLimits = field(default_factory=ProbeLimits)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    scenes: SceneConfig = field(default_factory=SceneConfig)
+    clips: ClipConfig = field(default_factory=ClipConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    split_timeout_s: float = 600.0
+    store_media: str = "bytes"  # bytes: MP4 inside the shard; path: MP4 files under DATASET/media/
+    clip_checkpoint: str | None = None  # open_clip weights (local file); None -> clip columns say no-model
+    clip_model_name: str = "ViT-B-32"
+    aesthetic_head: str | None = None  # safetensors linear/MLP head on the CLIP embedding
+    ocr: bool = True
+    dedup: DedupThresholds = field(default_factory=DedupThresholds)
+    rows_per_file: int = 1000
+    row_group_size: int = 64
+    filters: FilterSpec = field(default_factory=FilterSpec)
+    resources: Resources = field(default_factory=Resources)
+    address: str | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+    def split_config(self) -> SplitConfig:
+        return SplitConfig(decode=self.decode, scenes=self.scenes, clips=self.clips, sample=self.sample,
+                           timeout_s=self.split_timeout_s)
+
+    def fingerprinted(self) -> dict:
+        d = _jsonable(asdict(self))
+        for k in ("input", "output", "filters", "resources", "address", "overwrite", "progress"):
+            d.pop(k, None)
+        d["tessera_version"] = VERSION
+        d["schema_version"] = SCHEMA_VERSION
+        return d
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the graph
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _init_ray(address: str | None):
+    import ray
+    import ray.data
+
+    import logging
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own tqdm bar counts videos; Ray's per-operator logs are noise here
+    for name in ("ray.data", "ray"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False,
+                 object_store_memory=int(os.environ.get("TESSERA_OBJECT_STORE_BYTES", 1_000_000_000)))
+    return ray
+
+
+def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: str):
+    """The recipe. Returns a dataset of small 'written' rows, one per staged row."""
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    res = cfg.resources
+    n_split = res.split_concurrency or max(1, int(cpus // max(res.split_cpus, 0.25)))
+    n_score = res.score_concurrency or max(1, cpus // 2)
+    items = [{"key": it.key, "uri": it.uri, "path": it.path, "reject_reason": it.reject_reason,
+              "reject_message": it.message} for it in todo]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4096)))
+    ds = ds.map(ProbeStage, fn_constructor_kwargs={"limits": cfg.limits},                 # 1. probe (1:1)
+                concurrency=(1, n_split), num_cpus=res.probe_cpus)
+    ds = ds.flat_map(SplitFlatMap, fn_constructor_kwargs={"cfg": cfg.split_config()},     # 2. scenes -> clips (1:N)
+                     concurrency=(1, n_split), num_cpus=res.split_cpus)
+    scorers = [("basic", {})]                                                            # 3. scores (add columns)
+    if cfg.ocr:
+        scorers.append(("ocr", {}))
+    scorers.append(("clip", {"checkpoint": cfg.clip_checkpoint, "model_name": cfg.clip_model_name,
+                             "aesthetic_head": cfg.aesthetic_head}))
+    for name, kwargs in scorers:
+        gpus = res.clip_gpus if name == "clip" else 0
+        ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"name": name, "kwargs": kwargs},
+                            batch_size=res.score_batch_size, batch_format="pyarrow",
+                            concurrency=(1, n_score), num_cpus=res.score_cpus, num_gpus=gpus or None)
+    ds = ds.map_batches(StageWriter,                                                      # 4. stage shards
+                        fn_constructor_kwargs={"root": str(state.root), "fingerprint": fp,
+                                               "store_media": cfg.store_media},
+                        batch_size=64, batch_format="pyarrow", concurrency=1, num_cpus=0.25)
+    return ds
+
+
+def build(cfg: BuildConfig) -> dict:
+    """Run a build end to end; returns the summary (also written to ``summary.json``)."""
+    t_start = time.time()
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    fp_config = cfg.fingerprinted()
+    fp = fingerprint(fp_config)
+    state = BuildState.open(out, fp, fp_config, overwrite=cfg.overwrite)
+    state.clear_temp_files()
+
+    items = resolve_inputs(cfg.input)
+    todo = [it for it in items if not state.is_done(it.key)]
+    skipped = len(items) - len(todo)
+    for it in todo:
+        state.reset_input(it.key)
+    _say(cfg, f"[build] {len(items)} inputs, {skipped} already done (resumed), {len(todo)} to process "
+              f"-> {out}  (fingerprint {fp})")
+
+    t_graph = time.time()
+    if todo:
+        ray = _init_ray(cfg.address)
+        ds = _graph(ray, todo, cfg, state, fp)
+        _drive(ds, todo, state, cfg)
+    t_graph = time.time() - t_graph
+
+    _say(cfg, "[build] dedup, publish, filter")
+    summary = publish.finalize(state, cfg, fp, items=items, skipped=skipped, graph_wall_s=t_graph)
+    summary["wall_s"] = round(time.time() - t_start, 3)
+    publish.write_summary_and_manifest(state, summary, cfg, fp)
+    _say(cfg, publish.format_summary(summary))
+    return summary
+
+
+def _drive(ds, todo: list[InputItem], state: BuildState, cfg: BuildConfig) -> None:
+    """Consume the graph's output on the driver and write each input's done marker once all its rows landed."""
+    seen: dict[str, list] = defaultdict(list)
+    expected: dict[str, int] = {}
+    pending = {it.key for it in todo}
+    bar = _progress(cfg, len(todo))
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for r in batch.to_pylist():
+            key = r["key"]
+            seen[key].append(r)
+            expected[key] = r["expected_rows"]
+            if len(seen[key]) == expected[key] and key in pending:
+                rows = seen.pop(key)
+                files = sorted({r["file"] for r in rows if r["file"]})
+                clips = sum(1 for r in rows if r["row_kind"] == "clip")
+                first = rows[0]
+                outcome = "accepted" if clips else (next((r["outcome"] for r in rows if r["outcome"]), "failed"))
+                state.mark_done(key, {
+                    "key": key, "uri": first["source_uri"], "content_id": first["content_id"],
+                    "outcome": outcome, "clips": clips, "failed_clips": sum(1 for r in rows if r["row_kind"] != "clip"),
+                    "files": files, "source_duration_s": first["source_duration_s"],
+                    "source_frames": first["source_frames"],
+                    "times": {c: sum(r.get(c) or 0.0 for r in rows) for c in TIMING_COLUMNS},
+                })
+                pending.discard(key)
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    if pending:  # the graph ended without every row of an input: say so, never hide it
+        raise RuntimeError(f"{len(pending)} inputs did not complete (rows missing from the stream); "
+                           "re-run the same command to resume them")
+
+
+def _progress(cfg: BuildConfig, total: int):
+    if not cfg.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="videos", unit="video", dynamic_ncols=True)
+
+
+def _say(cfg: BuildConfig, msg: str) -> None:
+    if cfg.progress:
+        print(msg, flush=True)
+
+
+def main(cfg: BuildConfig) -> dict:
+    return build(cfg)

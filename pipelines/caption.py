@@ -1,0 +1,293 @@
+"""``tessera caption``: add VLM captions and expanded captions to a dataset's clip shards (Ray Data).
+
+Recipe, per input shard ``DATASET/clips/part-NNNNN.parquet`` (output keeps the shard's name):
+
+    ds = read_parquet(shard)                                                   # clips (1:1 below)
+    ds = ds.map_batches(frame_prep, num_cpus=1)                                # 1. frames: decode uncached clips
+    ds = ds.map_batches(Captioner, concurrency=n, num_gpus=g, batch_size=b)    # 2. caption columns
+    ds = ds.map_batches(drop_frames)                                           # 3. frames leave the object store
+    ds = ds.map_batches(Expander, concurrency=m, batch_size=b)                 # 4. expanded caption columns
+    -> OUTPUT/clips/<same name>.parquet (temp file, then rename), in input row order
+
+Re-runs: captions and expansions are cached (``OUTPUT/_state/caption_cache.sqlite`` unless configured) by
+hash(clip bytes or text, template, model, settings). A clip whose captions are cached is not decoded; changing
+the expand template re-runs only the expander. ``caption_summary.json`` counts decodes, fresh generations and
+statuses; ``caption_config.json`` holds the resolved config without secrets; ``_manifest.json`` is written last.
+``add_caption_stages`` gives ``tessera build --caption`` the same stages inline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from caption.expand import ExpandConfig, Expander, OpenAIEndpoint, expand_prompt, public_dict
+from caption.frames import FrameConfig, make_frame_prep_fn
+from caption.sources import SourceConfig
+from caption.vlm import Captioner, VLMConfig, make_needs_frames
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaptionPipelineConfig:
+    """Everything ``tessera caption`` needs; ``vlm.cache_path``/``expand.cache_path`` default into OUTPUT/_state."""
+
+    input: str
+    output: str
+    vlm: VLMConfig = VLMConfig()
+    expand: ExpandConfig = ExpandConfig()
+    captioner_concurrency: int = 1
+    expander_concurrency: int = 1
+    batch_size: int = 8
+    num_cpus: int | None = None  # for ray.init when no Ray session is running
+    object_store_bytes: int | None = None
+    clip_model: str | None = None  # caption-image similarity check (needs curate.clip_model.ClipScorer)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stages
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def drop_frames(batch: dict) -> dict:
+    """Replace the transient frames blob by a flag (was it decoded here?) before the expander."""
+    frames = batch.pop("caption_frames", None)
+    batch.pop("caption_frames_error", None)
+    n = len(next(iter(batch.values())))
+    batch["_decoded"] = np.array([f is not None for f in frames], bool) if frames is not None else np.zeros(n, bool)
+    return batch
+
+
+def add_caption_stages(ds, cfg: CaptionPipelineConfig, dataset_dir: str | None, use_gpu: bool):
+    """The caption stages on a Ray dataset of clip rows (also used inline by ``tessera build --caption``)."""
+    frame_cfg = cfg.vlm.frames
+    gpu = {"num_gpus": 1} if use_gpu and cfg.vlm.backend == "transformers" else {}
+    ds = ds.map_batches(make_frame_prep_fn(frame_cfg, dataset_dir, make_needs_frames(cfg.vlm, dataset_dir)),
+                        batch_format="numpy", batch_size=cfg.batch_size, num_cpus=1)               # 1. frames (1:1)
+    ds = ds.map_batches(Captioner, fn_constructor_kwargs={"cfg": cfg.vlm, "dataset_dir": dataset_dir},
+                        batch_format="numpy", batch_size=cfg.batch_size,
+                        concurrency=cfg.captioner_concurrency, num_cpus=1, **gpu)                 # 2. captions (1:1)
+    ds = ds.map_batches(drop_frames, batch_format="numpy", batch_size=cfg.batch_size)              # 3. drop frames
+    if cfg.clip_model:
+        ds = ds.map_batches(clip_check_stage(cfg.clip_model), batch_format="numpy")                 # 3b. QA (hook)
+    ds = ds.map_batches(Expander, fn_constructor_kwargs={"cfg": cfg.expand}, batch_format="numpy",
+                        batch_size=cfg.batch_size, concurrency=cfg.expander_concurrency, num_cpus=1)  # 4. expand
+    return ds
+
+
+def clip_check_stage(model: str):
+    """Hook for caption/clip similarity: ``caption_clip_sim`` + ``caption_mismatch`` via ``ClipScorer``.
+
+    ``curate.clip_model.ClipScorer`` is written elsewhere; until it offers a text-image similarity call, the
+    columns are null and ``caption_clip_status`` says ``no-model`` (never an invented number).
+    """
+
+    def stage(batch: dict) -> dict:
+        n = len(next(iter(batch.values())))
+        batch["caption_clip_sim"] = np.full(n, np.nan)
+        batch["caption_mismatch"] = np.empty(n, dtype=object)
+        batch["caption_clip_status"] = np.array(["no-model"] * n, dtype=object)
+        return batch
+
+    return stage
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def resolve(cfg: CaptionPipelineConfig) -> CaptionPipelineConfig:
+    """Fill cache paths into ``OUTPUT/_state`` where unset."""
+    state = Path(cfg.output) / "_state"
+    vlm = cfg.vlm if cfg.vlm.cache_path else replace(cfg.vlm, cache_path=str(state / "caption_cache.sqlite"))
+    exp = cfg.expand if cfg.expand.cache_path else replace(cfg.expand, cache_path=str(state / "caption_cache.sqlite"))
+    return replace(cfg, vlm=vlm, expand=exp)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def main(cfg: CaptionPipelineConfig) -> dict:
+    """Caption every shard of ``cfg.input`` into ``cfg.output``; returns the summary (also written to disk)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    cfg = resolve(cfg)
+    src, dst = Path(cfg.input), Path(cfg.output)
+    if src.resolve() == dst.resolve():
+        raise ValueError("--output must differ from --input (input shards are never modified)")
+    shards = sorted((src / "clips").glob("*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"no shards in {src / 'clips'}")
+    (dst / "clips").mkdir(parents=True, exist_ok=True)
+    (dst / "_state").mkdir(parents=True, exist_ok=True)
+    (dst / "caption_config.json").write_text(json.dumps(public_dict(cfg), indent=2, default=str))
+    if not ray.is_initialized():
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, object_store_memory=cfg.object_store_bytes,
+                 log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+
+    t0, counts, manifest = time.time(), {}, []
+    for shard in shards:
+        table = pq.read_table(shard)
+        table = table.append_column("_row", pa.array(np.arange(table.num_rows), pa.int64()))
+        n_blocks = max(1, min(64, -(-table.num_rows // cfg.batch_size)))
+        ds = ray.data.from_arrow(table).repartition(n_blocks)
+        ds = add_caption_stages(ds, cfg, str(src), use_gpu)
+        blocks = [ray.get(ref) for ref in ds.to_arrow_refs()]
+        out = pa.concat_tables([b for b in blocks if b.num_rows], promote_options="permissive").sort_by("_row")
+        out = _fix_types(out)
+        if out.num_rows != table.num_rows:  # never drop a row silently
+            raise RuntimeError(f"{shard.name}: {table.num_rows} rows in, {out.num_rows} out")
+        decoded = out.column("_decoded").to_pylist() if "_decoded" in out.column_names else []
+        _count(counts, "clips", out.num_rows)
+        _count(counts, "decoded", sum(bool(x) for x in decoded))
+        _count(counts, "caption_tokens", int(np.sum(out.column("caption_tokens").to_numpy())))
+        for col in ("caption_status", "expand_status"):
+            for value in out.column(col).to_pylist():
+                _count(counts, f"{col}:{value}", 1)
+        out = out.drop_columns([c for c in ("_row", "_decoded") if c in out.column_names])
+        target = dst / "clips" / shard.name
+        tmp = target.with_suffix(".parquet.tmp")
+        pq.write_table(out, tmp)
+        os.replace(tmp, target)
+        manifest.append({"path": f"clips/{shard.name}", "rows": out.num_rows, "sha256": _sha256(target)})
+    for extra in ("failures.parquet", "selection.parquet"):
+        if (src / extra).is_file():
+            shutil.copyfile(src / extra, dst / extra)
+    summary = {"counts": counts, "seconds": round(time.time() - t0, 2), "shards": len(shards),
+               "vlm_backend": cfg.vlm.backend, "expand_backend": cfg.expand.backend}
+    (dst / "caption_summary.json").write_text(json.dumps(summary, indent=2))
+    (dst / "_manifest.json").write_text(json.dumps({"kind": "tessera-captioned", "source": str(src),
+                                                    "shards": manifest}, indent=2))
+    return summary
+
+
+STRING_COLUMNS = ("caption_backend", "caption_model", "caption_prompt_id", "caption_status", "caption_error",
+                  "caption_expanded", "expand_status", "expand_error", "expand_model", "expand_template")
+
+
+def _fix_types(table):
+    """All-null blocks come back as arrow ``null`` columns: give caption text columns their string type."""
+    import pyarrow as pa
+
+    for i, name in enumerate(table.column_names):
+        if (name in STRING_COLUMNS or name.startswith("caption_")) and pa.types.is_null(table.schema.field(i).type):
+            table = table.set_column(i, name, table.column(i).cast(pa.string()))
+    return table
+
+
+def _count(counts: dict, key: str, n: int) -> None:
+    counts[key] = counts.get(key, 0) + n
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _endpoint_args(ap: argparse.ArgumentParser, prefix: str) -> None:
+    ap.add_argument(f"--{prefix}base-url", default=None, help="OpenAI-compatible server (default: env)")
+    ap.add_argument(f"--{prefix}api-key-env", default="OPENAI_API_KEY",
+                    help="name of the environment variable holding the key (the key itself is never an argument)")
+    ap.add_argument(f"--{prefix}concurrency", type=int, default=16)
+    ap.add_argument(f"--{prefix}timeout", type=float, default=60.0)
+
+
+def _endpoint(args, prefix: str) -> OpenAIEndpoint:
+    p = prefix.replace("-", "_")
+    return OpenAIEndpoint(base_url=getattr(args, f"{p}base_url"), api_key_env=getattr(args, f"{p}api_key_env"),
+                          concurrency=getattr(args, f"{p}concurrency"), timeout_s=getattr(args, f"{p}timeout"))
+
+
+def _expand_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--expand-backend", default="openai", choices=["openai", "transformers", "off"])
+    ap.add_argument("--expand-model", default=None, help="server model name or local causal-LM dir")
+    ap.add_argument("--template", default="expand@v1")
+    ap.add_argument("--temperature", type=float, default=0.2)
+    ap.add_argument("--seed", type=int, default=0)
+    _endpoint_args(ap, "expand-")
+
+
+def _expand_cfg(args, cache_path: str | None) -> ExpandConfig:
+    return ExpandConfig(backend=args.expand_backend, model=args.expand_model, template=args.template,
+                        temperature=args.temperature, seed=args.seed, endpoint=_endpoint(args, "expand-"),
+                        cache_path=cache_path)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``tessera caption --input DATASET --output DATASET2 [options]``."""
+    ap = argparse.ArgumentParser(prog="tessera caption", description="Add VLM and expanded captions to clips.")
+    ap.add_argument("--input", required=True)
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--backend", default="transformers", choices=["transformers", "openai", "source"])
+    ap.add_argument("--model", default=None, help="local VLM dir (transformers) or server model name (openai)")
+    ap.add_argument("--kinds", default="short", help="comma list of caption kinds: short,dense")
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--max-pixels", type=int, default=448 * 448)
+    ap.add_argument("--source", default="off", choices=["off", "caption", "hint"],
+                    help="use sidecar/manifest text as the caption or as a hint in the VLM prompt")
+    ap.add_argument("--source-column", default=None)
+    ap.add_argument("--source-manifest", default=None)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--captioners", type=int, default=1, help="captioner actors (one GPU each when GPUs exist)")
+    ap.add_argument("--expanders", type=int, default=1)
+    ap.add_argument("--num-cpus", type=int, default=None)
+    ap.add_argument("--cache", default=None, help="cache file (default OUTPUT/_state/caption_cache.sqlite)")
+    ap.add_argument("--clip-model", default=None)
+    _endpoint_args(ap, "")
+    _expand_args(ap)
+    args = ap.parse_args(argv)
+    vlm = VLMConfig(backend=args.backend, model=args.model, kinds=tuple(k for k in args.kinds.split(",") if k),
+                    frames=FrameConfig(n_frames=args.frames, max_pixels=args.max_pixels),
+                    batch_size=args.batch_size, endpoint=_endpoint(args, ""), cache_path=args.cache,
+                    source=SourceConfig(use=args.source, column=args.source_column, manifest=args.source_manifest))
+    cfg = CaptionPipelineConfig(input=args.input, output=args.output, vlm=vlm, expand=_expand_cfg(args, args.cache),
+                                captioner_concurrency=args.captioners, expander_concurrency=args.expanders,
+                                batch_size=args.batch_size, num_cpus=args.num_cpus, clip_model=args.clip_model)
+    summary = main(cfg)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def expand_prompt_cli(argv: list[str] | None = None) -> int:
+    """``tessera expand-prompt "a cat on a windowsill"``: prints the expanded prompt (the original on failure).
+
+    Exit code 0 when expanded, 2 when the original was kept (the reason goes to stderr), so scripts can tell.
+    """
+    ap = argparse.ArgumentParser(prog="tessera expand-prompt", description="Rewrite a prompt like a training caption.")
+    ap.add_argument("prompt")
+    ap.add_argument("--cache", default=None)
+    ap.add_argument("--json", action="store_true", help="print status, model and template as JSON")
+    _expand_args(ap)
+    args = ap.parse_args(argv)
+    result = expand_prompt(args.prompt, _expand_cfg(args, args.cache))
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, "expanded": result.text, "status": result.status,
+                          "error": result.error, "model": result.model, "template": result.template}))
+    else:
+        print(result.text)
+    if result.status != "ok":
+        print(f"expand-prompt: kept the original ({result.status}: {result.error})", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,208 @@
+"""The ``tessera`` command. Each subcommand parses its arguments here and calls a ``main(cfg)`` elsewhere.
+
+Run ``tessera SUBCOMMAND --help`` for the options of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Tessera: raw video -> a curated, re-captioned training set -> a text-to-video model.
+
+Data flow:  samples/videos --build--> DATASET (Parquet clip shards + scores + lineage)
+            --filter--> selection  --caption--> captioned DATASET  --vae/dit training--> generate
+
+Every long command prints progress and ends with a summary; every output folder holds a summary.json.
+Ray: local by default; set RAY_ADDRESS (or --address) to run the same command on a cluster.
+"""
+
+
+def _add_build(sub) -> None:
+    p = sub.add_parser(
+        "build", help="raw videos -> clip shards with quality scores and lineage",
+        description=(
+            "Turn a folder, glob or list file of raw videos into Parquet shards with one row per scene clip. "
+            "Stages: probe -> decode at analysis size + scene detection -> cut H.264 clips -> scores "
+            "(sharpness, exposure, motion, on-screen text, CLIP when a checkpoint is given) -> near-duplicate "
+            "detection -> publish -> filter. Re-running the same command resumes a killed build; a changed "
+            "config is refused (filters excepted: see `tessera filter`)."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--input", "-i", required=True, nargs="+",
+                   help="folder (searched recursively), glob pattern (quote it), .txt list file, or files")
+    p.add_argument("--output", "-o", required=True, help="dataset folder to create or resume")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--store-media", choices=["bytes", "path"], default="bytes",
+                   help="keep clip MP4s inside the shards (bytes) or as files under DATASET/media (path)")
+    p.add_argument("--min-clip-s", type=float, default=2.0, help="shortest clip; shorter scenes are dropped")
+    p.add_argument("--max-clip-s", type=float, default=15.0, help="longest clip; longer scenes become windows")
+    p.add_argument("--detector", choices=["adaptive", "content"], default=None,
+                   help="PySceneDetect detector for hard cuts (fades and dissolves are detected either way)")
+    p.add_argument("--analysis-size", type=int, default=None, help="short side (px) of frames used for analysis")
+    p.add_argument("--split-timeout", type=float, default=600.0,
+                   help="seconds one video may take to decode, detect and cut before it is failed")
+    p.add_argument("--clip-checkpoint", default=None,
+                   help="local open_clip checkpoint file; without it the CLIP columns say no-model")
+    p.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture of --clip-checkpoint")
+    p.add_argument("--aesthetic-head", default=None, help="safetensors aesthetic head on the CLIP embedding")
+    p.add_argument("--no-ocr", action="store_true", help="skip the on-screen text scorer")
+    p.add_argument("--filter", action="append", default=[], metavar="EXPR",
+                   help='filter rule over score columns, e.g. "sharpness >= 40" (repeatable)')
+    p.add_argument("--rows-per-file", type=int, default=1000, help="clips per published shard")
+    p.add_argument("--row-group-size", type=int, default=64, help="rows per Parquet row group")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset built with a different config")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary on stdout")
+    p.set_defaults(func=_run_build)
+
+
+def build_config_from_args(a):
+    import dataclasses
+
+    from curate.clips import ClipConfig
+    from curate.frames import DecodeConfig
+    from curate.scenes import SceneConfig
+    from curate.filter import FilterSpec
+    from pipelines.build import BuildConfig
+
+    decode = DecodeConfig() if a.analysis_size is None else dataclasses.replace(DecodeConfig(), short_side=a.analysis_size)
+    scenes = SceneConfig() if a.detector is None else dataclasses.replace(SceneConfig(), detector=a.detector)
+    clips = dataclasses.replace(ClipConfig(), min_s=a.min_clip_s, max_s=a.max_clip_s)
+    inputs = a.input[0] if len(a.input) == 1 else list(a.input)
+    return BuildConfig(
+        input=inputs, output=a.output, decode=decode, scenes=scenes, clips=clips,
+        split_timeout_s=a.split_timeout, store_media=a.store_media, clip_checkpoint=a.clip_checkpoint,
+        clip_model_name=a.clip_model, aesthetic_head=a.aesthetic_head, ocr=not a.no_ocr,
+        filters=FilterSpec(expressions=tuple(a.filter)), rows_per_file=a.rows_per_file,
+        row_group_size=a.row_group_size, address=a.address, overwrite=a.overwrite, progress=not a.quiet)
+
+
+def _run_build(a) -> int:
+    from curate.store import ConfigChanged
+    from pipelines.build import build
+
+    try:
+        summary = build(build_config_from_args(a))
+    except ConfigChanged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if summary["inputs"]["adds_up"] else 1
+
+
+def _add_filter(sub) -> None:
+    p = sub.add_parser(
+        "filter", help="re-apply filter thresholds to a built dataset (no re-scoring)",
+        description="Recompute DATASET/selection.parquet from the published score columns. Scores are never "
+                    "recomputed: changing a threshold takes seconds.")
+    p.add_argument("dataset")
+    p.add_argument("--where", action="append", default=[], metavar="EXPR",
+                   help='extra rule, e.g. "sharpness >= 40" or "text_coverage < 0.1" (repeatable)')
+    p.add_argument("--no-defaults", action="store_true",
+                   help="apply only the --where rules, not the default thresholds of curate.filter.FilterSpec")
+    p.set_defaults(func=_run_filter)
+
+
+def _run_filter(a) -> int:
+    from curate.filter import FilterSpec
+    from pipelines.publish import read_light, run_filters
+
+    root = Path(a.dataset)
+    manifest = json.loads((root / "_manifest.json").read_text())
+    table = read_light(root, manifest["shards"])
+    spec = FilterSpec(expressions=tuple(a.where))
+    if a.no_defaults:
+        import dataclasses
+
+        off = {f.name: (False if isinstance(f.default, bool) else None) for f in dataclasses.fields(FilterSpec)
+               if f.name != "expressions"}
+        spec = FilterSpec(**off, expressions=tuple(a.where))
+    result = run_filters(root, table, spec)
+    print(json.dumps({"clips": table.num_rows, "kept": result["kept"], "rates": result["rates"]}, indent=2))
+    return 0
+
+
+def _add_samples(sub) -> None:
+    p = sub.add_parser(
+        "samples", help="render a synthetic captioned video corpus with ground truth",
+        description="Render videos of simple shapes in named colours moving in named directions over textured "
+                    "backgrounds, several shots per video joined by hard cuts, dissolves and fades. Each video "
+                    "gets a .json sidecar (cut frames, transitions, per-shot attributes) and a .txt caption.")
+    p.add_argument("--out", required=True, help="folder to write into")
+    p.add_argument("--videos", type=int, default=6, help="number of videos")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same videos")
+    p.set_defaults(func=_run_samples)
+
+
+def _run_samples(a) -> int:
+    from curate.synth import render_samples
+
+    paths = render_samples(a.out, n_videos=a.videos, seed=a.seed)
+    print(f"[samples] wrote {len(paths)} videos with ground-truth sidecars to {a.out}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo", help="the whole system on a small corpus: samples -> build (more stages as they land)",
+        description="Render a synthetic sample corpus (or use --videos DIR) and build a curated dataset from it, "
+                    "printing where everything is.")
+    p.add_argument("--out", default="runs/demo", help="run folder")
+    p.add_argument("--videos", default=None, help="your own folder of videos instead of the synthetic samples")
+    p.add_argument("--samples", type=int, default=6, help="number of synthetic videos")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(a) -> int:
+    from pipelines.demo import DemoConfig, main
+
+    return main(DemoConfig(out=a.out, videos=a.videos, samples=a.samples, seed=a.seed))
+
+
+def _add_delegated(sub) -> None:
+    """Subcommands whose parsers live with their pipelines."""
+    delegated = [
+        ("caption", "pipelines.caption", "cli", "add caption columns (VLM) and expanded captions (LLM) to a dataset"),
+        ("expand-prompt", "pipelines.caption", "expand_prompt_cli", "rewrite a short prompt like a training caption"),
+        ("vae-eval", "pipelines.vae_eval", "cli", "PSNR/SSIM of a VAE checkpoint on held-out clips, whole vs chunked"),
+    ]
+    for name, module, fn, help_ in delegated:
+        p = sub.add_parser(name, help=help_, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_delegate(module, fn))
+
+
+def _delegate(module: str, fn: str):
+    def run(a) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), fn)(a.rest) or 0)
+
+    return run
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tessera", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_demo(sub)
+    _add_samples(sub)
+    _add_build(sub)
+    _add_filter(sub)
+    _add_delegated(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    args = parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

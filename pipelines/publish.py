@@ -1,0 +1,239 @@
+"""The driver-side end of a build: dedup, publish the clip table, filter, summary, manifest.
+
+Publishing rewrites the staged rows of every done input into ``clips/part-NNNNN.parquet`` in a fixed order
+(source uri, then start frame), so the same inputs and config always give the same shard names and contents,
+whatever order Ray finished them in. Shards are written under temp names and renamed; ``_manifest.json`` is
+written last and is the only list of shards a reader should trust.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate.dedup import dedup_methods, find_duplicates
+from curate.filter import apply_filters, keep_rates
+from curate.schema import CLIP_SCHEMA, FAILURE_SCHEMA, SCHEMA_VERSION, validate
+from curate.store import BuildState, atomic_write_json, atomic_write_table, sha256_file
+
+_DEDUP_COLUMNS = ["clip_id", "source_uri", "content_id", "start_frame", "clip_embedding", "phash", "sharpness"]
+# Everything but the media: what filters, reports and dedup read.
+LIGHT_COLUMNS = [n for n in CLIP_SCHEMA.names if n not in ("clip_mp4",)]
+
+
+def _read(root: Path, files: list[str], columns: list[str] | None = None) -> pa.Table:
+    tables = [pq.read_table(root / f, columns=columns) for f in files]
+    return pa.concat_tables(tables) if tables else None
+
+
+def finalize(state: BuildState, cfg, fp: str, *, items, skipped: int, graph_wall_s: float) -> dict:
+    root = state.root
+    wanted = {it.key for it in items}
+    records = [r for r in state.done_records() if r["key"] in wanted]
+    records.sort(key=lambda r: r["uri"])
+
+    # 1. the same bytes at two paths: the first uri keeps its clips, later ones are rejected with a pointer.
+    first_uri: dict[str, str] = {}
+    dup_inputs: list[dict] = []
+    accepted: list[dict] = []
+    for r in records:
+        if r["outcome"] != "accepted":
+            continue
+        if r["content_id"] in first_uri:
+            dup_inputs.append({"source_uri": r["uri"], "content_id": r["content_id"], "outcome": "rejected",
+                               "stage": "dedup", "reason": "duplicate-content", "error_class": None,
+                               "message": f"same bytes as {first_uri[r['content_id']]!r}", "clip_id": None})
+            continue
+        first_uri[r["content_id"]] = r["uri"]
+        accepted.append(r)
+
+    clip_files = {r["key"]: [f for f in r["files"] if Path(f).name.startswith("clips-")] for r in accepted}
+    fail_files = [f for r in records for f in r["files"] if Path(f).name.startswith("failures-")]
+
+    # 2. near-duplicate clips, from the light columns only.
+    light = _read(root, [f for fs in clip_files.values() for f in fs], _DEDUP_COLUMNS)
+    dup_of: dict[str, str | None] = {}
+    method: dict[str, str] = {}
+    if light is not None and light.num_rows:
+        light = light.sort_by([("source_uri", "ascending"), ("start_frame", "ascending")])
+        ids = light.column("clip_id").to_pylist()
+        embeddings = light.column("clip_embedding").to_pylist()
+        # the sharpest copy of a group is kept (ties: the smallest id), so the choice is deterministic
+        dup_of = find_duplicates(ids, embeddings=embeddings, phashes=light.column("phash").to_pylist(),
+                                 threshold=cfg.dedup, quality=light.column("sharpness").to_pylist())
+        method = dict(zip(ids, dedup_methods(embeddings, len(ids))))
+
+    # 3. publish the clip table in a fixed order, rolling files at rows_per_file.
+    shards = _publish(root, accepted, clip_files, dup_of, method, cfg.rows_per_file, cfg.row_group_size)
+
+    # 4. failures: every rejected/failed input and clip, plus same-content inputs.
+    fails = _read(root, fail_files)
+    fail_tables = [validate(fails, FAILURE_SCHEMA)] if fails is not None else []
+    if dup_inputs:
+        fail_tables.append(validate(pa.Table.from_pylist(dup_inputs), FAILURE_SCHEMA))
+    failures = pa.concat_tables(fail_tables) if fail_tables else FAILURE_SCHEMA.empty_table()
+    failures = failures.sort_by([("source_uri", "ascending"), ("clip_id", "ascending")])
+    atomic_write_table(root / "failures.parquet", failures)
+
+    # 5. filter selection over the published light columns (thresholds can be changed later: `tessera filter`).
+    table = read_light(root, shards)
+    selection = run_filters(root, table, cfg.filters)
+
+    # 6. the numbers.
+    outcomes = Counter(r["outcome"] for r in records)
+    outcomes["accepted"] -= len(dup_inputs)
+    outcomes["rejected"] += len(dup_inputs)
+    missing = len(wanted) - len(records)
+    times = Counter()
+    for r in records:
+        times.update({k: v for k, v in r.get("times", {}).items()})
+    src_s = sum(r.get("source_duration_s") or 0.0 for r in records if r["outcome"] == "accepted")
+    n_clips = table.num_rows if table is not None else 0
+    summary = {
+        "dataset": str(root), "fingerprint": fp, "schema_version": SCHEMA_VERSION,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "inputs": {"total": len(wanted), "accepted": outcomes["accepted"], "rejected": outcomes["rejected"],
+                   "failed": outcomes["failed"], "incomplete": missing, "resumed_skipped": skipped},
+        "clips": {"published": n_clips, "failed": int(pc.sum(pc.is_valid(failures.column("clip_id"))).as_py() or 0),
+                  "duplicates": sum(1 for v in dup_of.values() if v),
+                  "kept_after_filters": selection["kept"] if selection else 0,
+                  "dedup_method": dict(Counter(method.values()))},
+        "source_seconds_accepted": round(src_s, 3),
+        "filters": selection["rates"] if selection else {},
+        "failures_by_reason": dict(Counter(failures.column("reason").to_pylist()).most_common()),
+        "failures_by_stage": dict(Counter(failures.column("stage").to_pylist()).most_common()),
+        "models": _model_status(table, cfg),
+        "time_per_stage_s": {k: round(v, 3) for k, v in sorted(times.items())},
+        "graph_wall_s": round(graph_wall_s, 3),
+        "shards": len(shards),
+    }
+    summary["inputs"]["adds_up"] = (summary["inputs"]["accepted"] + summary["inputs"]["rejected"]
+                                    + summary["inputs"]["failed"] + missing) == len(wanted)
+    summary["_shards"] = shards
+    return summary
+
+
+def _publish(root: Path, accepted: list[dict], clip_files: dict, dup_of: dict, method: dict,
+             rows_per_file: int, row_group_size: int) -> list[dict]:
+    out_dir = root / "clips"
+    out_dir.mkdir(exist_ok=True)
+    shards: list[dict] = []
+    writer = None
+    tmp_path = None
+    rows_in_file = 0
+
+    def close():
+        nonlocal writer, tmp_path, rows_in_file
+        if writer is None:
+            return
+        writer.close()
+        final = out_dir / f"part-{len(shards):05d}.parquet"
+        os.replace(tmp_path, final)
+        shards.append({"path": str(final.relative_to(root)), "rows": rows_in_file,
+                       "bytes": final.stat().st_size, "sha256": sha256_file(final)})
+        writer, tmp_path, rows_in_file = None, None, 0
+
+    for rec in accepted:
+        t = _read(root, clip_files[rec["key"]])
+        if t is None or t.num_rows == 0:
+            continue
+        t = t.sort_by([("start_frame", "ascending")])
+        ids = t.column("clip_id").to_pylist()
+        t = t.set_column(t.schema.get_field_index("duplicate_of"), "duplicate_of",
+                         pa.array([dup_of.get(i) for i in ids], pa.string()))
+        t = t.set_column(t.schema.get_field_index("dedup_method"), "dedup_method",
+                         pa.array([method.get(i) for i in ids], pa.string()))
+        t = validate(t, CLIP_SCHEMA)
+        start = 0
+        while start < t.num_rows:
+            if writer is None:
+                tmp_path = out_dir / f".part-{len(shards):05d}.parquet.tmp"
+                writer = pq.ParquetWriter(tmp_path, CLIP_SCHEMA, compression="zstd")
+            take = min(rows_per_file - rows_in_file, t.num_rows - start)
+            writer.write_table(t.slice(start, take), row_group_size=row_group_size)
+            rows_in_file += take
+            start += take
+            if rows_in_file >= rows_per_file:
+                close()
+    close()
+    keep = {Path(s["path"]).name for s in shards}
+    for p in out_dir.glob("part-*.parquet"):  # shards of an earlier, larger publish
+        if p.name not in keep:
+            p.unlink()
+    return shards
+
+
+def read_light(root: Path, shards: list[dict]) -> pa.Table:
+    files = [root / s["path"] for s in shards]
+    if not files:
+        return CLIP_SCHEMA.empty_table().select(LIGHT_COLUMNS)
+    return pa.concat_tables([pq.read_table(f, columns=LIGHT_COLUMNS) for f in files])
+
+
+def run_filters(root: Path, table: pa.Table, spec) -> dict:
+    """Compute ``selection.parquet`` from the light clip columns; returns keep rates."""
+    selection = apply_filters(table, spec)
+    atomic_write_table(root / "selection.parquet", selection)
+    kept = int(pc.sum(selection.column("keep")).as_py() or 0) if selection.num_rows else 0
+    return {"kept": kept, "rates": keep_rates(selection)}
+
+
+def _model_status(table: pa.Table, cfg) -> dict:
+    out = {}
+    for name, col, model_col in (("clip", "clip_status", "clip_model"), ("ocr", "ocr_status", "ocr_model")):
+        if table is None or table.num_rows == 0:
+            out[name] = {"status": {}}
+            continue
+        counts = dict(Counter(table.column(col).to_pylist()).most_common())
+        models = sorted({m for m in table.column(model_col).to_pylist() if m})
+        entry = {"status": counts, "models": models}
+        if counts.get("no-model"):
+            entry["note"] = (f"{counts['no-model']} clips have no {name.upper()} score: no model configured"
+                             + (" (pass --clip-checkpoint PATH)" if name == "clip" else ""))
+        out[name] = entry
+    return out
+
+
+def write_summary_and_manifest(state: BuildState, summary: dict, cfg, fp: str) -> None:
+    root = state.root
+    shards = summary.pop("_shards")
+    atomic_write_json(root / "config.json", {"fingerprint": fp, "config": cfg.fingerprinted(),
+                                             "filters": json.loads(json.dumps(cfg.filters, default=_asdict))})
+    atomic_write_json(root / "summary.json", summary)
+    atomic_write_json(root / "_manifest.json", {
+        "format": "tessera-clips", "schema_version": SCHEMA_VERSION, "fingerprint": fp,
+        "created_at": summary["created_at"], "shards": shards,
+        "rows": sum(s["rows"] for s in shards),
+        "tables": {"failures": "failures.parquet", "selection": "selection.parquet", "summary": "summary.json"},
+    })
+
+
+def _asdict(obj):
+    import dataclasses
+
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else str(obj)
+
+
+def format_summary(s: dict) -> str:
+    i, c = s["inputs"], s["clips"]
+    lines = [
+        f"[build] inputs {i['total']}: accepted {i['accepted']}, rejected {i['rejected']}, failed {i['failed']}"
+        + (f", incomplete {i['incomplete']}" if i["incomplete"] else "") + ("" if i["adds_up"] else "  (DOES NOT ADD UP)"),
+        f"[build] clips published {c['published']} in {s['shards']} shards, failed {c['failed']}, "
+        f"near-duplicates {c['duplicates']} ({c['dedup_method']}), kept after filters {c['kept_after_filters']}",
+    ]
+    if s["failures_by_reason"]:
+        lines.append("[build] failures by reason: " + ", ".join(f"{k} {v}" for k, v in s["failures_by_reason"].items()))
+    for name, m in s["models"].items():
+        if m.get("note"):
+            lines.append(f"[build] {name}: {m['note']}")
+    lines.append(f"[build] {s['source_seconds_accepted']:.1f} s of source video in {s['wall_s']:.1f} s wall; "
+                 f"summary: {s['dataset']}/summary.json")
+    return "\n".join(lines)

@@ -1,0 +1,213 @@
+"""Thin adapters between Ray Data and the Ray-free stages in ``curate/``.
+
+Each adapter is a class so Ray runs it as an actor pool (models and sandbox processes load once). They add
+timing columns (``t_<stage>``, seconds of work per row) that the driver sums into the run summary, and they
+turn any exception into data: a stage that raises would fail the whole Ray dataset (see FIELD-NOTES), so an
+error becomes a status on the row instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from curate.probe import ProbeLimits, probe
+from curate.schema import CLIP_SCHEMA, FAILURE_SCHEMA, SCHEMA_VERSION, validate
+from curate.split import SPLIT_KEYS, SplitConfig, SplitStage, status_row
+from curate.store import atomic_write_bytes, atomic_write_table
+
+TIMING_COLUMNS = ("t_probe", "t_split", "t_score_basic", "t_score_ocr", "t_score_clip", "t_write")
+
+# Columns a scorer must not touch: everything the split stage produced.
+_SCORER_STATUS = {"basic": None, "ocr": "ocr_status", "clip": "clip_status"}
+
+
+class ProbeStage:
+    """``map``: an input item -> its probe record (never raises)."""
+
+    def __init__(self, limits: ProbeLimits):
+        self.limits = limits
+
+    def __call__(self, item: dict) -> dict:
+        t0 = time.perf_counter()
+        if item.get("reject_reason"):
+            row = {"status": "rejected", "reason": item["reject_reason"], "message": item.get("reject_message"),
+                   "error_class": None, "content_id": None}
+        else:
+            try:
+                row = probe(item["path"], self.limits, uri=item["uri"])
+            except Exception as exc:  # probe promises not to raise; if it does, the input still gets a row
+                row = {"status": "failed", "reason": "probe-error", "error_class": type(exc).__name__,
+                       "message": str(exc), "content_id": None}
+        row = dict(row)
+        row.update(key=item["key"], path=item["path"], source_uri=item["uri"])
+        row["t_probe"] = time.perf_counter() - t0
+        # One JSON cell: probe records differ in shape between good and bad files, and Ray must not have to
+        # unify their schemas across blocks.
+        return {"key": item["key"], "probe_json": json.dumps(row, default=_json_default)}
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)
+
+
+class SplitFlatMap:
+    """``flat_map``: a probe record -> clip rows (or one status row)."""
+
+    def __init__(self, cfg: SplitConfig):
+        self.stage = SplitStage(cfg)
+
+    def __call__(self, item: dict) -> list[dict]:
+        probe_row = json.loads(item["probe_json"])
+        try:
+            rows = self.stage(probe_row)
+        except Exception as exc:
+            rows = [status_row(probe_row, "failed", "split", "split-error", type(exc).__name__, str(exc))]
+        for r in rows:
+            r["t_probe"] = 0.0
+        rows[0]["t_probe"] = probe_row.get("t_probe", 0.0)
+        return rows
+
+
+def _make_scorer(name: str, kwargs: dict):
+    if name == "basic":
+        from curate.scores import BasicScorer
+
+        return BasicScorer(**kwargs)
+    if name == "ocr":
+        from curate.ocr import TextOverlayScorer
+
+        return TextOverlayScorer(**kwargs)
+    if name == "clip":
+        from curate.clip_model import ClipScorer
+
+        return ClipScorer(**kwargs)
+    raise ValueError(f"unknown scorer {name!r}")
+
+
+def _to_numpy_batch(table: pa.Table) -> dict:
+    return {n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names}
+
+
+class ScoreStage:
+    """``map_batches``: run one scorer over a batch and append only the columns it added.
+
+    The split columns are passed through untouched (as Arrow), so a scorer can never corrupt lineage. If the
+    scorer raises for the whole batch, its status column says ``error:<Class>`` on every row and the build
+    goes on.
+    """
+
+    def __init__(self, name: str, kwargs: dict):
+        self.name = name
+        self.scorer = _make_scorer(name, kwargs)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        t0 = time.perf_counter()
+        before = set(table.column_names)
+        try:
+            out = self.scorer(_to_numpy_batch(table))
+            added = {k: v for k, v in out.items() if k not in before}
+        except Exception as exc:
+            status = _SCORER_STATUS.get(self.name)
+            added = {status: np.array([f"error:{type(exc).__name__}"] * table.num_rows, dtype=object)} if status else {}
+        for name, values in added.items():
+            field = CLIP_SCHEMA.field(name) if name in CLIP_SCHEMA.names else None
+            arr = pa.array(list(values), type=field.type if field else None, from_pandas=True)
+            table = table.append_column(name, arr)
+        dt = (time.perf_counter() - t0) / max(1, table.num_rows)
+        return table.append_column(f"t_score_{self.name}", pa.array([dt] * table.num_rows, pa.float64()))
+
+
+class StageWriter:
+    """``map_batches``: write each input's rows of the batch to its staging folder; emit one small row per
+    input row so the driver can count what landed and mark inputs done."""
+
+    def __init__(self, root: str, fingerprint: str, store_media: str):
+        self.root = Path(root)
+        self.fingerprint = fingerprint
+        self.store_media = store_media
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        t0 = time.perf_counter()
+        rows = table.to_pylist()
+        by_key: dict[str, list[dict]] = {}
+        for r in rows:
+            by_key.setdefault(r["key"], []).append(r)
+        file_of: dict[int, str | None] = {}
+        for key, group in by_key.items():
+            clips = [r for r in group if r["row_kind"] == "clip"]
+            fails = [r for r in group if r["row_kind"] != "clip"]
+            staging = self.root / "_state" / "staging" / key[:2] / key
+            if clips:
+                name = _group_name([r["clip_id"] for r in clips])
+                path = staging / f"clips-{name}.parquet"
+                atomic_write_table(path, self._clip_table(clips))
+                for r in clips:
+                    file_of[id(r)] = str(path.relative_to(self.root))
+            if fails:
+                name = _group_name([f"{r['clip_id']}:{r['reason']}" for r in fails])
+                path = staging / f"failures-{name}.parquet"
+                atomic_write_table(path, _failure_table(fails))
+                for r in fails:
+                    file_of[id(r)] = str(path.relative_to(self.root))
+        dt = (time.perf_counter() - t0) / max(1, len(rows))
+        out = {
+            "key": [r["key"] for r in rows],
+            "row_kind": [r["row_kind"] for r in rows],
+            "outcome": [r["outcome"] for r in rows],
+            "expected_rows": [r["expected_rows"] for r in rows],
+            "file": [file_of.get(id(r)) for r in rows],
+            "source_uri": [r["source_uri"] for r in rows],
+            "content_id": [r["content_id"] for r in rows],
+            "source_duration_s": [r["source_duration_s"] for r in rows],
+            "source_frames": [r["source_frames"] for r in rows],
+        }
+        for c in TIMING_COLUMNS:
+            out[c] = [float(r.get(c) or 0.0) + (dt if c == "t_write" else 0.0) for r in rows]
+        return pa.table(out)
+
+    def _clip_table(self, clips: list[dict]) -> pa.Table:
+        records = []
+        for r in clips:
+            rec = {k: r.get(k) for k in CLIP_SCHEMA.names if k in r}
+            mp4 = r["clip_mp4"]
+            rec["clip_sha256"] = hashlib.sha256(mp4).hexdigest()
+            if self.store_media == "path":
+                rel = Path("media") / r["clip_id"][:2] / f"{r['clip_id']}.mp4"
+                atomic_write_bytes(self.root / rel, mp4)
+                rec["clip_path"], rec["clip_mp4"] = str(rel), None
+            rec["build_fingerprint"] = self.fingerprint
+            rec["schema_version"] = SCHEMA_VERSION
+            records.append(rec)
+        types = {f.name: f.type for f in CLIP_SCHEMA}
+        cols = {n: pa.array([rec.get(n) for rec in records], type=types[n]) for n in CLIP_SCHEMA.names}
+        return validate(pa.table(cols), CLIP_SCHEMA)
+
+
+def _failure_table(rows: list[dict]) -> pa.Table:
+    types = {f.name: f.type for f in FAILURE_SCHEMA}
+    cols = {
+        "source_uri": [r["source_uri"] for r in rows],
+        "content_id": [r["content_id"] for r in rows],
+        "outcome": [r["outcome"] or "failed" for r in rows],
+        "stage": [r["stage"] or "split" for r in rows],
+        "reason": [r["reason"] or "unknown" for r in rows],
+        "error_class": [r["error_class"] for r in rows],
+        "message": [r["message"] for r in rows],
+        "clip_id": [r["clip_id"] for r in rows],
+    }
+    return validate(pa.table({n: pa.array(v, type=types[n]) for n, v in cols.items()}), FAILURE_SCHEMA)
+
+
+def _group_name(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(str(i) for i in ids)).encode()).hexdigest()[:16]
+
+
+__all__ = ["ProbeStage", "SplitFlatMap", "ScoreStage", "StageWriter", "TIMING_COLUMNS", "SPLIT_KEYS"]

@@ -1,0 +1,34 @@
+"""Shared pytest fixtures.
+
+The real third-party videos live beside the checkout in ``../shared/data``; they are never copied into the
+repository. Tests that need them take the ``shared_data`` fixture and are skipped, with the reason, when the
+folder is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path to ``../shared/data``; skips the test when it is not there."""
+    if not (SHARED_DATA / "ground_truth.json").is_file():
+        pytest.skip(f"real test videos not found at {SHARED_DATA} (../shared/data is absent)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ground_truth(shared_data: Path) -> dict:
+    """The parsed ``ground_truth.json`` of ``../shared/data``."""
+    return json.loads((shared_data / "ground_truth.json").read_text())

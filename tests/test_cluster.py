@@ -1,0 +1,105 @@
+"""The same build on a real two-node Ray cluster on this machine.
+
+A head node with no CPUs (so no work can run there) and a second node with its own CPUs and a custom resource,
+both started with ``ray start``; the build connects with ``--address`` exactly as it would to a remote cluster.
+Every clip is therefore made on the second node, and the result must equal a local build of the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from curate.synth import render_samples
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = Path(sys.executable).with_name("ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args: list[str], tmp: Path, name: str) -> subprocess.Popen:
+    log = open(tmp / f"{name}.log", "wb")
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([str(RAY), "start", "--block", "--disable-usage-stats", *args], stdout=log,
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _clip_ids(out: Path) -> list[str]:
+    manifest = json.loads((out / "_manifest.json").read_text())
+    return sorted(i for s in manifest["shards"] for i in pq.read_table(out / s["path"], columns=["clip_id"])
+                  .column("clip_id").to_pylist())
+
+
+@pytest.mark.slow
+def test_build_on_two_node_cluster(tmp_path):
+    if not RAY.exists():
+        pytest.skip(f"ray CLI not found next to {sys.executable}")
+    videos = tmp_path / "videos"
+    render_samples(videos, n_videos=2, seed=7)
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    head = _start(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=0",
+                   "--include-dashboard=false", "--object-store-memory=200000000",
+                   f"--temp-dir={tmp_path / 'ray'}"], tmp_path, "head")
+    worker = None
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:  # wait for the head's GCS to accept connections
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        worker = _start([f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                         '--resources={"second_node": 1}', "--object-store-memory=300000000"], tmp_path, "worker")
+        probe = ("import ray, time, sys\n"
+                 f"ray.init(address={address!r}, log_to_driver=False)\n"
+                 "for _ in range(120):\n"
+                 "    alive = [n for n in ray.nodes() if n['Alive']]\n"
+                 "    if len(alive) == 2: break\n"
+                 "    time.sleep(0.5)\n"
+                 "print(len(alive), ray.cluster_resources().get('second_node', 0))\n")
+        res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+        assert res.stdout.split() == ["2", "1.0"], res.stdout + res.stderr[-2000:]
+
+        out = tmp_path / "dataset"
+        env = dict(os.environ)
+        env.pop("RAY_ADDRESS", None)
+        run = subprocess.run([sys.executable, "-m", "pipelines.cli", "build", "--input", str(videos), "--output",
+                              str(out), "--address", address, "--quiet"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["inputs"]["accepted"] == 2 and summary["inputs"]["adds_up"]
+        assert summary["clips"]["published"] > 0
+    finally:
+        for proc in (worker, head):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in (worker, head):
+            if proc is not None:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+    local = tmp_path / "local"
+    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "build", "--input", str(videos), "--output",
+                          str(local), "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TESSERA_OBJECT_STORE_BYTES": "300000000"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert _clip_ids(out) == _clip_ids(local)
