@@ -119,7 +119,8 @@ def _init_ray(address: str | None):
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False,
+        # "local": always a fresh local instance, never a cluster someone left running on this machine
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
                  object_store_memory=int(os.environ.get("TESSERA_OBJECT_STORE_BYTES", 1_000_000_000)))
     return ray
 

@@ -50,6 +50,7 @@ class CaptionPipelineConfig:
     captioner_concurrency: int = 1
     expander_concurrency: int = 1
     batch_size: int = 8
+    ray_address: str = "local"  # "local" starts a private Ray; "auto" joins a running cluster
     num_cpus: int | None = None  # for ray.init when no Ray session is running
     object_store_bytes: int | None = None
     clip_model: str | None = None  # caption-image similarity check (needs curate.clip_model.ClipScorer)
@@ -65,7 +66,8 @@ def drop_frames(batch: dict) -> dict:
     frames = batch.pop("caption_frames", None)
     batch.pop("caption_frames_error", None)
     n = len(next(iter(batch.values())))
-    batch["_decoded"] = np.array([f is not None for f in frames], bool) if frames is not None else np.zeros(n, bool)
+    batch["_decoded"] = (np.array([isinstance(f, (bytes, bytearray, memoryview)) for f in frames], bool)
+                         if frames is not None else np.zeros(n, bool))
     return batch
 
 
@@ -77,13 +79,20 @@ def add_caption_stages(ds, cfg: CaptionPipelineConfig, dataset_dir: str | None, 
                         batch_format="numpy", batch_size=cfg.batch_size, num_cpus=1)               # 1. frames (1:1)
     ds = ds.map_batches(Captioner, fn_constructor_kwargs={"cfg": cfg.vlm, "dataset_dir": dataset_dir},
                         batch_format="numpy", batch_size=cfg.batch_size,
-                        concurrency=cfg.captioner_concurrency, num_cpus=1, **gpu)                 # 2. captions (1:1)
+                        concurrency=cfg.captioner_concurrency, num_cpus=_actor_cpus(cfg.vlm.backend),
+                        **gpu)                                                                     # 2. captions (1:1)
     ds = ds.map_batches(drop_frames, batch_format="numpy", batch_size=cfg.batch_size)              # 3. drop frames
     if cfg.clip_model:
         ds = ds.map_batches(clip_check_stage(cfg.clip_model), batch_format="numpy")                 # 3b. QA (hook)
     ds = ds.map_batches(Expander, fn_constructor_kwargs={"cfg": cfg.expand}, batch_format="numpy",
-                        batch_size=cfg.batch_size, concurrency=cfg.expander_concurrency, num_cpus=1)  # 4. expand
+                        batch_size=cfg.batch_size, concurrency=cfg.expander_concurrency,
+                        num_cpus=_actor_cpus(cfg.expand.backend))                                   # 4. expand (1:1)
     return ds
+
+
+def _actor_cpus(backend: str) -> float:
+    """A local model needs a whole core; a client of a remote server mostly waits on the network."""
+    return 1.0 if backend == "transformers" else 0.25
 
 
 def clip_check_stage(model: str):
@@ -141,7 +150,8 @@ def main(cfg: CaptionPipelineConfig) -> dict:
     (dst / "_state").mkdir(parents=True, exist_ok=True)
     (dst / "caption_config.json").write_text(json.dumps(public_dict(cfg), indent=2, default=str))
     if not ray.is_initialized():
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, object_store_memory=cfg.object_store_bytes,
+        ray.init(address=cfg.ray_address, num_cpus=cfg.num_cpus, include_dashboard=False,
+                 object_store_memory=cfg.object_store_bytes,
                  log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
@@ -154,9 +164,8 @@ def main(cfg: CaptionPipelineConfig) -> dict:
         n_blocks = max(1, min(64, -(-table.num_rows // cfg.batch_size)))
         ds = ray.data.from_arrow(table).repartition(n_blocks)
         ds = add_caption_stages(ds, cfg, str(src), use_gpu)
-        blocks = [ray.get(ref) for ref in ds.to_arrow_refs()]
+        blocks = [_restore_types(ray.get(ref), table.schema, cfg.vlm.kinds) for ref in ds.to_arrow_refs()]
         out = pa.concat_tables([b for b in blocks if b.num_rows], promote_options="permissive").sort_by("_row")
-        out = _fix_types(out)
         if out.num_rows != table.num_rows:  # never drop a row silently
             raise RuntimeError(f"{shard.name}: {table.num_rows} rows in, {out.num_rows} out")
         decoded = out.column("_decoded").to_pylist() if "_decoded" in out.column_names else []
@@ -187,13 +196,26 @@ STRING_COLUMNS = ("caption_backend", "caption_model", "caption_prompt_id", "capt
                   "caption_expanded", "expand_status", "expand_error", "expand_model", "expand_template")
 
 
-def _fix_types(table):
-    """All-null blocks come back as arrow ``null`` columns: give caption text columns their string type."""
-    import pyarrow as pa
+def _restore_types(table, input_schema, kinds: tuple[str, ...]):
+    """Give every column its intended type back.
 
+    Ray's numpy batches turn an all-null column into float NaNs (and all-None outputs into arrow ``null``), so a
+    block may carry ``clip_path`` as double or ``caption_error`` as null. Input columns get the input schema's
+    type; caption text columns get ``string``. A column that cannot be cast raises: never a silent change.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    wanted = {f.name: f.type for f in input_schema}
+    wanted.update({name: pa.string() for name in (*STRING_COLUMNS, *(f"caption_{k}" for k in kinds))})
     for i, name in enumerate(table.column_names):
-        if (name in STRING_COLUMNS or name.startswith("caption_")) and pa.types.is_null(table.schema.field(i).type):
-            table = table.set_column(i, name, table.column(i).cast(pa.string()))
+        target, col = wanted.get(name), table.column(i)
+        if target is None or col.type == target:
+            continue
+        nulls = col.null_count == len(col) or (pa.types.is_floating(col.type) and
+                                               pc.all(pc.or_kleene(pc.is_null(col), pc.is_nan(col))).as_py())
+        fixed = pa.nulls(len(col), target) if nulls else col.cast(target)
+        table = table.set_column(i, name, fixed)
     return table
 
 
@@ -253,6 +275,7 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--captioners", type=int, default=1, help="captioner actors (one GPU each when GPUs exist)")
     ap.add_argument("--expanders", type=int, default=1)
     ap.add_argument("--num-cpus", type=int, default=None)
+    ap.add_argument("--ray-address", default="local", help='"local" (private Ray) or "auto" (join a cluster)')
     ap.add_argument("--cache", default=None, help="cache file (default OUTPUT/_state/caption_cache.sqlite)")
     ap.add_argument("--clip-model", default=None)
     _endpoint_args(ap, "")
@@ -264,7 +287,8 @@ def cli(argv: list[str] | None = None) -> int:
                     source=SourceConfig(use=args.source, column=args.source_column, manifest=args.source_manifest))
     cfg = CaptionPipelineConfig(input=args.input, output=args.output, vlm=vlm, expand=_expand_cfg(args, args.cache),
                                 captioner_concurrency=args.captioners, expander_concurrency=args.expanders,
-                                batch_size=args.batch_size, num_cpus=args.num_cpus, clip_model=args.clip_model)
+                                batch_size=args.batch_size, num_cpus=args.num_cpus, ray_address=args.ray_address,
+                                clip_model=args.clip_model)
     summary = main(cfg)
     print(json.dumps(summary, indent=2))
     return 0

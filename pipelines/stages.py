@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.probe import ProbeLimits, probe
+from curate.sandbox import Sandbox, SandboxCrashed, SandboxError, SandboxTimeout
 from curate.schema import CLIP_SCHEMA, FAILURE_SCHEMA, SCHEMA_VERSION, validate
 from curate.split import SPLIT_KEYS, SplitConfig, SplitStage, status_row
 from curate.store import atomic_write_bytes, atomic_write_table
@@ -28,10 +29,15 @@ _SCORER_STATUS = {"basic": None, "ocr": "ocr_status", "clip": "clip_status"}
 
 
 class ProbeStage:
-    """``map``: an input item -> its probe record (never raises)."""
+    """``map``: an input item -> its probe record (never raises).
 
-    def __init__(self, limits: ProbeLimits):
+    Probe runs in a sandbox worker too: a header that sends FFmpeg into a loop costs this input, not the run.
+    """
+
+    def __init__(self, limits: ProbeLimits, timeout_s: float = 120.0):
         self.limits = limits
+        self.timeout_s = timeout_s
+        self.sandbox = Sandbox()
 
     def __call__(self, item: dict) -> dict:
         t0 = time.perf_counter()
@@ -40,16 +46,24 @@ class ProbeStage:
                    "error_class": None, "content_id": None}
         else:
             try:
-                row = probe(item["path"], self.limits, uri=item["uri"])
-            except Exception as exc:  # probe promises not to raise; if it does, the input still gets a row
-                row = {"status": "failed", "reason": "probe-error", "error_class": type(exc).__name__,
-                       "message": str(exc), "content_id": None}
+                row = self.sandbox.run(probe, item["path"], self.limits, uri=item["uri"], timeout_s=self.timeout_s)
+            except SandboxTimeout as exc:
+                row = _probe_failure("probe-timeout", "SandboxTimeout", str(exc))
+            except SandboxCrashed as exc:
+                row = _probe_failure("probe-crashed", "SandboxCrashed", str(exc))
+            except SandboxError as exc:  # probe promises not to raise; if it does, the input still gets a row
+                row = _probe_failure("probe-error", exc.class_name, exc.message)
         row = dict(row)
         row.update(key=item["key"], path=item["path"], source_uri=item["uri"])
         row["t_probe"] = time.perf_counter() - t0
         # One JSON cell: probe records differ in shape between good and bad files, and Ray must not have to
         # unify their schemas across blocks.
         return {"key": item["key"], "probe_json": json.dumps(row, default=_json_default)}
+
+
+def _probe_failure(reason: str, error_class: str, message: str) -> dict:
+    return {"status": "failed", "reason": reason, "error_class": error_class, "message": message,
+            "content_id": None}
 
 
 def _json_default(obj):
@@ -92,10 +106,6 @@ def _make_scorer(name: str, kwargs: dict):
     raise ValueError(f"unknown scorer {name!r}")
 
 
-def _to_numpy_batch(table: pa.Table) -> dict:
-    return {n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names}
-
-
 class ScoreStage:
     """``map_batches``: run one scorer over a batch and append only the columns it added.
 
@@ -112,14 +122,20 @@ class ScoreStage:
         t0 = time.perf_counter()
         before = set(table.column_names)
         try:
-            out = self.scorer(_to_numpy_batch(table))
-            added = {k: v for k, v in out.items() if k not in before}
+            out = self.scorer(table)  # scorers take an Arrow table (real nulls) or a dict of numpy arrays
+            if isinstance(out, pa.Table):
+                added = {k: out.column(k) for k in out.column_names if k not in before}
+            else:
+                added = {k: v for k, v in out.items() if k not in before}
         except Exception as exc:
             status = _SCORER_STATUS.get(self.name)
             added = {status: np.array([f"error:{type(exc).__name__}"] * table.num_rows, dtype=object)} if status else {}
         for name, values in added.items():
             field = CLIP_SCHEMA.field(name) if name in CLIP_SCHEMA.names else None
-            arr = pa.array(list(values), type=field.type if field else None, from_pandas=True)
+            if isinstance(values, (pa.Array, pa.ChunkedArray)):
+                arr = values.cast(field.type) if field is not None and values.type != field.type else values
+            else:
+                arr = pa.array(list(values), type=field.type if field else None, from_pandas=True)
             table = table.append_column(name, arr)
         dt = (time.perf_counter() - t0) / max(1, table.num_rows)
         return table.append_column(f"t_score_{self.name}", pa.array([dt] * table.num_rows, pa.float64()))

@@ -29,7 +29,7 @@ import torch
 from model.checkpoint import latest_checkpoint, load_checkpoint
 from model.metrics import LPIPS, psnr, ssim
 from model.vae import VideoVAE, build_vae
-from train.data import ClipDataConfig, _resize_crop, decode_frames, scan_clips
+from train.data import ClipDataConfig, decode_frames, resize_crop, scan_clips
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def _clip_tensor(root: Path, units, clip, cfg: VAEEvalConfig) -> torch.Tensor:
     if data is None:
         data = root / table.column("clip_path")[clip.row].as_py()
     frames = decode_frames(data, 0, cfg.num_frames, 1)  # (T, h, w, 3)
-    return _resize_crop(frames, (cfg.height, cfg.width), 1.0, 0.5, 0.5)[None]  # (1, 3, T, H, W) centre crop
+    return resize_crop(frames, (cfg.height, cfg.width), 1.0, 0.5, 0.5)[None]  # (1, 3, T, H, W) centre crop
 
 
 def _scores(x: torch.Tensor, y: torch.Tensor, lpips: LPIPS | None) -> dict[str, float]:

@@ -27,14 +27,24 @@ RAY = Path(sys.executable).with_name("ray")
 
 def _free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((NODE_IP, 0))
         return s.getsockname()[1]
+
+
+# Ray rewrites 127.0.0.1/localhost to the machine's network address; another loopback address keeps every
+# process of this test on loopback. Token auth is off for this throwaway loopback cluster.
+NODE_IP = "127.0.0.2"
+
+
+def _env() -> dict:
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    return env
 
 
 def _start(args: list[str], tmp: Path, name: str) -> subprocess.Popen:
     log = open(tmp / f"{name}.log", "wb")
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
+    env = _env()
     return subprocess.Popen([str(RAY), "start", "--block", "--disable-usage-stats", *args], stdout=log,
                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
@@ -52,19 +62,18 @@ def test_build_on_two_node_cluster(tmp_path):
     videos = tmp_path / "videos"
     render_samples(videos, n_videos=2, seed=7)
     port = _free_port()
-    address = f"127.0.0.1:{port}"
-    head = _start(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=0",
-                   "--include-dashboard=false", "--object-store-memory=200000000",
-                   f"--temp-dir={tmp_path / 'ray'}"], tmp_path, "head")
+    address = f"{NODE_IP}:{port}"
+    head = _start(["--head", f"--port={port}", f"--node-ip-address={NODE_IP}", "--num-cpus=0",
+                   "--include-dashboard=false", "--object-store-memory=200000000"], tmp_path, "head")
     worker = None
     try:
         deadline = time.time() + 90
         while time.time() < deadline:  # wait for the head's GCS to accept connections
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
+                if s.connect_ex((NODE_IP, port)) == 0:
                     break
             time.sleep(0.5)
-        worker = _start([f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+        worker = _start([f"--address={address}", f"--node-ip-address={NODE_IP}", "--num-cpus=2",
                          '--resources={"second_node": 1}', "--object-store-memory=300000000"], tmp_path, "worker")
         probe = ("import ray, time, sys\n"
                  f"ray.init(address={address!r}, log_to_driver=False)\n"
@@ -73,14 +82,12 @@ def test_build_on_two_node_cluster(tmp_path):
                  "    if len(alive) == 2: break\n"
                  "    time.sleep(0.5)\n"
                  "print(len(alive), ray.cluster_resources().get('second_node', 0))\n")
-        res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+        res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=_env())
         assert res.stdout.split() == ["2", "1.0"], res.stdout + res.stderr[-2000:]
 
         out = tmp_path / "dataset"
-        env = dict(os.environ)
-        env.pop("RAY_ADDRESS", None)
         run = subprocess.run([sys.executable, "-m", "pipelines.cli", "build", "--input", str(videos), "--output",
-                              str(out), "--address", address, "--quiet"], cwd=REPO, env=env, capture_output=True,
+                              str(out), "--address", address, "--quiet"], cwd=REPO, env=_env(), capture_output=True,
                              text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
         summary = json.loads((out / "summary.json").read_text())

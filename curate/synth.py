@@ -1,0 +1,450 @@
+"""Deterministic synthetic test videos with exact ground truth.
+
+Each video is a sequence of *shots* (one flat-coloured shape moving over a textured background) joined by
+*transitions* (hard cut, cross-dissolve, fade through black). Everything is drawn with numpy and encoded with
+PyAV/libx264, so a seed gives the same frames, the same file bytes and the same ground truth on every machine.
+
+Why: the real test videos have approximate, hand-made ground truth; scene detection, clip cutting and the
+caption plumbing need videos whose every transition frame and every caption is known exactly.
+
+Timeline rules (0-based decoded-frame indices):
+  * shot ``i`` owns ``shots[i].num_frames`` *clean* frames; ``transitions[i]`` sits between shot ``i`` and
+    shot ``i+1`` and adds ``frames`` frames of its own (0 for a cut);
+  * a dissolve of F frames shows ``(1-a) A + a B`` with ``a = (k+1)/(F+1)``, k = 0..F-1;
+  * a fade of F frames shows A for the first half and B for the second, scaled by a brightness that falls
+    linearly to 0 in the middle and rises back (every fade frame is darker than both shots);
+  * during a transition the outgoing shot keeps moving (its local time runs past ``num_frames``) and the
+    incoming shot's motion starts early (negative local time), so motion is continuous across the blend.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+# ----------------------------------------------------------------------------------------------- vocab
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (40, 70, 225),
+    "yellow": (240, 215, 30),
+    "purple": (140, 50, 190),
+    "orange": (245, 130, 20),
+    "white": (245, 245, 245),
+    "cyan": (30, 200, 210),
+    "pink": (245, 120, 180),
+}
+"""Named shape/background colours (sRGB), chosen far apart so a decoded pixel can be named back."""
+
+SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
+MOTIONS = ("left", "right", "up", "down", "rotate", "grow")
+BACKGROUNDS = ("noise", "gradient", "checker")
+TRANSITIONS = ("cut", "dissolve", "fade")
+
+_MOTION_PHRASE = {
+    "left": "moves left",
+    "right": "moves right",
+    "up": "moves up",
+    "down": "moves down",
+    "rotate": "rotates",
+    "grow": "grows",
+}
+_BACKGROUND_PHRASE = {"noise": "mottled", "gradient": "gradient", "checker": "checkered"}
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One shot: a ``color`` ``shape`` doing ``motion`` over a ``background`` texture tinted ``bg_color``.
+
+    ``num_frames`` counts the clean frames only (transition frames are extra).
+    """
+
+    shape: str
+    color: str
+    motion: str
+    background: str
+    bg_color: str
+    num_frames: int
+
+    def __post_init__(self) -> None:
+        for value, allowed in (
+            (self.shape, SHAPES),
+            (self.color, COLORS),
+            (self.motion, MOTIONS),
+            (self.background, BACKGROUNDS),
+            (self.bg_color, COLORS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{value!r} is not one of {sorted(allowed)}")
+        if self.color == self.bg_color:
+            raise ValueError("shape and background colour must differ")
+        if self.num_frames < 1:
+            raise ValueError("num_frames must be >= 1")
+
+    @property
+    def caption(self) -> str:
+        """One sentence describing the shot, e.g. 'a red circle moves left over a blue checkered background'."""
+        return (
+            f"a {self.color} {self.shape} {_MOTION_PHRASE[self.motion]} over a {self.bg_color} "
+            f"{_BACKGROUND_PHRASE[self.background]} background"
+        )
+
+
+@dataclass(frozen=True)
+class Transition:
+    """How two consecutive shots are joined: ``cut`` (frames must be 0), ``dissolve`` or ``fade`` (frames >= 2)."""
+
+    kind: str
+    frames: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in TRANSITIONS:
+            raise ValueError(f"transition kind {self.kind!r} is not one of {TRANSITIONS}")
+        if self.kind == "cut" and self.frames != 0:
+            raise ValueError("a cut has 0 transition frames")
+        if self.kind != "cut" and self.frames < 2:
+            raise ValueError(f"a {self.kind} needs at least 2 frames")
+
+
+@dataclass(frozen=True)
+class Program:
+    """Everything needed to render one video."""
+
+    shots: tuple[Shot, ...]
+    transitions: tuple[Transition, ...]
+    fps: int = 24
+    size: tuple[int, int] = (320, 180)  # (W, H)
+    seed: int = 0
+
+
+@dataclass
+class GroundTruth:
+    """Exact truth of a rendered video (JSON-serialisable with :meth:`to_json`).
+
+    ``shots[i]`` holds the shot attributes plus ``start``/``end`` (clean frames, end exclusive) and ``caption``.
+    ``transitions[i]`` holds ``kind`` and ``start``/``end`` of the frames that mix two shots or are darkened
+    (``start == end`` for a hard cut). ``shot_starts`` is the first clean frame of every shot after the first.
+    """
+
+    num_frames: int
+    fps: int
+    width: int
+    height: int
+    seed: int
+    shots: list[dict] = field(default_factory=list)
+    transitions: list[dict] = field(default_factory=list)
+
+    @property
+    def shot_starts(self) -> list[int]:
+        return [s["start"] for s in self.shots[1:]]
+
+    @property
+    def transition_frames(self) -> set[int]:
+        return {f for t in self.transitions for f in range(t["start"], t["end"])}
+
+    def shot_of_frame(self, index: int) -> int | None:
+        """Index of the shot whose clean frames contain ``index``; None for transition frames."""
+        for i, s in enumerate(self.shots):
+            if s["start"] <= index < s["end"]:
+                return i
+        return None
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "shot_starts": self.shot_starts}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> GroundTruth:
+        data = json.loads(text)
+        data.pop("shot_starts", None)
+        return cls(**data)
+
+
+# ------------------------------------------------------------------------------------------- drawing
+
+
+def _star_polygon(n_points: int, inner: float) -> np.ndarray:
+    """(2n, 2) vertices (angle, radius) of a star alternating radius 1 and ``inner``."""
+    angles = np.arange(2 * n_points) * math.pi / n_points
+    radii = np.where(np.arange(2 * n_points) % 2 == 0, 1.0, inner)
+    return np.stack([angles, radii], axis=1)
+
+
+def _regular_polygon(n: int) -> np.ndarray:
+    angles = np.arange(n) * 2 * math.pi / n
+    return np.stack([angles, np.ones(n)], axis=1)
+
+
+_POLYGONS = {
+    "square": _regular_polygon(4) + np.array([math.pi / 4, 0.0]),
+    "triangle": _regular_polygon(3) + np.array([-math.pi / 2, 0.0]),
+    "star": _star_polygon(5, 0.45) + np.array([-math.pi / 2, 0.0]),
+    "diamond": _regular_polygon(4) * np.array([1.0, 1.0]),
+    "hexagon": _regular_polygon(6),
+}
+
+
+def _radial_boundary(shape: str, theta: np.ndarray) -> np.ndarray:
+    """Boundary radius (unit size) of a star-shaped ``shape`` along angles ``theta`` (any shape array).
+
+    Every shape here is star-shaped around its centre, so a pixel is inside iff its distance from the centre
+    is below the boundary radius along its direction: one vectorised test for all shapes and rotations.
+    """
+    if shape == "circle":
+        return np.full_like(theta, 0.85)
+    verts = _POLYGONS[shape]
+    pts = np.stack([verts[:, 1] * np.cos(verts[:, 0]), verts[:, 1] * np.sin(verts[:, 0])], axis=1)  # (V, 2)
+    order = np.argsort(np.mod(verts[:, 0], 2 * math.pi))
+    pts, angs = pts[order], np.mod(verts[order, 0], 2 * math.pi)
+    nxt = np.roll(pts, -1, axis=0)
+    # Edge j runs from vertex j to j+1; its line is {x : n_j . x = c_j}.
+    normal = np.stack([nxt[:, 1] - pts[:, 1], pts[:, 0] - nxt[:, 0]], axis=1)
+    c = np.sum(normal * pts, axis=1)
+    t = np.mod(theta, 2 * math.pi)
+    edge = np.searchsorted(angs, t, side="right") - 1  # -1 wraps to the last edge
+    edge = np.mod(edge, len(angs))
+    denom = normal[edge, 0] * np.cos(t) + normal[edge, 1] * np.sin(t)
+    return c[edge] / np.where(np.abs(denom) < 1e-9, 1e-9, denom)
+
+
+def _background(kind: str, color: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) uint8 texture in one palette: ``color`` modulated between 35% and 100% brightness."""
+    w, h = size
+    base = np.array(COLORS[color], np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if kind == "checker":
+        cell = int(rng.integers(max(8, h // 10), max(9, h // 4)))
+        level = ((xx // cell + yy // cell) % 2) * 0.45 + 0.45
+    elif kind == "gradient":
+        angle = rng.uniform(0, 2 * math.pi)
+        proj = xx * math.cos(angle) + yy * math.sin(angle)
+        level = 0.35 + 0.65 * (proj - proj.min()) / max(float(np.ptp(proj)), 1.0)
+    else:  # low-frequency value noise: smooth, so it encodes cheaply and does not look like a cut
+        grid = rng.uniform(0.35, 1.0, size=(6, 9)).astype(np.float32)
+        gy = yy / max(h - 1, 1) * (grid.shape[0] - 1)
+        gx = xx / max(w - 1, 1) * (grid.shape[1] - 1)
+        y0, x0 = np.floor(gy).astype(int), np.floor(gx).astype(int)
+        y1, x1 = np.minimum(y0 + 1, grid.shape[0] - 1), np.minimum(x0 + 1, grid.shape[1] - 1)
+        fy, fx = gy - y0, gx - x0
+        level = (
+            grid[y0, x0] * (1 - fy) * (1 - fx)
+            + grid[y0, x1] * (1 - fy) * fx
+            + grid[y1, x0] * fy * (1 - fx)
+            + grid[y1, x1] * fy * fx
+        )
+    return np.clip(level[..., None] * base, 0, 255).astype(np.uint8)
+
+
+class _ShotPainter:
+    """Draws frame ``t`` (shot-local time, may be negative or past the end) of one shot."""
+
+    def __init__(self, shot: Shot, size: tuple[int, int], rng: np.random.Generator):
+        w, h = size
+        self.shot, self.size = shot, size
+        self.bg = _background(shot.background, shot.bg_color, size, rng)
+        self.color = np.array(COLORS[shot.color], np.uint8)
+        self.radius = float(rng.uniform(0.16, 0.24)) * h
+        self.start_xy = np.array([rng.uniform(0.3, 0.7) * w, rng.uniform(0.35, 0.65) * h])
+        # Pixels per frame: crosses a good part of the frame over the shot, whatever its length.
+        self.speed = float(rng.uniform(0.25, 0.45)) * w / max(shot.num_frames, 24)
+        self.spin = float(rng.uniform(1.5, 4.0)) * math.pi / max(shot.num_frames, 24)
+        self.angle0 = float(rng.uniform(0, 2 * math.pi))
+
+    def frame(self, t: float) -> np.ndarray:
+        w, h = self.size
+        motion = self.shot.motion
+        center = self.start_xy.copy()
+        radius, angle = self.radius, self.angle0
+        n = self.shot.num_frames
+        tc = t - n / 2  # motions are centred on the middle of the shot so the shape stays in view
+        step = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}.get(motion)
+        if step is not None:
+            center = center + np.array(step, float) * self.speed * tc
+            center = np.clip(center, [self.radius, self.radius], [w - self.radius, h - self.radius])
+        elif motion == "rotate":
+            angle = self.angle0 + self.spin * t
+        elif motion == "grow":
+            radius = self.radius * min(max(0.7 + 0.6 * t / n, 0.3), 1.6)
+        out = self.bg.copy()
+        r_box = int(math.ceil(radius)) + 1
+        x0, x1 = max(int(center[0]) - r_box, 0), min(int(center[0]) + r_box + 1, w)
+        y0, y1 = max(int(center[1]) - r_box, 0), min(int(center[1]) + r_box + 1, h)
+        if x0 >= x1 or y0 >= y1:
+            return out
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        dx, dy = xx + 0.5 - center[0], yy + 0.5 - center[1]
+        dist = np.sqrt(dx * dx + dy * dy)
+        theta = np.arctan2(dy, dx) - angle
+        inside = dist <= radius * _radial_boundary(self.shot.shape, theta)
+        out[y0:y1, x0:x1][inside] = self.color
+        return out
+
+
+# ------------------------------------------------------------------------------------------ timeline
+
+
+def _timeline(program: Program) -> tuple[list[tuple], GroundTruth]:
+    """Frame plan and ground truth. Plan entries: ('shot', i, t) or (kind, i, t_a, t_b, k, F)."""
+    shots, transitions = program.shots, program.transitions
+    if len(transitions) != len(shots) - 1:
+        raise ValueError("need exactly len(shots) - 1 transitions")
+    plan: list[tuple] = []
+    gt = GroundTruth(0, program.fps, program.size[0], program.size[1], program.seed)
+    for i, shot in enumerate(shots):
+        start = len(plan)
+        plan.extend(("shot", i, t) for t in range(shot.num_frames))
+        gt.shots.append({**asdict(shot), "start": start, "end": len(plan), "caption": shot.caption})
+        if i < len(transitions):
+            tr = transitions[i]
+            t_start = len(plan)
+            for k in range(tr.frames):
+                plan.append((tr.kind, i, shot.num_frames + k, k - tr.frames, k, tr.frames))
+            gt.transitions.append({"kind": tr.kind, "start": t_start, "end": len(plan), "frames": tr.frames})
+    gt.num_frames = len(plan)
+    return plan, gt
+
+
+def _compose(entry: tuple, painters: list[_ShotPainter]) -> np.ndarray:
+    kind = entry[0]
+    if kind == "shot":
+        return painters[entry[1]].frame(entry[2])
+    _, i, t_a, t_b, k, n = entry
+    if kind == "dissolve":
+        a = (k + 1) / (n + 1)
+        mix = (1 - a) * painters[i].frame(t_a).astype(np.float32) + a * painters[i + 1].frame(t_b)
+        return np.rint(mix).astype(np.uint8)
+    # fade through black: V-shaped brightness, A before the middle, B after it
+    pos = (k + 1) / (n + 1)
+    gain = abs(2 * pos - 1)
+    src = painters[i].frame(t_a) if pos < 0.5 else painters[i + 1].frame(t_b)
+    return np.rint(src.astype(np.float32) * gain).astype(np.uint8)
+
+
+def render_frames(program: Program) -> tuple[np.ndarray, GroundTruth]:
+    """All frames as one (N, H, W, 3) uint8 array plus ground truth (no encoding; tests and debugging)."""
+    plan, gt = _timeline(program)
+    rng = np.random.default_rng(program.seed)
+    painters = [_ShotPainter(s, program.size, rng) for s in program.shots]
+    return np.stack([_compose(e, painters) for e in plan]), gt
+
+
+def render_video(
+    path: str | Path,
+    shots: list[Shot] | tuple[Shot, ...],
+    transitions: list[Transition] | tuple[Transition, ...],
+    fps: int = 24,
+    size: tuple[int, int] = (320, 180),
+    seed: int = 0,
+    crf: int = 18,
+    write_sidecar: bool = True,
+) -> GroundTruth:
+    """Render and encode an H.264 MP4 (yuv420p, libx264 ``veryfast``, one thread so bytes are reproducible).
+
+    ``size`` is (W, H) and must be even. Writes ``<path>.json`` (ground truth) when ``write_sidecar``.
+    Returns the ground truth.
+    """
+    w, h = size
+    if w % 2 or h % 2:
+        raise ValueError("size must be even for yuv420p")
+    program = Program(tuple(shots), tuple(transitions), fps, (w, h), seed)
+    plan, gt = _timeline(program)
+    rng = np.random.default_rng(seed)
+    painters = [_ShotPainter(s, program.size, rng) for s in program.shots]
+    path = Path(path)
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+        stream.codec_context.time_base = Fraction(1, fps)
+        for n, entry in enumerate(plan):
+            frame = av.VideoFrame.from_ndarray(_compose(entry, painters), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = n
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    if write_sidecar:
+        path.with_suffix(".json").write_text(gt.to_json())
+    return gt
+
+
+# ---------------------------------------------------------------------------------------- programs
+
+
+def random_program(
+    seed: int,
+    n_shots: tuple[int, int] = (3, 6),
+    shot_s: tuple[float, float] = (1.5, 4.0),
+    fps: int = 24,
+    size: tuple[int, int] = (320, 180),
+    transition_kinds: tuple[str, ...] = TRANSITIONS,
+    transition_s: tuple[float, float] = (0.4, 1.0),
+) -> Program:
+    """A random but seed-determined program; neighbouring shots differ in shape colour, background colour and
+    texture, so every boundary is visible and every clean frame can be attributed to its shot by colour."""
+    rng = np.random.default_rng(seed)
+    names = list(COLORS)
+    count = int(rng.integers(n_shots[0], n_shots[1] + 1))
+    shots: list[Shot] = []
+    for _ in range(count):
+        prev = shots[-1] if shots else None
+        while True:
+            color, bg_color = (str(c) for c in rng.choice(names, size=2, replace=False))
+            background = str(rng.choice(BACKGROUNDS))
+            if prev is None or (
+                color not in (prev.color, prev.bg_color)
+                and bg_color not in (prev.color, prev.bg_color)
+                and background != prev.background
+            ):
+                break
+        shots.append(
+            Shot(
+                shape=str(rng.choice(SHAPES)),
+                color=color,
+                motion=str(rng.choice(MOTIONS)),
+                background=background,
+                bg_color=bg_color,
+                num_frames=int(round(rng.uniform(*shot_s) * fps)),
+            )
+        )
+    transitions = []
+    for _ in range(count - 1):
+        kind = str(rng.choice(transition_kinds))
+        frames = 0 if kind == "cut" else max(2, int(round(rng.uniform(*transition_s) * fps)))
+        transitions.append(Transition(kind, frames))
+    return Program(tuple(shots), tuple(transitions), fps, size, seed)
+
+
+def render_program(path: str | Path, program: Program, write_sidecar: bool = True) -> GroundTruth:
+    """:func:`render_video` for a :class:`Program`."""
+    return render_video(
+        path,
+        program.shots,
+        program.transitions,
+        fps=program.fps,
+        size=program.size,
+        seed=program.seed,
+        write_sidecar=write_sidecar,
+    )
+
+
+def render_samples(
+    out_dir: str | Path, n_videos: int = 4, seed: int = 0, size: tuple[int, int] = (320, 180), fps: int = 24
+) -> list[Path]:
+    """Write a small corpus: ``sample_NNN.mp4`` + ``.json`` (ground truth) + ``.txt`` (one caption per shot,
+    one per line). Returns the video paths. Video ``i`` uses seed ``seed * 1000 + i``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n_videos):
+        program = random_program(seed * 1000 + i, fps=fps, size=size)
+        path = out_dir / f"sample_{i:03d}.mp4"
+        gt = render_program(path, program)
+        path.with_suffix(".txt").write_text("\n".join(s["caption"] for s in gt.shots) + "\n")
+        paths.append(path)
+    return paths

@@ -1,0 +1,191 @@
+"""Rectified flow: the training objective and the sampler, kept apart from the network.
+
+Convention: x_t = (1 - t) * x_0 + t * noise, t in [0, 1] (t = 1 is pure noise); the network predicts the
+velocity v = noise - x_0 = dx_t/dt, and sampling integrates dx/dt = v from t = 1 down to t = 0.
+
+- ``time_shift``: one small function for the resolution- and length-aware shift. A video of n tokens keeps
+  the same "how much is still unknown" at time t as a reference of n_0 tokens shifted by sqrt(n / n_0) (the
+  SNR argument of SD3, sec. 5.3.2): t' = s t / (1 + (s - 1) t). More tokens -> more time spent at high noise.
+- ``Flow(model).loss``: logit-normal t (SD3), shifted by the clip's token count; caption dropout for
+  classifier-free guidance; the loss is averaged over generated latent frames only (the condition's given
+  frames carry no loss).
+- ``denoise``: Euler or Heun over a shifted grid with classifier-free guidance; the condition's given frames
+  are pinned at every step (``Condition.pin``). The same seed gives the same latents on any device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from model.conditioning import Condition, TaskMix, sample_training_condition
+
+# ----------------------------------------------------------------------------------------------------------
+# Schedule
+# ----------------------------------------------------------------------------------------------------------
+
+
+def shift_factor(num_tokens: int, base_tokens: int = 1024, max_shift: float = 8.0) -> float:
+    """s = clamp(sqrt(num_tokens / base_tokens), 1, max_shift).
+
+    base_tokens = 1024 is a 512x512 image (64x64 latent, 2x2 patches) and gets no shift; a 512x512, 61-frame
+    video (16 latent frames, 16384 tokens) gets s = 4, about what Wan and HunyuanVideo sample with.
+    """
+    return min(max(math.sqrt(num_tokens / base_tokens), 1.0), max_shift)
+
+
+def time_shift(t: Tensor, num_tokens: int) -> Tensor:
+    """Shift t towards noise for a latent of num_tokens tokens: t' = s t / (1 + (s - 1) t)."""
+    s = shift_factor(num_tokens)
+    return s * t / (1 + (s - 1) * t)
+
+
+def sampling_times(steps: int, num_tokens: int, t_start: float = 1.0) -> Tensor:
+    """steps + 1 decreasing times from t_start to 0, evenly spaced before the shift (float64, CPU)."""
+    s = shift_factor(num_tokens)
+    u_start = t_start / (s - (s - 1) * t_start)  # inverse of the shift, so the grid starts at t_start exactly
+    return time_shift(torch.linspace(u_start, 0.0, steps + 1, dtype=torch.float64), num_tokens)
+
+
+def num_tokens(latent_shape: tuple[int, ...], patch: tuple[int, int, int]) -> int:
+    """Tokens of a latent (B, C, T', H, W) under a patch size."""
+    return (latent_shape[2] // patch[0]) * (latent_shape[3] // patch[1]) * (latent_shape[4] // patch[2])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Text for guidance
+# ----------------------------------------------------------------------------------------------------------
+
+
+def null_text(text: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The empty caption: zero tokens with an all-False mask (the DiT's learned null token stays valid)."""
+    return torch.zeros_like(text), torch.zeros_like(mask, dtype=torch.bool)
+
+
+def drop_captions(text: Tensor, mask: Tensor, p: float, rng: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Replace each caption of a batch by the empty caption with probability p (CPU generator)."""
+    drop = (torch.rand(text.shape[0], generator=rng) < p).to(text.device)  # (B,)
+    empty_text, empty_mask = null_text(text, mask)
+    text = torch.where(drop[:, None, None], empty_text, text)
+    mask = torch.where(drop[:, None], empty_mask, mask.bool())
+    return text, mask
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Objective
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Training-time choices of the objective."""
+
+    logit_mean: float = 0.0  # logit-normal timestep density (SD3): t = sigmoid(N(mean, std))
+    logit_std: float = 1.0
+    shift: bool = True  # resolution- and length-aware shift of the sampled t
+    caption_dropout: float = 0.1  # probability of training on the empty caption (for CFG)
+    tasks: TaskMix = TaskMix()  # random generation task per sample (model/conditioning.py)
+
+
+class Flow(nn.Module):
+    """Wraps a velocity network ``model(x_in, t, text, text_mask)`` whose input is [x_t, condition channels]."""
+
+    def __init__(self, model: nn.Module, cfg: FlowConfig = FlowConfig()):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.patch = getattr(model, "module", model).cfg.patch  # read through a DDP wrapper too
+
+    def velocity(self, x: Tensor, t: Tensor, cond: Condition, text: Tensor, text_mask: Tensor | None) -> Tensor:
+        """v(x_t, t | condition, text) for a state x (B, C, T', H, W) and times t (B,)."""
+        x_in = torch.cat([x, cond.channels().to(x.dtype)], dim=1)  # (B, 2C + 1, T', H, W)
+        return self.model(x_in, t, text, text_mask)
+
+    def sample_t(self, batch: int, tokens: int, rng: torch.Generator) -> Tensor:
+        """Logit-normal times (B,), shifted for the token count when cfg.shift (CPU generator)."""
+        t = torch.sigmoid(self.cfg.logit_mean + self.cfg.logit_std * torch.randn(batch, generator=rng))
+        return time_shift(t, tokens) if self.cfg.shift else t
+
+    def loss(
+        self,
+        x0: Tensor,
+        text: Tensor,
+        text_mask: Tensor,
+        rng: torch.Generator,
+        cond: Condition | None = None,
+    ) -> Tensor:
+        """Rectified-flow loss on clean latents x0 (B, C, T', H, W) with a random task (or the given cond).
+
+        All randomness (times, noise, tasks, caption dropout) comes from the CPU generator ``rng``, so a
+        training step is reproducible from its seed on any device.
+        """
+        b = x0.shape[0]
+        if cond is None:
+            cond = sample_training_condition(x0, rng, self.cfg.tasks)
+        text, text_mask = drop_captions(text, text_mask, self.cfg.caption_dropout, rng)
+        tokens = num_tokens(tuple(x0.shape), self.patch)
+        t = self.sample_t(b, tokens, rng).to(x0.device, x0.dtype)  # (B,)
+        noise = torch.randn(x0.shape, generator=rng).to(x0.device, x0.dtype)  # (B, C, T', H, W)
+        tb = t[:, None, None, None, None]
+        x_t = (1 - tb) * x0 + tb * noise  # given frames are noised alike: see Condition.pin
+        v = self.velocity(x_t, t, cond, text, text_mask)  # (B, C, T', H, W)
+        err = (v.float() - (noise - x0).float()).pow(2).mean(dim=(1, 3, 4))  # (B, T')
+        weight = 1.0 - cond.mask.float()  # (B, T'): generated frames only
+        return (err * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sampler
+# ----------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def denoise(
+    flow: Flow,
+    noise: Tensor | None,
+    cond: Condition,
+    text: Tensor,
+    text_mask: Tensor,
+    steps: int = 30,
+    cfg_scale: float = 5.0,
+    solver: str = "euler",
+    seed: int = 0,
+) -> Tensor:
+    """Generate latents (B, C, T', H, W) for a condition and a caption.
+
+    ``noise`` defaults to a CPU normal draw from ``seed`` of the condition's shape (device-independent).
+    ``cfg_scale`` > 1 runs the conditional and the empty caption in one batch and extrapolates.
+    ``solver``: "euler" (one network call per step) or "heun" (two; second order, none at the last step).
+    """
+    if solver not in ("euler", "heun"):
+        raise ValueError(f"solver must be 'euler' or 'heun', got {solver!r}")
+    device, dtype = cond.reference.device, cond.reference.dtype
+    if noise is None:
+        noise = torch.randn(cond.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    noise = noise.to(device, dtype)
+    ts = sampling_times(steps, num_tokens(cond.shape, flow.patch), cond.strength).tolist()
+    guided = cfg_scale != 1.0
+    if guided:  # one batch of [conditional, unconditional]
+        empty_text, empty_mask = null_text(text, text_mask)
+        text, text_mask = torch.cat([text, empty_text]), torch.cat([text_mask.bool(), empty_mask])
+        cond2 = Condition(cond.mask.repeat(2, 1), cond.reference.repeat(2, 1, 1, 1, 1), cond.strength)
+
+    def v(x: Tensor, t: float) -> Tensor:
+        tt = torch.full((x.shape[0],), t, device=device, dtype=dtype)
+        if not guided:
+            return flow.velocity(x, tt, cond, text, text_mask)
+        vc, vu = flow.velocity(torch.cat([x, x]), tt.repeat(2), cond2, text, text_mask).chunk(2)
+        return vu + cfg_scale * (vc - vu)
+
+    x = (1 - ts[0]) * cond.reference + ts[0] * noise  # pure noise when strength = 1
+    x = cond.pin(x, noise, ts[0])
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        d = v(x, t)
+        if solver == "heun" and t_next > 0:
+            x_euler = cond.pin(x + (t_next - t) * d, noise, t_next)
+            d = 0.5 * (d + v(x_euler, t_next))
+        x = cond.pin(x + (t_next - t) * d, noise, t_next)
+    return x

@@ -1,0 +1,645 @@
+"""``tessera report DATASET``: one HTML page a person would rather look at than read.
+
+Reads a published dataset (``_manifest.json`` shards, ``selection.parquet``, ``failures.parquet``,
+``summary.json``) and writes ``DATASET/report/``: ``index.html`` plus the PNG figures it references by relative
+path, so the folder opens anywhere with no network and no JavaScript:
+
+- histograms of duration, resolution (width x height and aspect), fps and every score column (a column that is
+  null for every clip gets a visible note saying why instead of an empty plot);
+- keep rate per filter (pass rate and the share of clips each filter rejected first), failures by reason with a
+  table of failed inputs, caption lengths when caption columns exist, time per stage;
+- a contact sheet per sampled clip: a strip of frames decoded with PyAV beneath which sit its caption, source
+  and scores. Clips are sampled by a seeded hash of their id, so the same dataset gives the same sheets, and
+  only sampled clips are read and decoded.
+
+Every string from the data (file names, captions, error messages) is HTML-escaped: file names are hostile.
+Figures use matplotlib's Agg canvas directly (no pyplot, no global state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import io
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+# Colours of the page; the Chromium test looks for PRIMARY in the screenshot.
+PRIMARY = "#2f6db5"  # histograms, pass rates
+ACCENT = "#d1495b"  # thresholds, rejections, failures
+MUTED = "#8a94a6"
+
+# Score columns with their units (label on the x axis); boolean flags are drawn as two bars.
+FLOAT_SCORES = {
+    "sharpness": "Laplacian variance at analysis size",
+    "luma_mean": "mean luma, 0-255",
+    "luma_std": "luma std, 0-255",
+    "black_share": "share of sampled frames near-black",
+    "motion_mean": "mean motion, px/frame at analysis size",
+    "motion_p90": "90th pct motion, px/frame",
+    "clip_aesthetic": "aesthetic score (LAION scale)",
+    "text_coverage": "share of frame under on-screen text",
+}
+BOOL_SCORES = {"motion_static": "static camera and scene", "motion_jitter": "jittery motion"}
+# Which status column explains a null model-backed score.
+STATUS_OF = {"clip_aesthetic": "clip_status", "text_coverage": "ocr_status"}
+CAPTION_COLUMNS = ("caption_short", "caption_dense", "caption_expanded")
+HEAVY_TYPES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_list, pa.types.is_large_list)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Everything ``tessera report`` needs; only ``dataset`` has no default."""
+
+    dataset: str
+    output: str | None = None  # default DATASET/report
+    sample_clips: int = 12  # contact sheets
+    frames_per_clip: int = 6  # frames in each contact-sheet strip
+    thumb_height: int = 112  # px of each frame in a strip
+    seed: int = 0  # which clips are sampled
+    max_failure_rows: int = 200  # rows of the failed-inputs table (the bar chart counts all)
+    dpi: int = 100
+
+
+@dataclass
+class Dataset:
+    """What the report reads: the light clip columns (no media) and the side tables, any of which may be absent."""
+
+    root: Path
+    manifest: dict
+    clips: pa.Table  # light columns + ``_shard`` (index into shard_paths)
+    shard_paths: list[Path]
+    selection: pa.Table | None
+    failures: pa.Table | None
+    summary: dict
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _inside(root: Path, rel: str) -> Path:
+    """``root/rel``, refusing paths that leave ``root`` (a manifest or clip_path is data, not trusted)."""
+    p = (root / rel).resolve()
+    if not p.is_relative_to(root.resolve()):
+        raise ValueError(f"path {rel!r} points outside the dataset {root}")
+    return p
+
+
+def load_dataset(root: Path) -> Dataset:
+    """Read the manifest's shards without their media columns, plus selection, failures and summary."""
+    manifest_path = root / "_manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{root} is not a finished dataset: no _manifest.json (a build writes it last)")
+    manifest = json.loads(manifest_path.read_text())
+    shard_paths = [_inside(root, s["path"]) for s in manifest.get("shards", [])]
+    tables = []
+    for i, path in enumerate(shard_paths):
+        schema = pq.read_schema(path)
+        light = [f.name for f in schema if not any(t(f.type) for t in HEAVY_TYPES)]
+        t = pq.read_table(path, columns=light)
+        tables.append(t.append_column("_shard", pa.array(np.full(t.num_rows, i, np.int32))))
+    clips = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({"clip_id": pa.array([], pa.string())})
+    notes = []
+    summary_path = root / "summary.json"
+    if not summary_path.is_file() and manifest.get("source"):  # a captioned copy: its build summary is upstream
+        upstream = Path(manifest["source"]) / "summary.json"
+        if upstream.is_file():
+            summary_path = upstream
+            notes.append(f"build numbers are from the source dataset {upstream.parent}")
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if not summary:
+        notes.append("no summary.json: input counts and time per stage are unavailable")
+    selection = pq.read_table(root / "selection.parquet") if (root / "selection.parquet").is_file() else None
+    failures = pq.read_table(root / "failures.parquet") if (root / "failures.parquet").is_file() else None
+    return Dataset(root, manifest, clips, shard_paths, selection, failures, summary, notes)
+
+
+def _values(table: pa.Table, name: str) -> np.ndarray:
+    """Finite float values of a numeric column (nulls and NaNs dropped)."""
+    if name not in table.column_names:
+        return np.array([], np.float64)
+    arr = table[name].to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> NaN
+    return arr[np.isfinite(arr)]
+
+
+def _null_note(table: pa.Table, name: str, summary: dict) -> str:
+    """Why a column has no values: the model status when it has one, else plainly 'all null'."""
+    status_col = STATUS_OF.get(name)
+    if status_col and status_col in table.column_names:
+        counts = Counter(table[status_col].to_pylist())
+        if counts.get("no-model"):
+            return f"{name}: no model configured ({counts['no-model']} of {table.num_rows} clips say no-model)"
+        if name == "clip_aesthetic" and counts.get("ok"):
+            return f"{name}: the CLIP model ran without an aesthetic head"
+        return f"{name}: no values (status: {', '.join(f'{k} {v}' for k, v in counts.most_common())})"
+    return f"{name}: null for all {table.num_rows} clips"
+
+
+def _thresholds(selection: pa.Table | None) -> dict[str, list[str]]:
+    """Filter thresholds per column, from the spec stored in the selection's metadata (``{col: ['>= 25']}``)."""
+    if selection is None:
+        return {}
+    raw = (selection.schema.metadata or {}).get(b"tessera.filter_spec")
+    if not raw:
+        return {}
+    from curate.filter import FilterSpec, spec_conditions
+
+    try:
+        spec = json.loads(raw)
+        spec["expressions"] = tuple(spec.get("expressions", ()))
+        conds = spec_conditions(FilterSpec(**spec))
+    except (TypeError, ValueError):
+        return {}
+    out: dict[str, list[tuple[str, float]]] = {}
+    for c in conds:
+        if not isinstance(c.value, bool):
+            out.setdefault(c.column, []).append((c.op, float(c.value)))
+    return out
+
+
+def _keep_rates(data: Dataset) -> dict:
+    """Keep rates from the selection (the current filters), falling back to summary.json."""
+    if data.selection is not None:
+        from curate.filter import keep_rates
+
+        return keep_rates(data.selection)
+    return data.summary.get("filters", {}) or {}
+
+
+def sample_ids(clip_ids: list[str], n: int, seed: int) -> list[str]:
+    """``n`` clip ids chosen by a seeded hash: deterministic, and stable when other clips are added."""
+    ranked = sorted(clip_ids, key=lambda c: hashlib.sha256(f"{seed}:{c}".encode()).hexdigest())
+    return ranked[: max(n, 0)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# figures (matplotlib Agg canvas, no pyplot)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _figure(w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _style(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title, fontsize=11, loc="left")
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _hist(values: np.ndarray, title: str, xlabel: str, lines: list[tuple[str, float]] = ()):
+    fig = _figure(4.6, 2.9)
+    ax = fig.add_subplot()
+    lo, hi = float(values.min()), float(values.max())
+    bins = min(40, max(5, int(np.sqrt(values.size)) * 2)) if hi > lo else 1
+    ax.hist(values, bins=bins, range=None if hi > lo else (lo - 0.5, lo + 0.5), color=PRIMARY, edgecolor="white")
+    for op, v in lines:
+        ax.axvline(v, color=ACCENT, ls="--", lw=1.5, label=f"filter {op} {v:g}")
+    if lines:
+        ax.legend(fontsize=8, frameon=False)
+    _style(ax, f"{title}  (n={values.size}, median {np.median(values):.3g})", xlabel, "clips")
+    return fig
+
+
+def _bool_bars(values: list, title: str, what: str):
+    fig = _figure(4.6, 2.9)
+    ax = fig.add_subplot()
+    counts = Counter(values)
+    keys = [("no", False), ("yes", True), ("null", None)]
+    keys = [(k, v) for k, v in keys if counts.get(v) or v is not None]
+    bars = ax.bar([k for k, _ in keys], [counts.get(v, 0) for _, v in keys],
+                  color=[PRIMARY if v is False else ACCENT if v else MUTED for _, v in keys])
+    ax.bar_label(bars, fontsize=8)
+    _style(ax, f"{title}  (n={len(values)})", what, "clips")
+    return fig
+
+
+def _resolution(clips: pa.Table):
+    fig = _figure(9.4, 3.1)
+    ax1, ax2 = fig.subplots(1, 2)
+    sizes = Counter(zip(clips["width"].to_pylist(), clips["height"].to_pylist()))
+    ws, hs, ns = [w for w, _ in sizes], [h for _, h in sizes], list(sizes.values())
+    ax1.scatter(ws, hs, s=[30 + 400 * n / max(ns) for n in ns], color=PRIMARY, alpha=0.75, edgecolor="white")
+    for (w, h), n in sizes.most_common(6):
+        ax1.annotate(f"{w}x{h} ({n})", (w, h), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    _style(ax1, f"resolution  (n={clips.num_rows}, {len(sizes)} sizes)", "width (px)", "height (px)")
+    ax1.margins(0.25)
+    aspect = _values(clips, "aspect")
+    lo, hi = (aspect.min(), aspect.max()) if aspect.size else (0, 0)
+    ax2.hist(aspect, bins=min(30, max(5, int(np.sqrt(aspect.size)) * 2)) if hi > lo else 1,
+             range=None if hi > lo else (lo - 0.05, lo + 0.05), color=PRIMARY, edgecolor="white")
+    for ref, name in ((16 / 9, "16:9"), (4 / 3, "4:3"), (1.0, "1:1"), (9 / 16, "9:16")):
+        if lo - 0.1 <= ref <= hi + 0.1:
+            ax2.axvline(ref, color=MUTED, ls=":", lw=1)
+            ax2.annotate(name, (ref, 0.97), xycoords=("data", "axes fraction"), fontsize=7, color=MUTED)
+    _style(ax2, "display aspect", "width / height", "clips")
+    return fig
+
+
+def _fps(clips: pa.Table):
+    values = _values(clips, "fps")
+    counts = Counter(np.round(values, 2).tolist())
+    if len(counts) > 15:
+        return _hist(values, "frame rate", "frames per second")
+    fig = _figure(4.6, 2.9)
+    ax = fig.add_subplot()
+    keys = sorted(counts)
+    bars = ax.bar([f"{k:g}" for k in keys], [counts[k] for k in keys], color=PRIMARY)
+    ax.bar_label(bars, fontsize=8)
+    _style(ax, f"frame rate  (n={values.size})", "frames per second", "clips")
+    return fig
+
+
+def _keep_figure(rates: dict):
+    names = list(rates.get("pass_rate", {}))
+    n = rates.get("clips") or 0
+    fig = _figure(9.4, 0.9 + 0.38 * max(len(names), 1))
+    ax = fig.add_subplot()
+    y = np.arange(len(names))
+    passed = [100 * rates["pass_rate"][k] for k in names]
+    first = [100 * rates.get("rejected_first_by", {}).get(k, 0.0) for k in names]
+    b1 = ax.barh(y - 0.2, passed, height=0.38, color=PRIMARY, label="passes this filter")
+    b2 = ax.barh(y + 0.2, first, height=0.38, color=ACCENT, label="rejected first by this filter")
+    ax.bar_label(b1, labels=[f"{p:.0f} % ({round(p * n / 100)})" for p in passed], fontsize=7, padding=2)
+    ax.bar_label(b2, labels=[f"{p:.0f} % ({round(p * n / 100)})" if p else "" for p in first], fontsize=7, padding=2)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 118)
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    keep = rates.get("keep_rate")
+    kept = f"{100 * keep:.1f} % kept ({round(keep * n)} of {n} clips)" if keep is not None else "no clips"
+    _style(ax, f"filters: {kept}", "% of clips", "")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def _count_bars(counts: dict, title: str, xlabel: str, color: str, fmt: str = "{:g}"):
+    keys = list(counts)
+    fig = _figure(9.4, 0.9 + 0.36 * max(len(keys), 1))
+    ax = fig.add_subplot()
+    bars = ax.barh(np.arange(len(keys)), [counts[k] for k in keys], color=color)
+    ax.bar_label(bars, labels=[fmt.format(counts[k]) for k in keys], fontsize=8, padding=2)
+    ax.set_yticks(np.arange(len(keys)), [str(k)[:48] for k in keys], fontsize=8)
+    ax.invert_yaxis()
+    ax.margins(x=0.15)
+    _style(ax, title, xlabel, "")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def _caption_lengths(clips: pa.Table, cols: list[str]):
+    fig = _figure(9.4, 3.0)
+    ax = fig.add_subplot()
+    colors = [PRIMARY, ACCENT, "#3a9d5d"]
+    lengths = {c: np.array([len(t.split()) for t in clips[c].to_pylist() if t]) for c in cols}
+    top = max(int(v.max()) for v in lengths.values() if v.size)
+    bins = np.linspace(0, top + 1, min(40, top + 2))
+    for c, color in zip(cols, colors):
+        v = lengths[c]
+        ax.hist(v, bins=bins, histtype="stepfilled" if len(cols) == 1 else "step", lw=2, color=color,
+                label=f"{c} (n={v.size}, median {np.median(v):.0f} words)")
+    ax.legend(fontsize=8, frameon=False)
+    _style(ax, "caption lengths", "words", "clips")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# contact sheets (PyAV decode of the sampled clips only)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def decode_strip(source: bytes | Path, n_frames: int, height: int):
+    """A PIL image of ``n_frames`` frames spread evenly over a clip, each ``height`` px tall, 3 px apart.
+
+    Decodes forward once and stops after the last wanted frame; only wanted frames are converted, scaled by
+    FFmpeg (swscale) rather than in Python.
+    """
+    import av
+    from PIL import Image
+
+    with av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        total = stream.frames or 0
+        if total <= 0:  # no frame count in the header: count once (clips are short)
+            total = sum(1 for _ in container.decode(stream))
+            container.seek(0)
+        sar = float(stream.sample_aspect_ratio or 1)  # non-square pixels (PAL 704x576) shown at display aspect
+        want = sorted({min(total - 1, int((k + 0.5) * total / n_frames)) for k in range(n_frames)})
+        thumbs = []
+        for i, frame in enumerate(container.decode(stream)):
+            if i in want:
+                w = max(2, round(height * frame.width / frame.height * sar))
+                thumbs.append(frame.to_image(width=w, height=height))
+            if i >= want[-1]:
+                break
+    if not thumbs:
+        raise ValueError("no frames decoded")
+    gap = 3
+    strip = Image.new("RGB", (sum(t.width for t in thumbs) + gap * (len(thumbs) - 1), height), "white")
+    x = 0
+    for t in thumbs:
+        strip.paste(t, (x, 0))
+        x += t.width + gap
+    return strip
+
+
+def _media(data: Dataset, ids: list[str]) -> dict[str, bytes | Path | None]:
+    """The MP4 of each sampled clip: bytes read from its shard only, or a file under the dataset."""
+    out: dict[str, bytes | Path | None] = {}
+    shard_of = dict(zip(data.clips["clip_id"].to_pylist(), data.clips["_shard"].to_pylist()))
+    by_shard: dict[int, list[str]] = {}
+    for cid in ids:
+        by_shard.setdefault(shard_of[cid], []).append(cid)
+    for s, cids in by_shard.items():
+        names = [n for n in ("clip_id", "clip_mp4", "clip_path") if n in pq.read_schema(data.shard_paths[s]).names]
+        t = pq.read_table(data.shard_paths[s], columns=names, filters=pc.field("clip_id").isin(cids))
+        for row in t.to_pylist():
+            if row.get("clip_mp4"):
+                out[row["clip_id"]] = row["clip_mp4"]
+            elif row.get("clip_path"):
+                out[row["clip_id"]] = _inside(data.root, row["clip_path"])
+            else:
+                out[row["clip_id"]] = None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HTML
+# ---------------------------------------------------------------------------------------------------------
+
+CSS = """
+body{font:14px/1.45 -apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;color:#1d2330;background:#f4f6f9;margin:0}
+main{max-width:1240px;margin:0 auto;padding:20px 28px 60px}
+h1{font-size:24px;margin:6px 0 2px} h2{font-size:18px;margin:30px 0 10px;border-bottom:2px solid #dde3ec;padding-bottom:4px}
+.sub{color:#5b6578;font-size:13px;word-break:break-all}
+.cards{display:flex;flex-wrap:wrap;gap:10px;margin:14px 0}
+.card{background:#fff;border-radius:8px;padding:10px 14px;box-shadow:0 1px 2px #0002;min-width:120px}
+.card b{display:block;font-size:22px;color:#2f6db5} .card span{font-size:12px;color:#5b6578}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:12px}
+figure{margin:0;background:#fff;border-radius:8px;padding:8px;box-shadow:0 1px 2px #0002}
+figure img{width:100%;display:block} .wide img{max-width:940px}
+.note{background:#fff7e6;border-left:4px solid #e0a100;padding:6px 10px;margin:6px 0;font-size:13px}
+table{border-collapse:collapse;background:#fff;font-size:12px;width:100%}
+th,td{border-bottom:1px solid #e4e8ef;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#eef1f6} td.msg{max-width:520px;word-break:break-word;color:#5b6578}
+.sheets{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:12px}
+.sheet{background:#fff;border-radius:8px;padding:8px;box-shadow:0 1px 2px #0002}
+.sheet img{max-width:100%;display:block;border-radius:4px}
+.cap{margin:6px 0 2px;font-size:14px} .meta{font-size:12px;color:#5b6578;word-break:break-all}
+.keep{color:#2f8a4f;font-weight:600} .drop{color:#d1495b;font-weight:600}
+"""
+
+
+def _e(x) -> str:
+    return html.escape("" if x is None else str(x), quote=True)
+
+
+def _card(value, label: str) -> str:
+    return f'<div class="card"><b>{_e(value)}</b><span>{_e(label)}</span></div>'
+
+
+def _fig_html(name: str, alt: str, wide: bool = False) -> str:
+    return f'<figure{" class=wide" if wide else ""}><img src="{_e(name)}" alt="{_e(alt)}"></figure>'
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------------------------------------
+
+
+def main(cfg: ReportConfig) -> dict:
+    """Write ``index.html`` and its PNGs for ``cfg.dataset``; returns what was written (paths, counts, notes)."""
+    t0 = time.time()
+    root = Path(cfg.dataset)
+    out = Path(cfg.output) if cfg.output else root / "report"
+    (out / "sheets").mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob("*.png"), *(out / "sheets").glob("*.png")]:  # figures of an earlier report
+        old.unlink()
+    data = load_dataset(root)
+    clips, summary = data.clips, data.summary
+    notes = list(data.notes)
+    figures: list[str] = []
+    sections: list[str] = []
+
+    def save(fig, name: str) -> str:
+        fig.savefig(out / name, dpi=cfg.dpi, facecolor="white")
+        figures.append(name)
+        return name
+
+    # 1. header numbers
+    inputs, counts = summary.get("inputs", {}), summary.get("clips", {})
+    rates = _keep_rates(data)
+    n = clips.num_rows
+    kept = round((rates.get("keep_rate") or 0) * (rates.get("clips") or 0))
+    cards = [_card(n, "clips published")]
+    if rates.get("clips"):
+        cards.append(_card(f"{kept} ({100 * rates['keep_rate']:.0f} %)", "kept by filters"))
+    if inputs:
+        cards += [_card(inputs.get("total", "-"), "inputs"), _card(inputs.get("accepted", "-"), "inputs accepted"),
+                  _card(inputs.get("rejected", 0) + inputs.get("failed", 0), "inputs rejected or failed")]
+    if counts.get("duplicates") is not None:
+        cards.append(_card(counts["duplicates"], "near-duplicate clips"))
+    dur = _values(clips, "duration_s")
+    cards.append(_card(f"{dur.sum() / 60:.1f} min", "of clips"))
+    if summary.get("wall_s") is not None:
+        cards.append(_card(f"{summary['wall_s']:.0f} s", "build wall time"))
+    for m in summary.get("models", {}).values():
+        if m.get("note"):
+            notes.append(m["note"])
+
+    # 2. clip geometry
+    geo = []
+    if dur.size:
+        geo.append(_fig_html(save(_hist(dur, "clip duration", "seconds", _thresholds(data.selection).get("duration_s", [])),
+                                  "duration.png"), "histogram of clip durations"))
+        geo.append(_fig_html(save(_fps(clips), "fps.png"), "frame rates"))
+        res = _fig_html(save(_resolution(clips), "resolution.png"), "resolution scatter and aspect histogram", True)
+        sections.append(f'<h2>Clips: duration, frame rate, resolution</h2><div class="grid">{"".join(geo)}</div>'
+                        f'<div style="margin-top:12px">{res}</div>')
+    else:
+        sections.append('<h2>Clips</h2><p class="note">The dataset has no clips.</p>')
+
+    # 3. scores
+    score_figs, score_notes = [], []
+    lines = _thresholds(data.selection)
+    for name, unit in FLOAT_SCORES.items():
+        if name not in clips.column_names:
+            continue
+        v = _values(clips, name)
+        if v.size == 0:
+            score_notes.append(_null_note(clips, name, summary) if n else f"{name}: no clips")
+            continue
+        score_figs.append(_fig_html(save(_hist(v, name, unit, lines.get(name, [])), f"score_{name}.png"), name))
+    for name, what in BOOL_SCORES.items():
+        if name in clips.column_names and n:
+            values = clips[name].to_pylist()
+            if all(x is None for x in values):
+                score_notes.append(f"{name}: null for all {n} clips")
+                continue
+            score_figs.append(_fig_html(save(_bool_bars(values, name, what), f"score_{name}.png"), name))
+    body = "".join(f'<p class="note">{_e(s)}</p>' for s in score_notes)
+    sections.append(f'<h2>Scores</h2>{body}<div class="grid">{"".join(score_figs)}</div>')
+
+    # 4. filters
+    fsec = "<h2>Filters</h2>"
+    if rates.get("pass_rate"):
+        fsec += _fig_html(save(_keep_figure(rates), "keep_rate.png"), "keep rate per filter", True)
+    else:
+        fsec += '<p class="note">No filter results (selection.parquet is absent or empty).</p>'
+    fsec += "".join(f'<p class="note">{_e(s)}</p>' for s in rates.get("notes", []))
+    sections.append(fsec)
+
+    # 5. failures
+    fails = data.failures
+    fsec = "<h2>Failures</h2>"
+    if fails is not None and fails.num_rows:
+        reasons = dict(Counter(fails["reason"].to_pylist()).most_common())
+        title = f"failures by reason  ({fails.num_rows} rows: " + ", ".join(
+            f"{k} {v}" for k, v in Counter(fails["outcome"].to_pylist()).most_common()) + ")"
+        fsec += _fig_html(save(_count_bars(reasons, title, "count", ACCENT), "failures.png"), "failures by reason", True)
+        rows = sorted(fails.to_pylist(), key=lambda r: (r["reason"] or "", r["source_uri"] or ""))
+        cols = ("source_uri", "outcome", "stage", "reason", "error_class", "message")
+        trs = "".join("<tr>" + "".join(f'<td{" class=msg" if c == "message" else ""}>{_e((r.get(c) or "")[:400])}</td>'
+                                       for c in cols) + "</tr>" for r in rows[: cfg.max_failure_rows])
+        fsec += (f'<table style="margin-top:12px"><tr>{"".join(f"<th>{c}</th>" for c in cols)}</tr>{trs}</table>'
+                 + (f'<p class="sub">first {cfg.max_failure_rows} of {len(rows)} rows</p>'
+                    if len(rows) > cfg.max_failure_rows else ""))
+    else:
+        fsec += '<p class="sub">No failed or rejected inputs.</p>'
+    sections.append(fsec)
+
+    # 6. captions
+    cap_cols = [c for c in CAPTION_COLUMNS if c in clips.column_names and clips[c].null_count < n
+                and any(clips[c].to_pylist())]
+    if cap_cols:
+        sections.append("<h2>Captions</h2>" + _fig_html(save(_caption_lengths(clips, cap_cols), "caption_lengths.png"),
+                                                        "caption lengths", True))
+
+    # 7. time per stage
+    times = {k: v for k, v in summary.get("time_per_stage_s", {}).items() if isinstance(v, (int, float))}
+    if times:
+        title = "time per stage, summed over inputs" + (f"  (build wall {summary['wall_s']:.1f} s)"
+                                                         if summary.get("wall_s") is not None else "")
+        sections.append("<h2>Time per stage</h2>" + _fig_html(
+            save(_count_bars(times, title, "seconds (CPU-side, all workers)", PRIMARY, "{:.1f} s"), "time_per_stage.png"),
+            "time per stage", True))
+
+    # 8. contact sheets
+    sheets = _contact_sheets(data, cfg, out, rates)
+    figures += [s for s in sheets["files"]]
+    sections.append(sheets["html"])
+
+    title = f"Tessera dataset report: {root.resolve().name}"
+    created = summary.get("created_at", "")
+    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+            f"<style>{CSS}</style></head><body><main><h1>{_e(title)}</h1>"
+            f'<div class="sub">{_e(root.resolve())} &middot; built {_e(created)} &middot; fingerprint '
+            f'{_e(summary.get("fingerprint") or data.manifest.get("fingerprint", "-"))} &middot; report '
+            f'{time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}</div>'
+            f'<div class="cards">{"".join(cards)}</div>'
+            + "".join(f'<p class="note">{_e(s)}</p>' for s in notes) + "".join(sections) + "</main></body></html>")
+    tmp = out / ".index.html.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out / "index.html")
+    return {"index": str(out / "index.html"), "figures": figures, "clips": n, "sheets": sheets["count"],
+            "notes": notes + score_notes, "seconds": round(time.time() - t0, 2)}
+
+
+def _contact_sheets(data: Dataset, cfg: ReportConfig, out: Path, rates: dict) -> dict:
+    """One strip of frames per sampled clip, its caption, source and scores beneath."""
+    clips = data.clips
+    ids = sample_ids(clips["clip_id"].to_pylist(), cfg.sample_clips, cfg.seed)
+    head = f"<h2>Contact sheets: {len(ids)} of {clips.num_rows} clips (sampled with seed {cfg.seed})</h2>"
+    if not ids:
+        return {"html": head, "files": [], "count": 0}
+    media = _media(data, ids)
+    keep, first_fail = {}, {}
+    if data.selection is not None and data.selection.num_rows:
+        passes = [c for c in data.selection.column_names if c.startswith("pass_")]
+        for row in data.selection.select(["clip_id", "keep", *passes]).to_pylist():
+            keep[row["clip_id"]] = row["keep"]
+            first_fail[row["clip_id"]] = next((p[5:] for p in passes if not row[p]), None)
+    rows = {r["clip_id"]: r for r in clips.filter(pc.field("clip_id").isin(ids)).to_pylist()}
+    files, cards = [], []
+    for k, cid in enumerate(ids):
+        r = rows[cid]
+        name = f"sheets/clip-{k:02d}.png"
+        try:
+            if media.get(cid) is None:
+                raise ValueError("the clip has no stored media")
+            decode_strip(media[cid], cfg.frames_per_clip, cfg.thumb_height).save(out / name, optimize=False)
+            files.append(name)
+            img = f'<img src="{_e(name)}" alt="frames of clip {_e(cid)}">'
+        except Exception as exc:  # a broken clip gets a note on its sheet, never a failed report
+            img = f'<p class="note">could not decode this clip: {_e(type(exc).__name__)}: {_e(str(exc)[:200])}</p>'
+        caps = [(c, r.get(c)) for c in CAPTION_COLUMNS if r.get(c)]
+        cap = "".join(f'<div class="cap"><b>{_e(c.replace("caption_", ""))}:</b> {_e(t)}</div>' for c, t in caps) \
+            or '<div class="cap sub">(no caption)</div>'
+        status = ""
+        if cid in keep:
+            status = ('<span class="keep">kept</span>' if keep[cid]
+                      else f'<span class="drop">rejected by {_e(first_fail[cid])}</span>') + " &middot; "
+        scores = " &middot; ".join(f"{_e(s)} {_e(_fmt(r.get(s)))}" for s in
+                                   ("sharpness", "luma_mean", "motion_mean", "text_coverage", "clip_aesthetic")
+                                   if r.get(s) is not None)
+        src = r.get("source_uri") or ""
+        cards.append(
+            f'<div class="sheet">{img}{cap}<div class="meta">{status}<b>{_e(os.path.basename(src))}</b> '
+            f'frames {_e(r.get("start_frame"))}-{_e(r.get("end_frame"))} ({_fmt(r.get("start_s"), 4)}-'
+            f'{_fmt(r.get("end_s"), 4)} s, {_fmt(r.get("duration_s"))} s, {_e(r.get("width"))}x{_e(r.get("height"))}'
+            f' @ {_fmt(r.get("fps"))} fps)</div><div class="meta">{scores}</div>'
+            f'<div class="meta">source: {_e(src)} &middot; clip {_e(cid)}</div></div>')
+    return {"html": head + f'<div class="sheets">{"".join(cards)}</div>', "files": files, "count": len(files)}
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``tessera report DATASET [--out DIR] [--clips N] [--frames K] [--seed S]``."""
+    ap = argparse.ArgumentParser(
+        prog="tessera report", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Write DATASET/report/index.html: histograms of duration, resolution, fps and every score, "
+                    "keep rate per filter, failures by reason, caption lengths, time per stage and contact "
+                    "sheets of sampled clips. Self-contained: open it in any browser, no network needed.")
+    ap.add_argument("dataset", help="a dataset folder written by `tessera build` or `tessera caption`")
+    ap.add_argument("--out", default=None, help="report folder (default DATASET/report)")
+    ap.add_argument("--clips", type=int, default=ReportConfig.sample_clips, help="contact sheets to draw")
+    ap.add_argument("--frames", type=int, default=ReportConfig.frames_per_clip, help="frames per contact sheet")
+    ap.add_argument("--seed", type=int, default=ReportConfig.seed, help="which clips are sampled")
+    a = ap.parse_args(argv)
+    res = main(ReportConfig(dataset=a.dataset, output=a.out, sample_clips=a.clips, frames_per_clip=a.frames,
+                            seed=a.seed))
+    print(f"[report] {res['clips']} clips, {len(res['figures'])} figures, {res['sheets']} contact sheets "
+          f"in {res['seconds']:.1f} s -> {res['index']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

@@ -1,0 +1,113 @@
+"""End-to-end ``tessera caption`` on local Ray: two shards of synthetic colour clips (inline bytes and clip_path,
+one corrupt), the VLM and the expander both on the loopback server with random delays; then re-runs that must
+re-decode and re-caption nothing, and a changed expand model that re-runs only the expander."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from caption.expand import ExpandConfig, OpenAIEndpoint
+from caption.frames import FrameConfig
+from caption.vlm import VLMConfig
+from openai_server import FakeOpenAIServer, write_clip_shards
+from pipelines.caption import CaptionPipelineConfig, main
+
+SECRET = "sk-pipeline-SECRET-42"
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024 * 1024,
+             log_to_driver=False)  # a private cluster, never one another process started
+    yield ray
+    ray.shutdown()
+
+
+def _dataset(tmp_path: Path) -> tuple[Path, list[dict]]:
+    src = tmp_path / "in"
+    colours = ["red", "green", "blue", "yellow", "magenta", "cyan", "white", "black"]
+    rows = write_clip_shards(str(src / "a"), colours[:4], shards=1, bytes_inline=True)
+    rows += write_clip_shards(str(src / "b"), colours[4:], shards=1, bytes_inline=False)
+    (src / "clips").mkdir(parents=True)
+    # shard 0: inline bytes (+ one corrupt clip); shard 1: clips stored as files under the dataset dir
+    t0 = pq.read_table(src / "a" / "clips" / "part-00000.parquet")
+    bad = t0.slice(0, 1).to_pylist()[0] | {"clip_id": "clip-bad", "clip_mp4": b"\x00\x01 not mp4", "colour": None}
+    t0 = pa.concat_tables([t0, pa.Table.from_pylist([bad], schema=t0.schema)])
+    pq.write_table(t0, src / "clips" / "part-00000.parquet")
+    (src / "b" / "media").rename(src / "media")
+    pq.write_table(pq.read_table(src / "b" / "clips" / "part-00000.parquet"), src / "clips" / "part-00001.parquet")
+    return src, rows
+
+
+def _cfg(src: Path, out: Path, server, expand_model: str = "fake-llm") -> CaptionPipelineConfig:
+    def ep(model):
+        return OpenAIEndpoint(base_url=server.base_url, model=model, api_key=SECRET, timeout_s=10, max_retries=1,
+                              backoff_s=0.01, concurrency=4)
+
+    return CaptionPipelineConfig(
+        input=str(src), output=str(out),
+        vlm=VLMConfig(backend="openai", kinds=("short", "dense"), frames=FrameConfig(n_frames=2, max_pixels=64 * 48),
+                      endpoint=ep("fake-vlm")),
+        expand=ExpandConfig(backend="openai", endpoint=ep(expand_model)),
+        batch_size=3, captioner_concurrency=2, expander_concurrency=1)
+
+
+def test_caption_pipeline_end_to_end_and_reruns(ray_session, tmp_path):
+    src, rows = _dataset(tmp_path)
+    out = tmp_path / "out"
+    with FakeOpenAIServer(jitter_s=0.1, seed=5) as server:
+        summary = main(_cfg(src, out, server))
+        n_vlm = sum(1 for s in server.seen if s.body["model"] == "fake-vlm")
+        n_exp = sum(1 for s in server.seen if s.body["model"] == "fake-llm")
+        assert n_vlm == 2 * 8 and n_exp == 8  # 8 good clips x 2 kinds; one expansion each (dense first)
+
+        # same shard names, same rows in the same order, caption columns added
+        assert sorted(p.name for p in (out / "clips").glob("*.parquet")) == ["part-00000.parquet",
+                                                                              "part-00001.parquet"]
+        for name in ("part-00000.parquet", "part-00001.parquet"):
+            before, after = pq.read_table(src / "clips" / name), pq.read_table(out / "clips" / name)
+            assert after.column("clip_id").to_pylist() == before.column("clip_id").to_pylist()
+            assert set(before.column_names) <= set(after.column_names)
+        table = pa.concat_tables([pq.read_table(out / "clips" / n) for n in ("part-00000.parquet",
+                                                                            "part-00001.parquet")])
+        for col in ("caption_short", "caption_dense", "caption_backend", "caption_model", "caption_prompt_id",
+                    "caption_status", "caption_error", "caption_tokens", "caption_expanded", "expand_status",
+                    "expand_error", "expand_model", "expand_template"):
+            assert col in table.column_names, col
+        assert not any(c.startswith("_") or c == "caption_frames" for c in table.column_names)
+        by_id = {r["clip_id"]: r for r in table.to_pylist()}
+        for r in rows:  # every caption belongs to its clip (the fake VLM names the clip's colour)
+            got = by_id[r["clip_id"]]
+            assert got["caption_status"] == "ok" and f"plain {r['colour']} surface" in got["caption_short"]
+            assert got["expand_status"] == "ok" and got["caption_dense"].rstrip(".") in got["caption_expanded"]
+            assert got["caption_model"] == "openai:fake-vlm" and got["expand_template"] == "expand@v1"
+        bad = by_id["clip-bad"]
+        assert bad["caption_status"] == "error:decode" and bad["caption_short"] is None
+        assert bad["expand_status"] == "skipped:no-input"
+        assert summary["counts"]["clips"] == 9 and summary["counts"]["decoded"] == 8
+        manifest = json.loads((out / "_manifest.json").read_text())
+        assert [s["rows"] for s in manifest["shards"]] == [5, 4]
+        saved = (out / "caption_config.json").read_text()
+        assert SECRET not in saved and SECRET not in json.dumps(summary)
+
+        # re-run: nothing decoded, nothing asked again (the bad clip is retried, and fails again)
+        seen = len(server.seen)
+        again = main(_cfg(src, out, server))
+        assert len(server.seen) == seen
+        assert again["counts"]["decoded"] == 0
+        assert pq.read_table(out / "clips" / "part-00001.parquet").to_pylist() == \
+            [r for r in table.to_pylist() if r["clip_id"] in {x["clip_id"] for x in rows[4:]}]
+
+        # a changed expand model invalidates only the expander: no decode, no VLM call
+        third = main(_cfg(src, out, server, expand_model="fake-llm-2"))
+        new = server.seen[seen:]
+        assert third["counts"]["decoded"] == 0
+        assert {s.body["model"] for s in new} == {"fake-llm-2"} and len(new) == 8
+        assert set(pq.read_table(out / "clips" / "part-00000.parquet").column("expand_model").to_pylist()) == \
+            {"openai:fake-llm-2"}

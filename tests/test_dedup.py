@@ -1,0 +1,233 @@
+"""Near-duplicate detection: pHash robustness, grouping rules, brute-force agreement and scale."""
+
+from __future__ import annotations
+
+import io
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from curate.dedup import (
+    DedupThresholds,
+    dedup_methods,
+    find_duplicates,
+    hamming,
+    phash_frames,
+)
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def clip_frames(seed: int, k: int = 6, h: int = 160, w: int = 284) -> np.ndarray:
+    """A synthetic clip: a smooth random scene panning slowly, uint8 (k, h, w, 3)."""
+    rng = np.random.default_rng(seed)
+    big = cv2.GaussianBlur(rng.integers(0, 256, (h + 40, w + 80, 3), dtype=np.uint8), (0, 0), 6.0)
+    big = cv2.normalize(big, None, 0, 255, cv2.NORM_MINMAX)
+    return np.stack([big[10 : 10 + h, 4 * i : 4 * i + w] for i in range(k)])
+
+
+def reencode(frames: np.ndarray, crf: int = 35) -> np.ndarray:
+    """Round-trip frames through H.264 (libx264, low quality) in memory: a re-encoded copy."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        s = out.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.options = {"crf": str(crf)}
+        for f in frames:
+            out.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(s.encode())
+    buf.seek(0)
+    with av.open(buf) as inp:
+        return np.stack([fr.to_ndarray(format="rgb24") for fr in inp.decode(video=0)])
+
+
+def brighten(frames: np.ndarray, delta: int) -> np.ndarray:
+    return np.clip(frames.astype(np.int16) + delta, 0, 255).astype(np.uint8)
+
+
+def brute_force(ids, emb, hashes, th: DedupThresholds, quality=None) -> dict:
+    """The same rule with plain loops: every pair compared, leaders taken in priority order."""
+    n = len(ids)
+    unit = [None if e is None else np.asarray(e) / np.linalg.norm(e) for e in emb] if emb is not None else [None] * n
+    hs = hashes if hashes is not None else [None] * n
+
+    def similar(i, j):
+        if unit[i] is not None and unit[j] is not None:
+            return float(unit[i] @ unit[j]) >= th.cosine
+        return hs[i] is not None and hs[j] is not None and hamming(hs[i], hs[j]) <= th.hamming
+
+    def key(i):
+        q = None if quality is None else quality[i]
+        return (q is None, -(q or 0.0), ids[i])
+
+    rep = {}
+    for i in sorted(range(n), key=key):
+        if i in rep:
+            continue
+        rep[i] = i
+        for j in range(n):
+            if j not in rep and similar(i, j):
+                rep[j] = i
+    return {ids[i]: (None if rep[i] == i else ids[rep[i]]) for i in range(n)}
+
+
+# ---------------------------------------------------------------------------------------------- pHash
+
+
+def test_phash_format_and_identity():
+    f = clip_frames(0)
+    h = phash_frames(f)
+    assert len(h) == 16 and int(h, 16) >= 0
+    assert phash_frames(f.copy()) == h
+
+
+def test_phash_near_copies_close_and_other_content_far():
+    f = clip_frames(0)
+    h = phash_frames(f)
+    assert hamming(h, phash_frames(reencode(f))) <= 4
+    assert hamming(h, phash_frames(brighten(f, 40))) <= 4
+    assert hamming(h, phash_frames(f[1:])) <= 6  # cut one sample later
+    others = [hamming(h, phash_frames(clip_frames(s))) for s in range(1, 9)]
+    assert min(others) > DedupThresholds().hamming
+
+
+def test_phash_on_real_video(shared_data):
+    with av.open(str(shared_data / "pyscenedetect" / "testvideo.mp4")) as c:
+        frames = [
+            cv2.resize(fr.to_ndarray(format="rgb24"), (284, 160), interpolation=cv2.INTER_AREA)
+            for i, fr in zip(range(200), c.decode(video=0))
+        ]
+    shot_a, shot_b = np.stack(frames[40:160:20]), np.stack(frames[185:200:3])  # two shots (cut at 180)
+    ha = phash_frames(shot_a)
+    assert hamming(ha, phash_frames(reencode(shot_a, crf=40))) <= 4
+    assert hamming(ha, phash_frames(brighten(shot_a, -30))) <= 6
+    assert hamming(ha, phash_frames(shot_b)) > DedupThresholds().hamming
+
+
+# ---------------------------------------------------------------------------------------------- grouping
+
+
+def test_duplicates_by_hash():
+    base = clip_frames(0)
+    clips = {
+        "a": base, "b": base.copy(), "c": reencode(base), "d": brighten(base, 30),
+        "e": clip_frames(1), "f": clip_frames(2),
+    }  # fmt: skip
+    ids = list(clips)
+    res = find_duplicates(ids, phashes=[phash_frames(v) for v in clips.values()])
+    assert res == {"a": None, "b": "a", "c": "a", "d": "a", "e": None, "f": None}
+
+
+def test_quality_picks_the_representative_and_order_does_not_matter():
+    base = clip_frames(0)
+    ids = ["z", "a", "m"]
+    hashes = [phash_frames(base)] * 3
+    assert find_duplicates(ids, phashes=hashes, quality=[0.1, 0.5, 0.9]) == {"z": "m", "a": "m", "m": None}
+    assert find_duplicates(ids, phashes=hashes) == {"z": "a", "a": None, "m": "a"}
+    assert find_duplicates(ids[::-1], phashes=hashes) == {"z": "a", "a": None, "m": "a"}
+
+
+def test_embeddings_decide_when_both_present_else_hash():
+    rng = np.random.default_rng(0)
+    e0 = rng.normal(size=32)
+    far = rng.normal(size=32)
+    h_same = phash_frames(clip_frames(0))
+    ids = ["a", "b", "c", "d"]
+    emb = [e0, far, None, e0 + 0.01 * rng.normal(size=32)]
+    hashes = [h_same, h_same, h_same, phash_frames(clip_frames(5))]
+    res = find_duplicates(ids, embeddings=emb, phashes=hashes)
+    # a-b: both embedded and far apart -> not duplicates despite equal hashes; a-c: c lacks an embedding, same
+    # hash -> duplicate; a-d: embeddings nearly equal -> duplicate despite different hashes
+    assert res == {"a": None, "b": None, "c": "a", "d": "a"}
+    assert dedup_methods(emb, 4) == ["clip-embedding", "clip-embedding", "phash", "clip-embedding"]
+
+
+def test_no_chaining_through_a_middle_clip():
+    """a~b and b~c but not a~c: c is not folded into a's group through b."""
+    ids = ["a", "b", "c"]
+    emb = [[1.0, 0.0], [np.cos(0.25), np.sin(0.25)], [np.cos(0.5), np.sin(0.5)]]
+    res = find_duplicates(ids, embeddings=emb, threshold=DedupThresholds(cosine=float(np.cos(0.3))))
+    assert res == {"a": None, "b": "a", "c": None}
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 28, 16])  # 16: one-row blocks, exercises block offsets
+def test_matches_brute_force_on_a_small_mixed_set(chunk_bytes):
+    rng = np.random.default_rng(3)
+    n = 240
+    emb = rng.normal(size=(n, 16))
+    emb[1::4] = emb[0::4] + 0.15 * rng.normal(size=emb[1::4].shape)  # near copies
+    emb_list = [None if i % 5 == 0 else emb[i] for i in range(n)]
+    base = rng.integers(0, 2**63, size=n // 3, dtype=np.int64)
+    codes = []
+    for i in range(n):  # clusters of related hashes: flip 0-12 random bits of a shared base
+        c = int(base[i % len(base)])
+        for b in rng.choice(64, size=rng.integers(0, 13), replace=False):
+            c ^= 1 << int(b)
+        codes.append(f"{c:016x}")
+    quality = [None if i % 7 == 0 else float(rng.random()) for i in range(n)]
+    ids = [f"clip{i:04d}" for i in range(n)]
+    th = DedupThresholds(cosine=0.97, hamming=6, chunk_bytes=chunk_bytes)
+    got = find_duplicates(ids, embeddings=emb_list, phashes=codes, threshold=th, quality=quality)
+    want = brute_force(ids, emb_list, codes, th, quality)
+    assert got == want
+    assert sum(v is not None for v in want.values()) > 20  # the set really has duplicates of both kinds
+
+
+@pytest.mark.parametrize("t", [1, 4, 7, 8, 12])
+def test_hash_blocking_misses_no_pair_at_the_threshold(t):
+    """Pairs exactly ``t`` bits apart, the flips spread over the whole hash (worst case for band blocking)."""
+    rng = np.random.default_rng(t)
+    ids, hashes = [], []
+    for p in range(64):
+        a = int(rng.integers(0, 2**63)) | (int(rng.integers(0, 2)) << 63)
+        b = a
+        for k in range(t):
+            b ^= 1 << int((p + k * 64 // t) % 64)
+        ids += [f"p{p:02d}a", f"p{p:02d}b"]
+        hashes += [f"{a:016x}", f"{b:016x}"]
+    res = find_duplicates(ids, phashes=hashes, threshold=DedupThresholds(hamming=t))
+    assert all(res[f"p{p:02d}b"] == f"p{p:02d}a" for p in range(64))
+    res = find_duplicates(ids, phashes=hashes, threshold=DedupThresholds(hamming=t - 1))
+    assert all(res[f"p{p:02d}b"] is None for p in range(64))
+
+
+def test_scales_to_5000_clips():
+    rng = np.random.default_rng(4)
+    n = 5000
+    emb = rng.normal(size=(n, 512)).astype(np.float32)
+    emb[1::50] = emb[0::50] + 0.02 * rng.normal(size=emb[1::50].shape)  # 100 planted duplicates
+    ids = [f"c{i:05d}" for i in range(n)]
+    res = find_duplicates(ids, embeddings=emb)
+    dups = {k: v for k, v in res.items() if v is not None}
+    assert dups == {f"c{i:05d}": f"c{i - 1:05d}" for i in range(1, n, 50)}
+
+    codes = rng.integers(0, 2**63, size=n, dtype=np.int64)
+    codes[1::100] = codes[0::100] ^ 0b1011  # 3 bits off
+    res = find_duplicates(ids, phashes=[f"{int(c):016x}" for c in codes])
+    dups = {k: v for k, v in res.items() if v is not None}
+    assert dups == {f"c{i:05d}": f"c{i - 1:05d}" for i in range(1, n, 100)}
+
+
+def test_many_identical_clips_collapse_without_quadratic_edges():
+    """20,000 copies of one black clip (same hash) and 20,000 of one embedding: one group each, kept = min id."""
+    n = 20000
+    ids = [f"h{i:05d}" for i in range(n)] + [f"e{i:05d}" for i in range(n)] + ["lonely"]
+    hashes = ["8000000000000000"] * n + [None] * (n + 1)
+    emb = [None] * n + [np.ones(8, np.float32)] * n + [None]
+    res = find_duplicates(ids, embeddings=emb, phashes=hashes)
+    assert res["h00000"] is None and res["e00000"] is None and res["lonely"] is None
+    assert all(res[f"h{i:05d}"] == "h00000" for i in range(1, n))
+    assert all(res[f"e{i:05d}"] == "e00000" for i in range(1, n))
+
+
+def test_empty_input():
+    assert find_duplicates([]) == {}
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError):
+        find_duplicates(["a", "a"], phashes=["0" * 16, "0" * 16])
+    with pytest.raises(ValueError):
+        find_duplicates(["a", "b"], embeddings=[[1.0, 0.0]])

@@ -1,0 +1,259 @@
+"""Rectified flow: shift, caption dropout, masked loss, solvers, guidance, seeds, and a tiny model that
+overfits one clip and then samples it back (text-to-video and image-to-video)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from model.conditioning import image_to_video, text_to_video, extend
+from model.dit import DiT, dit_config
+from model.flow import (
+    Flow,
+    FlowConfig,
+    denoise,
+    drop_captions,
+    null_text,
+    sampling_times,
+    shift_factor,
+    time_shift,
+)
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors run fastest on one thread; restore the setting for other modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+C, T, H, W = 4, 3, 8, 8
+
+
+def _clip() -> torch.Tensor:
+    """A smooth synthetic latent clip (1, C, T, H, W) with a blob that moves across frames, unit variance."""
+    tt, hh, ww = torch.meshgrid(torch.arange(T * 1.0), torch.arange(H * 1.0), torch.arange(W * 1.0), indexing="ij")
+    x = torch.stack([
+        torch.sin(0.7 * ww + 0.5 * tt),
+        torch.cos(0.6 * hh - 0.4 * tt),
+        2 * torch.exp(-((hh - 2 - 2 * tt) ** 2 + (ww - 3 - tt) ** 2) / 4) - 0.5,
+        0.3 * (hh - ww) / 4,
+    ])[None]
+    return (x - x.mean()) / x.std()
+
+
+def _text() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(1, 4, 16, generator=g), torch.ones(1, 4, dtype=torch.bool)
+
+
+def _eval_loss(flow: Flow, x0, text, mask) -> float:
+    """Text-to-video loss on 64 fixed (t, noise) draws: a low-variance measure of fit."""
+    n = 64
+    with torch.no_grad():
+        return flow.loss(x0.expand(n, -1, -1, -1, -1), text.expand(n, -1, -1), mask.expand(n, -1),
+                         torch.Generator().manual_seed(123), cond=text_to_video(n, C, T, H, W)).item()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny DiT trained for 300 CPU steps on one clip, with random tasks (all of them) every step."""
+    torch.manual_seed(0)
+    model = DiT(dit_config("tiny", latent_channels=C, text_dim=16))
+    flow = Flow(model, FlowConfig(caption_dropout=0.1))
+    x0, (text, mask) = _clip(), _text()
+    b = 8
+    before = _eval_loss(flow, x0, text, mask)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        loss = flow.loss(x0.expand(b, -1, -1, -1, -1), text.expand(b, -1, -1), mask.expand(b, -1), g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        warm.step()
+    model.eval()
+    return dict(flow=flow, x0=x0, text=text, mask=mask, before=before, after=_eval_loss(flow, x0, text, mask))
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+
+
+def test_shift_grows_with_tokens_and_keeps_the_ends():
+    assert shift_factor(256) == 1.0 and shift_factor(1024) == 1.0
+    assert shift_factor(16384) == pytest.approx(4.0)
+    assert shift_factor(10**9) == 8.0  # capped
+    t = torch.linspace(0, 1, 11)
+    shifted = time_shift(t, 16384)
+    assert shifted[0] == 0 and shifted[-1] == 1
+    assert (shifted[1:-1] > t[1:-1]).all()  # towards noise
+    torch.testing.assert_close(time_shift(t, 100), t)
+
+
+def test_sampling_times_start_at_strength_and_end_at_zero():
+    for tokens in (64, 16384):
+        for start in (1.0, 0.6):
+            ts = sampling_times(10, tokens, start)
+            assert ts.shape == (11,)
+            assert ts[0].item() == pytest.approx(start) and ts[-1] == 0
+            assert (ts[1:] < ts[:-1]).all()
+    # a longer video spends more of its steps at high noise
+    assert sampling_times(10, 16384)[5] > sampling_times(10, 64)[5]
+
+
+# ------------------------------------------------------------------------------------------------ captions
+
+
+def test_caption_dropout_rates_and_null_text():
+    text, mask = torch.randn(400, 3, 5), torch.ones(400, 3, dtype=torch.bool)
+    same_t, same_m = drop_captions(text, mask, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(same_t, text) and torch.equal(same_m, mask)
+    all_t, all_m = drop_captions(text, mask, 1.0, torch.Generator().manual_seed(0))
+    assert not all_m.any() and torch.count_nonzero(all_t) == 0
+    some_t, some_m = drop_captions(text, mask, 0.25, torch.Generator().manual_seed(0))
+    dropped = ~some_m.any(dim=1)
+    assert 0.15 < dropped.float().mean() < 0.35
+    assert torch.equal(some_t[~dropped], text[~dropped])
+    nt, nm = null_text(text[:2], mask[:2])
+    assert nt.shape == (2, 3, 5) and not nm.any()
+
+
+# ------------------------------------------------------------------------------------------------ loss
+
+
+class Oracle(nn.Module):
+    """Knows x0: predicts the exact velocity (x_t - x0) / t, plus an error of 10 on latent frame 0."""
+
+    def __init__(self, x0: torch.Tensor):
+        super().__init__()
+        self.x0 = x0
+        self.cfg = dit_config("tiny", latent_channels=x0.shape[1])
+
+    def forward(self, x_in, t, text, text_mask):
+        x_t = x_in[:, : self.x0.shape[1]]
+        v = (x_t - self.x0) / t[:, None, None, None, None]
+        v[:, :, 0] += 10.0
+        return v
+
+
+def test_loss_counts_generated_frames_only():
+    x0 = torch.randn(2, C, T, H, W)
+    flow = Flow(Oracle(x0), FlowConfig(caption_dropout=0.0))
+    text, mask = torch.randn(2, 3, 16), torch.ones(2, 3, dtype=torch.bool)
+    g = torch.Generator().manual_seed(0)
+    first_given = image_to_video(x0[:, :, :1], T)
+    assert flow.loss(x0, text, mask, g, cond=first_given).item() < 1e-6
+    loss_all = flow.loss(x0, text, mask, g, cond=text_to_video(2, C, T, H, W)).item()
+    assert loss_all == pytest.approx(100.0 / T, rel=1e-3)  # frame 0 has squared error 100, averaged over T
+
+
+def test_loss_is_reproducible_from_the_generator():
+    model = DiT(dit_config("tiny", latent_channels=C, text_dim=16))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    flow = Flow(model)
+    x0, (text, mask) = _clip().expand(2, -1, -1, -1, -1), _text()
+    text, mask = text.expand(2, -1, -1), mask.expand(2, -1)
+    a = flow.loss(x0, text, mask, torch.Generator().manual_seed(5))
+    b = flow.loss(x0, text, mask, torch.Generator().manual_seed(5))
+    c = flow.loss(x0, text, mask, torch.Generator().manual_seed(6))
+    assert a.item() == b.item() and a.item() != c.item()
+
+
+# ------------------------------------------------------------------------------------------------ sampler
+
+
+class Linear(nn.Module):
+    """v(x, t) = x on the state channels: dx/dt = x, so x(0) = x(1) / e exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.cfg = dit_config("tiny", latent_channels=C)
+
+    def forward(self, x_in, t, text, text_mask):
+        return x_in[:, :C].clone()
+
+
+def test_heun_is_more_accurate_than_euler():
+    flow = Flow(Linear())
+    cond = text_to_video(1, C, T, H, W)
+    text, mask = _text()
+    noise = torch.randn(cond.shape)
+    exact = noise / math.e
+    err = {s: (denoise(flow, noise, cond, text, mask, steps=8, cfg_scale=1.0, solver=s) - exact).abs().max()
+           for s in ("euler", "heun")}
+    assert err["heun"] < err["euler"] / 5
+    with pytest.raises(ValueError, match="solver"):
+        denoise(flow, noise, cond, text, mask, solver="rk4")
+
+
+def test_guidance_extrapolates_from_the_empty_caption(trained):
+    flow, text, mask = trained["flow"], trained["text"], trained["mask"]
+    cond = text_to_video(1, C, T, H, W)
+    noise = torch.randn(cond.shape, generator=torch.Generator().manual_seed(3))
+    out = denoise(flow, noise, cond, text, mask, steps=1, cfg_scale=4.0)
+    t1 = torch.ones(1)
+    vc = flow.velocity(noise, t1, cond, text, mask)
+    vu = flow.velocity(noise, t1, cond, *null_text(text, mask))
+    assert (vc - vu).abs().max() > 1e-4  # the caption matters to the trained model
+    torch.testing.assert_close(out, noise - (vu + 4.0 * (vc - vu)), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ overfit
+
+
+def test_tiny_model_overfits_one_clip(trained):
+    assert trained["before"] / trained["after"] >= 10.0, (trained["before"], trained["after"])
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_sampling_reproduces_the_clip(trained, solver):
+    flow, x0 = trained["flow"], trained["x0"]
+    cond = text_to_video(1, C, T, H, W)
+    out = denoise(flow, None, cond, trained["text"], trained["mask"], steps=20, cfg_scale=1.0, solver=solver, seed=1)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    baseline = (noise - x0).pow(2).mean()
+    assert (out - x0).pow(2).mean() < 0.1 * baseline
+
+
+def test_same_seed_same_output_other_seed_differs(trained):
+    flow, text, mask = trained["flow"], trained["text"], trained["mask"]
+    cond = text_to_video(1, C, T, H, W)
+    a = denoise(flow, None, cond, text, mask, steps=4, cfg_scale=3.0, seed=11)
+    b = denoise(flow, None, cond, text, mask, steps=4, cfg_scale=3.0, seed=11)
+    c = denoise(flow, None, cond, text, mask, steps=4, cfg_scale=3.0, seed=12)
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 1e-3
+
+
+def test_image_to_video_keeps_the_first_frame_exactly_and_fits_the_rest(trained):
+    flow, x0 = trained["flow"], trained["x0"]
+    cond = image_to_video(x0[:, :, :1], T)
+    out = denoise(flow, None, cond, trained["text"], trained["mask"], steps=20, cfg_scale=1.0, seed=2)
+    assert torch.equal(out[:, :, 0], x0[:, :, 0])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
+    assert (out[:, :, 1:] - x0[:, :, 1:]).pow(2).mean() < 0.1 * (noise - x0).pow(2).mean()
+
+
+def test_extend_backward_keeps_the_given_tail(trained):
+    flow, x0 = trained["flow"], trained["x0"]
+    cond = extend(x0[:, :, 1:], 1, "backward")
+    out = denoise(flow, None, cond, trained["text"], trained["mask"], steps=10, cfg_scale=1.0, seed=4)
+    assert torch.equal(out[:, :, 1:], x0[:, :, 1:])
+
+
+def test_edit_at_low_strength_stays_near_the_input(trained):
+    from model.conditioning import edit
+
+    flow, x0 = trained["flow"], trained["x0"]
+    other = torch.roll(x0, shifts=3, dims=-1)  # an input the model never saw
+    near = denoise(flow, None, edit(other, 0.2), trained["text"], trained["mask"], steps=10, cfg_scale=1.0)
+    far = denoise(flow, None, edit(other, 1.0), trained["text"], trained["mask"], steps=10, cfg_scale=1.0)
+    assert (near - other).pow(2).mean() < (far - other).pow(2).mean()
+    assert (far - x0).pow(2).mean() < (far - other).pow(2).mean()  # full strength: back to what it learned

@@ -1,0 +1,140 @@
+"""Scene detection: exact on synthetic renders (hard cuts, dissolves, fades), right on the real test videos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from curate import synth
+from curate.frames import DecodeConfig, iter_frames
+from curate.scenes import Scene, SceneConfig, SceneSplitter, detect_scenes
+from curate.synth import Shot, Transition
+
+DECODE = DecodeConfig(short_side=144)
+
+
+def _run(path, cfg: SceneConfig, fps: float) -> tuple[list[Scene], SceneSplitter, np.ndarray]:
+    splitter = SceneSplitter(cfg, fps)
+    pts = []
+    for frame in iter_frames(path, DECODE):
+        splitter.push(frame.rgb, frame.pts_s)
+        pts.append(frame.pts_s)
+    return splitter.finish(), splitter, np.asarray(pts)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """One render with every transition kind, at the default 24 fps."""
+    shots = (
+        Shot("circle", "red", "right", "checker", "blue", 40),
+        Shot("star", "yellow", "rotate", "gradient", "purple", 36),
+        Shot("square", "green", "up", "noise", "white", 40),
+        Shot("hexagon", "blue", "grow", "checker", "orange", 34),
+        Shot("diamond", "pink", "left", "gradient", "cyan", 30),
+    )
+    transitions = (Transition("cut"), Transition("dissolve", 12), Transition("fade", 14), Transition("dissolve", 20))
+    path = tmp_path_factory.mktemp("scenes") / "mixed.mp4"
+    gt = synth.render_video(path, shots, transitions, fps=24, size=(256, 144), seed=5)
+    return path, gt
+
+
+@pytest.mark.parametrize("detector", ["adaptive", "content"])
+def test_synthetic_scenes_are_exactly_the_clean_shots(mixed, detector):
+    path, gt = mixed
+    scenes, splitter, pts = _run(path, SceneConfig(detector=detector), gt.fps)
+    assert [(s.start, s.end) for s in scenes] == [(s["start"], s["end"]) for s in gt.shots]
+    assert [(s.cut_in, s.cut_out) for s in scenes] == [
+        ("start", "cut"), ("cut", "dissolve"), ("dissolve", "fade"), ("fade", "dissolve"), ("dissolve", "end")]
+    assert set(splitter.transition_frames) == gt.transition_frames
+    # times come from PTS: start_s is the PTS of the first frame, end_s the PTS of the frame after the scene
+    for s in scenes:
+        assert s.start_s == pts[s.start]
+        assert s.end_s == pytest.approx(pts[s.end] if s.end < len(pts) else pts[-1] + 1 / gt.fps)
+
+
+def test_random_renders_hard_cuts_exact_and_no_transition_frame_in_a_scene(tmp_path):
+    for seed in (1, 3, 8):
+        program = synth.random_program(seed, n_shots=(4, 5), shot_s=(1.5, 2.5), size=(192, 108))
+        gt = synth.render_program(tmp_path / f"r{seed}.mp4", program)
+        scenes, _, _ = _run(tmp_path / f"r{seed}.mp4", SceneConfig(), program.fps)
+        in_scenes = {i for s in scenes for i in range(s.start, s.end)}
+        assert not in_scenes & gt.transition_frames, seed
+        starts = {s.start for s in scenes}
+        for t in gt.transitions:
+            if t["kind"] == "cut":
+                assert t["start"] in starts, (seed, t)
+        # every scene holds frames of one shot only
+        for s in scenes:
+            owners = {gt.shot_of_frame(i) for i in range(s.start, s.end)}
+            assert len(owners) == 1 and None not in owners, (seed, s)
+
+
+def test_detect_scenes_takes_frames_or_tuples_and_streams(mixed):
+    path, gt = mixed
+    frames = list(iter_frames(path, DECODE))
+    a = detect_scenes(frames, SceneConfig(), gt.fps)
+    b = detect_scenes(((f.pts_s, f.rgb) for f in frames), SceneConfig(), gt.fps)
+    assert a == b and len(a) == 5
+    # the splitter holds no decoded frame: its arrays stay the size of the dissolve ring, however long the input
+    splitter = SceneSplitter(SceneConfig(), gt.fps)
+    for f in frames:
+        splitter.push(f.rgb, f.pts_s)
+    held = sum(v.nbytes for v in vars(splitter).values() if isinstance(v, np.ndarray))
+    assert held <= splitter._ring.nbytes < 64 * 32 * 18 * 3 * 4
+    assert not any(isinstance(v, list) and v and isinstance(v[0], np.ndarray) for v in vars(splitter).values())
+
+
+def test_disabled_gradual_detectors_leave_transitions_inside_scenes(mixed):
+    path, gt = mixed
+    scenes, splitter, _ = _run(path, SceneConfig(fades=False, dissolves=False), gt.fps)
+    assert splitter.transition_frames == []
+    covered = {i for s in scenes for i in range(s.start, s.end)}
+    assert covered & gt.transition_frames  # what the gradual detectors are for
+
+
+def test_testvideo_cuts_fades_and_dissolve(shared_data, ground_truth):
+    truth = ground_truth["pyscenedetect/testvideo.mp4"]["annotation_by_eye"]
+    scenes, splitter, _ = _run(shared_data / "pyscenedetect/testvideo.mp4", SceneConfig(), 29.97)
+    starts = [s.start for s in scenes]
+    assert 30 in starts  # hard cut from black to the leaf
+    assert any(s.end == 180 for s in scenes)  # hard cut from the leaf to black
+    in_scenes = {i for s in scenes for i in range(s.start, s.end)}
+    (d0, d1), = truth["dissolve"]
+    assert not in_scenes & set(range(d0 + 5, d1 - 5)), "dissolve frames must belong to no scene"
+    for a, b in truth["fade_in"] + truth["fade_out"]:
+        assert not in_scenes & set(range(a + 5, b - 5)), (a, b)
+    assert not in_scenes & set(range(185, 205))  # black between the hard cut and the first fade-in
+    assert len(scenes) == 4
+
+
+def test_vfr_cuts_by_time(shared_data, ground_truth):
+    path = shared_data / "pyscenedetect/goldeneye-vfr-drop3.mp4"
+    scenes, _, pts = _run(path, SceneConfig(), 16.05)
+    cut_times = ground_truth["pyscenedetect/goldeneye-vfr-drop3.mp4"]["cut_times_s"]
+    assert [round(s.start_s, 3) for s in scenes[1:]] == cut_times
+    assert [s.start for s in scenes[1:]] == [int(np.argmin(np.abs(pts - t))) for t in cut_times]
+
+
+def test_real_videos_match_ground_truth(shared_data, ground_truth):
+    """Boundaries on the real videos with cuts and on static ones without (no false cut)."""
+    cases = {
+        "pyscenedetect/issue-195-aspect-ratio.mp4": ground_truth["pyscenedetect/issue-195-aspect-ratio.mp4"][
+            "annotation_by_eye"]["hard_cuts"],
+        "pyscenedetect/issue-134-rotate.mp4": ground_truth["pyscenedetect/issue-134-rotate.mp4"][
+            "cuts_frames_at_23.976fps"],
+        "pyscenedetect/issue-236-split-copy.mkv": ground_truth["pyscenedetect/issue-236-split-copy.mkv"][
+            "annotation_by_eye"]["hard_cuts"],
+        "intel-sample-videos/car-detection.mp4": [],
+        "intel-sample-videos/asl_gestures/book.mkv": [],
+        "intel-sample-videos/asl_gestures/walk.mkv": [],
+    }
+    hits = misses = false = 0
+    for name, cuts in cases.items():
+        fps = ground_truth[name]["file"]["avg_fps"]
+        scenes, _, _ = _run(shared_data / name, SceneConfig(), fps)
+        found = [s.start for s in scenes[1:]]
+        assert scenes[0].start == 0 and scenes[-1].end == ground_truth[name]["file"]["decoded_frames"], name
+        hits += len(set(found) & set(cuts))
+        misses += len(set(cuts) - set(found))
+        false += len(set(found) - set(cuts))
+    assert hits == 8 and misses == 0 and false == 0, (hits, misses, false)

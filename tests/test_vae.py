@@ -1,0 +1,209 @@
+"""VAE invariants at tiny size: shapes, causality, chunked == whole, tiling, odd sizes, metrics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from model.metrics import LPIPS, psnr, ssim
+from model.vae import PRESETS, CausalCache, DiagonalGaussian, VideoVAE, build_vae
+
+torch.set_num_threads(1)
+
+
+def _random_vae(preset: str = "tiny", seed: int = 0) -> VideoVAE:
+    """A tiny VAE whose residual branches are not zero (the init makes them identity, hiding bugs)."""
+    torch.manual_seed(seed)
+    m = build_vae(preset).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+@pytest.fixture(scope="module")
+def vae() -> VideoVAE:
+    return _random_vae()
+
+
+@pytest.mark.parametrize("t", [1, 5, 17])
+def test_shapes(vae: VideoVAE, t: int) -> None:
+    x = torch.randn(2, 3, t, 32, 48)
+    with torch.no_grad():
+        post = vae.encode(x)
+        y = vae.decode(post.sample())
+    assert post.mean.shape == (2, 16, 1 + (t - 1) // 4, 4, 6)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
+
+
+def test_f16_c48_preset_shapes() -> None:
+    m = build_vae("tiny-f16c48").eval()
+    assert (m.cfg.time_factor, m.cfg.spatial_factor, m.cfg.z_channels) == (4, 16, 48)
+    assert (PRESETS["base"].time_factor, PRESETS["base"].spatial_factor, PRESETS["base"].z_channels) == (4, 8, 16)
+    with torch.no_grad():
+        z = m.encode(torch.randn(1, 3, 5, 32, 64)).mean
+        assert z.shape == (1, 48, 2, 2, 4)
+        assert m.decode(z).shape == (1, 3, 5, 32, 64)
+
+
+def test_image_is_first_frame_of_video(vae: VideoVAE) -> None:
+    """The first latent frame of a video equals the latent of its first frame alone (an image)."""
+    x = torch.randn(1, 3, 9, 32, 32)
+    with torch.no_grad():
+        z_video = vae.encode(x).mean
+        z_image = vae.encode(x[:, :, :1]).mean
+        torch.testing.assert_close(z_video[:, :, :1], z_image, rtol=0, atol=1e-5)
+        assert vae.decode(z_image).shape == (1, 3, 1, 32, 32)
+
+
+@pytest.mark.parametrize("t_change", [1, 4, 5, 9, 16])
+def test_encoder_causality(vae: VideoVAE, t_change: int) -> None:
+    """Changing frame t leaves every latent frame that covers only frames < t unchanged, and changes the one
+    that covers t (latent j >= 1 covers frames 4j-3 .. 4j)."""
+    x = torch.randn(1, 3, 17, 32, 32)
+    x2 = x.clone()
+    x2[:, :, t_change] += 1.0
+    with torch.no_grad():
+        z, z2 = vae.encode(x).mean, vae.encode(x2).mean
+    j = (t_change + 3) // 4  # first latent frame that sees frame t_change
+    assert torch.equal(z[:, :, :j], z2[:, :, :j])
+    assert (z[:, :, j] - z2[:, :, j]).abs().max() > 1e-4
+
+
+def test_decoder_causality(vae: VideoVAE) -> None:
+    z = torch.randn(1, 16, 5, 4, 4)
+    z2 = z.clone()
+    z2[:, :, 2] += 1.0  # latent 2 decodes to frames 5..8
+    with torch.no_grad():
+        y, y2 = vae.decode(z), vae.decode(z2)
+    assert torch.equal(y[:, :, :5], y2[:, :, :5])
+    assert (y[:, :, 5] - y2[:, :, 5]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("chunk", [4, 8, 16])
+def test_chunked_encode_equals_whole(vae: VideoVAE, chunk: int) -> None:
+    x = torch.randn(1, 3, 25, 32, 32)
+    with torch.no_grad():
+        whole = vae.encode(x)
+        parts = vae.encode_chunked(x, chunk_frames=chunk)
+    assert (whole.mean - parts.mean).abs().max() <= 1e-5
+    assert (whole.logvar - parts.logvar).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_chunked_decode_equals_whole(vae: VideoVAE, chunk: int) -> None:
+    z = torch.randn(1, 16, 7, 4, 4)
+    with torch.no_grad():
+        whole = vae.decode(z)
+        parts = vae.decode_chunked(z, chunk_latents=chunk)
+    assert whole.shape == parts.shape == (1, 3, 25, 32, 32)
+    assert (whole - parts).abs().max() <= 1e-5
+
+
+def test_cache_holds_only_the_needed_past(vae: VideoVAE) -> None:
+    """Memory is bounded by the chunk: every cache entry keeps at most 2 frames, whatever the clip length."""
+    cache = CausalCache()
+    with torch.no_grad():
+        for start in (0, 9, 17, 25):
+            vae.encoder(torch.randn(1, 3, 9 if start == 0 else 8, 32, 32), cache)
+    assert cache.state and max(v.shape[2] for v in cache.state.values()) <= 2
+
+
+def test_bad_chunk_sizes_raise(vae: VideoVAE) -> None:
+    x = torch.randn(1, 3, 9, 32, 32)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        vae.encode_chunked(x, chunk_frames=6)
+    with pytest.raises(ValueError):
+        vae.decode_chunked(torch.randn(1, 16, 3, 4, 4), chunk_latents=0)
+
+
+def test_tiling_single_tile_is_exact_and_overlap_blends(vae: VideoVAE) -> None:
+    x = torch.randn(1, 3, 5, 64, 96)
+    with torch.no_grad():
+        z = vae.encode(x).mean
+        assert torch.allclose(vae.encode_tiled(x, tile=96, overlap=16, chunk_frames=4).mean, z, atol=1e-5)
+        y = vae.decode(z)
+        assert torch.allclose(vae.decode_tiled(z, tile=12, overlap=4), y, atol=1e-5)
+        # several tiles: an approximation (tile borders see zero padding); same shape, finite, and close on
+        # average. More overlap -> smaller error on this model.
+        zt_small = vae.encode_tiled(x, tile=48, overlap=16, chunk_frames=4).mean
+        zt_big = vae.encode_tiled(x, tile=64, overlap=32, chunk_frames=4).mean
+        yt = vae.decode_tiled(z, tile=8, overlap=4)
+    assert zt_small.shape == zt_big.shape == z.shape and yt.shape == y.shape
+    assert torch.isfinite(zt_small).all() and torch.isfinite(yt).all()
+    assert (zt_big - z).abs().max() < (zt_small - z).abs().max()
+    assert (zt_big - z).abs().mean() < 0.25 * z.abs().mean()
+    assert (yt - y).abs().mean() < 0.25 * y.abs().mean()
+
+
+def test_odd_sizes_raise_clear_errors(vae: VideoVAE) -> None:
+    with pytest.raises(ValueError, match="not a multiple of 8"):
+        vae.encode(torch.randn(1, 3, 5, 30, 32))
+    with pytest.raises(ValueError, match="not 1 \\+ 4k"):
+        vae.encode(torch.randn(1, 3, 6, 32, 32))
+    with pytest.raises(ValueError, match="not a multiple of 8"):
+        vae.encode_chunked(torch.randn(1, 3, 5, 32, 36))
+
+
+def test_odd_sizes_padded_by_rule(vae: VideoVAE) -> None:
+    x = torch.randn(1, 3, 6, 30, 35)
+    xp = vae.pad_input(x)
+    assert xp.shape == (1, 3, 9, 32, 40)
+    assert torch.equal(xp[:, :, :6, :30, :35], x)
+    assert torch.equal(xp[:, :, :6, 30:, :35], x[:, :, :, 29:30].expand(-1, -1, -1, 2, -1))  # last row
+    assert torch.equal(xp[:, :, :6, :30, 35:], x[:, :, :, :, 34:35].expand(-1, -1, -1, -1, 5))  # last column
+    assert torch.equal(xp[:, :, 6:], xp[:, :, 5:6].expand(-1, -1, 3, -1, -1))  # last frame repeated
+    with torch.no_grad():
+        post = vae.encode(x, pad=True)
+        assert post.mean.shape == (1, 16, 3, 4, 5)
+        torch.testing.assert_close(post.mean, vae.encode(xp).mean)
+        torch.testing.assert_close(vae.encode_chunked(x, 4, pad=True).mean, post.mean, rtol=0, atol=1e-5)
+        y = vae.decode(post.mean, size=x.shape[2:])
+    assert y.shape == x.shape
+
+
+def test_posterior() -> None:
+    moments = torch.zeros(2, 8, 1, 2, 2)
+    post = DiagonalGaussian(moments)
+    assert torch.allclose(post.kl(), torch.zeros(2))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(post.sample(g1), post.sample(g2))
+    moments[:, :4] = 1.0  # mean 1, logvar 0: KL = 0.5 per element
+    assert torch.allclose(DiagonalGaussian(moments).kl(), torch.full((2,), 0.5 * 16))
+
+
+def test_psnr_ssim_known_values() -> None:
+    x = torch.rand(2, 3, 2, 24, 24) * 2 - 1
+    assert torch.isinf(psnr(x, x)).all()
+    assert torch.allclose(ssim(x, x), torch.ones(2), atol=1e-5)
+    y = x + 0.2  # error 0.1 on the [0, 1] scale -> 20 dB
+    assert torch.allclose(psnr(x, y), torch.full((2,), 20.0), atol=1e-3)
+    noisy = (x + 0.5 * torch.randn_like(x)).clamp(-1, 1)
+    assert (ssim(x, noisy) < 0.9).all() and (ssim(x, noisy) > -1).all()
+
+
+def test_lpips_loads_from_local_safetensors(tmp_path) -> None:
+    """Random weights in the documented key layout: identical inputs score 0, different ones > 0."""
+    torch.manual_seed(0)
+    state, cin, i = {}, 3, 0
+    for v in [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]:
+        if v == "M":
+            i += 1
+            continue
+        state[f"features.{i}.weight"] = torch.randn(v, cin, 3, 3) * (2 / (9 * cin)) ** 0.5
+        state[f"features.{i}.bias"] = torch.zeros(v)
+        cin, i = v, i + 2
+    for k, c in enumerate((64, 128, 256, 512, 512)):
+        state[f"lin{k}.model.1.weight"] = torch.rand(1, c, 1, 1)
+    path = tmp_path / "lpips.safetensors"
+    save_file(state, str(path))
+    lp = LPIPS(path)
+    x = torch.rand(1, 3, 2, 32, 32) * 2 - 1
+    assert lp(x, x).abs().max() < 1e-6
+    assert (lp(x, x.flip(-1)) > 0).all()
+    del state["lin0.model.1.weight"]
+    save_file(state, str(path))
+    with pytest.raises(KeyError):
+        LPIPS(path)

@@ -1,0 +1,199 @@
+"""Captioner tests: frame prep, the transformers backend on a tiny random Qwen2.5-VL, the openai backend against
+the loopback server (caption <-> clip QA under shuffled order), and the source backend."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from caption.frames import (FrameConfig, fit_size, make_frame_prep_fn, pack_jpegs, sample_frames, sample_indices,
+                            unpack_jpegs)
+from caption.expand import OpenAIEndpoint
+from caption.sources import SourceConfig
+from caption.vlm import Captioner, VLMConfig
+from openai_server import COLOURS, FakeOpenAIServer, make_clip_mp4
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_caption_gpu", REPO / "benchmarks" / "bench_caption_gpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _batch(rows: list[dict]) -> dict:
+    return {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
+
+
+# ------------------------------------------------------------------------------------------------------------ frames
+
+
+def test_sample_indices_uniform_and_fit_size():
+    assert sample_indices(80, 8) == [5, 15, 25, 35, 45, 55, 65, 75]
+    assert sample_indices(3, 8) == [0, 1, 2]
+    w, h = fit_size(1920, 1080, 448 * 448)
+    assert w * h <= 448 * 448 and w % 2 == 0 and h % 2 == 0 and abs(w / h - 16 / 9) < 0.02
+    assert fit_size(64, 48, 448 * 448) == (64, 48)  # never upscales
+    blob = pack_jpegs([b"a", b"bcd", b""])
+    assert unpack_jpegs(blob) == [b"a", b"bcd", b""]
+    with pytest.raises(ValueError):
+        unpack_jpegs(blob + b"x")
+
+
+def test_sample_frames_picks_the_right_frames():
+    import io
+
+    import av
+
+    # frame k has brightness 10*k: the sampled frames' means reveal which indices were taken
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        st = out.add_stream("libx264", rate=10)
+        st.width, st.height, st.pix_fmt = 32, 32, "yuv420p"
+        st.options = {"crf": "0"}
+        for k in range(20):
+            for p in st.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), 10 * k, np.uint8), format="rgb24")):
+                out.mux(p)
+        for p in st.encode():
+            out.mux(p)
+    frames = sample_frames(buf.getvalue(), 4, 16 * 16)
+    assert [f.shape for f in frames] == [(16, 16, 3)] * 4  # resized to fit max_pixels
+    means = [round(float(f.mean()) / 10) for f in frames]
+    assert means == sample_indices(20, 4) == [2, 7, 12, 17]
+
+
+def test_frame_prep_marks_bad_clips_and_skips_cached_rows():
+    good = make_clip_mp4("red")
+    batch = {"clip_mp4": np.array([good, b"not a video", None, good], dtype=object),
+             "clip_path": np.array([None, None, None, None], dtype=object)}
+    prep = make_frame_prep_fn(FrameConfig(n_frames=3, max_pixels=32 * 24), None,
+                              needs_frames=lambda b: np.array([True, True, True, False]))
+    out = prep(batch)
+    assert len(unpack_jpegs(out["caption_frames"][0])) == 3
+    assert out["caption_frames"][1] is None and "Error" in out["caption_frames_error"][1]
+    assert out["caption_frames"][2] is None and "clip_path" in out["caption_frames_error"][2]
+    assert out["caption_frames"][3] is None and out["caption_frames_error"][3] is None  # cached: not decoded
+
+
+# ------------------------------------------------------------------------------------------------- transformers
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory) -> str:
+    import torch
+
+    torch.set_num_threads(2)
+    return _bench_module().build_random_vlm(tmp_path_factory.mktemp("vlm") / "tiny-qwen25vl", "tiny")
+
+
+def test_transformers_backend_batched_equals_single(tiny_vlm):
+    colours = ["red", "blue", "green", "white", "black"]
+    rows = [{"clip_id": f"c{i}", "clip_mp4": make_clip_mp4(c), "clip_path": None} for i, c in enumerate(colours)]
+    cfg = VLMConfig(backend="transformers", model=tiny_vlm, kinds=("short", "dense"),
+                    frames=FrameConfig(n_frames=3, max_pixels=64 * 48), max_new_tokens=(("short", 5), ("dense", 7)),
+                    batch_size=3, ignore_eos=True, validate=False)
+    cap = Captioner(cfg)
+    assert cap.hf.model.dtype.is_floating_point and str(cap.hf.device) == "cpu"
+    out = cap(_batch(rows))
+    assert list(out["caption_status"]) == ["ok"] * 5
+    assert all(isinstance(t, str) for t in out["caption_short"]) and all(t > 0 for t in out["caption_tokens"])
+    assert out["caption_prompt_id"][0] == "vlm-short@v1,vlm-dense@v1"
+    assert out["caption_model"][0].startswith("transformers:tiny-qwen25vl:")
+    # each clip alone gives the same caption as inside a padded batch: no row sees another row's frames
+    for i in (0, 3, 4):
+        single = cap(_batch(rows[i:i + 1]))
+        assert single["caption_short"][0] == out["caption_short"][i]
+        assert single["caption_dense"][0] == out["caption_dense"][i]
+    # different images give different outputs somewhere (the model does read its own clip's frames)
+    assert len(set(out["caption_dense"])) > 1
+
+
+def test_transformers_backend_truncation_and_decode_errors_are_row_errors(tiny_vlm):
+    cfg = VLMConfig(backend="transformers", model=tiny_vlm, frames=FrameConfig(n_frames=2, max_pixels=64 * 48),
+                    max_new_tokens=(("short", 3),), batch_size=4)
+    rows = [{"clip_id": "ok", "clip_mp4": make_clip_mp4("red"), "clip_path": None},
+            {"clip_id": "bad", "clip_mp4": b"\x00garbage", "clip_path": None}]
+    out = Captioner(cfg)(_batch(rows))
+    assert len(out["caption_status"]) == 2
+    assert out["caption_status"][1] == "error:decode" and out["caption_short"][1] is None
+    # random weights rarely emit EOS in 3 tokens: truncated, or (if it did) rejected by validation; never "ok"
+    # with a half sentence silently accepted
+    assert out["caption_status"][0].startswith("error:") and out["caption_short"][0] is None
+
+
+# ------------------------------------------------------------------------------------------------------- openai
+
+
+def test_openai_backend_each_caption_belongs_to_its_clip():
+    """Shuffled batch order, random in-flight delays, concurrency 8: every caption names its own clip's colour."""
+    rng = random.Random(7)
+    names = list(COLOURS)
+    clips = [(f"clip-{i:02d}", names[i % len(names)]) for i in range(24)]
+    data = {c: make_clip_mp4(c) for c in names}
+    with FakeOpenAIServer(jitter_s=0.15, seed=3) as server:
+        cfg = VLMConfig(backend="openai", model="fake-vlm", kinds=("short", "dense"),
+                        frames=FrameConfig(n_frames=3, max_pixels=64 * 48),
+                        endpoint=OpenAIEndpoint(base_url=server.base_url, api_key="sk-test", concurrency=8,
+                                                timeout_s=10))
+        cap = Captioner(cfg)
+        for _ in range(2):
+            rng.shuffle(clips)
+            rows = [{"clip_id": cid, "clip_mp4": data[col], "clip_path": None} for cid, col in clips]
+            out = cap(_batch(rows))
+            for (cid, colour), short, dense, st in zip(clips, out["caption_short"], out["caption_dense"],
+                                                       out["caption_status"]):
+                assert st == "ok"
+                assert f"plain {colour} surface" in short and f"plain {colour} surface" in dense, cid
+        # every request carried its clip id and kind; only inline JPEG data URLs were sent
+        assert Counter(s.request_id for s in server.seen) == {f"{cid}|{k}": 2 for cid, _ in clips
+                                                             for k in ("short", "dense")}
+        for s in server.seen:
+            parts = s.body["messages"][-1]["content"]
+            urls = [p["image_url"]["url"] for p in parts if p["type"] == "image_url"]
+            assert len(urls) == 3 and all(u.startswith("data:image/jpeg;base64,") for u in urls)
+
+
+def test_openai_backend_failures_stay_in_their_row(tmp_path):
+    """A hint that makes the server fail (500) costs only that row; a bad clip is error:decode; others are ok."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a red wall @500")
+    (src / "b.json").write_text(json.dumps({"title": "Blue", "description": "a blue wall"}))
+    rows = [{"clip_id": "a", "clip_mp4": make_clip_mp4("red"), "clip_path": None, "source_uri": str(src / "a.mp4")},
+            {"clip_id": "b", "clip_mp4": make_clip_mp4("blue"), "clip_path": None, "source_uri": str(src / "b.mp4")},
+            {"clip_id": "c", "clip_mp4": b"junk", "clip_path": None, "source_uri": str(src / "c.mp4")}]
+    with FakeOpenAIServer() as server:
+        cfg = VLMConfig(backend="openai", model="fake-vlm", frames=FrameConfig(n_frames=2, max_pixels=64 * 48),
+                        source=SourceConfig(use="hint"),
+                        endpoint=OpenAIEndpoint(base_url=server.base_url, api_key="k", max_retries=1,
+                                                backoff_s=0.01, timeout_s=5))
+        out = Captioner(cfg)(_batch(rows))
+        assert list(out["caption_status"]) == ["error:http-500", "ok", "error:decode"]
+        assert out["caption_short"][0] is None and "plain blue surface" in out["caption_short"][1]
+        # the hint travelled as quoted data in the user turn, never in the system prompt
+        body = next(s.body for s in server.seen if s.request_id == "b|short")
+        assert "a blue wall" not in body["messages"][0]["content"]
+        text = body["messages"][-1]["content"][-1]["text"]
+        assert "<data>" in text and '"hint": "Blue. a blue wall"' in text
+
+
+def test_source_backend_uses_sidecars_and_columns(tmp_path):
+    (tmp_path / "v1.txt").write_text("  A  person\x07 walks a dog.\n")
+    (tmp_path / "v2.json").write_text(json.dumps({"caption": "Rain on a window", "tags": ["rain"]}))
+    rows = [{"clip_id": "1", "source_uri": f"file://{tmp_path}/v1.mp4", "given": None},
+            {"clip_id": "2", "source_uri": str(tmp_path / "v2.mp4"), "given": None},
+            {"clip_id": "3", "source_uri": str(tmp_path / "v3.mp4"), "given": None},
+            {"clip_id": "4", "source_uri": "https://example.com/v4.mp4", "given": "from the manifest"}]
+    out = Captioner(VLMConfig(backend="source", source=SourceConfig(use="caption", column="given")))(_batch(rows))
+    assert list(out["caption_short"]) == ["A person walks a dog.", "Rain on a window (tags: rain)", None,
+                                          "from the manifest"]
+    assert list(out["caption_status"]) == ["ok", "ok", "no-source", "ok"]
+    assert set(out["caption_backend"]) == {"source"}

@@ -1,0 +1,320 @@
+"""Clip-shard dataset for VAE training: batches of random crops at configurable sizes, images and videos mixed.
+
+Reads ``DATASET/clips/*.parquet`` (``clip_id``, ``clip_mp4`` bytes or ``clip_path`` relative to DATASET,
+``width``, ``height``, ``num_frames``) and, when present and ``use_selection``, keeps only rows with
+``keep`` true in ``DATASET/selection.parquet``. MP4 bytes are decoded with PyAV from memory; one row group's
+media is held at a time (the clip order keeps row groups together).
+
+``ClipBatches`` is an ``IterableDataset`` that yields whole **batches** (use ``DataLoader(batch_size=None)``),
+because every batch has one shape: per batch it draws a resolution from ``resolutions`` and a frame count
+from ``num_frames`` (each ``1 + 4k``), or ``T = 1`` (one random frame: an image) with ``image_prob``.
+Each clip is resized by a random factor in ``[1, max_upscale]`` above the smallest cover of the target and
+randomly cropped. Output: ``{"video": float (B, 3, T, H, W) in [-1, 1], "clip_id": list[str]}``.
+
+Determinism and sharding. The clip order of an epoch is a function of ``(seed, epoch)``: row groups shuffled,
+rows shuffled inside each; global worker ``g = rank * num_workers + worker`` of ``n`` takes every n-th clip.
+All random draws come from one generator per global worker seeded by ``(seed, g)``, consumed while
+*planning* batches from metadata only. So ``start_batch`` skips already-trained batches without decoding
+anything, and a resumed run sees exactly the batches an uninterrupted one would (``DataLoader`` hands out
+batches round-robin over its workers, which ``start_batch`` accounts for). Exact replay needs the same
+``seed``, ``world`` and ``num_workers`` as the interrupted run.
+
+Held-out split: a clip is held out when ``crc32(clip_id) % 10000 < holdout_pct * 100``; training uses
+``split="train"``, evaluation ``split="heldout"``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from torch.utils.data import IterableDataset, get_worker_info
+
+
+@dataclass(frozen=True)
+class ClipDataConfig:
+    root: str = ""
+    resolutions: tuple[tuple[int, int], ...] = ((256, 256),)  # (H, W) choices
+    num_frames: tuple[int, ...] = (17,)  # each 1 + 4k
+    image_prob: float = 0.1  # chance a batch is single frames
+    batch_size: int = 2
+    frame_stride: int = 1  # take every n-th frame when the clip is long enough
+    max_upscale: float = 1.25
+    split: str = "train"  # train | heldout | all
+    holdout_pct: float = 5.0
+    use_selection: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class _Clip:
+    unit: int  # index into the row-group list
+    row: int  # row inside that row group
+    clip_id: str
+    num_frames: int
+
+
+@dataclass(frozen=True)
+class _Plan:
+    clip: _Clip
+    start: int
+    stride: int
+    frames: int
+    size: tuple[int, int]
+    scale: float
+    fy: float
+    fx: float
+
+
+def is_heldout(clip_id: str, holdout_pct: float) -> bool:
+    return zlib.crc32(clip_id.encode()) % 10000 < holdout_pct * 100
+
+
+def _selection(root: Path) -> dict[str, bool] | None:
+    sel = root / "selection.parquet"
+    if not sel.is_file():
+        return None
+    t = pq.read_table(sel, columns=["clip_id", "keep"])
+    return dict(zip(t.column("clip_id").to_pylist(), t.column("keep").to_pylist()))
+
+
+def scan_clips(cfg: ClipDataConfig) -> tuple[list[tuple[Path, int]], list[_Clip]]:
+    """Row groups of ``clips/*.parquet`` and the eligible clips in them (metadata columns only)."""
+    root = Path(cfg.root)
+    files = sorted((root / "clips").glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no clip shards under {root / 'clips'}")
+    keep = _selection(root) if cfg.use_selection else None
+    units: list[tuple[Path, int]] = []
+    clips: list[_Clip] = []
+    for path in files:
+        pf = pq.ParquetFile(path)
+        for rg in range(pf.num_row_groups):
+            t = pf.read_row_group(rg, columns=["clip_id", "num_frames"])
+            unit = len(units)
+            units.append((path, rg))
+            for row, (cid, n) in enumerate(zip(t.column("clip_id").to_pylist(), t.column("num_frames").to_pylist())):
+                if keep is not None and not keep.get(cid, False):
+                    continue
+                held = is_heldout(cid, cfg.holdout_pct)
+                if (cfg.split == "train" and held) or (cfg.split == "heldout" and not held) or not n:
+                    continue
+                clips.append(_Clip(unit, row, cid, int(n)))
+    return units, clips
+
+
+def decode_frames(data: bytes | str | Path, start: int, count: int, stride: int) -> np.ndarray:
+    """Frames ``start, start + stride, ...`` (``count`` of them) as uint8 ``(count, H, W, 3)``.
+
+    Decodes forward from the beginning (clips are short); a clip shorter than its metadata says repeats
+    its last frame, so the output always has ``count`` frames.
+    """
+    wanted = set(range(start, start + stride * count, stride))
+    last = start + stride * (count - 1)
+    out: list[np.ndarray] = []
+    src = io.BytesIO(data) if isinstance(data, bytes) else str(data)
+    with av.open(src) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                out.append(frame.to_ndarray(format="rgb24"))
+            if i >= last:
+                break
+    if not out:
+        raise ValueError("clip decoded to no frames")
+    while len(out) < count:
+        out.append(out[-1])
+    return np.stack(out)
+
+
+def resize_crop(frames: np.ndarray, size: tuple[int, int], scale: float, fy: float, fx: float) -> torch.Tensor:
+    """uint8 (T, h, w, 3) -> float (3, T, H, W) in [-1, 1]: cover-resize times ``scale``, then crop."""
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (T, 3, h, w)
+    h, w = x.shape[-2:]
+    H, W = size
+    s = max(H / h, W / w) * scale
+    nh, nw = max(H, math.ceil(h * s)), max(W, math.ceil(w * s))
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    y0, x0 = int(fy * (nh - H + 1)), int(fx * (nw - W + 1))
+    x = x[:, :, y0 : y0 + H, x0 : x0 + W]  # (T, 3, H, W)
+    return (x / 127.5 - 1.0).clamp(-1, 1).permute(1, 0, 2, 3).contiguous()  # (3, T, H, W)
+
+
+class ClipBatches(IterableDataset):
+    """Infinite, sharded, resumable stream of batches (see the module docstring)."""
+
+    def __init__(self, cfg: ClipDataConfig, rank: int = 0, world: int = 1, start_batch: int = 0) -> None:
+        super().__init__()
+        for t in cfg.num_frames:
+            if t < 1 or (t - 1) % 4:
+                raise ValueError(f"num_frames entries must be 1 + 4k, got {t}")
+        self.cfg, self.rank, self.world, self.start_batch = cfg, rank, world, start_batch
+        self.units, self.clips = scan_clips(cfg)
+        if not self.clips:
+            raise ValueError(f"no eligible clips under {cfg.root} (split={cfg.split})")
+
+    # -- planning (metadata only) ----------------------------------------------------------------------
+    def _epoch_order(self, epoch: int) -> list[_Clip]:
+        rng = np.random.default_rng([self.cfg.seed, epoch, 7])
+        by_unit: dict[int, list[_Clip]] = {}
+        for c in self.clips:
+            by_unit.setdefault(c.unit, []).append(c)
+        order: list[_Clip] = []
+        for u in rng.permutation(sorted(by_unit)):
+            rows = by_unit[int(u)]
+            order += [rows[i] for i in rng.permutation(len(rows))]
+        return order
+
+    def _clip_stream(self, g: int, n: int) -> Iterator[_Clip]:
+        epoch = 0
+        while True:
+            mine = self._epoch_order(epoch)[g::n]
+            if not mine:  # more workers than clips: share the clips round-robin instead of starving
+                mine = self._epoch_order(epoch)[g % len(self.clips) :: max(1, len(self.clips))]
+            yield from mine
+            epoch += 1
+
+    def _plans(self, g: int, n: int) -> Iterator[list[_Plan]]:
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, g, 11])
+        clips = self._clip_stream(g, n)
+        while True:
+            size = cfg.resolutions[int(rng.integers(len(cfg.resolutions)))]
+            image = rng.random() < cfg.image_prob
+            frames = 1 if image else cfg.num_frames[int(rng.integers(len(cfg.num_frames)))]
+            batch: list[_Plan] = []
+            misses = 0
+            while len(batch) < cfg.batch_size:
+                clip = next(clips)
+                stride = cfg.frame_stride if clip.num_frames >= (frames - 1) * cfg.frame_stride + 1 else 1
+                span = (frames - 1) * stride + 1
+                if clip.num_frames < span:
+                    misses += 1
+                    if misses > 10 * len(self.clips):
+                        raise ValueError(f"no clip has {frames} frames; lower num_frames")
+                    continue
+                start = int(rng.integers(clip.num_frames - span + 1))
+                scale = float(rng.uniform(1.0, cfg.max_upscale))
+                batch.append(_Plan(clip, start, stride, frames, size, scale, float(rng.random()), float(rng.random())))
+            yield batch
+
+    # -- decoding ----------------------------------------------------------------------------------------
+    def _media(self, unit: int, cache: dict) -> pa.Table:
+        if cache.get("unit") != unit:
+            path, rg = self.units[unit]
+            pf = pq.ParquetFile(path)
+            cols = [c for c in ("clip_mp4", "clip_path") if c in pf.schema_arrow.names]
+            cache.clear()
+            cache.update(unit=unit, table=pf.read_row_group(rg, columns=cols))
+        return cache["table"]
+
+    def _load(self, plan: _Plan, cache: dict) -> torch.Tensor:
+        table = self._media(plan.clip.unit, cache)
+        data = table.column("clip_mp4")[plan.clip.row].as_py() if "clip_mp4" in table.column_names else None
+        if data is None:
+            rel = table.column("clip_path")[plan.clip.row].as_py()
+            if rel is None:
+                raise ValueError(f"clip {plan.clip.clip_id} has neither clip_mp4 nor clip_path")
+            data = Path(self.cfg.root) / rel
+        frames = decode_frames(data, plan.start, plan.frames, plan.stride)  # (T, h, w, 3)
+        return resize_crop(frames, plan.size, plan.scale, plan.fy, plan.fx)  # (3, T, H, W)
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        # DataLoader takes batch b from worker b % nw and restarts at worker 0, so after a resume at batch S
+        # loader worker ``wid`` plays the stream of original worker ``(wid + S) % nw``.
+        lw = (wid + self.start_batch) % nw
+        g, n = self.rank * nw + lw, self.world * nw
+        skip = max(0, -(-(self.start_batch - lw) // nw))  # batches that stream produced before the resume
+        cache: dict = {}
+        for i, plans in enumerate(self._plans(g, n)):
+            if i < skip:
+                continue
+            video = torch.stack([self._load(p, cache) for p in plans])  # (B, 3, T, H, W)
+            yield {"video": video, "clip_id": [p.clip.clip_id for p in plans]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+#   A synthetic shard (tests, smoke runs, benchmarks): no dependency on the curation pipeline
+# ---------------------------------------------------------------------------------------------------------
+
+
+def synthetic_frames(seed: int, frames: int, height: int, width: int) -> np.ndarray:
+    """uint8 (T, H, W, 3): a smooth colour gradient with a moving square, different per seed."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = rng.uniform(40, 200, size=3)
+    out = np.empty((frames, height, width, 3), np.uint8)
+    vy, vx = rng.uniform(-2, 2, size=2)
+    side = max(4, min(height, width) // 4)
+    for t in range(frames):
+        img = np.stack([base[c] + 40 * np.sin((xx + 3 * t) / (8 + 4 * c)) * np.cos(yy / 11) for c in range(3)], -1)
+        y0 = int((height / 3 + vy * t) % (height - side))
+        x0 = int((width / 3 + vx * t) % (width - side))
+        img[y0 : y0 + side, x0 : x0 + side] = 255 - base
+        out[t] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+def encode_mp4(frames: np.ndarray, fps: int = 24) -> bytes:
+    """H.264 MP4 bytes of uint8 (T, H, W, 3) frames (H, W even)."""
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "12", "preset": "ultrafast"}
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def write_synthetic_dataset(
+    root: str | Path, num_clips: int = 6, frames: int = 21, height: int = 40, width: int = 56,
+    clips_per_file: int = 3, path_every: int = 0, drop: tuple[str, ...] = (),
+) -> list[str]:
+    """Write ``root/clips/part-*.parquet`` (+ ``selection.parquet`` when ``drop``) of synthetic clips.
+
+    Every ``path_every``-th clip (0: none) is stored as a file with ``clip_mp4`` null and ``clip_path`` set.
+    Clips named in ``drop`` get ``keep = False``. Returns the clip ids.
+    """
+    root = Path(root)
+    (root / "clips").mkdir(parents=True, exist_ok=True)
+    ids = [f"synthetic-{i:04d}" for i in range(num_clips)]
+    rows = []
+    for i, cid in enumerate(ids):
+        data = encode_mp4(synthetic_frames(i, frames, height, width))
+        rel = None
+        if path_every and i % path_every == path_every - 1:
+            rel = f"media/{cid}.mp4"
+            (root / "media").mkdir(exist_ok=True)
+            (root / rel).write_bytes(data)
+            data = None
+        rows.append({"clip_id": cid, "clip_mp4": data, "clip_path": rel, "width": width, "height": height,
+                     "num_frames": frames, "fps": 24.0, "duration_s": frames / 24.0})
+    schema = pa.schema([("clip_id", pa.string()), ("clip_mp4", pa.binary()), ("clip_path", pa.string()),
+                        ("width", pa.int32()), ("height", pa.int32()), ("num_frames", pa.int32()),
+                        ("fps", pa.float64()), ("duration_s", pa.float64())])
+    for k in range(0, num_clips, clips_per_file):
+        table = pa.Table.from_pylist(rows[k : k + clips_per_file], schema=schema)
+        pq.write_table(table, root / "clips" / f"part-{k // clips_per_file:05d}.parquet", row_group_size=2)
+    if drop:
+        sel = pa.table({"clip_id": ids, "keep": [cid not in drop for cid in ids]})
+        pq.write_table(sel, root / "selection.parquet")
+    return ids
