@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     from pipelines.stages import ProbeStage, ScoreStage, SplitFlatMap, StageWriter
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="tessera-bench-"))
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              object_store_memory=2_000_000_000)
     cfg = BuildConfig(input=a.input, output=str(work / "full"), progress=False)
 

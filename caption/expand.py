@@ -37,6 +37,7 @@ from caption.templates import DEFAULT_EXPAND_TEMPLATE, build_expand_messages, ge
 
 log = logging.getLogger(__name__)
 ID_HEADER = "x-tessera-request-id"
+_RAW_HEADER = "X-Stainless-Raw-Response"  # asks the openai client for the raw response (headers + parse())
 
 # ----------------------------------------------------------------------------------------------------------------
 # Endpoint config and secret handling
@@ -152,21 +153,12 @@ def _retry_after_s(headers) -> float | None:
         return None
 
 
-def run_coroutine(coro):
-    """Run ``coro`` to completion from sync code, also when the caller already runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box: dict = {}
-    thread = threading.Thread(target=lambda: box.setdefault("out", asyncio.run(coro)))
-    thread.start()
-    thread.join()
-    return box["out"]
-
-
 class ChatRunner:
-    """Runs many chat requests against one OpenAI-compatible endpoint; results in request order, ids checked."""
+    """Runs many chat requests against one OpenAI-compatible endpoint; results in request order, ids checked.
+
+    One event loop on a daemon thread and one ``AsyncOpenAI`` client live as long as the runner, so connections
+    are reused across batches (a new client per batch cost ~1 s of connection setup at 64 in flight).
+    """
 
     def __init__(self, endpoint: OpenAIEndpoint, seed: int = 0):
         self.endpoint = endpoint.resolved()
@@ -174,26 +166,46 @@ class ChatRunner:
             raise ValueError("openai backend needs a model (config or $TESSERA_LLM_MODEL)")
         _guard_secret(self.endpoint.api_key)
         self._rng = random.Random(seed)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client = None
+        self._lock = threading.Lock()
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="tessera-chat", daemon=True).start()
+                self._loop, self._client = loop, None
+            return self._loop
 
     def run(self, requests: list[ChatRequest]) -> list[ChatResult]:
         """All results, one per request, same order; never raises for a failed request."""
         if not requests:
             return []
-        return run_coroutine(self._run_all(requests))
+        return asyncio.run_coroutine_threadsafe(self._run_all(requests), self._ensure_loop()).result()
+
+    def close(self) -> None:
+        """Close the client and stop the loop (also fine never to call: the thread is a daemon)."""
+        if self._loop is None:
+            return
+        if self._client is not None:
+            asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop, self._client = None, None
 
     async def _run_all(self, requests: list[ChatRequest]) -> list[ChatResult]:
         from openai import AsyncOpenAI
 
         ep = self.endpoint
+        if self._client is None:
+            self._client = AsyncOpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=0, timeout=ep.timeout_s)
         sem = asyncio.Semaphore(max(1, ep.concurrency))  # the client's own pool allows more; this bounds it
-        async with AsyncOpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=0,
-                               timeout=ep.timeout_s) as client:
 
-            async def one(req: ChatRequest) -> ChatResult:
-                async with sem:
-                    return await self._run_one(client, req)
+        async def one(req: ChatRequest) -> ChatResult:
+            async with sem:
+                return await self._run_one(self._client, req)
 
-            results = await asyncio.gather(*(one(r) for r in requests))
+        results = await asyncio.gather(*(one(r) for r in requests))
         for req, res in zip(requests, results):  # the id travels with the result; a mismatch is a bug
             if req.id != res.id:
                 raise AssertionError(f"result for {res.id!r} returned in the slot of {req.id!r}")
@@ -201,14 +213,20 @@ class ChatRunner:
 
     async def _run_one(self, client, req: ChatRequest) -> ChatResult:
         import openai
+        from openai.types.chat import ChatCompletion
 
         ep, status, error = self.endpoint, "error:unknown", None
         for attempt in range(1, ep.max_retries + 2):
             wait = None
             try:
-                raw = await client.chat.completions.with_raw_response.create(
-                    model=ep.model, messages=req.messages, max_tokens=req.max_tokens, temperature=req.temperature,
-                    seed=req.seed, extra_headers={ID_HEADER: req.id})
+                # ``post`` is the client's own call for chat.completions.create minus its recursive TypedDict
+                # transform of the messages, which cost ~1.2 ms CPU per request (half the client's cost).
+                body = {"model": ep.model, "messages": req.messages, "max_tokens": req.max_tokens,
+                        "temperature": req.temperature}
+                if req.seed is not None:
+                    body["seed"] = req.seed
+                raw = await client.post("/chat/completions", body=body, cast_to=ChatCompletion,
+                                        options={"headers": {ID_HEADER: req.id, _RAW_HEADER: "true"}})
                 echoed = raw.headers.get(ID_HEADER)
                 if echoed is not None and echoed != req.id:
                     return ChatResult(req.id, None, "error:id-mismatch", f"server answered for {echoed!r}",

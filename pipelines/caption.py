@@ -1,13 +1,13 @@
 """``tessera caption``: add VLM captions and expanded captions to a dataset's clip shards (Ray Data).
 
-Recipe, per input shard ``DATASET/clips/part-NNNNN.parquet`` (output keeps the shard's name):
+Recipe, per group of input shards ``DATASET/clips/part-NNNNN.parquet`` (each output keeps its shard's name):
 
-    ds = read_parquet(shard)                                                   # clips (1:1 below)
+    ds = from_arrow(shards + _shard/_row tags).repartition(rows / batch)        # clips (1:1 below)
     ds = ds.map_batches(frame_prep, num_cpus=1)                                # 1. frames: decode uncached clips
     ds = ds.map_batches(Captioner, concurrency=n, num_gpus=g, batch_size=b)    # 2. caption columns
     ds = ds.map_batches(drop_frames)                                           # 3. frames leave the object store
     ds = ds.map_batches(Expander, concurrency=m, batch_size=b)                 # 4. expanded caption columns
-    -> OUTPUT/clips/<same name>.parquet (temp file, then rename), in input row order
+    -> split by _shard, sort by _row -> OUTPUT/clips/<same name>.parquet (temp file, then rename)
 
 Re-runs: captions and expansions are cached (``OUTPUT/_state/caption_cache.sqlite`` unless configured) by
 hash(clip bytes or text, template, model, settings). A clip whose captions are cached is not decoded; changing
@@ -50,6 +50,7 @@ class CaptionPipelineConfig:
     captioner_concurrency: int = 1
     expander_concurrency: int = 1
     batch_size: int = 8
+    shards_per_run: int = 16  # shards captioned by one Ray dataset; the driver holds one group's output
     ray_address: str = "local"  # "local" starts a private Ray; "auto" joins a running cluster
     num_cpus: int | None = None  # for ray.init when no Ray session is running
     object_store_bytes: int | None = None
@@ -158,29 +159,40 @@ def main(cfg: CaptionPipelineConfig) -> dict:
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0
 
     t0, counts, manifest = time.time(), {}, []
-    for shard in shards:
-        table = pq.read_table(shard)
-        table = table.append_column("_row", pa.array(np.arange(table.num_rows), pa.int64()))
-        n_blocks = max(1, min(64, -(-table.num_rows // cfg.batch_size)))
-        ds = ray.data.from_arrow(table).repartition(n_blocks)
+    for start in range(0, len(shards), cfg.shards_per_run):  # one Ray dataset (one set of actors) per group
+        group = shards[start:start + cfg.shards_per_run]
+        tables = [pq.read_table(shard) for shard in group]
+        tagged = [t.append_column("_shard", pa.array(np.full(t.num_rows, k), pa.int32()))
+                  .append_column("_row", pa.array(np.arange(t.num_rows), pa.int64())) for k, t in enumerate(tables)]
+        rows = sum(t.num_rows for t in tables)
+        ds = ray.data.from_arrow(pa.concat_tables(tagged, promote_options="permissive"))
+        ds = ds.repartition(max(1, min(256, -(-rows // cfg.batch_size))))
         ds = add_caption_stages(ds, cfg, str(src), use_gpu)
-        blocks = [_restore_types(ray.get(ref), table.schema, cfg.vlm.kinds) for ref in ds.to_arrow_refs()]
-        out = pa.concat_tables([b for b in blocks if b.num_rows], promote_options="permissive").sort_by("_row")
-        if out.num_rows != table.num_rows:  # never drop a row silently
-            raise RuntimeError(f"{shard.name}: {table.num_rows} rows in, {out.num_rows} out")
-        decoded = out.column("_decoded").to_pylist() if "_decoded" in out.column_names else []
-        _count(counts, "clips", out.num_rows)
-        _count(counts, "decoded", sum(bool(x) for x in decoded))
-        _count(counts, "caption_tokens", int(np.sum(out.column("caption_tokens").to_numpy())))
-        for col in ("caption_status", "expand_status"):
-            for value in out.column(col).to_pylist():
-                _count(counts, f"{col}:{value}", 1)
-        out = out.drop_columns([c for c in ("_row", "_decoded") if c in out.column_names])
-        target = dst / "clips" / shard.name
-        tmp = target.with_suffix(".parquet.tmp")
-        pq.write_table(out, tmp)
-        os.replace(tmp, target)
-        manifest.append({"path": f"clips/{shard.name}", "rows": out.num_rows, "sha256": _sha256(target)})
+        parts: list[list] = [[] for _ in group]
+        for ref in ds.to_arrow_refs():
+            block = ray.get(ref)
+            shard_ids = block.column("_shard").to_numpy()
+            for k in np.unique(shard_ids):
+                parts[k].append(block.filter(pa.array(shard_ids == k)))
+        for k, (shard, table) in enumerate(zip(group, tables)):
+            blocks = [_restore_types(b, table.schema, cfg.vlm.kinds) for b in parts[k] if b.num_rows]
+            if not blocks:
+                raise RuntimeError(f"{shard.name}: no rows came back")
+            out = pa.concat_tables(blocks, promote_options="permissive").sort_by("_row")
+            if out.num_rows != table.num_rows:  # never drop a row silently
+                raise RuntimeError(f"{shard.name}: {table.num_rows} rows in, {out.num_rows} out")
+            _count(counts, "clips", out.num_rows)
+            _count(counts, "decoded", int(sum(bool(x) for x in out.column("_decoded").to_pylist())))
+            _count(counts, "caption_tokens", int(np.sum(out.column("caption_tokens").to_numpy())))
+            for col in ("caption_status", "expand_status"):
+                for value in out.column(col).to_pylist():
+                    _count(counts, f"{col}:{value}", 1)
+            out = out.drop_columns(["_shard", "_row", "_decoded"])
+            target = dst / "clips" / shard.name
+            tmp = target.with_suffix(".parquet.tmp")
+            pq.write_table(out, tmp)
+            os.replace(tmp, target)
+            manifest.append({"path": f"clips/{shard.name}", "rows": out.num_rows, "sha256": _sha256(target)})
     for extra in ("failures.parquet", "selection.parquet"):
         if (src / extra).is_file():
             shutil.copyfile(src / extra, dst / extra)

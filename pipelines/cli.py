@@ -85,7 +85,12 @@ def _run_build(a) -> int:
     from pipelines.build import build
 
     try:
-        summary = build(build_config_from_args(a))
+        cfg = build_config_from_args(a)
+    except ValueError as exc:  # a config that cannot work (e.g. --min-clip-s above half of --max-clip-s)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        summary = build(cfg)
     except ConfigChanged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -162,24 +167,35 @@ def _run_demo(a) -> int:
     return main(DemoConfig(out=a.out, videos=a.videos, samples=a.samples, seed=a.seed))
 
 
+DELEGATED = [
+    ("caption", "pipelines.caption", "cli", "add caption columns (VLM) and expanded captions (LLM) to a dataset"),
+    ("expand-prompt", "pipelines.caption", "expand_prompt_cli", "rewrite a short prompt like a training caption"),
+    ("report", "pipelines.report", "cli", "HTML + PNG report of a dataset: histograms, filters, failures, contact sheets"),
+    ("train-vae", "train.train_vae", None, "train the video VAE on clip shards (CPU, one GPU, or torchrun)"),
+    ("vae-eval", "pipelines.vae_eval", "cli", "PSNR/SSIM of a VAE checkpoint on held-out clips, whole vs chunked"),
+    ("cache-latents", "pipelines.cache_latents", "cli", "encode clips to VAE latents + text embeddings (resumable)"),
+    ("train-dit", "train.train_dit", None, "train the text-to-video DiT on latent or clip shards (torchrun for GPUs)"),
+    ("generate", "pipelines.generate", "cli", "text/image/video-to-video generation from a trained pipeline"),
+]
+
+
 def _add_delegated(sub) -> None:
-    """Subcommands whose parsers live with their pipelines."""
-    delegated = [
-        ("caption", "pipelines.caption", "cli", "add caption columns (VLM) and expanded captions (LLM) to a dataset"),
-        ("expand-prompt", "pipelines.caption", "expand_prompt_cli", "rewrite a short prompt like a training caption"),
-        ("vae-eval", "pipelines.vae_eval", "cli", "PSNR/SSIM of a VAE checkpoint on held-out clips, whole vs chunked"),
-    ]
-    for name, module, fn, help_ in delegated:
+    """Subcommands whose parsers live with their pipelines (``main`` hands them the raw arguments)."""
+    for name, module, fn, help_ in DELEGATED:
         p = sub.add_parser(name, help=help_, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=_delegate(module, fn))
 
 
-def _delegate(module: str, fn: str):
+def _delegate(module: str, fn: str | None):
+    """Run ``module.fn(argv)``; with ``fn=None`` the module is a training script: ``main(parse_args(argv))``."""
+
     def run(a) -> int:
         import importlib
 
-        return int(getattr(importlib.import_module(module), fn)(a.rest) or 0)
+        m = importlib.import_module(module)
+        result = getattr(m, fn)(a.rest) if fn else m.main(m.parse_args(a.rest))
+        return result if isinstance(result, int) else 0
 
     return run
 
@@ -200,6 +216,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for name, module, fn, _ in DELEGATED:  # their own parsers own --help and every option
+        if argv and argv[0] == name:
+            return _delegate(module, fn)(argparse.Namespace(rest=argv[1:]))
     args = parser().parse_args(argv)
     return int(args.func(args) or 0)
 

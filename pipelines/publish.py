@@ -114,6 +114,7 @@ def finalize(state: BuildState, cfg, fp: str, *, items, skipped: int, graph_wall
         "graph_wall_s": round(graph_wall_s, 3),
         "shards": len(shards),
     }
+    summary["stages"] = _stage_counts(records, failures, table, dup_of, selection)
     summary["inputs"]["adds_up"] = (summary["inputs"]["accepted"] + summary["inputs"]["rejected"]
                                     + summary["inputs"]["failed"] + missing) == len(wanted)
     summary["_shards"] = shards
@@ -183,6 +184,29 @@ def run_filters(root: Path, table: pa.Table, spec) -> dict:
     atomic_write_table(root / "selection.parquet", selection)
     kept = int(pc.sum(selection.column("keep")).as_py() or 0) if selection.num_rows else 0
     return {"kept": kept, "rates": keep_rates(selection)}
+
+
+def _stage_counts(records: list[dict], failures: pa.Table, table: pa.Table, dup_of: dict, selection) -> dict:
+    """Rows in and out of every stage, so a reader can see where inputs and clips went."""
+    whole = failures.filter(pc.is_null(failures.column("clip_id"))).to_pylist()
+    per_clip = failures.filter(pc.is_valid(failures.column("clip_id"))).to_pylist()
+    by_stage = Counter((r["stage"], r["outcome"]) for r in whole)
+    probed = len(records) - by_stage[("input", "rejected")]
+    probe_out = probed - by_stage[("probe", "rejected")] - by_stage[("probe", "failed")]
+    produced = sum(r.get("clips", 0) for r in records)
+    scores = Counter(table.column("scores_status").to_pylist()) if table is not None and table.num_rows else Counter()
+    return {
+        "probe": {"in": probed, "ok": probe_out, "rejected": by_stage[("probe", "rejected")],
+                  "failed": by_stage[("probe", "failed")]},
+        "split": {"in": probe_out, "clips_out": produced + len(per_clip),
+                  "inputs_rejected": by_stage[("split", "rejected")], "inputs_failed": by_stage[("split", "failed")],
+                  "clips_failed": len(per_clip)},
+        "score": {"in": produced, "status": dict(scores.most_common())},
+        "dedup": {"in": len(dup_of), "duplicates": sum(1 for v in dup_of.values() if v),
+                  "same_content_inputs": by_stage[("dedup", "rejected")]},
+        "publish": {"clips": table.num_rows if table is not None else 0},
+        "filter": {"kept": selection["kept"] if selection else 0},
+    }
 
 
 def _model_status(table: pa.Table, cfg) -> dict:

@@ -49,10 +49,11 @@ FLOAT_SCORES = {
     "motion_p90": "90th pct motion, px/frame",
     "clip_aesthetic": "aesthetic score (LAION scale)",
     "text_coverage": "share of frame under on-screen text",
+    "caption_clip_sim": "caption-frames similarity (CLIP cosine)",  # from `tessera caption --clip-model`
 }
 BOOL_SCORES = {"motion_static": "static camera and scene", "motion_jitter": "jittery motion"}
 # Which status column explains a null model-backed score.
-STATUS_OF = {"clip_aesthetic": "clip_status", "text_coverage": "ocr_status"}
+STATUS_OF = {"clip_aesthetic": "clip_status", "text_coverage": "ocr_status", "caption_clip_sim": "caption_clip_status"}
 CAPTION_COLUMNS = ("caption_short", "caption_dense", "caption_expanded")
 HEAVY_TYPES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_list, pa.types.is_large_list)
 
@@ -111,7 +112,8 @@ def load_dataset(root: Path) -> Dataset:
         light = [f.name for f in schema if not any(t(f.type) for t in HEAVY_TYPES)]
         t = pq.read_table(path, columns=light)
         tables.append(t.append_column("_shard", pa.array(np.full(t.num_rows, i, np.int32))))
-    clips = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({"clip_id": pa.array([], pa.string())})
+    clips = (pa.concat_tables(tables, promote_options="permissive") if tables
+             else pa.table({"clip_id": pa.array([], pa.string())}))
     notes = []
     summary_path = root / "summary.json"
     if not summary_path.is_file() and manifest.get("source"):  # a captioned copy: its build summary is upstream
@@ -135,7 +137,7 @@ def _values(table: pa.Table, name: str) -> np.ndarray:
     return arr[np.isfinite(arr)]
 
 
-def _null_note(table: pa.Table, name: str, summary: dict) -> str:
+def _null_note(table: pa.Table, name: str) -> str:
     """Why a column has no values: the model status when it has one, else plainly 'all null'."""
     status_col = STATUS_OF.get(name)
     if status_col and status_col in table.column_names:
@@ -148,8 +150,8 @@ def _null_note(table: pa.Table, name: str, summary: dict) -> str:
     return f"{name}: null for all {table.num_rows} clips"
 
 
-def _thresholds(selection: pa.Table | None) -> dict[str, list[str]]:
-    """Filter thresholds per column, from the spec stored in the selection's metadata (``{col: ['>= 25']}``)."""
+def _thresholds(selection: pa.Table | None) -> dict[str, list[tuple[str, float]]]:
+    """Filter thresholds per column from the spec in the selection's metadata (``{"sharpness": [(">=", 25.0)]}``)."""
     if selection is None:
         return {}
     raw = (selection.schema.metadata or {}).get(b"tessera.filter_spec")
@@ -181,7 +183,7 @@ def _keep_rates(data: Dataset) -> dict:
 
 def sample_ids(clip_ids: list[str], n: int, seed: int) -> list[str]:
     """``n`` clip ids chosen by a seeded hash: deterministic, and stable when other clips are added."""
-    ranked = sorted(clip_ids, key=lambda c: hashlib.sha256(f"{seed}:{c}".encode()).hexdigest())
+    ranked = sorted(set(clip_ids), key=lambda c: hashlib.sha256(f"{seed}:{c}".encode()).hexdigest())
     return ranked[: max(n, 0)]
 
 
@@ -205,6 +207,10 @@ def _style(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_ylabel(ylabel, fontsize=9)
     ax.tick_params(labelsize=8)
     ax.grid(axis="y", alpha=0.3)
+    if ylabel == "clips":  # counts are whole numbers
+        from matplotlib.ticker import MaxNLocator
+
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
 
@@ -219,7 +225,8 @@ def _hist(values: np.ndarray, title: str, xlabel: str, lines: list[tuple[str, fl
         ax.axvline(v, color=ACCENT, ls="--", lw=1.5, label=f"filter {op} {v:g}")
     if lines:
         ax.legend(fontsize=8, frameon=False)
-    _style(ax, f"{title}  (n={values.size}, median {np.median(values):.3g})", xlabel, "clips")
+    stat = f"median {np.median(values):.3g}" if hi > lo else f"all = {lo:.3g}"
+    _style(ax, f"{title}  (n={values.size}, {stat})", xlabel, "clips")
     return fig
 
 
@@ -229,7 +236,7 @@ def _bool_bars(values: list, title: str, what: str):
     counts = Counter(values)
     keys = [("no", False), ("yes", True), ("null", None)]
     keys = [(k, v) for k, v in keys if counts.get(v) or v is not None]
-    bars = ax.bar([k for k, _ in keys], [counts.get(v, 0) for _, v in keys],
+    bars = ax.bar([k for k, _ in keys], [counts.get(v, 0) for _, v in keys], width=0.6,
                   color=[PRIMARY if v is False else ACCENT if v else MUTED for _, v in keys])
     ax.bar_label(bars, fontsize=8)
     _style(ax, f"{title}  (n={len(values)})", what, "clips")
@@ -266,8 +273,9 @@ def _fps(clips: pa.Table):
     fig = _figure(4.6, 2.9)
     ax = fig.add_subplot()
     keys = sorted(counts)
-    bars = ax.bar([f"{k:g}" for k in keys], [counts[k] for k in keys], color=PRIMARY)
+    bars = ax.bar([f"{k:g}" for k in keys], [counts[k] for k in keys], color=PRIMARY, width=0.6)
     ax.bar_label(bars, fontsize=8)
+    ax.set_xlim(-0.8, max(len(keys), 2) - 0.2)
     _style(ax, f"frame rate  (n={values.size})", "frames per second", "clips")
     return fig
 
@@ -287,7 +295,7 @@ def _keep_figure(rates: dict):
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 118)
-    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    fig.legend(fontsize=8, frameon=False, loc="outside upper right", ncol=2)
     keep = rates.get("keep_rate")
     kept = f"{100 * keep:.1f} % kept ({round(keep * n)} of {n} clips)" if keep is not None else "no clips"
     _style(ax, f"filters: {kept}", "% of clips", "")
@@ -306,6 +314,10 @@ def _count_bars(counts: dict, title: str, xlabel: str, color: str, fmt: str = "{
     ax.margins(x=0.15)
     _style(ax, title, xlabel, "")
     ax.grid(axis="x", alpha=0.3)
+    if all(isinstance(counts[k], int) for k in keys):  # counts are whole numbers
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
 
@@ -315,7 +327,7 @@ def _caption_lengths(clips: pa.Table, cols: list[str]):
     colors = [PRIMARY, ACCENT, "#3a9d5d"]
     lengths = {c: np.array([len(t.split()) for t in clips[c].to_pylist() if t]) for c in cols}
     top = max(int(v.max()) for v in lengths.values() if v.size)
-    bins = np.linspace(0, top + 1, min(40, top + 2))
+    bins = np.arange(top + 2) - 0.5 if top < 60 else np.linspace(0, top + 1, 40)  # whole words
     for c, color in zip(cols, colors):
         v = lengths[c]
         ax.hist(v, bins=bins, histtype="stepfilled" if len(cols) == 1 else "step", lw=2, color=color,
@@ -366,23 +378,31 @@ def decode_strip(source: bytes | Path, n_frames: int, height: int):
     return strip
 
 
-def _media(data: Dataset, ids: list[str]) -> dict[str, bytes | Path | None]:
+def _media(data: Dataset, ids: list[str]) -> dict[str, bytes | Path | Exception]:
     """The MP4 of each sampled clip: bytes read from its shard only, or a file under the dataset."""
-    out: dict[str, bytes | Path | None] = {}
+    out: dict[str, bytes | Path | Exception] = {}
     shard_of = dict(zip(data.clips["clip_id"].to_pylist(), data.clips["_shard"].to_pylist()))
     by_shard: dict[int, list[str]] = {}
     for cid in ids:
         by_shard.setdefault(shard_of[cid], []).append(cid)
     for s, cids in by_shard.items():
-        names = [n for n in ("clip_id", "clip_mp4", "clip_path") if n in pq.read_schema(data.shard_paths[s]).names]
-        t = pq.read_table(data.shard_paths[s], columns=names, filters=pc.field("clip_id").isin(cids))
-        for row in t.to_pylist():
-            if row.get("clip_mp4"):
-                out[row["clip_id"]] = row["clip_mp4"]
-            elif row.get("clip_path"):
-                out[row["clip_id"]] = _inside(data.root, row["clip_path"])
-            else:
-                out[row["clip_id"]] = None
+        pf = pq.ParquetFile(data.shard_paths[s])
+        names = [n for n in ("clip_mp4", "clip_path") if n in pf.schema_arrow.names]
+        wanted = set(cids)
+        for g in range(pf.num_row_groups):  # only row groups holding a sampled clip have their media read
+            ids = pf.read_row_group(g, columns=["clip_id"])["clip_id"].to_pylist()
+            rows = [i for i, c in enumerate(ids) if c in wanted]
+            if not rows:
+                continue
+            t = pf.read_row_group(g, columns=names).take(rows)
+            for i, row in zip(rows, t.to_pylist()):
+                if row.get("clip_mp4"):
+                    out[ids[i]] = row["clip_mp4"]
+                elif row.get("clip_path"):
+                    try:
+                        out[ids[i]] = _inside(data.root, row["clip_path"])
+                    except ValueError as exc:  # a clip_path leaving the dataset: that sheet says so
+                        out[ids[i]] = exc
     return out
 
 
@@ -393,7 +413,8 @@ def _media(data: Dataset, ids: list[str]) -> dict[str, bytes | Path | None]:
 CSS = """
 body{font:14px/1.45 -apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;color:#1d2330;background:#f4f6f9;margin:0}
 main{max-width:1240px;margin:0 auto;padding:20px 28px 60px}
-h1{font-size:24px;margin:6px 0 2px} h2{font-size:18px;margin:30px 0 10px;border-bottom:2px solid #dde3ec;padding-bottom:4px}
+h1{font-size:24px;margin:6px 0 2px}
+h2{font-size:18px;margin:30px 0 10px;border-bottom:2px solid #dde3ec;padding-bottom:4px}
 .sub{color:#5b6578;font-size:13px;word-break:break-all}
 .cards{display:flex;flex-wrap:wrap;gap:10px;margin:14px 0}
 .card{background:#fff;border-radius:8px;padding:10px 14px;box-shadow:0 1px 2px #0002;min-width:120px}
@@ -436,151 +457,167 @@ def _fmt(v, digits: int = 3) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def main(cfg: ReportConfig) -> dict:
-    """Write ``index.html`` and its PNGs for ``cfg.dataset``; returns what was written (paths, counts, notes)."""
-    t0 = time.time()
-    root = Path(cfg.dataset)
-    out = Path(cfg.output) if cfg.output else root / "report"
-    (out / "sheets").mkdir(parents=True, exist_ok=True)
-    for old in [*out.glob("*.png"), *(out / "sheets").glob("*.png")]:  # figures of an earlier report
-        old.unlink()
-    data = load_dataset(root)
-    clips, summary = data.clips, data.summary
-    notes = list(data.notes)
-    figures: list[str] = []
-    sections: list[str] = []
+class _Figures:
+    """Saves figures into the report folder and remembers their relative names, in page order."""
 
-    def save(fig, name: str) -> str:
-        fig.savefig(out / name, dpi=cfg.dpi, facecolor="white")
-        figures.append(name)
-        return name
+    def __init__(self, out: Path, dpi: int):
+        self.out, self.dpi, self.names = out, dpi, []
 
-    # 1. header numbers
-    inputs, counts = summary.get("inputs", {}), summary.get("clips", {})
-    rates = _keep_rates(data)
-    n = clips.num_rows
-    kept = round((rates.get("keep_rate") or 0) * (rates.get("clips") or 0))
+    def img(self, fig, name: str, alt: str, wide: bool = False) -> str:
+        fig.savefig(self.out / name, dpi=self.dpi, facecolor="white")
+        self.names.append(name)
+        return _fig_html(name, alt, wide)
+
+
+def _notes(lines) -> str:
+    return "".join(f'<p class="note">{_e(s)}</p>' for s in lines)
+
+
+def _header(data: Dataset, rates: dict) -> str:
+    """The numbers a reader wants first, as cards, and the dataset-wide notes."""
+    s, n = data.summary, data.clips.num_rows
+    inputs, counts = s.get("inputs", {}), s.get("clips", {})
     cards = [_card(n, "clips published")]
     if rates.get("clips"):
+        kept = round(rates["keep_rate"] * rates["clips"])
         cards.append(_card(f"{kept} ({100 * rates['keep_rate']:.0f} %)", "kept by filters"))
     if inputs:
         cards += [_card(inputs.get("total", "-"), "inputs"), _card(inputs.get("accepted", "-"), "inputs accepted"),
                   _card(inputs.get("rejected", 0) + inputs.get("failed", 0), "inputs rejected or failed")]
     if counts.get("duplicates") is not None:
         cards.append(_card(counts["duplicates"], "near-duplicate clips"))
+    cards.append(_card(f"{_values(data.clips, 'duration_s').sum() / 60:.1f} min", "of video in clips"))
+    if s.get("wall_s") is not None:
+        cards.append(_card(f"{s['wall_s']:.0f} s", "build wall time"))
+    notes = data.notes + [m["note"] for m in s.get("models", {}).values() if isinstance(m, dict) and m.get("note")]
+    return f'<div class="cards">{"".join(cards)}</div>' + _notes(notes)
+
+
+def _section_clips(figs: _Figures, clips: pa.Table, lines: dict) -> str:
     dur = _values(clips, "duration_s")
-    cards.append(_card(f"{dur.sum() / 60:.1f} min", "of clips"))
-    if summary.get("wall_s") is not None:
-        cards.append(_card(f"{summary['wall_s']:.0f} s", "build wall time"))
-    for m in summary.get("models", {}).values():
-        if m.get("note"):
-            notes.append(m["note"])
+    if not dur.size:
+        return '<h2>Clips</h2><p class="note">The dataset has no clips.</p>'
+    geo = (figs.img(_hist(dur, "clip duration", "seconds", lines.get("duration_s", [])), "duration.png",
+                    "histogram of clip durations")
+           + figs.img(_fps(clips), "fps.png", "frame rates"))
+    res = figs.img(_resolution(clips), "resolution.png", "resolution scatter and aspect histogram", wide=True)
+    return (f'<h2>Clips: duration, frame rate, resolution</h2><div class="grid">{geo}</div>'
+            f'<div style="margin-top:12px">{res}</div>')
 
-    # 2. clip geometry
-    geo = []
-    if dur.size:
-        geo.append(_fig_html(save(_hist(dur, "clip duration", "seconds", _thresholds(data.selection).get("duration_s", [])),
-                                  "duration.png"), "histogram of clip durations"))
-        geo.append(_fig_html(save(_fps(clips), "fps.png"), "frame rates"))
-        res = _fig_html(save(_resolution(clips), "resolution.png"), "resolution scatter and aspect histogram", True)
-        sections.append(f'<h2>Clips: duration, frame rate, resolution</h2><div class="grid">{"".join(geo)}</div>'
-                        f'<div style="margin-top:12px">{res}</div>')
-    else:
-        sections.append('<h2>Clips</h2><p class="note">The dataset has no clips.</p>')
 
-    # 3. scores
-    score_figs, score_notes = [], []
-    lines = _thresholds(data.selection)
+def _section_scores(figs: _Figures, clips: pa.Table, lines: dict) -> tuple[str, list[str]]:
+    """A histogram per score column; an all-null column gets a note saying why instead."""
+    n, imgs, notes = clips.num_rows, [], []
+    if not n:
+        return "", []
     for name, unit in FLOAT_SCORES.items():
-        if name not in clips.column_names:
-            continue
-        v = _values(clips, name)
-        if v.size == 0:
-            score_notes.append(_null_note(clips, name, summary) if n else f"{name}: no clips")
-            continue
-        score_figs.append(_fig_html(save(_hist(v, name, unit, lines.get(name, [])), f"score_{name}.png"), name))
+        if name in clips.column_names:
+            v = _values(clips, name)
+            if v.size:
+                imgs.append(figs.img(_hist(v, name, unit, lines.get(name, [])), f"score_{name}.png", name))
+            else:
+                notes.append(_null_note(clips, name))
     for name, what in BOOL_SCORES.items():
-        if name in clips.column_names and n:
+        if name in clips.column_names:
             values = clips[name].to_pylist()
-            if all(x is None for x in values):
-                score_notes.append(f"{name}: null for all {n} clips")
-                continue
-            score_figs.append(_fig_html(save(_bool_bars(values, name, what), f"score_{name}.png"), name))
-    body = "".join(f'<p class="note">{_e(s)}</p>' for s in score_notes)
-    sections.append(f'<h2>Scores</h2>{body}<div class="grid">{"".join(score_figs)}</div>')
+            if any(x is not None for x in values):
+                imgs.append(figs.img(_bool_bars(values, name, what), f"score_{name}.png", name))
+            else:
+                notes.append(f"{name}: null for all {n} clips")
+    return f'<h2>Scores</h2>{_notes(notes)}<div class="grid">{"".join(imgs)}</div>', notes
 
-    # 4. filters
-    fsec = "<h2>Filters</h2>"
-    if rates.get("pass_rate"):
-        fsec += _fig_html(save(_keep_figure(rates), "keep_rate.png"), "keep rate per filter", True)
-    else:
-        fsec += '<p class="note">No filter results (selection.parquet is absent or empty).</p>'
-    fsec += "".join(f'<p class="note">{_e(s)}</p>' for s in rates.get("notes", []))
-    sections.append(fsec)
 
-    # 5. failures
-    fails = data.failures
-    fsec = "<h2>Failures</h2>"
-    if fails is not None and fails.num_rows:
-        reasons = dict(Counter(fails["reason"].to_pylist()).most_common())
-        title = f"failures by reason  ({fails.num_rows} rows: " + ", ".join(
-            f"{k} {v}" for k, v in Counter(fails["outcome"].to_pylist()).most_common()) + ")"
-        fsec += _fig_html(save(_count_bars(reasons, title, "count", ACCENT), "failures.png"), "failures by reason", True)
-        rows = sorted(fails.to_pylist(), key=lambda r: (r["reason"] or "", r["source_uri"] or ""))
-        cols = ("source_uri", "outcome", "stage", "reason", "error_class", "message")
-        trs = "".join("<tr>" + "".join(f'<td{" class=msg" if c == "message" else ""}>{_e((r.get(c) or "")[:400])}</td>'
-                                       for c in cols) + "</tr>" for r in rows[: cfg.max_failure_rows])
-        fsec += (f'<table style="margin-top:12px"><tr>{"".join(f"<th>{c}</th>" for c in cols)}</tr>{trs}</table>'
-                 + (f'<p class="sub">first {cfg.max_failure_rows} of {len(rows)} rows</p>'
-                    if len(rows) > cfg.max_failure_rows else ""))
-    else:
-        fsec += '<p class="sub">No failed or rejected inputs.</p>'
-    sections.append(fsec)
+def _section_filters(figs: _Figures, rates: dict) -> str:
+    if not rates.get("pass_rate"):
+        return '<h2>Filters</h2><p class="note">No filter results (selection.parquet is absent or empty).</p>'
+    return ("<h2>Filters</h2>" + figs.img(_keep_figure(rates), "keep_rate.png", "keep rate per filter", wide=True)
+            + _notes(rates.get("notes", [])))
 
-    # 6. captions
-    cap_cols = [c for c in CAPTION_COLUMNS if c in clips.column_names and clips[c].null_count < n
-                and any(clips[c].to_pylist())]
-    if cap_cols:
-        sections.append("<h2>Captions</h2>" + _fig_html(save(_caption_lengths(clips, cap_cols), "caption_lengths.png"),
-                                                        "caption lengths", True))
 
-    # 7. time per stage
+def _section_failures(figs: _Figures, fails: pa.Table | None, max_rows: int) -> str:
+    """Bar chart of reasons and a table of failed inputs (every cell escaped: file names are hostile)."""
+    if fails is None or not fails.num_rows:
+        return '<h2>Failures</h2><p class="sub">No failed or rejected inputs.</p>'
+    reasons = dict(Counter(fails["reason"].to_pylist()).most_common())
+    outcomes = ", ".join(f"{k} {v}" for k, v in Counter(fails["outcome"].to_pylist()).most_common())
+    chart = figs.img(_count_bars(reasons, f"failures by reason  ({fails.num_rows} rows: {outcomes})", "count",
+                                 ACCENT), "failures.png", "failures by reason", wide=True)
+    rows = sorted(fails.to_pylist(), key=lambda r: (str(r.get("reason")), str(r.get("source_uri"))))
+    cols = ("source_uri", "outcome", "stage", "reason", "error_class", "message")
+    trs = "".join("<tr>" + "".join(f'<td{" class=msg" if c == "message" else ""}>{_e(str(r.get(c) or "")[:400])}</td>'
+                                   for c in cols) + "</tr>" for r in rows[:max_rows])
+    more = f'<p class="sub">first {max_rows} of {len(rows)} rows</p>' if len(rows) > max_rows else ""
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    return f'<h2>Failures</h2>{chart}<table style="margin-top:12px"><tr>{head}</tr>{trs}</table>{more}'
+
+
+def _section_captions(figs: _Figures, clips: pa.Table) -> str:
+    cols = [c for c in CAPTION_COLUMNS if c in clips.column_names and any(clips[c].to_pylist())]
+    if not cols:
+        return ""
+    status = [f"{c}: " + ", ".join(f"{k} {v}" for k, v in Counter(clips[c].to_pylist()).most_common())
+              for c in ("caption_status", "expand_status") if c in clips.column_names]
+    return ("<h2>Captions</h2>" + "".join(f'<p class="sub">{_e(x)}</p>' for x in status)
+            + figs.img(_caption_lengths(clips, cols), "caption_lengths.png", "caption lengths", wide=True))
+
+
+def _section_times(figs: _Figures, summary: dict) -> str:
     times = {k: v for k, v in summary.get("time_per_stage_s", {}).items() if isinstance(v, (int, float))}
-    if times:
-        title = "time per stage, summed over inputs" + (f"  (build wall {summary['wall_s']:.1f} s)"
-                                                         if summary.get("wall_s") is not None else "")
-        sections.append("<h2>Time per stage</h2>" + _fig_html(
-            save(_count_bars(times, title, "seconds (CPU-side, all workers)", PRIMARY, "{:.1f} s"), "time_per_stage.png"),
-            "time per stage", True))
+    if not times:
+        return ""
+    wall = f"  (build wall {summary['wall_s']:.1f} s)" if summary.get("wall_s") is not None else ""
+    chart = _count_bars(times, f"time per stage, summed over inputs{wall}", "seconds (CPU-side, all workers)",
+                        PRIMARY, "{:.1f} s")
+    return "<h2>Time per stage</h2>" + figs.img(chart, "time_per_stage.png", "time per stage", wide=True)
 
-    # 8. contact sheets
-    sheets = _contact_sheets(data, cfg, out, rates)
-    figures += [s for s in sheets["files"]]
-    sections.append(sheets["html"])
 
+def main(cfg: ReportConfig) -> dict:
+    """Write ``index.html`` and its PNGs for ``cfg.dataset``; returns what was written (paths, counts, notes)."""
+    t0 = time.time()
+    root = Path(cfg.dataset)
+    data = load_dataset(root)
+    out = Path(cfg.output) if cfg.output else root / "report"
+    (out / "sheets").mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob("*.png"), *(out / "sheets").glob("*.png")]:  # figures of an earlier report
+        old.unlink()
+    figs = _Figures(out, cfg.dpi)
+    rates = _keep_rates(data)
+    lines = _thresholds(data.selection)
+
+    scores, score_notes = _section_scores(figs, data.clips, lines)
+    sheets = _contact_sheets(data, cfg, out)
+    sections = [
+        _header(data, rates),
+        _section_clips(figs, data.clips, lines),
+        scores,
+        _section_filters(figs, rates),
+        _section_failures(figs, data.failures, cfg.max_failure_rows),
+        _section_captions(figs, data.clips),
+        _section_times(figs, data.summary),
+        sheets["html"],
+    ]
     title = f"Tessera dataset report: {root.resolve().name}"
-    created = summary.get("created_at", "")
+    s = data.summary
+    sub = (f'{_e(root.resolve())} &middot; built {_e(s.get("created_at", "-"))} &middot; fingerprint '
+           f'{_e(s.get("fingerprint") or data.manifest.get("fingerprint", "-"))} &middot; report '
+           f'{time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}')
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-            f"<style>{CSS}</style></head><body><main><h1>{_e(title)}</h1>"
-            f'<div class="sub">{_e(root.resolve())} &middot; built {_e(created)} &middot; fingerprint '
-            f'{_e(summary.get("fingerprint") or data.manifest.get("fingerprint", "-"))} &middot; report '
-            f'{time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}</div>'
-            f'<div class="cards">{"".join(cards)}</div>'
-            + "".join(f'<p class="note">{_e(s)}</p>' for s in notes) + "".join(sections) + "</main></body></html>")
+            f'<style>{CSS}</style></head><body><main><h1>{_e(title)}</h1><div class="sub">{sub}</div>'
+            + "".join(sections) + "</main></body></html>")
     tmp = out / ".index.html.tmp"
     tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out / "index.html")
-    return {"index": str(out / "index.html"), "figures": figures, "clips": n, "sheets": sheets["count"],
-            "notes": notes + score_notes, "seconds": round(time.time() - t0, 2)}
+    os.replace(tmp, out / "index.html")  # the page appears whole or not at all
+    return {"index": str(out / "index.html"), "figures": figs.names + sheets["files"], "clips": data.clips.num_rows,
+            "sheets": len(sheets["files"]), "notes": data.notes + score_notes, "seconds": round(time.time() - t0, 2)}
 
 
-def _contact_sheets(data: Dataset, cfg: ReportConfig, out: Path, rates: dict) -> dict:
+def _contact_sheets(data: Dataset, cfg: ReportConfig, out: Path) -> dict:
     """One strip of frames per sampled clip, its caption, source and scores beneath."""
     clips = data.clips
     ids = sample_ids(clips["clip_id"].to_pylist(), cfg.sample_clips, cfg.seed)
     head = f"<h2>Contact sheets: {len(ids)} of {clips.num_rows} clips (sampled with seed {cfg.seed})</h2>"
     if not ids:
-        return {"html": head, "files": [], "count": 0}
+        return {"html": head, "files": []}
     media = _media(data, ids)
     keep, first_fail = {}, {}
     if data.selection is not None and data.selection.num_rows:
@@ -594,9 +631,10 @@ def _contact_sheets(data: Dataset, cfg: ReportConfig, out: Path, rates: dict) ->
         r = rows[cid]
         name = f"sheets/clip-{k:02d}.png"
         try:
-            if media.get(cid) is None:
-                raise ValueError("the clip has no stored media")
-            decode_strip(media[cid], cfg.frames_per_clip, cfg.thumb_height).save(out / name, optimize=False)
+            src = media.get(cid, ValueError("the clip has no stored media"))
+            if isinstance(src, Exception):
+                raise src
+            decode_strip(src, cfg.frames_per_clip, cfg.thumb_height).save(out / name, optimize=False)
             files.append(name)
             img = f'<img src="{_e(name)}" alt="frames of clip {_e(cid)}">'
         except Exception as exc:  # a broken clip gets a note on its sheet, never a failed report
@@ -618,7 +656,7 @@ def _contact_sheets(data: Dataset, cfg: ReportConfig, out: Path, rates: dict) ->
             f'{_fmt(r.get("end_s"), 4)} s, {_fmt(r.get("duration_s"))} s, {_e(r.get("width"))}x{_e(r.get("height"))}'
             f' @ {_fmt(r.get("fps"))} fps)</div><div class="meta">{scores}</div>'
             f'<div class="meta">source: {_e(src)} &middot; clip {_e(cid)}</div></div>')
-    return {"html": head + f'<div class="sheets">{"".join(cards)}</div>', "files": files, "count": len(files)}
+    return {"html": head + f'<div class="sheets">{"".join(cards)}</div>', "files": files}
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=400_000_000, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=400_000_000, log_to_driver=False,
              ignore_reinit_error=True)
     yield ray
     ray.shutdown()
@@ -64,7 +64,12 @@ def corpus(tmp_path_factory) -> dict:
         "huge": media.make_huge_dimensions(videos),
         "tiny": media.make_tiny(videos),
         "one_frame": media.make_one_frame(videos),
+        "vfr": media.make_vfr(videos)[0],
+        "two_streams": media.make_two_video_streams(videos),
     }
+    # long enough (> 2 s) to yield a clip: odd sizes must come out even, rotation upright
+    media.write_video(videos / "odd_long.mp4", media.pattern_frames(45, 321, 241), 15.0, pix_fmt="yuv444p")
+    media.write_video(videos / "rot90_long.mp4", media.pattern_frames(45, 96, 64), 15.0, rotation=90)
     hostile_dir = videos / "hostile"
     hostile_dir.mkdir()
     hostile = media.make_hostile_names(hostile_dir)
@@ -110,6 +115,9 @@ def test_every_input_accounted_for(built, corpus):
     assert accepted_uris.isdisjoint(failed_uris)
     assert accepted_uris | failed_uris == {it.uri for it in items}
     assert inputs["accepted"] == len(accepted_uris)
+    stages = summary["stages"]
+    assert stages["probe"]["in"] == stages["probe"]["ok"] + stages["probe"]["rejected"] + stages["probe"]["failed"]
+    assert stages["publish"]["clips"] == summary["clips"]["published"]
 
 
 def test_bad_inputs_get_their_reason(built, corpus):
@@ -132,6 +140,15 @@ def test_bad_inputs_get_their_reason(built, corpus):
     assert reason[str(corpus["videos"] / "link_out.mp4")] == ("rejected", "outside-input-root")
     for path in corpus["hostile"]:
         assert str(path) in reason or str(path) in set(_clip_table(out)[0].column("source_uri").to_pylist())
+
+
+def test_odd_and_rotated_sources_make_valid_clips(built, corpus):
+    out, _ = built
+    rows = {r["source_uri"]: r for r in _clip_table(out)[0].to_pylist()}
+    odd = rows[str(corpus["videos"] / "odd_long.mp4")]
+    assert (odd["width"] % 2, odd["height"] % 2) == (0, 0) and abs(odd["width"] - 321) <= 1
+    rot = rows[str(corpus["videos"] / "rot90_long.mp4")]
+    assert (rot["width"], rot["height"]) == (64, 96) and rot["source_rotation"] in (90, -90, 270)
 
 
 def test_clip_table_lineage_and_media(built, corpus):

@@ -24,7 +24,7 @@ def real_build(shared_data, tmp_path_factory):
     listing = tmp_path_factory.mktemp("real") / "inputs.txt"
     listing.write_text("".join(f"{shared_data / f}\n" for f in FILES))
     out = listing.parent / "dataset"
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=400_000_000, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=400_000_000, log_to_driver=False,
              ignore_reinit_error=True)
     try:
         summary = build(BuildConfig(input=str(listing), output=str(out), progress=False))

@@ -98,11 +98,16 @@ def test_caption_pipeline_end_to_end_and_reruns(ray_session, tmp_path):
 
         # re-run: nothing decoded, nothing asked again (the bad clip is retried, and fails again)
         seen = len(server.seen)
+        first = pq.read_table(out / "clips" / "part-00001.parquet").drop_columns(["caption_tokens"])
         again = main(_cfg(src, out, server))
         assert len(server.seen) == seen
         assert again["counts"]["decoded"] == 0
-        assert pq.read_table(out / "clips" / "part-00001.parquet").to_pylist() == \
-            [r for r in table.to_pylist() if r["clip_id"] in {x["clip_id"] for x in rows[4:]}]
+        rerun = pq.read_table(out / "clips" / "part-00001.parquet")
+        assert rerun.schema == pq.read_table(out / "clips" / "part-00000.parquet").schema  # stable types
+        assert set(rerun.column("caption_tokens").to_pylist()) == {0}  # cached: no tokens spent
+        assert rerun.drop_columns(["caption_tokens"]).to_pylist() == first.to_pylist()
+        assert [r for r in table.drop_columns(["caption_tokens"]).to_pylist() if r["clip_id"] in
+                {x["clip_id"] for x in rows[4:]}] == first.to_pylist()
 
         # a changed expand model invalidates only the expander: no decode, no VLM call
         third = main(_cfg(src, out, server, expand_model="fake-llm-2"))
