@@ -65,7 +65,7 @@ def main(argv=None) -> int:
              "reject_message": it.message} for it in items]
     cpus = int(ray.cluster_resources()["CPU"])
     res = cfg.resources
-    n_split = max(1, int(cpus // res.split_cpus))
+    n_split = max(1, cpus)
     n_score = max(1, cpus // 2)
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).materialize()
     stages = [
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     stage_root = work / "writer"
     stages.append(("write", lambda d: d.map_batches(
         StageWriter, fn_constructor_kwargs={"root": str(stage_root), "fingerprint": "bench", "store_media": "bytes"},
-        batch_size=64, batch_format="pyarrow", concurrency=1, num_cpus=0.25)))
+        batch_size=64, batch_format="pyarrow", concurrency=1, num_cpus=res.write_cpus)))
     alone = []
     for name, fn in stages:
         ds, wall = _stage_alone(ray, name, ds, fn)

@@ -10,6 +10,7 @@ An ideal client with C requests in flight completes C/L requests per second; the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ def _serve(latency_s: float, conn, stop) -> None:
     with FakeOpenAIServer(latency_s=latency_s, max_lifetime_s=600) as server:
         conn.send(server.base_url)
         stop.wait(600)
+    conn.send(time.process_time())  # the server's CPU seconds, for the cost per request
 
 
 def run(latency_s: float, concurrency: int, n: int) -> dict:
@@ -44,16 +46,17 @@ def run(latency_s: float, concurrency: int, n: int) -> dict:
                             timeout_s=30, max_retries=0)
         expander = Expander(ExpandConfig(endpoint=ep))
         expander.expand(texts[n:])  # warm-up: interpreter, client, server
-        t0 = time.perf_counter()
+        cpu0, t0 = time.process_time(), time.perf_counter()
         results = expander.expand(texts[:n])
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     finally:
         stop.set()
+        server_cpu = parent.recv() if parent.poll(15) else float("nan")
         proc.join(10)
     ok = sum(r.status == "ok" for r in results)
     ideal = concurrency / latency_s
     return {"L": latency_s, "C": concurrency, "n": n, "ok": ok, "seconds": dt, "rps": n / dt, "ideal": ideal,
-            "ratio": n / dt / ideal}
+            "ratio": n / dt / ideal, "client_ms": 1000 * cpu / n, "server_ms": 1000 * server_cpu / (2 * n)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,13 +64,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--grid", default="0.25:8,0.5:32,1:64,2:128,0.1:16", help="comma list of L_seconds:C")
     ap.add_argument("--waves", type=int, default=6, help="requests per pass = waves x C")
     args = ap.parse_args(argv)
-    print("| L (s) | C | requests | ok | seconds | req/s | C/L | ratio |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print("| L (s) | C | requests | ok | seconds | req/s | C/L | ratio | client CPU ms/req | server CPU ms/req |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for item in args.grid.split(","):
         lat, conc = item.split(":")
         r = run(float(lat), int(conc), args.waves * int(conc))
         print(f"| {r['L']:g} | {r['C']} | {r['n']} | {r['ok']} | {r['seconds']:.2f} | {r['rps']:.1f} | "
-              f"{r['ideal']:.0f} | {r['ratio']:.3f} |", flush=True)
+              f"{r['ideal']:.0f} | {r['ratio']:.3f} | {r['client_ms']:.2f} | {r['server_ms']:.2f} |", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -155,8 +155,9 @@ def vlm_instruction(template: Template, hint: str | None) -> str:
 # Output validation
 # ----------------------------------------------------------------------------------------------------------------
 
-_URL = re.compile(r"(?i)\b(?:https?|ftp|file|s3|gs)://|\bdata:[\w.+-]+/[\w.+-]+[;,]|\bjavascript:|\bwww\.|\b[a-z0-9-]+\.(?:com|net|org|io|ru|xyz|"
-                  r"info|biz|ly|co|me|app|dev|site|online|top|cn|tk)\b(?:/|\s|$|[.,;:!?)])")
+_URL = re.compile(r"(?i)\b(?:https?|ftp|file|s3|gs)://|\bdata:[\w.+-]+/[\w.+-]+[;,]|\bjavascript:|\bwww\.|"
+                  r"\b[a-z0-9-]+\.(?:com|net|org|io|ru|xyz|info|biz|ly|co|me|app|dev|site|online|top|cn|tk)\b"
+                  r"(?:/|\s|$|[.,;:!?)])")
 _REFUSAL = re.compile(r"(?i)^\W*(?:i['’]?m sorry|i am sorry|sorry,|i can(?:no|['’])t|i cannot|i won['’]?t|"
                       r"i am unable|i['’]?m unable|as an ai\b|i must decline)")
 _INJECTION = re.compile(r"(?i)ignore (?:all |any )?(?:the )?(?:previous|prior|above) (?:instructions|prompts?)|"

@@ -29,7 +29,6 @@ import base64
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -251,7 +250,12 @@ class Captioner:
                 messages = [{"role": "system", "content": tmpl.system}, {"role": "user", "content": content}]
                 requests.append(ChatRequest(rid, messages, cfg.tokens_for(kind), cfg.temperature, cfg.seed))
                 index[rid] = (i, kind)
-            for res in self.runner.run(requests):
+            try:
+                results = self.runner.run(requests)
+            except Exception as exc:  # noqa: BLE001 - a broken client fails these rows, never the run
+                log.warning("VLM client failed for %d requests: %s", len(requests), type(exc).__name__)
+                return {index[r.id]: (None, f"error:{type(exc).__name__}", str(exc)[:200], 0) for r in requests}
+            for res in results:
                 out[index[res.id]] = (res.text, res.status, res.error, res.tokens)
             return out
         for kind in self.cfg.kinds:
@@ -352,4 +356,54 @@ class Captioner:
         batch["caption_status"] = status
         batch["caption_error"] = np.array(["; ".join(e) if e else None for e in errors], dtype=object)
         batch["caption_tokens"] = tokens
+        return batch
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Caption QA: does the caption match its own clip?
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class CaptionClipCheck:
+    """Adds ``caption_clip_sim`` (CLIP cosine of a caption and its clip) and ``caption_mismatch`` (sim < threshold).
+
+    Uses ``curate.clip_model.ClipScorer`` (open_clip, local checkpoint). The clip's image embedding is the
+    normalised mean of its captioning frames (``caption_frames``); rows without frames (cached, failed) use the
+    curation's ``clip_embedding`` column when the batch has one. No caption or no embedding -> both null. Runs
+    between the captioner and the frame drop, as one more actor.
+    """
+
+    def __init__(self, checkpoint: str | None, model_name: str = "ViT-B-32", threshold: float = 0.2,
+                 kind: str = "short", device: str = "cpu", scorer=None):
+        if scorer is None:  # ``scorer``: anything with ClipScorer's embed_images / text_similarity
+            from curate.clip_model import ClipScorer
+
+            scorer = ClipScorer(checkpoint, model_name=model_name, device=device)
+        self.scorer, self.threshold, self.kind = scorer, threshold, kind
+
+    def _embedding(self, batch: dict, i: int):
+        frames = present(batch["caption_frames"][i]) if "caption_frames" in batch else None
+        if isinstance(frames, (bytes, bytearray, memoryview)):
+            images = [np.asarray(decode_jpeg(j)) for j in unpack_jpegs(bytes(frames))]
+            mean = np.asarray(self.scorer.embed_images(images), np.float32).mean(0)  # (D,)
+            return mean / max(float(np.linalg.norm(mean)), 1e-12)
+        given = batch["clip_embedding"][i] if "clip_embedding" in batch else None
+        return None if given is None or np.ndim(given) == 0 else np.asarray(given, np.float32)
+
+    def __call__(self, batch: dict) -> dict:
+        texts = [t if isinstance(t, str) else None for t in batch[f"caption_{self.kind}"]]
+        embeddings = []
+        for i, text in enumerate(texts):
+            try:
+                embeddings.append(self._embedding(batch, i) if text else None)
+            except Exception:  # noqa: BLE001 - a bad frame blob costs this row's check only
+                embeddings.append(None)
+        try:
+            sims = self.scorer.text_similarity(embeddings, texts)
+        except Exception as exc:  # noqa: BLE001 - QA never fails the run
+            log.warning("caption/clip similarity failed: %s", type(exc).__name__)
+            sims = [None] * len(texts)
+        batch["caption_clip_sim"] = np.array(sims, dtype=object)
+        batch["caption_mismatch"] = np.array([None if s is None else bool(s < self.threshold) for s in sims],
+                                             dtype=object)
         return batch

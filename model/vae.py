@@ -66,7 +66,13 @@ class ChannelRMSNorm(nn.Module):
     """RMS norm over channels at each (t, h, w) position, with a learned gain.
 
     It mixes neither time nor space, which is what makes chunked and tiled processing match the whole clip.
+    In fp32 the sum of squares is accumulated in fp64 (``FP64_ACCUMULATE``): a GPU reduction kernel picks its
+    summation order from the tensor's shape, so a 4-frame chunk and the whole clip would otherwise round the
+    same channel sum differently; in fp64 both round to the same fp32 value. bf16 / fp16 inputs (training
+    under autocast, bf16 inference) keep the plain reduction, which already accumulates in fp32.
     """
+
+    FP64_ACCUMULATE = True
 
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -74,14 +80,20 @@ class ChannelRMSNorm(nn.Module):
         self.eps = eps
         self.scale = channels**0.5
 
+    def _denom(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.FP64_ACCUMULATE:
+            n = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float64).to(x.dtype)
+        else:
+            n = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+        return n.clamp_min(self.eps)  # (B, 1, T, H, W)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=1, eps=self.eps) * (self.scale * self.gain)  # (B, C, T, H, W)
+        return x / self._denom(x) * (self.scale * self.gain)  # (B, C, T, H, W)
 
     def silu_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``out = silu(self(x))`` in place, for inference: the same ops in the same order as
         ``F.silu(self(x))`` (so the same numbers) but one output buffer instead of three temporaries."""
-        denom = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min_(self.eps)  # (B, 1, T, H, W)
-        torch.div(x, denom, out=out)
+        torch.div(x, self._denom(x), out=out)
         out.mul_(self.scale * self.gain)
         return F.silu(out, inplace=True)  # (B, C, T, H, W)
 

@@ -45,11 +45,15 @@ VERSION = "0.1.0"
 class Resources:
     """Resource hints per stage. Concurrency ``None`` means: derived from the cluster's CPUs."""
 
-    probe_cpus: float = 0.5
-    split_cpus: float = 1.0
+    # Logical CPUs Ray reserves per actor. They are sized so that one actor of EVERY stage fits on a 2-CPU
+    # machine at once (0.1 + 2 x 0.5 + 3 x 0.25 + 0.1 < 2): a stage whose actor cannot be placed stalls the
+    # whole stream. The split stage (decode + detect + encode) is the heavy one and gets the most actors.
+    probe_cpus: float = 0.1
+    split_cpus: float = 0.5
     split_concurrency: int | None = None
-    score_cpus: float = 0.5
+    score_cpus: float = 0.25
     score_concurrency: int | None = None
+    write_cpus: float = 0.1
     score_batch_size: int = 8
     clip_gpus: float = 0.0  # >0 puts the CLIP scorer on GPUs
 
@@ -129,7 +133,7 @@ def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: 
     """The recipe. Returns a dataset of small 'written' rows, one per staged row."""
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     res = cfg.resources
-    n_split = res.split_concurrency or max(1, int(cpus // max(res.split_cpus, 0.25)))
+    n_split = res.split_concurrency or max(1, cpus)
     n_score = res.score_concurrency or max(1, cpus // 2)
     items = [{"key": it.key, "uri": it.uri, "path": it.path, "reject_reason": it.reject_reason,
               "reject_message": it.message} for it in todo]
@@ -151,7 +155,7 @@ def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: 
     ds = ds.map_batches(StageWriter,                                                      # 4. stage shards
                         fn_constructor_kwargs={"root": str(state.root), "fingerprint": fp,
                                                "store_media": cfg.store_media},
-                        batch_size=64, batch_format="pyarrow", concurrency=1, num_cpus=0.25)
+                        batch_size=64, batch_format="pyarrow", concurrency=1, num_cpus=res.write_cpus)
     return ds
 
 

@@ -71,6 +71,7 @@ class CacheLatentsConfig:
     batch_size: int = 4  # rows per map_batches call
     vae_concurrency: int = 1
     text_concurrency: int = 1
+    actor_cpus: float = 1.0  # CPUs each actor reserves (keep the sum below the cluster's, or reads starve)
     chunk_frames: int = 16  # temporal chunk of the VAE encoder (exact; bounds memory)
     num_cpus: int | None = None  # for ray.init when no Ray session is running
     object_store_bytes: int | None = None
@@ -287,7 +288,8 @@ def to_latent_table(rows: dict) -> pa.Table:
     n = len(rows["clip_id"])
 
     def py(v):
-        return v.item() if isinstance(v, np.generic) else v
+        v = v.item() if isinstance(v, np.generic) else v
+        return None if isinstance(v, float) and np.isnan(v) else v  # Ray turns all-null object columns to NaN
 
     data = {name: [py(rows[name][i]) for i in range(n)] for name in LATENT_SCHEMA.names}
     data["latent_shape"] = [[int(x) for x in str(s).split(",")] for s in data["latent_shape"]]
@@ -353,15 +355,15 @@ def main(cfg: CacheLatentsConfig) -> dict:
         rows: dict = {name: [] for name in LATENT_SCHEMA.names}
         statuses: dict[str, int] = {}
         if table.num_rows:
-            n_blocks = max(1, min(64, -(-table.num_rows // cfg.batch_size)))
-            ds = ray.data.from_arrow(table).repartition(n_blocks)
+            step = cfg.batch_size  # one block per batch, cut here: no shuffle task needed
+            ds = ray.data.from_arrow([table.slice(k, step) for k in range(0, table.num_rows, step)])
             ds = ds.map_batches(LatentEncoder, fn_constructor_kwargs=dict(
                 vae_path=cfg.vae, buckets=cfg.buckets, dataset_dir=str(src), chunk_frames=cfg.chunk_frames),
                 batch_format="numpy", batch_size=cfg.batch_size, concurrency=cfg.vae_concurrency,
-                num_cpus=1, **gpu)                                                            # 1. VAE (1:1)
+                num_cpus=cfg.actor_cpus, **gpu)                                               # 1. VAE (1:1)
             ds = ds.map_batches(CaptionEncoder, fn_constructor_kwargs=dict(text=cfg.text), batch_format="numpy",
                                 batch_size=cfg.batch_size, concurrency=cfg.text_concurrency,
-                                num_cpus=1, **gpu)                                            # 2. text (1:1)
+                                num_cpus=cfg.actor_cpus, **gpu)                               # 2. text (1:1)
             for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
                 for i, status in enumerate(batch["latent_status"]):
                     statuses[str(status)] = statuses.get(str(status), 0) + 1

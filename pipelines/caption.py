@@ -34,7 +34,7 @@ import numpy as np
 from caption.expand import ExpandConfig, Expander, OpenAIEndpoint, expand_prompt, public_dict
 from caption.frames import FrameConfig, make_frame_prep_fn
 from caption.sources import SourceConfig
-from caption.vlm import Captioner, VLMConfig, make_needs_frames
+from caption.vlm import CaptionClipCheck, Captioner, VLMConfig, make_needs_frames
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ class CaptionPipelineConfig:
     ray_address: str = "local"  # "local" starts a private Ray; "auto" joins a running cluster
     num_cpus: int | None = None  # for ray.init when no Ray session is running
     object_store_bytes: int | None = None
-    clip_model: str | None = None  # caption-image similarity check (needs curate.clip_model.ClipScorer)
+    clip_model: str | None = None  # open_clip checkpoint: adds caption_clip_sim + caption_mismatch
+    clip_arch: str = "ViT-B-32"
+    clip_threshold: float = 0.2
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -82,9 +84,12 @@ def add_caption_stages(ds, cfg: CaptionPipelineConfig, dataset_dir: str | None, 
                         batch_format="numpy", batch_size=cfg.batch_size,
                         concurrency=cfg.captioner_concurrency, num_cpus=_actor_cpus(cfg.vlm.backend),
                         **gpu)                                                                     # 2. captions (1:1)
-    ds = ds.map_batches(drop_frames, batch_format="numpy", batch_size=cfg.batch_size)              # 3. drop frames
     if cfg.clip_model:
-        ds = ds.map_batches(clip_check_stage(cfg.clip_model), batch_format="numpy")                 # 3b. QA (hook)
+        ds = ds.map_batches(CaptionClipCheck, fn_constructor_kwargs={
+            "checkpoint": cfg.clip_model, "model_name": cfg.clip_arch, "threshold": cfg.clip_threshold,
+            "kind": cfg.vlm.kinds[0]}, batch_format="numpy", batch_size=cfg.batch_size, concurrency=1,
+            num_cpus=1)                                                                             # 2b. caption QA
+    ds = ds.map_batches(drop_frames, batch_format="numpy", batch_size=cfg.batch_size)              # 3. drop frames
     ds = ds.map_batches(Expander, fn_constructor_kwargs={"cfg": cfg.expand}, batch_format="numpy",
                         batch_size=cfg.batch_size, concurrency=cfg.expander_concurrency,
                         num_cpus=_actor_cpus(cfg.expand.backend))                                   # 4. expand (1:1)
@@ -94,23 +99,6 @@ def add_caption_stages(ds, cfg: CaptionPipelineConfig, dataset_dir: str | None, 
 def _actor_cpus(backend: str) -> float:
     """A local model needs a whole core; a client of a remote server mostly waits on the network."""
     return 1.0 if backend == "transformers" else 0.25
-
-
-def clip_check_stage(model: str):
-    """Hook for caption/clip similarity: ``caption_clip_sim`` + ``caption_mismatch`` via ``ClipScorer``.
-
-    ``curate.clip_model.ClipScorer`` is written elsewhere; until it offers a text-image similarity call, the
-    columns are null and ``caption_clip_status`` says ``no-model`` (never an invented number).
-    """
-
-    def stage(batch: dict) -> dict:
-        n = len(next(iter(batch.values())))
-        batch["caption_clip_sim"] = np.full(n, np.nan)
-        batch["caption_mismatch"] = np.empty(n, dtype=object)
-        batch["caption_clip_status"] = np.array(["no-model"] * n, dtype=object)
-        return batch
-
-    return stage
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -220,6 +208,7 @@ def _restore_types(table, input_schema, kinds: tuple[str, ...]):
 
     wanted = {f.name: f.type for f in input_schema}
     wanted.update({name: pa.string() for name in (*STRING_COLUMNS, *(f"caption_{k}" for k in kinds))})
+    wanted.update({"caption_clip_sim": pa.float64(), "caption_mismatch": pa.bool_()})
     for i, name in enumerate(table.column_names):
         target, col = wanted.get(name), table.column(i)
         if target is None or col.type == target:
@@ -227,6 +216,8 @@ def _restore_types(table, input_schema, kinds: tuple[str, ...]):
         nulls = col.null_count == len(col) or (pa.types.is_floating(col.type) and
                                                pc.all(pc.or_kleene(pc.is_null(col), pc.is_nan(col))).as_py())
         fixed = pa.nulls(len(col), target) if nulls else col.cast(target)
+        if name == "caption_clip_sim" and not nulls:
+            fixed = pc.if_else(pc.is_nan(fixed), pa.scalar(None, pa.float64()), fixed)
         table = table.set_column(i, name, fixed)
     return table
 
@@ -289,7 +280,9 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-cpus", type=int, default=None)
     ap.add_argument("--ray-address", default="local", help='"local" (private Ray) or "auto" (join a cluster)')
     ap.add_argument("--cache", default=None, help="cache file (default OUTPUT/_state/caption_cache.sqlite)")
-    ap.add_argument("--clip-model", default=None)
+    ap.add_argument("--clip-model", default=None, help="open_clip checkpoint for the caption/clip agreement check")
+    ap.add_argument("--clip-arch", default="ViT-B-32")
+    ap.add_argument("--clip-threshold", type=float, default=0.2)
     _endpoint_args(ap, "")
     _expand_args(ap)
     args = ap.parse_args(argv)
@@ -300,7 +293,8 @@ def cli(argv: list[str] | None = None) -> int:
     cfg = CaptionPipelineConfig(input=args.input, output=args.output, vlm=vlm, expand=_expand_cfg(args, args.cache),
                                 captioner_concurrency=args.captioners, expander_concurrency=args.expanders,
                                 batch_size=args.batch_size, num_cpus=args.num_cpus, ray_address=args.ray_address,
-                                clip_model=args.clip_model)
+                                clip_model=args.clip_model, clip_arch=args.clip_arch,
+                                clip_threshold=args.clip_threshold)
     summary = main(cfg)
     print(json.dumps(summary, indent=2))
     return 0

@@ -326,11 +326,12 @@ def _caption_lengths(clips: pa.Table, cols: list[str]):
     ax = fig.add_subplot()
     colors = [PRIMARY, ACCENT, "#3a9d5d"]
     lengths = {c: np.array([len(t.split()) for t in clips[c].to_pylist() if t]) for c in cols}
-    top = max(int(v.max()) for v in lengths.values() if v.size)
-    bins = np.arange(top + 2) - 0.5 if top < 60 else np.linspace(0, top + 1, 40)  # whole words
-    for c, color in zip(cols, colors):
+    lo = min(int(v.min()) for v in lengths.values() if v.size)
+    hi = max(int(v.max()) for v in lengths.values() if v.size)
+    bins = np.arange(lo, hi + 2) - 0.5 if hi - lo < 60 else np.linspace(lo, hi + 1, 40)  # whole words
+    for c, color, lw in zip(cols, colors, (3.5, 2.2, 1.2)):  # thinner on top: identical columns stay visible
         v = lengths[c]
-        ax.hist(v, bins=bins, histtype="stepfilled" if len(cols) == 1 else "step", lw=2, color=color,
+        ax.hist(v, bins=bins, histtype="stepfilled" if len(cols) == 1 else "step", lw=lw, color=color,
                 label=f"{c} (n={v.size}, median {np.median(v):.0f} words)")
     ax.legend(fontsize=8, frameon=False)
     _style(ax, "caption lengths", "words", "clips")
@@ -390,19 +391,20 @@ def _media(data: Dataset, ids: list[str]) -> dict[str, bytes | Path | Exception]
         names = [n for n in ("clip_mp4", "clip_path") if n in pf.schema_arrow.names]
         wanted = set(cids)
         for g in range(pf.num_row_groups):  # only row groups holding a sampled clip have their media read
-            ids = pf.read_row_group(g, columns=["clip_id"])["clip_id"].to_pylist()
-            rows = [i for i, c in enumerate(ids) if c in wanted]
+            group_ids = pf.read_row_group(g, columns=["clip_id"])["clip_id"].to_pylist()
+            rows = [i for i, c in enumerate(group_ids) if c in wanted]
             if not rows:
                 continue
             t = pf.read_row_group(g, columns=names).take(rows)
             for i, row in zip(rows, t.to_pylist()):
+                cid = group_ids[i]
                 if row.get("clip_mp4"):
-                    out[ids[i]] = row["clip_mp4"]
+                    out[cid] = row["clip_mp4"]
                 elif row.get("clip_path"):
                     try:
-                        out[ids[i]] = _inside(data.root, row["clip_path"])
+                        out[cid] = _inside(data.root, row["clip_path"])
                     except ValueError as exc:  # a clip_path leaving the dataset: that sheet says so
-                        out[ids[i]] = exc
+                        out[cid] = exc
     return out
 
 
@@ -490,7 +492,23 @@ def _header(data: Dataset, rates: dict) -> str:
     if s.get("wall_s") is not None:
         cards.append(_card(f"{s['wall_s']:.0f} s", "build wall time"))
     notes = data.notes + [m["note"] for m in s.get("models", {}).values() if isinstance(m, dict) and m.get("note")]
-    return f'<div class="cards">{"".join(cards)}</div>' + _notes(notes)
+    return f'<div class="cards">{"".join(cards)}</div>' + _notes(notes) + _stage_table(s.get("stages", {}))
+
+
+def _stage_table(stages: dict) -> str:
+    """summary.json's rows in and out of every stage: where the inputs and clips went."""
+    def cell(v) -> str:
+        return ", ".join(f"{k} {x}" for k, x in v.items()) if isinstance(v, dict) else str(v)
+
+    order = {k: i for i, k in enumerate(("probe", "split", "score", "dedup", "publish", "filter"))}  # data flow
+    rows = ""
+    for stage in sorted(stages, key=lambda k: (order.get(k, len(order)), k)):
+        counts = stages[stage]
+        if isinstance(counts, dict):
+            items = sorted(counts.items(), key=lambda kv: kv[0] != "in")  # "in" first, then as written
+            rows += (f"<tr><th>{_e(stage)}</th><td>" + " &middot; ".join(
+                f"{_e(k.replace('_', ' '))} <b>{_e(cell(v))}</b>" for k, v in items) + "</td></tr>")
+    return f'<h2>Stages: rows in and out</h2><table>{rows}</table>' if rows else ""
 
 
 def _section_clips(figs: _Figures, clips: pa.Table, lines: dict) -> str:
@@ -648,7 +666,7 @@ def _contact_sheets(data: Dataset, cfg: ReportConfig, out: Path) -> dict:
                       else f'<span class="drop">rejected by {_e(first_fail[cid])}</span>') + " &middot; "
         scores = " &middot; ".join(f"{_e(s)} {_e(_fmt(r.get(s)))}" for s in
                                    ("sharpness", "luma_mean", "motion_mean", "text_coverage", "clip_aesthetic")
-                                   if r.get(s) is not None)
+                                   if r.get(s) is not None and np.isfinite(r[s]))
         src = r.get("source_uri") or ""
         cards.append(
             f'<div class="sheet">{img}{cap}<div class="meta">{status}<b>{_e(os.path.basename(src))}</b> '

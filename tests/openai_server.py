@@ -17,6 +17,7 @@ whole batch of mixed cases.
 | ``@refuse``   | a refusal in prose; ``@refusal-field`` uses the ``refusal`` field instead  |
 | ``@obey``     | acts like a model that obeyed an injected instruction: answers with a URL  |
 | ``@echo``     | answers with its system prompt                                             |
+| ``@wrongid``  | echoes another request id (an in-flight mix-up)                            |
 
 With images in the request (a VLM call), the answer names the nearest colour of ``COLOURS`` to the mean colour
 of all the images received, so a caption attached to the wrong clip is detectable. ``latency_s`` and
@@ -41,7 +42,7 @@ import numpy as np
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),
            "magenta": (210, 30, 210), "cyan": (30, 210, 220), "white": (235, 235, 235), "black": (15, 15, 15)}
 ID_HEADER = "x-tessera-request-id"
-_MARK = re.compile(r"@(slow|429|500once|500|reset|timeout|length|empty|refusal-field|refuse|obey|echo)\b")
+_MARK = re.compile(r"@(slow|429|500once|500|reset|timeout|length|empty|refusal-field|refuse|obey|echo|wrongid)\b")
 
 
 def nearest_colour(rgb) -> str:
@@ -140,6 +141,8 @@ class FakeOpenAIServer:
             attempt = self._attempts[key] = self._attempts.get(key, 0) + 1
             delay = self.latency_s + (self._rng.random() * self.jitter_s if self.jitter_s else 0.0)
         headers = {ID_HEADER: rid} if rid else {}
+        if marker == "wrongid":  # a server (or proxy) that mixes up in-flight requests
+            headers = {ID_HEADER: f"not-{rid}"}
         if delay:
             await asyncio.sleep(delay)
         if marker == "slow":

@@ -23,6 +23,8 @@ from pipelines.cache_latents import (
 )
 from train.data import encode_mp4, synthetic_frames
 
+pytestmark = pytest.mark.timeout(300)
+
 BUCKETS = BucketConfig(areas=(32 * 48,), aspect_ratios=(1.0, 1.5), frames=(1, 5, 9), token_budget=4096)
 CAPTIONS = ["a red square drifts over a green field", "waves roll onto a beach at dusk", None, None, "a cat", None]
 
@@ -71,7 +73,7 @@ def cached(tmp_path_factory, ray_session):
             p.add_(0.05 * torch.randn_like(p))
     save_checkpoint(root / "vae", 7, {"vae": vae, "ema": vae}, extra={"config": {"preset": "tiny"}})
     cfg = CacheLatentsConfig(input=str(root / "data"), vae=str(root / "vae"), output=str(root / "latents"),
-                             buckets=BUCKETS, batch_size=2)
+                             buckets=BUCKETS, batch_size=2, actor_cpus=0.5)
     summary = main(cfg)
     return root, cfg, summary
 

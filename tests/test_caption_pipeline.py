@@ -15,7 +15,7 @@ from caption.expand import ExpandConfig, OpenAIEndpoint
 from caption.frames import FrameConfig
 from caption.vlm import VLMConfig
 from openai_server import FakeOpenAIServer, write_clip_shards
-from pipelines.caption import CaptionPipelineConfig, main
+from pipelines.caption import CaptionPipelineConfig, cli, main
 
 SECRET = "sk-pipeline-SECRET-42"
 
@@ -58,7 +58,7 @@ def _cfg(src: Path, out: Path, server, expand_model: str = "fake-llm") -> Captio
         batch_size=3, captioner_concurrency=2, expander_concurrency=1)
 
 
-def test_caption_pipeline_end_to_end_and_reruns(ray_session, tmp_path):
+def test_caption_pipeline_end_to_end_and_reruns(ray_session, tmp_path, monkeypatch, capsys):
     src, rows = _dataset(tmp_path)
     out = tmp_path / "out"
     with FakeOpenAIServer(jitter_s=0.1, seed=5) as server:
@@ -109,8 +109,14 @@ def test_caption_pipeline_end_to_end_and_reruns(ray_session, tmp_path):
         assert [r for r in table.drop_columns(["caption_tokens"]).to_pylist() if r["clip_id"] in
                 {x["clip_id"] for x in rows[4:]}] == first.to_pylist()
 
-        # a changed expand model invalidates only the expander: no decode, no VLM call
-        third = main(_cfg(src, out, server, expand_model="fake-llm-2"))
+        # a changed expand model invalidates only the expander: no decode, no VLM call (through the CLI)
+        monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+        assert cli(["--input", str(src), "--output", str(out), "--backend", "openai", "--model", "fake-vlm",
+                    "--kinds", "short,dense", "--frames", "2", "--max-pixels", str(64 * 48), "--batch-size", "3",
+                    "--base-url", server.base_url, "--timeout", "10", "--expand-base-url", server.base_url,
+                    "--expand-model", "fake-llm-2"]) == 0
+        third = json.loads((out / "caption_summary.json").read_text())
+        assert SECRET not in capsys.readouterr().out + (out / "caption_config.json").read_text()
         new = server.seen[seen:]
         assert third["counts"]["decoded"] == 0
         assert {s.body["model"] for s in new} == {"fake-llm-2"} and len(new) == 8

@@ -27,8 +27,8 @@ from pipelines.report import PRIMARY, ReportConfig, cli, decode_strip, main, sam
 HOSTILE_URI = "<script>alert(1)</script>.mp4"
 HOSTILE_MSG = '<img src=x onerror="alert(2)"> & broken'
 HOSTILE_CAPTION = "a red ball <b>bounces</b> & rolls"
-GREEN = (20, 200, 40)  # the solid colour of clip 0, looked for in the screenshot
-COLOURS = [GREEN, (200, 40, 40), (40, 60, 200), (220, 200, 30), (150, 40, 180), (30, 180, 180)]
+GREEN = (20, 200, 40)
+COLOURS = [GREEN, (200, 40, 40), (40, 60, 200), (220, 200, 30), (150, 40, 180), (30, 180, 180)]  # one per clip
 N_CLIPS = 6
 FPS = 12.0
 
@@ -106,6 +106,7 @@ def dataset(tmp_path_factory) -> Path:
         "time_per_stage_s": {"t_probe": 0.4, "t_split": 6.5, "t_score_basic": 2.0, "t_score_ocr": 3.1,
                              "t_score_clip": 0.0, "t_write": 0.2},
         "wall_s": 12.5,
+        "stages": {"probe": {"in": 6, "ok": 4, "rejected": 2, "failed": 0}, "score": {"in": 6, "status": {"ok": 6}}},
     }
     (root / "summary.json").write_text(json.dumps(summary))
     (root / "_manifest.json").write_text(json.dumps({"format": "tessera-clips", "shards": shards,
@@ -162,6 +163,7 @@ def test_numbers_on_the_page_match_the_tables(dataset: Path, report: dict):
     kept = sum(sel["keep"].to_pylist())
     assert 0 < kept < N_CLIPS  # the fixture rejects some clips (sharpness 10, the duplicate)
     assert f"<b>{kept} ({100 * kept / N_CLIPS:.0f} %)</b><span>kept by filters</span>" in html
+    assert "<th>probe</th><td>in <b>6</b> &middot; ok <b>4</b>" in html and "status <b>ok 6</b>" in html
     # every failure row is in the table, with its reason
     for reason in ("not-a-video", "decode-error", "too-short"):
         assert f"<td>{reason}</td>" in html
@@ -240,7 +242,7 @@ def test_broken_clips_and_an_empty_dataset_still_give_a_page(dataset: Path, tmp_
 def _screenshot(chromium: str, page: Path, png: Path, profile: Path) -> np.ndarray:
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--hide-scrollbars", f"--user-data-dir={profile}", f"--screenshot={png}", "--window-size=1280,6000",
+           "--hide-scrollbars", f"--user-data-dir={profile}", f"--screenshot={png}", "--window-size=1280,8000",
            page.as_uri()]
     try:
         subprocess.run(cmd, check=True, timeout=90, capture_output=True)
@@ -262,9 +264,9 @@ def test_chromium_shows_the_figures(dataset: Path, report: dict, tmp_path: Path)
     shot = _screenshot(chromium, dataset / "report" / "index.html", tmp_path / "page.png", tmp_path / "p1")
     assert shot.shape[1] == 1280 and shot.std() > 20  # not a blank page
     bars = _near(shot, primary)
-    green = _near(shot, GREEN, tol=20)
     assert bars > 300_000, bars  # the blue of ~17 bar charts and histograms (~50k px each), painted
-    assert green > 500, green  # the frames of clip 0 in its contact sheet
+    sheets = [_near(shot, rgb, tol=20) for rgb in COLOURS]
+    assert min(sheets) > 500, sheets  # every clip's contact sheet (one solid colour each) decoded and painted
     # control: the same page with its PNGs missing paints neither, so the checks above can fail
     broken = tmp_path / "broken"
     shutil.copytree(dataset / "report", broken)

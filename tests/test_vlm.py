@@ -70,6 +70,15 @@ def test_sample_frames_picks_the_right_frames():
     assert means == sample_indices(20, 4) == [2, 7, 12, 17]
 
 
+def test_sample_frames_applies_the_rotation_flag(shared_data):
+    """issue-134-rotate.mp4 is coded 1280x544 with a 90-degree display rotation: frames come out portrait."""
+    data = (shared_data / "pyscenedetect" / "issue-134-rotate.mp4").read_bytes()
+    frames = sample_frames(data, 3, 448 * 448)
+    assert len(frames) == 3
+    h, w, _ = frames[0].shape
+    assert h > w and h * w <= 448 * 448 and abs(h / w - 1280 / 544) < 0.05
+
+
 def test_frame_prep_marks_bad_clips_and_skips_cached_rows():
     good = make_clip_mp4("red")
     batch = {"clip_mp4": np.array([good, b"not a video", None, good], dtype=object),
@@ -197,3 +206,45 @@ def test_source_backend_uses_sidecars_and_columns(tmp_path):
                                           "from the manifest"]
     assert list(out["caption_status"]) == ["ok", "ok", "no-source", "ok"]
     assert set(out["caption_backend"]) == {"source"}
+
+
+# ------------------------------------------------------------------------------------------------- caption QA
+
+
+class ColourScorer:
+    """A stand-in for ClipScorer whose embedding space is RGB: image -> its unit mean colour, text -> the unit
+    colour its colour word names. Real CLIP weights do not ship offline; this makes agreement checkable."""
+
+    def embed_images(self, images):
+        means = np.stack([np.asarray(im, np.float32).reshape(-1, 3).mean(0) for im in images])
+        return means / np.linalg.norm(means, axis=1, keepdims=True)
+
+    def text_similarity(self, embeddings, texts):
+        out = []
+        for emb, text in zip(embeddings, texts):
+            word = next((w for w in COLOURS if text and w in text), None)
+            if emb is None or word is None:
+                out.append(None)
+                continue
+            vec = np.array(COLOURS[word], np.float32)
+            out.append(float(np.dot(emb, vec / np.linalg.norm(vec))))
+        return out
+
+
+def test_caption_clip_check_flags_captions_of_another_clip():
+    from caption.vlm import CaptionClipCheck
+
+    check = CaptionClipCheck(None, threshold=0.95, scorer=ColourScorer())
+    prep = make_frame_prep_fn(FrameConfig(n_frames=2, max_pixels=64 * 48), None)
+    batch = prep({"clip_mp4": np.array([make_clip_mp4("red"), make_clip_mp4("blue"), make_clip_mp4("green"), None],
+                                       dtype=object),
+                  "clip_path": np.array([None] * 4, dtype=object)})
+    yellow = np.array(COLOURS["yellow"], np.float32)
+    batch["clip_embedding"] = np.array([None, None, None, yellow / np.linalg.norm(yellow)], dtype=object)
+    batch["caption_short"] = np.array(["a red wall", "a green wall", None, "a yellow wall"], dtype=object)
+    out = check(batch)
+    assert out["caption_clip_sim"][0] > 0.95 and out["caption_mismatch"][0] is False  # its own colour
+    assert out["caption_clip_sim"][1] < 0.95 and out["caption_mismatch"][1] is True  # the wrong clip's caption
+    assert out["caption_clip_sim"][2] is None and out["caption_mismatch"][2] is None  # no caption: no number
+    # no frames (e.g. a cached row): the curation's clip_embedding is used
+    assert out["caption_clip_sim"][3] == pytest.approx(1.0, abs=1e-5) and out["caption_mismatch"][3] is False

@@ -1,0 +1,196 @@
+"""DiT training on tiny latent shards: the loss falls, resume is exact step for step, buckets and caption mix
+behave, samples and the exported pipeline are written, and two CPU processes (gloo) train in sync."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from curate.store import atomic_write_json, atomic_write_table
+from model.checkpoint import list_checkpoints, save_checkpoint
+from model.vae import build_vae
+from pipelines.cache_latents import CAPTION_KINDS, LATENT_SCHEMA, LatentRecord, tensor_to_bytes, to_latent_table
+from train.train_dit import BatchPlan, TrainDiTConfig, main, parse_args, pick_caption
+
+pytestmark = pytest.mark.timeout(300)
+TEXT_DIM = 384  # the packaged MiniLM's width, so training samples can encode real prompts
+
+
+def smooth_latent(seed: int, shape=(16, 2, 4, 4)) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    c, t, h, w = shape
+    base = torch.randn(c, 1, 1, 1, generator=g)
+    ramp = torch.linspace(-1, 1, w).view(1, 1, 1, w) * torch.randn(c, 1, 1, 1, generator=g)
+    return (base + ramp + 0.1 * torch.arange(t).view(1, t, 1, 1)).expand(c, t, h, w).contiguous()
+
+
+def write_latent_cache(root: Path, clips: list[tuple[str, torch.Tensor, dict[str, int]]]) -> Path:
+    """A latent cache as ``tessera cache-latents`` lays it out; captions are random token embeddings."""
+    rows = {name: [] for name in LATENT_SCHEMA.names}
+    for i, (cid, z, caps) in enumerate(clips):
+        blob, shape = tensor_to_bytes(z)
+        rows["clip_id"].append(cid)
+        rows["latent"].append(blob)
+        rows["latent_shape"].append(",".join(map(str, shape)))
+        rows["frames"].append(1 + 4 * (shape[1] - 1))
+        rows["height"].append(8 * shape[2])
+        rows["width"].append(8 * shape[3])
+        rows["fps"].append(24.0)
+        rows["text_dim"].append(TEXT_DIM)
+        for k in CAPTION_KINDS:
+            n = caps.get(k, 0)
+            tok = torch.randn(n, TEXT_DIM, generator=torch.Generator().manual_seed(100 * i + len(k))) if n else None
+            rows[f"caption_{k}"].append(f"{k} caption of {cid}" if n else None)
+            rows[f"text_{k}"].append(tensor_to_bytes(tok)[0] if n else None)
+            rows[f"text_{k}_len"].append(n)
+    atomic_write_table(root / "latents" / "part-00000.parquet", to_latent_table(rows))
+    atomic_write_json(root / "_manifest.json", {"kind": "tessera-latents", "text_dim": TEXT_DIM,
+                                                "latent_channels": 16, "shards": []})
+    return root
+
+
+def tiny_cfg(latents: Path, run_dir: Path, **kw) -> TrainDiTConfig:
+    base = dict(latents=str(latents), run_dir=str(run_dir), preset="tiny", steps=4, lr=1e-3, warmup_steps=1,
+                token_budget=64, max_batch=4, ema_decay=0.9, log_every=2, ckpt_every=2, keep_last=2,
+                sample_every=0, device="cpu", bf16=False, seed=3)
+    base.update(kw)
+    return TrainDiTConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    clips = [(f"c{i}", smooth_latent(i, (16, 2, 4, 4) if i < 3 else (16, 1, 4, 6)),
+              {"short": 3 + i, "dense": 6} if i % 2 == 0 else {"expanded": 5} if i == 1 else {})
+             for i in range(5)]
+    return write_latent_cache(tmp_path_factory.mktemp("latents"), clips)
+
+
+def test_batch_plan_follows_shapes_and_token_budget():
+    recs = [LatentRecord("f", i, f"c{i}", (16, 2, 4, 4) if i < 5 else (16, 1, 8, 8), ()) for i in range(8)]
+    plan = BatchPlan(recs, token_budget=24, max_batch=8, patch=(1, 2, 2), seed=0)
+    assert plan.sizes == {(16, 2, 4, 4): 3, (16, 1, 8, 8): 1}  # 8 tokens -> 24 // 8; 16 tokens -> 1
+    for epoch in range(2):
+        batches = [plan.batch(epoch * plan.per_epoch + j) for j in range(plan.per_epoch)]
+        assert sorted(i for b in batches for i in b) == list(range(8))  # each clip once per epoch
+        assert all(len({recs[i].latent_shape for i in b}) == 1 for b in batches)  # one shape per batch
+    assert [plan.batch(j) for j in range(6)] != [plan.batch(plan.per_epoch + j) for j in range(6)]  # reshuffled
+    again = BatchPlan(recs, 24, 8, (1, 2, 2), seed=0)
+    assert [again.batch(j) for j in range(9)] == [plan.batch(j) for j in range(9)]
+
+
+def test_caption_mix_uses_only_available_kinds_with_its_weights():
+    rng = np.random.default_rng(0)
+    mix = (("short", 0.2), ("dense", 0.8), ("expanded", 0.0))
+    picks = [pick_caption(("short", "dense", "expanded"), mix, rng) for _ in range(2000)]
+    assert set(picks) == {"short", "dense"} and 0.74 < picks.count("dense") / 2000 < 0.86
+    assert {pick_caption(("short",), mix, rng) for _ in range(20)} == {"short"}  # falls back to what exists
+    assert pick_caption(("expanded",), mix, rng) is None and pick_caption((), mix, rng) is None
+
+
+def test_loss_falls_on_one_clip(tmp_path):
+    root = write_latent_cache(tmp_path / "one", [("solo", smooth_latent(7), {"short": 4})])
+    cfg = tiny_cfg(root, tmp_path / "run", steps=150, lr=3e-3, ckpt_every=1000, caption_dropout=0.0, log_every=1000,
+                   ema_decay=0.5)
+    losses = main(cfg)["losses"]
+    assert len(losses) == 150 and all(np.isfinite(losses))
+    assert np.mean(losses[-25:]) < 0.3 * np.mean(losses[:25]), (np.mean(losses[:25]), np.mean(losses[-25:]))
+
+
+def test_resume_is_exact_step_for_step(cache, tmp_path):
+    full = main(tiny_cfg(cache, tmp_path / "full", steps=6))
+    main(tiny_cfg(cache, tmp_path / "split", steps=4))
+    resumed = main(tiny_cfg(cache, tmp_path / "split", steps=6))  # picks up step-000000004
+    assert len(full["losses"]) == 6 and len(resumed["losses"]) == 2
+    assert resumed["losses"] == full["losses"][4:]  # bit-identical on CPU
+    a, b = list_checkpoints(tmp_path / "full" / "checkpoints"), list_checkpoints(tmp_path / "split" / "checkpoints")
+    assert [p.name for p in a] == ["step-000000004", "step-000000006"]  # keep_last=2
+    for name in ("dit", "ema", "optim-dit"):
+        sa, sb = load_file(str(a[-1] / f"{name}.safetensors")), load_file(str(b[-1] / f"{name}.safetensors"))
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), name
+    ema, dit = load_file(str(a[-1] / "ema.safetensors")), load_file(str(a[-1] / "dit.safetensors"))
+    assert any(not torch.equal(ema[k], dit[k]) for k in dit)  # the EMA is its own state
+    meta = json.loads((a[-1] / "meta.json").read_text())
+    assert meta["extra"]["data_position"] == {"step": 6, "world": 1}
+    assert meta["extra"]["config"]["train"]["steps"] == 6 and meta["extra"]["config"]["dit"]["hidden"] == 64
+    run_cfg = json.loads((tmp_path / "full" / "config.json").read_text())
+    assert run_cfg["dit"]["latent_channels"] == 16 and run_cfg["dit"]["text_dim"] == TEXT_DIM
+    other = main(tiny_cfg(cache, tmp_path / "other", steps=2, seed=4))["losses"]
+    assert other != full["losses"][:2]  # the losses depend on the seed: the equality above is not vacuous
+    assert list((tmp_path / "full" / "tb").glob("events.*"))
+
+
+def test_samples_and_exported_pipeline(cache, tmp_path):
+    from pipelines.generate import TextToVideo
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "vae", 1, {"vae": build_vae("tiny")}, extra={"config": {"preset": "tiny"}})
+    cfg = tiny_cfg(cache, tmp_path / "run", steps=2, vae=str(tmp_path / "vae"), sample_every=2, sample_frames=5,
+                   sample_size=(32, 48), sample_steps=2, sample_prompts=("a red square",), sample_seeds=(0, 1))
+    main(cfg)
+    out = tmp_path / "run" / "samples" / "step-000000002"
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "p00-s0.mp4", "p00-s1.mp4"]
+    from PIL import Image
+
+    assert Image.open(out / "grid.png").size == (4 * 32, 2 * 48)  # 4 frames per row, one row per sample
+    pipe = TextToVideo.from_pretrained(tmp_path / "run" / "pipeline")
+    ema = load_file(str(tmp_path / "run" / "checkpoints" / "step-000000002" / "ema.safetensors"))
+    assert all(torch.equal(pipe.dit.state_dict()[k], v) for k, v in ema.items())  # exported = EMA weights
+
+
+def test_parse_args_reads_tuples_and_bools():
+    cfg = parse_args(["--preset", "tiny", "--caption_mix", '[["dense", 1.0]]', "--compile", "false",
+                      "--sample_size", "[64, 32]"])
+    assert cfg.caption_mix == (("dense", 1.0),) and cfg.compile is False and cfg.sample_size == (64, 32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Two processes on the CPU (gloo)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, cfg: TrainDiTConfig, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    result = main(cfg)
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def _spawn(cfg: TrainDiTConfig, out: Path) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    out.mkdir(parents=True, exist_ok=True)
+    mp.spawn(_worker, args=(2, _free_port(), cfg, str(out)), nprocs=2, join=True)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_process_training_steps_in_sync(cache, tmp_path, parallel):
+    cfg = tiny_cfg(cache, tmp_path / "run", steps=2, ckpt_every=2, parallel=parallel)
+    results = _spawn(cfg, tmp_path / "out")
+    assert [r["world"] for r in results] == [2, 2]
+    assert results[0]["losses"] != results[1]["losses"]  # each rank trained its own batches
+    ckpt = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    assert json.loads((ckpt / "meta.json").read_text())["extra"]["data_position"] == {"step": 2, "world": 2}
+    digests = [r["weights_digest"] for r in results]
+    assert digests[0] == digests[1]  # every rank holds the same full weights after the steps
+    saved = load_file(str(ckpt / "dit.safetensors"))
+    assert abs(sum(float(v.double().sum()) for v in saved.values()) - digests[0]) < 1e-6 * (1 + abs(digests[0]))
+    init = main(dataclasses.replace(cfg, run_dir=str(tmp_path / "init"), steps=0))
+    assert init["weights_digest"] != digests[0]  # and they moved
+    resumed = _spawn(dataclasses.replace(cfg, steps=3), tmp_path / "out2")  # resume across 2 ranks
+    assert [len(r["losses"]) for r in resumed] == [1, 1]

@@ -1,0 +1,521 @@
+"""Train the text-to-video DiT on latent shards. Runs top to bottom: setup, resume, loop, checkpoint, export.
+
+    python -m train.train_dit --latents LATENTS --vae runs/vae --run_dir runs/dit --preset B          # 1 GPU / CPU
+    torchrun --nproc_per_node=8 -m train.train_dit --latents LATENTS --vae runs/vae --parallel fsdp     # 8 GPUs
+
+Data. Preferred: a latent cache (``tessera cache-latents``): latents and caption token embeddings keyed by
+clip_id, so training never decodes video. Without one, ``--data_root DATASET --vae CKPT`` encodes clips on the
+fly with the same stages (``pipelines/cache_latents.py``), cached in memory. Clips keep their native bucket
+(resolution, aspect ratio, duration): a batch holds one latent shape, and its size is
+``min(max_batch, token_budget // tokens_per_sample)``, so every step costs about the same.
+Captions: each sample draws one of its caption kinds (short / dense / expanded) with ``caption_mix``'s
+probabilities renormalised over the kinds the clip has; a clip with none trains on the empty caption.
+
+Exact resume. Step s of rank r trains global batch ``s * world + r`` of a plan that is a function of the
+seed only (per-epoch shuffles of each bucket and of the batch order), and all randomness of the step (caption
+kind, task, caption dropout, t, noise) comes from a generator seeded by ``(seed, global batch)``. The
+checkpoint holds the model, optimizer, EMA and RNG states and the data position (the step), so a run stopped
+at step k and resumed gives the same losses, step for step, as one that never stopped.
+
+Systems: DDP (``--parallel ddp``) or FSDP2 (``--parallel fsdp``: ``fully_shard`` per block then the root,
+bf16 params / fp32 reductions on GPU); bf16 autocast on GPU; activation checkpointing per block; regional
+``torch.compile`` (each block compiled once, shapes dynamic across buckets). Checkpoints are written by rank 0
+in the one safetensors format (``model/checkpoint.py``); under FSDP the full states are gathered first.
+Every ``sample_every`` steps the EMA model renders fixed prompts at fixed seeds (MP4 per sample + a PNG grid).
+At the end a ``from_pretrained``-able pipeline is exported to ``RUN/pipeline`` (needs ``--vae``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from model.buckets import BucketConfig, make_buckets
+from model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from model.dit import DiT, DiTConfig, dit_config
+from model.ema import EMA
+from model.flow import Flow, FlowConfig
+from model.text import TextConfig, pad_embeddings
+from pipelines.cache_latents import (
+    CAPTION_KINDS, LatentReader, LatentRecord, bucket_for, clip_pixels, row_captions, scan_latents,
+)
+from train.dist import all_reduce_mean, barrier, cleanup, init_distributed
+
+
+@dataclass(frozen=True)
+class TrainDiTConfig:
+    # data
+    latents: str = ""  # latent cache folder (preferred)
+    data_root: str = ""  # clip shards, encoded on the fly through --vae when no latent cache is given
+    vae: str = ""  # VAE checkpoint: on-the-fly encoding, training samples, the exported pipeline
+    text_path: str = ""  # text encoder folder for on-the-fly captions and sample prompts ("" = packaged MiniLM)
+    text_max_length: int = 256
+    caption_mix: tuple[tuple[str, float], ...] = (("short", 0.2), ("dense", 0.5), ("expanded", 0.3))
+    bucket_areas: tuple[int, ...] = (256 * 256, 512 * 512)  # on-the-fly buckets (a cache has its own)
+    bucket_frames: tuple[int, ...] = (1, 17, 33, 49, 65)
+    token_budget: int = 65536  # DiT tokens per batch per GPU
+    max_batch: int = 64
+    latent_scale: float = 1.0  # the DiT sees (latent - latent_shift) * latent_scale
+    latent_shift: float = 0.0
+    # model and objective
+    preset: str = "B"
+    patch: tuple[int, int, int] = (1, 2, 2)
+    caption_dropout: float = 0.1
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: bool = True
+    # optimisation
+    steps: int = 100_000
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    warmup_steps: int = 1000
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    # systems
+    parallel: str = "ddp"  # ddp | fsdp (with world > 1)
+    bf16: bool = True  # autocast (and FSDP bf16 params) on CUDA only
+    checkpointing: bool = False  # activation checkpointing in every block
+    compile: bool = False  # regional torch.compile: each block
+    # bookkeeping
+    run_dir: str = "runs/dit"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu
+    log_every: int = 10
+    ckpt_every: int = 1000
+    keep_last: int = 3
+    resume: bool = True
+    sample_every: int = 1000  # 0: never (a final sample is still written when --vae is given)
+    sample_prompts: tuple[str, ...] = ("a red fox runs through fresh snow", "waves crash on black volcanic rocks")
+    sample_seeds: tuple[int, ...] = (0,)
+    sample_frames: int = 17
+    sample_size: tuple[int, int] = (256, 256)  # (W, H)
+    sample_steps: int = 30
+    sample_cfg: float = 5.0
+    sample_fps: int = 8
+    export: bool = True  # write RUN/pipeline at the end (needs --vae)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data: sources (cache or on the fly) and the deterministic batch plan
+# ----------------------------------------------------------------------------------------------------------
+
+
+class ClipSource:
+    """On-the-fly stand-in for a latent cache: same records and ``load``, computed with the cache's stages."""
+
+    def __init__(self, cfg: TrainDiTConfig, device: torch.device):
+        from model.text import TextEncoder
+        from pipelines.cache_latents import load_vae
+
+        self.root = Path(cfg.data_root)
+        self.vae = load_vae(cfg.vae, device)
+        self.text = TextEncoder(TextConfig(path=cfg.text_path or None, max_length=cfg.text_max_length))
+        self.buckets = make_buckets(BucketConfig(areas=cfg.bucket_areas, frames=cfg.bucket_frames,
+                                                 token_budget=cfg.token_budget, patch=cfg.patch))
+        self.memory: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+        self.records: list[LatentRecord] = []
+        self.rows: dict[str, dict] = {}
+        c = self.vae.cfg.z_channels
+        for path in sorted((self.root / "clips").glob("*.parquet")):
+            names = pq.ParquetFile(path).schema_arrow.names
+            cols = [n for n in ("clip_id", "width", "height", "num_frames", "source_uri", "scene_index")
+                    + tuple(f"caption_{k}" for k in CAPTION_KINDS) if n in names]
+            for i, r in enumerate(pq.read_table(path, columns=cols).to_pylist()):
+                b = bucket_for(self.buckets, r["num_frames"], r["height"], r["width"])
+                if b is None:
+                    continue
+                caps = row_captions({k: [v] for k, v in r.items()}, 0)
+                self.rows[r["clip_id"]] = {"bucket": b, "captions": caps}
+                shape = (c, *b.latent_shape)
+                self.records.append(LatentRecord(str(path), i, r["clip_id"], shape,
+                                                 tuple(k for k in CAPTION_KINDS if caps[k])))
+
+    @torch.no_grad()
+    def load(self, rec: LatentRecord) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if rec.clip_id not in self.memory:
+            row = self.rows[rec.clip_id]
+            t = pq.ParquetFile(rec.file).read(columns=[c for c in ("clip_mp4", "clip_path")
+                                                       if c in pq.ParquetFile(rec.file).schema_arrow.names])
+            data = t.column("clip_mp4")[rec.row].as_py() if "clip_mp4" in t.column_names else None
+            data = data if data is not None else self.root / t.column("clip_path")[rec.row].as_py()
+            x = clip_pixels(data, row["bucket"])[None].to(next(self.vae.parameters()).device)
+            z = self.vae.encode(x).mode()[0].float().cpu()  # (C, T', H', W')
+            text = {}
+            for k in rec.captions:
+                e = self.text([row["captions"][k]])
+                text[k] = e.tokens[0][e.mask[0]]
+            self.memory[rec.clip_id] = (z, text)
+        return self.memory[rec.clip_id]
+
+
+class BatchPlan:
+    """Global batch g -> record indices. Each epoch shuffles every latent shape's clips and the batch order."""
+
+    def __init__(self, records: list[LatentRecord], token_budget: int, max_batch: int,
+                 patch: tuple[int, int, int], seed: int):
+        self.seed = seed
+        self.groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(records):
+            self.groups.setdefault(tuple(r.latent_shape), []).append(i)
+        self.sizes = {}
+        for shape in self.groups:
+            tokens = -(-shape[1] // patch[0]) * (shape[2] // patch[1]) * (shape[3] // patch[2])
+            self.sizes[shape] = max(1, min(max_batch, token_budget // max(1, tokens), len(self.groups[shape])))
+        self.per_epoch = sum(-(-len(v) // self.sizes[s]) for s, v in self.groups.items())
+        self._epoch: tuple[int, list[list[int]]] | None = None
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        if self._epoch is None or self._epoch[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch, 3])
+            batches = []
+            for shape in sorted(self.groups):
+                idx = [self.groups[shape][j] for j in rng.permutation(len(self.groups[shape]))]
+                size = self.sizes[shape]
+                batches += [idx[k: k + size] for k in range(0, len(idx), size)]
+            self._epoch = (epoch, [batches[j] for j in rng.permutation(len(batches))])
+        return self._epoch[1]
+
+    def batch(self, g: int) -> list[int]:
+        return self._epoch_batches(g // self.per_epoch)[g % self.per_epoch]
+
+
+def pick_caption(available: tuple[str, ...], mix: tuple[tuple[str, float], ...], rng: np.random.Generator) -> str | None:
+    """One caption kind from ``mix`` renormalised over ``available`` (None when no kind is available)."""
+    kinds = [(k, w) for k, w in mix if k in available and w > 0]
+    if not kinds:
+        return None
+    w = np.array([w for _, w in kinds], dtype=np.float64)
+    return kinds[int(rng.choice(len(kinds), p=w / w.sum()))][0]
+
+
+def make_batch(source, records: list[LatentRecord], idx: list[int], cfg: TrainDiTConfig, g: int,
+               text_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latents (B, C, T', H', W'), text tokens (B, L, D) and mask (B, L) of global batch g."""
+    rng = np.random.default_rng([cfg.seed, g, 5])
+    latents, texts = [], []
+    for i in idx:
+        z, text = source.load(records[i])
+        kind = pick_caption(records[i].captions, cfg.caption_mix, rng)
+        latents.append((z - cfg.latent_shift) * cfg.latent_scale)
+        texts.append(text[kind] if kind else torch.zeros(0, text_dim))
+    if max(t.shape[0] for t in texts) == 0:  # every caption empty: one masked-out token
+        emb_tokens, emb_mask = torch.zeros(len(texts), 1, text_dim), torch.zeros(len(texts), 1, dtype=torch.bool)
+    else:
+        emb = pad_embeddings(texts)
+        emb_tokens, emb_mask = emb.tokens, emb.mask
+    return torch.stack(latents), emb_tokens, emb_mask
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model wrapping: DDP / FSDP2, full state dicts for checkpoints and samples
+# ----------------------------------------------------------------------------------------------------------
+
+
+def shard_fsdp(model: DiT, device: torch.device, world: int, bf16: bool) -> None:
+    """FSDP2 in place: each block is one all-gather unit, then the root (embeddings, final layer)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+
+
+def _fqn_names(module: nn.Module) -> list[str]:
+    return [n for n, _ in module.named_parameters()]
+
+
+def full_state(model: nn.Module, opt: torch.optim.Optimizer | None, fsdp: bool) -> tuple[dict, dict | None]:
+    """Full (unsharded, CPU) model state dict and index-keyed optimizer state dict. Collective under FSDP."""
+    if not fsdp:
+        sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return sd, (opt.state_dict() if opt is not None else None)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    sd = get_model_state_dict(model, options=opts)
+    if opt is None:
+        return sd, None
+    osd = get_optimizer_state_dict(model, opt, options=opts)  # keyed by parameter name
+    index = {n: i for i, n in enumerate(_fqn_names(model))}
+    groups = [{**{k: v for k, v in grp.items() if k != "params"}, "params": [index[n] for n in grp["params"]]}
+              for grp in osd["param_groups"]]
+    return sd, {"state": {index[n]: s for n, s in osd["state"].items()}, "param_groups": groups}
+
+
+def set_full_state(model: nn.Module, opt: torch.optim.Optimizer | None, sd: dict, osd: dict | None, fsdp: bool) -> None:
+    """Inverse of ``full_state``: load full states into a (possibly sharded) model and optimizer."""
+    if not fsdp:
+        model.load_state_dict(sd)
+        if opt is not None and osd is not None:
+            opt.load_state_dict(osd)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, sd, options=opts)
+    if opt is not None and osd is not None:
+        names = _fqn_names(model)
+        groups = [{**{k: v for k, v in grp.items() if k != "params"}, "params": [names[i] for i in grp["params"]]}
+                  for grp in osd["param_groups"]]
+        set_optimizer_state_dict(model, opt, {"state": {names[i]: s for i, s in osd["state"].items()},
+                                              "param_groups": groups}, options=opts)
+
+
+def plain_copy(dit_cfg: DiTConfig, sd: dict, opt_cfg: TrainDiTConfig | None = None, osd: dict | None = None):
+    """A CPU DiT holding ``sd`` (and an AdamW holding ``osd``): what rank 0 saves under FSDP."""
+    model = DiT(dit_cfg)
+    model.load_state_dict(sd)
+    opt = None
+    if opt_cfg is not None:
+        opt = make_optimizer(model, opt_cfg)
+        if osd is not None:
+            opt.load_state_dict(osd)
+    return model, opt
+
+
+def weights_digest(model: nn.Module) -> float:
+    """Sum of every weight of the full model (float64): equal on all ranks when replicas agree. Collective."""
+    total = torch.zeros((), dtype=torch.float64, device=next(model.parameters()).device)
+    sharded = False
+    for p in model.parameters():
+        local = p.detach()
+        if hasattr(local, "to_local"):  # an FSDP2 DTensor: this rank's shard
+            local, sharded = local.to_local(), True
+        total += local.double().sum()
+    if sharded:
+        import torch.distributed as dist
+
+        dist.all_reduce(total)
+    return float(total)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainDiTConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def lr_at(cfg: TrainDiTConfig, step: int) -> float:
+    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Samples during training
+# ----------------------------------------------------------------------------------------------------------
+
+
+def write_samples(pipe, cfg: TrainDiTConfig, out_dir: Path, writer, step: int) -> list[Path]:
+    """Render every (prompt, seed) with a TextToVideo pipeline: MP4 (PNG for one frame) each + ``grid.png``."""
+    from pipelines.generate import contact_sheet, save_media
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, paths = [], []
+    for i, prompt in enumerate(cfg.sample_prompts):
+        for seed in cfg.sample_seeds:
+            frames = pipe(prompt, frames=cfg.sample_frames, size=cfg.sample_size, steps=cfg.sample_steps,
+                          cfg=cfg.sample_cfg, seed=seed)  # (T, H, W, 3) uint8
+            paths.append(save_media(frames, out_dir / f"p{i:02d}-s{seed}", cfg.sample_fps))
+            rows.append(frames)
+    grid = np.concatenate([contact_sheet(f, columns=4) for f in rows], axis=0)  # one row per sample
+    from PIL import Image
+
+    Image.fromarray(grid).save(out_dir / "grid.png")
+    if writer is not None:
+        writer.add_image("samples/grid", grid, step, dataformats="HWC")
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------
+
+
+def main(cfg: TrainDiTConfig) -> dict:
+    """Train; returns ``{"losses": [this rank's loss per step], "step", "run_dir", "world"}``."""
+    # 1. setup -------------------------------------------------------------------------------------------
+    if cfg.parallel not in ("ddp", "fsdp"):
+        raise ValueError(f"parallel must be 'ddp' or 'fsdp', got {cfg.parallel!r}")
+    info = init_distributed(force_cpu=cfg.device == "cpu")
+    device = info.device
+    use_bf16 = cfg.bf16 and device.type == "cuda"
+    fsdp = cfg.parallel == "fsdp" and info.world > 1
+    run_dir, ckpt_dir = Path(cfg.run_dir), Path(cfg.run_dir) / "checkpoints"
+    if cfg.latents:
+        source, manifest = LatentReader(), json.loads((Path(cfg.latents) / "_manifest.json").read_text())
+        records, text_dim = scan_latents(cfg.latents), int(manifest["text_dim"] or 384)
+    elif cfg.data_root and cfg.vae:
+        source = ClipSource(cfg, device)
+        records, text_dim = source.records, source.text.dim
+    else:
+        raise ValueError("give --latents (a latent cache) or --data_root with --vae (encode on the fly)")
+    if not records:
+        raise ValueError("no training clips found")
+    dit_cfg = dit_config(cfg.preset, latent_channels=int(records[0].latent_shape[0]), text_dim=text_dim,
+                         patch=tuple(cfg.patch))
+    plan = BatchPlan(records, cfg.token_budget, cfg.max_batch, dit_cfg.patch, cfg.seed)
+    resolved = {"train": dataclasses.asdict(cfg), "dit": dataclasses.asdict(dit_cfg), "world": info.world}
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(resolved, indent=1))
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    model = DiT(dit_cfg).to(device)
+    ema = EMA(model, cfg.ema_decay)
+    if cfg.checkpointing:
+        model.set_checkpointing(True)
+    if fsdp:
+        shard_fsdp(model, device, info.world, use_bf16)
+        shard_fsdp(ema.module, device, info.world, False)
+    if cfg.compile:
+        for block in model.blocks:
+            block.compile(dynamic=True)  # regional: one compiled block serves every block and bucket
+    opt = make_optimizer(model, cfg)
+
+    # 2. resume ------------------------------------------------------------------------------------------
+    start = 0
+    last = latest_checkpoint(ckpt_dir) if cfg.resume else None
+    if last is not None:
+        if fsdp:  # every rank reads the full state on the CPU, then keeps its shards
+            plain, plain_opt = plain_copy(dit_cfg, DiT(dit_cfg).state_dict(), cfg)
+            plain_ema = DiT(dit_cfg)
+            meta = load_checkpoint(last, {"dit": plain, "ema": plain_ema}, {"dit": plain_opt})
+            set_full_state(model, opt, plain.state_dict(), plain_opt.state_dict(), True)
+            set_full_state(ema.module, None, plain_ema.state_dict(), None, True)
+        else:
+            meta = load_checkpoint(last, {"dit": model, "ema": ema.module}, {"dit": opt})
+        start = int(meta["step"])
+        if int(meta["extra"].get("world", info.world)) != info.world:
+            print(f"warning: resuming a world-{meta['extra']['world']} run on {info.world} ranks: the data order "
+                  "from here differs from an uninterrupted run")
+    barrier()
+    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if info.world > 1 and not fsdp else model
+    flow = Flow(net, FlowConfig(logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, shift=cfg.shift,
+                                caption_dropout=cfg.caption_dropout))
+    writer = None
+    if info.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tb"))
+        n_params = sum(p.numel() for p in DiT(dit_cfg).parameters()) if fsdp else sum(p.numel() for p in model.parameters())
+        print(f"dit {cfg.preset}: {n_params / 1e6:.1f}M params, {len(records)} clips, {len(plan.sizes)} latent "
+              f"shapes, {plan.per_epoch} batches/epoch, start step {start}, world {info.world} "
+              f"({'fsdp' if fsdp else 'ddp' if info.world > 1 else 'single'})")
+
+    def save(done: int) -> None:
+        sd, osd = full_state(model, opt, fsdp)
+        esd, _ = full_state(ema.module, None, fsdp)
+        if info.is_main:
+            extra = {"config": resolved, "data_position": {"step": done, "world": info.world}, "world": info.world}
+            if fsdp:
+                plain, plain_opt = plain_copy(dit_cfg, sd, cfg, osd)
+                plain_ema, _ = plain_copy(dit_cfg, esd)
+                save_checkpoint(ckpt_dir, done, {"dit": plain, "ema": plain_ema}, {"dit": plain_opt}, extra, cfg.keep_last)
+            else:
+                save_checkpoint(ckpt_dir, done, {"dit": model, "ema": ema.module}, {"dit": opt}, extra, cfg.keep_last)
+        barrier()
+
+    def ema_pipeline():
+        """The EMA weights as a TextToVideo on rank 0 (None elsewhere, or without a VAE). Collective."""
+        esd, _ = full_state(ema.module, None, fsdp)
+        if not info.is_main or not cfg.vae:
+            return None
+        from pipelines.cache_latents import load_vae
+        from pipelines.generate import TextToVideo
+
+        plain, _ = plain_copy(dit_cfg, esd)
+        text_cfg = TextConfig(path=cfg.text_path or None, max_length=cfg.text_max_length)
+        return TextToVideo(plain.to(device).eval(), load_vae(cfg.vae, device), text_cfg,
+                           latent_scale=cfg.latent_scale, latent_shift=cfg.latent_shift)
+
+    # 3. loop --------------------------------------------------------------------------------------------
+    losses: list[float] = []
+    t0, tokens_seen = time.time(), 0
+    for step in range(start, cfg.steps):
+        g = step * info.world + info.rank
+        x0, text, mask = make_batch(source, records, plan.batch(g), cfg, g, text_dim)
+        x0, text, mask = x0.to(device), text.to(device), mask.to(device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + g)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = flow.loss(x0, text, mask, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        ema.update(model)
+        losses.append(float(loss.detach()))
+        tokens_seen += x0.shape[0] * x0.shape[2] * x0.shape[3] * x0.shape[4] // int(np.prod(dit_cfg.patch))
+
+        # 4. log, sample, checkpoint ---------------------------------------------------------------------
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            mean_loss = float(all_reduce_mean(loss.detach().float()))
+            if writer is not None:
+                elapsed = max(1e-9, time.time() - t0)
+                writer.add_scalar("loss/flow", mean_loss, done)
+                writer.add_scalar("train/lr", lr_at(cfg, step), done)
+                writer.add_scalar("train/grad_norm", float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor")
+                                                           else grad_norm), done)
+                writer.add_scalar("train/steps_per_s", (done - start) / elapsed, done)
+                writer.add_scalar("train/tokens_per_s_per_rank", tokens_seen / elapsed, done)
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            save(done)
+        if cfg.vae and ((cfg.sample_every and done % cfg.sample_every == 0) or done == cfg.steps):
+            pipe = ema_pipeline()
+            if pipe is not None:
+                write_samples(pipe, cfg, run_dir / "samples" / f"step-{done:09d}", writer, done)
+            barrier()
+
+    # 5. export --------------------------------------------------------------------------------------------
+    if cfg.export and cfg.vae and cfg.steps > start:
+        pipe = ema_pipeline()
+        if pipe is not None:
+            from pipelines.generate import export_pipeline
+
+            export_pipeline(run_dir / "pipeline", pipe.dit, pipe.vae, pipe.text_cfg, latent_scale=cfg.latent_scale,
+                            latent_shift=cfg.latent_shift, extra={"train_config": resolved})
+        barrier()
+    digest = weights_digest(model)
+    if writer is not None:
+        writer.close()
+    cleanup()
+    return {"losses": losses, "step": max(start, cfg.steps), "run_dir": str(run_dir), "world": info.world,
+            "weights_digest": digest}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI: every config field is a flag (tuples as JSON, e.g. --caption_mix '[["dense", 0.7], ["short", 0.3]]')
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _to_tuple(v):
+    return tuple(_to_tuple(i) for i in v) if isinstance(v, list) else v
+
+
+def parse_args(argv: list[str] | None = None) -> TrainDiTConfig:
+    p = argparse.ArgumentParser(description="Train the Tessera text-to-video DiT")
+    for f in dataclasses.fields(TrainDiTConfig):
+        default = f.default
+        if isinstance(default, bool):
+            p.add_argument(f"--{f.name}", type=lambda s: s.lower() in ("1", "true", "yes"), default=default)
+        elif isinstance(default, tuple):
+            p.add_argument(f"--{f.name}", type=lambda s: _to_tuple(json.loads(s)), default=default)
+        else:
+            p.add_argument(f"--{f.name}", type=type(default), default=default)
+    return TrainDiTConfig(**vars(p.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main(parse_args())
