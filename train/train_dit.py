@@ -249,7 +249,9 @@ def full_state(model: nn.Module, opt: torch.optim.Optimizer | None, fsdp: bool) 
     sd = get_model_state_dict(model, options=opts)
     if opt is None:
         return sd, None
-    osd = get_optimizer_state_dict(model, opt, options=opts)  # keyed by parameter name
+    osd = get_optimizer_state_dict(model, opt, options=opts)  # keyed by parameter name; empty off rank 0
+    if not osd:
+        return sd, None
     index = {n: i for i, n in enumerate(_fqn_names(model))}
     groups = [{**{k: v for k, v in grp.items() if k != "params"}, "params": [index[n] for n in grp["params"]]}
               for grp in osd["param_groups"]]
