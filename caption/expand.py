@@ -153,6 +153,23 @@ def _retry_after_s(headers) -> float | None:
         return None
 
 
+def _http_client(concurrency: int):
+    """The openai client's default HTTP client with a keep-alive pool as large as our concurrency.
+
+    The default keeps 100 idle connections: above 100 in flight, every wave would reconnect. None (the client's
+    default) when this openai version does not expose the pieces.
+    """
+    try:
+        import openai
+        from openai._base_client import DEFAULT_CONNECTION_LIMITS
+
+        limits = type(DEFAULT_CONNECTION_LIMITS)(max_connections=max(concurrency, 1),
+                                                 max_keepalive_connections=max(concurrency, 1), keepalive_expiry=60)
+        return openai.DefaultAsyncHttpxClient(limits=limits)
+    except Exception:  # noqa: BLE001 - an optimisation only
+        return None
+
+
 class ChatRunner:
     """Runs many chat requests against one OpenAI-compatible endpoint; results in request order, ids checked.
 
@@ -198,7 +215,8 @@ class ChatRunner:
 
         ep = self.endpoint
         if self._client is None:
-            self._client = AsyncOpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=0, timeout=ep.timeout_s)
+            self._client = AsyncOpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=0, timeout=ep.timeout_s,
+                                       http_client=_http_client(ep.concurrency))
         sem = asyncio.Semaphore(max(1, ep.concurrency))  # the client's own pool allows more; this bounds it
 
         async def one(req: ChatRequest) -> ChatResult:

@@ -17,6 +17,7 @@ and no sign that an injected instruction was obeyed. It returns a reason string,
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -127,7 +128,7 @@ def clean_text(text: str, max_chars: int = 4000) -> str:
 
 def quote_data(fields: dict[str, str]) -> str:
     """Untrusted fields as one JSON object in a ``<data>`` block that its content cannot close."""
-    body = json.dumps({k: clean_text(v) for k, v in fields.items() if v}, ensure_ascii=False, indent=0)
+    body = json.dumps({k: clean_text(v) for k, v in fields.items() if v}, ensure_ascii=False)  # C encoder
     body = body.replace("<", "\\u003c").replace(">", "\\u003e")
     return f"<data>\n{body}\n</data>"
 
@@ -165,9 +166,10 @@ _INJECTION = re.compile(r"(?i)ignore (?:all |any )?(?:the )?(?:previous|prior|ab
 _WORD = re.compile(r"[\w']+")
 
 
-def _shingles(text: str, n: int) -> set[tuple[str, ...]]:
+@functools.lru_cache(maxsize=64)
+def _shingles(text: str, n: int) -> frozenset[tuple[str, ...]]:
     words = [w.lower() for w in _WORD.findall(text)]
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return frozenset(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
 
 
 def validate_output(text: str | None, template: Template, echo_n: int = 6) -> str | None:

@@ -166,7 +166,7 @@ def read_media(path: str | Path, max_frames: int = MAX_FRAMES) -> np.ndarray:
     if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
         from PIL import Image
 
-        return np.asarray(Image.open(path).convert("RGB"))[None]
+        return np.array(Image.open(path).convert("RGB"))[None]  # a writable copy
     import av
 
     out = []

@@ -145,6 +145,34 @@ def test_samples_and_exported_pipeline(cache, tmp_path):
     assert all(torch.equal(pipe.dit.state_dict()[k], v) for k, v in ema.items())  # exported = EMA weights
 
 
+def test_trains_on_the_fly_from_clip_shards(tmp_path):
+    from test_cache_latents import write_captioned_dataset
+
+    from pipelines.cache_latents import clip_pixels
+    from train.train_dit import ClipSource
+
+    write_captioned_dataset(tmp_path / "data")
+    torch.manual_seed(0)
+    vae = build_vae("tiny")
+    save_checkpoint(tmp_path / "vae", 1, {"vae": vae}, extra={"config": {"preset": "tiny"}})
+    cfg = tiny_cfg("", tmp_path / "run", latents="", data_root=str(tmp_path / "data"), vae=str(tmp_path / "vae"),
+                   bucket_areas=(32 * 48,), bucket_frames=(1, 5, 9), steps=2, sample_every=0, export=False)
+    losses = main(cfg)["losses"]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    src = ClipSource(cfg, torch.device("cpu"))
+    assert sorted(r.clip_id for r in src.records) == ["c00", "c01", "c02", "c03", "c04"]  # c05 is not kept
+    rec = next(r for r in src.records if r.clip_id == "c00")
+    assert rec.captions == ("short", "dense")
+    z, text = src.load(rec)
+    import pyarrow.parquet as pq
+
+    row = pq.read_table(tmp_path / "data" / "clips" / "part-00000.parquet").to_pylist()[0]
+    with torch.no_grad():
+        want = vae.encode(clip_pixels(row["clip_mp4"], src.rows["c00"]["bucket"])[None]).mode()[0]
+    torch.testing.assert_close(z, want)
+    assert z.shape == rec.latent_shape and set(text) == {"short", "dense"} and text["short"].shape[1] == TEXT_DIM
+
+
 def test_parse_args_reads_tuples_and_bools():
     cfg = parse_args(["--preset", "tiny", "--caption_mix", '[["dense", 1.0]]', "--compile", "false",
                       "--sample_size", "[64, 32]"])

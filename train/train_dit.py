@@ -95,7 +95,7 @@ class TrainDiTConfig:
     ckpt_every: int = 1000
     keep_last: int = 3
     resume: bool = True
-    sample_every: int = 1000  # 0: never (a final sample is still written when --vae is given)
+    sample_every: int = 1000  # and at the last step; 0: never (samples need --vae)
     sample_prompts: tuple[str, ...] = ("a red fox runs through fresh snow", "waves crash on black volcanic rocks")
     sample_seeds: tuple[int, ...] = (0,)
     sample_frames: int = 17
@@ -127,13 +127,17 @@ class ClipSource:
         self.records: list[LatentRecord] = []
         self.rows: dict[str, dict] = {}
         c = self.vae.cfg.z_channels
+        keep = None
+        if (self.root / "selection.parquet").is_file():  # the dataset's filter decision, as the cache applies it
+            sel = pq.read_table(self.root / "selection.parquet", columns=["clip_id", "keep"]).to_pylist()
+            keep = {r["clip_id"]: bool(r["keep"]) for r in sel}
         for path in sorted((self.root / "clips").glob("*.parquet")):
             names = pq.ParquetFile(path).schema_arrow.names
             cols = [n for n in ("clip_id", "width", "height", "num_frames", "source_uri", "scene_index")
                     + tuple(f"caption_{k}" for k in CAPTION_KINDS) if n in names]
             for i, r in enumerate(pq.read_table(path, columns=cols).to_pylist()):
                 b = bucket_for(self.buckets, r["num_frames"], r["height"], r["width"])
-                if b is None:
+                if b is None or (keep is not None and not keep.get(r["clip_id"], False)):
                     continue
                 caps = row_captions({k: [v] for k, v in r.items()}, 0)
                 self.rows[r["clip_id"]] = {"bucket": b, "captions": caps}
@@ -474,7 +478,7 @@ def main(cfg: TrainDiTConfig) -> dict:
                 writer.add_scalar("train/tokens_per_s_per_rank", tokens_seen / elapsed, done)
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             save(done)
-        if cfg.vae and ((cfg.sample_every and done % cfg.sample_every == 0) or done == cfg.steps):
+        if cfg.vae and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
             pipe = ema_pipeline()
             if pipe is not None:
                 write_samples(pipe, cfg, run_dir / "samples" / f"step-{done:09d}", writer, done)

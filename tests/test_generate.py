@@ -1,0 +1,198 @@
+"""Generation: from_pretrained round trip, every task through the one sampler with its given frames kept,
+seeds, prompt expansion, errors before any compute, and the CLI's MP4 / PNG / contact sheet."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model.dit import DiT, dit_config
+from model.text import TextConfig
+from model.vae import build_vae
+from pipelines.generate import TextToVideo, cli, contact_sheet, export_pipeline, read_media
+from train.data import encode_mp4, synthetic_frames
+
+pytestmark = pytest.mark.timeout(300)
+W, H = 32, 48
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def pipe_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    dit = DiT(dit_config("tiny", latent_channels=16, text_dim=384))
+    vae = build_vae("tiny")
+    with torch.no_grad():  # leave the zero init so the velocity depends on everything
+        for p in list(dit.parameters()) + list(vae.parameters()):
+            p.add_(0.05 * torch.randn_like(p))
+    return export_pipeline(tmp_path_factory.mktemp("pipe") / "pipeline", dit, vae, TextConfig(max_length=32),
+                           latent_scale=0.7, latent_shift=0.1, extra={"note": "test"})
+
+
+@pytest.fixture(scope="module")
+def pipe(pipe_dir):
+    return TextToVideo.from_pretrained(pipe_dir)
+
+
+def clip(seed: int, frames: int) -> np.ndarray:
+    return synthetic_frames(seed, frames, 40, 40)  # not the output size: given media are resized and cropped
+
+
+def test_from_pretrained_round_trip(pipe_dir, pipe):
+    meta = json.loads((pipe_dir / "pipeline.json").read_text())
+    assert meta["dit"]["hidden"] == 64 and meta["vae"]["z_channels"] == 16 and meta["text"]["max_length"] == 32
+    assert pipe.latent_scale == 0.7 and pipe.latent_shift == 0.1 and pipe.text_cfg.max_length == 32
+    for name, module in (("dit", pipe.dit), ("vae", pipe.vae)):
+        saved = load_file(str(pipe_dir / f"{name}.safetensors"))
+        assert saved.keys() == module.state_dict().keys()
+        assert all(torch.equal(saved[k], v) for k, v in module.state_dict().items())
+    with pytest.raises(FileNotFoundError, match="pipeline.json"):
+        TextToVideo.from_pretrained(pipe_dir.parent)
+
+
+TASKS = {
+    "t2v": dict(frames=9),
+    "t2i": dict(frames=1),
+    "i2v": dict(frames=9, image=clip(1, 1)[0]),
+    "extend_forward": dict(frames=13, video=clip(2, 7)),  # 7 frames -> its last 5 (2 latents) lead the output
+    "extend_backward": dict(frames=13, video_b=clip(3, 5)),
+    "keyframes": dict(frames=13, keyframes={0: clip(4, 1)[0], 12: clip(5, 1)[0]}),
+    "transition": dict(frames=13, video=clip(6, 9), video_b=clip(7, 9)),
+}
+# what each task gives: (latent positions, the pixel frames encoded for them)
+GIVEN = {
+    "t2v": [], "t2i": [],
+    "i2v": [([0], lambda a: a["image"][None])],
+    "extend_forward": [([0, 1], lambda a: a["video"][-5:])],
+    "extend_backward": [([2, 3], lambda a: a["video_b"][:5])],
+    "keyframes": [([0], lambda a: a["keyframes"][0][None]), ([3], lambda a: a["keyframes"][12][None])],
+    "transition": [([0], lambda a: a["video"][-1:]), ([3], lambda a: a["video_b"][:1])],
+}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_runs_and_keeps_its_given_frames(pipe, task):
+    args = TASKS[task]
+    latents, cond = pipe.sample_latents("a red square", size=(W, H), steps=STEPS, cfg=3.0, seed=1, **args)
+    t_lat = 1 + (args["frames"] - 1) // 4
+    assert latents.shape == (1, 16, t_lat, H // 8, W // 8)
+    given = [p for positions, _ in GIVEN[task] for p in positions]
+    assert cond.mask[0].nonzero().flatten().tolist() == given
+    for positions, pick in GIVEN[task]:
+        want = pipe.encode(pick(args), (W, H))  # (1, C, len(positions), H/8, W/8)
+        assert torch.equal(latents[:, :, positions], want)  # pinned exactly
+    free = [i for i in range(t_lat) if i not in given]
+    assert not torch.allclose(latents[:, :, free], cond.reference[:, :, free])  # the rest was generated
+    frames = pipe.decode(latents)
+    assert frames.dtype == np.uint8 and frames.shape == (args["frames"], H, W, 3)
+
+
+def test_edit_stays_near_its_input_at_low_strength(pipe):
+    video = clip(8, 9)
+    ref = pipe.encode(video, (W, H))
+    near, cond = pipe.sample_latents("a red square", video=video, strength=0.2, frames=9, size=(W, H), steps=STEPS)
+    far, _ = pipe.sample_latents("a red square", video=video, strength=1.0, frames=9, size=(W, H), steps=STEPS)
+    assert cond.strength == 0.2 and torch.equal(cond.reference, ref) and cond.mask.sum() == 0
+    assert (near - ref).abs().mean() < 0.5 * (far - ref).abs().mean()
+
+
+def test_same_seed_same_frames_other_seed_differs(pipe):
+    kw = dict(frames=5, size=(W, H), steps=STEPS, cfg=2.0)
+    a, b = pipe("waves at dusk", seed=3, **kw), pipe("waves at dusk", seed=3, **kw)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, pipe("waves at dusk", seed=4, **kw))
+
+
+def test_expand_rewrites_the_prompt_before_encoding(pipe):
+    seen = []
+
+    def fake(prompt: str) -> str:
+        seen.append(prompt)
+        return "a long detailed description of a red square sliding left"
+
+    pipe.expander = fake
+    kw = dict(frames=5, size=(W, H), steps=STEPS, seed=0)
+    expanded = pipe("red square", expand=True, **kw)
+    assert seen == ["red square"]
+    assert np.array_equal(expanded, pipe("a long detailed description of a red square sliding left", **kw))
+    assert not np.array_equal(expanded, pipe("red square", **kw))
+
+
+BAD = [
+    (dict(frames=8), "1 \\+ 4k"),
+    (dict(frames=0), "1 \\+ 4k"),
+    (dict(size=(30, 48)), "multiples of 16"),
+    (dict(size=(32, 8)), "multiples of 16"),
+    (dict(steps=0), "steps"),
+    (dict(strength=0.5), "needs an input"),
+    (dict(strength=1.5, video=clip(0, 9)), "strength must be in"),
+    (dict(strength=0.5, video=clip(0, 5), frames=9), "at least"),
+    (dict(image=clip(0, 1)[0], video=clip(0, 5)), "choose one task"),
+    (dict(image=clip(0, 1)[0], frames=1), "frames > 1"),
+    (dict(keyframes={0: clip(0, 1)[0], 20: clip(0, 1)[0]}), "keyframe indices"),
+    (dict(keyframes={1: clip(0, 1)[0], 3: clip(0, 1)[0]}), "share a latent frame"),
+    (dict(video=clip(0, 5), video_b=clip(0, 5), frames=5), "transition needs"),
+    (dict(video=clip(0, 5), frames=1), "extending a video"),
+    (dict(image=np.zeros((4, 4))), "must be uint8"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", BAD)
+def test_invalid_requests_fail_before_any_compute(pipe, monkeypatch, kwargs, message):
+    def boom(*a, **k):
+        raise AssertionError("computed before validating")
+
+    monkeypatch.setattr(pipe.dit, "forward", boom)
+    monkeypatch.setattr(pipe.vae, "encode", boom)
+    monkeypatch.setattr(pipe.vae, "decode", boom)
+    monkeypatch.setattr(pipe, "_text", boom)
+    monkeypatch.setattr(pipe, "expander", boom)
+    args = dict(frames=9, size=(W, H), steps=STEPS, expand=True)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        pipe("a prompt", **args)
+
+
+def test_cli_writes_mp4_png_and_contact_sheets(pipe_dir, tmp_path, capsys):
+    from PIL import Image
+
+    first = tmp_path / "first.png"
+    Image.fromarray(clip(9, 1)[0]).save(first)
+    out = tmp_path / "out" / "fox"
+    code = cli(["a fox", "--model", str(pipe_dir), "--image", str(first), "--frames", "9", "--size", f"{W}x{H}",
+                "--steps", "2", "--cfg", "2", "--seed", "5", "--fps", "12", "--out", str(out)])
+    assert code == 0
+    video = read_media(out.with_suffix(".mp4"))
+    assert video.shape == (9, H, W, 3)
+    assert Image.open(tmp_path / "out" / "fox_sheet.png").size == (4 * W, 2 * H)
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["frames"] == 9 and report["size"] == [W, H]
+
+    still = tmp_path / "out" / "still"
+    assert cli(["a fox", "--model", str(pipe_dir), "--frames", "1", "--size", f"{W}x{H}", "--steps", "2",
+                "--out", str(still)]) == 0
+    assert np.asarray(Image.open(still.with_suffix(".png"))).shape == (H, W, 3)
+    assert not still.with_suffix(".mp4").exists()
+
+    bad = tmp_path / "out" / "bad"
+    assert cli(["a fox", "--model", str(pipe_dir), "--size", "30x32", "--out", str(bad)]) == 2
+    assert "multiples of 16" in capsys.readouterr().err and not list((tmp_path / "out").glob("bad*"))
+
+
+def test_cli_extends_a_video_file(pipe_dir, tmp_path):
+    src = tmp_path / "in.mp4"
+    src.write_bytes(encode_mp4(clip(10, 9)))
+    out = tmp_path / "ext"
+    assert cli(["more", "--model", str(pipe_dir), "--video", str(src), "--frames", "13", "--size", f"{W}x{H}",
+                "--steps", "1", "--out", str(out)]) == 0
+    assert read_media(out.with_suffix(".mp4")).shape == (13, H, W, 3)
+
+
+def test_contact_sheet_picks_evenly_spaced_frames():
+    frames = np.stack([np.full((2, 3, 3), i, np.uint8) for i in range(9)])
+    sheet = contact_sheet(frames, columns=3, rows=1)
+    assert sheet.shape == (2, 9, 3) and [sheet[0, 3 * c, 0] for c in range(3)] == [0, 4, 8]
