@@ -1,11 +1,14 @@
 """Scene stage vs the ``scenedetect`` CLI: speed and boundary F1 on the real test videos (+ synthetic renders).
 
 Usage:
-    .venv/bin/python benchmarks/bench_scenes.py [--data ../shared/data] [--synthetic 4] [--pin 0,1] [--cut]
+    .venv/bin/python benchmarks/bench_scenes.py [--data ../shared/data] [--synthetic 4] [--pin 0,1] [--cut] [--fast]
 
 What is timed
     ours: ``curate.frames.iter_frames`` (decode at analysis size, default ``DecodeConfig``) feeding
     ``curate.scenes.SceneSplitter`` (default ``SceneConfig`` with ``detector`` = adaptive | content), in-process.
+    ours-fast (``--fast``): ``curate.fastscan.detect_scenes_fast`` with the adaptive detector (two passes: a
+    fast pass decoding reference frames only finds candidate places, the exact detectors run at full rate around
+    them); the run also reports videos where its scenes differ from ours-adaptive's.
     CLI:  ``.venv/bin/scenedetect -i FILE detect-adaptive|detect-content list-scenes -n`` as a subprocess (its
     default OpenCV backend and automatic downscale), timed from spawn to exit. Its own "Processed N frames in X s"
     line is also kept (no interpreter start-up). Wall time and CPU time (all threads; the subprocess's via
@@ -59,6 +62,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from curate import synth  # noqa: E402
+from curate.fastscan import detect_scenes_fast  # noqa: E402
 from curate.frames import DecodeConfig, iter_frames  # noqa: E402
 from curate.scenes import SceneConfig, SceneSplitter  # noqa: E402
 
@@ -139,6 +143,13 @@ def run_ours(path: Path, detector: str, fps: float) -> dict:
     return {"wall": wall, "cpu": cpu, "pts": np.array(pts), "boundaries": our_boundaries(scenes, len(pts))}
 
 
+def run_fast(path: Path, fps: float) -> dict:
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    scenes, pts, stats = detect_scenes_fast(path, DecodeConfig(), SceneConfig(), fps)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {"wall": wall, "cpu": cpu, "pts": pts, "boundaries": our_boundaries(scenes, len(pts)), "stats": stats}
+
+
 def _child_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -193,6 +204,7 @@ def main(args: argparse.Namespace) -> None:
     if args.synthetic:
         videos += synthetic_videos(args.synthetic, Path(tmp.name))
     totals: dict[str, dict] = {}
+    fast_log: list[str] = []
     print(f"# bench_scenes  {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  "
           f"{platform.processor() or platform.machine()}  cpus={len(os.sched_getaffinity(0))}  "
           f"load={os.getloadavg()[0]:.1f}")
@@ -201,8 +213,16 @@ def main(args: argparse.Namespace) -> None:
     for name, path, entry in videos:
         fps = float(entry["file"].get("avg_fps") or 25.0)
         runs = {}
-        for method in ("ours-adaptive", "cli-adaptive", "ours-content", "cli-content"):
-            if method.startswith("ours"):
+        for method in ("ours-adaptive", "cli-adaptive", "ours-content", "cli-content") + (
+                ("ours-fast",) if args.fast else ()):
+            if method == "ours-fast":
+                runs[method] = run_fast(path, fps)
+                same = (runs[method]["boundaries"] == runs["ours-adaptive"]["boundaries"]
+                        and np.array_equal(runs[method]["pts"], runs["ours-adaptive"]["pts"]))
+                st = runs[method]["stats"]
+                fast_log.append(f"fast {name}: same-as-ours-adaptive={same} sampled={st.sampled}/{st.frames} "
+                                f"refined={st.refined} ranges={st.ranges} fallback={st.fallback!r}")
+            elif method.startswith("ours"):
                 runs[method] = run_ours(path, method.split("-")[1], fps)
             else:
                 runs[method] = run_cli(path, "detect-" + method.split("-")[1], runs["ours-adaptive"]["pts"])
@@ -227,7 +247,8 @@ def main(args: argparse.Namespace) -> None:
         speed = {m: n / r["wall"] for m, r in runs.items()}
         print(f"{name[-44:]:44s} {n:6d} | {speed['ours-adaptive']:11.0f} {speed['cli-adaptive']:10.0f} | "
               f"{speed['ours-content']:11.0f} {speed['cli-content']:10.0f} | {len(expected):3d}  "
-              + " ".join(f"{c:>9s}" for c in cells))
+              + " ".join(f"{c:>9s}" for c in cells)
+              + (f" | ours-fast fps {speed['ours-fast']:.0f}" if args.fast else ""))
     print()
     print(f"{'method':14s} {'frames':>7s} {'wall s':>7s} {'fps(wall)':>9s} {'cpu s':>7s} {'fps(cpu)':>8s} "
           f"{'fps(inner)':>10s} {'TP/FP/FN exact':>15s} {'F1 exact':>8s} {'TP/FP/FN +-2':>13s} {'F1 +-2':>6s}")
@@ -236,10 +257,13 @@ def main(args: argparse.Namespace) -> None:
         print(f"{method:14s} {tot['frames']:7d} {tot['wall']:7.1f} {tot['frames'] / tot['wall']:9.0f} "
               f"{tot['cpu']:7.1f} {tot['frames'] / tot['cpu']:8.0f} {tot['frames'] / tot['inner']:10.0f} "
               f"{'/'.join(map(str, m0)):>15s} {f1(*m0):8.3f} {'/'.join(map(str, m2)):>13s} {f1(*m2):6.3f}")
-    for kind in ("adaptive", "content"):
-        ours, cli = totals[f"ours-{kind}"], totals[f"cli-{kind}"]
+    for kind in ("adaptive", "content") + (("fast",) if args.fast else ()):
+        ours, cli = totals[f"ours-{kind}"], totals["cli-adaptive" if kind == "fast" else f"cli-{kind}"]
         print(f"ratio ours/cli {kind:8s}: wall fps x{cli['wall'] / ours['wall']:.2f}, cpu fps "
               f"x{cli['cpu'] / ours['cpu']:.2f}, vs CLI's own processing time x{cli['inner'] / ours['wall']:.2f}")
+    if args.fast:
+        print("\n".join(fast_log))
+        print(f"ours-fast differs from ours-adaptive on {sum('=False' in x for x in fast_log)} of {len(fast_log)} videos")
     if args.cut:
         bench_cut_sink(videos)
     tmp.cleanup()
@@ -277,5 +301,6 @@ if __name__ == "__main__":
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--synthetic", type=int, default=0, help="also render and score N synthetic videos")
     parser.add_argument("--pin", default="", help="comma-separated CPU ids for both sides, e.g. 0 or 0,1")
+    parser.add_argument("--fast", action="store_true", help="also time curate.fastscan (two-pass, adaptive)")
     parser.add_argument("--cut", action="store_true", help="also time io.BytesIO vs temp-file clip writing")
     main(parser.parse_args())

@@ -297,31 +297,12 @@ class SceneSplitter:
     # ------------------------------------------------------------------------------------------ scenes
 
     def _scenes(self) -> list[Scene]:
-        n = len(self._pts)
-        if n == 0:
-            return []
-        end_of_stream = self._pts[-1] + (self._pts[-1] - self._pts[-2] if n > 1 else 1.0 / self.fps)
-        kind, cuts = self._kind, self._cuts
-        scenes: list[Scene] = []
-        start = None
-        for i in range(n + 1):
-            is_transition = i < n and kind[i] != _NONE
-            if start is not None and (i == n or is_transition or i in cuts):
-                cut_out = "end" if i == n else (_KIND_NAME[kind[i]] if is_transition else "cut")
-                if i - start >= self.min_scene_frames:
-                    end_s = end_of_stream if i == n else self._pts[i]
-                    scenes.append(Scene(start, i, self._pts[start], end_s, self._cut_in(start), cut_out))
-                start = None
-            if start is None and i < n and not is_transition:
-                start = i
-        return scenes
+        return assemble_scenes(self._pts, self._kind, self._cuts, self.min_scene_frames, self.fps)
 
-    def _cut_in(self, start: int) -> str:
-        if start == 0:
-            return "start"
-        if self._kind[start - 1] != _NONE:
-            return _KIND_NAME[self._kind[start - 1]]
-        return "cut"
+    def marks(self) -> tuple[bytes, set[int]]:
+        """Per-frame transition kinds (0 none, 1 fade, 2 dissolve) and hard-cut indices found so far: what
+        :func:`assemble_scenes` turns into scenes (``curate.fastscan`` stitches these from several splitters)."""
+        return bytes(self._kind), set(self._cuts)
 
     @property
     def transition_frames(self) -> list[int]:
@@ -332,6 +313,29 @@ class SceneSplitter:
     def hard_cuts(self) -> list[int]:
         """Hard-cut positions reported by the PySceneDetect detector (first frame of the new shot)."""
         return sorted(self._cuts)
+
+
+def assemble_scenes(pts, kind, cuts, min_scene_frames: int, fps: float) -> list[Scene]:
+    """Scenes from per-frame marks: maximal runs of frames whose ``kind`` is 0 (no transition), split at every
+    index in ``cuts``; runs shorter than ``min_scene_frames`` are dropped. ``pts`` gives the times (s)."""
+    n = len(pts)
+    if n == 0:
+        return []
+    end_of_stream = pts[-1] + (pts[-1] - pts[-2] if n > 1 else 1.0 / fps)
+    scenes: list[Scene] = []
+    start = None
+    for i in range(n + 1):
+        is_transition = i < n and kind[i] != _NONE
+        if start is not None and (i == n or is_transition or i in cuts):
+            cut_out = "end" if i == n else (_KIND_NAME[kind[i]] if is_transition else "cut")
+            if i - start >= min_scene_frames:
+                end_s = end_of_stream if i == n else pts[i]
+                cut_in = "start" if start == 0 else (_KIND_NAME[kind[start - 1]] if kind[start - 1] else "cut")
+                scenes.append(Scene(start, i, float(pts[start]), float(end_s), cut_in, cut_out))
+            start = None
+        if start is None and i < n and not is_transition:
+            start = i
+    return scenes
 
 
 def detect_scenes(frames: Iterable, cfg: SceneConfig, fps: float) -> list[Scene]:

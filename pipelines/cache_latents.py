@@ -26,6 +26,7 @@ Layout of a latent shard (one row per clip; every tensor is raw little-endian fl
     text_{k}_len       int32    L_k (0 when null)
     text_dim           int32    D
 
+Shards are written in row groups of ``ROW_GROUP`` rows (the reader's unit of random access).
 ``_manifest.json`` (written last) lists shards with row counts and sha256, the VAE and text-encoder ids,
 latent channels / strides, and the bucket config. Re-running the same command skips shards whose done marker
 exists (resume); ``--overwrite`` starts over. Captions come from the ``caption_short`` / ``caption_dense`` /
@@ -54,6 +55,7 @@ from model.text import TextConfig, TextEncoder
 from model.vae import VAEConfig, VideoVAE, build_vae
 
 CAPTION_KINDS = ("short", "dense", "expanded")
+ROW_GROUP = 16  # rows per Parquet row group of a latent shard: the unit of a random read in training
 MEDIA_COLUMNS = ("clip_mp4", "clip_path")
 META_COLUMNS = ("clip_id", "width", "height", "num_frames", "fps", "source_uri", "scene_index")
 
@@ -371,7 +373,7 @@ def main(cfg: CacheLatentsConfig) -> dict:
                         for name in LATENT_SCHEMA.names:
                             rows[name].append(batch[name][i])
         out = to_latent_table(rows)
-        atomic_write_table(dst / "latents" / shard.name, out)
+        atomic_write_table(dst / "latents" / shard.name, out, row_group_size=ROW_GROUP)
         atomic_write_json(marker, {"shard": shard.name, "rows": out.num_rows, "statuses": statuses,
                                    "sha256": sha256_file(dst / "latents" / shard.name)})
         counts["shards_encoded"] += 1
@@ -426,28 +428,36 @@ def scan_latents(root: str | Path) -> list[LatentRecord]:
 
 
 class LatentReader:
-    """Random access to rows of latent shards; keeps the most recently used files' tables in memory."""
+    """Random access to rows of latent shards: reads one row group (``ROW_GROUP`` rows) per miss and keeps the
+    ``max_groups`` most recently used in memory, so a shuffled epoch never loads whole shards."""
 
-    def __init__(self, max_files: int = 4):
-        self.max_files = max_files
-        self._tables: dict[str, pa.Table] = {}
+    def __init__(self, max_groups: int = 64):
+        self.max_groups = max_groups
+        self._groups: dict[tuple[str, int], pa.Table] = {}
+        self._starts: dict[str, list[int]] = {}
 
-    def _table(self, file: str) -> pa.Table:
-        if file not in self._tables:
-            if len(self._tables) >= self.max_files:
-                self._tables.pop(next(iter(self._tables)))
-            self._tables[file] = pq.read_table(file)
-        return self._tables[file]
+    def _locate(self, file: str, row: int) -> tuple[pa.Table, int]:
+        if file not in self._starts:
+            meta = pq.ParquetFile(file).metadata
+            self._starts[file] = list(np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]))
+        starts = self._starts[file]
+        rg = int(np.searchsorted(starts, row, side="right") - 1)
+        key = (file, rg)
+        if key not in self._groups:
+            if len(self._groups) >= self.max_groups:
+                self._groups.pop(next(iter(self._groups)))
+            self._groups[key] = pq.ParquetFile(file).read_row_group(rg)
+        return self._groups[key], row - starts[rg]
 
     def load(self, rec: LatentRecord) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The latent (C, T', H', W') and ``{kind: tokens (L, D)}`` of a record, float32."""
-        t = self._table(rec.file)
-        z = bytes_to_tensor(t.column("latent")[rec.row].as_py(), rec.latent_shape)
-        d = int(t.column("text_dim")[rec.row].as_py())
+        t, i = self._locate(rec.file, rec.row)
+        z = bytes_to_tensor(t.column("latent")[i].as_py(), rec.latent_shape)
+        d = int(t.column("text_dim")[i].as_py())
         text = {}
         for k in rec.captions:
-            n = int(t.column(f"text_{k}_len")[rec.row].as_py())
-            text[k] = bytes_to_tensor(t.column(f"text_{k}")[rec.row].as_py(), (n, d))
+            n = int(t.column(f"text_{k}_len")[i].as_py())
+            text[k] = bytes_to_tensor(t.column(f"text_{k}")[i].as_py(), (n, d))
         return z, text
 
 

@@ -143,3 +143,19 @@ def test_a_changed_config_is_refused(cached):
     _, cfg, _ = cached
     with pytest.raises(ValueError, match="another config"):
         main(dataclasses.replace(cfg, buckets=dataclasses.replace(BUCKETS, frames=(1, 5))))
+
+
+def test_captions_fall_back_to_the_sidecar_only_when_no_column_has_one(tmp_path):
+    from pipelines.cache_latents import row_captions
+
+    video = tmp_path / "sample_000.mp4"
+    video.write_bytes(b"")
+    video.with_suffix(".txt").write_text("first shot caption\nsecond shot caption\n")
+    bare = {"clip_id": np.array(["a", "b"], object), "source_uri": np.array([str(video)] * 2, object),
+            "scene_index": np.array([1, 5])}
+    assert row_captions(bare, 0) == {"short": "second shot caption", "dense": None, "expanded": None}
+    assert row_captions(bare, 1)["short"] is None  # no such shot line
+    with_cols = dict(bare, caption_dense=np.array(["  a dense one ", None], object),
+                     caption_short=np.array([None, "  "], object), scene_index=np.array([1, 0]))
+    assert row_captions(with_cols, 0) == {"short": None, "dense": "a dense one", "expanded": None}
+    assert row_captions(with_cols, 1)["short"] == "first shot caption"  # blank strings count as missing

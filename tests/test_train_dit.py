@@ -51,7 +51,7 @@ def write_latent_cache(root: Path, clips: list[tuple[str, torch.Tensor, dict[str
             rows[f"caption_{k}"].append(f"{k} caption of {cid}" if n else None)
             rows[f"text_{k}"].append(tensor_to_bytes(tok)[0] if n else None)
             rows[f"text_{k}_len"].append(n)
-    atomic_write_table(root / "latents" / "part-00000.parquet", to_latent_table(rows))
+    atomic_write_table(root / "latents" / "part-00000.parquet", to_latent_table(rows), row_group_size=2)
     atomic_write_json(root / "_manifest.json", {"kind": "tessera-latents", "text_dim": TEXT_DIM,
                                                 "latent_channels": 16, "shards": []})
     return root
@@ -155,7 +155,7 @@ def test_trains_on_the_fly_from_clip_shards(tmp_path):
     torch.manual_seed(0)
     vae = build_vae("tiny")
     save_checkpoint(tmp_path / "vae", 1, {"vae": vae}, extra={"config": {"preset": "tiny"}})
-    cfg = tiny_cfg("", tmp_path / "run", latents="", data_root=str(tmp_path / "data"), vae=str(tmp_path / "vae"),
+    cfg = tiny_cfg("", tmp_path / "run", data_root=str(tmp_path / "data"), vae=str(tmp_path / "vae"),
                    bucket_areas=(32 * 48,), bucket_frames=(1, 5, 9), steps=2, sample_every=0, export=False)
     losses = main(cfg)["losses"]
     assert len(losses) == 2 and all(np.isfinite(losses))
@@ -220,5 +220,6 @@ def test_two_process_training_steps_in_sync(cache, tmp_path, parallel):
     assert abs(sum(float(v.double().sum()) for v in saved.values()) - digests[0]) < 1e-6 * (1 + abs(digests[0]))
     init = main(dataclasses.replace(cfg, run_dir=str(tmp_path / "init"), steps=0))
     assert init["weights_digest"] != digests[0]  # and they moved
-    resumed = _spawn(dataclasses.replace(cfg, steps=3), tmp_path / "out2")  # resume across 2 ranks
-    assert [len(r["losses"]) for r in resumed] == [1, 1]
+    if parallel == "fsdp":  # its resume gathers and re-shards full states: check it runs across 2 ranks
+        resumed = _spawn(dataclasses.replace(cfg, steps=3), tmp_path / "out2")
+        assert [len(r["losses"]) for r in resumed] == [1, 1]

@@ -419,8 +419,9 @@ def main(cfg: TrainDiTConfig) -> dict:
               f"({'fsdp' if fsdp else 'ddp' if info.world > 1 else 'single'})")
 
     def save(done: int) -> None:
-        sd, osd = full_state(model, opt, fsdp)
-        esd, _ = full_state(ema.module, None, fsdp)
+        if fsdp:  # collective: every rank sends its shards, rank 0 receives the full states
+            sd, osd = full_state(model, opt, fsdp)
+            esd, _ = full_state(ema.module, None, fsdp)
         if info.is_main:
             extra = {"config": resolved, "data_position": {"step": done, "world": info.world}, "world": info.world}
             if fsdp:
@@ -431,18 +432,22 @@ def main(cfg: TrainDiTConfig) -> dict:
                 save_checkpoint(ckpt_dir, done, {"dit": model, "ema": ema.module}, {"dit": opt}, extra, cfg.keep_last)
         barrier()
 
+    pipes: list = []  # rank 0's sampling pipeline: VAE and text encoder load once, the EMA weights each time
+
     def ema_pipeline():
-        """The EMA weights as a TextToVideo on rank 0 (None elsewhere, or without a VAE). Collective."""
-        esd, _ = full_state(ema.module, None, fsdp)
+        """The current EMA weights as a TextToVideo on rank 0 (None elsewhere, or without a VAE). Collective."""
+        esd = full_state(ema.module, None, fsdp)[0] if fsdp or info.is_main else None
         if not info.is_main or not cfg.vae:
             return None
-        from pipelines.cache_latents import load_vae
-        from pipelines.generate import TextToVideo
+        if not pipes:
+            from pipelines.cache_latents import load_vae
+            from pipelines.generate import TextToVideo
 
-        plain, _ = plain_copy(dit_cfg, esd)
-        text_cfg = TextConfig(path=cfg.text_path or None, max_length=cfg.text_max_length)
-        return TextToVideo(plain.to(device).eval(), load_vae(cfg.vae, device), text_cfg,
-                           latent_scale=cfg.latent_scale, latent_shift=cfg.latent_shift)
+            text_cfg = TextConfig(path=cfg.text_path or None, max_length=cfg.text_max_length)
+            pipes.append(TextToVideo(DiT(dit_cfg).to(device).requires_grad_(False), load_vae(cfg.vae, device),
+                                     text_cfg, latent_scale=cfg.latent_scale, latent_shift=cfg.latent_shift))
+        pipes[0].dit.load_state_dict(esd)
+        return pipes[0]
 
     # 3. loop --------------------------------------------------------------------------------------------
     losses: list[float] = []
