@@ -3,7 +3,10 @@
 Looked up per row from ``source_uri`` (a local path or ``file://`` URI; nothing is ever fetched over a network):
 
 - sidecars next to the video: ``<stem>.txt`` (the whole text) or ``<stem>.json`` (first of the keys
-  ``caption``, ``description``, ``title``; ``title`` and ``tags`` are joined in when both exist);
+  ``caption``, ``description``, ``title``; ``title`` and ``tags`` are joined in when both exist). A ``.json``
+  with a ``shots`` list of ``{start, end, caption}`` (decoded-frame indices, end exclusive; what
+  ``tessera samples`` writes) is a timed sidecar: a clip gets the caption of the shot it overlaps most, not the
+  whole video's text;
 - a column of the clip table itself (``column``), e.g. a caption carried over from an input manifest;
 - a manifest file (``.parquet``, ``.csv`` or ``.jsonl``) mapping ``source_uri`` to a text column.
 
@@ -90,6 +93,38 @@ def _load_manifest(path: str, column: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in pairs if k and v}
 
 
+def read_timed_sidecar(video: Path, max_file_bytes: int = 65536) -> list[tuple[int, int, str]] | None:
+    """``[(start, end, caption)]`` from a ``<stem>.json`` with a ``shots`` list; None when there is none."""
+    js = video.with_suffix(".json")
+    try:
+        if not js.is_file() or js.stat().st_size > max_file_bytes:
+            return None
+        meta = json.loads(js.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError):
+        return None
+    shots = meta.get("shots") if isinstance(meta, dict) else None
+    if not isinstance(shots, list):
+        return None
+    out = []
+    for s in shots:
+        if isinstance(s, dict) and isinstance(s.get("caption"), str):
+            try:
+                out.append((int(s["start"]), int(s["end"]), s["caption"]))
+            except (KeyError, TypeError, ValueError):
+                continue
+    return out or None
+
+
+def best_shot_caption(shots: list[tuple[int, int, str]], start: int, end: int) -> str | None:
+    """The caption of the shot overlapping frames ``[start, end)`` the most (None when none overlaps)."""
+    best, best_overlap = None, 0
+    for s, e, caption in shots:
+        overlap = min(e, end) - max(s, start)
+        if overlap > best_overlap:
+            best, best_overlap = caption, overlap
+    return best
+
+
 class SourceLookup:
     """``lookup(row) -> cleaned text or None``, from the configured column, manifest or sidecar (in that order)."""
 
@@ -98,6 +133,7 @@ class SourceLookup:
         self.dataset_dir = Path(dataset_dir) if dataset_dir else None
         self._manifest = _load_manifest(cfg.manifest, cfg.manifest_column) if cfg.manifest else {}
         self._sidecars: dict[str, str | None] = {}  # many clips share one source video
+        self._timed: dict[str, list | None] = {}
 
     def lookup(self, row: dict) -> str | None:
         """The source text for one row (a dict with at least ``source_uri``)."""
@@ -115,6 +151,11 @@ class SourceLookup:
                 if path is not None and not path.is_absolute() and self.dataset_dir is not None:
                     path = self.dataset_dir / path
                 self._sidecars[uri] = read_sidecar(path, self.cfg.max_file_bytes) if path else None
-            text = self._sidecars[uri]
+                self._timed[uri] = read_timed_sidecar(path, self.cfg.max_file_bytes) if path else None
+            timed = self._timed.get(uri)
+            if timed and row.get("start_frame") is not None and row.get("end_frame") is not None:
+                text = best_shot_caption(timed, int(row["start_frame"]), int(row["end_frame"]))
+            if text is None:
+                text = self._sidecars[uri]
         text = clean_text(text, self.cfg.max_chars) if text else None
         return text or None

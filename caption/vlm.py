@@ -161,8 +161,8 @@ class CaptionKeys:
 
     def rows(self, batch: dict) -> list[dict]:
         n = len(next(iter(batch.values())))
-        return [{k: present(batch[k][i]) for k in ("clip_id", "clip_mp4", "clip_path", "source_uri",
-                                           *(c for c in [self.cfg.source.column] if c)) if k in batch}
+        return [{k: present(batch[k][i]) for k in ("clip_id", "clip_mp4", "clip_path", "source_uri", "start_frame",
+                                           "end_frame", *(c for c in [self.cfg.source.column] if c)) if k in batch}
                 for i in range(n)]
 
     def keys(self, row: dict, hint: str | None) -> dict[str, str]:

@@ -57,8 +57,10 @@ class FastScanConfig:
     thumb_size: tuple[int, int] = (16, 9)  # (W, H) of the fast-pass luma thumbnails (chroma at half size)
     cut_diff: float = 6.0  # mean |thumb difference| (0-255) between consecutive samples that makes a candidate
     dark_margin: float = 24.0  # a sample whose level is <= black_level + this may be part of a fade
+    ramp_frac: float = 0.5  # fade ramps are followed over samples darkening by >= this share of fade_step/frame
     dissolve_frac: float = 0.6  # span candidate: ends differ by >= this share of SceneConfig.dissolve_min_diff
     dissolve_residual: float = 0.45  # ... middle samples within this relative residual of a blend of the ends
+    dissolve_change_frac: float = 0.5  # ... and the ends' luma is no mere re-exposure (share of dissolve_min_change)
     dissolve_settled: float = 0.4  # ... and the last two samples differ by at most this share of the ends' diff
     context_pad: int = 4  # extra frames of context on each side, beyond what the detectors need
     min_skip_share: float = 0.3  # the fast pass must skip at least this share of frames, else one-pass
@@ -167,13 +169,39 @@ def _candidates(index: list[int], thumbs: np.ndarray, levels: np.ndarray, n: int
         out.append((index[-1], n - 1, "cut"))
     diffs = np.abs(np.diff(thumbs, axis=0)).mean(axis=1) if m > 1 else np.zeros(0)
     for k in np.nonzero(diffs >= cfg.cut_diff)[0]:
-        out.append((index[k], index[k + 1], "cut"))
+        lo, hi = _ramp(index, levels, k, k + 1, scfg.fade_step * cfg.ramp_frac) if scfg.fades else (k, k + 1)
+        out.append((index[lo], index[hi], "cut"))
     dark = levels <= scfg.black_level + cfg.dark_margin
     for k in np.nonzero(dark)[0]:
-        out.append((index[max(0, k - 1)], index[min(m - 1, k + 1)], "dark"))
+        lo, hi = _ramp(index, levels, max(0, k - 1), min(m - 1, k + 1), scfg.fade_step * cfg.ramp_frac)
+        out.append((index[lo], index[hi], "dark"))
     if scfg.dissolves:
         out += _dissolve_candidates(index, thumbs, fps, scfg, cfg)
     return out
+
+
+def _ramp(index: list[int], levels: np.ndarray, lo: int, hi: int, step: float) -> tuple[int, int]:
+    """Widen the sample range ``[lo, hi]`` over a possible fade ramp on each side.
+
+    ``SceneSplitter`` puts a frame on a ramp when it is darker than its neighbour away from the black by at
+    least ``fade_step``; a gap of ``g`` frames that is ramp all through therefore darkens by ``(1 - step)^g`` or
+    more. The walk goes on while a gap could be all ramp and takes in the first gap that cannot (the ramp ends
+    in it), so the ramp and its end lie inside the returned range.
+    """
+    while lo > 0 and levels[lo] <= levels[lo - 1] * (1 - step) ** (index[lo] - index[lo - 1]):
+        lo -= 1
+    lo = max(0, lo - 1)
+    last = len(index) - 1
+    while hi < last and levels[hi] <= levels[hi + 1] * (1 - step) ** (index[hi + 1] - index[hi]):
+        hi += 1
+    return lo, min(last, hi + 1)
+
+
+def _luma_spread(x: np.ndarray, y: np.ndarray, luma: int) -> float:
+    """``curate.scenes._relighting_spread`` on the luma thumbnails (the first ``luma`` values): small when ``y`` is
+    ``x`` re-exposed (a fade, an exposure drift), large when it shows other content."""
+    ratio = np.log((y[:luma] + 8.0) / (x[:luma] + 8.0))
+    return float(np.median(np.abs(ratio - np.median(ratio))))
 
 
 def _dissolve_candidates(index, thumbs, fps, scfg: SceneConfig, cfg: FastScanConfig) -> list[tuple[int, int, str]]:
@@ -183,6 +211,7 @@ def _dissolve_candidates(index, thumbs, fps, scfg: SceneConfig, cfg: FastScanCon
     max_len = int(round(scfg.dissolve_max_s * fps)) + 4
     min_diff = cfg.dissolve_frac * scfg.dissolve_min_diff
     out = []
+    luma = cfg.thumb_size[0] * cfg.thumb_size[1]
     for b in range(2, len(index)):
         a = b - 2
         settled = float(np.abs(thumbs[b] - thumbs[b - 1]).mean())
@@ -194,7 +223,8 @@ def _dissolve_candidates(index, thumbs, fps, scfg: SceneConfig, cfg: FastScanCon
                 alpha = rel @ delta / float(delta @ delta)  # (k,)
                 residual = np.abs(rel - alpha[:, None] * delta[None, :]).mean(axis=1) / diff
                 steps = np.diff(np.concatenate([[0.0], alpha, [1.0]]))
-                if residual.max() <= cfg.dissolve_residual and steps.min() >= -0.15 and steps.max() <= 0.85:
+                if (residual.max() <= cfg.dissolve_residual and steps.min() >= -0.15 and steps.max() <= 0.85
+                        and _luma_spread(thumbs[a], thumbs[b], luma) >= cfg.dissolve_change_frac * scfg.dissolve_min_change):
                     out.append((index[a], index[b], "dissolve"))
                     break  # longer spans ending here add nothing the refine step would not see
             a -= 1
@@ -205,12 +235,11 @@ def _ranges(cands, n: int, fps: float, scfg: SceneConfig, cfg: FastScanConfig) -
     """Candidate ranges widened by the detectors' context, merged (inclusive frame ranges), and that context."""
     splitter = SceneSplitter(scfg, fps)
     ctx = _context(splitter, cfg)
-    fade = splitter.fade_max + 1 if scfg.fades else 0
     longest = int(round(scfg.dissolve_max_s * fps)) + 4  # longest dissolve window SceneSplitter tries
     spans = []
     for a, b, why in cands:
-        before = fade if why == "dark" else max(0, longest - (b - a)) if why == "dissolve" else 0
-        after = fade if why == "dark" else 0
+        before = max(0, longest - (b - a)) if why == "dissolve" else 0
+        after = 0
         spans.append((max(0, a - ctx - before), min(n - 1, b + ctx + after)))
     spans.sort()
     out: list[list[int]] = []

@@ -59,6 +59,10 @@ _MOTION_PHRASE = {
 _BACKGROUND_PHRASE = {"noise": "mottled", "gradient": "gradient", "checker": "checkered"}
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 @dataclass(frozen=True)
 class Shot:
     """One shot: a ``color`` ``shape`` doing ``motion`` over a ``background`` texture tinted ``bg_color``.
@@ -92,8 +96,8 @@ class Shot:
     def caption(self) -> str:
         """One sentence describing the shot, e.g. 'a red circle moves left over a blue checkered background'."""
         return (
-            f"a {self.color} {self.shape} {_MOTION_PHRASE[self.motion]} over a {self.bg_color} "
-            f"{_BACKGROUND_PHRASE[self.background]} background"
+            f"{_article(self.color)} {self.color} {self.shape} {_MOTION_PHRASE[self.motion]} over "
+            f"{_article(self.bg_color)} {self.bg_color} {_BACKGROUND_PHRASE[self.background]} background"
         )
 
 

@@ -151,20 +151,22 @@ def _run_samples(a) -> int:
 
 def _add_demo(sub) -> None:
     p = sub.add_parser(
-        "demo", help="the whole system on a small corpus: samples -> build (more stages as they land)",
-        description="Render a synthetic sample corpus (or use --videos DIR) and build a curated dataset from it, "
-                    "printing where everything is.")
+        "demo", help="the whole system on a small corpus: samples -> build -> caption -> report",
+        description="Render a synthetic sample corpus (or use --videos DIR), build a curated dataset, caption it "
+                    "and write its report, printing where everything is. Training and generation join later.")
     p.add_argument("--out", default="runs/demo", help="run folder")
     p.add_argument("--videos", default=None, help="your own folder of videos instead of the synthetic samples")
     p.add_argument("--samples", type=int, default=6, help="number of synthetic videos")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vlm", default=None,
+                   help="local VLM model dir for captions (default: the sources' own captions, labelled as such)")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(a) -> int:
     from pipelines.demo import DemoConfig, main
 
-    return main(DemoConfig(out=a.out, videos=a.videos, samples=a.samples, seed=a.seed))
+    return main(DemoConfig(out=a.out, videos=a.videos, samples=a.samples, seed=a.seed, vlm=a.vlm))
 
 
 DELEGATED = [

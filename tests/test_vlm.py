@@ -248,3 +248,22 @@ def test_caption_clip_check_flags_captions_of_another_clip():
     assert out["caption_clip_sim"][2] is None and out["caption_mismatch"][2] is None  # no caption: no number
     # no frames (e.g. a cached row): the curation's clip_embedding is used
     assert out["caption_clip_sim"][3] == pytest.approx(1.0, abs=1e-5) and out["caption_mismatch"][3] is False
+
+
+def test_timed_sidecar_gives_each_clip_its_own_shot_caption(tmp_path):
+    """`tessera samples` writes a .json with per-shot frame ranges: a clip gets the shot it overlaps most."""
+    import json
+
+    from caption.sources import SourceConfig, SourceLookup
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"")
+    (tmp_path / "v.txt").write_text("a red circle\na blue square\n")
+    (tmp_path / "v.json").write_text(json.dumps({"shots": [
+        {"start": 0, "end": 50, "caption": "a red circle moves left"},
+        {"start": 60, "end": 120, "caption": "a blue square rotates"}]}))
+    look = SourceLookup(SourceConfig(use="caption"))
+    assert look.lookup({"source_uri": str(video), "start_frame": 0, "end_frame": 48}) == "a red circle moves left"
+    assert look.lookup({"source_uri": str(video), "start_frame": 55, "end_frame": 110}) == "a blue square rotates"
+    # without a span the whole-video text is used
+    assert look.lookup({"source_uri": str(video)}) == "a red circle a blue square"

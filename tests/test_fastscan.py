@@ -1,0 +1,134 @@
+"""Two-pass scene detection (curate.fastscan) gives the one-pass result while decoding fewer frames."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+
+from curate import fastscan, synth
+from curate.fastscan import FastScanConfig, detect_scenes_fast
+from curate.frames import DecodeConfig, iter_frames
+from curate.probe import display_rotation
+from curate.scenes import SceneConfig, SceneSplitter
+from curate.synth import Shot, Transition
+
+DECODE = DecodeConfig(short_side=144)
+
+
+def _one_pass(path, cfg: SceneConfig, fps: float):
+    splitter, pts = SceneSplitter(cfg, fps), []
+    for frame in iter_frames(path, DECODE):
+        splitter.push(frame.rgb, frame.pts_s)
+        pts.append(frame.pts_s)
+    return splitter.finish(), np.asarray(pts), splitter
+
+
+@pytest.fixture(scope="module")
+def long_shots(tmp_path_factory):
+    """Every transition kind, with shots long enough (3-4 s) that the middle of each is never refined."""
+    shots = (
+        Shot("circle", "red", "right", "checker", "blue", 84),
+        Shot("star", "yellow", "rotate", "gradient", "purple", 72),
+        Shot("square", "green", "up", "noise", "white", 90),
+        Shot("hexagon", "blue", "grow", "checker", "orange", 80),
+        Shot("diamond", "pink", "left", "gradient", "cyan", 76),
+    )
+    transitions = (Transition("cut"), Transition("dissolve", 12), Transition("fade", 14), Transition("dissolve", 20))
+    path = tmp_path_factory.mktemp("fastscan") / "long.mp4"
+    gt = synth.render_video(path, shots, transitions, fps=24, size=(192, 108), seed=7)
+    return path, gt
+
+
+@pytest.mark.parametrize("detector", ["adaptive", "content"])
+def test_same_scenes_and_times_as_one_pass_with_fewer_frames_decoded(long_shots, detector):
+    path, gt = long_shots
+    cfg = SceneConfig(detector=detector)
+    want, want_pts, splitter = _one_pass(path, cfg, gt.fps)
+    scenes, pts, stats = detect_scenes_fast(path, DECODE, cfg, gt.fps)
+    assert stats.fallback == ""  # the two-pass path ran
+    assert scenes == want and np.array_equal(pts, want_pts)
+    assert [(s.cut_in, s.cut_out) for s in scenes] == [
+        ("start", "cut"), ("cut", "dissolve"), ("dissolve", "fade"), ("fade", "dissolve"), ("dissolve", "end")]
+    # and it did less: the fast pass skipped frames, the refine step left the middles of the shots alone
+    assert stats.sampled < 0.8 * stats.frames
+    assert stats.refined < 0.8 * stats.frames
+    assert 1 <= stats.ranges <= 4
+
+
+def test_candidates_matter(long_shots):
+    """With the candidate thresholds out of reach nothing is refined and every boundary is lost: the equality
+    above is the refine step's work, not a property of the stitching."""
+    path, gt = long_shots
+    blind = FastScanConfig(cut_diff=1e9, dark_margin=-1e9, dissolve_frac=1e9)
+    scenes, _, stats = detect_scenes_fast(path, DECODE, SceneConfig(), gt.fps, blind)
+    assert stats.ranges == 0 and stats.refined == 0
+    assert [(s.start, s.end) for s in scenes] == [(0, stats.frames)]
+
+
+def test_random_renders_match_one_pass(tmp_path):
+    for seed in (2, 5):
+        program = synth.random_program(seed, n_shots=(4, 5), shot_s=(1.5, 3.0), size=(192, 108))
+        synth.render_program(tmp_path / f"r{seed}.mp4", program)
+        want, want_pts, _ = _one_pass(tmp_path / f"r{seed}.mp4", SceneConfig(), program.fps)
+        scenes, pts, stats = detect_scenes_fast(tmp_path / f"r{seed}.mp4", DECODE, SceneConfig(), program.fps)
+        assert stats.fallback == "", seed
+        assert scenes == want and np.array_equal(pts, want_pts), seed
+
+
+def test_min_gap_is_adaptive_detectors_minimum_scene_length():
+    assert fastscan._min_gap({5, 10, 30, 35, 48, 60}, 18) == {30, 48}
+    assert fastscan._min_gap({18}, 18) == {18}  # counted from the first frame, like the detector's first cut
+    assert fastscan._min_gap(set(), 18) == set()
+
+
+def test_ramp_walk_takes_in_the_gap_where_a_fade_ends():
+    index = [0, 3, 6, 9, 12, 15]
+    levels = np.array([100.0, 100.0, 80.0, 50.0, 5.0, 60.0])
+    # darkening toward sample 4 by far more than fade_step per frame from sample 1 on; sample 0 -> 1 is flat
+    assert fastscan._ramp(index, levels, 3, 4, 0.01) == (0, 5)
+    assert fastscan._ramp(index, np.array([100.0, 100.0, 100.0, 100.0, 5.0, 100.0]), 3, 4, 0.01) == (2, 5)
+
+
+def test_analysis_frames_bit_identical_to_iter_frames(shared_data):
+    """Rotation flag (issue-134) and non-square pixels (issue-195): the refine step's frames are iter_frames'."""
+    for name, count in (("pyscenedetect/issue-134-rotate.mp4", 12), ("pyscenedetect/issue-195-aspect-ratio.mp4", 12)):
+        path = shared_data / name
+        want = [f.rgb for _, f in zip(range(count), iter_frames(path, DECODE))]
+        got = []
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            scaler, to_rgb = av.video.reformatter.VideoReformatter(), av.video.reformatter.VideoReformatter()
+            for frame in container.decode(stream):
+                rot = display_rotation(frame, stream)
+                got.append(fastscan._analysis_rgb(frame, stream, rot, DECODE.short_side, DECODE.interpolation,
+                                                  scaler, to_rgb))
+                if len(got) == count:
+                    break
+        assert [g.shape for g in got] == [w.shape for w in want], name
+        assert all(np.array_equal(g, w) for g, w in zip(got, want)), name
+
+
+def test_vfr_timeline_from_packets_and_scenes(shared_data, ground_truth):
+    path = shared_data / "pyscenedetect/goldeneye-vfr-drop3.mp4"
+    ticks, keyframes, tb, origin = fastscan._timeline(path)
+    decoded = np.array([f.pts_s for f in iter_frames(path, DECODE)])
+    assert np.array_equal(np.array([(t - origin) * tb for t in ticks]), decoded)
+    assert keyframes[0] == 0
+    scenes, pts, stats = detect_scenes_fast(path, DECODE, SceneConfig(), 16.05)
+    assert stats.fallback == "" and stats.sampled < stats.frames
+    assert [round(s.start_s, 3) for s in scenes[1:]] == ground_truth["pyscenedetect/goldeneye-vfr-drop3.mp4"][
+        "cut_times_s"]
+    want, want_pts, _ = _one_pass(path, SceneConfig(), 16.05)
+    assert scenes == want and np.array_equal(pts, want_pts)
+
+
+def test_stream_without_non_reference_frames_falls_back(shared_data):
+    """issue-134-rotate.mp4 is all I/P: skipping non-reference frames saves nothing, so one pass runs."""
+    path = shared_data / "pyscenedetect/issue-134-rotate.mp4"
+    scenes, _, stats = detect_scenes_fast(path, DECODE, SceneConfig(), 23.976)
+    assert "skips too little" in stats.fallback and stats.refined == stats.frames == 240
+    assert [s.start for s in scenes[1:]] == [90, 210]
+    # forced through the two-pass path (seek, rotation flag) it still gives the same scenes
+    forced, _, st = detect_scenes_fast(path, DECODE, SceneConfig(), 23.976, FastScanConfig(min_skip_share=0.0))
+    assert st.fallback == "" and forced == scenes
