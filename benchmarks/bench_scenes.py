@@ -263,7 +263,8 @@ def main(args: argparse.Namespace) -> None:
               f"x{cli['cpu'] / ours['cpu']:.2f}, vs CLI's own processing time x{cli['inner'] / ours['wall']:.2f}")
     if args.fast:
         print("\n".join(fast_log))
-        print(f"ours-fast differs from ours-adaptive on {sum('=False' in x for x in fast_log)} of {len(fast_log)} videos")
+        differ = sum("=False" in line for line in fast_log)
+        print(f"ours-fast differs from ours-adaptive on {differ} of {len(fast_log)} videos")
     if args.cut:
         bench_cut_sink(videos)
     tmp.cleanup()

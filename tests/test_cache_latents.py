@@ -95,6 +95,10 @@ def test_rows_are_keyed_by_clip_id_and_follow_selection(cached):
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["latent_channels"] == 16 and manifest["text_dim"] == 384
     assert sum(s["rows"] for s in manifest["shards"]) == len(ids) == summary["counts"]["clips"]
+    reader = LatentReader()
+    values = torch.cat([reader.load(r)[0].double().flatten() for r in scan_latents(out)])
+    assert manifest["latent_mean"] == pytest.approx(float(values.mean()), rel=1e-6, abs=1e-9)
+    assert manifest["latent_std"] == pytest.approx(float(values.std(unbiased=False)), rel=1e-6)
 
 
 def test_latents_equal_a_direct_encode(cached):

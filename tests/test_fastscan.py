@@ -26,13 +26,13 @@ def _one_pass(path, cfg: SceneConfig, fps: float):
 
 @pytest.fixture(scope="module")
 def long_shots(tmp_path_factory):
-    """Every transition kind, with shots long enough (3-4 s) that the middle of each is never refined."""
+    """Every transition kind, with shots long enough (5-6 s) that the middle of each is never refined."""
     shots = (
-        Shot("circle", "red", "right", "checker", "blue", 84),
-        Shot("star", "yellow", "rotate", "gradient", "purple", 72),
-        Shot("square", "green", "up", "noise", "white", 90),
-        Shot("hexagon", "blue", "grow", "checker", "orange", 80),
-        Shot("diamond", "pink", "left", "gradient", "cyan", 76),
+        Shot("circle", "red", "right", "checker", "blue", 130),
+        Shot("star", "yellow", "rotate", "gradient", "purple", 120),
+        Shot("square", "green", "up", "noise", "white", 140),
+        Shot("hexagon", "blue", "grow", "checker", "orange", 125),
+        Shot("diamond", "pink", "left", "gradient", "cyan", 120),
     )
     transitions = (Transition("cut"), Transition("dissolve", 12), Transition("fade", 14), Transition("dissolve", 20))
     path = tmp_path_factory.mktemp("fastscan") / "long.mp4"
@@ -52,7 +52,8 @@ def test_same_scenes_and_times_as_one_pass_with_fewer_frames_decoded(long_shots,
         ("start", "cut"), ("cut", "dissolve"), ("dissolve", "fade"), ("fade", "dissolve"), ("dissolve", "end")]
     # and it did less: the fast pass skipped frames, the refine step left the middles of the shots alone
     assert stats.sampled < 0.8 * stats.frames
-    assert stats.refined < 0.8 * stats.frames
+    # ContentDetector's flash filter needs twice the minimum scene length of context on each side
+    assert stats.refined < (0.75 if detector == "adaptive" else 0.9) * stats.frames
     assert 1 <= stats.ranges <= 4
 
 

@@ -52,8 +52,10 @@ def write_latent_cache(root: Path, clips: list[tuple[str, torch.Tensor, dict[str
             rows[f"text_{k}"].append(tensor_to_bytes(tok)[0] if n else None)
             rows[f"text_{k}_len"].append(n)
     atomic_write_table(root / "latents" / "part-00000.parquet", to_latent_table(rows), row_group_size=2)
-    atomic_write_json(root / "_manifest.json", {"kind": "tessera-latents", "text_dim": TEXT_DIM,
-                                                "latent_channels": 16, "shards": []})
+    values = torch.cat([z.half().double().flatten() for _, z, _ in clips])
+    atomic_write_json(root / "_manifest.json", {"kind": "tessera-latents", "text_dim": TEXT_DIM, "latent_channels": 16,
+                                                "latent_mean": float(values.mean()),
+                                                "latent_std": float(values.std(unbiased=False)), "shards": []})
     return root
 
 
@@ -141,6 +143,10 @@ def test_samples_and_exported_pipeline(cache, tmp_path):
 
     assert Image.open(out / "grid.png").size == (4 * 32, 2 * 48)  # 4 frames per row, one row per sample
     pipe = TextToVideo.from_pretrained(tmp_path / "run" / "pipeline")
+    manifest = json.loads((cache / "_manifest.json").read_text())  # latent_scale 0: normalise by the cache's stats
+    assert pipe.latent_scale == pytest.approx(1 / manifest["latent_std"]) != 1.0
+    assert pipe.latent_shift == pytest.approx(manifest["latent_mean"])
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["latent_scale"] == pipe.latent_scale
     ema = load_file(str(tmp_path / "run" / "checkpoints" / "step-000000002" / "ema.safetensors"))
     assert all(torch.equal(pipe.dit.state_dict()[k], v) for k, v in ema.items())  # exported = EMA weights
 

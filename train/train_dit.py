@@ -65,8 +65,8 @@ class TrainDiTConfig:
     bucket_frames: tuple[int, ...] = (1, 17, 33, 49, 65)
     token_budget: int = 65536  # DiT tokens per batch per GPU
     max_batch: int = 64
-    latent_scale: float = 1.0  # the DiT sees (latent - latent_shift) * latent_scale
-    latent_shift: float = 0.0
+    latent_scale: float = 0.0  # the DiT sees (latent - latent_shift) * latent_scale; 0: from the cache's
+    latent_shift: float = 0.0  # statistics (scale 1/std, shift mean), or 1 and 0 without them
     # model and objective
     preset: str = "B"
     patch: tuple[int, int, int] = (1, 2, 2)
@@ -203,15 +203,25 @@ def pick_caption(available: tuple[str, ...], mix: tuple[tuple[str, float], ...],
     return kinds[int(rng.choice(len(kinds), p=w / w.sum()))][0]
 
 
+def latent_norm(cfg: TrainDiTConfig, manifest: dict | None) -> tuple[float, float]:
+    """(scale, shift): the config's, or 1/std and mean from a latent cache's manifest when scale is 0."""
+    if cfg.latent_scale:
+        return cfg.latent_scale, cfg.latent_shift
+    if manifest and manifest.get("latent_std"):
+        return 1.0 / float(manifest["latent_std"]), float(manifest["latent_mean"])
+    return 1.0, 0.0
+
+
 def make_batch(source, records: list[LatentRecord], idx: list[int], cfg: TrainDiTConfig, g: int,
-               text_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Latents (B, C, T', H', W'), text tokens (B, L, D) and mask (B, L) of global batch g."""
+               text_dim: int, scale: float = 1.0, shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latents (B, C, T', H', W') normalised as (z - shift) * scale, text tokens (B, L, D) and mask (B, L)
+    of global batch g."""
     rng = np.random.default_rng([cfg.seed, g, 5])
     latents, texts = [], []
     for i in idx:
         z, text = source.load(records[i])
         kind = pick_caption(records[i].captions, cfg.caption_mix, rng)
-        latents.append((z - cfg.latent_shift) * cfg.latent_scale)
+        latents.append((z - shift) * scale)
         texts.append(text[kind] if kind else torch.zeros(0, text_dim))
     if max(t.shape[0] for t in texts) == 0:  # every caption empty: one masked-out token
         emb_tokens, emb_mask = torch.zeros(len(texts), 1, text_dim), torch.zeros(len(texts), 1, dtype=torch.bool)
@@ -362,7 +372,7 @@ def main(cfg: TrainDiTConfig) -> dict:
         source, manifest = LatentReader(), json.loads((Path(cfg.latents) / "_manifest.json").read_text())
         records, text_dim = scan_latents(cfg.latents), int(manifest["text_dim"] or 384)
     elif cfg.data_root and cfg.vae:
-        source = ClipSource(cfg, device)
+        source, manifest = ClipSource(cfg, device), None
         records, text_dim = source.records, source.text.dim
     else:
         raise ValueError("give --latents (a latent cache) or --data_root with --vae (encode on the fly)")
@@ -371,7 +381,9 @@ def main(cfg: TrainDiTConfig) -> dict:
     dit_cfg = dit_config(cfg.preset, latent_channels=int(records[0].latent_shape[0]), text_dim=text_dim,
                          patch=tuple(cfg.patch))
     plan = BatchPlan(records, cfg.token_budget, cfg.max_batch, dit_cfg.patch, cfg.seed)
-    resolved = {"train": dataclasses.asdict(cfg), "dit": dataclasses.asdict(dit_cfg), "world": info.world}
+    scale, shift = latent_norm(cfg, manifest)
+    resolved = {"train": dataclasses.asdict(cfg), "dit": dataclasses.asdict(dit_cfg), "world": info.world,
+                "latent_scale": scale, "latent_shift": shift}
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(resolved, indent=1))
@@ -445,7 +457,7 @@ def main(cfg: TrainDiTConfig) -> dict:
 
             text_cfg = TextConfig(path=cfg.text_path or None, max_length=cfg.text_max_length)
             pipes.append(TextToVideo(DiT(dit_cfg).to(device).requires_grad_(False), load_vae(cfg.vae, device),
-                                     text_cfg, latent_scale=cfg.latent_scale, latent_shift=cfg.latent_shift))
+                                     text_cfg, latent_scale=scale, latent_shift=shift))
         pipes[0].dit.load_state_dict(esd)
         return pipes[0]
 
@@ -454,7 +466,7 @@ def main(cfg: TrainDiTConfig) -> dict:
     t0, tokens_seen = time.time(), 0
     for step in range(start, cfg.steps):
         g = step * info.world + info.rank
-        x0, text, mask = make_batch(source, records, plan.batch(g), cfg, g, text_dim)
+        x0, text, mask = make_batch(source, records, plan.batch(g), cfg, g, text_dim, scale, shift)
         x0, text, mask = x0.to(device), text.to(device), mask.to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
@@ -495,8 +507,8 @@ def main(cfg: TrainDiTConfig) -> dict:
         if pipe is not None:
             from pipelines.generate import export_pipeline
 
-            export_pipeline(run_dir / "pipeline", pipe.dit, pipe.vae, pipe.text_cfg, latent_scale=cfg.latent_scale,
-                            latent_shift=cfg.latent_shift, extra={"train_config": resolved})
+            export_pipeline(run_dir / "pipeline", pipe.dit, pipe.vae, pipe.text_cfg, latent_scale=scale,
+                            latent_shift=shift, extra={"train_config": resolved})
         barrier()
     digest = weights_digest(model)
     if writer is not None:
