@@ -142,8 +142,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--heuristic", action="store_true", help="also time the first chunked mode with cuDNN "
                     "autotuning off (heuristic algorithms, usually smaller workspaces)")
     ap.add_argument("--exact_modes", default=",".join(EXACT_MODES), help="GPU chunked == whole checks to run")
+    ap.add_argument("--upsample_elems", type=int, default=0,
+                    help="override model.vae.Upsample.UPSAMPLE_ELEMS (elements per upsampled slice at inference)")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
+    if args.upsample_elems:
+        from model.vae import Upsample
+
+        Upsample.UPSAMPLE_ELEMS = args.upsample_elems
     device = torch.device(args.device)
     dtype = torch.bfloat16
     torch.backends.cudnn.benchmark = True
