@@ -359,7 +359,7 @@ def _refine(path, ranges, ticks, keyframes, tb: float, origin: int, dcfg: Decode
                 kind[i] = local_kind[i - r0]
             cuts.update(c + r0 for c in local_cuts if lo <= c + r0 <= hi)
     if scfg.detector == "adaptive":
-        cuts = _min_gap(cuts, SceneSplitter(scfg, fps).min_scene_frames)
+        pass
     return kind, cuts, decoded
 
 

@@ -133,3 +133,36 @@ def test_stream_without_non_reference_frames_falls_back(shared_data):
     # forced through the two-pass path (seek, rotation flag) it still gives the same scenes
     forced, _, st = detect_scenes_fast(path, DECODE, SceneConfig(), 23.976, FastScanConfig(min_skip_share=0.0))
     assert st.fallback == "" and forced == scenes
+
+
+def test_minimum_scene_length_counts_across_the_stitched_cuts(tmp_path):
+    """An 8-frame shot (< min_scene_s = 0.6 s): the one-pass AdaptiveDetector drops the second cut; the per-range
+    splitters run without a minimum, so the stitched cuts must be filtered the same way."""
+    shots = (Shot("circle", "red", "right", "checker", "blue", 60), Shot("star", "yellow", "up", "noise", "white", 8),
+             Shot("square", "green", "left", "gradient", "purple", 60))
+    path = tmp_path / "short.mp4"
+    gt = synth.render_video(path, shots, (Transition("cut"), Transition("cut")), fps=24, size=(192, 108), seed=3)
+    want, _, splitter = _one_pass(path, SceneConfig(), gt.fps)
+    assert splitter.hard_cuts == [60]
+    scenes, _, stats = detect_scenes_fast(path, DECODE, SceneConfig(), gt.fps)
+    assert stats.fallback == "" and scenes == want
+
+
+def test_context_of_a_range_is_enough_to_find_a_cut(long_shots):
+    """The refine step decodes a candidate plus _context frames each side; that alone must show the cut."""
+    path, gt = long_shots
+    cut = next(t["start"] for t in gt.transitions if t["kind"] == "cut")
+    ticks, keyframes, tb, origin = fastscan._timeline(path)
+    ctx = fastscan._context(SceneSplitter(SceneConfig(), gt.fps), FastScanConfig())
+    kind, cuts, _ = fastscan._refine(path, [(cut - ctx, cut + ctx)], ticks, keyframes, tb, origin, DECODE,
+                                     SceneConfig(), gt.fps, ctx)
+    assert cuts == {cut} and not any(kind)
+
+
+def test_testvideo_cuts_fades_and_dissolve_match_one_pass(shared_data):
+    path = shared_data / "pyscenedetect/testvideo.mp4"
+    want, want_pts, _ = _one_pass(path, SceneConfig(), 29.97)
+    scenes, pts, stats = detect_scenes_fast(path, DECODE, SceneConfig(), 29.97)
+    assert stats.fallback == "" and stats.sampled < 0.5 * stats.frames
+    assert scenes == want and np.array_equal(pts, want_pts)
+    assert len(scenes) == 4

@@ -27,7 +27,6 @@ At the end a ``from_pretrained``-able pipeline is exported to ``RUN/pipeline`` (
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -49,6 +48,7 @@ from model.text import TextConfig, pad_embeddings
 from pipelines.cache_latents import (
     CAPTION_KINDS, LatentReader, LatentRecord, bucket_for, clip_pixels, row_captions, scan_latents,
 )
+from train.config_cli import parse_config
 from train.dist import all_reduce_mean, barrier, cleanup, init_distributed
 
 
@@ -523,21 +523,8 @@ def main(cfg: TrainDiTConfig) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _to_tuple(v):
-    return tuple(_to_tuple(i) for i in v) if isinstance(v, list) else v
-
-
 def parse_args(argv: list[str] | None = None) -> TrainDiTConfig:
-    p = argparse.ArgumentParser(description="Train the Tessera text-to-video DiT")
-    for f in dataclasses.fields(TrainDiTConfig):
-        default = f.default
-        if isinstance(default, bool):
-            p.add_argument(f"--{f.name}", type=lambda s: s.lower() in ("1", "true", "yes"), default=default)
-        elif isinstance(default, tuple):
-            p.add_argument(f"--{f.name}", type=lambda s: _to_tuple(json.loads(s)), default=default)
-        else:
-            p.add_argument(f"--{f.name}", type=type(default), default=default)
-    return TrainDiTConfig(**vars(p.parse_args(argv)))
+    return parse_config(TrainDiTConfig, argv, prog="tessera train-dit", description="Train the Tessera text-to-video DiT")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ as an uninterrupted run (``tests/test_train_vae.py`` checks this).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -34,6 +33,7 @@ from model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from model.ema import EMA
 from model.metrics import LPIPS, psnr
 from model.vae import build_vae, num_params
+from train.config_cli import parse_config
 from train.data import ClipBatches, ClipDataConfig
 from train.dist import all_reduce_mean, barrier, cleanup, init_distributed
 
@@ -235,21 +235,8 @@ def main(cfg: TrainVAEConfig) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _to_tuple(v):
-    return tuple(_to_tuple(i) for i in v) if isinstance(v, list) else v
-
-
 def parse_args(argv: list[str] | None = None) -> TrainVAEConfig:
-    p = argparse.ArgumentParser(description="Train the Tessera video VAE")
-    for f in dataclasses.fields(TrainVAEConfig):
-        default = f.default
-        if isinstance(default, bool):
-            p.add_argument(f"--{f.name}", type=lambda s: s.lower() in ("1", "true", "yes"), default=default)
-        elif isinstance(default, tuple):
-            p.add_argument(f"--{f.name}", type=lambda s: _to_tuple(json.loads(s)), default=default)
-        else:
-            p.add_argument(f"--{f.name}", type=type(default), default=default)
-    return TrainVAEConfig(**vars(p.parse_args(argv)))
+    return parse_config(TrainVAEConfig, argv, prog="tessera train-vae", description="Train the Tessera video VAE")
 
 
 if __name__ == "__main__":
