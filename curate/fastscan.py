@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import time
 from dataclasses import dataclass, replace
 
 import av
@@ -41,7 +42,7 @@ import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from curate.frames import DecodeConfig, DecodeError, analysis_size, iter_frames
+from curate.frames import DecodeConfig, DecodeError, DecodeTimeout, analysis_size, iter_frames
 from curate.probe import display_rotation, main_video_stream, open_path
 from curate.scenes import Scene, SceneConfig, SceneSplitter, assemble_scenes
 
@@ -359,7 +360,7 @@ def _refine(path, ranges, ticks, keyframes, tb: float, origin: int, dcfg: Decode
                 kind[i] = local_kind[i - r0]
             cuts.update(c + r0 for c in local_cuts if lo <= c + r0 <= hi)
     if scfg.detector == "adaptive":
-        pass
+        cuts = _min_gap(cuts, SceneSplitter(scfg, fps).min_scene_frames)
     return kind, cuts, decoded
 
 
@@ -371,8 +372,11 @@ def detect_scenes_fast(path, decode_cfg: DecodeConfig, scene_cfg: SceneConfig, f
     """Scenes and per-frame PTS (s) of ``path``, as the one-pass stage would give them (see module doc).
 
     ``fps`` is the nominal frame rate handed to ``SceneSplitter``. Falls back to the one-pass stage (and says
-    why in the stats) when the fast pass cannot be trusted or would not pay off.
+    why in the stats) when the fast pass cannot be trusted or would not pay off, or when FFmpeg fails in it (the
+    one-pass stage then raises ``DecodeError`` as usual). ``decode_cfg.timeout_s`` is checked once both passes
+    are done (``DecodeTimeout``); a hang inside native code needs ``curate.sandbox`` as before.
     """
+    t0 = time.monotonic()
     fps = float(fps) if fps and fps > 0 else 25.0
     backend = "pyav" if decode_cfg.backend == "auto" else decode_cfg.backend
     try:
@@ -388,6 +392,10 @@ def detect_scenes_fast(path, decode_cfg: DecodeConfig, scene_cfg: SceneConfig, f
         kind, cuts, refined = _refine(path, ranges, ticks, keyframes, tb, origin, decode_cfg, scene_cfg, fps, ctx)
     except _Fallback as why:
         return _one_pass(path, decode_cfg, scene_cfg, fps, str(why))
+    except av.FFmpegError as e:  # the one-pass stage reports the failure the usual way (DecodeError)
+        return _one_pass(path, decode_cfg, scene_cfg, fps, f"{type(e).__name__}: {e}")
+    if time.monotonic() - t0 > decode_cfg.timeout_s:
+        raise DecodeTimeout(f"{os.fspath(path)!r}: two-pass scene scan over {decode_cfg.timeout_s} s")
     pts = np.array([(t - origin) * tb for t in ticks], dtype=np.float64)
     min_scene = SceneSplitter(scene_cfg, fps).min_scene_frames
     scenes = assemble_scenes(pts.tolist(), kind, cuts, min_scene, fps)

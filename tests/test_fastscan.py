@@ -166,3 +166,15 @@ def test_testvideo_cuts_fades_and_dissolve_match_one_pass(shared_data):
     assert stats.fallback == "" and stats.sampled < 0.5 * stats.frames
     assert scenes == want and np.array_equal(pts, want_pts)
     assert len(scenes) == 4
+
+
+def test_broken_file_fails_like_the_one_pass_stage(long_shots, tmp_path):
+    """FFmpeg errors inside the two passes hand over to the one-pass stage, so callers see its exception."""
+    path, gt = long_shots
+    broken = tmp_path / "cut.mp4"
+    broken.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # moov atom at the end: index lost
+    with pytest.raises(Exception) as one:
+        _one_pass(broken, SceneConfig(), gt.fps)
+    with pytest.raises(Exception) as two:
+        detect_scenes_fast(broken, DECODE, SceneConfig(), gt.fps)
+    assert type(two.value) is type(one.value)
