@@ -21,6 +21,7 @@ import av
 import numpy as np
 
 from curate.clips import ClipConfig, cut_clips, plan_clips
+from curate.fastscan import detect_scenes_fast
 from curate.frames import DecodeConfig, iter_frames
 from curate.framepack import pack_frames
 from curate.sandbox import SandboxCrashed, SandboxError, SandboxTimeout, Sandbox
@@ -44,6 +45,9 @@ class SplitConfig:
     clips: ClipConfig = field(default_factory=ClipConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     timeout_s: float = 600.0  # per video: decode + detect + cut; a hang beyond it fails this video only
+    # Two-pass scene detection (curate/fastscan.py): decode only reference frames, then refine around
+    # candidates. Same scenes as one pass; ~1.4x faster on long static shots, slower on busy edits.
+    fast_scenes: bool = False
 
 
 # Keys of every row leaving this stage. Probe fields the clip table keeps are renamed to source_*.
@@ -111,13 +115,17 @@ def analyse_and_cut(path: str, probe_row: dict, cfg: SplitConfig) -> list[dict]:
     """The work of one video (runs in the sandbox child). Returns the clip rows and per-clip status rows."""
     t0 = time.perf_counter()
     fps = float(probe_row.get("fps_avg") or probe_row.get("fps_real") or 25.0)
-    splitter = SceneSplitter(cfg.scenes, fps)
-    pts = []
-    for frame in iter_frames(path, cfg.decode):
-        splitter.push(frame.rgb, frame.pts_s)
-        pts.append(frame.pts_s)
-    scenes = splitter.finish()
-    pts = np.asarray(pts, dtype=np.float64)
+    if cfg.fast_scenes:
+        scenes, pts, _ = detect_scenes_fast(path, cfg.decode, cfg.scenes, fps)
+        pts = np.asarray(pts, dtype=np.float64)
+    else:
+        splitter = SceneSplitter(cfg.scenes, fps)
+        pts = []
+        for frame in iter_frames(path, cfg.decode):
+            splitter.push(frame.rgb, frame.pts_s)
+            pts.append(frame.pts_s)
+        scenes = splitter.finish()
+        pts = np.asarray(pts, dtype=np.float64)
     spans = plan_clips(scenes, cfg.clips, fps, pts)
     if not spans:
         reason = "no-frames" if len(pts) == 0 else "no-usable-scenes"

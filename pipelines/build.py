@@ -71,6 +71,7 @@ class BuildConfig:
     clips: ClipConfig = field(default_factory=ClipConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     split_timeout_s: float = 600.0
+    fast_scenes: bool = False  # two-pass scene detection; same scenes (tests/test_fastscan.py), other speed
     store_media: str = "bytes"  # bytes: MP4 inside the shard; path: MP4 files under DATASET/media/
     clip_checkpoint: str | None = None  # open_clip weights (local file); None -> clip columns say no-model
     clip_model_name: str = "ViT-B-32"
@@ -87,11 +88,11 @@ class BuildConfig:
 
     def split_config(self) -> SplitConfig:
         return SplitConfig(decode=self.decode, scenes=self.scenes, clips=self.clips, sample=self.sample,
-                           timeout_s=self.split_timeout_s)
+                           timeout_s=self.split_timeout_s, fast_scenes=self.fast_scenes)
 
     def fingerprinted(self) -> dict:
         d = _jsonable(asdict(self))
-        for k in ("input", "output", "filters", "resources", "address", "overwrite", "progress"):
+        for k in ("input", "output", "filters", "resources", "address", "overwrite", "progress", "fast_scenes"):
             d.pop(k, None)
         d["tessera_version"] = VERSION
         d["schema_version"] = SCHEMA_VERSION

@@ -42,6 +42,9 @@ def _add_build(sub) -> None:
     p.add_argument("--max-clip-s", type=float, default=15.0, help="longest clip; longer scenes become windows")
     p.add_argument("--detector", choices=["adaptive", "content"], default=None,
                    help="PySceneDetect detector for hard cuts (fades and dissolves are detected either way)")
+    p.add_argument("--fast-scenes", action="store_true",
+                   help="two-pass scene detection (decode reference frames, refine around candidates): the same "
+                        "scenes, ~1.4x faster on long static shots, slower on busy edits")
     p.add_argument("--analysis-size", type=int, default=None, help="short side (px) of frames used for analysis")
     p.add_argument("--split-timeout", type=float, default=600.0,
                    help="seconds one video may take to decode, detect and cut before it is failed")
@@ -74,7 +77,7 @@ def build_config_from_args(a):
     inputs = a.input[0] if len(a.input) == 1 else list(a.input)
     return BuildConfig(
         input=inputs, output=a.output, decode=decode, scenes=scenes, clips=clips,
-        split_timeout_s=a.split_timeout, store_media=a.store_media, clip_checkpoint=a.clip_checkpoint,
+        split_timeout_s=a.split_timeout, fast_scenes=a.fast_scenes, store_media=a.store_media, clip_checkpoint=a.clip_checkpoint,
         clip_model_name=a.clip_model, aesthetic_head=a.aesthetic_head, ocr=not a.no_ocr,
         filters=FilterSpec(expressions=tuple(a.filter)), rows_per_file=a.rows_per_file,
         row_group_size=a.row_group_size, address=a.address, overwrite=a.overwrite, progress=not a.quiet)

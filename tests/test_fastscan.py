@@ -178,3 +178,21 @@ def test_broken_file_fails_like_the_one_pass_stage(long_shots, tmp_path):
     with pytest.raises(Exception) as two:
         detect_scenes_fast(broken, DECODE, SceneConfig(), gt.fps)
     assert type(two.value) is type(one.value)
+
+
+def test_split_stage_gives_the_same_clips_with_fast_scenes(tmp_path):
+    """The build's split stage (in-process, no sandbox) makes identical clip spans either way."""
+    from curate.probe import probe
+    from curate.split import SplitConfig, analyse_and_cut
+    from curate.synth import Shot, Transition, render_video
+
+    path = tmp_path / "v.mp4"
+    render_video(path, [Shot("circle", "red", "right", "checker", "blue", 60),
+                        Shot("square", "yellow", "up", "noise", "purple", 60)],
+                 [Transition("dissolve", 10)], fps=24, size=(160, 96), seed=3)
+    row = dict(probe(str(path)), key="k" * 32)
+    spans = {}
+    for fast in (False, True):
+        rows = analyse_and_cut(str(path), row, SplitConfig(fast_scenes=fast))
+        spans[fast] = [(r["clip_id"], r["start_frame"], r["end_frame"], r["cut_in"], r["cut_out"]) for r in rows]
+    assert spans[True] == spans[False] and len(spans[False]) == 2
