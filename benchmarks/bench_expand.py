@@ -62,7 +62,7 @@ def run(latency_s: float, concurrency: int, n: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--grid", default="0.25:8,0.5:32,1:64,2:128,0.1:16", help="comma list of L_seconds:C")
-    ap.add_argument("--waves", type=int, default=6, help="requests per pass = waves x C")
+    ap.add_argument("--waves", type=int, default=24, help="requests per pass = waves x C (steady state)")
     args = ap.parse_args(argv)
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     print("| L (s) | C | requests | ok | seconds | req/s | C/L | ratio | client CPU ms/req | server CPU ms/req |")
