@@ -13,7 +13,7 @@ import hashlib
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: caption columns joined the clip table
 
 # ---------------------------------------------------------------------------------------------------------
 # clip table
@@ -87,8 +87,29 @@ _BOOKKEEPING = [
     pa.field("schema_version", pa.string(), nullable=False),
 ]
 
+# Written by `tessera caption` / `tessera build --caption` (caption/): one column per caption kind, then how it
+# was made. Nulls when captioning did not run; `caption_status` says why a caption is missing.
+_CAPTIONS = [
+    pa.field("caption_short", pa.string()),
+    pa.field("caption_dense", pa.string()),
+    pa.field("caption_backend", pa.string()),  # transformers | openai | source
+    pa.field("caption_model", pa.string()),
+    pa.field("caption_prompt_id", pa.string()),  # template id@version
+    pa.field("caption_status", pa.string()),
+    pa.field("caption_error", pa.string()),
+    pa.field("caption_tokens", pa.int64()),
+    pa.field("caption_clip_sim", pa.float32()),  # text-image similarity when a CLIP model is configured
+    pa.field("caption_mismatch", pa.bool_()),
+    pa.field("caption_expanded", pa.string()),
+    pa.field("expand_status", pa.string()),
+    pa.field("expand_error", pa.string()),
+    pa.field("expand_model", pa.string()),
+    pa.field("expand_template", pa.string()),
+]
+CAPTION_COLUMNS = tuple(f.name for f in _CAPTIONS)
+
 CLIP_SCHEMA = pa.schema(
-    _LINEAGE + _GEOMETRY + _MEDIA + _SCORES + _BOOKKEEPING,
+    _LINEAGE + _GEOMETRY + _MEDIA + _SCORES + _BOOKKEEPING + _CAPTIONS,
     metadata={b"tessera.schema_version": SCHEMA_VERSION.encode(), b"tessera.table": b"clips"},
 )
 CLIP_COLUMNS = tuple(CLIP_SCHEMA.names)

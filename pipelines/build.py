@@ -13,17 +13,13 @@ re-started with the same command skips the inputs that have a done marker; a cha
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
-from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from curate.clips import ClipConfig
 from curate.dedup import DedupThresholds
@@ -32,11 +28,15 @@ from curate.frames import DecodeConfig
 from curate.inputs import InputItem, resolve_inputs
 from curate.probe import ProbeLimits
 from curate.scenes import SceneConfig
-from curate.schema import CLIP_SCHEMA, FAILURE_SCHEMA, SCHEMA_VERSION
+from curate.schema import SCHEMA_VERSION
 from curate.split import SampleConfig, SplitConfig
 from curate.store import BuildState, fingerprint
 from pipelines import publish
-from pipelines.stages import (ProbeStage, ScoreStage, SplitFlatMap, StageWriter, TIMING_COLUMNS)
+if TYPE_CHECKING:  # the caption stack loads only when --caption is used
+    from caption.expand import ExpandConfig
+    from caption.vlm import VLMConfig
+
+from pipelines.stages import CaptionStage, ProbeStage, ScoreStage, SplitFlatMap, StageWriter, TIMING_COLUMNS
 
 VERSION = "0.1.0"
 
@@ -77,6 +77,8 @@ class BuildConfig:
     clip_model_name: str = "ViT-B-32"
     aesthetic_head: str | None = None  # safetensors linear/MLP head on the CLIP embedding
     ocr: bool = True
+    caption: VLMConfig | None = None  # captions inline (caption/vlm.py); None: no caption stage
+    expand: ExpandConfig | None = None  # caption expansion inline (caption/expand.py); None: off
     dedup: DedupThresholds = field(default_factory=DedupThresholds)
     rows_per_file: int = 1000
     row_group_size: int = 64
@@ -91,7 +93,9 @@ class BuildConfig:
                            timeout_s=self.split_timeout_s, fast_scenes=self.fast_scenes)
 
     def fingerprinted(self) -> dict:
-        d = _jsonable(asdict(self))
+        from caption.expand import public_dict  # no api_key ever reaches config.json or the state folder
+
+        d = _jsonable(public_dict(self))
         for k in ("input", "output", "filters", "resources", "address", "overwrite", "progress", "fast_scenes"):
             d.pop(k, None)
         d["tessera_version"] = VERSION
@@ -153,7 +157,20 @@ def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: 
         ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"name": name, "kwargs": kwargs},
                             batch_size=res.score_batch_size, batch_format="pyarrow",
                             concurrency=(1, n_score), num_cpus=res.score_cpus, num_gpus=gpus or None)
-    ds = ds.map_batches(StageWriter,                                                      # 4. stage shards
+    if cfg.caption is not None:                                                          # 4. captions (adds columns)
+        from dataclasses import replace
+
+        from caption.expand import ExpandConfig
+
+        cache = str(state.state / "caption_cache.sqlite")
+        vlm = cfg.caption if cfg.caption.cache_path else replace(cfg.caption, cache_path=cache)
+        expand = cfg.expand or ExpandConfig(backend="off")
+        expand = expand if expand.cache_path else replace(expand, cache_path=cache)
+        gpus = 1 if vlm.backend == "transformers" and ray.cluster_resources().get("GPU", 0) else None
+        ds = ds.map_batches(CaptionStage, fn_constructor_kwargs={"vlm": vlm, "expand": expand, "dataset_dir": None},
+                            batch_size=res.score_batch_size, batch_format="pyarrow", concurrency=1,
+                            num_cpus=res.score_cpus, num_gpus=gpus)
+    ds = ds.map_batches(StageWriter,                                                      # 5. stage shards
                         fn_constructor_kwargs={"root": str(state.root), "fingerprint": fp,
                                                "store_media": cfg.store_media},
                         batch_size=64, batch_format="pyarrow", concurrency=1, num_cpus=res.write_cpus)

@@ -53,6 +53,17 @@ def _add_build(sub) -> None:
     p.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture of --clip-checkpoint")
     p.add_argument("--aesthetic-head", default=None, help="safetensors aesthetic head on the CLIP embedding")
     p.add_argument("--no-ocr", action="store_true", help="skip the on-screen text scorer")
+    p.add_argument("--caption", choices=["source", "transformers", "openai"], default=None,
+                   help="caption clips inline (as `tessera caption` does): source sidecars, a local VLM dir "
+                        "(--caption-model) or an OpenAI-compatible server (--caption-base-url)")
+    p.add_argument("--caption-model", default=None, help="VLM model dir (transformers) or served model name")
+    p.add_argument("--caption-base-url", default=None, help="OpenAI-compatible VLM server (default: env)")
+    p.add_argument("--caption-api-key-env", default="OPENAI_API_KEY",
+                   help="name of the environment variable holding the server's key (never the key itself)")
+    p.add_argument("--expand", choices=["off", "openai", "transformers"], default="off",
+                   help="expand captions with an LLM inline (see `tessera caption --help`)")
+    p.add_argument("--expand-model", default=None, help="LLM model dir (transformers) or served model name")
+    p.add_argument("--expand-base-url", default=None, help="OpenAI-compatible LLM server (default: env)")
     p.add_argument("--filter", action="append", default=[], metavar="EXPR",
                    help='filter rule over score columns, e.g. "sharpness >= 40" (repeatable)')
     p.add_argument("--rows-per-file", type=int, default=1000, help="clips per published shard")
@@ -75,10 +86,23 @@ def build_config_from_args(a):
     scenes = SceneConfig() if a.detector is None else dataclasses.replace(SceneConfig(), detector=a.detector)
     clips = dataclasses.replace(ClipConfig(), min_s=a.min_clip_s, max_s=a.max_clip_s)
     inputs = a.input[0] if len(a.input) == 1 else list(a.input)
+    caption = expand = None
+    if a.caption:
+        from caption.expand import ExpandConfig, OpenAIEndpoint
+        from caption.sources import SourceConfig
+        from caption.vlm import VLMConfig
+
+        caption = VLMConfig(backend=a.caption, model=a.caption_model,
+                            source=SourceConfig(use="caption" if a.caption == "source" else "hint"),
+                            endpoint=OpenAIEndpoint(base_url=a.caption_base_url, api_key_env=a.caption_api_key_env,
+                                                    timeout_s=120.0))
+        expand = ExpandConfig(backend=a.expand, model=a.expand_model,
+                              endpoint=OpenAIEndpoint(base_url=a.expand_base_url))
     return BuildConfig(
         input=inputs, output=a.output, decode=decode, scenes=scenes, clips=clips,
         split_timeout_s=a.split_timeout, fast_scenes=a.fast_scenes, store_media=a.store_media, clip_checkpoint=a.clip_checkpoint,
-        clip_model_name=a.clip_model, aesthetic_head=a.aesthetic_head, ocr=not a.no_ocr,
+        clip_model_name=a.clip_model, aesthetic_head=a.aesthetic_head, ocr=not a.no_ocr, caption=caption,
+        expand=expand,
         filters=FilterSpec(expressions=tuple(a.filter)), rows_per_file=a.rows_per_file,
         row_group_size=a.row_group_size, address=a.address, overwrite=a.overwrite, progress=not a.quiet)
 

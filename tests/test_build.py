@@ -236,3 +236,30 @@ def test_resume_after_kill_equals_uninterrupted(ray_local, corpus, tmp_path, bui
     ids = table.column("clip_id").to_pylist()
     assert len(ids) == len(set(ids))
     assert sorted(ids) == sorted(ref_table.column("clip_id").to_pylist())
+
+
+def test_build_with_inline_captions(ray_local, corpus, tmp_path):
+    """`tessera build --caption source`: each clip gets the caption of the shot it shows (timed sidecar), the
+    caption columns are in the published clip table, and the run records how they were made."""
+    from caption.expand import OpenAIEndpoint
+    from caption.sources import SourceConfig
+    from caption.vlm import VLMConfig
+
+    secret = "sk-test-never-saved-0123456789"
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("".join(f"{p}\n" for p in corpus["good"]))
+    out = tmp_path / "captioned"
+    summary = _build(listing, out, caption=VLMConfig(backend="source", source=SourceConfig(use="caption"),
+                                                     endpoint=OpenAIEndpoint(api_key=secret)))
+    assert summary["inputs"]["accepted"] == 2
+    table, _ = _clip_table(out)
+    validate(table, CLIP_SCHEMA)
+    shots = {str(p): json.loads(p.with_suffix(".json").read_text())["shots"] for p in corpus["good"]}
+    for row in table.to_pylist():
+        assert row["caption_backend"] == "source" and row["caption_status"] == "ok"
+        best = max(shots[row["source_uri"]],
+                   key=lambda s: min(s["end"], row["end_frame"]) - max(s["start"], row["start_frame"]))
+        assert row["caption_short"] == best["caption"], row["clip_id"]
+    assert summary["time_per_stage_s"]["t_caption"] >= 0
+    for f in out.rglob("*.json"):  # config.json, summary.json, the manifest, the state's fingerprint
+        assert secret not in f.read_text(), f
