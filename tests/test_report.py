@@ -81,7 +81,9 @@ def dataset(tmp_path_factory) -> Path:
             row["clip_mp4"] = mp4.read_bytes()
     table = rows_to_table(rows, CLIP_SCHEMA)
     captions = [HOSTILE_CAPTION if k == 0 else ("a clip with several words " * (k + 1)).strip() for k in range(N_CLIPS)]
-    table = table.append_column("caption_short", pa.array(captions, pa.string()))  # as `tessera caption` adds it
+    # as `tessera caption` fills it (a column of the clip schema since 1.1)
+    table = table.set_column(table.schema.get_field_index("caption_short"), "caption_short",
+                             pa.array(captions, pa.string()))
     shards = []
     for i, part in enumerate((table.slice(0, 4), table.slice(4))):
         path = root / "clips" / f"part-{i:05d}.parquet"
