@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 # ----------------------------------------------------------------------------------------------- vocab
@@ -47,6 +46,15 @@ SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
 MOTIONS = ("left", "right", "up", "down", "rotate", "grow")
 BACKGROUNDS = ("noise", "gradient", "checker")
 TRANSITIONS = ("cut", "dissolve", "fade")
+
+EVAL_COLORS = ("red", "green", "blue", "yellow", "purple", "white")
+"""Colours of the text-faithfulness eval: the palette's most distinct hues (orange, pink and cyan sit close to
+red, yellow and blue once a model blurs them)."""
+EVAL_SHAPES = ("circle", "square", "triangle", "star")
+"""Shapes of the eval: told apart by silhouette at 64 px and up (a diamond is a rotated square, a hexagon a
+near-circle, at that size)."""
+EVAL_MOTIONS = ("left", "right", "up", "down")
+"""Motion directions of the eval."""
 
 _MOTION_PHRASE = {
     "left": "moves left",
@@ -258,13 +266,15 @@ class _ShotPainter:
         # Pixels per frame: crosses a good part of the frame over the shot, whatever its length.
         self.speed = float(rng.uniform(0.25, 0.45)) * w / max(shot.num_frames, 24)
         self.spin = float(rng.uniform(1.5, 4.0)) * math.pi / max(shot.num_frames, 24)
+        # Drawn for every shot (so the random stream does not depend on the motion), used only when rotating:
+        # a still square stays axis-aligned and a diamond stays a diamond, so shape names are visible.
         self.angle0 = float(rng.uniform(0, 2 * math.pi))
 
     def frame(self, t: float) -> np.ndarray:
         w, h = self.size
         motion = self.shot.motion
         center = self.start_xy.copy()
-        radius, angle = self.radius, self.angle0
+        radius, angle = self.radius, 0.0
         n = self.shot.num_frames
         tc = t - n / 2  # motions are centred on the middle of the shot so the shape stays in view
         step = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}.get(motion)
@@ -360,6 +370,8 @@ def render_video(
     plan, gt = _timeline(program)
     rng = np.random.default_rng(seed)
     painters = [_ShotPainter(s, program.size, rng) for s in program.shots]
+    import av  # here, not at the top: rendering frames alone needs no codec (the shot corpus encodes elsewhere)
+
     path = Path(path)
     with av.open(str(path), "w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=Fraction(fps))
@@ -388,9 +400,12 @@ def random_program(
     size: tuple[int, int] = (320, 180),
     transition_kinds: tuple[str, ...] = TRANSITIONS,
     transition_s: tuple[float, float] = (0.4, 1.0),
+    exclude: tuple[tuple[str, str], ...] = (),
 ) -> Program:
     """A random but seed-determined program; neighbouring shots differ in shape colour, background colour and
-    texture, so every boundary is visible and every clean frame can be attributed to its shot by colour."""
+    texture, so every boundary is visible and every clean frame can be attributed to its shot by colour.
+    No shot shows a (colour, shape) pair of ``exclude`` (the eval's held-out pairs); an empty ``exclude``
+    draws exactly the program it always did."""
     rng = np.random.default_rng(seed)
     names = list(COLORS)
     count = int(rng.integers(n_shots[0], n_shots[1] + 1))
@@ -406,9 +421,12 @@ def random_program(
                 and background != prev.background
             ):
                 break
+        shape = str(rng.choice(SHAPES))
+        if (color, shape) in exclude:
+            shape = str(rng.choice([s for s in SHAPES if (color, s) not in exclude]))
         shots.append(
             Shot(
-                shape=str(rng.choice(SHAPES)),
+                shape=shape,
                 color=color,
                 motion=str(rng.choice(MOTIONS)),
                 background=background,
@@ -438,17 +456,95 @@ def render_program(path: str | Path, program: Program, write_sidecar: bool = Tru
 
 
 def render_samples(
-    out_dir: str | Path, n_videos: int = 4, seed: int = 0, size: tuple[int, int] = (320, 180), fps: int = 24
+    out_dir: str | Path, n_videos: int = 4, seed: int = 0, size: tuple[int, int] = (320, 180), fps: int = 24,
+    exclude: tuple[tuple[str, str], ...] = (),
 ) -> list[Path]:
     """Write a small corpus: ``sample_NNN.mp4`` + ``.json`` (ground truth) + ``.txt`` (one caption per shot,
-    one per line). Returns the video paths. Video ``i`` uses seed ``seed * 1000 + i``."""
+    one per line). Returns the video paths. Video ``i`` uses seed ``seed * 1000 + i``; no shot shows a
+    (colour, shape) pair of ``exclude``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n_videos):
-        program = random_program(seed * 1000 + i, fps=fps, size=size)
+        program = random_program(seed * 1000 + i, fps=fps, size=size, exclude=tuple(exclude))
         path = out_dir / f"sample_{i:03d}.mp4"
         gt = render_program(path, program)
         path.with_suffix(".txt").write_text("\n".join(s["caption"] for s in gt.shots) + "\n")
         paths.append(path)
     return paths
+
+
+# ------------------------------------------------------------------------------ text-faithfulness corpus
+
+
+@dataclass(frozen=True)
+class ComboSplit:
+    """Which (colour, shape) pairs training may show. ``heldout`` pairs never appear in a training clip, in any
+    motion; the eval asks for them to measure composition rather than memory."""
+
+    colors: tuple[str, ...] = EVAL_COLORS
+    shapes: tuple[str, ...] = EVAL_SHAPES
+    motions: tuple[str, ...] = EVAL_MOTIONS
+    heldout: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def default(cls, seed: int = 0, colors: tuple[str, ...] = EVAL_COLORS, shapes: tuple[str, ...] = EVAL_SHAPES,
+                motions: tuple[str, ...] = EVAL_MOTIONS) -> ComboSplit:
+        """One held-out colour per shape, each colour held out at most once (so every colour and every shape is
+        still seen with the others): ``len(shapes)`` pairs of ``len(colors) * len(shapes)``."""
+        if len(colors) < len(shapes):
+            raise ValueError("need at least as many colours as shapes")
+        rng = np.random.default_rng([seed, 17])
+        picked = rng.permutation(len(colors))[: len(shapes)]
+        return cls(colors, shapes, motions, tuple((colors[int(c)], s) for c, s in zip(picked, shapes)))
+
+    def is_heldout(self, color: str, shape: str) -> bool:
+        return (color, shape) in set(self.heldout)
+
+    def triples(self, heldout: bool) -> list[tuple[str, str, str]]:
+        """Every (colour, shape, motion) of the seen (``heldout=False``) or held-out pairs."""
+        return [(c, s, m) for c in self.colors for s in self.shapes for m in self.motions
+                if self.is_heldout(c, s) == heldout]
+
+    def to_dict(self) -> dict:
+        return {"colors": list(self.colors), "shapes": list(self.shapes), "motions": list(self.motions),
+                "heldout": [list(p) for p in self.heldout]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ComboSplit:
+        return cls(tuple(d["colors"]), tuple(d["shapes"]), tuple(d["motions"]),
+                   tuple(tuple(p) for p in d["heldout"]))
+
+
+def random_shot(rng: np.random.Generator, triple: tuple[str, str, str], num_frames: int) -> Shot:
+    """A shot of a (colour, shape, motion) triple over a random texture whose colour differs from the shape's."""
+    color, shape, motion = triple
+    bg_color = str(rng.choice([c for c in COLORS if c != color]))
+    return Shot(shape, color, motion, str(rng.choice(BACKGROUNDS)), bg_color, num_frames)
+
+
+def render_clip(shot: Shot, size: tuple[int, int] = (128, 128), seed: int = 0) -> np.ndarray:
+    """The ``shot.num_frames`` clean frames of one shot as uint8 (T, H, W, 3): a training clip without a cut."""
+    painter = _ShotPainter(shot, size, np.random.default_rng(seed))
+    return np.stack([painter.frame(t) for t in range(shot.num_frames)])
+
+
+def eval_prompts(split: ComboSplit, per_triple: int = 1, seed: int = 0) -> list[dict]:
+    """Prompts of the eval: for every seen and held-out triple, ``per_triple`` shots (random textures) with
+    their caption, attributes, a ``heldout`` flag and a seed (generation noise, and the render of the same shot
+    that validates the detector). Deterministic from ``seed``."""
+    rng = np.random.default_rng([seed, 29])
+    out = []
+    for heldout in (False, True):
+        for triple in split.triples(heldout):
+            for _ in range(per_triple):
+                shot = random_shot(rng, triple, 17)
+                out.append({"prompt": shot.caption, "color": shot.color, "shape": shot.shape,
+                            "motion": shot.motion, "background": shot.background, "bg_color": shot.bg_color,
+                            "heldout": heldout, "seed": int(rng.integers(1 << 30))})
+    return out
+
+
+def prompt_shot(p: dict, num_frames: int = 17) -> Shot:
+    """The shot an ``eval_prompts`` entry describes (its ground-truth render is ``render_clip(shot, seed=p["seed"])``)."""
+    return Shot(p["shape"], p["color"], p["motion"], p["background"], p["bg_color"], num_frames)

@@ -1,8 +1,13 @@
 """``tessera demo``: the whole system on a small corpus, on this machine.
 
-Today: render the synthetic sample corpus (or take ``--videos DIR``), build a curated dataset from it,
-caption it (the sources' own captions when no VLM is configured, a local VLM with ``--vlm DIR``) and write the
-report. VAE and DiT training and generation join this command as they land.
+1. render the synthetic sample corpus (square shots of shapes, cuts, dissolves and fades; the eval's held-out
+   colour-shape pairs never appear), or take ``--videos DIR``;
+2. build a curated dataset from it (Ray, scenes, clips, scores, dedup, filter);
+3. caption it (the sources' own captions when no VLM is configured, a local VLM with ``--vlm DIR``);
+4. write the dataset report;
+5. train a VAE and a DiT briefly on the captioned clips, generate videos for held-out prompts, measure text
+   faithfulness (``tessera eval-text``) and write the training report (``pipelines/loop.py``; ``--no-train``
+   stops after step 4).
 """
 
 from __future__ import annotations
@@ -16,9 +21,12 @@ from pathlib import Path
 class DemoConfig:
     out: str = "runs/demo"
     videos: str | None = None  # a folder of the user's own footage instead of the synthetic samples
-    samples: int = 6
+    samples: int = 12
     seed: int = 0
     vlm: str | None = None  # a local image-text-to-text model dir; None -> captions from the source sidecars
+    train: bool = True  # steps 5+: VAE, DiT, generation, eval-text, training report
+    profile: str = "cpu"  # pipelines.loop.PROFILES
+    size: int = 160  # side of the square synthetic videos
 
 
 def main(cfg: DemoConfig) -> int:
@@ -31,10 +39,13 @@ def main(cfg: DemoConfig) -> int:
         videos = cfg.videos
     else:
         videos = out / "samples"
-        print(f"[demo] 1/4 rendering {cfg.samples} synthetic videos -> {videos}", flush=True)
-        render_samples(videos, n_videos=cfg.samples, seed=cfg.seed)
+        from curate.synth import ComboSplit
+
+        print(f"[demo] 1/5 rendering {cfg.samples} synthetic videos -> {videos}", flush=True)
+        render_samples(videos, n_videos=cfg.samples, seed=cfg.seed, size=(cfg.size, cfg.size),
+                       exclude=ComboSplit.default(cfg.seed).heldout)
     dataset = out / "dataset"
-    print(f"[demo] 2/4 building the curated dataset -> {dataset}", flush=True)
+    print(f"[demo] 2/5 building the curated dataset -> {dataset}", flush=True)
     summary = build(BuildConfig(input=str(videos), output=str(dataset)))
 
     from caption.expand import ExpandConfig
@@ -50,11 +61,21 @@ def main(cfg: DemoConfig) -> int:
     else:
         vlm = VLMConfig(backend="source", source=SourceConfig(use="caption"))
         how = "no VLM configured: the sources' own captions (status says backend=source)"
-    print(f"[demo] 3/4 captioning -> {captioned}  ({how})", flush=True)
+    print(f"[demo] 3/5 captioning -> {captioned}  ({how})", flush=True)
     caption(CaptionPipelineConfig(input=str(dataset), output=str(captioned), vlm=vlm,
                                   expand=ExpandConfig(backend="off")))
-    print(f"[demo] 4/4 writing the dataset report -> {captioned}/report/index.html", flush=True)
+    print(f"[demo] 4/5 writing the dataset report -> {captioned}/report/index.html", flush=True)
     rep = report(ReportConfig(dataset=str(captioned)))
+    loop = None
+    if cfg.train:
+        import dataclasses
+
+        from pipelines.loop import PROFILES, run
+
+        print(f"[demo] 5/5 training the VAE and the DiT ({cfg.profile} profile), generating for held-out prompts, "
+              f"eval-text -> {out / 'train'}", flush=True)
+        loop = run(dataclasses.replace(PROFILES[cfg.profile], dataset=str(captioned), out=str(out / "train"),
+                                       split_seed=cfg.seed, seed=cfg.seed))
     print("\n[demo] done. Where everything is:")
     print(f"  videos         {videos}")
     print(f"  clip shards    {dataset}/clips/  ({summary['clips']['published']} clips)")
@@ -64,6 +85,17 @@ def main(cfg: DemoConfig) -> int:
     print(f"  summary        {dataset}/summary.json")
     print(f"  report         {rep['index']}  (open it in a browser)")
     print(f"  manifest       {dataset}/_manifest.json")
-    (out / "demo.json").write_text(json.dumps({"videos": str(videos), "dataset": str(dataset),
-                                                       "captioned": str(captioned), "report": rep["index"]}, indent=2))
+    where = {"videos": str(videos), "dataset": str(dataset), "captioned": str(captioned), "report": rep["index"]}
+    if loop is not None:
+        held = loop["accuracy"].get("heldout", {})
+        seen = loop["accuracy"].get("seen", {})
+        print(f"  VAE run        {out}/train/vae/  (checkpoints, tb/, previews/)")
+        print(f"  DiT run        {out}/train/dit/  (checkpoints, tb/, samples/)")
+        print(f"  pipeline       {loop['pipeline']}  (tessera generate --pipeline ... \"a red star moves left\")")
+        print(f"  generations    {out}/train/eval-text/  (results.md, sheet.png)")
+        print(f"  train report   {loop['report']}")
+        print(f"  eval-text      attribute accuracy: seen {seen.get('attribute', float('nan')):.2f}, "
+              f"held-out {held.get('attribute', float('nan')):.2f} (chance ~0.2; a CPU demo trains for minutes)")
+        where.update({"pipeline": loop["pipeline"], "train_report": loop["report"]})
+    (out / "demo.json").write_text(json.dumps(where, indent=2))
     return 0 if summary["inputs"]["adds_up"] else 1

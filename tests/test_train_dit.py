@@ -177,6 +177,19 @@ def test_trains_on_the_fly_from_clip_shards(tmp_path):
         want = vae.encode(clip_pixels(row["clip_mp4"], src.rows["c00"]["bucket"])[None]).mode()[0]
     torch.testing.assert_close(z, want)
     assert z.shape == rec.latent_shape and set(text) == {"short", "dense"} and text["short"].shape[1] == TEXT_DIM
+    # the batched preload (one shard read, one VAE call per bucket batch) gives what one-at-a-time loading gives
+    batched = ClipSource(cfg, torch.device("cpu"))
+    batched.preload(batch=3, progress=False)
+    assert set(batched.memory) == {r.clip_id for r in src.records}
+    for r in src.records:
+        z1, t1 = src.load(r)
+        z2, t2 = batched.memory[r.clip_id]
+        torch.testing.assert_close(z2, z1, atol=1e-5, rtol=1e-4)
+        assert set(t1) == set(t2) and all(torch.allclose(t1[k], t2[k], atol=1e-4) for k in t1)
+    stats = batched.latent_stats()
+    every = torch.cat([batched.memory[r.clip_id][0].flatten() for r in src.records]).double()
+    assert stats["latent_std"] == pytest.approx(float(every.std()), rel=1e-3)
+    assert stats["latent_mean"] == pytest.approx(float(every.mean()), abs=1e-6)
 
 
 def test_parse_args_reads_tuples_and_bools():

@@ -32,13 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset, get_worker_info
+
+try:
+    import av
+except ImportError:  # a machine without PyAV (the lent GPU image): OpenCV's FFmpeg backend decodes and encodes
+    av = None
 
 
 @dataclass(frozen=True)
@@ -122,20 +126,71 @@ def decode_frames(data: bytes | str | Path, start: int, count: int, stride: int)
     wanted = set(range(start, start + stride * count, stride))
     last = start + stride * (count - 1)
     out: list[np.ndarray] = []
-    src = io.BytesIO(data) if isinstance(data, bytes) else str(data)
-    with av.open(src) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for i, frame in enumerate(container.decode(stream)):
-            if i in wanted:
-                out.append(frame.to_ndarray(format="rgb24"))
-            if i >= last:
-                break
+    if av is None:
+        out = _decode_cv2(data, wanted, last)
+    else:
+        src = io.BytesIO(data) if isinstance(data, bytes) else str(data)
+        with av.open(src) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted:
+                    out.append(frame.to_ndarray(format="rgb24"))
+                if i >= last:
+                    break
     if not out:
         raise ValueError("clip decoded to no frames")
     while len(out) < count:
         out.append(out[-1])
     return np.stack(out)
+
+
+def _decode_cv2(data: bytes | str | Path, wanted: set[int], last: int) -> list[np.ndarray]:
+    """``decode_frames`` without PyAV: OpenCV reads a file, so bytes go through a temporary one."""
+    import os
+    import tempfile
+
+    import cv2
+
+    tmp = None
+    if isinstance(data, bytes):
+        fd, tmp = tempfile.mkstemp(suffix=".mp4")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    try:
+        cap, out = cv2.VideoCapture(tmp or str(data)), []
+        for i in range(last + 1):
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if i in wanted:
+                out.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        cap.release()
+        return out
+    finally:
+        if tmp:
+            os.unlink(tmp)
+
+
+def _encode_cv2(frames: np.ndarray, fps: int) -> bytes:
+    """``encode_mp4`` without PyAV: MPEG-4 part 2 at OpenCV's highest quality (its builds carry no H.264 encoder)."""
+    import os
+    import tempfile
+
+    import cv2
+
+    fd, tmp = tempfile.mkstemp(suffix=".mp4")
+    os.close(fd)
+    try:
+        h, w = frames.shape[1:3]
+        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
+        writer.set(cv2.VIDEOWRITER_PROP_QUALITY, 100)
+        for f in frames:
+            writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+        writer.release()
+        return Path(tmp).read_bytes()
+    finally:
+        os.unlink(tmp)
 
 
 def resize_crop(frames: np.ndarray, size: tuple[int, int], scale: float, fy: float, fx: float) -> torch.Tensor:
@@ -270,7 +325,9 @@ def synthetic_frames(seed: int, frames: int, height: int, width: int) -> np.ndar
 
 
 def encode_mp4(frames: np.ndarray, fps: int = 24) -> bytes:
-    """H.264 MP4 bytes of uint8 (T, H, W, 3) frames (H, W even)."""
+    """H.264 MP4 bytes of uint8 (T, H, W, 3) frames (H, W even); MPEG-4 part 2 where PyAV is missing."""
+    if av is None:
+        return _encode_cv2(frames, fps)
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)

@@ -66,7 +66,7 @@ class TrainDiTConfig:
     token_budget: int = 65536  # DiT tokens per batch per GPU
     max_batch: int = 64
     latent_scale: float = 0.0  # the DiT sees (latent - latent_shift) * latent_scale; 0: from the cache's
-    latent_shift: float = 0.0  # statistics (scale 1/std, shift mean), or 1 and 0 without them
+    latent_shift: float = 0.0  # statistics (scale 1/std, shift mean), or from 64 clips encoded on the fly
     # model and objective
     preset: str = "B"
     patch: tuple[int, int, int] = (1, 2, 2)
@@ -146,20 +146,69 @@ class ClipSource:
                                                  tuple(k for k in CAPTION_KINDS if caps[k])))
 
     @torch.no_grad()
+    def preload(self, batch: int = 16, progress: bool = True) -> None:
+        """Encode every clip once, shard by shard (each shard's media read once), ``batch`` clips of one bucket
+        per VAE call and ``batch`` captions per text-encoder call; results stay in memory."""
+        from tqdm import tqdm
+
+        device = next(self.vae.parameters()).device
+        todo = [r for r in self.records if r.clip_id not in self.memory]
+        bar = tqdm(total=len(todo), desc="encode clips (on the fly)", unit="clip", disable=not progress)
+        by_file: dict[str, list[LatentRecord]] = {}
+        for r in todo:
+            by_file.setdefault(r.file, []).append(r)
+        for file, recs in by_file.items():
+            f = pq.ParquetFile(file)
+            t = f.read(columns=[c for c in ("clip_mp4", "clip_path") if c in f.schema_arrow.names])
+            media = t.column("clip_mp4").to_pylist() if "clip_mp4" in t.column_names else [None] * t.num_rows
+            paths = t.column("clip_path").to_pylist() if "clip_path" in t.column_names else [None] * t.num_rows
+            groups: dict[tuple, list[LatentRecord]] = {}
+            for r in recs:
+                groups.setdefault(tuple(r.latent_shape), []).append(r)
+            for group in groups.values():
+                for k in range(0, len(group), batch):
+                    part = group[k: k + batch]
+                    x = torch.stack([clip_pixels(media[r.row] if media[r.row] is not None else self.root / paths[r.row],
+                                                 self.rows[r.clip_id]["bucket"]) for r in part]).to(device)
+                    z = self.vae.encode(x).mode().float().cpu()  # (b, C, T', H', W')
+                    texts = self._encode_texts(part)
+                    for r, zi, ti in zip(part, z, texts):
+                        self.memory[r.clip_id] = (zi.clone(), ti)
+                    bar.update(len(part))
+        bar.close()
+
+    def _encode_texts(self, recs: list[LatentRecord]) -> list[dict[str, torch.Tensor]]:
+        """``{kind: (L, D) unpadded tokens}`` per record, one text-encoder call for all captions of ``recs``."""
+        wanted = [(i, k, self.rows[r.clip_id]["captions"][k]) for i, r in enumerate(recs) for k in r.captions]
+        out: list[dict[str, torch.Tensor]] = [{} for _ in recs]
+        if wanted:
+            e = self.text([c for _, _, c in wanted])
+            for j, (i, k, _) in enumerate(wanted):
+                out[i][k] = e.tokens[j][e.mask[j]].cpu()
+        return out
+
+    def latent_stats(self) -> dict[str, float]:
+        """``{"latent_mean", "latent_std"}`` over every clip (encoding them all first), so on-the-fly training
+        normalises latents as a latent cache would."""
+        self.preload()
+        n = sum(z.numel() for z, _ in self.memory.values())
+        total = sum(float(z.double().sum()) for z, _ in self.memory.values())
+        squares = sum(float((z.double() ** 2).sum()) for z, _ in self.memory.values())
+        mean = total / n
+        return {"latent_mean": mean, "latent_std": float(np.sqrt(max(squares / n - mean * mean, 0.0)))}
+
+    @torch.no_grad()
     def load(self, rec: LatentRecord) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if rec.clip_id not in self.memory:
-            row = self.rows[rec.clip_id]
-            t = pq.ParquetFile(rec.file).read(columns=[c for c in ("clip_mp4", "clip_path")
-                                                       if c in pq.ParquetFile(rec.file).schema_arrow.names])
-            data = t.column("clip_mp4")[rec.row].as_py() if "clip_mp4" in t.column_names else None
-            data = data if data is not None else self.root / t.column("clip_path")[rec.row].as_py()
-            x = clip_pixels(data, row["bucket"])[None].to(next(self.vae.parameters()).device)
+            f = pq.ParquetFile(rec.file)
+            t = f.read_row_group(rec.row // f.metadata.row_group(0).num_rows,
+                                 columns=[c for c in ("clip_mp4", "clip_path") if c in f.schema_arrow.names])
+            j = rec.row % f.metadata.row_group(0).num_rows
+            data = t.column("clip_mp4")[j].as_py() if "clip_mp4" in t.column_names else None
+            data = data if data is not None else self.root / t.column("clip_path")[j].as_py()
+            x = clip_pixels(data, self.rows[rec.clip_id]["bucket"])[None].to(next(self.vae.parameters()).device)
             z = self.vae.encode(x).mode()[0].float().cpu()  # (C, T', H', W')
-            text = {}
-            for k in rec.captions:
-                e = self.text([row["captions"][k]])
-                text[k] = e.tokens[0][e.mask[0]]
-            self.memory[rec.clip_id] = (z, text)
+            self.memory[rec.clip_id] = (z, self._encode_texts([rec])[0])
         return self.memory[rec.clip_id]
 
 
@@ -372,8 +421,9 @@ def main(cfg: TrainDiTConfig) -> dict:
         source, manifest = LatentReader(), json.loads((Path(cfg.latents) / "_manifest.json").read_text())
         records, text_dim = scan_latents(cfg.latents), int(manifest["text_dim"] or 384)
     elif cfg.data_root and cfg.vae:
-        source, manifest = ClipSource(cfg, device), None
+        source = ClipSource(cfg, device)
         records, text_dim = source.records, source.text.dim
+        manifest = source.latent_stats() if records and not cfg.latent_scale else None
     else:
         raise ValueError("give --latents (a latent cache) or --data_root with --vae (encode on the fly)")
     if not records:

