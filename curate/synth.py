@@ -529,15 +529,16 @@ def render_clip(shot: Shot, size: tuple[int, int] = (128, 128), seed: int = 0) -
     return np.stack([painter.frame(t) for t in range(shot.num_frames)])
 
 
-def eval_prompts(split: ComboSplit, per_triple: int = 1, seed: int = 0) -> list[dict]:
+def eval_prompts(split: ComboSplit, per_triple: int = 1, seed: int = 0, heldout_repeat: int = 1) -> list[dict]:
     """Prompts of the eval: for every seen and held-out triple, ``per_triple`` shots (random textures) with
     their caption, attributes, a ``heldout`` flag and a seed (generation noise, and the render of the same shot
-    that validates the detector). Deterministic from ``seed``."""
+    that validates the detector); held-out triples get ``heldout_repeat`` times as many. Deterministic from
+    ``seed``; the seen prompts do not depend on ``heldout_repeat``."""
     rng = np.random.default_rng([seed, 29])
     out = []
     for heldout in (False, True):
         for triple in split.triples(heldout):
-            for _ in range(per_triple):
+            for _ in range(per_triple * (heldout_repeat if heldout else 1)):
                 shot = random_shot(rng, triple, 17)
                 out.append({"prompt": shot.caption, "color": shot.color, "shape": shot.shape,
                             "motion": shot.motion, "background": shot.background, "bg_color": shot.bg_color,

@@ -1,7 +1,8 @@
 """Exponential moving average of a model's weights.
 
 ``EMA(model, decay)`` keeps a frozen copy (``ema.module``) whose parameters follow
-``p_ema <- decay * p_ema + (1 - decay) * p`` after each ``update(model)``; buffers are copied. The copy is an
+``p_ema <- d * p_ema + (1 - d) * p`` after each ``update(model, step)``, with ``d = min(decay, (1+step)/(10+step))``
+(the usual warm-up; ``step=None`` keeps ``d = decay``); buffers are copied. The copy is an
 ordinary ``nn.Module``, so it checkpoints like any other module and can be used for evaluation directly.
 """
 
@@ -20,12 +21,19 @@ class EMA:
         self.decay = decay
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
 
+    def decay_at(self, step: int | None) -> float:
+        """The decay of update number ``step`` (0-based): ``min(decay, (1 + step) / (10 + step))``, so a short run's
+        average is not mostly its initial weights (at 0.999 it would be for the first ~1000 steps). ``None``: the
+        plain ``decay``. A function of the step only, so a resumed run averages exactly as an uninterrupted one."""
+        return self.decay if step is None else min(self.decay, (1.0 + step) / (10.0 + step))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Move the average towards ``model`` (unwrap DDP before calling)."""
+    def update(self, model: nn.Module, step: int | None = None) -> None:
+        """Move the average towards ``model`` (unwrap DDP before calling); ``step`` warms the decay up."""
+        decay = self.decay_at(step)
         ema_params = dict(self.module.named_parameters())
         for name, p in model.named_parameters():
-            ema_params[name].lerp_(p.detach().to(ema_params[name].dtype), 1.0 - self.decay)
+            ema_params[name].lerp_(p.detach().to(ema_params[name].dtype), 1.0 - decay)
         ema_buffers = dict(self.module.named_buffers())
         for name, b in model.named_buffers():
             ema_buffers[name].copy_(b)

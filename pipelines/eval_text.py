@@ -45,6 +45,7 @@ class EvalTextConfig:
     split: str = ""  # ComboSplit JSON; "" = the pipeline's recorded split, else ComboSplit.default(split_seed)
     split_seed: int = 0
     per_triple: int = 1  # prompts per (colour, shape, motion) triple
+    heldout_repeat: int = 1  # times as many prompts per held-out triple (they are 5x fewer than the seen ones)
     prompt_seed: int = 0
     frames: int = 17
     size: int = 0  # square side in pixels; 0 = the training size recorded in the pipeline (else 64)
@@ -120,7 +121,7 @@ def main(cfg: EvalTextConfig) -> dict:
     split = resolve_split(cfg, meta)
     size = cfg.size or int((meta.get("extra") or {}).get("train_size") or 64)
     det_cfg = DetectConfig(colors=split.colors, shapes=split.shapes, motions=split.motions)
-    prompts = synth.eval_prompts(split, cfg.per_triple, cfg.prompt_seed)
+    prompts = synth.eval_prompts(split, cfg.per_triple, cfg.prompt_seed, cfg.heldout_repeat)
     if cfg.limit:
         prompts = [p for p in prompts if not p["heldout"]][: cfg.limit] + [p for p in prompts if p["heldout"]][: cfg.limit]
     out = Path(cfg.out) if cfg.out else Path(cfg.pipeline).parent / "eval-text"
@@ -184,6 +185,8 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="", help="ComboSplit JSON (default: the one recorded in the pipeline)")
     p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the default split")
     p.add_argument("--per-triple", type=int, default=d.per_triple, help="prompts per colour/shape/motion triple")
+    p.add_argument("--heldout-repeat", type=int, default=d.heldout_repeat,
+                   help="times as many prompts per held-out triple")
     p.add_argument("--prompt-seed", type=int, default=d.prompt_seed, help="backgrounds and noise seeds")
     p.add_argument("--frames", type=int, default=d.frames)
     p.add_argument("--size", type=int, default=d.size, help="square side (0: the training size)")
@@ -193,7 +196,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=0, help="first N prompts per group only (quick look)")
     a = p.parse_args(argv)
     cfg = EvalTextConfig(pipeline=a.pipeline, out=a.out, split=a.split, split_seed=a.split_seed,
-                         per_triple=a.per_triple, prompt_seed=a.prompt_seed, frames=a.frames, size=a.size,
+                         per_triple=a.per_triple, heldout_repeat=a.heldout_repeat, prompt_seed=a.prompt_seed, frames=a.frames, size=a.size,
                          steps=a.steps, cfg=a.cfg, device=a.device, limit=a.limit)
     try:
         main(cfg)

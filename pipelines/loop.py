@@ -44,11 +44,13 @@ class LoopConfig:
     vae_batch: int = 4
     vae_lr: float = 5e-4
     vae_ema: float = 0.99
+    vae_time_s: float = 0.0  # stop VAE training after this many seconds (0: run vae_steps)
     # DiT
     dit_preset: str = "tiny"
     dit_steps: int = 300
     dit_lr: float = 5e-4
     dit_ema: float = 0.99
+    dit_time_s: float = 0.0  # stop DiT training after this many seconds of steps (0: run dit_steps)
     token_budget: int = 4096
     max_batch: int = 32
     compile: bool = False
@@ -56,6 +58,7 @@ class LoopConfig:
     eval_steps: int = 20
     eval_cfg: float = 5.0
     eval_per_triple: int = 1
+    eval_heldout_repeat: int = 1  # extra prompts per held-out triple (there are 5x fewer of them)
     eval_limit: int = 0  # first N prompts per group (0: all 96)
     # systems
     text_path: str = ""  # text encoder folder ("" = the packaged MiniLM)
@@ -68,9 +71,10 @@ PROFILES: dict[str, LoopConfig] = {
     # minutes on a 2-core CPU: the loop runs end to end; the model learns colours first, shapes barely
     "cpu": LoopConfig(),
     # one H100/H200, ~10 minutes in all with a 4096-clip shot corpus
-    "gpu": LoopConfig(size=128, vae_preset="small", vae_steps=700, vae_batch=16, vae_lr=4e-4, vae_ema=0.995,
-                      dit_preset="S", dit_steps=2400, dit_lr=4e-4, dit_ema=0.998, token_budget=98304,
-                      max_batch=256, compile=False, eval_steps=30, eval_per_triple=2, num_workers=8),
+    "gpu": LoopConfig(size=128, vae_preset="small", vae_steps=20000, vae_batch=8, vae_lr=8e-4, vae_ema=0.999,
+                      vae_time_s=185, dit_preset="S", dit_steps=100000, dit_lr=4e-4, dit_ema=0.999, dit_time_s=235,
+                      token_budget=98304, max_batch=256, eval_steps=20, eval_per_triple=1, eval_heldout_repeat=2,
+                      num_workers=8),
 }
 
 
@@ -240,9 +244,10 @@ def run(cfg: LoopConfig) -> dict:
     vae = train_vae(TrainVAEConfig(
         data_root=cfg.dataset, run_dir=str(out / "vae"), preset=cfg.vae_preset, resolutions=((cfg.size, cfg.size),),
         num_frames=(cfg.frames,), image_prob=0.1, batch_size=cfg.vae_batch, num_workers=cfg.num_workers,
-        holdout_pct=0.0, steps=cfg.vae_steps, lr=cfg.vae_lr, warmup_steps=max(1, cfg.vae_steps // 20),
-        ema_decay=cfg.vae_ema, seed=cfg.seed, device=cfg.device, log_every=max(1, cfg.vae_steps // 50),
+        holdout_pct=0.0, steps=cfg.vae_steps, lr=cfg.vae_lr, warmup_steps=min(200, max(1, cfg.vae_steps // 20)),
+        ema_decay=cfg.vae_ema, time_budget_s=cfg.vae_time_s, seed=cfg.seed, device=cfg.device, log_every=10 if cfg.vae_time_s else max(1, cfg.vae_steps // 50),
         preview_every=cfg.vae_steps, ckpt_every=cfg.vae_steps, keep_last=1, resume=False))
+
     times["vae_s"] = round(time.time() - t, 1)
 
     t = time.time()  # 2. DiT ---------------------------------------------------------------------------
@@ -252,8 +257,9 @@ def run(cfg: LoopConfig) -> dict:
         data_root=cfg.dataset, vae=str(out / "vae" / "checkpoints"), run_dir=str(out / "dit"), text_path=cfg.text_path,
         caption_mix=(("short", 1.0),), bucket_areas=(cfg.size * cfg.size,), bucket_frames=(cfg.frames,),
         token_budget=cfg.token_budget, max_batch=cfg.max_batch, preset=cfg.dit_preset, steps=cfg.dit_steps,
-        lr=cfg.dit_lr, warmup_steps=max(1, cfg.dit_steps // 20), ema_decay=cfg.dit_ema, compile=cfg.compile,
-        seed=cfg.seed, device=cfg.device, log_every=max(1, cfg.dit_steps // 100), ckpt_every=cfg.dit_steps,
+        lr=cfg.dit_lr, warmup_steps=min(500, max(1, cfg.dit_steps // 20)), ema_decay=cfg.dit_ema,
+        time_budget_s=cfg.dit_time_s, compile=cfg.compile,
+        seed=cfg.seed, device=cfg.device, log_every=10 if cfg.dit_time_s else max(1, cfg.dit_steps // 100), ckpt_every=cfg.dit_steps,
         keep_last=1, resume=False, sample_every=cfg.dit_steps, sample_prompts=tuple(held), sample_seeds=(0,),
         sample_frames=cfg.frames, sample_size=(cfg.size, cfg.size), sample_steps=cfg.eval_steps,
         sample_cfg=cfg.eval_cfg))
@@ -264,6 +270,7 @@ def run(cfg: LoopConfig) -> dict:
     t = time.time()  # 3. eval-text ---------------------------------------------------------------------
     print(f"[loop] 3/4 eval-text on {pipeline}", flush=True)
     ev = eval_text(EvalTextConfig(pipeline=str(pipeline), out=str(out / "eval-text"), per_triple=cfg.eval_per_triple,
+                                  heldout_repeat=cfg.eval_heldout_repeat,
                                   prompt_seed=cfg.seed, frames=cfg.frames, size=cfg.size, steps=cfg.eval_steps,
                                   cfg=cfg.eval_cfg, device=cfg.device, limit=cfg.eval_limit))
     times["eval_s"] = round(time.time() - t, 1)

@@ -70,6 +70,21 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return out / world_size()
 
 
+def out_of_time(budget_s: float, start: float) -> bool:
+    """True once ``budget_s`` seconds (> 0) have passed since ``start`` on any rank (every rank gets the same
+    answer, so all of them stop at the same step). Collective when distributed and ``budget_s > 0``."""
+    if budget_s <= 0:
+        return False
+    import time
+
+    flag = torch.tensor([float(time.time() - start > budget_s)])
+    if is_dist():
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def cleanup() -> None:
     if is_dist():
         dist.destroy_process_group()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ from pipelines.cache_latents import (
     CAPTION_KINDS, LatentReader, LatentRecord, bucket_for, clip_pixels, row_captions, scan_latents,
 )
 from train.config_cli import parse_config
-from train.dist import all_reduce_mean, barrier, cleanup, init_distributed
+from train.dist import all_reduce_mean, barrier, cleanup, init_distributed, out_of_time
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ class TrainDiTConfig:
     ckpt_every: int = 1000
     keep_last: int = 3
     resume: bool = True
+    time_budget_s: float = 0.0  # stop (checkpoint, samples, export as at the last step) once training ran this
+    # long; 0 = run all ``steps``. A budgeted run ends where the clock says, so it is not step-for-step repeatable
     sample_every: int = 1000  # and at the last step; 0: never (samples need --vae)
     sample_prompts: tuple[str, ...] = ("a red fox runs through fresh snow", "waves crash on black volcanic rocks")
     sample_seeds: tuple[int, ...] = (0,)
@@ -154,6 +157,9 @@ class ClipSource:
         device = next(self.vae.parameters()).device
         todo = [r for r in self.records if r.clip_id not in self.memory]
         bar = tqdm(total=len(todo), desc="encode clips (on the fly)", unit="clip", disable=not progress)
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
         by_file: dict[str, list[LatentRecord]] = {}
         for r in todo:
             by_file.setdefault(r.file, []).append(r)
@@ -165,16 +171,20 @@ class ClipSource:
             groups: dict[tuple, list[LatentRecord]] = {}
             for r in recs:
                 groups.setdefault(tuple(r.latent_shape), []).append(r)
+            def pixels(r: LatentRecord) -> torch.Tensor:
+                return clip_pixels(media[r.row] if media[r.row] is not None else self.root / paths[r.row],
+                                   self.rows[r.clip_id]["bucket"])
+
             for group in groups.values():
                 for k in range(0, len(group), batch):
                     part = group[k: k + batch]
-                    x = torch.stack([clip_pixels(media[r.row] if media[r.row] is not None else self.root / paths[r.row],
-                                                 self.rows[r.clip_id]["bucket"]) for r in part]).to(device)
+                    x = torch.stack(list(pool.map(pixels, part))).to(device)  # decoders release the GIL
                     z = self.vae.encode(x).mode().float().cpu()  # (b, C, T', H', W')
                     texts = self._encode_texts(part)
                     for r, zi, ti in zip(part, z, texts):
                         self.memory[r.clip_id] = (zi.clone(), ti)
                     bar.update(len(part))
+        pool.shutdown()
         bar.close()
 
     def _encode_texts(self, recs: list[LatentRecord]) -> list[dict[str, torch.Tensor]]:
@@ -527,13 +537,14 @@ def main(cfg: TrainDiTConfig) -> dict:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        ema.update(model)
+        ema.update(model, step)
         losses.append(float(loss.detach()))
         tokens_seen += x0.shape[0] * x0.shape[2] * x0.shape[3] * x0.shape[4] // int(np.prod(dit_cfg.patch))
 
         # 4. log, sample, checkpoint ---------------------------------------------------------------------
         done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        last = done == cfg.steps or out_of_time(cfg.time_budget_s, t0)
+        if done % cfg.log_every == 0 or last:
             mean_loss = float(all_reduce_mean(loss.detach().float()))
             if writer is not None:
                 elapsed = max(1e-9, time.time() - t0)
@@ -543,16 +554,18 @@ def main(cfg: TrainDiTConfig) -> dict:
                                                            else grad_norm), done)
                 writer.add_scalar("train/steps_per_s", (done - start) / elapsed, done)
                 writer.add_scalar("train/tokens_per_s_per_rank", tokens_seen / elapsed, done)
-        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+        if done % cfg.ckpt_every == 0 or last:
             save(done)
-        if cfg.vae and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
+        if cfg.vae and cfg.sample_every and (done % cfg.sample_every == 0 or last):
             pipe = ema_pipeline()
             if pipe is not None:
                 write_samples(pipe, cfg, run_dir / "samples" / f"step-{done:09d}", writer, done)
             barrier()
+        if last:
+            break
 
     # 5. export --------------------------------------------------------------------------------------------
-    if cfg.export and cfg.vae and cfg.steps > start:
+    if cfg.export and cfg.vae and losses:
         pipe = ema_pipeline()
         if pipe is not None:
             from pipelines.generate import export_pipeline
@@ -564,7 +577,7 @@ def main(cfg: TrainDiTConfig) -> dict:
     if writer is not None:
         writer.close()
     cleanup()
-    return {"losses": losses, "step": max(start, cfg.steps), "run_dir": str(run_dir), "world": info.world,
+    return {"losses": losses, "step": start + len(losses), "run_dir": str(run_dir), "world": info.world,
             "weights_digest": digest}
 
 

@@ -35,7 +35,7 @@ from model.metrics import LPIPS, psnr
 from model.vae import build_vae, num_params
 from train.config_cli import parse_config
 from train.data import ClipBatches, ClipDataConfig
-from train.dist import all_reduce_mean, barrier, cleanup, init_distributed
+from train.dist import all_reduce_mean, barrier, cleanup, init_distributed, out_of_time
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,8 @@ class TrainVAEConfig:
     ckpt_every: int = 1000
     keep_last: int = 3
     resume: bool = True
+    time_budget_s: float = 0.0  # stop (checkpoint, samples, export as at the last step) once training ran this
+    # long; 0 = run all ``steps``. A budgeted run ends where the clock says, so it is not step-for-step repeatable
 
 
 class PatchDiscriminator3D(nn.Module):
@@ -186,7 +188,7 @@ def main(cfg: TrainVAEConfig) -> dict:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        ema.update(model)
+        ema.update(model, step)
         if gan_on:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = ddp_disc(torch.cat([x, recon.detach()])).float()  # one forward: DDP-friendly
@@ -201,7 +203,8 @@ def main(cfg: TrainVAEConfig) -> dict:
 
         # 4. log, preview, checkpoint -------------------------------------------------------------
         done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        last = done == cfg.steps or out_of_time(cfg.time_budget_s, t0)
+        if done % cfg.log_every == 0 or last:
             names = sorted(terms)
             vals = all_reduce_mean(torch.stack([loss.detach()] + [terms[k].float() for k in names]))
             if writer is not None:
@@ -212,22 +215,24 @@ def main(cfg: TrainVAEConfig) -> dict:
                 writer.add_scalar("train/grad_norm", float(grad_norm), done)
                 writer.add_scalar("train/psnr", float(psnr(recon.detach(), x).mean()), done)
                 writer.add_scalar("train/steps_per_s", (done - start) / max(1e-9, time.time() - t0), done)
-        if writer is not None and (done % cfg.preview_every == 0 or done == cfg.steps):
+        if writer is not None and (done % cfg.preview_every == 0 or last):
             from PIL import Image
 
             grid = preview_grid(x, recon.detach())
             (run_dir / "previews").mkdir(exist_ok=True)
             Image.fromarray(grid).save(run_dir / "previews" / f"step-{done:09d}.png")
             writer.add_image("preview/input|recon", grid, done, dataformats="HWC")
-        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+        if done % cfg.ckpt_every == 0 or last:
             if info.is_main:
                 extra = {"config": dataclasses.asdict(cfg), "data_start_batch": done, "world": info.world}
                 save_checkpoint(ckpt_dir, done, modules, optimizers, extra=extra, keep_last=cfg.keep_last)
             barrier()
+        if last:
+            break
     if writer is not None:
         writer.close()
     cleanup()
-    return {"losses": losses, "step": cfg.steps if cfg.steps > start else start, "run_dir": str(run_dir)}
+    return {"losses": losses, "step": start + len(losses), "run_dir": str(run_dir)}
 
 
 # ---------------------------------------------------------------------------------------------------------
