@@ -202,7 +202,7 @@ def _add_demo(sub) -> None:
         description="Render a synthetic sample corpus (or use --videos DIR), build a curated dataset, caption it, "
                     "write its report, then train a small VAE and DiT on it, generate videos for held-out prompts, "
                     "measure text faithfulness (eval-text) and write a training report, printing where "
-                    "everything is. About 10 minutes on a 2-core CPU.")
+                    "everything is. About 7 minutes on a 2-core CPU.")
     p.add_argument("--out", default="runs/demo", help="run folder")
     p.add_argument("--videos", default=None, help="your own folder of videos instead of the synthetic samples")
     p.add_argument("--samples", type=int, default=12, help="number of synthetic videos")
@@ -211,8 +211,9 @@ def _add_demo(sub) -> None:
                    help="local VLM model dir for captions (default: the sources' own captions, labelled as such)")
     p.add_argument("--no-train", action="store_true",
                    help="stop after the dataset report (no VAE / DiT training, generation or eval-text)")
-    p.add_argument("--profile", choices=["cpu", "gpu"], default="cpu",
-                   help="training sizes (pipelines/loop.py PROFILES): cpu = minutes on 2 cores, gpu = one H100/H200")
+    p.add_argument("--profile", choices=["cpu", "gpu", "smoke"], default="cpu",
+                   help="training sizes (pipelines/loop.py PROFILES): cpu = minutes on 2 cores, gpu = one H100/H200, "
+                        "smoke = seconds, the plumbing only")
     p.set_defaults(func=_run_demo)
 
 

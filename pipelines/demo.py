@@ -91,7 +91,7 @@ def main(cfg: DemoConfig) -> int:
         seen = loop["accuracy"].get("seen", {})
         print(f"  VAE run        {out}/train/vae/  (checkpoints, tb/, previews/)")
         print(f"  DiT run        {out}/train/dit/  (checkpoints, tb/, samples/)")
-        print(f"  pipeline       {loop['pipeline']}  (tessera generate --pipeline ... \"a red star moves left\")")
+        print(f"  pipeline       {loop['pipeline']}  (tessera generate --model ... \"a red star moves left\")")
         print(f"  generations    {out}/train/eval-text/  (results.md, sheet.png)")
         print(f"  train report   {loop['report']}")
         print(f"  eval-text      attribute accuracy: seen {seen.get('attribute', float('nan')):.2f}, "

@@ -68,8 +68,11 @@ class LoopConfig:
 
 
 PROFILES: dict[str, LoopConfig] = {
-    # minutes on a 2-core CPU: the loop runs end to end; the model learns colours first, shapes barely
-    "cpu": LoopConfig(),
+    # ~6 minutes on a 2-core CPU (2.5 min per model, by the clock): the loop runs end to end; nothing follows text yet
+    "cpu": LoopConfig(vae_steps=100000, vae_batch=2, vae_lr=1e-3, vae_time_s=150, dit_steps=100000, dit_time_s=150),
+    # seconds: the loop's plumbing (tests, a quick look), nothing learned
+    "smoke": LoopConfig(size=32, vae_steps=6, vae_batch=2, dit_steps=8, token_budget=1024, max_batch=8, eval_steps=3,
+                        eval_limit=2),
     # one H100/H200, ~10 minutes in all with a 4096-clip shot corpus
     "gpu": LoopConfig(size=128, vae_preset="small", vae_steps=20000, vae_batch=8, vae_lr=8e-4, vae_ema=0.999,
                       vae_time_s=185, dit_preset="S", dit_steps=100000, dit_lr=4e-4, dit_ema=0.999, dit_time_s=235,

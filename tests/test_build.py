@@ -211,24 +211,26 @@ def test_resume_after_kill_equals_uninterrupted(ray_local, corpus, tmp_path, bui
     """Kill a build (SIGKILL, in a child process) once some inputs are done; the re-run completes and the
     published clip set equals the uninterrupted run's."""
     reference, _ = built
-    out = tmp_path / "killed"
-    code = ("import sys; sys.path.insert(0, %r); from pipelines.cli import main; "
-            "sys.exit(main(['build', '--input', %r, '--output', %r, '--quiet']))"
-            % (str(REPO), str(corpus["videos"]), str(out)))
     env = dict(os.environ, TESSERA_OBJECT_STORE_BYTES="300000000")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    done = out / "_state" / "done"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if done.exists() and len(list(done.glob("*.json"))) >= 3:
+    for attempt in range(3):  # done markers can land in bursts: a build may finish before it could be killed
+        out = tmp_path / f"killed-{attempt}"
+        code = ("import sys; sys.path.insert(0, %r); from pipelines.cli import main; "
+                "sys.exit(main(['build', '--input', %r, '--output', %r, '--quiet']))"
+                % (str(REPO), str(corpus["videos"]), str(out)))
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        done = out / "_state" / "done"
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if done.exists() and len(list(done.glob("*.json"))) >= 3:
+                break
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        killed = not (out / "_manifest.json").exists()  # published means it finished (it may still have been
+        if killed:                                        # shutting Ray down when the kill came)
             break
-        time.sleep(0.2)
-    killed = proc.poll() is None
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert killed, "the build finished before it could be killed; make the corpus larger"
-    assert not (out / "_manifest.json").exists()
+    assert killed, "the build finished before it could be killed, three times; make the corpus larger"
     summary = _build(corpus["videos"], out)
     assert summary["inputs"]["resumed_skipped"] >= 3
     ref_table, _ = _clip_table(reference)
