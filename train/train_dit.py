@@ -561,7 +561,7 @@ def main(cfg: TrainDiTConfig) -> dict:
             if pipe is not None:
                 write_samples(pipe, cfg, run_dir / "samples" / f"step-{done:09d}", writer, done)
             barrier()
-        if last:
+        if last and done != cfg.steps:  # out of time
             break
 
     # 5. export --------------------------------------------------------------------------------------------
