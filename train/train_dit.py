@@ -152,40 +152,45 @@ class ClipSource:
     def preload(self, batch: int = 16, progress: bool = True) -> None:
         """Encode every clip once, shard by shard (each shard's media read once), ``batch`` clips of one bucket
         per VAE call and ``batch`` captions per text-encoder call; results stay in memory."""
-        from tqdm import tqdm
-
-        device = next(self.vae.parameters()).device
-        todo = [r for r in self.records if r.clip_id not in self.memory]
-        bar = tqdm(total=len(todo), desc="encode clips (on the fly)", unit="clip", disable=not progress)
         from concurrent.futures import ThreadPoolExecutor
 
-        pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+        from tqdm import tqdm
+
+        todo = [r for r in self.records if r.clip_id not in self.memory]
         by_file: dict[str, list[LatentRecord]] = {}
         for r in todo:
             by_file.setdefault(r.file, []).append(r)
-        for file, recs in by_file.items():
-            f = pq.ParquetFile(file)
-            t = f.read(columns=[c for c in ("clip_mp4", "clip_path") if c in f.schema_arrow.names])
-            media = t.column("clip_mp4").to_pylist() if "clip_mp4" in t.column_names else [None] * t.num_rows
-            paths = t.column("clip_path").to_pylist() if "clip_path" in t.column_names else [None] * t.num_rows
-            groups: dict[tuple, list[LatentRecord]] = {}
-            for r in recs:
-                groups.setdefault(tuple(r.latent_shape), []).append(r)
-            def pixels(r: LatentRecord) -> torch.Tensor:
-                return clip_pixels(media[r.row] if media[r.row] is not None else self.root / paths[r.row],
-                                   self.rows[r.clip_id]["bucket"])
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, \
+                tqdm(total=len(todo), desc="encode clips (on the fly)", unit="clip", disable=not progress) as bar:
+            for file, recs in by_file.items():
+                media = self._media(pq.ParquetFile(file).read(columns=self._media_columns(file)))
+                groups: dict[tuple, list[LatentRecord]] = {}
+                for r in recs:
+                    groups.setdefault(tuple(r.latent_shape), []).append(r)
+                for group in groups.values():
+                    for k in range(0, len(group), batch):
+                        part = group[k: k + batch]
+                        self._encode(part, [media[r.row] for r in part], pool)
+                        bar.update(len(part))
 
-            for group in groups.values():
-                for k in range(0, len(group), batch):
-                    part = group[k: k + batch]
-                    x = torch.stack(list(pool.map(pixels, part))).to(device)  # decoders release the GIL
-                    z = self.vae.encode(x).mode().float().cpu()  # (b, C, T', H', W')
-                    texts = self._encode_texts(part)
-                    for r, zi, ti in zip(part, z, texts):
-                        self.memory[r.clip_id] = (zi.clone(), ti)
-                    bar.update(len(part))
-        pool.shutdown()
-        bar.close()
+    def _media_columns(self, file: str) -> list[str]:
+        return [c for c in ("clip_mp4", "clip_path") if c in pq.ParquetFile(file).schema_arrow.names]
+
+    def _media(self, t) -> list[bytes | Path]:
+        """Each row's MP4 bytes, or the path of its file under the dataset root."""
+        data = t.column("clip_mp4").to_pylist() if "clip_mp4" in t.column_names else [None] * t.num_rows
+        paths = t.column("clip_path").to_pylist() if "clip_path" in t.column_names else [None] * t.num_rows
+        return [d if d is not None else self.root / p for d, p in zip(data, paths)]
+
+    def _encode(self, recs: list[LatentRecord], media: list[bytes | Path], pool=None) -> None:
+        """VAE latents (one call) and caption tokens (one call) of clips of one bucket, into ``self.memory``."""
+        device = next(self.vae.parameters()).device
+        decode = pool.map if pool is not None else map  # the decoders release the GIL
+        x = torch.stack(list(decode(lambda rm: clip_pixels(rm[1], self.rows[rm[0].clip_id]["bucket"]),
+                                    zip(recs, media)))).to(device)
+        z = self.vae.encode(x).mode().float().cpu()  # (b, C, T', H', W')
+        for r, zi, ti in zip(recs, z, self._encode_texts(recs)):
+            self.memory[r.clip_id] = (zi.clone(), ti)
 
     def _encode_texts(self, recs: list[LatentRecord]) -> list[dict[str, torch.Tensor]]:
         """``{kind: (L, D) unpadded tokens}`` per record, one text-encoder call for all captions of ``recs``."""
@@ -209,16 +214,11 @@ class ClipSource:
 
     @torch.no_grad()
     def load(self, rec: LatentRecord) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if rec.clip_id not in self.memory:
+        if rec.clip_id not in self.memory:  # one row group read, not the whole shard
             f = pq.ParquetFile(rec.file)
-            t = f.read_row_group(rec.row // f.metadata.row_group(0).num_rows,
-                                 columns=[c for c in ("clip_mp4", "clip_path") if c in f.schema_arrow.names])
-            j = rec.row % f.metadata.row_group(0).num_rows
-            data = t.column("clip_mp4")[j].as_py() if "clip_mp4" in t.column_names else None
-            data = data if data is not None else self.root / t.column("clip_path")[j].as_py()
-            x = clip_pixels(data, self.rows[rec.clip_id]["bucket"])[None].to(next(self.vae.parameters()).device)
-            z = self.vae.encode(x).mode()[0].float().cpu()  # (C, T', H', W')
-            self.memory[rec.clip_id] = (z, self._encode_texts([rec])[0])
+            per_group = f.metadata.row_group(0).num_rows
+            media = self._media(f.read_row_group(rec.row // per_group, columns=self._media_columns(rec.file)))
+            self._encode([rec], [media[rec.row % per_group]])
         return self.memory[rec.clip_id]
 
 
