@@ -58,6 +58,16 @@ def run(a: argparse.Namespace) -> dict:
                                    ("size", a.size), ("eval_per_triple", a.eval_per_triple), ("eval_limit", a.eval_limit),
                                    ("compile", a.compile))
                  if v is not None}
+    fields = {f.name: f for f in dataclasses.fields(base)}
+    for item in a.set:
+        key, _, value = item.partition("=")
+        if key not in fields:
+            raise SystemExit(f"--set {item}: no LoopConfig field {key!r} (fields: {', '.join(fields)})")
+        try:
+            v = json.loads(value)
+        except json.JSONDecodeError:
+            v = value  # a bare string: --set vae_preset=small
+        overrides[key] = tuple(v) if isinstance(v, list) else v
     text_path = a.text_path if a.text_path is not None else (str(MINILM_FP16) if MINILM_FP16.is_dir() else "")
     cfg = dataclasses.replace(base, **overrides, dataset=str(work / "corpus"), out=str(work / "loop"),
                               text_path=text_path)
@@ -103,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--eval-per-triple", type=int, default=None)
     r.add_argument("--eval-limit", type=int, default=None)
     r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override any pipelines.loop.LoopConfig field (JSON values), e.g. --set dit_lr=1e-3 "
+                        "--set dit_patch=[1,4,4]; repeatable")
     r.add_argument("--text-path", default=None, help="text encoder folder (default .gpu/minilm-fp16 when present)")
     a = p.parse_args(argv)
     if a.cmd == "prepare":

@@ -5,7 +5,8 @@ size are resized and center-cropped to the nearest bucket's (frames, height, wid
 is ``token_budget // tokens_per_sample`` so a step costs about the same in every bucket.
 
 Sizes are in pixels and frames. Heights and widths are multiples of the VAE's spatial stride times the patch
-(8 x 2 = 16); frame counts are 1 + 4k (the causal VAE's T' = 1 + (T - 1) / 4); one frame is an image.
+(8 x 2 = 16 by default, 4 x 4 for a 4x-spatial VAE); frame counts are 1 + 4k (the causal VAE's
+T' = 1 + (T - 1) / 4); one frame is an image. ``vae_stride`` must be the VAE's (``VideoVAE.stride``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Bucket:
     batch_size: int
     tokens: int  # DiT tokens of one sample
     ratio: float  # the nominal aspect ratio (width / height) this bucket stands for; sizes round to 16
+    vae_stride: tuple[int, int, int] = (4, 8, 8)  # (t, h, w) compression of the VAE the latent comes from
 
     @property
     def aspect(self) -> float:
@@ -46,7 +48,8 @@ class Bucket:
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         """(T', H', W') of this bucket's latent (before patching)."""
-        return 1 + (self.frames - 1) // 4, self.height // 8, self.width // 8
+        st, sh, sw = self.vae_stride
+        return 1 + (self.frames - 1) // st, self.height // sh, self.width // sw
 
 
 def tokens_per_sample(frames: int, height: int, width: int, cfg: BucketConfig) -> int:
@@ -59,7 +62,7 @@ def tokens_per_sample(frames: int, height: int, width: int, cfg: BucketConfig) -
 
 def make_buckets(cfg: BucketConfig = BucketConfig()) -> list[Bucket]:
     """Every (area, aspect, frames) combination whose one sample fits the budget."""
-    unit = cfg.vae_stride[1] * cfg.patch[1]  # 16: sizes must be multiples of this
+    unit = cfg.vae_stride[1] * cfg.patch[1]  # 16 (8 x 2): sizes must be multiples of this
     for f in cfg.frames:
         if (f - 1) % cfg.vae_stride[0]:
             raise ValueError(f"frame count {f} is not 1 + {cfg.vae_stride[0]}k")
@@ -73,7 +76,7 @@ def make_buckets(cfg: BucketConfig = BucketConfig()) -> list[Bucket]:
                 if n > cfg.token_budget:
                     continue
                 batch = min(cfg.max_batch, cfg.token_budget // n)
-                buckets.append(Bucket(f, height, width, batch, n, ar))
+                buckets.append(Bucket(f, height, width, batch, n, ar, tuple(cfg.vae_stride)))
     return buckets
 
 

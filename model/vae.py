@@ -336,6 +336,11 @@ class VAEConfig:
     def time_factor(self) -> int:
         return 2 ** sum(self.time_down)
 
+    @property
+    def stride(self) -> tuple[int, int, int]:
+        """(t, h, w) compression: what ``model.buckets.BucketConfig.vae_stride`` must be for this VAE."""
+        return self.time_factor, self.spatial_factor, self.spatial_factor
+
 
 class VideoVAE(nn.Module):
     """Encoder + diagonal Gaussian posterior + decoder, with whole, chunked and tiled entry points."""
@@ -532,6 +537,11 @@ PRESETS: dict[str, VAEConfig] = {
     "tiny-f16c48": VAEConfig(
         channels=(8, 16, 16, 16, 16), num_res_blocks=1, z_channels=48, time_down=(False, False, True, True)
     ),
+    # 4x4x4 with 8 channels: one fewer spatial halving, for short training budgets that must still give sharp
+    # silhouettes (the GPU text loop). Pair it with a (1, 4, 4) DiT patch so a token still covers 16 x 16 px.
+    "small-f4c8": VAEConfig(channels=(64, 128, 256), num_res_blocks=1, z_channels=8, time_down=(True, True)),
+    "small-f4c4": VAEConfig(channels=(64, 128, 256), num_res_blocks=1, z_channels=4, time_down=(True, True)),
+    "tiny-f4c8": VAEConfig(channels=(8, 16, 16), num_res_blocks=1, z_channels=8, time_down=(True, True)),
 }
 
 

@@ -181,13 +181,13 @@ class LatentEncoder:
     def __init__(self, vae_path: str, buckets: BucketConfig, dataset_dir: str, chunk_frames: int = 16):
         self.device = pick_device()
         self.vae = load_vae(vae_path, self.device)
-        self.buckets = make_buckets(buckets)
+        self.buckets = make_buckets(dataclasses.replace(buckets, vae_stride=self.vae.cfg.stride))
         self.root = Path(dataset_dir)
         self.chunk_frames = chunk_frames
 
     @torch.inference_mode()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """(3, T, H, W) in [-1, 1] -> posterior mode (C, T', H/8, W/8), float32 on the CPU."""
+        """(3, T, H, W) in [-1, 1] -> posterior mode (C, T', H/s, W/s), float32 on the CPU (s: the VAE's stride)."""
         x = video[None].to(self.device)
         post = self.vae.encode_chunked(x, chunk_frames=self.chunk_frames) if x.shape[2] > 1 else self.vae.encode(x)
         return post.mode()[0].float().cpu()

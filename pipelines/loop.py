@@ -45,12 +45,18 @@ class LoopConfig:
     vae_lr: float = 5e-4
     vae_ema: float = 0.99
     vae_time_s: float = 0.0  # stop VAE training after this many seconds (0: run vae_steps)
+    vae_warmup: int = 0  # linear lr warm-up steps (0: min(200, vae_steps / 20))
+    vae_frames: int = 0  # frames per VAE training clip (1 + 4k; 0: ``frames``). The VAE is causal and
+    # convolutional, so it trains on shorter clips than it encodes
     # DiT
     dit_preset: str = "tiny"
     dit_steps: int = 300
     dit_lr: float = 5e-4
     dit_ema: float = 0.99
     dit_time_s: float = 0.0  # stop DiT training after this many seconds of steps (0: run dit_steps)
+    dit_warmup: int = 0  # linear lr warm-up steps (0: min(500, dit_steps / 20))
+    dit_patch: tuple[int, int, int] = (1, 2, 2)  # latent voxels per token; (1, 4, 4) with a 4x-spatial VAE
+    task_mix: tuple[float, ...] = (0.5, 0.15, 0.1, 0.05, 0.1, 0.1)  # train.train_dit.TrainDiTConfig.task_mix
     token_budget: int = 4096
     max_batch: int = 32
     compile: bool = False
@@ -73,10 +79,12 @@ PROFILES: dict[str, LoopConfig] = {
     # seconds: the loop's plumbing (tests, a quick look), nothing learned
     "smoke": LoopConfig(size=32, vae_steps=6, vae_batch=2, dit_steps=8, token_budget=1024, max_batch=8, eval_steps=3,
                         eval_limit=2),
-    # one H100/H200, ~10 minutes in all with a 4096-clip shot corpus
-    "gpu": LoopConfig(size=128, vae_preset="small", vae_steps=20000, vae_batch=8, vae_lr=8e-4, vae_ema=0.999,
-                      vae_time_s=185, dit_preset="S", dit_steps=100000, dit_lr=4e-4, dit_ema=0.999, dit_time_s=235,
-                      token_budget=98304, max_batch=256, eval_steps=20, eval_per_triple=1, eval_heldout_repeat=2,
+    # one H100/H200, ~10 minutes in all with a 4096-clip shot corpus. The VAE trains on 9-frame clips; the DiT-S
+    # takes batches of 128 clips, mostly text-to-video; short warm-ups, since each model gets ~1-2k steps
+    "gpu": LoopConfig(size=128, vae_preset="small", vae_frames=9, vae_steps=20000, vae_batch=16, vae_lr=8e-4,
+                      vae_ema=0.999, vae_warmup=50, vae_time_s=150, dit_preset="S", dit_steps=100000, dit_lr=6e-4,
+                      dit_ema=0.999, dit_warmup=100, dit_time_s=260, task_mix=(0.85, 0.05, 0.03, 0.02, 0.03, 0.02),
+                      token_budget=40960, max_batch=128, eval_steps=20, eval_per_triple=1, eval_heldout_repeat=2,
                       num_workers=8),
 }
 
@@ -235,8 +243,9 @@ def run(cfg: LoopConfig) -> dict:
     from train.train_dit import TrainDiTConfig, main as train_dit
     from train.train_vae import TrainVAEConfig, main as train_vae
 
-    if cfg.size % 16 or cfg.frames % 4 != 1:
-        raise ValueError(f"size must be a multiple of 16 and frames 1 + 4k (got {cfg.size}, {cfg.frames})")
+    if cfg.size % 16 or cfg.frames % 4 != 1 or (cfg.vae_frames and cfg.vae_frames % 4 != 1):
+        raise ValueError(f"size must be a multiple of 16 and frames 1 + 4k (got size {cfg.size}, frames "
+                         f"{cfg.frames}, vae_frames {cfg.vae_frames})")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     split = synth.ComboSplit.default(cfg.split_seed)
@@ -246,8 +255,8 @@ def run(cfg: LoopConfig) -> dict:
     print(f"[loop] 1/4 training the VAE ({cfg.vae_preset}, {cfg.vae_steps} steps) -> {out / 'vae'}", flush=True)
     vae = train_vae(TrainVAEConfig(
         data_root=cfg.dataset, run_dir=str(out / "vae"), preset=cfg.vae_preset, resolutions=((cfg.size, cfg.size),),
-        num_frames=(cfg.frames,), image_prob=0.1, batch_size=cfg.vae_batch, num_workers=cfg.num_workers,
-        holdout_pct=0.0, steps=cfg.vae_steps, lr=cfg.vae_lr, warmup_steps=min(200, max(1, cfg.vae_steps // 20)),
+        num_frames=(cfg.vae_frames or cfg.frames,), image_prob=0.1, batch_size=cfg.vae_batch, num_workers=cfg.num_workers,
+        holdout_pct=0.0, steps=cfg.vae_steps, lr=cfg.vae_lr, warmup_steps=cfg.vae_warmup or min(200, max(1, cfg.vae_steps // 20)),
         ema_decay=cfg.vae_ema, time_budget_s=cfg.vae_time_s, seed=cfg.seed, device=cfg.device, log_every=10 if cfg.vae_time_s else max(1, cfg.vae_steps // 50),
         preview_every=cfg.vae_steps, ckpt_every=cfg.vae_steps, keep_last=1, resume=False))
 
@@ -259,8 +268,9 @@ def run(cfg: LoopConfig) -> dict:
     dit = train_dit(TrainDiTConfig(
         data_root=cfg.dataset, vae=str(out / "vae" / "checkpoints"), run_dir=str(out / "dit"), text_path=cfg.text_path,
         caption_mix=(("short", 1.0),), bucket_areas=(cfg.size * cfg.size,), bucket_frames=(cfg.frames,),
-        token_budget=cfg.token_budget, max_batch=cfg.max_batch, preset=cfg.dit_preset, steps=cfg.dit_steps,
-        lr=cfg.dit_lr, warmup_steps=min(500, max(1, cfg.dit_steps // 20)), ema_decay=cfg.dit_ema,
+        token_budget=cfg.token_budget, max_batch=cfg.max_batch, preset=cfg.dit_preset, patch=cfg.dit_patch,
+        task_mix=cfg.task_mix, steps=cfg.dit_steps,
+        lr=cfg.dit_lr, warmup_steps=cfg.dit_warmup or min(500, max(1, cfg.dit_steps // 20)), ema_decay=cfg.dit_ema,
         time_budget_s=cfg.dit_time_s, compile=cfg.compile,
         seed=cfg.seed, device=cfg.device, log_every=10 if cfg.dit_time_s else max(1, cfg.dit_steps // 100), ckpt_every=cfg.dit_steps,
         keep_last=1, resume=False, sample_every=cfg.dit_steps, sample_prompts=tuple(held), sample_seeds=(0,),

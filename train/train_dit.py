@@ -44,6 +44,7 @@ from model.buckets import BucketConfig, make_buckets
 from model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from model.dit import DiT, DiTConfig, dit_config
 from model.ema import EMA
+from model.conditioning import TaskMix
 from model.flow import Flow, FlowConfig
 from model.text import TextConfig, pad_embeddings
 from pipelines.cache_latents import (
@@ -75,6 +76,9 @@ class TrainDiTConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     shift: bool = True
+    # probability of each training task: text-to-video, image-to-video, extend forward, extend backward,
+    # keyframes, transition (model.conditioning.TaskMix; normalised)
+    task_mix: tuple[float, ...] = (0.5, 0.15, 0.1, 0.05, 0.1, 0.1)
     # optimisation
     steps: int = 100_000
     lr: float = 1e-4
@@ -125,7 +129,8 @@ class ClipSource:
         self.vae = load_vae(cfg.vae, device)
         self.text = TextEncoder(TextConfig(path=cfg.text_path or None, max_length=cfg.text_max_length))
         self.buckets = make_buckets(BucketConfig(areas=cfg.bucket_areas, frames=cfg.bucket_frames,
-                                                 token_budget=cfg.token_budget, patch=cfg.patch))
+                                                 token_budget=cfg.token_budget, patch=cfg.patch,
+                                                 vae_stride=self.vae.cfg.stride))
         self.memory: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
         self.records: list[LatentRecord] = []
         self.rows: dict[str, dict] = {}
@@ -422,6 +427,11 @@ def main(cfg: TrainDiTConfig) -> dict:
     # 1. setup -------------------------------------------------------------------------------------------
     if cfg.parallel not in ("ddp", "fsdp"):
         raise ValueError(f"parallel must be 'ddp' or 'fsdp', got {cfg.parallel!r}")
+    tasks = TaskMix(*cfg.task_mix) if len(cfg.task_mix) == 6 else None
+    if tasks is None:
+        raise ValueError(f"task_mix needs 6 probabilities (t2v, i2v, extend fwd, extend bwd, keyframes, "
+                         f"transition), got {cfg.task_mix}")
+    tasks.weights()  # raises on negative or all-zero
     info = init_distributed(force_cpu=cfg.device == "cpu")
     device = info.device
     use_bf16 = cfg.bf16 and device.type == "cuda"
@@ -479,7 +489,7 @@ def main(cfg: TrainDiTConfig) -> dict:
     barrier()
     net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if info.world > 1 and not fsdp else model
     flow = Flow(net, FlowConfig(logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, shift=cfg.shift,
-                                caption_dropout=cfg.caption_dropout))
+                                caption_dropout=cfg.caption_dropout, tasks=tasks))
     writer = None
     if info.is_main:
         from torch.utils.tensorboard import SummaryWriter
