@@ -46,6 +46,23 @@ def prepare(dst: Path = MINILM_FP16) -> Path:
     return dst
 
 
+def parse_set(items: list[str], base) -> dict:
+    """``["dit_lr=1e-3", "dit_patch=[1,4,4]", "vae_preset=small"]`` -> overrides of the dataclass ``base``'s
+    fields (JSON values, lists as tuples, anything else a string); an unknown field is an error."""
+    names = {f.name for f in dataclasses.fields(base)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in names:
+            raise SystemExit(f"--set {item}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(names))}")
+        try:
+            v = json.loads(value)
+        except json.JSONDecodeError:
+            v = value  # a bare string: --set vae_preset=small
+        out[key] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
 def run(a: argparse.Namespace) -> dict:
     import torch
 
@@ -58,16 +75,7 @@ def run(a: argparse.Namespace) -> dict:
                                    ("size", a.size), ("eval_per_triple", a.eval_per_triple), ("eval_limit", a.eval_limit),
                                    ("compile", a.compile))
                  if v is not None}
-    fields = {f.name: f for f in dataclasses.fields(base)}
-    for item in a.set:
-        key, _, value = item.partition("=")
-        if key not in fields:
-            raise SystemExit(f"--set {item}: no LoopConfig field {key!r} (fields: {', '.join(fields)})")
-        try:
-            v = json.loads(value)
-        except json.JSONDecodeError:
-            v = value  # a bare string: --set vae_preset=small
-        overrides[key] = tuple(v) if isinstance(v, list) else v
+    overrides.update(parse_set(a.set, base))
     text_path = a.text_path if a.text_path is not None else (str(MINILM_FP16) if MINILM_FP16.is_dir() else "")
     cfg = dataclasses.replace(base, **overrides, dataset=str(work / "corpus"), out=str(work / "loop"),
                               text_path=text_path)

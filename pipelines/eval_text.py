@@ -28,6 +28,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,38 @@ def accuracy_table(rows: list[dict]) -> dict:
         acc["all"] = float(np.mean([all(r["correct"].values()) for r in group]))
         out[name] = {"n": len(group), **acc}
     return out
+
+
+def constant_baseline(rows: list[dict]) -> dict:
+    """What a prompt-blind model scores by drawing the same colour, shape and motion every time (the most common
+    true value of each attribute in each split): the floor any accuracy above should be read against."""
+    out = {}
+    for name, flag in (("seen", False), ("heldout", True)):
+        group = [r for r in rows if r["heldout"] == flag]
+        if not group:
+            continue
+        best = {a: max(Counter(r[a] for r in group).values()) / len(group) for a in ATTRIBUTES}
+        # the three constants are chosen independently, so "all three" is their joint frequency at best
+        mode = {a: Counter(r[a] for r in group).most_common(1)[0][0] for a in ATTRIBUTES}
+        joint = float(np.mean([all(r[a] == mode[a] for a in ATTRIBUTES) for r in group]))
+        out[name] = {"n": len(group), **best, "attribute": float(np.mean(list(best.values()))), "all": joint}
+    return out
+
+
+def confusion(rows: list[dict], source: str, attribute: str) -> dict[str, dict[str, int]]:
+    """``{true value: {detected value or "none": count}}`` of one attribute for one frame source."""
+    out: dict[str, Counter] = {}
+    for r in rows:
+        out.setdefault(r[attribute], Counter())[str(r[source][attribute] or "none")] += 1
+    return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
+
+
+def confusion_markdown(matrix: dict[str, dict[str, int]], title: str) -> str:
+    answers = sorted({a for row in matrix.values() for a in row})
+    lines = [f"{title}", "", "| true / detected | " + " | ".join(answers) + " |",
+             "|---|" + "---|" * len(answers)]
+    lines += [f"| {t} | " + " | ".join(str(row.get(a, 0)) for a in answers) + " |" for t, row in matrix.items()]
+    return "\n".join(lines) + "\n"
 
 
 def markdown(tables: dict[str, dict]) -> str:
@@ -156,13 +189,18 @@ def main(cfg: EvalTextConfig) -> dict:
     tables = {}
     for source in ("render", "vae", "generated"):
         tables[source] = accuracy_table([{**r, "correct": r[f"correct_{source}"]} for r in rows])
+    baseline = constant_baseline(rows)
+    confusions = {src: {a: confusion(rows, src, a) for a in ATTRIBUTES} for src in ("vae", "generated")}
     result = {"pipeline": str(cfg.pipeline), "config": dataclasses.asdict(cfg), "size": size,
               "split": split.to_dict(), "seconds": round(time.time() - t0, 1),
               "detector_ceiling": {"render": tables["render"], "vae_round_trip": tables["vae"]},
-              "accuracy": tables["generated"], "prompts": rows}
+              "accuracy": tables["generated"], "constant_baseline": baseline, "confusion": confusions,
+              "prompts": rows}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     md = markdown({"ground-truth render": tables["render"], "render through the VAE": tables["vae"],
-                   "**generated**": tables["generated"]})
+                   "best constant answer (prompt-blind)": baseline, "**generated**": tables["generated"]})
+    md += "\n" + "\n".join(confusion_markdown(confusions["generated"][a], f"Generated {a}, seen and held-out together:")
+                            for a in ATTRIBUTES)
     (out / "results.md").write_text(md)
     if sheet_items:
         Image.fromarray(labelled_sheet(sheet_items)).save(out / "sheet.png")

@@ -78,3 +78,15 @@ def test_assign_resolution_avoids_upsampling(buckets):
     assert tiny.height * tiny.width == min(b.height * b.width for b in buckets if b.ratio == tiny.ratio)
     # the same nominal ratio in both resolution classes, although rounding to 16 makes the exact ones differ
     assert small.ratio == hd.ratio == pytest.approx(16 / 9) and small.aspect != hd.aspect
+
+
+def test_buckets_follow_a_4x_spatial_vae_with_4x4_patches():
+    """A 4x4x4 VAE with (1, 4, 4) patches: sizes still round to 16 px, latents are H/4 x W/4, and a token still
+    covers 16 x 16 px, so the batch sizes equal the default 8x VAE + 2x2 patches'."""
+    f4 = BucketConfig(areas=(128 * 128,), frames=(17,), vae_stride=(4, 4, 4), patch=(1, 4, 4), token_budget=40960)
+    f8 = BucketConfig(areas=(128 * 128,), frames=(17,), token_budget=40960)
+    square = {b.ratio: b for b in make_buckets(f4)}[1.0]
+    assert (square.height, square.width, square.latent_shape) == (128, 128, (5, 32, 32))
+    assert square.tokens == 5 * 8 * 8 == {b.ratio: b for b in make_buckets(f8)}[1.0].tokens
+    assert [b.batch_size for b in make_buckets(f4)] == [b.batch_size for b in make_buckets(f8)]
+    assert {b.ratio: b for b in make_buckets(f8)}[1.0].latent_shape == (5, 16, 16)

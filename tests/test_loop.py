@@ -108,17 +108,24 @@ def test_opencv_fallback_round_trips_when_pyav_is_missing(monkeypatch):
     assert np.abs(data.decode_frames(blob, 2, 3, 2).astype(int) - frames[2:8:2]).mean() < 8
 
 
-def test_loop_trains_generates_evaluates_and_reports(tmp_path):
+@pytest.mark.parametrize("vae_preset,patch", [("tiny", (1, 2, 2)), ("tiny-f4c8", (1, 4, 4))], ids=["f8", "f4"])
+def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch):
     """The whole loop at smoke size on the CPU: real VAE and DiT training, a from_pretrained pipeline that records
-    its split, eval-text whose detector reads the ground-truth renders right, and a report page with its figures."""
+    its split, eval-text whose detector reads the ground-truth renders right, and a report page with its figures.
+    Also with a 4x-spatial VAE and 4x4 patches, the VAE trained on shorter clips than the DiT."""
     from pipelines.generate import TextToVideo, read_pipeline_config
     from pipelines.loop import PROFILES, run
 
     _corpus(tmp_path, n=16, size=32)
     cfg = dataclasses.replace(PROFILES["smoke"], dataset=str(tmp_path / "corpus"), out=str(tmp_path / "run"),
-                              frames=9, device="cpu")
+                              frames=9, device="cpu", vae_preset=vae_preset, dit_patch=patch,
+                              vae_frames=5 if patch != (1, 2, 2) else 0, vae_warmup=2, dit_warmup=3)
     summary = run(cfg)
     assert summary["vae"]["steps"] == cfg.vae_steps and summary["dit"]["steps"] == cfg.dit_steps
+    vae_cfg = json.loads((tmp_path / "run" / "vae" / "config.json").read_text())
+    dit_cfg = json.loads((tmp_path / "run" / "dit" / "config.json").read_text())
+    assert vae_cfg["num_frames"] == [cfg.vae_frames or cfg.frames] and vae_cfg["warmup_steps"] == 2
+    assert dit_cfg["dit"]["patch"] == list(patch) and dit_cfg["train"]["warmup_steps"] == 3
     meta = read_pipeline_config(summary["pipeline"])
     assert ComboSplit.from_dict(meta["extra"]["combo_split"]) == ComboSplit.default(cfg.split_seed)
     assert meta["extra"]["train_size"] == 32
@@ -137,6 +144,27 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path):
     assert (tmp_path / "run" / "loop.json").is_file()
 
 
+def test_constant_baseline_and_confusion_expose_a_prompt_blind_model():
+    """A model that draws circles whatever the prompt scores the share of circle prompts on shape, which the
+    constant baseline reports beside it; the confusion matrix shows where the answers went."""
+    from pipelines.eval_text import accuracy_table, confusion, constant_baseline
+
+    rows = []
+    for heldout, truths in ((False, ["circle", "circle", "square", "star"]), (True, ["circle", "triangle"])):
+        for shape in truths:
+            rows.append({"heldout": heldout, "color": "red", "shape": shape, "motion": "left",
+                         "generated": {"color": "red", "shape": "circle", "motion": None},
+                         "correct": {"color": True, "shape": shape == "circle", "motion": False}})
+    base = constant_baseline(rows)
+    assert base["seen"]["shape"] == 0.5 and base["heldout"]["shape"] == 0.5
+    assert base["seen"]["color"] == 1.0 and base["seen"]["n"] == 4
+    assert base["seen"]["all"] == 0.5  # red + circle + left together: the two circle prompts
+    assert accuracy_table(rows)["seen"]["shape"] == base["seen"]["shape"]  # no better than blind
+    m = confusion(rows, "generated", "shape")
+    assert m == {"circle": {"circle": 3}, "square": {"circle": 1}, "star": {"circle": 1}, "triangle": {"circle": 1}}
+    assert confusion(rows, "generated", "motion") == {"left": {"none": 6}}
+
+
 def test_accuracy_table_counts_each_group_and_attribute():
     from pipelines.eval_text import accuracy_table
 
@@ -148,3 +176,21 @@ def test_accuracy_table_counts_each_group_and_attribute():
     assert t["seen"] == {"n": 2, "color": 1.0, "shape": 0.5, "motion": 0.5, "attribute": pytest.approx(2 / 3),
                          "all": 0.5}
     assert t["heldout"]["n"] == 1 and t["heldout"]["attribute"] == pytest.approx(2 / 3) and t["heldout"]["all"] == 0.0
+
+
+def test_run_text_loop_set_overrides_any_loop_field():
+    import importlib.util
+    from pathlib import Path
+
+    from pipelines.loop import PROFILES
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run_text_loop.py"
+    spec = importlib.util.spec_from_file_location("run_text_loop", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    got = mod.parse_set(["dit_lr=1e-3", "dit_patch=[1,4,4]", "vae_preset=small-f4c4", "compile=true"], PROFILES["gpu"])
+    assert got == {"dit_lr": 1e-3, "dit_patch": (1, 4, 4), "vae_preset": "small-f4c4", "compile": True}
+    assert dataclasses.replace(PROFILES["gpu"], **got).dit_patch == (1, 4, 4)
+    for bad in (["no_such_field=1"], ["dit_lr"]):
+        with pytest.raises(SystemExit):
+            mod.parse_set(bad, PROFILES["gpu"])

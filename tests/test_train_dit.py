@@ -257,3 +257,23 @@ def test_two_process_training_steps_in_sync(cache, tmp_path, parallel):
     if parallel == "fsdp":  # its resume gathers and re-shards full states: check it runs across 2 ranks
         resumed = _spawn(dataclasses.replace(cfg, steps=3), tmp_path / "out2")
         assert [len(r["losses"]) for r in resumed] == [1, 1]
+
+
+def test_task_mix_reaches_the_objective_and_is_checked_first(cache, tmp_path, monkeypatch):
+    import model.flow as flow_mod
+    from model.conditioning import TaskMix
+
+    seen = []
+    real = flow_mod.sample_training_condition
+
+    def spy(x0, rng, tasks):
+        seen.append(tasks)
+        return real(x0, rng, tasks)
+
+    monkeypatch.setattr(flow_mod, "sample_training_condition", spy)
+    main(tiny_cfg(cache, tmp_path / "t2v", steps=2, task_mix=(1, 0, 0, 0, 0, 0)))
+    assert seen and all(t == TaskMix(1, 0, 0, 0, 0, 0) for t in seen)
+    for bad in ((1, 0, 0), (0, 0, 0, 0, 0, 0), (1, -1, 0, 0, 0, 0)):
+        with pytest.raises(ValueError):
+            main(tiny_cfg(cache, tmp_path / "bad", task_mix=bad))
+    assert not (tmp_path / "bad").exists()  # refused before any work
