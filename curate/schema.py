@@ -114,6 +114,16 @@ CLIP_SCHEMA = pa.schema(
 )
 CLIP_COLUMNS = tuple(CLIP_SCHEMA.names)
 
+
+def clip_columns_schema(names: tuple[str, ...] | list[str]) -> pa.Schema:
+    """The ``CLIP_SCHEMA`` fields named, in that order: the schema of clip shards written outside a build (test
+    fixtures, the GPU loop's shot corpus), so their columns have the build's types. An unknown name is an error."""
+    unknown = [n for n in names if n not in CLIP_SCHEMA.names]
+    if unknown:
+        raise KeyError(f"not clip columns: {unknown}")
+    return pa.schema([CLIP_SCHEMA.field(n) for n in names])
+
+
 # Columns that only travel between stages and never reach a shard.
 TRANSIENT_COLUMNS = ("frames", "frames_pts")
 

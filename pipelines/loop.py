@@ -94,11 +94,16 @@ PROFILES: dict[str, LoopConfig] = {
 # ----------------------------------------------------------------------------------------------------------
 
 
+SHOT_COLUMNS = ("clip_id", "source_uri", "scene_index", "clip_mp4", "clip_path", "width", "height", "num_frames",
+                "fps", "duration_s", "caption_short")
+
+
 def _render_shard(args: tuple) -> str:
     """Render and encode clips ``[start, stop)`` into one shard; returns its path. Clip i uses seed (seed, i)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from curate.schema import clip_columns_schema
     from train.data import encode_mp4
 
     root, start, stop, size, frames, heldout, seed, fps = args
@@ -114,10 +119,7 @@ def _render_shard(args: tuple) -> str:
                      "scene_index": 0, "clip_mp4": data, "clip_path": None, "width": size, "height": size,
                      "num_frames": frames, "fps": float(fps), "duration_s": frames / fps,
                      "caption_short": shot.caption})
-    schema = pa.schema([("clip_id", pa.string()), ("source_uri", pa.string()), ("scene_index", pa.int32()),
-                        ("clip_mp4", pa.binary()), ("clip_path", pa.string()), ("width", pa.int32()),
-                        ("height", pa.int32()), ("num_frames", pa.int32()), ("fps", pa.float64()),
-                        ("duration_s", pa.float64()), ("caption_short", pa.string())])
+    schema = clip_columns_schema(SHOT_COLUMNS)  # the build's column types
     path = Path(root) / "clips" / f"part-{start:06d}.parquet"
     tmp = path.with_name(f".tmp-{path.name}")
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp, row_group_size=64, compression="zstd")

@@ -96,3 +96,19 @@ def test_strict_load_rejects_wrong_module(tmp_path) -> None:
     path = save_checkpoint(tmp_path, 1, {"net": _net(0)})
     with pytest.raises(RuntimeError):
         load_checkpoint(path, {"net": nn.Linear(4, 2)})
+
+
+def test_ema_warms_its_decay_up_by_step() -> None:
+    """d = min(decay, (1 + step) / (10 + step)): the first updates follow the model closely, so a short run's
+    average is not its initial weights; without a step the plain decay applies."""
+    net = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(net, 0.999)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(90) == pytest.approx(0.91)
+    assert ema.decay_at(10**6) == 0.999 and ema.decay_at(None) == 0.999
+    with torch.no_grad():
+        ema.module.weight.fill_(0.0)
+        net.weight.fill_(1.0)
+    ema.update(net, step=0)
+    assert float(ema.module.weight) == pytest.approx(0.9)  # 0.1 * 0 + 0.9 * 1
+    ema.update(net)  # plain decay
+    assert float(ema.module.weight) == pytest.approx(0.9 + 0.001 * 0.1)

@@ -194,3 +194,14 @@ def test_run_text_loop_set_overrides_any_loop_field():
     for bad in (["no_such_field=1"], ["dit_lr"]):
         with pytest.raises(SystemExit):
             mod.parse_set(bad, PROFILES["gpu"])
+
+
+def test_shot_corpus_columns_have_the_build_types(tmp_path):
+    from curate.schema import CLIP_SCHEMA, clip_columns_schema
+
+    _corpus(tmp_path, n=4, size=32)
+    schema = pq.read_schema(next((tmp_path / "corpus" / "clips").glob("*.parquet")))
+    for name in schema.names:
+        assert schema.field(name).type == CLIP_SCHEMA.field(name).type, name
+    with pytest.raises(KeyError):
+        clip_columns_schema(("clip_id", "no_such_column"))

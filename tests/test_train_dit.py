@@ -277,3 +277,9 @@ def test_task_mix_reaches_the_objective_and_is_checked_first(cache, tmp_path, mo
         with pytest.raises(ValueError):
             main(tiny_cfg(cache, tmp_path / "bad", task_mix=bad))
     assert not (tmp_path / "bad").exists()  # refused before any work
+
+
+def test_time_budget_stops_early_and_still_checkpoints(cache, tmp_path):
+    out = main(tiny_cfg(cache, tmp_path / "run", steps=1000, ckpt_every=500, time_budget_s=1e-9))
+    assert out["step"] == 1 and len(out["losses"]) == 1
+    assert [c.name for c in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-000000001"]

@@ -129,3 +129,12 @@ def test_ddp_two_cpu_ranks(tmp_path, data_root) -> None:
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-000000002"]
     meta = json.loads((run / "checkpoints" / "step-000000002" / "meta.json").read_text())
     assert meta["extra"]["world"] == 2
+
+
+def test_time_budget_stops_early_and_still_checkpoints(tmp_path, data_root) -> None:
+    """A budget already spent after the first step ends the run there, with the checkpoint and preview a last
+    step writes (the loop's VAE and the GPU run rely on this)."""
+    out = main(_cfg(data_root, tmp_path / "run", steps=1000, time_budget_s=1e-9, ckpt_every=500, preview_every=500))
+    assert out["step"] == 1 and len(out["losses"]) == 1
+    assert [c.name for c in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-000000001"]
+    assert (tmp_path / "run" / "previews" / "step-000000001.png").is_file()

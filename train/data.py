@@ -365,9 +365,10 @@ def write_synthetic_dataset(
             data = None
         rows.append({"clip_id": cid, "clip_mp4": data, "clip_path": rel, "width": width, "height": height,
                      "num_frames": frames, "fps": 24.0, "duration_s": frames / 24.0})
-    schema = pa.schema([("clip_id", pa.string()), ("clip_mp4", pa.binary()), ("clip_path", pa.string()),
-                        ("width", pa.int32()), ("height", pa.int32()), ("num_frames", pa.int32()),
-                        ("fps", pa.float64()), ("duration_s", pa.float64())])
+    from curate.schema import clip_columns_schema
+
+    schema = clip_columns_schema(("clip_id", "clip_mp4", "clip_path", "width", "height", "num_frames", "fps",
+                                  "duration_s"))
     for k in range(0, num_clips, clips_per_file):
         table = pa.Table.from_pylist(rows[k : k + clips_per_file], schema=schema)
         pq.write_table(table, root / "clips" / f"part-{k // clips_per_file:05d}.parquet", row_group_size=2)
