@@ -206,13 +206,18 @@ def _training_mask(frames: int, task: str, rng: torch.Generator) -> Tensor:
     return mask
 
 
+def sample_task_masks(batch: int, frames: int, rng: torch.Generator, probs: TaskMix = TaskMix()) -> Tensor:
+    """A random task per sample, as its (B, T') given-frame mask (CPU). ``rng`` is a CPU generator."""
+    tasks = torch.multinomial(probs.weights(), batch, replacement=True, generator=rng)  # (B,)
+    return torch.stack([_training_mask(frames, TASKS[int(i)], rng) for i in tasks])  # (B, T')
+
+
 def sample_training_condition(latents: Tensor, rng: torch.Generator, probs: TaskMix = TaskMix()) -> Condition:
     """A random task per sample of a batch of clean latents (B, C, T', H, W); reference = latents x mask.
 
     ``rng`` is a CPU generator: the same seed gives the same tasks on any device.
     """
     b, _, t, _, _ = latents.shape
-    tasks = torch.multinomial(probs.weights(), b, replacement=True, generator=rng)  # (B,)
-    mask = torch.stack([_training_mask(t, TASKS[int(i)], rng) for i in tasks]).to(latents.device)  # (B, T')
+    mask = sample_task_masks(b, t, rng, probs).to(latents.device)  # (B, T')
     reference = latents * mask[:, None, :, None, None].to(latents.dtype)
     return Condition(mask, reference)

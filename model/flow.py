@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from model.conditioning import Condition, TaskMix, sample_training_condition
+from model.conditioning import Condition, TaskMix, sample_task_masks
 
 # ----------------------------------------------------------------------------------------------------------
 # Schedule
@@ -67,7 +67,12 @@ def null_text(text: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 
 def drop_captions(text: Tensor, mask: Tensor, p: float, rng: torch.Generator) -> tuple[Tensor, Tensor]:
     """Replace each caption of a batch by the empty caption with probability p (CPU generator)."""
-    drop = (torch.rand(text.shape[0], generator=rng) < p).to(text.device)  # (B,)
+    return apply_caption_drop(text, mask, torch.rand(text.shape[0], generator=rng) < p)
+
+
+def apply_caption_drop(text: Tensor, mask: Tensor, drop: Tensor) -> tuple[Tensor, Tensor]:
+    """The empty caption where ``drop`` (B,) is True."""
+    drop = drop.to(text.device, non_blocking=True)
     empty_text, empty_mask = null_text(text, mask)
     text = torch.where(drop[:, None, None], empty_text, text)
     mask = torch.where(drop[:, None], empty_mask, mask.bool())
@@ -90,6 +95,22 @@ class FlowConfig:
     tasks: TaskMix = TaskMix()  # random generation task per sample (model/conditioning.py)
 
 
+@dataclass
+class Draws:
+    """The random choices of one training step, drawn on the CPU (``Flow.draw``) in the order ``Flow.loss`` has
+    always drawn them, so they can be made before the step (and pinned for an asynchronous copy) without changing
+    a single number."""
+
+    mask: Tensor | None  # (B, T') given-frame mask of each sample's task; None when the caller gives the condition
+    drop: Tensor  # (B,) bool: train this sample on the empty caption
+    t: Tensor  # (B,) times, shifted
+    noise: Tensor  # (B, C, T', H, W) float32
+
+    def pin_memory(self) -> Draws:
+        pin = lambda x: None if x is None else x.pin_memory()  # noqa: E731
+        return Draws(pin(self.mask), pin(self.drop), pin(self.t), pin(self.noise))
+
+
 class Flow(nn.Module):
     """Wraps a velocity network ``model(x_in, t, text, text_mask)`` whose input is [x_t, condition channels]."""
 
@@ -109,26 +130,43 @@ class Flow(nn.Module):
         t = torch.sigmoid(self.cfg.logit_mean + self.cfg.logit_std * torch.randn(batch, generator=rng))
         return time_shift(t, tokens) if self.cfg.shift else t
 
+    def draw(self, shape: tuple[int, ...], rng: torch.Generator, tasks: bool = True) -> Draws:
+        """Every random choice of a loss on latents of ``shape`` (B, C, T', H, W), from the CPU generator ``rng``:
+        tasks (unless ``tasks=False``: the caller gives the condition), caption dropout, times, noise."""
+        b = shape[0]
+        mask = sample_task_masks(b, shape[2], rng, self.cfg.tasks) if tasks else None
+        drop = torch.rand(b, generator=rng) < self.cfg.caption_dropout
+        t = self.sample_t(b, num_tokens(tuple(shape), self.patch), rng)
+        return Draws(mask, drop, t, torch.randn(tuple(shape), generator=rng))
+
     def loss(
         self,
         x0: Tensor,
         text: Tensor,
         text_mask: Tensor,
-        rng: torch.Generator,
+        rng: torch.Generator | None = None,
         cond: Condition | None = None,
+        draws: Draws | None = None,
     ) -> Tensor:
         """Rectified-flow loss on clean latents x0 (B, C, T', H, W) with a random task (or the given cond).
 
         All randomness (times, noise, tasks, caption dropout) comes from the CPU generator ``rng``, so a
-        training step is reproducible from its seed on any device.
+        training step is reproducible from its seed on any device; or from ``draws`` made beforehand by
+        ``draw`` with such a generator (the same numbers; pinned, they reach the device without a sync).
         """
-        b = x0.shape[0]
+        if draws is None:
+            if rng is None:
+                raise ValueError("give rng or draws")
+            draws = self.draw(tuple(x0.shape), rng, tasks=cond is None)
+        dev, dtype = x0.device, x0.dtype
         if cond is None:
-            cond = sample_training_condition(x0, rng, self.cfg.tasks)
-        text, text_mask = drop_captions(text, text_mask, self.cfg.caption_dropout, rng)
-        tokens = num_tokens(tuple(x0.shape), self.patch)
-        t = self.sample_t(b, tokens, rng).to(x0.device, x0.dtype)  # (B,)
-        noise = torch.randn(x0.shape, generator=rng).to(x0.device, x0.dtype)  # (B, C, T', H, W)
+            if draws.mask is None:
+                raise ValueError("draws were made without tasks (tasks=False): give cond")
+            mask = draws.mask.to(dev, non_blocking=True)  # (B, T')
+            cond = Condition(mask, x0 * mask[:, None, :, None, None].to(dtype))
+        text, text_mask = apply_caption_drop(text, text_mask, draws.drop)
+        t = draws.t.to(dev, non_blocking=True).to(dtype)  # (B,)
+        noise = draws.noise.to(dev, non_blocking=True).to(dtype)  # (B, C, T', H, W)
         tb = t[:, None, None, None, None]
         x_t = (1 - tb) * x0 + tb * noise  # given frames are noised alike: see Condition.pin
         v = self.velocity(x_t, t, cond, text, text_mask)  # (B, C, T', H, W)

@@ -257,3 +257,24 @@ def test_edit_at_low_strength_stays_near_the_input(trained):
     far = denoise(flow, None, edit(other, 1.0), trained["text"], trained["mask"], steps=10, cfg_scale=1.0)
     assert (near - other).pow(2).mean() < (far - other).pow(2).mean()
     assert (far - x0).pow(2).mean() < (far - other).pow(2).mean()  # full strength: back to what it learned
+
+
+def test_draws_made_beforehand_give_the_same_loss():
+    """``Flow.draw`` makes every random choice of ``Flow.loss`` in the same order, so a step whose draws were made
+    (and pinned) ahead of time computes the very same number; without tasks the caller's condition is required."""
+    torch.manual_seed(0)
+    net = DiT(dit_config("tiny", latent_channels=C, text_dim=16)).eval()
+    flow = Flow(net, FlowConfig(caption_dropout=0.5))
+    x0 = torch.randn(4, C, T, H, W)
+    text, mask = torch.randn(4, 3, 16), torch.ones(4, 3, dtype=torch.bool)
+    for seed in range(3):
+        direct = flow.loss(x0, text, mask, torch.Generator().manual_seed(seed))
+        drawn = flow.loss(x0, text, mask, draws=flow.draw(tuple(x0.shape), torch.Generator().manual_seed(seed)))
+        assert direct.item() == drawn.item()
+    d = flow.draw(tuple(x0.shape), torch.Generator().manual_seed(0))
+    assert d.mask.shape == (4, T) and d.drop.dtype == torch.bool and d.t.shape == (4,) and d.noise.shape == x0.shape
+    no_tasks = flow.draw(tuple(x0.shape), torch.Generator().manual_seed(0), tasks=False)
+    with pytest.raises(ValueError, match="give cond"):
+        flow.loss(x0, text, mask, draws=no_tasks)
+    with pytest.raises(ValueError, match="rng or draws"):
+        flow.loss(x0, text, mask)

@@ -264,13 +264,13 @@ def test_task_mix_reaches_the_objective_and_is_checked_first(cache, tmp_path, mo
     from model.conditioning import TaskMix
 
     seen = []
-    real = flow_mod.sample_training_condition
+    real = flow_mod.sample_task_masks
 
-    def spy(x0, rng, tasks):
+    def spy(batch, frames, rng, tasks):
         seen.append(tasks)
-        return real(x0, rng, tasks)
+        return real(batch, frames, rng, tasks)
 
-    monkeypatch.setattr(flow_mod, "sample_training_condition", spy)
+    monkeypatch.setattr(flow_mod, "sample_task_masks", spy)
     main(tiny_cfg(cache, tmp_path / "t2v", steps=2, task_mix=(1, 0, 0, 0, 0, 0)))
     assert seen and all(t == TaskMix(1, 0, 0, 0, 0, 0) for t in seen)
     for bad in ((1, 0, 0), (0, 0, 0, 0, 0, 0), (1, -1, 0, 0, 0, 0)):

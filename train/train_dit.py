@@ -532,28 +532,38 @@ def main(cfg: TrainDiTConfig) -> dict:
         return pipes[0]
 
     # 3. loop --------------------------------------------------------------------------------------------
+    # No host-device sync inside a step on the GPU: the batch and every random draw are made on the CPU, pinned and
+    # copied asynchronously, and losses are read back only when logging, so the CPU prepares step k + 1 while the
+    # GPU still runs step k.
     losses: list[float] = []
+    pending: list[torch.Tensor] = []  # this rank's losses not read back yet
+    pin = device.type == "cuda"
     t0, tokens_seen = time.time(), 0
     for step in range(start, cfg.steps):
         g = step * info.world + info.rank
         x0, text, mask = make_batch(source, records, plan.batch(g), cfg, g, text_dim, scale, shift)
-        x0, text, mask = x0.to(device), text.to(device), mask.to(device)
+        draws = flow.draw(tuple(x0.shape), torch.Generator().manual_seed(cfg.seed * 1_000_003 + g))
+        if pin:
+            x0, text, mask, draws = x0.pin_memory(), text.pin_memory(), mask.pin_memory(), draws.pin_memory()
+        x0, text, mask = (v.to(device, non_blocking=True) for v in (x0, text, mask))
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + g)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = flow.loss(x0, text, mask, gen)
+            loss = flow.loss(x0, text, mask, draws=draws)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         ema.update(model, step)
-        losses.append(float(loss.detach()))
+        pending.append(loss.detach().float())
         tokens_seen += x0.shape[0] * x0.shape[2] * x0.shape[3] * x0.shape[4] // int(np.prod(dit_cfg.patch))
 
         # 4. log, sample, checkpoint ---------------------------------------------------------------------
         done = step + 1
         last = done == cfg.steps or out_of_time(cfg.time_budget_s, t0)
+        if done % cfg.log_every == 0 or last or len(pending) >= 100:
+            losses.extend(torch.stack(pending).cpu().tolist())  # the one sync, every log_every steps
+            pending.clear()
         if done % cfg.log_every == 0 or last:
             mean_loss = float(all_reduce_mean(loss.detach().float()))
             if writer is not None:
