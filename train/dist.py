@@ -86,5 +86,8 @@ def out_of_time(budget_s: float, start: float) -> bool:
 
 
 def cleanup() -> None:
+    """Leave the process group together: a barrier first, so no rank tears its connections down while a peer
+    may still be using them."""
     if is_dist():
+        dist.barrier()
         dist.destroy_process_group()
