@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def ceiling(vae_dir: Path, size: int, frames: int, device: str) -> dict:
+def ceiling(vae_dir: Path, size: int, frames: int, device: str, limit: int = 0) -> dict:
     """Detector accuracy (per attribute, all eval prompts) and mean PSNR after a round trip through the VAE."""
     import numpy as np
     import torch
@@ -36,7 +37,8 @@ def ceiling(vae_dir: Path, size: int, frames: int, device: str) -> dict:
     det_cfg = DetectConfig(colors=split.colors, shapes=split.shapes, motions=split.motions)
     hits = {"color": [], "shape": [], "motion": []}
     psnrs = []
-    for p in synth.eval_prompts(split, 1, 0, 2):
+    prompts = synth.eval_prompts(split, 1, 0, 2)
+    for p in prompts[:limit] if limit else prompts:
         truth = synth.render_clip(synth.prompt_shot(p, frames), (size, size), seed=p["seed"])  # (T, H, W, 3)
         x = torch.from_numpy(truth).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1).to(device)
         with torch.no_grad():
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=90.0, help="training budget per preset")
     p.add_argument("--clips", type=int, default=4096)
     p.add_argument("--size", type=int, default=128)
+    p.add_argument("--limit", type=int, default=0, help="first N eval prompts only (0: all 112)")
     a = p.parse_args(argv)
 
     import torch
@@ -77,11 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         res = train_vae(TrainVAEConfig(
             data_root=str(work / "corpus"), run_dir=str(work / preset), preset=preset,
-            resolutions=((a.size, a.size),), num_frames=(9,), image_prob=0.1, batch_size=16, num_workers=8,
+            resolutions=((a.size, a.size),), num_frames=(9,), image_prob=0.1, batch_size=16,
+            num_workers=min(8, os.cpu_count() or 1),
             holdout_pct=0.0, steps=100000, lr=8e-4, warmup_steps=50, ema_decay=0.999, time_budget_s=a.seconds,
             log_every=50, preview_every=100000, ckpt_every=100000, keep_last=1, resume=False))
         train_s = time.time() - t0
-        c = ceiling(work / preset / "checkpoints", a.size, 17, device)
+        c = ceiling(work / preset / "checkpoints", a.size, 17, device, a.limit)
         rows.append({"preset": preset, "stride": list(cfg.stride), "z_channels": cfg.z_channels,
                      "latent_dims_per_16px": cfg.z_channels * (16 // cfg.spatial_factor) ** 2,
                      "steps": res["step"], "train_s": round(train_s, 1), **c})

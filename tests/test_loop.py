@@ -142,6 +142,21 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
     for figure in ("curves.png", "vae-preview.png", "dit-samples.png", "eval-sheet.png"):
         assert figure in page and (tmp_path / "run" / "report" / figure).stat().st_size > 1000
     assert (tmp_path / "run" / "loop.json").is_file()
+    assert "best constant answer" in (tmp_path / "run" / "eval-text" / "results.md").read_text()
+    if vae_preset != "tiny":
+        return
+    # the CLI: its flags reach the run, and a missing pipeline is a clear error (exit 2), not a traceback
+    from pipelines.eval_text import cli
+
+    again = tmp_path / "cli"
+    assert cli(["--pipeline", summary["pipeline"], "--out", str(again), "--limit", "1", "--steps", "2",
+                "--heldout-repeat", "2", "--frames", "9", "--cfg", "3", "--device", "cpu"]) == 0
+    res = json.loads((again / "results.json").read_text())
+    assert (res["config"]["limit"], res["config"]["steps"], res["config"]["heldout_repeat"], res["config"]["cfg"]) \
+        == (1, 2, 2, 3.0)
+    assert res["size"] == 32 and len(res["prompts"]) == 2  # the training size recorded in the pipeline; 1 + 1
+    assert set(res["confusion"]["generated"]) == {"color", "shape", "motion"}
+    assert cli(["--pipeline", str(tmp_path / "nowhere"), "--device", "cpu"]) == 2
 
 
 def test_constant_baseline_and_confusion_expose_a_prompt_blind_model():
@@ -205,3 +220,21 @@ def test_shot_corpus_columns_have_the_build_types(tmp_path):
         assert schema.field(name).type == CLIP_SCHEMA.field(name).type, name
     with pytest.raises(KeyError):
         clip_columns_schema(("clip_id", "no_such_column"))
+
+
+def test_vae_ceiling_probe_trains_each_preset_and_tables_it(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "probe_vae_ceiling.py"
+    spec = importlib.util.spec_from_file_location("probe_vae_ceiling", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--out", str(tmp_path / "out"), "--presets", "tiny,tiny-f4c8", "--seconds", "0.5", "--clips",
+                     "6", "--size", "32", "--limit", "3"]) == 0
+    got = json.loads((tmp_path / "out" / "probe.json").read_text())
+    assert [r["preset"] for r in got["rows"]] == ["tiny", "tiny-f4c8"]
+    assert [r["stride"] for r in got["rows"]] == [[4, 8, 8], [4, 4, 4]]
+    assert [r["latent_dims_per_16px"] for r in got["rows"]] == [64, 128]
+    assert all(r["n"] == 3 and r["steps"] >= 1 and 0 <= r["shape"] <= 1 for r in got["rows"])
+    assert (tmp_path / "out" / "probe.md").read_text().count("| tiny") == 2
