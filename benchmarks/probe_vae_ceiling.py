@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def ceiling(vae_dir: Path, size: int, frames: int, device: str, limit: int = 0) -> dict:
-    """Detector accuracy (per attribute, all eval prompts) and mean PSNR after a round trip through the VAE."""
+    """Detector accuracy (per attribute, over the eval prompts or their first ``limit``) and mean PSNR after a
+    round trip through the VAE."""
     import numpy as np
     import torch
 

@@ -218,6 +218,10 @@ def sample_training_condition(latents: Tensor, rng: torch.Generator, probs: Task
     ``rng`` is a CPU generator: the same seed gives the same tasks on any device.
     """
     b, _, t, _, _ = latents.shape
-    mask = sample_task_masks(b, t, rng, probs).to(latents.device)  # (B, T')
-    reference = latents * mask[:, None, :, None, None].to(latents.dtype)
-    return Condition(mask, reference)
+    return masked_condition(latents, sample_task_masks(b, t, rng, probs))
+
+
+def masked_condition(latents: Tensor, mask: Tensor) -> Condition:
+    """The condition that gives the frames ``mask`` (B, T') marks: reference = latents x mask (on their device)."""
+    mask = mask.to(latents.device, non_blocking=True)
+    return Condition(mask, latents * mask[:, None, :, None, None].to(latents.dtype))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from model.conditioning import Condition, TaskMix, sample_task_masks
+from model.conditioning import Condition, TaskMix, masked_condition, sample_task_masks
 
 # ----------------------------------------------------------------------------------------------------------
 # Schedule
@@ -107,8 +107,7 @@ class Draws:
     noise: Tensor  # (B, C, T', H, W) float32
 
     def pin_memory(self) -> Draws:
-        pin = lambda x: None if x is None else x.pin_memory()  # noqa: E731
-        return Draws(pin(self.mask), pin(self.drop), pin(self.t), pin(self.noise))
+        return Draws(*(None if x is None else x.pin_memory() for x in (self.mask, self.drop, self.t, self.noise)))
 
 
 class Flow(nn.Module):
@@ -162,8 +161,7 @@ class Flow(nn.Module):
         if cond is None:
             if draws.mask is None:
                 raise ValueError("draws were made without tasks (tasks=False): give cond")
-            mask = draws.mask.to(dev, non_blocking=True)  # (B, T')
-            cond = Condition(mask, x0 * mask[:, None, :, None, None].to(dtype))
+            cond = masked_condition(x0, draws.mask)
         text, text_mask = apply_caption_drop(text, text_mask, draws.drop)
         t = draws.t.to(dev, non_blocking=True).to(dtype)  # (B,)
         noise = draws.noise.to(dev, non_blocking=True).to(dtype)  # (B, C, T', H, W)

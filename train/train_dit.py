@@ -427,10 +427,10 @@ def main(cfg: TrainDiTConfig) -> dict:
     # 1. setup -------------------------------------------------------------------------------------------
     if cfg.parallel not in ("ddp", "fsdp"):
         raise ValueError(f"parallel must be 'ddp' or 'fsdp', got {cfg.parallel!r}")
-    tasks = TaskMix(*cfg.task_mix) if len(cfg.task_mix) == 6 else None
-    if tasks is None:
+    if len(cfg.task_mix) != 6:
         raise ValueError(f"task_mix needs 6 probabilities (t2v, i2v, extend fwd, extend bwd, keyframes, "
                          f"transition), got {cfg.task_mix}")
+    tasks = TaskMix(*cfg.task_mix)
     tasks.weights()  # raises on negative or all-zero
     info = init_distributed(force_cpu=cfg.device == "cpu")
     device = info.device
