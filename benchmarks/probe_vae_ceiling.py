@@ -37,18 +37,34 @@ def ceiling(vae_dir: Path, size: int, frames: int, device: str, limit: int = 0) 
     split = synth.ComboSplit.default(0)
     det_cfg = DetectConfig(colors=split.colors, shapes=split.shapes, motions=split.motions)
     hits = {"color": [], "shape": [], "motion": []}
-    psnrs = []
+    psnrs, latents = [], []
     prompts = synth.eval_prompts(split, 1, 0, 2)
     for p in prompts[:limit] if limit else prompts:
         truth = synth.render_clip(synth.prompt_shot(p, frames), (size, size), seed=p["seed"])  # (T, H, W, 3)
         x = torch.from_numpy(truth).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1).to(device)
         with torch.no_grad():
-            y = vae.decode(vae.encode(x).mode()).clamp(-1, 1)
+            z = vae.encode(x).mode()
+            y = vae.decode(z).clamp(-1, 1)
+        latents.append(z[0].float().cpu())  # (C, T', H', W')
         psnrs.append(float(10 * torch.log10(4 / ((y - x) ** 2).mean())))
         frames_rt = ((y[0] + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
         for k, v in score(detect(frames_rt, det_cfg), p).items():
             hits[k].append(v)
-    return {**{k: float(np.mean(v)) for k, v in hits.items()}, "psnr": float(np.mean(psnrs)), "n": len(psnrs)}
+    return {**{k: float(np.mean(v)) for k, v in hits.items()}, "psnr": float(np.mean(psnrs)), "n": len(psnrs),
+            "latents": latent_stats(torch.stack(latents))}
+
+
+def latent_stats(z) -> dict:
+    """Scale of the latents (N, C, T', H', W') a DiT would see: std and mean per channel, std per latent frame
+    (frame 0 encodes one video frame, the others four each), and the spread of channel stds (max / min). The DiT
+    normalises by one global mean and std, so a channel or frame far below the global std is drowned by noise."""
+    per_channel_std = z.transpose(0, 1).flatten(1).std(1)
+    per_frame_std = z.transpose(0, 2).flatten(1).std(1)
+    return {"std": float(z.std()), "mean": float(z.mean()),
+            "channel_std": [round(float(v), 4) for v in per_channel_std],
+            "channel_mean": [round(float(v), 4) for v in z.transpose(0, 1).flatten(1).mean(1)],
+            "frame_std": [round(float(v), 4) for v in per_frame_std],
+            "channel_std_spread": float(per_channel_std.max() / per_channel_std.min().clamp_min(1e-12))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "probe.json").write_text(json.dumps({"device": name, "torch": torch.__version__,
                                                     "seconds_per_preset": a.seconds, "rows": rows}, indent=1))
         print("\n".join(table), flush=True)
+        print(f"[probe] {preset} latents: " + json.dumps(rows[-1]["latents"]), flush=True)
     return 0
 
 

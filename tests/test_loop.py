@@ -238,3 +238,25 @@ def test_vae_ceiling_probe_trains_each_preset_and_tables_it(tmp_path):
     assert [r["latent_dims_per_16px"] for r in got["rows"]] == [64, 128]
     assert all(r["n"] == 3 and r["steps"] >= 1 and 0 <= r["shape"] <= 1 for r in got["rows"])
     assert (tmp_path / "out" / "probe.md").read_text().count("| tiny") == 2
+    # latent scale per channel and per latent frame: 17 frames -> 5 latent frames, z channels 16 and 8
+    assert [len(r["latents"]["channel_std"]) for r in got["rows"]] == [16, 8]
+    assert all(len(r["latents"]["frame_std"]) == 5 and r["latents"]["channel_std_spread"] >= 1 for r in got["rows"])
+
+
+def test_probe_latent_stats_separates_channels_and_frames():
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "probe_vae_ceiling.py"
+    spec = importlib.util.spec_from_file_location("probe_vae_ceiling", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    z = torch.randn(64, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    z[:, 1] *= 10  # one loud channel
+    z[:, :, 0] *= 0.1  # a quiet first latent frame (it is in every channel, so it lowers each a little)
+    got = mod.latent_stats(z)
+    assert got["channel_std"][1] > 5 * max(got["channel_std"][0], got["channel_std"][2])
+    assert 8 < got["channel_std_spread"] < 12
+    assert got["frame_std"][0] < 0.2 * min(got["frame_std"][1:])
