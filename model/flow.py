@@ -146,8 +146,11 @@ class Flow(nn.Module):
         rng: torch.Generator | None = None,
         cond: Condition | None = None,
         draws: Draws | None = None,
-    ) -> Tensor:
-        """Rectified-flow loss on clean latents x0 (B, C, T', H, W) with a random task (or the given cond).
+        per_frame: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Rectified-flow loss on clean latents x0 (B, C, T', H, W) with a random task (or the given cond);
+        with ``per_frame``, also the loss of each latent frame (T',) over the clips that generate it (detached;
+        0 where none does), for logging.
 
         All randomness (times, noise, tasks, caption dropout) comes from the CPU generator ``rng``, so a
         training step is reproducible from its seed on any device; or from ``draws`` made beforehand by
@@ -170,7 +173,10 @@ class Flow(nn.Module):
         v = self.velocity(x_t, t, cond, text, text_mask)  # (B, C, T', H, W)
         err = (v.float() - (noise - x0).float()).pow(2).mean(dim=(1, 3, 4))  # (B, T')
         weight = 1.0 - cond.mask.float()  # (B, T'): generated frames only
-        return (err * weight).sum() / weight.sum().clamp_min(1.0)
+        loss = (err * weight).sum() / weight.sum().clamp_min(1.0)
+        if not per_frame:
+            return loss
+        return loss, (err.detach() * weight).sum(0) / weight.sum(0).clamp_min(1.0)
 
 
 # ----------------------------------------------------------------------------------------------------------

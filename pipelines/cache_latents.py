@@ -41,6 +41,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -437,14 +438,20 @@ def scan_latents(root: str | Path) -> list[LatentRecord]:
 
 class LatentReader:
     """Random access to rows of latent shards: reads one row group (``ROW_GROUP`` rows) per miss and keeps the
-    ``max_groups`` most recently used in memory, so a shuffled epoch never loads whole shards."""
+    ``max_groups`` most recently used in memory, so a shuffled epoch never loads whole shards. Thread-safe (the
+    DiT trainer prepares batches on threads)."""
 
     def __init__(self, max_groups: int = 64):
         self.max_groups = max_groups
         self._groups: dict[tuple[str, int], pa.Table] = {}
         self._starts: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
 
     def _locate(self, file: str, row: int) -> tuple[pa.Table, int]:
+        with self._lock:
+            return self._locate_unlocked(file, row)
+
+    def _locate_unlocked(self, file: str, row: int) -> tuple[pa.Table, int]:
         if file not in self._starts:
             meta = pq.ParquetFile(file).metadata
             self._starts[file] = list(np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]))

@@ -20,6 +20,7 @@ import dataclasses
 import html
 import json
 import os
+import re
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -162,25 +163,36 @@ def read_scalars(tb_dir: str | Path) -> dict[str, tuple[list[int], list[float]]]
 
 
 def plot_curves(runs: dict[str, dict], path: Path) -> Path:
-    """One panel per (run, tag) of the loss and PSNR curves."""
+    """One panel per (run, tag) of the loss and PSNR curves, plus one per run with the loss of each latent frame
+    (``frames/*`` tags, one line each)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(run, tag, xy) for run, scalars in runs.items() for tag, xy in sorted(scalars.items())
-              if tag.startswith("loss/") or tag == "train/psnr"]
+    panels: list[tuple[str, str, dict]] = []
+    for run, scalars in runs.items():
+        panels += [(run, tag, {tag: xy}) for tag, xy in sorted(scalars.items())
+                   if tag.startswith("loss/") or tag == "train/psnr"]
+        frames = {tag: xy for tag, xy in sorted(scalars.items(), key=lambda kv: _natural(kv[0]))
+                  if tag.startswith("frames/")}
+        if frames:
+            panels.append((run, "loss per latent frame", frames))
     cols = 3
     rows = max(1, -(-len(panels) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (run, tag, (steps, values)) in zip(axes.flat, panels):
+    for ax, (run, title, lines) in zip(axes.flat, panels):
         ax.axis("on")
-        ax.plot(steps, values, lw=1.2)
-        ax.set_title(f"{run}: {tag}", fontsize=9)
+        for tag, (steps, values) in lines.items():
+            ax.plot(steps, values, lw=1.2, label=tag.split("/", 1)[1])
+        ax.set_title(f"{run}: {title}", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-        if tag.startswith("loss/") and min(values) > 0:
+        if len(lines) > 1:
+            ax.legend(fontsize=6)
+        values = [v for _, vs in lines.values() for v in vs]
+        if title.startswith("loss") and values and min(values) > 0:
             ax.set_yscale("log")
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
@@ -188,6 +200,11 @@ def plot_curves(runs: dict[str, dict], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _natural(tag: str) -> tuple:
+    """Sort key that puts ``flow_t10`` after ``flow_t9``."""
+    return tuple(int(x) if x.isdigit() else x for x in re.split(r"(\d+)", tag))
 
 
 def write_training_report(out: str | Path, vae_run: str | Path, dit_run: str | Path, eval_dir: str | Path | None,

@@ -112,3 +112,26 @@ def test_ema_warms_its_decay_up_by_step() -> None:
     assert float(ema.module.weight) == pytest.approx(0.9)  # 0.1 * 0 + 0.9 * 1
     ema.update(net)  # plain decay
     assert float(ema.module.weight) == pytest.approx(0.9 + 0.001 * 0.1)
+
+
+def test_ema_update_matches_a_per_parameter_lerp_also_across_dtypes() -> None:
+    net = _net(0)
+    ema = EMA(net, 0.9)
+    ema.module.half()  # a lower-precision average takes the per-tensor path
+    reference = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    ema.update(net, step=50)
+    d = ema.decay_at(50)
+    for name, p in net.named_parameters():
+        want = reference[name].lerp(p.detach().half(), 1 - d)
+        assert torch.equal(ema.module.state_dict()[name], want), name
+    same = EMA(net, 0.9)  # same dtype: the multi-tensor path, bit-identical to lerp_ on the CPU
+    before = {k: v.clone() for k, v in same.module.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(-2.0)
+    same.update(net, step=3)
+    for name, p in net.named_parameters():
+        assert torch.equal(same.module.state_dict()[name], before[name].lerp(p.detach(), 1 - same.decay_at(3))), name

@@ -283,3 +283,43 @@ def test_time_budget_stops_early_and_still_checkpoints(cache, tmp_path):
     out = main(tiny_cfg(cache, tmp_path / "run", steps=1000, ckpt_every=500, time_budget_s=1e-9))
     assert out["step"] == 1 and len(out["losses"]) == 1
     assert [c.name for c in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-000000001"]
+
+
+def test_prefetch_threads_change_nothing_and_log_the_loss_per_latent_frame(cache, tmp_path):
+    from pipelines.loop import read_scalars
+
+    inline = main(tiny_cfg(cache, tmp_path / "inline", steps=6, prefetch=0))
+    ahead = main(tiny_cfg(cache, tmp_path / "ahead", steps=6, prefetch=3))
+    assert ahead["losses"] == inline["losses"] and ahead["weights_digest"] == inline["weights_digest"]
+    scalars = read_scalars(tmp_path / "ahead" / "tb")
+    frames = sorted(t for t in scalars if t.startswith("frames/"))
+    assert frames == ["frames/flow_t0", "frames/flow_t1"]  # the cache's clips have 1 or 2 latent frames
+    assert scalars["frames/flow_t0"][0] == [2, 4, 6] and all(np.isfinite(scalars["frames/flow_t1"][1]))
+
+
+def test_prefetched_keeps_order_depth_and_errors():
+    import contextlib
+    import threading
+
+    from train.train_dit import prefetched
+
+    started, lock = [], threading.Lock()
+
+    def fn(i):
+        with lock:
+            started.append(i)
+        if i == 7:
+            raise ValueError("bad batch 7")
+        return i * i
+
+    for depth in (0, 1, 3):
+        assert list(prefetched(fn, range(5), depth)) == [(i, i * i) for i in range(5)]
+    started.clear()
+    with contextlib.closing(prefetched(fn, range(100), 3)) as it:
+        assert [next(it) for _ in range(4)] == [(i, i * i) for i in range(4)]
+    assert len(started) <= 4 + 3  # at most ``depth`` ahead of what was taken; the rest cancelled
+    got = []
+    with pytest.raises(ValueError, match="bad batch 7"):
+        for i, v in prefetched(fn, range(10), 2):
+            got.append(i)
+    assert got == list(range(7))  # every item before the failing one arrives first

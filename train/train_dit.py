@@ -30,9 +30,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -92,6 +96,8 @@ class TrainDiTConfig:
     bf16: bool = True  # autocast (and FSDP bf16 params) on CUDA only
     checkpointing: bool = False  # activation checkpointing in every block
     compile: bool = False  # regional torch.compile: each block
+    prefetch: int = -1  # batches (with their random draws, pinned on CUDA) prepared ahead on this many threads;
+    # 0: inline; -1: 2 on CUDA, 0 on the CPU (where the threads would only compete with the model for cores)
     # bookkeeping
     run_dir: str = "runs/dit"
     seed: int = 0
@@ -132,6 +138,7 @@ class ClipSource:
                                                  token_budget=cfg.token_budget, patch=cfg.patch,
                                                  vae_stride=self.vae.cfg.stride))
         self.memory: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+        self._lock = threading.Lock()
         self.records: list[LatentRecord] = []
         self.rows: dict[str, dict] = {}
         c = self.vae.cfg.z_channels
@@ -219,12 +226,13 @@ class ClipSource:
 
     @torch.no_grad()
     def load(self, rec: LatentRecord) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if rec.clip_id not in self.memory:  # one row group read, not the whole shard
-            f = pq.ParquetFile(rec.file)
-            per_group = f.metadata.row_group(0).num_rows
-            media = self._media(f.read_row_group(rec.row // per_group, columns=self._media_columns(rec.file)))
-            self._encode([rec], [media[rec.row % per_group]])
-        return self.memory[rec.clip_id]
+        with self._lock:  # batches are prepared on threads
+            if rec.clip_id not in self.memory:  # one row group read, not the whole shard
+                f = pq.ParquetFile(rec.file)
+                per_group = f.metadata.row_group(0).num_rows
+                media = self._media(f.read_row_group(rec.row // per_group, columns=self._media_columns(rec.file)))
+                self._encode([rec], [media[rec.row % per_group]])
+            return self.memory[rec.clip_id]
 
 
 class BatchPlan:
@@ -293,6 +301,39 @@ def make_batch(source, records: list[LatentRecord], idx: list[int], cfg: TrainDi
         emb = pad_embeddings(texts)
         emb_tokens, emb_mask = emb.tokens, emb.mask
     return torch.stack(latents), emb_tokens, emb_mask
+
+
+T = TypeVar("T")
+
+
+def prefetched(fn: Callable[[int], T], items: Iterable[int], depth: int,
+               initializer: Callable[[], None] | None = None) -> Iterator[tuple[int, T]]:
+    """``(i, fn(i))`` for each i of ``items`` in order, with ``fn`` run up to ``depth`` items ahead on ``depth``
+    threads (0: inline). ``fn`` must depend on ``i`` only (every batch is seeded by its index), so the results are
+    those of the inline loop. An exception in ``fn`` is raised at its item; closing the iterator early (``break``
+    inside ``contextlib.closing``) cancels what has not started and waits for what has."""
+    if depth <= 0:
+        for i in items:
+            yield i, fn(i)
+        return
+    it = iter(items)
+    pending: deque = deque()
+    pool = ThreadPoolExecutor(max_workers=depth, initializer=initializer, thread_name_prefix="tessera-prefetch")
+    try:
+        for i in it:
+            pending.append((i, pool.submit(fn, i)))
+            if len(pending) >= depth:
+                break
+        while pending:
+            i, fut = pending.popleft()
+            for j in it:  # keep ``depth`` in flight while the caller works on item i
+                pending.append((j, pool.submit(fn, j)))
+                break
+            yield i, fut.result()
+    finally:
+        for _, fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -381,6 +422,14 @@ def weights_digest(model: nn.Module) -> float:
 
         dist.all_reduce(total)
     return float(total)
+
+
+def _grow(x: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
+    """``x`` (1-D, or None: empty) zero-padded to length ``n``, float32 on ``like``'s device."""
+    out = like.new_zeros(n, dtype=torch.float32)
+    if x is not None:
+        out[:len(x)] = x
+    return out
 
 
 def make_optimizer(model: nn.Module, cfg: TrainDiTConfig) -> torch.optim.Optimizer:
@@ -535,54 +584,77 @@ def main(cfg: TrainDiTConfig) -> dict:
     # No host-device sync inside a step on the GPU: the batch and every random draw are made on the CPU, pinned and
     # copied asynchronously, and losses are read back only when logging, so the CPU prepares step k + 1 while the
     # GPU still runs step k.
+    # The batches and draws are made ``cfg.prefetch`` steps ahead on threads (torch's CPU ops release the GIL), so
+    # the host's share of a step (about 25 ms of noise draws and the batch assembly at 128 clips) overlaps the
+    # kernel launches of the step before.
     losses: list[float] = []
     pending: list[torch.Tensor] = []  # this rank's losses not read back yet
+    frame_sum = frame_n = None  # per latent frame: the flow loss summed over the log window (on the device)
     pin = device.type == "cuda"
-    t0, tokens_seen = time.time(), 0
-    for step in range(start, cfg.steps):
+
+    def prepare(step: int):
         g = step * info.world + info.rank
         x0, text, mask = make_batch(source, records, plan.batch(g), cfg, g, text_dim, scale, shift)
         draws = flow.draw(tuple(x0.shape), torch.Generator().manual_seed(cfg.seed * 1_000_003 + g))
         if pin:
             x0, text, mask, draws = x0.pin_memory(), text.pin_memory(), mask.pin_memory(), draws.pin_memory()
-        x0, text, mask = (v.to(device, non_blocking=True) for v in (x0, text, mask))
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = flow.loss(x0, text, mask, draws=draws)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        ema.update(model, step)
-        pending.append(loss.detach().float())
-        tokens_seen += x0.shape[0] * x0.shape[2] * x0.shape[3] * x0.shape[4] // int(np.prod(dit_cfg.patch))
+        return x0, text, mask, draws
 
-        # 4. log, sample, checkpoint ---------------------------------------------------------------------
-        done = step + 1
-        last = done == cfg.steps or out_of_time(cfg.time_budget_s, t0)
-        if done % cfg.log_every == 0 or last or len(pending) >= 100:
-            losses.extend(torch.stack(pending).cpu().tolist())  # the one sync, every log_every steps
-            pending.clear()
-        if done % cfg.log_every == 0 or last:
-            mean_loss = float(all_reduce_mean(loss.detach().float()))
-            if writer is not None:
-                elapsed = max(1e-9, time.time() - t0)
-                writer.add_scalar("loss/flow", mean_loss, done)
-                writer.add_scalar("train/lr", lr_at(cfg, step), done)
-                writer.add_scalar("train/grad_norm", float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor")
-                                                           else grad_norm), done)
-                writer.add_scalar("train/steps_per_s", (done - start) / elapsed, done)
-                writer.add_scalar("train/tokens_per_s_per_rank", tokens_seen / elapsed, done)
-        if done % cfg.ckpt_every == 0 or last:
-            save(done)
-        if cfg.vae and cfg.sample_every and (done % cfg.sample_every == 0 or last):
-            pipe = ema_pipeline()
-            if pipe is not None:
-                write_samples(pipe, cfg, run_dir / "samples" / f"step-{done:09d}", writer, done)
-            barrier()
-        if last and done != cfg.steps:  # out of time
-            break
+    init = (lambda: torch.cuda.set_device(device)) if pin else None  # pinning in a thread must not touch GPU 0
+    depth = cfg.prefetch if cfg.prefetch >= 0 else (2 if pin else 0)
+    batches = prefetched(prepare, range(start, cfg.steps), depth, init)
+    t0, tokens_seen = time.time(), 0
+    try:
+        for step, (x0, text, mask, draws) in batches:
+            x0, text, mask = (v.to(device, non_blocking=True) for v in (x0, text, mask))
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, step)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss, per_frame = flow.loss(x0, text, mask, draws=draws, per_frame=True)
+            if frame_sum is None or len(frame_sum) < len(per_frame):
+                frame_sum, frame_n = _grow(frame_sum, len(per_frame), per_frame), _grow(frame_n, len(per_frame), per_frame)
+            frame_sum[:len(per_frame)] += per_frame.detach()
+            frame_n[:len(per_frame)] += 1
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            ema.update(model, step)
+            pending.append(loss.detach().float())
+            tokens_seen += x0.shape[0] * x0.shape[2] * x0.shape[3] * x0.shape[4] // int(np.prod(dit_cfg.patch))
+
+            # 4. log, sample, checkpoint ---------------------------------------------------------------------
+            done = step + 1
+            last = done == cfg.steps or out_of_time(cfg.time_budget_s, t0)
+            if done % cfg.log_every == 0 or last or len(pending) >= 100:
+                losses.extend(torch.stack(pending).cpu().tolist())  # the one sync, every log_every steps
+                pending.clear()
+            if done % cfg.log_every == 0 or last:
+                mean_loss = float(all_reduce_mean(loss.detach().float()))
+                if writer is not None:
+                    elapsed = max(1e-9, time.time() - t0)
+                    writer.add_scalar("loss/flow", mean_loss, done)
+                    writer.add_scalar("train/lr", lr_at(cfg, step), done)
+                    writer.add_scalar("train/grad_norm", float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor")
+                                                               else grad_norm), done)
+                    writer.add_scalar("train/steps_per_s", (done - start) / elapsed, done)
+                    writer.add_scalar("train/tokens_per_s_per_rank", tokens_seen / elapsed, done)
+                    for i, (v, n) in enumerate(zip(frame_sum.tolist(), frame_n.tolist())):
+                        if n:  # this rank's loss on latent frame i, over the steps since the last log
+                            writer.add_scalar(f"frames/flow_t{i}", v / n, done)
+                frame_sum.zero_()
+                frame_n.zero_()
+            if done % cfg.ckpt_every == 0 or last:
+                save(done)
+            if cfg.vae and cfg.sample_every and (done % cfg.sample_every == 0 or last):
+                pipe = ema_pipeline()
+                if pipe is not None:
+                    write_samples(pipe, cfg, run_dir / "samples" / f"step-{done:09d}", writer, done)
+                barrier()
+            if last and done != cfg.steps:  # out of time
+                break
+    finally:
+        batches.close()  # stop preparing batches past the last step (or after an error)
 
     # 5. export --------------------------------------------------------------------------------------------
     if cfg.export and cfg.vae and losses:
