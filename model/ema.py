@@ -33,12 +33,8 @@ class EMA:
         decay = self.decay_at(step)
         ema_params = dict(self.module.named_parameters())
         pairs = [(ema_params[name], p.detach()) for name, p in model.named_parameters()]
-        same = [(e, p) for e, p in pairs if e.dtype == p.dtype and e.device == p.device]
-        if same:  # one multi-tensor kernel per group instead of one launch per parameter
-            torch._foreach_lerp_([e for e, _ in same], [p for _, p in same], 1.0 - decay)
-        for e, p in pairs:
-            if e.dtype != p.dtype or e.device != p.device:
-                e.lerp_(p.to(e.device, e.dtype), 1.0 - decay)
+        # multi-tensor kernels, not one launch per parameter; ``to`` copies only for an average in another dtype
+        torch._foreach_lerp_([e for e, _ in pairs], [p.to(e.dtype) for e, p in pairs], 1.0 - decay)
         ema_buffers = dict(self.module.named_buffers())
         for name, b in model.named_buffers():
             ema_buffers[name].copy_(b)

@@ -449,20 +449,18 @@ class LatentReader:
 
     def _locate(self, file: str, row: int) -> tuple[pa.Table, int]:
         with self._lock:
-            return self._locate_unlocked(file, row)
-
-    def _locate_unlocked(self, file: str, row: int) -> tuple[pa.Table, int]:
-        if file not in self._starts:
-            meta = pq.ParquetFile(file).metadata
-            self._starts[file] = list(np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]))
-        starts = self._starts[file]
-        rg = int(np.searchsorted(starts, row, side="right") - 1)
-        key = (file, rg)
-        if key not in self._groups:
-            if len(self._groups) >= self.max_groups:
-                self._groups.pop(next(iter(self._groups)))
-            self._groups[key] = pq.ParquetFile(file).read_row_group(rg)
-        return self._groups[key], row - starts[rg]
+            if file not in self._starts:
+                meta = pq.ParquetFile(file).metadata
+                sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+                self._starts[file] = list(np.cumsum([0] + sizes))
+            starts = self._starts[file]
+            rg = int(np.searchsorted(starts, row, side="right") - 1)
+            key = (file, rg)
+            if key not in self._groups:
+                if len(self._groups) >= self.max_groups:
+                    self._groups.pop(next(iter(self._groups)))
+                self._groups[key] = pq.ParquetFile(file).read_row_group(rg)
+            return self._groups[key], row - starts[rg]
 
     def load(self, rec: LatentRecord) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The latent (C, T', H', W') and ``{kind: tokens (L, D)}`` of a record, float32."""

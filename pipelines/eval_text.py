@@ -87,9 +87,10 @@ def constant_baseline(rows: list[dict]) -> dict:
         group = [r for r in rows if r["heldout"] == flag]
         if not group:
             continue
-        best = {a: max(Counter(r[a] for r in group).values()) / len(group) for a in ATTRIBUTES}
+        counts = {a: Counter(r[a] for r in group).most_common(1)[0] for a in ATTRIBUTES}  # (value, count)
+        best = {a: n / len(group) for a, (_, n) in counts.items()}
         # the three constants are chosen independently, so "all three" is their joint frequency at best
-        mode = {a: Counter(r[a] for r in group).most_common(1)[0][0] for a in ATTRIBUTES}
+        mode = {a: value for a, (value, _) in counts.items()}
         joint = float(np.mean([all(r[a] == mode[a] for a in ATTRIBUTES) for r in group]))
         out[name] = {"n": len(group), **best, "attribute": float(np.mean(list(best.values()))), "all": joint}
     return out

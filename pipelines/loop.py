@@ -191,8 +191,8 @@ def plot_curves(runs: dict[str, dict], path: Path) -> Path:
         ax.set_xlabel("step", fontsize=8)
         if len(lines) > 1:
             ax.legend(fontsize=6)
-        values = [v for _, vs in lines.values() for v in vs]
-        if title.startswith("loss") and values and min(values) > 0:
+        every = [v for _, vs in lines.values() for v in vs]
+        if title.startswith("loss") and every and min(every) > 0:
             ax.set_yscale("log")
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)

@@ -117,7 +117,7 @@ def test_ema_warms_its_decay_up_by_step() -> None:
 def test_ema_update_matches_a_per_parameter_lerp_also_across_dtypes() -> None:
     net = _net(0)
     ema = EMA(net, 0.9)
-    ema.module.half()  # a lower-precision average takes the per-tensor path
+    ema.module.half()  # a lower-precision average: the parameters are cast before the lerp
     reference = {k: v.clone() for k, v in ema.module.state_dict().items()}
     with torch.no_grad():
         for p in net.parameters():
@@ -127,7 +127,7 @@ def test_ema_update_matches_a_per_parameter_lerp_also_across_dtypes() -> None:
     for name, p in net.named_parameters():
         want = reference[name].lerp(p.detach().half(), 1 - d)
         assert torch.equal(ema.module.state_dict()[name], want), name
-    same = EMA(net, 0.9)  # same dtype: the multi-tensor path, bit-identical to lerp_ on the CPU
+    same = EMA(net, 0.9)  # same dtype: bit-identical to lerp_ on the CPU
     before = {k: v.clone() for k, v in same.module.state_dict().items()}
     with torch.no_grad():
         for p in net.parameters():

@@ -5,7 +5,9 @@ CPU at tiny sizes and writes its eval and report."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,6 +17,15 @@ from curate import synth
 from curate.synth import ComboSplit
 
 pytestmark = pytest.mark.timeout(600)
+
+
+def _benchmark(name: str):
+    """A script of ``benchmarks/`` (not a package) as a module."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def test_default_split_holds_out_one_colour_per_shape():
@@ -194,15 +205,9 @@ def test_accuracy_table_counts_each_group_and_attribute():
 
 
 def test_run_text_loop_set_overrides_any_loop_field():
-    import importlib.util
-    from pathlib import Path
-
     from pipelines.loop import PROFILES
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run_text_loop.py"
-    spec = importlib.util.spec_from_file_location("run_text_loop", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _benchmark("run_text_loop")
     got = mod.parse_set(["dit_lr=1e-3", "dit_patch=[1,4,4]", "vae_preset=small-f4c4", "compile=true"], PROFILES["gpu"])
     assert got == {"dit_lr": 1e-3, "dit_patch": (1, 4, 4), "vae_preset": "small-f4c4", "compile": True}
     assert dataclasses.replace(PROFILES["gpu"], **got).dit_patch == (1, 4, 4)
@@ -223,13 +228,7 @@ def test_shot_corpus_columns_have_the_build_types(tmp_path):
 
 
 def test_vae_ceiling_probe_trains_each_preset_and_tables_it(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "probe_vae_ceiling.py"
-    spec = importlib.util.spec_from_file_location("probe_vae_ceiling", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _benchmark("probe_vae_ceiling")
     assert mod.main(["--out", str(tmp_path / "out"), "--presets", "tiny,tiny-f4c8", "--seconds", "0.5", "--clips",
                      "6", "--size", "32", "--limit", "3"]) == 0
     got = json.loads((tmp_path / "out" / "probe.json").read_text())
@@ -244,15 +243,9 @@ def test_vae_ceiling_probe_trains_each_preset_and_tables_it(tmp_path):
 
 
 def test_probe_latent_stats_separates_channels_and_frames():
-    import importlib.util
-    from pathlib import Path
-
     import torch
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "probe_vae_ceiling.py"
-    spec = importlib.util.spec_from_file_location("probe_vae_ceiling", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _benchmark("probe_vae_ceiling")
     z = torch.randn(64, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     z[:, 1] *= 10  # one loud channel
     z[:, :, 0] *= 0.1  # a quiet first latent frame (it is in every channel, so it lowers each a little)

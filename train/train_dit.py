@@ -35,6 +35,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -317,18 +318,12 @@ def prefetched(fn: Callable[[int], T], items: Iterable[int], depth: int,
             yield i, fn(i)
         return
     it = iter(items)
-    pending: deque = deque()
     pool = ThreadPoolExecutor(max_workers=depth, initializer=initializer, thread_name_prefix="tessera-prefetch")
+    pending = deque((i, pool.submit(fn, i)) for i in islice(it, depth))
     try:
-        for i in it:
-            pending.append((i, pool.submit(fn, i)))
-            if len(pending) >= depth:
-                break
         while pending:
             i, fut = pending.popleft()
-            for j in it:  # keep ``depth`` in flight while the caller works on item i
-                pending.append((j, pool.submit(fn, j)))
-                break
+            pending.extend((j, pool.submit(fn, j)) for j in islice(it, 1))  # keep ``depth`` in flight
             yield i, fut.result()
     finally:
         for _, fut in pending:
@@ -425,10 +420,10 @@ def weights_digest(model: nn.Module) -> float:
 
 
 def _grow(x: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
-    """``x`` (1-D, or None: empty) zero-padded to length ``n``, float32 on ``like``'s device."""
-    out = like.new_zeros(n, dtype=torch.float32)
+    """``x`` (2, m), or None, zero-padded to (2, n), float32 on ``like``'s device."""
+    out = like.new_zeros(2, n, dtype=torch.float32)
     if x is not None:
-        out[:len(x)] = x
+        out[:, :x.shape[1]] = x
     return out
 
 
@@ -581,15 +576,12 @@ def main(cfg: TrainDiTConfig) -> dict:
         return pipes[0]
 
     # 3. loop --------------------------------------------------------------------------------------------
-    # No host-device sync inside a step on the GPU: the batch and every random draw are made on the CPU, pinned and
-    # copied asynchronously, and losses are read back only when logging, so the CPU prepares step k + 1 while the
-    # GPU still runs step k.
-    # The batches and draws are made ``cfg.prefetch`` steps ahead on threads (torch's CPU ops release the GIL), so
-    # the host's share of a step (about 25 ms of noise draws and the batch assembly at 128 clips) overlaps the
-    # kernel launches of the step before.
+    # No host-device sync inside a step on the GPU: the batch and every random draw are made on the CPU,
+    # ``cfg.prefetch`` steps ahead on threads (torch's CPU ops release the GIL; at 128 clips the noise alone is
+    # ~25 ms), pinned and copied asynchronously; losses are read back only at log steps.
     losses: list[float] = []
     pending: list[torch.Tensor] = []  # this rank's losses not read back yet
-    frame_sum = frame_n = None  # per latent frame: the flow loss summed over the log window (on the device)
+    frames = None  # (2, T'): per latent frame, the flow loss summed over the log window and its step count
     pin = device.type == "cuda"
 
     def prepare(step: int):
@@ -611,10 +603,10 @@ def main(cfg: TrainDiTConfig) -> dict:
                 group["lr"] = lr_at(cfg, step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss, per_frame = flow.loss(x0, text, mask, draws=draws, per_frame=True)
-            if frame_sum is None or len(frame_sum) < len(per_frame):
-                frame_sum, frame_n = _grow(frame_sum, len(per_frame), per_frame), _grow(frame_n, len(per_frame), per_frame)
-            frame_sum[:len(per_frame)] += per_frame.detach()
-            frame_n[:len(per_frame)] += 1
+            if frames is None or frames.shape[1] < len(per_frame):
+                frames = _grow(frames, len(per_frame), per_frame)
+            frames[0, :len(per_frame)] += per_frame
+            frames[1, :len(per_frame)] += 1
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -627,7 +619,7 @@ def main(cfg: TrainDiTConfig) -> dict:
             done = step + 1
             last = done == cfg.steps or out_of_time(cfg.time_budget_s, t0)
             if done % cfg.log_every == 0 or last or len(pending) >= 100:
-                losses.extend(torch.stack(pending).cpu().tolist())  # the one sync, every log_every steps
+                losses.extend(torch.stack(pending).cpu().tolist())  # read back at log steps only
                 pending.clear()
             if done % cfg.log_every == 0 or last:
                 mean_loss = float(all_reduce_mean(loss.detach().float()))
@@ -639,11 +631,10 @@ def main(cfg: TrainDiTConfig) -> dict:
                                                                else grad_norm), done)
                     writer.add_scalar("train/steps_per_s", (done - start) / elapsed, done)
                     writer.add_scalar("train/tokens_per_s_per_rank", tokens_seen / elapsed, done)
-                    for i, (v, n) in enumerate(zip(frame_sum.tolist(), frame_n.tolist())):
+                    for i, (v, n) in enumerate(zip(*frames.tolist())):
                         if n:  # this rank's loss on latent frame i, over the steps since the last log
                             writer.add_scalar(f"frames/flow_t{i}", v / n, done)
-                frame_sum.zero_()
-                frame_n.zero_()
+                frames.zero_()
             if done % cfg.ckpt_every == 0 or last:
                 save(done)
             if cfg.vae and cfg.sample_every and (done % cfg.sample_every == 0 or last):
