@@ -380,7 +380,7 @@ def render_video(
         stream.codec_context.time_base = Fraction(1, fps)
         for n, entry in enumerate(plan):
             frame = av.VideoFrame.from_ndarray(_compose(entry, painters), format="rgb24")
-            frame = frame.reformat(format="yuv420p")
+            frame = frame.reformat(format="yuv420p", threads=1)  # swscale defaults to one slice per CPU
             frame.pts = n
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
