@@ -11,7 +11,8 @@ the same encoder at half the bytes. It lands in ``.gpu/minilm-fp16`` (git-ignore
 ``run`` writes the corpus (``--clips`` single-shot clips over the whole synthetic vocabulary except the held-out
 colour-shape pairs), runs ``pipelines.loop.run`` with ``PROFILES[--profile]`` (flags override single fields)
 and copies the headline files flat into ``--out``: loop.json, results.md, results.json, curves.png, sheet.png,
-dit-samples.png, vae-preview.png, and prints the time of every stage and the eval-text table.
+dit-samples.png, vae-preview.png, and prints the time of every stage (the DiT's split into setup, steps, samples
+and export), the accuracy at each guidance scale of ``eval_cfg_sweep`` and the eval-text table.
 """
 
 from __future__ import annotations
@@ -101,6 +102,14 @@ def run(a: argparse.Namespace) -> dict:
     print("\n| stage | seconds |\n|---|---|")
     for k, v in summary["seconds"].items():
         print(f"| {k[:-2]} | {v} |")
+    print("\nDiT stage: " + ", ".join(f"{k} {v} s" for k, v in summary["dit"].get("seconds", {}).items()))
+    if summary.get("cfg_sweep"):
+        print("\n| guidance | seen attribute | held-out attribute | held-out shape | held-out motion | seconds |")
+        print("|---|---|---|---|---|---|")
+        for scale, v in summary["cfg_sweep"].items():
+            seen, held = v["accuracy"]["seen"], v["accuracy"]["heldout"]
+            print(f"| {scale} | {seen['attribute']:.3f} | {held['attribute']:.3f} | {held['shape']:.3f} | "
+                  f"{held['motion']:.3f} | {v['seconds']} |")
     print("\n" + (loop / "eval-text" / "results.md").read_text())
     return summary
 
@@ -112,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="corpus -> VAE -> DiT -> eval-text")
     r.add_argument("--out", required=True)
     r.add_argument("--work", default="", help="working folder (default OUT/work)")
-    r.add_argument("--profile", default="gpu", choices=["cpu", "gpu"])
+    r.add_argument("--profile", default="gpu", choices=["cpu", "gpu", "smoke"],
+                   help="pipelines.loop.PROFILES entry (smoke: seconds on a CPU, to check the script before a GPU run)")
     r.add_argument("--clips", type=int, default=4096)
     r.add_argument("--size", type=int, default=None)
     r.add_argument("--vae-steps", type=int, default=None)

@@ -13,7 +13,9 @@ Steps:
   2. the detector's ceiling on this very setting: it reads the ground-truth render of every prompt's shot, raw
      and after a round trip through the pipeline's VAE (what a perfect DiT could at best produce), so a low
      score can be blamed on the model or on the detector with numbers, not guesses;
-  3. generation (same seed, same frames) and detection;
+  3. generation (same seed, same frames) and detection. Generation and the VAE round trips run ``batch``
+     prompts per network call (each prompt keeps the noise of its own seed); the detector reads each batch in
+     ``workers`` processes while the next one generates;
   4. ``results.json`` (every prompt, detection and verdict), ``results.md`` (the tables) and ``sheet.png``
      (held-out generations next to their ground-truth renders).
 
@@ -54,6 +56,37 @@ class EvalTextConfig:
     cfg: float = 5.0
     device: str = "auto"
     limit: int = 0  # evaluate only the first N prompts of each group (0 = all): quick looks
+    batch: int = 16  # prompts generated (and round-tripped through the VAE) per network call
+    workers: int = -1  # detector processes beside the generation (-1: up to 8 on a GPU, 0 on the CPU; 0 = inline)
+
+
+def _detect_row(prompt: dict, clips: dict, det_cfg) -> dict:
+    """One prompt's detections and verdicts for each source clip (``{"render": frames, ...}``); a pool job."""
+    from curate.detect import detect, score
+
+    row = {**prompt}
+    for source, frames in clips.items():
+        d = detect(frames, det_cfg)
+        row[source] = {"color": d.color, "shape": d.shape, "motion": d.motion,
+                       "area_frac": round(float(d.area_frac), 4),
+                       "displacement": [round(float(v), 4) for v in d.displacement]}
+        row[f"correct_{source}"] = score(d, prompt)
+    row["correct"] = row["correct_generated"]
+    return row
+
+
+def detector_pool(workers: int, device: str):
+    """A spawn-context process pool for the detector (numpy + OpenCV hold the GIL, so threads do not help; spawn,
+    since the parent holds a CUDA context), or None to detect inline."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    if workers < 0:
+        workers = min(8, (os.cpu_count() or 1) - 1) if device.startswith("cuda") else 0
+    if workers <= 0:
+        return None
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def resolve_split(cfg: EvalTextConfig, meta: dict) -> synth.ComboSplit:
@@ -145,7 +178,7 @@ def main(cfg: EvalTextConfig) -> dict:
     import torch
     from PIL import Image
 
-    from curate.detect import DetectConfig, detect, score
+    from curate.detect import DetectConfig
     from pipelines.generate import TextToVideo, read_pipeline_config
 
     # 1. pipeline, split, prompts ----------------------------------------------------------------------
@@ -164,27 +197,35 @@ def main(cfg: EvalTextConfig) -> dict:
           f"{cfg.frames}, {cfg.steps} steps, cfg {cfg.cfg}, device {device}", flush=True)
 
     # 2-3. ground truth (raw and through the VAE) and generations, each read by the detector ----------------
-    rows, sheet_items, t0 = [], [], time.time()
-    for i, p in enumerate(prompts):
-        truth = synth.render_clip(synth.prompt_shot(p, cfg.frames), (size, size), seed=p["seed"])
-        with torch.no_grad():
-            round_trip = pipe.decode(pipe.encode(truth, (size, size)))
-        generated = pipe(p["prompt"], frames=cfg.frames, size=(size, size), steps=cfg.steps, cfg=cfg.cfg,
-                         seed=p["seed"])
-        row = {**p}
-        for source, frames in (("render", truth), ("vae", round_trip), ("generated", generated)):
-            d = detect(frames, det_cfg)
-            row[source] = {"color": d.color, "shape": d.shape, "motion": d.motion,
-                           "area_frac": round(float(d.area_frac), 4),
-                           "displacement": [round(float(v), 4) for v in d.displacement]}
-            row[f"correct_{source}"] = score(d, p)
-        row["correct"] = row["correct_generated"]
-        rows.append(row)
-        if p["heldout"] and len(sheet_items) < 16:
-            verdict = "".join(a[0].upper() if row["correct"][a] else "-" for a in ATTRIBUTES)
-            sheet_items.append((f"[{verdict}] {p['prompt']}", generated, truth))
-        if (i + 1) % max(1, len(prompts) // 10) == 0 or i + 1 == len(prompts):
-            print(f"[eval-text] {i + 1}/{len(prompts)} ({time.time() - t0:.0f} s)", flush=True)
+    # The GPU work runs in batches of ``cfg.batch`` prompts; the detector reads each batch in a process pool
+    # while the next batch generates.
+    pool = detector_pool(cfg.workers, device)
+    jobs, t0 = [], time.time()
+    try:
+        for start in range(0, len(prompts), max(1, cfg.batch)):
+            chunk = prompts[start:start + max(1, cfg.batch)]
+            truths = [synth.render_clip(synth.prompt_shot(p, cfg.frames), (size, size), seed=p["seed"]) for p in chunk]
+            with torch.no_grad():
+                round_trips = pipe.decode_batch(pipe.encode_batch(truths, (size, size)))
+            generated = pipe.generate_batch([p["prompt"] for p in chunk], [p["seed"] for p in chunk],
+                                            frames=cfg.frames, size=(size, size), steps=cfg.steps, cfg=cfg.cfg)
+            for p, truth, trip, gen in zip(chunk, truths, round_trips, generated):
+                clips = {"render": truth, "vae": trip, "generated": gen}
+                shown = p["heldout"] and sum(j[1] is not None for j in jobs) < 16  # the sheet's first 16 held-out
+                jobs.append((p, (gen, truth) if shown else None,
+                             pool.submit(_detect_row, p, clips, det_cfg) if pool else _detect_row(p, clips, det_cfg)))
+            print(f"[eval-text] {start + len(chunk)}/{len(prompts)} generated ({time.time() - t0:.0f} s)", flush=True)
+        rows, sheet_items = [], []
+        for p, shown, job in jobs:
+            row = job.result() if pool else job
+            rows.append(row)
+            if shown:
+                verdict = "".join(a[0].upper() if row["correct"][a] else "-" for a in ATTRIBUTES)
+                sheet_items.append((f"[{verdict}] {p['prompt']}", *shown))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    print(f"[eval-text] {len(rows)} prompts read by the detector ({time.time() - t0:.0f} s)", flush=True)
 
     # 4. tables and files ----------------------------------------------------------------------------------
     tables = {}
@@ -233,10 +274,14 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale")
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda")
     p.add_argument("--limit", type=int, default=0, help="first N prompts per group only (quick look)")
+    p.add_argument("--batch", type=int, default=d.batch, help="prompts per network call (generation and VAE)")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="detector processes running beside the generation (-1: up to 8 on a GPU, 0 on the CPU)")
     a = p.parse_args(argv)
     cfg = EvalTextConfig(pipeline=a.pipeline, out=a.out, split=a.split, split_seed=a.split_seed,
                          per_triple=a.per_triple, heldout_repeat=a.heldout_repeat, prompt_seed=a.prompt_seed, frames=a.frames, size=a.size,
-                         steps=a.steps, cfg=a.cfg, device=a.device, limit=a.limit)
+                         steps=a.steps, cfg=a.cfg, device=a.device, limit=a.limit,
+                         batch=a.batch, workers=a.workers)
     try:
         main(cfg)
     except (FileNotFoundError, ValueError) as exc:

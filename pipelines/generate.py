@@ -236,11 +236,22 @@ class TextToVideo:
         return (z.float() - self.latent_shift) * self.latent_scale
 
     @torch.no_grad()
+    def encode_batch(self, clips: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+        """Clips of one length (uint8 (T, h, w, 3) each) -> scaled latents (B, C, T', H', W'), one VAE call."""
+        x = torch.cat([fit_frames(c, size) for c in clips]).to(self.device)
+        return (self.vae.encode(x).mode().float() - self.latent_shift) * self.latent_scale
+
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Scaled latents (1, C, T', H', W') -> uint8 (T, H, W, 3)."""
-        x = self.vae.decode(latents.float() / self.latent_scale + self.latent_shift)  # (1, 3, T, H, W)
-        x = ((x[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, T, H, W)
-        return x.permute(1, 2, 3, 0).cpu().numpy()
+        return self.decode_batch(latents[:1])[0]
+
+    @torch.no_grad()
+    def decode_batch(self, latents: torch.Tensor) -> np.ndarray:
+        """Scaled latents (B, C, T', H', W') -> uint8 (B, T, H, W, 3), one VAE call."""
+        x = self.vae.decode(latents.float() / self.latent_scale + self.latent_shift)  # (B, 3, T, H, W)
+        x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return x.permute(0, 2, 3, 4, 1).cpu().numpy()
 
     def build_condition(self, frames: int, size: tuple[int, int], image=None, video=None, video_b=None,
                         keyframes=None, strength: float | None = None) -> C.Condition:
@@ -291,6 +302,34 @@ class TextToVideo:
         latents = denoise(self.flow, None, cond, emb.tokens.to(self.device), emb.mask.to(self.device),
                           steps=steps, cfg_scale=cfg, solver=solver, seed=seed)
         return latents, cond
+
+    @torch.no_grad()
+    def sample_batch(self, prompts: list[str], seeds: list[int], *, frames: int = 17,
+                     size: tuple[int, int] = (256, 256), steps: int = 30, cfg: float = 5.0,
+                     solver: str = "euler") -> torch.Tensor:
+        """Text-to-video for several prompts in one batch -> latents (B, C, T', H', W').
+
+        Sample i starts from the noise ``sample_latents(prompts[i], seed=seeds[i])`` would draw, so a batch gives
+        what the one-at-a-time calls give, up to float rounding (captions are padded to the longest one and
+        masked). Cost: one network call per step for the whole batch instead of one per prompt."""
+        if len(prompts) != len(seeds) or not prompts:
+            raise ValueError(f"need one seed per prompt and at least one prompt, got {len(prompts)} prompts and "
+                             f"{len(seeds)} seeds")
+        size = (int(size[0]), int(size[1]))
+        self.check(frames, size, steps, cfg, None, None, None, None, None)
+        one = self.build_condition(frames, size)
+        cond = C.Condition(one.mask.repeat(len(prompts), 1), one.reference.repeat(len(prompts), 1, 1, 1, 1),
+                           one.strength).to(self.device)
+        noise = torch.cat([torch.randn(one.shape, generator=torch.Generator().manual_seed(int(s)),
+                                       dtype=torch.float32) for s in seeds])
+        emb = self.text(list(prompts))
+        return denoise(self.flow, noise, cond, emb.tokens.to(self.device), emb.mask.to(self.device), steps=steps,
+                       cfg_scale=cfg, solver=solver)
+
+    def generate_batch(self, prompts: list[str], seeds: list[int], *, frames: int = 17,
+                       size: tuple[int, int] = (256, 256), steps: int = 30, cfg: float = 5.0) -> np.ndarray:
+        """uint8 (B, T, H, W, 3): :meth:`sample_batch`, then one batched VAE decode."""
+        return self.decode_batch(self.sample_batch(prompts, seeds, frames=frames, size=size, steps=steps, cfg=cfg))
 
     def __call__(self, prompt: str, *, image=None, video=None, video_b=None, keyframes=None,
                  strength: float | None = None, frames: int = 17, size: tuple[int, int] = (256, 256), fps: int = 16,

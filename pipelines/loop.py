@@ -64,6 +64,8 @@ class LoopConfig:
     # eval
     eval_steps: int = 20
     eval_cfg: float = 5.0
+    eval_cfg_sweep: tuple[float, ...] = ()  # further guidance scales, each a whole eval-text of its own (pick one by
+    # the seen split: the held-out pairs are the test)
     eval_per_triple: int = 1
     eval_heldout_repeat: int = 1  # extra prompts per held-out triple (there are 5x fewer of them)
     eval_limit: int = 0  # first N prompts per group (0: all 96)
@@ -301,18 +303,31 @@ def run(cfg: LoopConfig) -> dict:
 
     t = time.time()  # 3. eval-text ---------------------------------------------------------------------
     print(f"[loop] 3/4 eval-text on {pipeline}", flush=True)
-    ev = eval_text(EvalTextConfig(pipeline=str(pipeline), out=str(out / "eval-text"), per_triple=cfg.eval_per_triple,
-                                  heldout_repeat=cfg.eval_heldout_repeat,
-                                  prompt_seed=cfg.seed, frames=cfg.frames, size=cfg.size, steps=cfg.eval_steps,
-                                  cfg=cfg.eval_cfg, device=cfg.device, limit=cfg.eval_limit))
+    ev_cfg = EvalTextConfig(pipeline=str(pipeline), out=str(out / "eval-text"), per_triple=cfg.eval_per_triple,
+                            heldout_repeat=cfg.eval_heldout_repeat, prompt_seed=cfg.seed, frames=cfg.frames,
+                            size=cfg.size, steps=cfg.eval_steps, cfg=cfg.eval_cfg, device=cfg.device,
+                            limit=cfg.eval_limit)
+    ev = eval_text(ev_cfg)
     times["eval_s"] = round(time.time() - t, 1)
+    sweep = {}
+    for scale in cfg.eval_cfg_sweep:
+        t = time.time()
+        print(f"[loop] 3/4 eval-text at guidance {scale:g}", flush=True)
+        other = eval_text(dataclasses.replace(ev_cfg, cfg=float(scale), out=str(out / f"eval-text-cfg{scale:g}")))
+        sweep[f"{scale:g}"] = {"accuracy": other["accuracy"], "seconds": round(time.time() - t, 1)}
+    if sweep:
+        sweep[f"{cfg.eval_cfg:g}"] = {"accuracy": ev["accuracy"], "seconds": times["eval_s"]}
+        times["eval_sweep_s"] = round(sum(v["seconds"] for v in sweep.values()) - times["eval_s"], 1)
 
     summary = {"config": dataclasses.asdict(cfg), "seconds": times,
                "vae": {"steps": vae["step"], "first_loss": vae["losses"][0] if vae["losses"] else None,
                        "last_loss": float(np.mean(vae["losses"][-10:])) if vae["losses"] else None},
                "dit": {"steps": dit["step"], "first_loss": dit["losses"][0] if dit["losses"] else None,
-                       "last_loss": float(np.mean(dit["losses"][-10:])) if dit["losses"] else None},
+                       "last_loss": float(np.mean(dit["losses"][-10:])) if dit["losses"] else None,
+                       "seconds": dit["seconds"]},
                "accuracy": ev["accuracy"], "detector_ceiling": ev["detector_ceiling"], "pipeline": str(pipeline)}
+    if sweep:
+        summary["cfg_sweep"] = dict(sorted(sweep.items(), key=lambda kv: float(kv[0])))
     t = time.time()  # 4. report ------------------------------------------------------------------------
     print(f"[loop] 4/4 training report -> {out / 'report'}", flush=True)
     summary["report"] = str(write_training_report(out / "report", out / "vae", out / "dit", out / "eval-text", summary))

@@ -130,9 +130,13 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
     _corpus(tmp_path, n=16, size=32)
     cfg = dataclasses.replace(PROFILES["smoke"], dataset=str(tmp_path / "corpus"), out=str(tmp_path / "run"),
                               frames=9, device="cpu", vae_preset=vae_preset, dit_patch=patch,
-                              vae_frames=5 if patch != (1, 2, 2) else 0, vae_warmup=2, dit_warmup=3)
+                              vae_frames=5 if patch != (1, 2, 2) else 0, vae_warmup=2, dit_warmup=3,
+                              eval_cfg_sweep=(2.0,) if patch == (1, 2, 2) else ())
     summary = run(cfg)
     assert summary["vae"]["steps"] == cfg.vae_steps and summary["dit"]["steps"] == cfg.dit_steps
+    parts = summary["dit"]["seconds"]  # where the DiT stage's time went; the samples are timed inside the loop
+    assert set(parts) == {"setup", "loop", "samples", "export"} and 0 < parts["samples"] <= parts["loop"]
+    assert sum(parts.values()) <= summary["seconds"]["dit_s"] + 0.5
     vae_cfg = json.loads((tmp_path / "run" / "vae" / "config.json").read_text())
     dit_cfg = json.loads((tmp_path / "run" / "dit" / "config.json").read_text())
     assert vae_cfg["num_frames"] == [cfg.vae_frames or cfg.frames] and vae_cfg["warmup_steps"] == 2
@@ -154,6 +158,13 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
         assert figure in page and (tmp_path / "run" / "report" / figure).stat().st_size > 1000
     assert (tmp_path / "run" / "loop.json").is_file()
     assert "best constant answer" in (tmp_path / "run" / "eval-text" / "results.md").read_text()
+    if cfg.eval_cfg_sweep:  # each further guidance scale is a whole eval of its own, recorded beside the main one
+        assert list(summary["cfg_sweep"]) == ["2", f"{cfg.eval_cfg:g}"]
+        assert summary["cfg_sweep"][f"{cfg.eval_cfg:g}"]["accuracy"] == summary["accuracy"]
+        other = json.loads((tmp_path / "run" / "eval-text-cfg2" / "results.json").read_text())
+        assert other["config"]["cfg"] == 2.0 and other["accuracy"] == summary["cfg_sweep"]["2"]["accuracy"]
+    else:
+        assert "cfg_sweep" not in summary
     if vae_preset != "tiny":
         return
     # the CLI: its flags reach the run, and a missing pipeline is a clear error (exit 2), not a traceback
@@ -253,3 +264,47 @@ def test_probe_latent_stats_separates_channels_and_frames():
     assert got["channel_std"][1] > 5 * max(got["channel_std"][0], got["channel_std"][2])
     assert 8 < got["channel_std_spread"] < 12
     assert got["frame_std"][0] < 0.2 * min(got["frame_std"][1:])
+
+
+def test_eval_text_batches_and_detector_pool_change_no_verdict(tmp_path):
+    """The batched generation and the detector processes are plumbing: the same batch read inline or by the pool
+    gives identical rows in prompt order, and the ground-truth rows do not depend on the batch size."""
+    import torch
+
+    from model.dit import DiT, dit_config
+    from model.text import TextConfig
+    from model.vae import build_vae
+    from pipelines.eval_text import EvalTextConfig, main
+    from pipelines.generate import export_pipeline
+
+    torch.manual_seed(0)
+    dit, vae = DiT(dit_config("tiny", latent_channels=16, text_dim=384)), build_vae("tiny")
+    with torch.no_grad():  # off the zero init, so the generations depend on the prompt
+        for p in list(dit.parameters()) + list(vae.parameters()):
+            p.add_(0.05 * torch.randn_like(p))
+    pipe = export_pipeline(tmp_path / "pipeline", dit, vae, TextConfig(max_length=32))
+    base = EvalTextConfig(pipeline=str(pipe), size=32, frames=9, steps=2, cfg=3.0, device="cpu", limit=3)
+    runs = {name: main(dataclasses.replace(base, out=str(tmp_path / name), batch=b, workers=w))
+            for name, b, w in (("one", 1, 0), ("inline", 4, 0), ("pool", 4, 2))}
+    rows = {name: r["prompts"] for name, r in runs.items()}
+    assert len(rows["pool"]) == 6 and [r["prompt"] for r in rows["pool"]] == [r["prompt"] for r in rows["one"]]
+    assert rows["pool"] == rows["inline"]  # every detection, verdict and field, in order
+    for a, b in zip(rows["one"], rows["pool"]):
+        assert a["render"] == b["render"] and a["correct_render"] == b["correct_render"]
+    assert runs["pool"]["accuracy"] == runs["inline"]["accuracy"]
+    assert (tmp_path / "pool" / "sheet.png").stat().st_size > 1000
+
+
+def test_run_text_loop_script_end_to_end_at_smoke_size(tmp_path, capsys):
+    """The GPU script itself, on the CPU at smoke size, so a mistake in its reporting never costs a GPU run: it
+    copies the headline files flat into --out and prints the stage times, the DiT split and the guidance table."""
+    mod = _benchmark("run_text_loop")
+    assert mod.main(["run", "--profile", "smoke", "--clips", "12", "--out", str(tmp_path / "out"), "--set",
+                     "frames=9", "--set", "device=cpu", "--set", "eval_cfg_sweep=[2.5]", "--text-path", ""]) == 0
+    out = capsys.readouterr().out
+    assert "| guidance | seen attribute |" in out and "\n| 2.5 |" in out and "\n| 5 |" in out
+    assert "DiT stage: setup" in out and "| total |" in out
+    summary = json.loads((tmp_path / "out" / "loop.json").read_text())
+    assert summary["clips"] == 12 and summary["seconds"]["total_s"] >= summary["seconds"]["dit_s"]
+    for name in ("results.md", "results.json", "curves.png"):
+        assert (tmp_path / "out" / name).is_file()

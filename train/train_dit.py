@@ -467,8 +467,11 @@ def write_samples(pipe, cfg: TrainDiTConfig, out_dir: Path, writer, step: int) -
 
 
 def main(cfg: TrainDiTConfig) -> dict:
-    """Train; returns ``{"losses": [this rank's loss per step], "step", "run_dir", "world"}``."""
+    """Train; returns ``{"losses": [this rank's loss per step], "step", "run_dir", "world", "seconds"}``
+    (``seconds``: setup, including any on-the-fly encoding of the clips; the step loop; the samples within it;
+    the export)."""
     # 1. setup -------------------------------------------------------------------------------------------
+    t_start, t_samples = time.time(), 0.0
     if cfg.parallel not in ("ddp", "fsdp"):
         raise ValueError(f"parallel must be 'ddp' or 'fsdp', got {cfg.parallel!r}")
     if len(cfg.task_mix) != 6:
@@ -638,14 +641,17 @@ def main(cfg: TrainDiTConfig) -> dict:
             if done % cfg.ckpt_every == 0 or last:
                 save(done)
             if cfg.vae and cfg.sample_every and (done % cfg.sample_every == 0 or last):
+                t_sample = time.time()
                 pipe = ema_pipeline()
                 if pipe is not None:
                     write_samples(pipe, cfg, run_dir / "samples" / f"step-{done:09d}", writer, done)
                 barrier()
+                t_samples += time.time() - t_sample
             if last and done != cfg.steps:  # out of time
                 break
     finally:
         batches.close()  # stop preparing batches past the last step (or after an error)
+    t_loop = time.time()
 
     # 5. export --------------------------------------------------------------------------------------------
     if cfg.export and cfg.vae and losses:
@@ -660,8 +666,9 @@ def main(cfg: TrainDiTConfig) -> dict:
     if writer is not None:
         writer.close()
     cleanup()
+    seconds = {"setup": t0 - t_start, "loop": t_loop - t0, "samples": t_samples, "export": time.time() - t_loop}
     return {"losses": losses, "step": start + len(losses), "run_dir": str(run_dir), "world": info.world,
-            "weights_digest": digest}
+            "weights_digest": digest, "seconds": {k: round(v, 1) for k, v in seconds.items()}}
 
 
 # ----------------------------------------------------------------------------------------------------------
