@@ -76,17 +76,28 @@ def _detect_row(prompt: dict, clips: dict, det_cfg) -> dict:
 
 
 def detector_pool(workers: int, device: str):
-    """A spawn-context process pool for the detector (numpy + OpenCV hold the GIL, so threads do not help; spawn,
-    since the parent holds a CUDA context), or None to detect inline."""
+    """A process pool for the detector (numpy + OpenCV hold the GIL, so threads do not help), or None to detect
+    inline. Forked where the platform can (as torch's DataLoader workers are: the children never touch the
+    parent's CUDA context, and nothing re-imports the caller's script), else spawned."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     if workers < 0:
         workers = min(8, (os.cpu_count() or 1) - 1) if device.startswith("cuda") else 0
     if workers <= 0:
         return None
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    try:  # a spawned worker re-imports the caller's main script; without a __main__ guard it dies at start
+        pool.submit(int).result()
+    except BrokenProcessPool:
+        pool.shutdown()
+        print("[eval-text] warning: the detector processes could not start (a script calling eval-text needs an "
+              "`if __name__ == '__main__':` guard); detecting inline", file=sys.stderr, flush=True)
+        return None
+    return pool
 
 
 def resolve_split(cfg: EvalTextConfig, meta: dict) -> synth.ComboSplit:
