@@ -181,15 +181,18 @@ class ResBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """2x spatial (strided 3x3, pad right/bottom) and optionally 2x causal temporal (1 + 2m -> 1 + m)."""
+    """2x spatial (strided 3x3, pad right/bottom) and/or 2x causal temporal (1 + 2m -> 1 + m)."""
 
-    def __init__(self, channels: int, time: bool) -> None:
+    def __init__(self, channels: int, time: bool, space: bool = True) -> None:
         super().__init__()
-        self.spatial = nn.Conv3d(channels, channels, (1, 3, 3), stride=(1, 2, 2))
+        if not (time or space):
+            raise ValueError("a Downsample halves space, time or both")
+        self.spatial = nn.Conv3d(channels, channels, (1, 3, 3), stride=(1, 2, 2)) if space else None
         self.temporal = CausalConv3d(channels, channels, (3, 1, 1), t_stride=2) if time else None
 
     def forward(self, x: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
-        x = self.spatial(F.pad(x, (0, 1, 0, 1)))  # (B, C, T, H/2, W/2)
+        if self.spatial is not None:
+            x = self.spatial(F.pad(x, (0, 1, 0, 1)))  # (B, C, T, H/2, W/2)
         if self.temporal is not None:
             # output j sees frames 2j-2, 2j-1, 2j; output 0 sees frame 0 alone (zeros before it)
             x = self.temporal(x, cache)  # (B, C, 1 + (T-1)/2, H/2, W/2)
@@ -197,7 +200,8 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Optionally 2x causal temporal (1 + m -> 1 + 2m) then 2x spatial (nearest + 3x3 conv to ``cout``).
+    """Optionally 2x causal temporal (1 + m -> 1 + 2m), then a 3x3 conv to ``cout``, 2x nearest-upsampled first
+    unless ``space`` is off (a level that halved time only).
 
     Temporal: a causal conv makes two sub-frames per frame (depth to time); frame 0 keeps only its second
     sub-frame, so an image stays one frame. Whether a call holds frame 0 is read off the cache. The spatial
@@ -207,10 +211,11 @@ class Upsample(nn.Module):
 
     UPSAMPLE_ELEMS = 2**25  # inference: most elements of one upsampled slice (64 MiB in bf16)
 
-    def __init__(self, channels: int, cout: int, time: bool) -> None:
+    def __init__(self, channels: int, cout: int, time: bool, space: bool = True) -> None:
         super().__init__()
         self.temporal = CausalConv3d(channels, 2 * channels, (3, 1, 1)) if time else None
         self.spatial = nn.Conv3d(channels, cout, (1, 3, 3), padding=(0, 1, 1))
+        self.space = space
 
     def forward(self, x: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
         if self.temporal is not None:
@@ -221,6 +226,8 @@ class Upsample(nn.Module):
             if first:
                 x = x[:, :, 1:]  # (B, C, 2T-1, H, W)
         b, c, t, h, w = x.shape
+        if not self.space:
+            return self.spatial(x)  # (B, Cout, T', H, W)
         if torch.is_grad_enabled():
             x = F.interpolate(x.reshape(b, c * t, h, w), scale_factor=2.0, mode="nearest")  # (B, C*T, 2H, 2W)
             return self.spatial(x.reshape(b, c, t, 2 * h, 2 * w))  # (B, Cout, T', 2H, 2W)
@@ -272,7 +279,7 @@ class Encoder(nn.Module):
                 self.blocks.append(ResBlock(cin, cout))
                 cin = cout
             if i < len(ch) - 1:
-                self.blocks.append(Downsample(cout, time=cfg.time_down[i]))
+                self.blocks.append(Downsample(cout, time=cfg.time_down[i], space=cfg.space_levels[i]))
         self.mid = nn.ModuleList([ResBlock(cin, cin), ResBlock(cin, cin)])
         self.norm_out = ChannelRMSNorm(cin)
         self.conv_out = CausalConv3d(cin, 2 * cfg.z_channels)
@@ -290,7 +297,7 @@ class Decoder(nn.Module):
     def __init__(self, cfg: "VAEConfig") -> None:
         super().__init__()
         ch = cfg.channels[::-1]
-        up_time = cfg.time_down[::-1]
+        up_time, up_space = cfg.time_down[::-1], cfg.space_levels[::-1]
         self.conv_in = CausalConv3d(cfg.z_channels, ch[0])
         self.mid = nn.ModuleList([ResBlock(ch[0], ch[0]), ResBlock(ch[0], ch[0])])
         self.blocks = nn.ModuleList()
@@ -300,7 +307,7 @@ class Decoder(nn.Module):
                 self.blocks.append(ResBlock(cin, cout))
                 cin = cout
             if i < len(ch) - 1:
-                self.blocks.append(Upsample(cout, ch[i + 1], time=up_time[i]))
+                self.blocks.append(Upsample(cout, ch[i + 1], time=up_time[i], space=up_space[i]))
                 cin = ch[i + 1]
         self.norm_out = ChannelRMSNorm(cin)
         self.conv_out = CausalConv3d(cin, 3)
@@ -321,16 +328,22 @@ class Decoder(nn.Module):
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """Sizes of one VAE. ``len(channels) - 1`` spatial halvings; one temporal halving per True in time_down."""
+    """Sizes of one VAE. ``len(channels) - 1`` downsampling levels, each halving space (unless ``space_down``
+    says otherwise), time where ``time_down`` says so, or both (never neither)."""
 
     channels: tuple[int, ...] = (96, 192, 384, 384)
     num_res_blocks: int = 2
     z_channels: int = 16
     time_down: tuple[bool, ...] = (False, True, True)  # per downsampling level, highest resolution first
+    space_down: tuple[bool, ...] = ()  # per downsampling level; () = every level halves space
+
+    @property
+    def space_levels(self) -> tuple[bool, ...]:
+        return self.space_down or (True,) * (len(self.channels) - 1)
 
     @property
     def spatial_factor(self) -> int:
-        return 2 ** (len(self.channels) - 1)
+        return 2 ** sum(self.space_levels)
 
     @property
     def time_factor(self) -> int:
@@ -349,6 +362,11 @@ class VideoVAE(nn.Module):
         super().__init__()
         if len(cfg.time_down) != len(cfg.channels) - 1:
             raise ValueError(f"time_down needs {len(cfg.channels) - 1} entries, got {len(cfg.time_down)}")
+        if len(cfg.space_levels) != len(cfg.channels) - 1:
+            raise ValueError(f"space_down needs {len(cfg.channels) - 1} entries, got {len(cfg.space_down)}")
+        if not all(s or t for s, t in zip(cfg.space_levels, cfg.time_down)):
+            raise ValueError(f"every level must halve space or time: space_down {cfg.space_levels}, time_down "
+                             f"{cfg.time_down}")
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
@@ -542,6 +560,14 @@ PRESETS: dict[str, VAEConfig] = {
     "small-f4c8": VAEConfig(channels=(64, 128, 256), num_res_blocks=1, z_channels=8, time_down=(True, True)),
     "small-f4c4": VAEConfig(channels=(64, 128, 256), num_res_blocks=1, z_channels=4, time_down=(True, True)),
     "tiny-f4c8": VAEConfig(channels=(8, 16, 16), num_res_blocks=1, z_channels=8, time_down=(True, True)),
+    # 4x4x4 again, but time is halved at the two deeper levels (as in "small") instead of at full resolution: the
+    # encoder first sees each frame's detail at full width, and the deepest level works at 1/4 of the side
+    "small-f4c8-late": VAEConfig(channels=(64, 128, 256, 256), num_res_blocks=1, z_channels=8,
+                                 time_down=(False, True, True), space_down=(True, True, False)),
+    "small-f4c4-late": VAEConfig(channels=(64, 128, 256, 256), num_res_blocks=1, z_channels=4,
+                                 time_down=(False, True, True), space_down=(True, True, False)),
+    "tiny-f4c8-late": VAEConfig(channels=(8, 16, 16, 16), num_res_blocks=1, z_channels=8,
+                                time_down=(False, True, True), space_down=(True, True, False)),
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -46,6 +48,33 @@ def test_f16_c48_preset_shapes() -> None:
         z = m.encode(torch.randn(1, 3, 5, 32, 64)).mean
         assert z.shape == (1, 48, 2, 2, 4)
         assert m.decode(z).shape == (1, 3, 5, 32, 64)
+
+
+def test_levels_that_halve_time_only() -> None:
+    """``space_down``: a 4x4x4 VAE whose time halvings sit at the two deeper levels (one of them time-only) has the
+    strides it says, stays causal, and chunked encode/decode still equal the whole; a level that halves neither
+    space nor time is refused."""
+    m = _random_vae("tiny-f4c8-late")
+    assert m.cfg.stride == (4, 4, 4) and m.cfg.z_channels == 8
+    assert [type(b).__name__ for b in m.encoder.blocks].count("Downsample") == 3
+    x = torch.randn(1, 3, 17, 16, 24)
+    with torch.no_grad():
+        z = m.encode(x).mean
+        assert z.shape == (1, 8, 5, 4, 6) and m.decode(z).shape == x.shape
+        assert m.encode(x[:, :, :1]).mean.shape == (1, 8, 1, 4, 6)
+        torch.testing.assert_close(m.encode_chunked(x, chunk_frames=8).mean, z, rtol=0, atol=1e-5)
+        torch.testing.assert_close(m.decode_chunked(z, chunk_latents=2), m.decode(z), rtol=0, atol=1e-5)
+        x2 = x.clone()
+        x2[:, :, 9] += 1.0  # frame 9 is first seen by latent frame 3 (frames 9..12)
+        z2 = m.encode(x2).mean
+        assert torch.equal(z[:, :, :3], z2[:, :, :3]) and (z[:, :, 3] - z2[:, :, 3]).abs().max() > 1e-4
+    with torch.enable_grad():  # the training path of the time-only upsample gives the same pictures
+        torch.testing.assert_close(m.decode(z.detach()).detach(), m.decode(z), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="halve space or time"):
+        VideoVAE(dataclasses.replace(PRESETS["tiny-f4c8-late"], space_down=(True, True, False),
+                                     time_down=(True, True, False)))
+    with pytest.raises(ValueError, match="space_down needs 3"):
+        VideoVAE(dataclasses.replace(PRESETS["tiny-f4c8-late"], space_down=(True, False)))
 
 
 def test_image_is_first_frame_of_video(vae: VideoVAE) -> None:
