@@ -162,19 +162,18 @@ class ClipSource:
                                                  tuple(k for k in CAPTION_KINDS if caps[k])))
 
     @torch.no_grad()
-    def preload(self, batch: int = 16, progress: bool = True) -> None:
+    def preload(self, batch: int = 16, progress: bool = True, ahead: int = 2) -> None:
         """Encode every clip once, shard by shard (each shard's media read once), ``batch`` clips of one bucket
-        per VAE call and ``batch`` captions per text-encoder call; results stay in memory."""
-        from concurrent.futures import ThreadPoolExecutor
-
+        per VAE call and ``batch`` captions per text-encoder call; results stay in memory. The clips of the next
+        ``ahead`` batches decode on threads while the VAE encodes the current one."""
         from tqdm import tqdm
 
         todo = [r for r in self.records if r.clip_id not in self.memory]
         by_file: dict[str, list[LatentRecord]] = {}
         for r in todo:
             by_file.setdefault(r.file, []).append(r)
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, \
-                tqdm(total=len(todo), desc="encode clips (on the fly)", unit="clip", disable=not progress) as bar:
+
+        def parts() -> Iterator[tuple[list[LatentRecord], list]]:
             for file, recs in by_file.items():
                 media = self._media(pq.ParquetFile(file).read(columns=self._media_columns(file)))
                 groups: dict[tuple, list[LatentRecord]] = {}
@@ -183,8 +182,23 @@ class ClipSource:
                 for group in groups.values():
                     for k in range(0, len(group), batch):
                         part = group[k: k + batch]
-                        self._encode(part, [media[r.row] for r in part], pool)
-                        bar.update(len(part))
+                        yield part, [media[r.row] for r in part]
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, \
+                tqdm(total=len(todo), desc="encode clips (on the fly)", unit="clip", disable=not progress) as bar:
+            def submit(item):  # the decoders release the GIL
+                part, media = item
+                return part, [pool.submit(clip_pixels, m, self.rows[r.clip_id]["bucket"]) for r, m in zip(part, media)]
+
+            source = parts()
+            queue = deque(submit(item) for item in islice(source, max(1, ahead)))
+            while queue:
+                part, pixels = queue.popleft()
+                following = next(source, None)
+                if following is not None:
+                    queue.append(submit(following))
+                self._encode_pixels(part, [f.result() for f in pixels])
+                bar.update(len(part))
 
     def _media_columns(self, file: str) -> list[str]:
         return [c for c in ("clip_mp4", "clip_path") if c in pq.ParquetFile(file).schema_arrow.names]
@@ -195,12 +209,14 @@ class ClipSource:
         paths = t.column("clip_path").to_pylist() if "clip_path" in t.column_names else [None] * t.num_rows
         return [d if d is not None else self.root / p for d, p in zip(data, paths)]
 
-    def _encode(self, recs: list[LatentRecord], media: list[bytes | Path], pool=None) -> None:
+    def _encode(self, recs: list[LatentRecord], media: list[bytes | Path]) -> None:
         """VAE latents (one call) and caption tokens (one call) of clips of one bucket, into ``self.memory``."""
+        self._encode_pixels(recs, [clip_pixels(m, self.rows[r.clip_id]["bucket"]) for r, m in zip(recs, media)])
+
+    def _encode_pixels(self, recs: list[LatentRecord], pixels: list[torch.Tensor]) -> None:
+        """:meth:`_encode` of clips already decoded to (3, T, H, W) each."""
         device = next(self.vae.parameters()).device
-        decode = pool.map if pool is not None else map  # the decoders release the GIL
-        x = torch.stack(list(decode(lambda rm: clip_pixels(rm[1], self.rows[rm[0].clip_id]["bucket"]),
-                                    zip(recs, media)))).to(device)
+        x = torch.stack(pixels).to(device)
         z = self.vae.encode(x).mode().float().cpu()  # (b, C, T', H', W')
         for r, zi, ti in zip(recs, z, self._encode_texts(recs)):
             self.memory[r.clip_id] = (zi.clone(), ti)
