@@ -240,16 +240,16 @@ def test_shot_corpus_columns_have_the_build_types(tmp_path):
 
 def test_vae_ceiling_probe_trains_each_preset_and_tables_it(tmp_path):
     mod = _benchmark("probe_vae_ceiling")
-    assert mod.main(["--out", str(tmp_path / "out"), "--presets", "tiny,tiny-f4c8", "--seconds", "0.5", "--clips",
+    assert mod.main(["--out", str(tmp_path / "out"), "--presets", "tiny,tiny-f4c8,tiny-f4c8-late", "--seconds", "0.5", "--clips",
                      "6", "--size", "32", "--limit", "3"]) == 0
     got = json.loads((tmp_path / "out" / "probe.json").read_text())
-    assert [r["preset"] for r in got["rows"]] == ["tiny", "tiny-f4c8"]
-    assert [r["stride"] for r in got["rows"]] == [[4, 8, 8], [4, 4, 4]]
-    assert [r["latent_dims_per_16px"] for r in got["rows"]] == [64, 128]
+    assert [r["preset"] for r in got["rows"]] == ["tiny", "tiny-f4c8", "tiny-f4c8-late"]
+    assert [r["stride"] for r in got["rows"]] == [[4, 8, 8], [4, 4, 4], [4, 4, 4]]
+    assert [r["latent_dims_per_16px"] for r in got["rows"]] == [64, 128, 128]
     assert all(r["n"] == 3 and r["steps"] >= 1 and 0 <= r["shape"] <= 1 for r in got["rows"])
-    assert (tmp_path / "out" / "probe.md").read_text().count("| tiny") == 2
+    assert (tmp_path / "out" / "probe.md").read_text().count("| tiny") == 3
     # latent scale per channel and per latent frame: 17 frames -> 5 latent frames, z channels 16 and 8
-    assert [len(r["latents"]["channel_std"]) for r in got["rows"]] == [16, 8]
+    assert [len(r["latents"]["channel_std"]) for r in got["rows"]] == [16, 8, 8]
     assert all(len(r["latents"]["frame_std"]) == 5 and r["latents"]["channel_std_spread"] >= 1 for r in got["rows"])
 
 
