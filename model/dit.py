@@ -18,6 +18,8 @@ Design choices and why:
 - adaLN-Zero (DiT): the time embedding sets a shift, scale and gate for both the self-attention and the MLP of
   every block; gates start at zero so each block starts as the identity.
 - Cross-attention to the text tokens in every block (PixArt / Wan style, un-gated, zero-initialised output).
+  With ``pooled_text`` the masked mean of the caption's tokens is also added to the time embedding (SD3's pooled
+  vector): an empty caption pools to zero, so classifier-free guidance still contrasts caption and no caption.
   A learned "null" text token is always prepended, so an empty caption (mask all False, used by caption
   dropout and classifier-free guidance) still has a valid key and never produces NaNs.
 - QK-norm: RMSNorm per head on queries and keys (self and cross) keeps attention logits bounded in bf16.
@@ -56,6 +58,10 @@ class DiTConfig:
     freq_dim: int = 256  # sinusoidal timestep features
     rope_theta: float = 10000.0
     eps: float = 1e-6
+    # The caption's masked mean token, through a two-layer MLP, is added to the time embedding, so it reaches
+    # every block's adaLN as a global condition (SD3 adds its pooled CLIP vector the same way). Cross-attention
+    # stays; this is a second, global path for what holds for the whole clip (colour, object, motion)
+    pooled_text: bool = False
 
     @property
     def in_channels(self) -> int:
@@ -170,6 +176,24 @@ class TimestepEmbedder(nn.Module):
         args = 1000.0 * t.float()[:, None] * freqs[None]  # (B, freq_dim/2)
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, freq_dim)
         return self.mlp(emb.to(self.mlp[0].weight.dtype))  # (B, D)
+
+
+class PooledTextEmbedder(nn.Module):
+    """Caption tokens (B, L, text_dim) and mask (B, L) -> (B, D): masked mean, then a two-layer MLP.
+
+    Padding and dropped captions (mask all False) add nothing to the mean; an empty caption pools to zero."""
+
+    def __init__(self, text_dim: int, hidden: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(text_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, text: Tensor, mask: Tensor | None) -> Tensor:
+        if mask is None:
+            pooled = text.mean(dim=1)  # (B, text_dim)
+        else:
+            w = mask.to(text.dtype)[..., None]  # (B, L, 1)
+            pooled = (text * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)  # (B, text_dim)
+        return self.mlp(pooled.to(self.mlp[0].weight.dtype))  # (B, D)
 
 
 class TextEmbedder(nn.Module):
@@ -298,6 +322,7 @@ class DiT(nn.Module):
         self.x_embed = nn.Linear(cfg.in_channels * patch_vol, cfg.hidden)
         self.t_embed = TimestepEmbedder(cfg.hidden, cfg.freq_dim)
         self.y_embed = TextEmbedder(cfg.text_dim, cfg.hidden)
+        self.p_embed = PooledTextEmbedder(cfg.text_dim, cfg.hidden) if cfg.pooled_text else None
         self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.depth)])
         self.final = FinalLayer(cfg.hidden, cfg.latent_channels * patch_vol, cfg.eps)
         self.initialize_weights()
@@ -306,7 +331,8 @@ class DiT(nn.Module):
         """All initialisation, in one place (DiT's recipe).
 
         Linear layers: Xavier-uniform, zero bias. Patch embedding: Xavier on its flattened view (as a conv).
-        Time MLP: normal(0.02). Text projection: normal(0.02); null token: normal(0.02).
+        Time MLP: normal(0.02). Text projection: normal(0.02); null token: normal(0.02). Pooled-text MLP: normal(0.02)
+        in, zero out (it adds nothing at init).
         adaLN-Zero: every block's modulation and the final modulation and projection are zero, so at init
         each block is the identity and the model predicts 0. Cross-attention outputs are zero for the same
         reason. Norm weights are one (their defaults).
@@ -325,6 +351,10 @@ class DiT(nn.Module):
         nn.init.normal_(self.y_embed.proj[0].weight, std=0.02)
         nn.init.normal_(self.y_embed.proj[2].weight, std=0.02)
         nn.init.normal_(self.y_embed.null, std=0.02)
+        if self.p_embed is not None:
+            nn.init.normal_(self.p_embed.mlp[0].weight, std=0.02)
+            nn.init.zeros_(self.p_embed.mlp[2].weight)
+            nn.init.zeros_(self.p_embed.mlp[2].bias)
         for block in self.blocks:
             nn.init.zeros_(block.ada[-1].weight)
             nn.init.zeros_(block.ada[-1].bias)
@@ -359,6 +389,8 @@ class DiT(nn.Module):
         cos, sin = rope_tables(grid, self.cfg.head_dim, self.cfg.rope_theta, x.device)  # (N, dh/2) each
         h = self.x_embed(patchify(x, self.cfg.patch))  # (B, N, D), N = T' H' W'
         c = self.t_embed(t)  # (B, D)
+        if self.p_embed is not None:
+            c = c + self.p_embed(text, text_mask)  # (B, D): the caption as a whole, into every adaLN
         y, y_mask = self.y_embed(text.to(h.dtype), text_mask)  # (B, 1+L, D), (B, 1, 1, 1+L) or None
         for block in self.blocks:
             h = block(h, c, y, y_mask, cos, sin)  # (B, N, D)

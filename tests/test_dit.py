@@ -165,6 +165,33 @@ def test_text_mask_hides_padding_and_text_matters():
     assert torch.isfinite(empty).all()
 
 
+def test_pooled_text_is_a_second_path_that_ignores_padding_and_leaves_old_models_alone():
+    plain = DiT(_tiny())
+    assert not any(k.startswith("p_embed") for k in plain.state_dict())  # old checkpoints still load strictly
+    cfg = _tiny(pooled_text=True)
+    fresh = DiT(cfg)
+    x, t, text, _ = _inputs(cfg, 2, 1, 4, 4, text_len=6)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    c = fresh.t_embed(t)
+    torch.testing.assert_close(fresh.p_embed(text, mask), torch.zeros_like(c))  # adds nothing at init
+    model = _perturbed(DiT(cfg))
+    for block in model.blocks:  # cut cross-attention: any text effect left comes through the pooled path
+        block.cross.out.weight.data.zero_()
+        block.cross.out.bias.data.zero_()
+    out = model(x, t, text, mask)
+    garbage = text.clone()
+    garbage[0, 3:] = 100.0  # padding of sample 0 stays out of the mean
+    torch.testing.assert_close(model(x, t, garbage, mask), out)
+    other = text.clone()
+    other[0, :3] = torch.randn(3, cfg.text_dim)
+    assert (model(x, t, other, mask)[0] - out[0]).abs().max() > 1e-3
+    empty = torch.zeros_like(mask)  # dropped captions pool to zero whatever their tokens hold
+    torch.testing.assert_close(model(x, t, text, empty), model(x, t, torch.randn_like(text), empty))
+    one = torch.randn(1, 1, cfg.text_dim)
+    rep, m = one.expand(1, 4, -1).clone(), torch.tensor([[1, 1, 0, 0]], dtype=torch.bool)
+    torch.testing.assert_close(model.p_embed(rep, m), model.p_embed.mlp(one[:, 0]))  # the mean of one real token
+
+
 def test_time_matters():
     cfg = _tiny()
     model = _perturbed(DiT(cfg))

@@ -77,6 +77,7 @@ class TrainDiTConfig:
     # model and objective
     preset: str = "B"
     patch: tuple[int, int, int] = (1, 2, 2)
+    pooled_text: bool = False  # model.dit.DiTConfig.pooled_text: the caption's mean token into every adaLN too
     caption_dropout: float = 0.1
     logit_mean: float = 0.0
     logit_std: float = 1.0
@@ -512,7 +513,7 @@ def main(cfg: TrainDiTConfig) -> dict:
     if not records:
         raise ValueError("no training clips found")
     dit_cfg = dit_config(cfg.preset, latent_channels=int(records[0].latent_shape[0]), text_dim=text_dim,
-                         patch=tuple(cfg.patch))
+                         patch=tuple(cfg.patch), pooled_text=bool(cfg.pooled_text))
     plan = BatchPlan(records, cfg.token_budget, cfg.max_batch, dit_cfg.patch, cfg.seed)
     scale, shift = latent_norm(cfg, manifest)
     resolved = {"train": dataclasses.asdict(cfg), "dit": dataclasses.asdict(dit_cfg), "world": info.world,
