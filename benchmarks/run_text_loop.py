@@ -65,6 +65,7 @@ def parse_set(items: list[str], base) -> dict:
 
 
 def run(a: argparse.Namespace) -> dict:
+    import pyarrow.parquet as pq
     import torch
 
     from pipelines.loop import PROFILES, run as run_loop, write_shot_corpus
@@ -78,19 +79,26 @@ def run(a: argparse.Namespace) -> dict:
                  if v is not None}
     overrides.update(parse_set(a.set, base))
     text_path = a.text_path if a.text_path is not None else (str(MINILM_FP16) if MINILM_FP16.is_dir() else "")
-    cfg = dataclasses.replace(base, **overrides, dataset=str(work / "corpus"), out=str(work / "loop"),
+    cfg = dataclasses.replace(base, **overrides, dataset=a.corpus or str(work / "corpus"), out=str(work / "loop"),
                               text_path=text_path)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     print(f"[run] {device}, torch {torch.__version__}; config {json.dumps(dataclasses.asdict(cfg))}", flush=True)
     t0 = time.time()
-    corpus = write_shot_corpus(cfg.dataset, a.clips, size=cfg.size, frames=cfg.frames, split_seed=cfg.split_seed,
-                               seed=cfg.seed)
-    print(f"[run] corpus: {corpus['clips']} clips in {corpus['seconds']} s", flush=True)
+    if a.corpus:
+        corpus = {"clips": sum(pq.ParquetFile(f).metadata.num_rows for f in Path(a.corpus).glob("clips/*.parquet")),
+                  "seconds": 0.0}
+        if not corpus["clips"]:
+            raise SystemExit(f"--corpus {a.corpus}: no clip shards under clips/")
+        print(f"[run] corpus: {corpus['clips']} clips already in {a.corpus}", flush=True)
+    else:
+        corpus = write_shot_corpus(cfg.dataset, a.clips, size=cfg.size, frames=cfg.frames,
+                                   split_seed=cfg.split_seed, seed=cfg.seed)
+        print(f"[run] corpus: {corpus['clips']} clips in {corpus['seconds']} s", flush=True)
     summary = run_loop(cfg)
     summary["seconds"] = {"corpus_s": corpus["seconds"], **summary["seconds"], "total_s": round(time.time() - t0, 1)}
     summary["device"] = device
     summary["torch"] = torch.__version__
-    summary["clips"] = a.clips
+    summary["clips"] = corpus["clips"]
     out.mkdir(parents=True, exist_ok=True)
     loop = Path(cfg.out)
     (out / "loop.json").write_text(json.dumps(summary, indent=1))
@@ -124,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--profile", default="gpu", choices=["cpu", "gpu", "smoke"],
                    help="pipelines.loop.PROFILES entry (smoke: seconds on a CPU, to check the script before a GPU run)")
     r.add_argument("--clips", type=int, default=4096)
+    r.add_argument("--corpus", default="", help="an existing shot corpus (another run's WORK/corpus): no rendering; "
+                                                "with --set vae_run=WORK/loop/vae a second DiT on the first run's VAE")
     r.add_argument("--size", type=int, default=None)
     r.add_argument("--vae-steps", type=int, default=None)
     r.add_argument("--dit-steps", type=int, default=None)

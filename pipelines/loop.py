@@ -49,6 +49,7 @@ class LoopConfig:
     vae_warmup: int = 0  # linear lr warm-up steps (0: min(200, vae_steps / 20))
     vae_frames: int = 0  # frames per VAE training clip (1 + 4k; 0: ``frames``). The VAE is causal and
     # convolutional, so it trains on shorter clips than it encodes
+    vae_run: str = ""  # a VAE run folder of an earlier loop (its ``checkpoints/``): skip VAE training and use it
     # DiT
     dit_preset: str = "tiny"
     dit_steps: int = 300
@@ -261,10 +262,26 @@ def _record_in_pipeline(pipeline: Path, extra: dict) -> None:
     os.replace(tmp, meta_path)
 
 
+def _last_step(ckpt_dir: Path) -> int | None:
+    """The step of the newest ``step-*`` checkpoint in a folder (None when the names say nothing)."""
+    steps = [int(m.group(1)) for p in ckpt_dir.iterdir() if (m := re.search(r"(\d+)", p.name))]
+    return max(steps) if steps else None
+
+
+def _train_vae(cfg: LoopConfig, run_dir: Path) -> dict:
+    from train.train_vae import TrainVAEConfig, main as train_vae
+
+    return train_vae(TrainVAEConfig(
+        data_root=cfg.dataset, run_dir=str(run_dir), preset=cfg.vae_preset, resolutions=((cfg.size, cfg.size),),
+        num_frames=(cfg.vae_frames or cfg.frames,), image_prob=0.1, batch_size=cfg.vae_batch, num_workers=cfg.num_workers,
+        holdout_pct=0.0, steps=cfg.vae_steps, lr=cfg.vae_lr, warmup_steps=cfg.vae_warmup or min(200, max(1, cfg.vae_steps // 20)),
+        ema_decay=cfg.vae_ema, time_budget_s=cfg.vae_time_s, seed=cfg.seed, device=cfg.device, log_every=10 if cfg.vae_time_s else max(1, cfg.vae_steps // 50),
+        preview_every=cfg.vae_steps, ckpt_every=cfg.vae_steps, keep_last=1, resume=False))
+
+
 def run(cfg: LoopConfig) -> dict:
     from pipelines.eval_text import EvalTextConfig, main as eval_text
     from train.train_dit import TrainDiTConfig, main as train_dit
-    from train.train_vae import TrainVAEConfig, main as train_vae
 
     if cfg.size % 16 or cfg.frames % 4 != 1 or (cfg.vae_frames and cfg.vae_frames % 4 != 1):
         raise ValueError(f"size must be a multiple of 16 and frames 1 + 4k (got size {cfg.size}, frames "
@@ -275,21 +292,23 @@ def run(cfg: LoopConfig) -> dict:
     times: dict[str, float] = {}
 
     t = time.time()  # 1. VAE ---------------------------------------------------------------------------
-    print(f"[loop] 1/4 training the VAE ({cfg.vae_preset}, {cfg.vae_steps} steps) -> {out / 'vae'}", flush=True)
-    vae = train_vae(TrainVAEConfig(
-        data_root=cfg.dataset, run_dir=str(out / "vae"), preset=cfg.vae_preset, resolutions=((cfg.size, cfg.size),),
-        num_frames=(cfg.vae_frames or cfg.frames,), image_prob=0.1, batch_size=cfg.vae_batch, num_workers=cfg.num_workers,
-        holdout_pct=0.0, steps=cfg.vae_steps, lr=cfg.vae_lr, warmup_steps=cfg.vae_warmup or min(200, max(1, cfg.vae_steps // 20)),
-        ema_decay=cfg.vae_ema, time_budget_s=cfg.vae_time_s, seed=cfg.seed, device=cfg.device, log_every=10 if cfg.vae_time_s else max(1, cfg.vae_steps // 50),
-        preview_every=cfg.vae_steps, ckpt_every=cfg.vae_steps, keep_last=1, resume=False))
-
+    vae_run = Path(cfg.vae_run) if cfg.vae_run else out / "vae"
+    if cfg.vae_run:
+        if not (vae_run / "checkpoints").is_dir():
+            raise FileNotFoundError(f"vae_run {vae_run} has no checkpoints/ folder")
+        print(f"[loop] 1/4 reusing the VAE of {vae_run}", flush=True)
+        vae = {"step": _last_step(vae_run / "checkpoints"), "losses": []}
+    else:
+        print(f"[loop] 1/4 training the VAE ({cfg.vae_preset}, {cfg.vae_steps} steps) -> {vae_run}", flush=True)
+        vae = _train_vae(cfg, vae_run)
     times["vae_s"] = round(time.time() - t, 1)
+
 
     t = time.time()  # 2. DiT ---------------------------------------------------------------------------
     print(f"[loop] 2/4 training the DiT ({cfg.dit_preset}, {cfg.dit_steps} steps) -> {out / 'dit'}", flush=True)
     held = [p["prompt"] for p in synth.eval_prompts(split, 1, cfg.seed) if p["heldout"]][:2]
     dit = train_dit(TrainDiTConfig(
-        data_root=cfg.dataset, vae=str(out / "vae" / "checkpoints"), run_dir=str(out / "dit"), text_path=cfg.text_path,
+        data_root=cfg.dataset, vae=str(vae_run / "checkpoints"), run_dir=str(out / "dit"), text_path=cfg.text_path,
         caption_mix=(("short", 1.0),), bucket_areas=(cfg.size * cfg.size,), bucket_frames=(cfg.frames,),
         token_budget=cfg.token_budget, max_batch=cfg.max_batch, preset=cfg.dit_preset, patch=cfg.dit_patch,
         pooled_text=cfg.dit_pooled_text,
@@ -333,7 +352,7 @@ def run(cfg: LoopConfig) -> dict:
         summary["cfg_sweep"] = dict(sorted(sweep.items(), key=lambda kv: float(kv[0])))
     t = time.time()  # 4. report ------------------------------------------------------------------------
     print(f"[loop] 4/4 training report -> {out / 'report'}", flush=True)
-    summary["report"] = str(write_training_report(out / "report", out / "vae", out / "dit", out / "eval-text", summary))
+    summary["report"] = str(write_training_report(out / "report", vae_run, out / "dit", out / "eval-text", summary))
     times["report_s"] = round(time.time() - t, 1)
     (out / "loop.json").write_text(json.dumps(summary, indent=1))
     return summary

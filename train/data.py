@@ -193,9 +193,11 @@ def _encode_cv2(frames: np.ndarray, fps: int) -> bytes:
         os.unlink(tmp)
 
 
-def resize_crop(frames: np.ndarray, size: tuple[int, int], scale: float, fy: float, fx: float) -> torch.Tensor:
-    """uint8 (T, h, w, 3) -> float (3, T, H, W) in [-1, 1]: cover-resize times ``scale``, then crop."""
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (T, 3, h, w)
+def resize_crop(frames: np.ndarray, size: tuple[int, int], scale: float, fy: float, fx: float,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 (T, h, w, 3) -> float (3, T, H, W) in [-1, 1]: cover-resize times ``scale``, then crop; on ``device``
+    (the frames travel as uint8, a quarter of the float bytes)."""
+    x = torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float()  # (T, 3, h, w)
     h, w = x.shape[-2:]
     H, W = size
     s = max(H / h, W / w) * scale
