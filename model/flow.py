@@ -28,26 +28,32 @@ from model.conditioning import Condition, TaskMix, masked_condition, sample_task
 # ----------------------------------------------------------------------------------------------------------
 
 
-def shift_factor(num_tokens: int, base_tokens: int = 1024, max_shift: float = 8.0) -> float:
-    """s = clamp(sqrt(num_tokens / base_tokens), 1, max_shift).
+def shift_factor(num_tokens: int, base_tokens: int = 1024, max_shift: float = 8.0, scale: float = 1.0) -> float:
+    """s = min(clamp(sqrt(num_tokens / base_tokens), 1, ...) * scale, max_shift).
 
     base_tokens = 1024 is a 512x512 image (64x64 latent, 2x2 patches) and gets no shift; a 512x512, 61-frame
     video (16 latent frames, 16384 tokens) gets s = 4, about what Wan and HunyuanVideo sample with.
+    ``scale`` multiplies the token-count shift for latents the count does not describe: a VAE with 4x4 spatial
+    stride has 4x the latent positions per pixel of an 8x8 one, neighbouring positions are strongly correlated,
+    and the same t leaves more of the clip readable, so the layout (where the shape is, where it goes) is
+    decided at noise levels an unscaled schedule rarely trains on.
     """
-    return min(max(math.sqrt(num_tokens / base_tokens), 1.0), max_shift)
+    if scale <= 0:
+        raise ValueError(f"shift scale must be > 0, got {scale}")
+    return min(max(math.sqrt(num_tokens / base_tokens), 1.0) * scale, max_shift)
 
 
-def time_shift(t: Tensor, num_tokens: int) -> Tensor:
+def time_shift(t: Tensor, num_tokens: int, scale: float = 1.0) -> Tensor:
     """Shift t towards noise for a latent of num_tokens tokens: t' = s t / (1 + (s - 1) t)."""
-    s = shift_factor(num_tokens)
+    s = shift_factor(num_tokens, scale=scale)
     return s * t / (1 + (s - 1) * t)
 
 
-def sampling_times(steps: int, num_tokens: int, t_start: float = 1.0) -> Tensor:
+def sampling_times(steps: int, num_tokens: int, t_start: float = 1.0, scale: float = 1.0) -> Tensor:
     """steps + 1 decreasing times from t_start to 0, evenly spaced before the shift (float64, CPU)."""
-    s = shift_factor(num_tokens)
+    s = shift_factor(num_tokens, scale=scale)
     u_start = t_start / (s - (s - 1) * t_start)  # inverse of the shift, so the grid starts at t_start exactly
-    return time_shift(torch.linspace(u_start, 0.0, steps + 1, dtype=torch.float64), num_tokens)
+    return time_shift(torch.linspace(u_start, 0.0, steps + 1, dtype=torch.float64), num_tokens, scale)
 
 
 def num_tokens(latent_shape: tuple[int, ...], patch: tuple[int, int, int]) -> int:
@@ -91,6 +97,7 @@ class FlowConfig:
     logit_mean: float = 0.0  # logit-normal timestep density (SD3): t = sigmoid(N(mean, std))
     logit_std: float = 1.0
     shift: bool = True  # resolution- and length-aware shift of the sampled t
+    shift_scale: float = 1.0  # multiplies that shift (``shift_factor``); sampling uses the same value
     caption_dropout: float = 0.1  # probability of training on the empty caption (for CFG)
     tasks: TaskMix = TaskMix()  # random generation task per sample (model/conditioning.py)
 
@@ -127,7 +134,7 @@ class Flow(nn.Module):
     def sample_t(self, batch: int, tokens: int, rng: torch.Generator) -> Tensor:
         """Logit-normal times (B,), shifted for the token count when cfg.shift (CPU generator)."""
         t = torch.sigmoid(self.cfg.logit_mean + self.cfg.logit_std * torch.randn(batch, generator=rng))
-        return time_shift(t, tokens) if self.cfg.shift else t
+        return time_shift(t, tokens, self.cfg.shift_scale) if self.cfg.shift else t
 
     def draw(self, shape: tuple[int, ...], rng: torch.Generator, tasks: bool = True) -> Draws:
         """Every random choice of a loss on latents of ``shape`` (B, C, T', H, W), from the CPU generator ``rng``:
@@ -208,7 +215,7 @@ def denoise(
     if noise is None:
         noise = torch.randn(cond.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
     noise = noise.to(device, dtype)
-    ts = sampling_times(steps, num_tokens(cond.shape, flow.patch), cond.strength).tolist()
+    ts = sampling_times(steps, num_tokens(cond.shape, flow.patch), cond.strength, flow.cfg.shift_scale).tolist()
     guided = cfg_scale != 1.0
     if guided:  # one batch of [conditional, unconditional]
         empty_text, empty_mask = null_text(text, text_mask)

@@ -40,7 +40,7 @@ import torch
 
 from model import conditioning as C
 from model.dit import DiT, DiTConfig
-from model.flow import Flow, denoise
+from model.flow import Flow, FlowConfig, denoise
 from model.text import TextConfig, TextEncoder
 from model.vae import VAEConfig, VideoVAE
 
@@ -59,8 +59,11 @@ def _config_from_dict(cls, d: dict):
 
 
 def export_pipeline(directory: str | Path, dit: DiT, vae: VideoVAE, text_cfg: TextConfig, latent_scale: float = 1.0,
-                    latent_shift: float = 0.0, extra: dict | None = None) -> Path:
-    """Write a ``from_pretrained``-able folder atomically (temp folder, then rename); returns its path."""
+                    latent_shift: float = 0.0, extra: dict | None = None, time_shift: float = 1.0) -> Path:
+    """Write a ``from_pretrained``-able folder atomically (temp folder, then rename); returns its path.
+
+    ``time_shift``: the noise-schedule shift scale the DiT was trained with (``FlowConfig.shift_scale``); the
+    sampler must use the same one."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -74,7 +77,7 @@ def export_pipeline(directory: str | Path, dit: DiT, vae: VideoVAE, text_cfg: Te
         text = dataclasses.replace(text_cfg, cache_dir=None, device="cpu")
         meta = {"format": FORMAT, "dit": dataclasses.asdict(dit.cfg), "vae": dataclasses.asdict(vae.cfg),
                 "text": dataclasses.asdict(text), "latent_scale": latent_scale, "latent_shift": latent_shift,
-                "extra": extra or {}}
+                "time_shift": float(time_shift), "extra": extra or {}}
         (tmp / "pipeline.json").write_text(json.dumps(meta, indent=1, default=str))
         if directory.exists():
             shutil.rmtree(directory)
@@ -189,12 +192,12 @@ class TextToVideo:
     """DiT + VAE + text encoder behind one ``__call__`` for every generation task (see the module docstring)."""
 
     def __init__(self, dit: DiT, vae: VideoVAE, text_cfg: TextConfig = TextConfig(), latent_scale: float = 1.0,
-                 latent_shift: float = 0.0, expander: Callable[[str], str] | None = None):
+                 latent_shift: float = 0.0, expander: Callable[[str], str] | None = None, time_shift: float = 1.0):
         self.dit, self.vae, self.text_cfg = dit.eval(), vae.eval(), text_cfg
         self.latent_scale, self.latent_shift = latent_scale, latent_shift
         self.expander = expander or expand_prompt_text
         self._text: TextEncoder | None = None
-        self.flow = Flow(self.dit)
+        self.flow = Flow(self.dit, FlowConfig(shift_scale=time_shift))  # sample on the schedule it trained on
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> "TextToVideo":
@@ -208,7 +211,8 @@ class TextToVideo:
         vae.load_state_dict(load_file(str(Path(directory) / "vae.safetensors")))
         text = dataclasses.replace(_config_from_dict(TextConfig, meta["text"]), device=device)
         return cls(dit.to(device).requires_grad_(False), vae.to(device).requires_grad_(False), text,
-                   float(meta["latent_scale"]), float(meta["latent_shift"]))
+                   float(meta["latent_scale"]), float(meta["latent_shift"]),
+                   time_shift=float(meta.get("time_shift", 1.0)))  # folders from before the option: 1
 
     @property
     def device(self) -> torch.device:

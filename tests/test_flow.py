@@ -106,6 +106,45 @@ def test_sampling_times_start_at_strength_and_end_at_zero():
     assert sampling_times(10, 16384)[5] > sampling_times(10, 64)[5]
 
 
+
+class TimeRecorder(nn.Module):
+    """A zero velocity that records every t it is called at."""
+
+    def __init__(self):
+        super().__init__()
+        self.cfg = dit_config("tiny", latent_channels=C)
+        self.times: list[float] = []
+
+    def forward(self, x_in, t, text, text_mask):
+        self.times.append(float(t[0]))
+        return torch.zeros_like(x_in[:, :C])
+
+
+def test_shift_scale_moves_training_and_sampling_towards_noise_alike():
+    # the scale multiplies the token-count factor (1 below 1,024 tokens) and is still capped
+    assert shift_factor(320, scale=3.0) == pytest.approx(3.0)
+    assert shift_factor(16384, scale=3.0) == 8.0
+    with pytest.raises(ValueError, match="shift scale"):
+        shift_factor(320, scale=0.0)
+    # training: the same generator draws later times under the scale, every one of them
+    plain, scaled = Flow(Linear()), Flow(Linear(), FlowConfig(shift_scale=3.0))
+    a, b = plain.sample_t(256, 320, torch.Generator().manual_seed(0)), scaled.sample_t(256, 320, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(b, time_shift(a, 320, 3.0))
+    mid = (a > 0.05) & (a < 0.9)
+    assert mid.sum() > 150 and (b[mid] > a[mid] + 0.05).all()
+    assert b.median() > 0.7 > a.median()
+    # sampling: denoise walks the grid of the flow's own scale
+    text, mask = _text()
+    cond = text_to_video(1, C, T, H, W)
+    tokens = T * (H // 2) * (W // 2)  # the tiny config's 1x2x2 patch
+    for scale in (1.0, 3.0):
+        rec = TimeRecorder()
+        denoise(Flow(rec, FlowConfig(shift_scale=scale)), torch.randn(cond.shape), cond, text, mask, steps=6,
+                cfg_scale=1.0)
+        assert rec.times == pytest.approx(sampling_times(6, tokens, 1.0, scale)[:-1].tolist())
+    assert sampling_times(6, tokens, 1.0, 3.0)[3] > sampling_times(6, tokens)[3] + 0.2
+
+
 # ------------------------------------------------------------------------------------------------ captions
 
 

@@ -54,6 +54,21 @@ def test_from_pretrained_round_trip(pipe_dir, pipe):
         TextToVideo.from_pretrained(pipe_dir.parent)
 
 
+def test_the_sampler_keeps_the_schedule_shift_the_dit_trained_with(pipe_dir, pipe, tmp_path):
+    assert json.loads((pipe_dir / "pipeline.json").read_text())["time_shift"] == 1.0
+    assert pipe.flow.cfg.shift_scale == 1.0
+    shifted = export_pipeline(tmp_path / "shifted", pipe.dit, pipe.vae, pipe.text_cfg, time_shift=3.0)
+    assert TextToVideo.from_pretrained(shifted).flow.cfg.shift_scale == 3.0
+    meta = json.loads((shifted / "pipeline.json").read_text())  # a folder from before the option
+    del meta["time_shift"]
+    (shifted / "pipeline.json").write_text(json.dumps(meta))
+    assert TextToVideo.from_pretrained(shifted).flow.cfg.shift_scale == 1.0
+    a = pipe("a red circle", frames=5, size=(W, H), steps=STEPS, seed=0)
+    b = TextToVideo(pipe.dit, pipe.vae, pipe.text_cfg, pipe.latent_scale, pipe.latent_shift, time_shift=3.0)(
+        "a red circle", frames=5, size=(W, H), steps=STEPS, seed=0)
+    assert not np.array_equal(a, b)  # the scale reaches the sampler
+
+
 TASKS = {
     "t2v": dict(frames=9),
     "t2i": dict(frames=1),

@@ -83,6 +83,9 @@ class TrainDiTConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     shift: bool = True
+    # multiplies the token-count shift of t (model.flow.shift_factor), in training and in the exported sampler;
+    # > 1 for VAEs whose latents stay readable at high noise (4x4 spatial stride: try 3)
+    time_shift: float = 1.0
     # probability of each training task: text-to-video, image-to-video, extend forward, extend backward,
     # keyframes, transition (model.conditioning.TaskMix; normalised)
     task_mix: tuple[float, ...] = (0.5, 0.15, 0.1, 0.05, 0.1, 0.1)
@@ -551,7 +554,7 @@ def main(cfg: TrainDiTConfig) -> dict:
     barrier()
     net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if info.world > 1 and not fsdp else model
     flow = Flow(net, FlowConfig(logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, shift=cfg.shift,
-                                caption_dropout=cfg.caption_dropout, tasks=tasks))
+                                shift_scale=cfg.time_shift, caption_dropout=cfg.caption_dropout, tasks=tasks))
     writer = None
     if info.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -589,7 +592,7 @@ def main(cfg: TrainDiTConfig) -> dict:
 
             text_cfg = TextConfig(path=cfg.text_path or None, max_length=cfg.text_max_length)
             pipes.append(TextToVideo(DiT(dit_cfg).to(device).requires_grad_(False), load_vae(cfg.vae, device),
-                                     text_cfg, latent_scale=scale, latent_shift=shift))
+                                     text_cfg, latent_scale=scale, latent_shift=shift, time_shift=cfg.time_shift))
         pipes[0].dit.load_state_dict(esd)
         return pipes[0]
 
@@ -675,7 +678,7 @@ def main(cfg: TrainDiTConfig) -> dict:
             from pipelines.generate import export_pipeline
 
             export_pipeline(run_dir / "pipeline", pipe.dit, pipe.vae, pipe.text_cfg, latent_scale=scale,
-                            latent_shift=shift, extra={"train_config": resolved})
+                            latent_shift=shift, extra={"train_config": resolved}, time_shift=cfg.time_shift)
         barrier()
     digest = weights_digest(model)
     if writer is not None:
