@@ -11,7 +11,8 @@ the same encoder at half the bytes. It lands in ``.gpu/minilm-fp16`` (git-ignore
 ``run`` writes the corpus (``--clips`` single-shot clips over the whole synthetic vocabulary except the held-out
 colour-shape pairs), runs ``pipelines.loop.run`` with ``PROFILES[--profile]`` (flags override single fields)
 and copies the headline files flat into ``--out``: loop.json, results.md, results.json, curves.png, sheet.png,
-dit-samples.png, vae-preview.png, and prints the time of every stage (the DiT's split into setup, steps, samples
+dit-samples.png, vae-preview.png (also when the run is stopped part-way, by an error or SIGTERM: ``loop.json``
+then lists ``stages_done``), and prints the time of every stage (the DiT's split into setup, steps, samples
 and export), the accuracy at each guidance scale of ``eval_cfg_sweep`` and the eval-text table.
 """
 
@@ -21,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -64,6 +66,10 @@ def parse_set(items: list[str], base) -> dict:
     return out
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def run(a: argparse.Namespace) -> dict:
     import pyarrow.parquet as pq
     import torch
@@ -94,19 +100,24 @@ def run(a: argparse.Namespace) -> dict:
         corpus = write_shot_corpus(cfg.dataset, a.clips, size=cfg.size, frames=cfg.frames,
                                    split_seed=cfg.split_seed, seed=cfg.seed)
         print(f"[run] corpus: {corpus['clips']} clips in {corpus['seconds']} s", flush=True)
-    summary = run_loop(cfg)
-    summary["seconds"] = {"corpus_s": corpus["seconds"], **summary["seconds"], "total_s": round(time.time() - t0, 1)}
-    summary["device"] = device
-    summary["torch"] = torch.__version__
-    summary["clips"] = corpus["clips"]
-    out.mkdir(parents=True, exist_ok=True)
     loop = Path(cfg.out)
-    (out / "loop.json").write_text(json.dumps(summary, indent=1))
-    for src in (loop / "eval-text" / "results.md", loop / "eval-text" / "results.json", loop / "report" / "curves.png",
-                loop / "report" / "eval-sheet.png", loop / "report" / "dit-samples.png",
-                loop / "report" / "vae-preview.png"):
-        if src.is_file():
-            shutil.copy(src, out / src.name)
+    out.mkdir(parents=True, exist_ok=True)
+    previous = signal.signal(signal.SIGTERM, _terminated)  # ``timeout`` sends SIGTERM: still copy what exists
+    try:
+        summary = run_loop(cfg)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        partial = json.loads((loop / "loop.json").read_text()) if (loop / "loop.json").is_file() else {}
+        partial.setdefault("seconds", {})
+        partial["seconds"] = {"corpus_s": corpus["seconds"], **partial["seconds"], "total_s": round(time.time() - t0, 1)}
+        partial.update(device=device, torch=torch.__version__, clips=corpus["clips"])
+        (out / "loop.json").write_text(json.dumps(partial, indent=1))
+        for src in (loop / "eval-text" / "results.md", loop / "eval-text" / "results.json",
+                    loop / "report" / "curves.png", loop / "report" / "eval-sheet.png",
+                    loop / "report" / "dit-samples.png", loop / "report" / "vae-preview.png"):
+            if src.is_file():
+                shutil.copy(src, out / src.name)
+    summary = partial
     print("\n| stage | seconds |\n|---|---|")
     for k, v in summary["seconds"].items():
         print(f"| {k[:-2]} | {v} |")

@@ -5,7 +5,8 @@
 rendered straight into clip shards by ``write_shot_corpus`` (the curation build needs Ray, which the GPU machine
 lacks; the shards have the build's columns, so everything after the build is the same code).
 
-Steps (each timed into ``OUT/loop.json``):
+Steps (each timed into ``OUT/loop.json``, which is rewritten after every step with ``stages_done``, so a run
+killed part-way still says what it finished):
   1. ``train.train_vae.main`` on the shards (square crops of ``size``, ``frames`` frames);
   2. ``train.train_dit.main`` on the same shards, encoded on the fly by the new VAE (latents normalised by their
      measured mean and std), sampling two held-out prompts at the end, and exporting ``OUT/dit/pipeline``;
@@ -59,6 +60,7 @@ class LoopConfig:
     dit_warmup: int = 0  # linear lr warm-up steps (0: min(500, dit_steps / 20))
     dit_patch: tuple[int, int, int] = (1, 2, 2)  # latent voxels per token; (1, 4, 4) with a 4x-spatial VAE
     dit_pooled_text: bool = False  # model.dit.DiTConfig.pooled_text
+    dit_time_shift: float = 1.0  # train.train_dit.TrainDiTConfig.time_shift (3 with a 4x-spatial VAE)
     task_mix: tuple[float, ...] = (0.5, 0.15, 0.1, 0.05, 0.1, 0.1)  # train.train_dit.TrainDiTConfig.task_mix
     token_budget: int = 4096
     max_batch: int = 32
@@ -290,6 +292,13 @@ def run(cfg: LoopConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     split = synth.ComboSplit.default(cfg.split_seed)
     times: dict[str, float] = {}
+    summary: dict = {"config": dataclasses.asdict(cfg), "seconds": times, "stages_done": []}
+
+    def done(stage: str) -> None:  # OUT/loop.json after every stage, so a run killed later still says what it did
+        summary["stages_done"].append(stage)
+        tmp = out / ".loop.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1))
+        os.replace(tmp, out / "loop.json")
 
     t = time.time()  # 1. VAE ---------------------------------------------------------------------------
     vae_run = Path(cfg.vae_run) if cfg.vae_run else out / "vae"
@@ -302,7 +311,10 @@ def run(cfg: LoopConfig) -> dict:
         print(f"[loop] 1/4 training the VAE ({cfg.vae_preset}, {cfg.vae_steps} steps) -> {vae_run}", flush=True)
         vae = _train_vae(cfg, vae_run)
     times["vae_s"] = round(time.time() - t, 1)
-
+    summary["vae"] = {"run": str(vae_run), "steps": vae["step"],
+                      "first_loss": vae["losses"][0] if vae["losses"] else None,
+                      "last_loss": float(np.mean(vae["losses"][-10:])) if vae["losses"] else None}
+    done("vae")
 
     t = time.time()  # 2. DiT ---------------------------------------------------------------------------
     print(f"[loop] 2/4 training the DiT ({cfg.dit_preset}, {cfg.dit_steps} steps) -> {out / 'dit'}", flush=True)
@@ -311,7 +323,7 @@ def run(cfg: LoopConfig) -> dict:
         data_root=cfg.dataset, vae=str(vae_run / "checkpoints"), run_dir=str(out / "dit"), text_path=cfg.text_path,
         caption_mix=(("short", 1.0),), bucket_areas=(cfg.size * cfg.size,), bucket_frames=(cfg.frames,),
         token_budget=cfg.token_budget, max_batch=cfg.max_batch, preset=cfg.dit_preset, patch=cfg.dit_patch,
-        pooled_text=cfg.dit_pooled_text,
+        pooled_text=cfg.dit_pooled_text, time_shift=cfg.dit_time_shift,
         task_mix=cfg.task_mix, steps=cfg.dit_steps,
         lr=cfg.dit_lr, warmup_steps=cfg.dit_warmup or min(500, max(1, cfg.dit_steps // 20)), ema_decay=cfg.dit_ema,
         time_budget_s=cfg.dit_time_s, compile=cfg.compile,
@@ -322,6 +334,11 @@ def run(cfg: LoopConfig) -> dict:
     times["dit_s"] = round(time.time() - t, 1)
     pipeline = out / "dit" / "pipeline"
     _record_in_pipeline(pipeline, {"combo_split": split.to_dict(), "train_size": cfg.size})
+    summary["dit"] = {"steps": dit["step"], "first_loss": dit["losses"][0] if dit["losses"] else None,
+                      "last_loss": float(np.mean(dit["losses"][-10:])) if dit["losses"] else None,
+                      "seconds": dit["seconds"]}
+    summary["pipeline"] = str(pipeline)
+    done("dit")
 
     t = time.time()  # 3. eval-text ---------------------------------------------------------------------
     print(f"[loop] 3/4 eval-text on {pipeline}", flush=True)
@@ -331,6 +348,8 @@ def run(cfg: LoopConfig) -> dict:
                             limit=cfg.eval_limit)
     ev = eval_text(ev_cfg)
     times["eval_s"] = round(time.time() - t, 1)
+    summary.update(accuracy=ev["accuracy"], detector_ceiling=ev["detector_ceiling"])
+    done("eval")
     sweep = {}
     for scale in cfg.eval_cfg_sweep:
         t = time.time()
@@ -340,19 +359,11 @@ def run(cfg: LoopConfig) -> dict:
     if sweep:
         sweep[f"{cfg.eval_cfg:g}"] = {"accuracy": ev["accuracy"], "seconds": times["eval_s"]}
         times["eval_sweep_s"] = round(sum(v["seconds"] for v in sweep.values()) - times["eval_s"], 1)
-
-    summary = {"config": dataclasses.asdict(cfg), "seconds": times,
-               "vae": {"steps": vae["step"], "first_loss": vae["losses"][0] if vae["losses"] else None,
-                       "last_loss": float(np.mean(vae["losses"][-10:])) if vae["losses"] else None},
-               "dit": {"steps": dit["step"], "first_loss": dit["losses"][0] if dit["losses"] else None,
-                       "last_loss": float(np.mean(dit["losses"][-10:])) if dit["losses"] else None,
-                       "seconds": dit["seconds"]},
-               "accuracy": ev["accuracy"], "detector_ceiling": ev["detector_ceiling"], "pipeline": str(pipeline)}
-    if sweep:
         summary["cfg_sweep"] = dict(sorted(sweep.items(), key=lambda kv: float(kv[0])))
+        done("eval_sweep")
     t = time.time()  # 4. report ------------------------------------------------------------------------
     print(f"[loop] 4/4 training report -> {out / 'report'}", flush=True)
     summary["report"] = str(write_training_report(out / "report", vae_run, out / "dit", out / "eval-text", summary))
     times["report_s"] = round(time.time() - t, 1)
-    (out / "loop.json").write_text(json.dumps(summary, indent=1))
+    done("report")
     return summary

@@ -7,6 +7,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +20,12 @@ from curate import synth
 from curate.synth import ComboSplit
 
 pytestmark = pytest.mark.timeout(600)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _benchmark(name: str):
     """A script of ``benchmarks/`` (not a package) as a module."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    path = ROOT / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -308,3 +312,37 @@ def test_run_text_loop_script_end_to_end_at_smoke_size(tmp_path, capsys):
     assert summary["clips"] == 12 and summary["seconds"]["total_s"] >= summary["seconds"]["dit_s"]
     for name in ("results.md", "results.json", "curves.png"):
         assert (tmp_path / "out" / name).is_file()
+
+
+def test_run_text_loop_stopped_part_way_still_returns_what_it_finished(tmp_path):
+    """``timeout`` on the GPU machine sends SIGTERM: the script then still writes OUT/loop.json (stages done so far,
+    their times and the VAE's steps), and a second run reuses the first one's corpus and VAE (``--corpus``,
+    ``vae_run``) without training a VAE of its own."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run_text_loop.py"), "run", "--profile", "smoke", "--clips", "8",
+           "--out", str(out), "--work", str(work), "--set", "frames=9", "--set", "device=cpu", "--text-path", ""]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    seen = []
+    for line in proc.stdout:  # stop it as the DiT starts
+        seen.append(line)
+        if "[loop] 2/4" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, "".join(seen) + rest
+    summary = json.loads((out / "loop.json").read_text())
+    assert summary["stages_done"] == ["vae"]
+    assert summary["vae"]["steps"] == 6 and summary["seconds"]["vae_s"] > 0 and "dit" not in summary
+    assert summary["clips"] == 8 and summary["seconds"]["total_s"] >= summary["seconds"]["vae_s"]
+    assert not (out / "results.json").exists()  # nothing that was not made is claimed
+
+    again = tmp_path / "again"
+    mod = _benchmark("run_text_loop")
+    assert mod.main(["run", "--profile", "smoke", "--corpus", str(work / "corpus"), "--out", str(again), "--work",
+                     str(tmp_path / "work2"), "--set", "frames=9", "--set", "device=cpu", "--set",
+                     f"vae_run={work / 'loop' / 'vae'}", "--text-path", ""]) == 0
+    second = json.loads((again / "loop.json").read_text())
+    assert second["stages_done"] == ["vae", "dit", "eval", "report"]
+    assert second["vae"]["run"] == str(work / "loop" / "vae") and second["vae"]["steps"] == 6
+    assert second["clips"] == 8 and second["seconds"]["corpus_s"] == 0.0
+    assert not (tmp_path / "work2" / "corpus").exists() and not (tmp_path / "work2" / "loop" / "vae").exists()
