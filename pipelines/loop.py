@@ -70,6 +70,7 @@ class LoopConfig:
     eval_cfg: float = 5.0
     eval_cfg_sweep: tuple[float, ...] = ()  # further guidance scales, each a whole eval-text of its own (pick one by
     # the seen split: the held-out pairs are the test)
+    eval_steps_sweep: tuple[int, ...] = ()  # further sampling step counts at eval_cfg, likewise
     eval_per_triple: int = 1
     eval_heldout_repeat: int = 1  # extra prompts per held-out triple (there are 5x fewer of them)
     eval_limit: int = 0  # first N prompts per group (0: all 96)
@@ -350,17 +351,19 @@ def run(cfg: LoopConfig) -> dict:
     times["eval_s"] = round(time.time() - t, 1)
     summary.update(accuracy=ev["accuracy"], detector_ceiling=ev["detector_ceiling"])
     done("eval")
-    sweep = {}
-    for scale in cfg.eval_cfg_sweep:
-        t = time.time()
-        print(f"[loop] 3/4 eval-text at guidance {scale:g}", flush=True)
-        other = eval_text(dataclasses.replace(ev_cfg, cfg=float(scale), out=str(out / f"eval-text-cfg{scale:g}")))
-        sweep[f"{scale:g}"] = {"accuracy": other["accuracy"], "seconds": round(time.time() - t, 1)}
-    if sweep:
-        sweep[f"{cfg.eval_cfg:g}"] = {"accuracy": ev["accuracy"], "seconds": times["eval_s"]}
-        times["eval_sweep_s"] = round(sum(v["seconds"] for v in sweep.values()) - times["eval_s"], 1)
-        summary["cfg_sweep"] = dict(sorted(sweep.items(), key=lambda kv: float(kv[0])))
-        done("eval_sweep")
+    for field, values, key in (("cfg", cfg.eval_cfg_sweep, "cfg_sweep"), ("steps", cfg.eval_steps_sweep, "steps_sweep")):
+        if not values:
+            continue
+        sweep = {f"{getattr(ev_cfg, field):g}": {"accuracy": ev["accuracy"], "seconds": times["eval_s"]}}
+        for value in values:  # the same model and prompts, one sampler setting changed
+            t = time.time()
+            print(f"[loop] 3/4 eval-text at {field} {value:g}", flush=True)
+            other = eval_text(dataclasses.replace(ev_cfg, **{field: type(getattr(ev_cfg, field))(value)},
+                                                  out=str(out / f"eval-text-{field}{value:g}")))
+            sweep[f"{value:g}"] = {"accuracy": other["accuracy"], "seconds": round(time.time() - t, 1)}
+        times[f"eval_{key}_s"] = round(sum(v["seconds"] for v in sweep.values()) - times["eval_s"], 1)
+        summary[key] = dict(sorted(sweep.items(), key=lambda kv: float(kv[0])))
+        done(f"eval_{key}")
     t = time.time()  # 4. report ------------------------------------------------------------------------
     print(f"[loop] 4/4 training report -> {out / 'report'}", flush=True)
     summary["report"] = str(write_training_report(out / "report", vae_run, out / "dit", out / "eval-text", summary))

@@ -135,7 +135,8 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
     cfg = dataclasses.replace(PROFILES["smoke"], dataset=str(tmp_path / "corpus"), out=str(tmp_path / "run"),
                               frames=9, device="cpu", vae_preset=vae_preset, dit_patch=patch,
                               vae_frames=5 if patch != (1, 2, 2) else 0, vae_warmup=2, dit_warmup=3,
-                              eval_cfg_sweep=(2.0,) if patch == (1, 2, 2) else ())
+                              eval_cfg_sweep=(2.0,) if patch == (1, 2, 2) else (),
+                              eval_steps_sweep=(1,) if patch != (1, 2, 2) else ())
     summary = run(cfg)
     assert summary["vae"]["steps"] == cfg.vae_steps and summary["dit"]["steps"] == cfg.dit_steps
     parts = summary["dit"]["seconds"]  # where the DiT stage's time went; the samples are timed inside the loop
@@ -169,6 +170,14 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
         assert other["config"]["cfg"] == 2.0 and other["accuracy"] == summary["cfg_sweep"]["2"]["accuracy"]
     else:
         assert "cfg_sweep" not in summary
+    if cfg.eval_steps_sweep:  # the same for sampling steps, at the main guidance scale
+        assert list(summary["steps_sweep"]) == ["1", f"{cfg.eval_steps:g}"]
+        other = json.loads((tmp_path / "run" / "eval-text-steps1" / "results.json").read_text())
+        assert other["config"]["steps"] == 1 and other["config"]["cfg"] == cfg.eval_cfg
+        assert other["accuracy"] == summary["steps_sweep"]["1"]["accuracy"]
+        assert summary["steps_sweep"][f"{cfg.eval_steps:g}"]["accuracy"] == summary["accuracy"]
+    else:
+        assert "steps_sweep" not in summary
     if vae_preset != "tiny":
         return
     # the CLI: its flags reach the run, and a missing pipeline is a clear error (exit 2), not a traceback
