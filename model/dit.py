@@ -219,6 +219,17 @@ class TextEmbedder(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 
 
+class QKNorm(nn.RMSNorm):
+    """RMSNorm per head whose weight follows the input's dtype.
+
+    Under bf16 autocast the queries and keys arrive in bf16 while the weight stays fp32; ``torch.rms_norm`` then
+    falls back from its fused kernel to the composite (several kernels; torch warns
+    "Mismatch dtype"). Casting the weight keeps the fused kernel; the parameter and its name are unchanged."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, self.normalized_shape, None if self.weight is None else self.weight.to(x.dtype), self.eps)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with per-head RMS QK-norm and 3-D RoPE."""
 
@@ -226,8 +237,8 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(hidden, 3 * hidden)
-        self.q_norm = nn.RMSNorm(hidden // heads, eps=eps)
-        self.k_norm = nn.RMSNorm(hidden // heads, eps=eps)
+        self.q_norm = QKNorm(hidden // heads, eps=eps)
+        self.k_norm = QKNorm(hidden // heads, eps=eps)
         self.out = nn.Linear(hidden, hidden)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -247,8 +258,8 @@ class CrossAttention(nn.Module):
         self.heads = heads
         self.q = nn.Linear(hidden, hidden)
         self.kv = nn.Linear(hidden, 2 * hidden)
-        self.q_norm = nn.RMSNorm(hidden // heads, eps=eps)
-        self.k_norm = nn.RMSNorm(hidden // heads, eps=eps)
+        self.q_norm = QKNorm(hidden // heads, eps=eps)
+        self.k_norm = QKNorm(hidden // heads, eps=eps)
         self.out = nn.Linear(hidden, hidden)
 
     def forward(self, x: Tensor, y: Tensor, mask: Tensor | None) -> Tensor:

@@ -255,3 +255,21 @@ def test_flop_formula_matches_pytorch_flop_counter():
     counted = counter.get_total_flops()
     # the formula leaves out the per-sample adaLN / time MLPs (< 0.5 % here)
     assert analytic_matmul <= counted < analytic_matmul * 1.005
+
+
+def test_qk_norm_matches_rmsnorm_and_keeps_bf16_queries_in_bf16():
+    from model.dit import QKNorm
+
+    torch.manual_seed(0)
+    ours, ref = QKNorm(16, eps=1e-6), torch.nn.RMSNorm(16, eps=1e-6)
+    with torch.no_grad():
+        ours.weight.normal_(1, 0.2)
+    ref.load_state_dict(ours.state_dict())  # same parameter name: old checkpoints load unchanged
+    x = torch.randn(2, 5, 4, 16)
+    torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)
+    xb = x.bfloat16()
+    out = ours(xb)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref(x), rtol=2e-2, atol=2e-2)
+    out.float().sum().backward()
+    assert ours.weight.grad is not None and ours.weight.grad.dtype == torch.float32
