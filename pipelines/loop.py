@@ -90,7 +90,10 @@ PROFILES: dict[str, LoopConfig] = {
     # one H100/H200, ~10 minutes in all with a 4096-clip shot corpus. The VAE trains on 9-frame clips; the DiT-S
     # takes batches of 128 clips, mostly text-to-video; short warm-ups, since each model gets ~1-2k steps. The DiT
     # has 290 s (260 s until the eval batched its generations: ~64 s of eval on an H200 before)
-    "gpu": LoopConfig(size=128, vae_preset="small", vae_frames=9, vae_steps=20000, vae_batch=16, vae_lr=8e-4,
+    # the best measured on one H200 (benchmarks/RESULTS.md, 2026-12-03): the 4x-spatial VAE keeps shapes, 4x4
+    # patches keep 320 tokens per clip, and the 3x time shift is what lets the DiT learn motion on its latents
+    "gpu": LoopConfig(size=128, vae_preset="small-f4c4", dit_patch=(1, 4, 4), dit_pooled_text=True,
+                      dit_time_shift=3.0, vae_frames=9, vae_steps=20000, vae_batch=16, vae_lr=8e-4,
                       vae_ema=0.999, vae_warmup=50, vae_time_s=150, dit_preset="S", dit_steps=100000, dit_lr=6e-4,
                       dit_ema=0.999, dit_warmup=100, dit_time_s=290, task_mix=(0.85, 0.05, 0.03, 0.02, 0.03, 0.02),
                       token_budget=40960, max_batch=128, eval_steps=20, eval_per_triple=1, eval_heldout_repeat=2,

@@ -232,9 +232,12 @@ def test_run_text_loop_set_overrides_any_loop_field():
     from pipelines.loop import PROFILES
 
     mod = _benchmark("run_text_loop")
-    got = mod.parse_set(["dit_lr=1e-3", "dit_patch=[1,4,4]", "vae_preset=small-f4c4", "compile=true"], PROFILES["gpu"])
-    assert got == {"dit_lr": 1e-3, "dit_patch": (1, 4, 4), "vae_preset": "small-f4c4", "compile": True}
-    assert dataclasses.replace(PROFILES["gpu"], **got).dit_patch == (1, 4, 4)
+    got = mod.parse_set(["dit_lr=1e-3", "dit_patch=[1,2,2]", "vae_preset=small", "dit_time_shift=1", "compile=true"],
+                        PROFILES["gpu"])
+    assert got == {"dit_lr": 1e-3, "dit_patch": (1, 2, 2), "vae_preset": "small", "dit_time_shift": 1, "compile": True}
+    cfg = dataclasses.replace(PROFILES["gpu"], **got)
+    assert cfg.dit_patch == (1, 2, 2) and cfg.vae_preset == "small" and cfg.dit_time_shift == 1.0
+    assert PROFILES["gpu"].dit_patch == (1, 4, 4)  # the profile itself is left alone
     for bad in (["no_such_field=1"], ["dit_lr"]):
         with pytest.raises(SystemExit):
             mod.parse_set(bad, PROFILES["gpu"])
