@@ -18,7 +18,7 @@ from curate.store import atomic_write_json, atomic_write_table
 from model.checkpoint import list_checkpoints, save_checkpoint
 from model.vae import build_vae
 from pipelines.cache_latents import CAPTION_KINDS, LATENT_SCHEMA, LatentRecord, tensor_to_bytes, to_latent_table
-from train.train_dit import BatchPlan, TrainDiTConfig, main, parse_args, pick_caption
+from train.train_dit import BatchPlan, TrainDiTConfig, lr_at, main, parse_args, pick_caption
 
 pytestmark = pytest.mark.timeout(300)
 TEXT_DIM = 384  # the packaged MiniLM's width, so training samples can encode real prompts
@@ -283,6 +283,25 @@ def test_time_budget_stops_early_and_still_checkpoints(cache, tmp_path):
     out = main(tiny_cfg(cache, tmp_path / "run", steps=1000, ckpt_every=500, time_budget_s=1e-9))
     assert out["step"] == 1 and len(out["losses"]) == 1
     assert [c.name for c in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-000000001"]
+
+
+
+def test_cooldown_takes_the_lr_to_zero_over_the_last_share_of_the_run(cache, tmp_path):
+    from pipelines.loop import read_scalars
+
+    cfg = TrainDiTConfig(lr=1.0, steps=100, warmup_steps=10, cooldown=0.2)
+    assert [lr_at(cfg, s) for s in (0, 4, 9, 50, 80)] == pytest.approx([0.1, 0.5, 1.0, 1.0, 1.0])
+    assert [lr_at(cfg, s) for s in (85, 90, 99)] == pytest.approx([0.75, 0.5, 0.05])
+    assert lr_at(cfg, 20, progress=0.95) == pytest.approx(0.25)  # a time budget ends the run before its steps
+    assert lr_at(cfg, 20, progress=1.3) == 0.0
+    assert lr_at(dataclasses.replace(cfg, cooldown=0.0), 99) == 1.0  # off: constant after the warm-up
+    # in a run, the logged lr is what the optimiser stepped with; by the time budget it follows the same curve
+    for budget in (0.0, 1e6):
+        run = tmp_path / f"run-{budget:g}"
+        main(tiny_cfg(cache, run, steps=8, log_every=1, ckpt_every=100, cooldown=0.5, time_budget_s=budget))
+        steps, lrs = read_scalars(run / "tb")["train/lr"]
+        assert steps == list(range(1, 9))
+        assert lrs == pytest.approx([1e-3] * 5 + [0.75e-3, 0.5e-3, 0.25e-3], rel=1e-4), budget
 
 
 def test_prefetch_threads_change_nothing_and_log_the_loss_per_latent_frame(cache, tmp_path):

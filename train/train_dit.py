@@ -95,6 +95,9 @@ class TrainDiTConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 0.0
     warmup_steps: int = 1000
+    # the last fraction of the run over which the lr falls linearly to 0 (warmup-stable-decay); the run is
+    # ``steps``, or ``time_budget_s`` when that ends it first. 0: constant after the warm-up
+    cooldown: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     # systems
@@ -449,8 +452,14 @@ def make_optimizer(model: nn.Module, cfg: TrainDiTConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-def lr_at(cfg: TrainDiTConfig, step: int) -> float:
-    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+def lr_at(cfg: TrainDiTConfig, step: int, progress: float | None = None) -> float:
+    """Linear warm-up, then constant; with ``cfg.cooldown`` linear to 0 over the last part of the run, where
+    ``progress`` in [0, 1] is how much of it is done (default ``step / cfg.steps``)."""
+    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if cfg.cooldown > 0:
+        p = step / max(1, cfg.steps) if progress is None else progress
+        lr *= min(1.0, max(0.0, (1.0 - p) / cfg.cooldown))
+    return lr
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -617,11 +626,14 @@ def main(cfg: TrainDiTConfig) -> dict:
     depth = cfg.prefetch if cfg.prefetch >= 0 else (2 if pin else 0)
     batches = prefetched(prepare, range(start, cfg.steps), depth, init)
     t0, tokens_seen = time.time(), 0
+    # share of the run done, for the lr cool-down: by steps, or by the time budget when one is set (measured at
+    # log steps and averaged over ranks, so every rank steps with the same lr)
+    progress = start / max(1, cfg.steps) if cfg.time_budget_s > 0 else None
     try:
         for step, (x0, text, mask, draws) in batches:
             x0, text, mask = (v.to(device, non_blocking=True) for v in (x0, text, mask))
             for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, step)
+                group["lr"] = lr_at(cfg, step, progress)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss, per_frame = flow.loss(x0, text, mask, draws=draws, per_frame=True)
             if frames is None or frames.shape[1] < len(per_frame):
@@ -644,10 +656,13 @@ def main(cfg: TrainDiTConfig) -> dict:
                 pending.clear()
             if done % cfg.log_every == 0 or last:
                 mean_loss = float(all_reduce_mean(loss.detach().float()))
+                if progress is not None:
+                    elapsed = float(all_reduce_mean(torch.tensor(time.time() - t0, device=device)))
+                    progress = max(done / cfg.steps, elapsed / cfg.time_budget_s)
                 if writer is not None:
                     elapsed = max(1e-9, time.time() - t0)
                     writer.add_scalar("loss/flow", mean_loss, done)
-                    writer.add_scalar("train/lr", lr_at(cfg, step), done)
+                    writer.add_scalar("train/lr", opt.param_groups[0]["lr"], done)
                     writer.add_scalar("train/grad_norm", float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor")
                                                                else grad_norm), done)
                     writer.add_scalar("train/steps_per_s", (done - start) / elapsed, done)
