@@ -61,6 +61,7 @@ class LoopConfig:
     dit_patch: tuple[int, int, int] = (1, 2, 2)  # latent voxels per token; (1, 4, 4) with a 4x-spatial VAE
     dit_pooled_text: bool = False  # model.dit.DiTConfig.pooled_text
     dit_time_shift: float = 1.0  # train.train_dit.TrainDiTConfig.time_shift (3 with a 4x-spatial VAE)
+    dit_t_uniform: float = 0.0  # train.train_dit.TrainDiTConfig.t_uniform
     dit_cooldown: float = 0.0  # train.train_dit.TrainDiTConfig.cooldown: lr to 0 over this last share of the run
     task_mix: tuple[float, ...] = (0.5, 0.15, 0.1, 0.05, 0.1, 0.1)  # train.train_dit.TrainDiTConfig.task_mix
     token_budget: int = 4096
@@ -328,7 +329,8 @@ def run(cfg: LoopConfig) -> dict:
         data_root=cfg.dataset, vae=str(vae_run / "checkpoints"), run_dir=str(out / "dit"), text_path=cfg.text_path,
         caption_mix=(("short", 1.0),), bucket_areas=(cfg.size * cfg.size,), bucket_frames=(cfg.frames,),
         token_budget=cfg.token_budget, max_batch=cfg.max_batch, preset=cfg.dit_preset, patch=cfg.dit_patch,
-        pooled_text=cfg.dit_pooled_text, time_shift=cfg.dit_time_shift, cooldown=cfg.dit_cooldown,
+        pooled_text=cfg.dit_pooled_text, time_shift=cfg.dit_time_shift, t_uniform=cfg.dit_t_uniform,
+        cooldown=cfg.dit_cooldown,
         task_mix=cfg.task_mix, steps=cfg.dit_steps,
         lr=cfg.dit_lr, warmup_steps=cfg.dit_warmup or min(500, max(1, cfg.dit_steps // 20)), ema_decay=cfg.dit_ema,
         time_budget_s=cfg.dit_time_s, compile=cfg.compile,

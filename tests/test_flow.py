@@ -145,6 +145,20 @@ def test_shift_scale_moves_training_and_sampling_towards_noise_alike():
     assert sampling_times(6, tokens, 1.0, 3.0)[3] > sampling_times(6, tokens)[3] + 0.2
 
 
+
+def test_uniform_share_puts_low_noise_samples_back_under_a_strong_shift():
+    n = 20000
+    shifted = Flow(Linear(), FlowConfig(shift_scale=3.0)).sample_t(n, 320, torch.Generator().manual_seed(1))
+    mixed = Flow(Linear(), FlowConfig(shift_scale=3.0, uniform_share=0.3)).sample_t(n, 320, torch.Generator().manual_seed(1))
+    low = lambda t: float((t < 0.25).float().mean())  # noqa: E731
+    assert low(shifted) < 0.02  # ~1.4 %: what the shift alone leaves for edges and corners
+    assert 0.07 < low(mixed) < 0.10  # 0.3 * 0.25 + 0.7 * 0.014
+    kept = mixed == shifted  # the share not picked keeps its shifted time exactly
+    assert 0.65 < float(kept.float().mean()) < 0.75
+    uniform = Flow(Linear(), FlowConfig(uniform_share=1.0)).sample_t(n, 320, torch.Generator().manual_seed(2))
+    assert abs(float(uniform.mean()) - 0.5) < 0.01 and abs(low(uniform) - 0.25) < 0.015
+
+
 # ------------------------------------------------------------------------------------------------ captions
 
 

@@ -86,6 +86,7 @@ class TrainDiTConfig:
     # multiplies the token-count shift of t (model.flow.shift_factor), in training and in the exported sampler;
     # > 1 for VAEs whose latents stay readable at high noise (4x4 spatial stride: try 3)
     time_shift: float = 1.0
+    t_uniform: float = 0.0  # model.flow.FlowConfig.uniform_share: this share of training times uniform on [0, 1]
     # probability of each training task: text-to-video, image-to-video, extend forward, extend backward,
     # keyframes, transition (model.conditioning.TaskMix; normalised)
     task_mix: tuple[float, ...] = (0.5, 0.15, 0.1, 0.05, 0.1, 0.1)
@@ -563,7 +564,8 @@ def main(cfg: TrainDiTConfig) -> dict:
     barrier()
     net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if info.world > 1 and not fsdp else model
     flow = Flow(net, FlowConfig(logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, shift=cfg.shift,
-                                shift_scale=cfg.time_shift, caption_dropout=cfg.caption_dropout, tasks=tasks))
+                                shift_scale=cfg.time_shift, uniform_share=cfg.t_uniform,
+                                caption_dropout=cfg.caption_dropout, tasks=tasks))
     writer = None
     if info.is_main:
         from torch.utils.tensorboard import SummaryWriter
