@@ -57,6 +57,8 @@ class LoopConfig:
     dit_lr: float = 5e-4
     dit_ema: float = 0.99
     dit_time_s: float = 0.0  # stop DiT training after this many seconds of steps (0: run dit_steps)
+    dit_stop_after_s: float = 0.0  # or, whichever is first, this many seconds after the loop started: the DiT
+    # gets whatever the VAE and the encoding left of a fixed box (eval-text and the report come after it)
     dit_warmup: int = 0  # linear lr warm-up steps (0: min(500, dit_steps / 20))
     dit_patch: tuple[int, int, int] = (1, 2, 2)  # latent voxels per token; (1, 4, 4) with a 4x-spatial VAE
     dit_pooled_text: bool = False  # model.dit.DiTConfig.pooled_text
@@ -299,6 +301,7 @@ def run(cfg: LoopConfig) -> dict:
     split = synth.ComboSplit.default(cfg.split_seed)
     times: dict[str, float] = {}
     summary: dict = {"config": dataclasses.asdict(cfg), "seconds": times, "stages_done": []}
+    t_start = time.time()
 
     def done(stage: str) -> None:  # OUT/loop.json after every stage, so a run killed later still says what it did
         summary["stages_done"].append(stage)
@@ -333,8 +336,9 @@ def run(cfg: LoopConfig) -> dict:
         cooldown=cfg.dit_cooldown,
         task_mix=cfg.task_mix, steps=cfg.dit_steps,
         lr=cfg.dit_lr, warmup_steps=cfg.dit_warmup or min(500, max(1, cfg.dit_steps // 20)), ema_decay=cfg.dit_ema,
-        time_budget_s=cfg.dit_time_s, compile=cfg.compile,
-        seed=cfg.seed, device=cfg.device, log_every=10 if cfg.dit_time_s else max(1, cfg.dit_steps // 100), ckpt_every=cfg.dit_steps,
+        time_budget_s=cfg.dit_time_s, stop_at=t_start + cfg.dit_stop_after_s if cfg.dit_stop_after_s else 0.0,
+        compile=cfg.compile, seed=cfg.seed, device=cfg.device,
+        log_every=10 if cfg.dit_time_s or cfg.dit_stop_after_s else max(1, cfg.dit_steps // 100), ckpt_every=cfg.dit_steps,
         keep_last=1, resume=False, sample_every=cfg.dit_steps, sample_prompts=tuple(held), sample_seeds=(0,),
         sample_frames=cfg.frames, sample_size=(cfg.size, cfg.size), sample_steps=cfg.eval_steps,
         sample_cfg=cfg.eval_cfg))
@@ -343,7 +347,7 @@ def run(cfg: LoopConfig) -> dict:
     _record_in_pipeline(pipeline, {"combo_split": split.to_dict(), "train_size": cfg.size})
     summary["dit"] = {"steps": dit["step"], "first_loss": dit["losses"][0] if dit["losses"] else None,
                       "last_loss": float(np.mean(dit["losses"][-10:])) if dit["losses"] else None,
-                      "seconds": dit["seconds"]}
+                      "seconds": dit["seconds"], "time_budget_s": dit["time_budget_s"]}
     summary["pipeline"] = str(pipeline)
     done("dit")
 

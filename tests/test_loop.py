@@ -136,9 +136,14 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
                               frames=9, device="cpu", vae_preset=vae_preset, dit_patch=patch,
                               vae_frames=5 if patch != (1, 2, 2) else 0, vae_warmup=2, dit_warmup=3,
                               eval_cfg_sweep=(2.0,) if patch == (1, 2, 2) else (),
-                              eval_steps_sweep=(1,) if patch != (1, 2, 2) else ())
+                              eval_steps_sweep=(1,) if patch != (1, 2, 2) else (),
+                              dit_stop_after_s=3600.0 if patch != (1, 2, 2) else 0.0)
     summary = run(cfg)
     assert summary["vae"]["steps"] == cfg.vae_steps and summary["dit"]["steps"] == cfg.dit_steps
+    if cfg.dit_stop_after_s:  # the DiT's budget is what the VAE left of the box
+        assert 3000 < summary["dit"]["time_budget_s"] < 3600 - summary["seconds"]["vae_s"]
+    else:
+        assert summary["dit"]["time_budget_s"] == cfg.dit_time_s
     parts = summary["dit"]["seconds"]  # where the DiT stage's time went; the samples are timed inside the loop
     assert set(parts) == {"setup", "loop", "samples", "export"} and 0 < parts["samples"] <= parts["loop"]
     assert sum(parts.values()) <= summary["seconds"]["dit_s"] + 0.5

@@ -286,6 +286,21 @@ def test_time_budget_stops_early_and_still_checkpoints(cache, tmp_path):
 
 
 
+
+def test_stop_at_is_a_deadline_shared_with_the_time_budget(cache, tmp_path):
+    import time
+
+    past = main(tiny_cfg(cache, tmp_path / "past", steps=1000, ckpt_every=500, stop_at=time.time() - 5))
+    assert past["step"] == 1 and past["time_budget_s"] == 0.0  # the deadline had gone: one step, still saved
+    assert [c.name for c in list_checkpoints(tmp_path / "past" / "checkpoints")] == ["step-000000001"]
+    # the shorter of the two wins
+    short = main(tiny_cfg(cache, tmp_path / "short", steps=1000, ckpt_every=500, stop_at=time.time() + 3600,
+                          time_budget_s=1e-9))
+    assert short["step"] == 1
+    far = main(tiny_cfg(cache, tmp_path / "far", steps=3, stop_at=time.time() + 3600))
+    assert far["step"] == 3 and 3500 < far["time_budget_s"] <= 3600
+
+
 def test_cooldown_takes_the_lr_to_zero_over_the_last_share_of_the_run(cache, tmp_path):
     from pipelines.loop import read_scalars
 

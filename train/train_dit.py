@@ -118,6 +118,9 @@ class TrainDiTConfig:
     resume: bool = True
     time_budget_s: float = 0.0  # stop (checkpoint, samples, export as at the last step) once training ran this
     # long; 0 = run all ``steps``. A budgeted run ends where the clock says, so it is not step-for-step repeatable
+    stop_at: float = 0.0  # a wall-clock deadline (``time.time()``) for the steps, shared with a caller's other
+    # stages (the loop's 10 minutes): the budget becomes what is left of it when stepping starts, or
+    # ``time_budget_s`` if that is shorter; 0 = none
     sample_every: int = 1000  # and at the last step; 0: never (samples need --vae)
     sample_prompts: tuple[str, ...] = ("a red fox runs through fresh snow", "waves crash on black volcanic rocks")
     sample_seeds: tuple[int, ...] = (0,)
@@ -630,7 +633,11 @@ def main(cfg: TrainDiTConfig) -> dict:
     t0, tokens_seen = time.time(), 0
     # share of the run done, for the lr cool-down: by steps, or by the time budget when one is set (measured at
     # log steps and averaged over ranks, so every rank steps with the same lr)
-    progress = start / max(1, cfg.steps) if cfg.time_budget_s > 0 else None
+    budget = cfg.time_budget_s
+    if cfg.stop_at > 0:  # what is left of the deadline, the same number on every rank
+        left = max(1e-9, float(all_reduce_mean(torch.tensor(cfg.stop_at - t0, device=device))))
+        budget = left if budget <= 0 else min(budget, left)
+    progress = start / max(1, cfg.steps) if budget > 0 else None
     try:
         for step, (x0, text, mask, draws) in batches:
             x0, text, mask = (v.to(device, non_blocking=True) for v in (x0, text, mask))
@@ -652,7 +659,7 @@ def main(cfg: TrainDiTConfig) -> dict:
 
             # 4. log, sample, checkpoint ---------------------------------------------------------------------
             done = step + 1
-            last = done == cfg.steps or out_of_time(cfg.time_budget_s, t0)
+            last = done == cfg.steps or out_of_time(budget, t0)
             if done % cfg.log_every == 0 or last or len(pending) >= 100:
                 losses.extend(torch.stack(pending).cpu().tolist())  # read back at log steps only
                 pending.clear()
@@ -660,7 +667,7 @@ def main(cfg: TrainDiTConfig) -> dict:
                 mean_loss = float(all_reduce_mean(loss.detach().float()))
                 if progress is not None:
                     elapsed = float(all_reduce_mean(torch.tensor(time.time() - t0, device=device)))
-                    progress = max(done / cfg.steps, elapsed / cfg.time_budget_s)
+                    progress = max(done / cfg.steps, elapsed / budget)
                 if writer is not None:
                     elapsed = max(1e-9, time.time() - t0)
                     writer.add_scalar("loss/flow", mean_loss, done)
@@ -703,7 +710,8 @@ def main(cfg: TrainDiTConfig) -> dict:
     cleanup()
     seconds = {"setup": t0 - t_start, "loop": t_loop - t0, "samples": t_samples, "export": time.time() - t_loop}
     return {"losses": losses, "step": start + len(losses), "run_dir": str(run_dir), "world": info.world,
-            "weights_digest": digest, "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+            "weights_digest": digest, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+            "time_budget_s": round(budget, 1)}
 
 
 # ----------------------------------------------------------------------------------------------------------
