@@ -274,23 +274,6 @@ def test_vae_ceiling_probe_trains_each_preset_and_tables_it(tmp_path):
     assert all(len(r["latents"]["frame_std"]) == 5 and r["latents"]["channel_std_spread"] >= 1 for r in got["rows"])
 
 
-
-def test_schedule_toy_trains_each_schedule_on_the_same_data_and_reads_the_truth_right(tmp_path):
-    mod = _benchmark("probe_schedule_toy")
-    # the pixel "latents" round-trip to the very frames, so the ceiling is the renders' own
-    clips, captions = mod.render(3, 32, ComboSplit.default(0), seed=0)
-    assert clips.shape == (3, 5, 32, 32, 3) and len(set(captions)) >= 2
-    assert np.array_equal(mod.to_frames(mod.to_latent(clips, 0.1, 0.5), 0.1, 0.5), clips)
-    assert mod.main(["--smoke", "--out", str(tmp_path), "--no-progress"]) == 0
-    got = json.loads((tmp_path / "probe_schedule_toy.json").read_text())
-    assert list(got["runs"]) == list(mod.SCHEDULES)
-    assert got["ceiling"]["seen"]["attribute"] == 1.0 and got["ceiling"]["heldout"]["attribute"] == 1.0
-    assert len({r["first_loss"] for r in got["runs"].values()}) == 3  # each schedule draws its own times
-    assert all(r["accuracy"]["seen"]["n"] == 2 and r["accuracy"]["heldout"]["n"] == 2 for r in got["runs"].values())
-    with pytest.raises(SystemExit):
-        mod.main(["--smoke", "--schedules", "shift9"])
-
-
 def test_probe_latent_stats_separates_channels_and_frames():
     import torch
 
