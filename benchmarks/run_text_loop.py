@@ -104,7 +104,7 @@ def run(a: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     previous = signal.signal(signal.SIGTERM, _terminated)  # ``timeout`` sends SIGTERM: still copy what exists
     try:
-        summary = run_loop(cfg)
+        run_loop(cfg)  # it writes loop.json after every stage; what is read back below is the whole of it
     finally:
         signal.signal(signal.SIGTERM, previous)
         partial = json.loads((loop / "loop.json").read_text()) if (loop / "loop.json").is_file() else {}
