@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -269,6 +271,19 @@ def test_qk_norm_matches_rmsnorm_and_keeps_bf16_queries_in_bf16():
     torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)
     xb = x.bfloat16()
     out = ours(xb)
+    # torch names its unfused fallback in a warning it gives once per process: ask a fresh one, ours first
+    import subprocess
+    import sys
+
+    probe = ("import warnings, torch; from model.dit import QKNorm\n"
+             "x = torch.randn(2, 3, 16).bfloat16()\n"
+             "for name, norm in (('ours', QKNorm(16)), ('plain', torch.nn.RMSNorm(16))):\n"
+             "    with warnings.catch_warnings(record=True) as w:\n"
+             "        warnings.simplefilter('always'); norm(x)\n"
+             "    print(name, any('Mismatch dtype' in str(m.message) for m in w))\n")
+    got = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert got == ["ours", "False", "plain", "True"], got
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref(x), rtol=2e-2, atol=2e-2)
     out.float().sum().backward()
