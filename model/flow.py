@@ -49,8 +49,13 @@ def time_shift(t: Tensor, num_tokens: int, scale: float = 1.0) -> Tensor:
     return s * t / (1 + (s - 1) * t)
 
 
-def sampling_times(steps: int, num_tokens: int, t_start: float = 1.0, scale: float = 1.0) -> Tensor:
-    """steps + 1 decreasing times from t_start to 0, evenly spaced before the shift (float64, CPU)."""
+def sampling_times(steps: int, num_tokens: int, t_start: float = 1.0, scale: float = 1.0,
+                   shifted: bool = True) -> Tensor:
+    """steps + 1 decreasing times from t_start to 0, evenly spaced before the shift (float64, CPU).
+
+    ``shifted=False`` (a model trained with ``FlowConfig.shift`` off): evenly spaced, no shift."""
+    if not shifted:
+        return torch.linspace(t_start, 0.0, steps + 1, dtype=torch.float64)
     s = shift_factor(num_tokens, scale=scale)
     u_start = t_start / (s - (s - 1) * t_start)  # inverse of the shift, so the grid starts at t_start exactly
     return time_shift(torch.linspace(u_start, 0.0, steps + 1, dtype=torch.float64), num_tokens, scale)
@@ -223,7 +228,8 @@ def denoise(
     if noise is None:
         noise = torch.randn(cond.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
     noise = noise.to(device, dtype)
-    ts = sampling_times(steps, num_tokens(cond.shape, flow.patch), cond.strength, flow.cfg.shift_scale).tolist()
+    ts = sampling_times(steps, num_tokens(cond.shape, flow.patch), cond.strength, flow.cfg.shift_scale,
+                        flow.cfg.shift).tolist()
     guided = cfg_scale != 1.0
     if guided:  # one batch of [conditional, unconditional]
         empty_text, empty_mask = null_text(text, text_mask)

@@ -62,8 +62,8 @@ def export_pipeline(directory: str | Path, dit: DiT, vae: VideoVAE, text_cfg: Te
                     latent_shift: float = 0.0, extra: dict | None = None, time_shift: float = 1.0) -> Path:
     """Write a ``from_pretrained``-able folder atomically (temp folder, then rename); returns its path.
 
-    ``time_shift``: the noise-schedule shift scale the DiT was trained with (``FlowConfig.shift_scale``); the
-    sampler must use the same one."""
+    ``time_shift``: the noise-schedule shift scale the DiT was trained with (``FlowConfig.shift_scale``), 0 for
+    a DiT trained with no shift at all (``FlowConfig.shift`` off); the sampler uses the same schedule."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -197,7 +197,10 @@ class TextToVideo:
         self.latent_scale, self.latent_shift = latent_scale, latent_shift
         self.expander = expander or expand_prompt_text
         self._text: TextEncoder | None = None
-        self.flow = Flow(self.dit, FlowConfig(shift_scale=time_shift))  # sample on the schedule it trained on
+        if time_shift < 0:
+            raise ValueError(f"time_shift must be >= 0 (0: the DiT trained with no shift), got {time_shift}")
+        # sample on the schedule it trained on; 0: trained unshifted
+        self.flow = Flow(self.dit, FlowConfig(shift=time_shift > 0, shift_scale=time_shift or 1.0))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> "TextToVideo":

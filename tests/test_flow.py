@@ -143,6 +143,14 @@ def test_shift_scale_moves_training_and_sampling_towards_noise_alike():
                 cfg_scale=1.0)
         assert rec.times == pytest.approx(sampling_times(6, tokens, 1.0, scale)[:-1].tolist())
     assert sampling_times(6, tokens, 1.0, 3.0)[3] > sampling_times(6, tokens)[3] + 0.2
+    # a flow trained with the shift off samples an even grid, whatever the token count or scale says
+    big = 16384  # where the token-count shift alone is 4
+    assert sampling_times(4, big, 1.0, 3.0, shifted=False).tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert sampling_times(4, big, 0.5, shifted=False).tolist() == [0.5, 0.375, 0.25, 0.125, 0.0]
+    rec = TimeRecorder()
+    denoise(Flow(rec, FlowConfig(shift=False, shift_scale=3.0)), torch.randn(cond.shape), cond, text, mask, steps=4,
+            cfg_scale=1.0)
+    assert rec.times == pytest.approx([1.0, 0.75, 0.5, 0.25])
 
 
 

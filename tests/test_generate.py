@@ -67,6 +67,12 @@ def test_the_sampler_keeps_the_schedule_shift_the_dit_trained_with(pipe_dir, pip
     b = TextToVideo(pipe.dit, pipe.vae, pipe.text_cfg, pipe.latent_scale, pipe.latent_shift, time_shift=3.0)(
         "a red circle", frames=5, size=(W, H), steps=STEPS, seed=0)
     assert not np.array_equal(a, b)  # the scale reaches the sampler
+    # 0 is a DiT trained with no shift at all: the folder says so and the sampler walks an even grid
+    flat = TextToVideo.from_pretrained(export_pipeline(tmp_path / "flat", pipe.dit, pipe.vae, pipe.text_cfg,
+                                                       time_shift=0.0))
+    assert flat.flow.cfg.shift is False and pipe.flow.cfg.shift is True
+    with pytest.raises(ValueError, match="time_shift"):
+        TextToVideo(pipe.dit, pipe.vae, pipe.text_cfg, time_shift=-1.0)
 
 
 TASKS = {

@@ -606,7 +606,8 @@ def main(cfg: TrainDiTConfig) -> dict:
 
             text_cfg = TextConfig(path=cfg.text_path or None, max_length=cfg.text_max_length)
             pipes.append(TextToVideo(DiT(dit_cfg).to(device).requires_grad_(False), load_vae(cfg.vae, device),
-                                     text_cfg, latent_scale=scale, latent_shift=shift, time_shift=cfg.time_shift))
+                                     text_cfg, latent_scale=scale, latent_shift=shift,
+                                     time_shift=cfg.time_shift if cfg.shift else 0.0))
         pipes[0].dit.load_state_dict(esd)
         return pipes[0]
 
@@ -702,7 +703,8 @@ def main(cfg: TrainDiTConfig) -> dict:
             from pipelines.generate import export_pipeline
 
             export_pipeline(run_dir / "pipeline", pipe.dit, pipe.vae, pipe.text_cfg, latent_scale=scale,
-                            latent_shift=shift, extra={"train_config": resolved}, time_shift=cfg.time_shift)
+                            latent_shift=shift, extra={"train_config": resolved},
+                            time_shift=cfg.time_shift if cfg.shift else 0.0)
         barrier()
     digest = weights_digest(model)
     if writer is not None:
