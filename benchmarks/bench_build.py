@@ -67,21 +67,22 @@ def main(argv=None) -> int:
     res = cfg.resources
     n_split = max(1, cpus)
     n_score = max(1, cpus // 2)
+    Pool = ray.data.ActorPoolStrategy  # as pipelines/build.py builds its stages
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).materialize()
     stages = [
         ("probe", lambda d: d.map(ProbeStage, fn_constructor_kwargs={"limits": cfg.limits},
-                                  concurrency=(1, n_split), num_cpus=res.probe_cpus)),
+                                  compute=Pool(min_size=1, max_size=n_split), num_cpus=res.probe_cpus)),
         ("split", lambda d: d.flat_map(SplitFlatMap, fn_constructor_kwargs={"cfg": cfg.split_config()},
-                                       concurrency=(1, n_split), num_cpus=res.split_cpus)),
+                                       compute=Pool(min_size=1, max_size=n_split), num_cpus=res.split_cpus)),
     ]
     for name, kwargs in (("basic", {}), ("ocr", {}), ("clip", {"checkpoint": None})):
         stages.append((f"score:{name}", lambda d, n=name, k=kwargs: d.map_batches(
             ScoreStage, fn_constructor_kwargs={"name": n, "kwargs": k}, batch_size=res.score_batch_size,
-            batch_format="pyarrow", concurrency=(1, n_score), num_cpus=res.score_cpus)))
+            batch_format="pyarrow", compute=Pool(min_size=1, max_size=n_score), num_cpus=res.score_cpus)))
     stage_root = work / "writer"
     stages.append(("write", lambda d: d.map_batches(
         StageWriter, fn_constructor_kwargs={"root": str(stage_root), "fingerprint": "bench", "store_media": "bytes"},
-        batch_size=64, batch_format="pyarrow", concurrency=1, num_cpus=res.write_cpus)))
+        batch_size=64, batch_format="pyarrow", compute=Pool(size=1), num_cpus=res.write_cpus)))
     alone = []
     for name, fn in stages:
         ds, wall = _stage_alone(ray, name, ds, fn)

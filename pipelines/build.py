@@ -112,6 +112,13 @@ def _jsonable(obj):
 # ---------------------------------------------------------------------------------------------------------
 
 
+class _DropBarsOff:
+    """Logging filter: drops Ray Data's "Progress bars disabled" warning (we disable them, and show our own)."""
+
+    def filter(self, record) -> bool:
+        return not record.getMessage().startswith("Progress bars disabled")
+
+
 def _init_ray(address: str | None):
     import ray
     import ray.data
@@ -122,6 +129,9 @@ def _init_ray(address: str | None):
     ctx.enable_progress_bars = False  # our own tqdm bar counts videos; Ray's per-operator logs are noise here
     for name in ("ray.data", "ray"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    progress_log = logging.getLogger("ray.data._internal.progress")  # and so is its warning that we turned them off
+    if not any(isinstance(f, _DropBarsOff) for f in progress_log.filters):
+        progress_log.addFilter(_DropBarsOff())
     if ray.is_initialized():
         return ray
     address = address or os.environ.get("RAY_ADDRESS")
@@ -138,15 +148,16 @@ def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: 
     """The recipe. Returns a dataset of small 'written' rows, one per staged row."""
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     res = cfg.resources
+    Pool = ray.data.ActorPoolStrategy  # every stage is a callable class: a pool of actors, each set up once
     n_split = res.split_concurrency or max(1, cpus)
     n_score = res.score_concurrency or max(1, cpus // 2)
     items = [{"key": it.key, "uri": it.uri, "path": it.path, "reject_reason": it.reject_reason,
               "reject_message": it.message} for it in todo]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4096)))
     ds = ds.map(ProbeStage, fn_constructor_kwargs={"limits": cfg.limits},                 # 1. probe (1:1)
-                concurrency=(1, n_split), num_cpus=res.probe_cpus)
+                compute=Pool(min_size=1, max_size=n_split), num_cpus=res.probe_cpus)
     ds = ds.flat_map(SplitFlatMap, fn_constructor_kwargs={"cfg": cfg.split_config()},     # 2. scenes -> clips (1:N)
-                     concurrency=(1, n_split), num_cpus=res.split_cpus)
+                     compute=Pool(min_size=1, max_size=n_split), num_cpus=res.split_cpus)
     scorers = [("basic", {})]                                                            # 3. scores (add columns)
     if cfg.ocr:
         scorers.append(("ocr", {}))
@@ -156,7 +167,8 @@ def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: 
         gpus = res.clip_gpus if name == "clip" else 0
         ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"name": name, "kwargs": kwargs},
                             batch_size=res.score_batch_size, batch_format="pyarrow",
-                            concurrency=(1, n_score), num_cpus=res.score_cpus, num_gpus=gpus or None)
+                            compute=Pool(min_size=1, max_size=n_score),
+                            num_cpus=res.score_cpus, num_gpus=gpus or None)
     if cfg.caption is not None:                                                          # 4. captions (adds columns)
         from dataclasses import replace
 
@@ -168,12 +180,12 @@ def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: 
         expand = expand if expand.cache_path else replace(expand, cache_path=cache)
         gpus = 1 if vlm.backend == "transformers" and ray.cluster_resources().get("GPU", 0) else None
         ds = ds.map_batches(CaptionStage, fn_constructor_kwargs={"vlm": vlm, "expand": expand, "dataset_dir": None},
-                            batch_size=res.score_batch_size, batch_format="pyarrow", concurrency=1,
+                            batch_size=res.score_batch_size, batch_format="pyarrow", compute=Pool(size=1),
                             num_cpus=res.score_cpus, num_gpus=gpus)
     ds = ds.map_batches(StageWriter,                                                      # 5. stage shards
                         fn_constructor_kwargs={"root": str(state.root), "fingerprint": fp,
                                                "store_media": cfg.store_media},
-                        batch_size=64, batch_format="pyarrow", concurrency=1, num_cpus=res.write_cpus)
+                        batch_size=64, batch_format="pyarrow", compute=Pool(size=1), num_cpus=res.write_cpus)
     return ds
 
 

@@ -6,8 +6,9 @@ it will train in) and every caption once with the text encoder, and writes the r
 Recipe, per input shard ``DATASET/clips/part-NNNNN.parquet`` (output keeps the shard's name):
 
     ds = from_arrow(metadata + media of the shard's kept clips)                      # clips
-    ds = ds.map_batches(LatentEncoder, concurrency=n, num_gpus=g, batch_size=b)      # 1. decode + VAE (1:1)
-    ds = ds.map_batches(CaptionEncoder, concurrency=m, num_gpus=g, batch_size=b)     # 2. text tokens (1:1)
+    ds = ds.map_batches(LatentEncoder, compute=Pool(n), num_gpus=g, ...)             # 1. decode + VAE (1:1)
+    ds = ds.map_batches(CaptionEncoder, compute=Pool(m), num_gpus=g, ...)            # 2. text tokens (1:1)
+    (Pool(n): ray.data.ActorPoolStrategy(size=n))
     -> LATENTS/latents/part-NNNNN.parquet (temp + rename), then _state/done/part-NNNNN.json
 
 Both stages are classes that load their model once in ``__init__`` (Ray actor pools) and never import Ray;
@@ -363,10 +364,12 @@ def main(cfg: CacheLatentsConfig) -> dict:
             ds = ray.data.from_arrow([table.slice(k, step) for k in range(0, table.num_rows, step)])
             ds = ds.map_batches(LatentEncoder, fn_constructor_kwargs=dict(
                 vae_path=cfg.vae, buckets=cfg.buckets, dataset_dir=str(src), chunk_frames=cfg.chunk_frames),
-                batch_format="numpy", batch_size=cfg.batch_size, concurrency=cfg.vae_concurrency,
+                batch_format="numpy", batch_size=cfg.batch_size,
+                compute=ray.data.ActorPoolStrategy(size=cfg.vae_concurrency),
                 num_cpus=cfg.actor_cpus, **gpu)                                               # 1. VAE (1:1)
             ds = ds.map_batches(CaptionEncoder, fn_constructor_kwargs=dict(text=cfg.text), batch_format="numpy",
-                                batch_size=cfg.batch_size, concurrency=cfg.text_concurrency,
+                                batch_size=cfg.batch_size,
+                                compute=ray.data.ActorPoolStrategy(size=cfg.text_concurrency),
                                 num_cpus=cfg.actor_cpus, **gpu)                               # 2. text (1:1)
             for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
                 for i, status in enumerate(batch["latent_status"]):

@@ -4,9 +4,10 @@ Recipe, per group of input shards ``DATASET/clips/part-NNNNN.parquet`` (each out
 
     ds = from_arrow(shards + _shard/_row tags).repartition(rows / batch)        # clips (1:1 below)
     ds = ds.map_batches(frame_prep, num_cpus=1)                                # 1. frames: decode uncached clips
-    ds = ds.map_batches(Captioner, concurrency=n, num_gpus=g, batch_size=b)    # 2. caption columns
+    ds = ds.map_batches(Captioner, compute=Pool(n), num_gpus=g, ...)          # 2. caption columns
     ds = ds.map_batches(drop_frames)                                           # 3. frames leave the object store
-    ds = ds.map_batches(Expander, concurrency=m, batch_size=b)                 # 4. expanded caption columns
+    ds = ds.map_batches(Expander, compute=Pool(m), batch_size=b)              # 4. expanded caption columns
+    (Pool(n): ray.data.ActorPoolStrategy(size=n), n actors that load their model once)
     -> split by _shard, sort by _row -> OUTPUT/clips/<same name>.parquet (temp file, then rename)
 
 Re-runs: captions and expansions are cached (``OUTPUT/_state/caption_cache.sqlite`` unless configured) by
@@ -76,22 +77,24 @@ def drop_frames(batch: dict) -> dict:
 
 def add_caption_stages(ds, cfg: CaptionPipelineConfig, dataset_dir: str | None, use_gpu: bool):
     """The caption stages on a Ray dataset of clip rows (also used inline by ``tessera build --caption``)."""
+    from ray.data import ActorPoolStrategy
+
     frame_cfg = cfg.vlm.frames
     gpu = {"num_gpus": 1} if use_gpu and cfg.vlm.backend == "transformers" else {}
     ds = ds.map_batches(make_frame_prep_fn(frame_cfg, dataset_dir, make_needs_frames(cfg.vlm, dataset_dir)),
                         batch_format="numpy", batch_size=cfg.batch_size, num_cpus=1)               # 1. frames (1:1)
     ds = ds.map_batches(Captioner, fn_constructor_kwargs={"cfg": cfg.vlm, "dataset_dir": dataset_dir},
                         batch_format="numpy", batch_size=cfg.batch_size,
-                        concurrency=cfg.captioner_concurrency, num_cpus=_actor_cpus(cfg.vlm.backend),
-                        **gpu)                                                                     # 2. captions (1:1)
+                        compute=ActorPoolStrategy(size=cfg.captioner_concurrency),
+                        num_cpus=_actor_cpus(cfg.vlm.backend), **gpu)                              # 2. captions (1:1)
     if cfg.clip_model:
         ds = ds.map_batches(CaptionClipCheck, fn_constructor_kwargs={
             "checkpoint": cfg.clip_model, "model_name": cfg.clip_arch, "threshold": cfg.clip_threshold,
-            "kind": cfg.vlm.kinds[0]}, batch_format="numpy", batch_size=cfg.batch_size, concurrency=1,
-            num_cpus=1)                                                                             # 2b. caption QA
+            "kind": cfg.vlm.kinds[0]}, batch_format="numpy", batch_size=cfg.batch_size,
+            compute=ActorPoolStrategy(size=1), num_cpus=1)                                          # 2b. caption QA
     ds = ds.map_batches(drop_frames, batch_format="numpy", batch_size=cfg.batch_size)              # 3. drop frames
     ds = ds.map_batches(Expander, fn_constructor_kwargs={"cfg": cfg.expand}, batch_format="numpy",
-                        batch_size=cfg.batch_size, concurrency=cfg.expander_concurrency,
+                        batch_size=cfg.batch_size, compute=ActorPoolStrategy(size=cfg.expander_concurrency),
                         num_cpus=_actor_cpus(cfg.expand.backend))                                   # 4. expand (1:1)
     return ds
 

@@ -32,3 +32,30 @@ def shared_data() -> Path:
 def ground_truth(shared_data: Path) -> dict:
     """The parsed ``ground_truth.json`` of ``../shared/data``."""
     return json.loads((shared_data / "ground_truth.json").read_text())
+
+
+
+class LogRecords(list):
+    """Log records, with the ones that say an API we call is deprecated (ours to fix) picked out."""
+
+    def deprecations(self) -> list[str]:
+        return [r.getMessage() for r in self if "deprecat" in r.getMessage().lower()]
+
+
+@pytest.fixture
+def ray_data_log() -> LogRecords:
+    """The warnings Ray Data logs while the test runs (its ``ray.data`` logger does not propagate to caplog)."""
+    import logging
+
+    import ray.data  # noqa: F401  (importing it configures its loggers, which would drop a handler added before)
+
+    records = LogRecords()
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler, logger = Keep(level=logging.WARNING), logging.getLogger("ray.data")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)

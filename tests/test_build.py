@@ -240,7 +240,7 @@ def test_resume_after_kill_equals_uninterrupted(ray_local, corpus, tmp_path, bui
     assert sorted(ids) == sorted(ref_table.column("clip_id").to_pylist())
 
 
-def test_build_with_inline_captions(ray_local, corpus, tmp_path):
+def test_build_with_inline_captions(ray_local, corpus, tmp_path, ray_data_log):
     """`tessera build --caption source`: each clip gets the caption of the shot it shows (timed sidecar), the
     caption columns are in the published clip table, and the run records how they were made."""
     from caption.expand import OpenAIEndpoint
@@ -265,3 +265,5 @@ def test_build_with_inline_captions(ray_local, corpus, tmp_path):
     assert summary["time_per_stage_s"]["t_caption"] >= 0
     for f in out.rglob("*.json"):  # config.json, summary.json, the manifest, the state's fingerprint
         assert secret not in f.read_text(), f
+    assert not ray_data_log.deprecations()  # every stage of the graph uses Ray Data's current API
+    assert not [r for r in ray_data_log if "Progress bars disabled" in r.getMessage()]  # we show our own

@@ -58,11 +58,12 @@ def _cfg(src: Path, out: Path, server, expand_model: str = "fake-llm") -> Captio
         batch_size=3, captioner_concurrency=2, expander_concurrency=1)
 
 
-def test_caption_pipeline_end_to_end_and_reruns(ray_session, tmp_path, monkeypatch, capsys):
+def test_caption_pipeline_end_to_end_and_reruns(ray_session, tmp_path, monkeypatch, capsys, ray_data_log):
     src, rows = _dataset(tmp_path)
     out = tmp_path / "out"
     with FakeOpenAIServer(jitter_s=0.1, seed=5) as server:
         summary = main(_cfg(src, out, server))
+        assert not ray_data_log.deprecations()  # the caption stages use Ray Data's current API
         n_vlm = sum(1 for s in server.seen if s.body["model"] == "fake-vlm")
         n_exp = sum(1 for s in server.seen if s.body["model"] == "fake-llm")
         assert n_vlm == 2 * 8 and n_exp == 8  # 8 good clips x 2 kinds; one expansion each (dense first)
