@@ -34,7 +34,6 @@ def ground_truth(shared_data: Path) -> dict:
     return json.loads((shared_data / "ground_truth.json").read_text())
 
 
-
 class LogRecords(list):
     """Log records, with the ones that say an API we call is deprecated (ours to fix) picked out."""
 

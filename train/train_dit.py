@@ -566,6 +566,7 @@ def main(cfg: TrainDiTConfig) -> dict:
                   "from here differs from an uninterrupted run")
     barrier()
     net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if info.world > 1 and not fsdp else model
+    sampler_shift = cfg.time_shift if cfg.shift else 0.0  # what samples and the export use (0: unshifted)
     flow = Flow(net, FlowConfig(logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, shift=cfg.shift,
                                 shift_scale=cfg.time_shift, uniform_share=cfg.t_uniform,
                                 caption_dropout=cfg.caption_dropout, tasks=tasks))
@@ -606,8 +607,7 @@ def main(cfg: TrainDiTConfig) -> dict:
 
             text_cfg = TextConfig(path=cfg.text_path or None, max_length=cfg.text_max_length)
             pipes.append(TextToVideo(DiT(dit_cfg).to(device).requires_grad_(False), load_vae(cfg.vae, device),
-                                     text_cfg, latent_scale=scale, latent_shift=shift,
-                                     time_shift=cfg.time_shift if cfg.shift else 0.0))
+                                     text_cfg, latent_scale=scale, latent_shift=shift, time_shift=sampler_shift))
         pipes[0].dit.load_state_dict(esd)
         return pipes[0]
 
@@ -703,8 +703,7 @@ def main(cfg: TrainDiTConfig) -> dict:
             from pipelines.generate import export_pipeline
 
             export_pipeline(run_dir / "pipeline", pipe.dit, pipe.vae, pipe.text_cfg, latent_scale=scale,
-                            latent_shift=shift, extra={"train_config": resolved},
-                            time_shift=cfg.time_shift if cfg.shift else 0.0)
+                            latent_shift=shift, extra={"train_config": resolved}, time_shift=sampler_shift)
         barrier()
     digest = weights_digest(model)
     if writer is not None:
