@@ -13,7 +13,8 @@ colour-shape pairs), runs ``pipelines.loop.run`` with ``PROFILES[--profile]`` (f
 and copies the headline files flat into ``--out``: loop.json, results.md, results.json, curves.png, sheet.png,
 dit-samples.png, vae-preview.png (also when the run is stopped part-way, by an error or SIGTERM: ``loop.json``
 then lists ``stages_done``), and prints the time of every stage (the DiT's split into setup, steps, samples
-and export), the accuracy at each guidance scale of ``eval_cfg_sweep`` (and step count of ``eval_steps_sweep``) and the eval-text table.
+and export), the accuracy at each guidance scale of ``eval_cfg_sweep`` (step count of ``eval_steps_sweep``, sampler shift of
+``eval_shift_sweep``, solver of ``eval_solver_sweep``) and the eval-text table.
 """
 
 from __future__ import annotations
@@ -122,14 +123,16 @@ def run(a: argparse.Namespace) -> dict:
     for k, v in summary["seconds"].items():
         print(f"| {k[:-2]} | {v} |")
     print("\nDiT stage: " + ", ".join(f"{k} {v} s" for k, v in summary["dit"].get("seconds", {}).items()))
-    for key, name in (("cfg_sweep", "guidance"), ("steps_sweep", "sampling steps")):
+    for key, name in (("cfg_sweep", "guidance"), ("steps_sweep", "sampling steps"), ("shift_sweep", "sampler shift"),
+                      ("solver_sweep", "solver")):
         if summary.get(key):
-            print(f"\n| {name} | seen attribute | held-out attribute | held-out shape | held-out motion | seconds |")
-            print("|---|---|---|---|---|---|")
+            print(f"\n| {name} | seen attribute | seen shape | held-out attribute | held-out shape | held-out motion "
+                  "| seconds |")
+            print("|---|---|---|---|---|---|---|")
             for value, v in summary[key].items():
                 seen, held = v["accuracy"]["seen"], v["accuracy"]["heldout"]
-                print(f"| {value} | {seen['attribute']:.3f} | {held['attribute']:.3f} | {held['shape']:.3f} | "
-                      f"{held['motion']:.3f} | {v['seconds']} |")
+                print(f"| {value} | {seen['attribute']:.3f} | {seen['shape']:.3f} | {held['attribute']:.3f} | "
+                      f"{held['shape']:.3f} | {held['motion']:.3f} | {v['seconds']} |")
     print("\n" + (loop / "eval-text" / "results.md").read_text())
     return summary
 

@@ -9,8 +9,9 @@ velocity v = noise - x_0 = dx_t/dt, and sampling integrates dx/dt = v from t = 1
 - ``Flow(model).loss``: logit-normal t (SD3), shifted by the clip's token count; caption dropout for
   classifier-free guidance; the loss is averaged over generated latent frames only (the condition's given
   frames carry no loss).
-- ``denoise``: Euler or Heun over a shifted grid with classifier-free guidance; the condition's given frames
-  are pinned at every step (``Condition.pin``). The same seed gives the same latents on any device.
+- ``denoise``: Euler or Heun over a shifted grid with classifier-free guidance, or a stochastic (ancestral,
+  DDIM-eta) step that re-noises part of the state at every step; the condition's given frames are pinned at
+  every step (``Condition.pin``). The same seed gives the same latents on any device.
 """
 
 from __future__ import annotations
@@ -204,6 +205,40 @@ class Flow(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 
 
+def parse_solver(solver: str) -> tuple[str, float]:
+    """``"euler"`` | ``"heun"`` | ``"sde"`` | ``"sde:ETA"`` -> (name, eta); eta is 1 for a bare "sde", 0 otherwise."""
+    name, sep, value = str(solver).partition(":")
+    if name not in ("euler", "heun", "sde") or (sep and name != "sde"):
+        raise ValueError(f"solver must be 'euler', 'heun', 'sde' or 'sde:ETA', got {solver!r}")
+    if name != "sde":
+        return name, 0.0
+    try:
+        eta = float(value) if sep else 1.0
+    except ValueError:
+        raise ValueError(f"solver {solver!r}: ETA must be a number in (0, 1]") from None
+    if not 0.0 < eta <= 1.0:
+        raise ValueError(f"solver {solver!r}: ETA must be in (0, 1], got {eta}")
+    return name, eta
+
+
+def ancestral_step(x: Tensor, v: Tensor, t: float, t_next: float, eta: float, z: Tensor) -> Tensor:
+    """One stochastic step of x_t = (1 - t) x_0 + t noise from t to t_next < t (DDIM with eta).
+
+    The network's velocity gives x_0 = x - t v and noise = x + (1 - t) v. The step lands on
+    (1 - t_next) x_0 + sqrt(t_next^2 - s^2) noise + s z with fresh noise z, where s = eta times the std of the
+    forward process's posterior q(x_next | x_t, x_0): s^2 = eta^2 (t^2 - a^2 t_next^2) t_next^2 / t^2 with
+    a = (1 - t) / (1 - t_next). eta 0 is the deterministic DDIM step (Euler's, for this linear path); eta 1 is
+    ancestral sampling, which re-draws a share of the noise at every step and so corrects the ODE's drift
+    towards the mean of what the model is unsure about."""
+    x0 = x - t * v
+    eps = x + (1 - t) * v
+    if t_next <= 0:
+        return x0
+    a = (1 - t) / (1 - t_next)
+    s2 = eta ** 2 * max(t ** 2 - (a * t_next) ** 2, 0.0) * t_next ** 2 / t ** 2
+    return (1 - t_next) * x0 + math.sqrt(max(t_next ** 2 - s2, 0.0)) * eps + math.sqrt(s2) * z
+
+
 @torch.no_grad()
 def denoise(
     flow: Flow,
@@ -215,15 +250,18 @@ def denoise(
     cfg_scale: float = 5.0,
     solver: str = "euler",
     seed: int = 0,
+    seeds: list[int] | None = None,
 ) -> Tensor:
     """Generate latents (B, C, T', H, W) for a condition and a caption.
 
     ``noise`` defaults to a CPU normal draw from ``seed`` of the condition's shape (device-independent).
     ``cfg_scale`` > 1 runs the conditional and the empty caption in one batch and extrapolates.
-    ``solver``: "euler" (one network call per step) or "heun" (two; second order, none at the last step).
+    ``solver``: "euler" (one network call per step), "heun" (two; second order, none at the last step) or
+    "sde" / "sde:ETA" (one; :func:`ancestral_step`, eta 1 unless given). The sde's fresh noise is drawn on the
+    CPU per sample, sample i from ``seeds[i]`` (default: ``seed`` for every sample), so a batch gives what
+    one-at-a-time calls with the same seeds give.
     """
-    if solver not in ("euler", "heun"):
-        raise ValueError(f"solver must be 'euler' or 'heun', got {solver!r}")
+    solver, eta = parse_solver(solver)
     device, dtype = cond.reference.device, cond.reference.dtype
     if noise is None:
         noise = torch.randn(cond.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
@@ -245,8 +283,17 @@ def denoise(
 
     x = (1 - ts[0]) * cond.reference + ts[0] * noise  # pure noise when strength = 1
     x = cond.pin(x, noise, ts[0])
+    if solver == "sde":
+        if seeds is not None and len(seeds) != x.shape[0]:
+            raise ValueError(f"need one seed per sample: {len(seeds)} seeds for a batch of {x.shape[0]}")
+        # a stream of its own per sample, apart from the initial noise's
+        gens = [torch.Generator().manual_seed(2 * int(s) + 1) for s in (seeds or [seed] * x.shape[0])]
     for t, t_next in zip(ts[:-1], ts[1:]):
         d = v(x, t)
+        if solver == "sde":
+            z = torch.cat([torch.randn((1, *x.shape[1:]), generator=g, dtype=torch.float32) for g in gens])
+            x = cond.pin(ancestral_step(x, d, t, t_next, eta, z.to(device, dtype)), noise, t_next)
+            continue
         if solver == "heun" and t_next > 0:
             x_euler = cond.pin(x + (t_next - t) * d, noise, t_next)
             d = 0.5 * (d + v(x_euler, t_next))

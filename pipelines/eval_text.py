@@ -54,6 +54,8 @@ class EvalTextConfig:
     size: int = 0  # square side in pixels; 0 = the training size recorded in the pipeline (else 64)
     steps: int = 30
     cfg: float = 5.0
+    sample_shift: float = -1.0  # sampler time-shift scale (-1: the one the DiT trained with; 0: unshifted)
+    solver: str = "euler"  # model.flow.denoise: euler | heun | sde | sde:ETA
     device: str = "auto"
     limit: int = 0  # evaluate only the first N prompts of each group (0 = all): quick looks
     batch: int = 16  # prompts generated (and round-tripped through the VAE) per network call
@@ -196,6 +198,8 @@ def main(cfg: EvalTextConfig) -> dict:
     meta = read_pipeline_config(cfg.pipeline)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     pipe = TextToVideo.from_pretrained(cfg.pipeline, device=device)
+    if cfg.sample_shift >= 0:
+        pipe.set_time_shift(cfg.sample_shift)
     split = resolve_split(cfg, meta)
     size = cfg.size or int((meta.get("extra") or {}).get("train_size") or 64)
     det_cfg = DetectConfig(colors=split.colors, shapes=split.shapes, motions=split.motions)
@@ -205,7 +209,7 @@ def main(cfg: EvalTextConfig) -> dict:
     out = Path(cfg.out) if cfg.out else Path(cfg.pipeline).parent / "eval-text"
     out.mkdir(parents=True, exist_ok=True)
     print(f"[eval-text] {len(prompts)} prompts ({sum(p['heldout'] for p in prompts)} held-out), {size}x{size}x"
-          f"{cfg.frames}, {cfg.steps} steps, cfg {cfg.cfg}, device {device}", flush=True)
+          f"{cfg.frames}, {cfg.steps} steps, cfg {cfg.cfg}, time shift {pipe.time_shift:g}, {cfg.solver}, device {device}", flush=True)
 
     # 2-3. ground truth (raw and through the VAE) and generations, each read by the detector ----------------
     # The GPU work runs in batches of ``cfg.batch`` prompts; the detector reads each batch in a process pool
@@ -219,7 +223,8 @@ def main(cfg: EvalTextConfig) -> dict:
             with torch.no_grad():
                 round_trips = pipe.decode_batch(pipe.encode_batch(truths, (size, size)))
             generated = pipe.generate_batch([p["prompt"] for p in chunk], [p["seed"] for p in chunk],
-                                            frames=cfg.frames, size=(size, size), steps=cfg.steps, cfg=cfg.cfg)
+                                            frames=cfg.frames, size=(size, size), steps=cfg.steps, cfg=cfg.cfg,
+                                            solver=cfg.solver)
             for p, truth, trip, gen in zip(chunk, truths, round_trips, generated):
                 clips = {"render": truth, "vae": trip, "generated": gen}
                 shown = p["heldout"] and sum(j[1] is not None for j in jobs) < 16  # the sheet's first 16 held-out
@@ -245,7 +250,7 @@ def main(cfg: EvalTextConfig) -> dict:
     baseline = constant_baseline(rows)
     confusions = {src: {a: confusion(rows, src, a) for a in ATTRIBUTES} for src in ("vae", "generated")}
     result = {"pipeline": str(cfg.pipeline), "config": dataclasses.asdict(cfg), "size": size,
-              "split": split.to_dict(), "seconds": round(time.time() - t0, 1),
+              "time_shift": pipe.time_shift, "split": split.to_dict(), "seconds": round(time.time() - t0, 1),
               "detector_ceiling": {"render": tables["render"], "vae_round_trip": tables["vae"]},
               "accuracy": tables["generated"], "constant_baseline": baseline, "confusion": confusions,
               "prompts": rows}
@@ -283,6 +288,12 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=d.size, help="square side (0: the training size)")
     p.add_argument("--steps", type=int, default=d.steps, help="sampling steps")
     p.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale")
+    p.add_argument("--sample-shift", type=float, default=d.sample_shift,
+                   help="sampler time-shift scale: -1 the one the DiT trained with (pipeline.json), 0 an even grid, "
+                        "else that scale (more steps near the noise end as it grows)")
+    p.add_argument("--solver", default=d.solver,
+                   help="sampler: euler, heun (2 calls per step), sde (ancestral: fresh noise at every step) or "
+                        "sde:ETA (0 < ETA <= 1: that share of the posterior noise)")
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda")
     p.add_argument("--limit", type=int, default=0, help="first N prompts per group only (quick look)")
     p.add_argument("--batch", type=int, default=d.batch, help="prompts per network call (generation and VAE)")
@@ -291,7 +302,7 @@ def cli(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     cfg = EvalTextConfig(pipeline=a.pipeline, out=a.out, split=a.split, split_seed=a.split_seed,
                          per_triple=a.per_triple, heldout_repeat=a.heldout_repeat, prompt_seed=a.prompt_seed, frames=a.frames, size=a.size,
-                         steps=a.steps, cfg=a.cfg, device=a.device, limit=a.limit,
+                         steps=a.steps, cfg=a.cfg, sample_shift=a.sample_shift, solver=a.solver, device=a.device, limit=a.limit,
                          batch=a.batch, workers=a.workers)
     try:
         main(cfg)

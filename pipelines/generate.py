@@ -197,9 +197,15 @@ class TextToVideo:
         self.latent_scale, self.latent_shift = latent_scale, latent_shift
         self.expander = expander or expand_prompt_text
         self._text: TextEncoder | None = None
+        self.set_time_shift(time_shift)  # sample on the schedule it trained on
+
+    def set_time_shift(self, time_shift: float) -> None:
+        """The sampler's noise-schedule shift scale (``FlowConfig.shift_scale``; 0: an even, unshifted grid).
+        ``from_pretrained`` sets the one the DiT trained with; another value only moves the sampling grid (the
+        network is a velocity field at every t), which is what eval-text's ``sample_shift`` sweeps."""
         if time_shift < 0:
             raise ValueError(f"time_shift must be >= 0 (0: the DiT trained with no shift), got {time_shift}")
-        # sample on the schedule it trained on; 0: trained unshifted
+        self.time_shift = float(time_shift)
         self.flow = Flow(self.dit, FlowConfig(shift=time_shift > 0, shift_scale=time_shift or 1.0))
 
     @classmethod
@@ -331,12 +337,14 @@ class TextToVideo:
                                        dtype=torch.float32) for s in seeds])
         emb = self.text(list(prompts))
         return denoise(self.flow, noise, cond, emb.tokens.to(self.device), emb.mask.to(self.device), steps=steps,
-                       cfg_scale=cfg, solver=solver)
+                       cfg_scale=cfg, solver=solver, seeds=[int(s) for s in seeds])
 
     def generate_batch(self, prompts: list[str], seeds: list[int], *, frames: int = 17,
-                       size: tuple[int, int] = (256, 256), steps: int = 30, cfg: float = 5.0) -> np.ndarray:
+                       size: tuple[int, int] = (256, 256), steps: int = 30, cfg: float = 5.0,
+                       solver: str = "euler") -> np.ndarray:
         """uint8 (B, T, H, W, 3): :meth:`sample_batch`, then one batched VAE decode."""
-        return self.decode_batch(self.sample_batch(prompts, seeds, frames=frames, size=size, steps=steps, cfg=cfg))
+        return self.decode_batch(self.sample_batch(prompts, seeds, frames=frames, size=size, steps=steps, cfg=cfg,
+                                                   solver=solver))
 
     def __call__(self, prompt: str, *, image=None, video=None, video_b=None, keyframes=None,
                  strength: float | None = None, frames: int = 17, size: tuple[int, int] = (256, 256), fps: int = 16,

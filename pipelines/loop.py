@@ -75,6 +75,8 @@ class LoopConfig:
     eval_cfg_sweep: tuple[float, ...] = ()  # further guidance scales, each a whole eval-text of its own (pick one by
     # the seen split: the held-out pairs are the test)
     eval_steps_sweep: tuple[int, ...] = ()  # further sampling step counts at eval_cfg, likewise
+    eval_shift_sweep: tuple[float, ...] = ()  # further sampler time-shift scales (0: an even grid), likewise
+    eval_solver_sweep: tuple[str, ...] = ()  # further samplers ("heun", "sde", "sde:0.5"), likewise
     eval_per_triple: int = 1
     eval_heldout_repeat: int = 1  # extra prompts per held-out triple (there are 5x fewer of them)
     eval_limit: int = 0  # first N prompts per group (0: all 96)
@@ -85,21 +87,28 @@ class LoopConfig:
     seed: int = 0
 
 
+def _label(value) -> str:
+    """A sweep value as a key: numbers as %g (5.0 -> "5"), anything else as given."""
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
 PROFILES: dict[str, LoopConfig] = {
     # ~6 minutes on a 2-core CPU (2.5 min per model, by the clock): the loop runs end to end; nothing follows text yet
     "cpu": LoopConfig(vae_steps=100000, vae_batch=2, vae_lr=1e-3, vae_time_s=150, dit_steps=100000, dit_time_s=150),
     # seconds: the loop's plumbing (tests, a quick look), nothing learned
     "smoke": LoopConfig(size=32, vae_steps=6, vae_batch=2, dit_steps=8, token_budget=1024, max_batch=8, eval_steps=3,
                         eval_limit=2),
-    # one H100/H200, ~10 minutes in all with a 4096-clip shot corpus. The VAE trains on 9-frame clips; the DiT-S
-    # takes batches of 128 clips, mostly text-to-video; short warm-ups, since each model gets ~1-2k steps. The DiT
-    # has 290 s (260 s until the eval batched its generations: ~64 s of eval on an H200 before)
-    # the best measured on one H200 (benchmarks/RESULTS.md, 2026-12-03): the 4x-spatial VAE keeps shapes, 4x4
-    # patches keep 320 tokens per clip, and the 3x time shift is what lets the DiT learn motion on its latents
+    # one H100/H200, ~10 minutes in all with a 4096-clip shot corpus. The VAE trains on 9-frame clips; the DiT
+    # takes batches of 128 clips, mostly text-to-video; short warm-ups, since each model gets ~1-2.5k steps.
+    # The best measured on one H200 (benchmarks/RESULTS.md, 2026-12-03): the 4x-spatial VAE keeps shapes, 4x4
+    # patches keep 320 tokens per clip, the 3x time shift is what lets the DiT learn motion on its latents, and
+    # DiT-B compiled per block (0.125 s per step against DiT-S's 0.098 eager) is what moved shape. The DiT steps
+    # until 515 s after the loop began, whatever the VAE and the encoding took
     "gpu": LoopConfig(size=128, vae_preset="small-f4c4", dit_patch=(1, 4, 4), dit_pooled_text=True,
                       dit_time_shift=3.0, vae_frames=9, vae_steps=20000, vae_batch=16, vae_lr=8e-4,
-                      vae_ema=0.999, vae_warmup=50, vae_time_s=150, dit_preset="S", dit_steps=100000, dit_lr=6e-4,
-                      dit_ema=0.999, dit_warmup=100, dit_time_s=290, task_mix=(0.85, 0.05, 0.03, 0.02, 0.03, 0.02),
+                      vae_ema=0.999, vae_warmup=50, vae_time_s=150, dit_preset="B", compile=True, dit_steps=100000,
+                      dit_lr=4e-4, dit_ema=0.999, dit_warmup=100, dit_time_s=0, dit_stop_after_s=515,
+                      dit_t_uniform=0.3, dit_cooldown=0.2, task_mix=(0.85, 0.05, 0.03, 0.02, 0.03, 0.02),
                       token_budget=40960, max_batch=128, eval_steps=20, eval_per_triple=1, eval_heldout_repeat=2,
                       num_workers=8),
 }
@@ -361,18 +370,23 @@ def run(cfg: LoopConfig) -> dict:
     times["eval_s"] = round(time.time() - t, 1)
     summary.update(accuracy=ev["accuracy"], detector_ceiling=ev["detector_ceiling"])
     done("eval")
-    for field, values, key in (("cfg", cfg.eval_cfg_sweep, "cfg_sweep"), ("steps", cfg.eval_steps_sweep, "steps_sweep")):
+    for field, values, key in (("cfg", cfg.eval_cfg_sweep, "cfg_sweep"), ("steps", cfg.eval_steps_sweep, "steps_sweep"),
+                               ("sample_shift", cfg.eval_shift_sweep, "shift_sweep"),
+                               ("solver", cfg.eval_solver_sweep, "solver_sweep")):
         if not values:
             continue
-        sweep = {f"{getattr(ev_cfg, field):g}": {"accuracy": ev["accuracy"], "seconds": times["eval_s"]}}
+        base = ev["time_shift"] if field == "sample_shift" else getattr(ev_cfg, field)  # -1 means the trained one
+        sweep = {_label(base): {"accuracy": ev["accuracy"], "seconds": times["eval_s"]}}
         for value in values:  # the same model and prompts, one sampler setting changed
             t = time.time()
-            print(f"[loop] 3/4 eval-text at {field} {value:g}", flush=True)
+            print(f"[loop] 3/4 eval-text at {field} {_label(value)}", flush=True)
+            folder = re.sub(r"[^A-Za-z0-9._-]", "_", f"eval-text-{field}{_label(value)}")
             other = eval_text(dataclasses.replace(ev_cfg, **{field: type(getattr(ev_cfg, field))(value)},
-                                                  out=str(out / f"eval-text-{field}{value:g}")))
-            sweep[f"{value:g}"] = {"accuracy": other["accuracy"], "seconds": round(time.time() - t, 1)}
+                                                  out=str(out / folder)))
+            sweep[_label(value)] = {"accuracy": other["accuracy"], "seconds": round(time.time() - t, 1)}
         times[f"eval_{key}_s"] = round(sum(v["seconds"] for v in sweep.values()) - times["eval_s"], 1)
-        summary[key] = dict(sorted(sweep.items(), key=lambda kv: float(kv[0])))
+        numeric = all(isinstance(v, (int, float)) for v in (base, *values))
+        summary[key] = dict(sorted(sweep.items(), key=lambda kv: float(kv[0]))) if numeric else sweep
         done(f"eval_{key}")
     t = time.time()  # 4. report ------------------------------------------------------------------------
     print(f"[loop] 4/4 training report -> {out / 'report'}", flush=True)

@@ -73,6 +73,15 @@ def test_the_sampler_keeps_the_schedule_shift_the_dit_trained_with(pipe_dir, pip
     assert flat.flow.cfg.shift is False and pipe.flow.cfg.shift is True
     with pytest.raises(ValueError, match="time_shift"):
         TextToVideo(pipe.dit, pipe.vae, pipe.text_cfg, time_shift=-1.0)
+    # an override (eval-text's sample_shift) moves only the grid: same weights, b's output again
+    other = TextToVideo.from_pretrained(pipe_dir)
+    other.set_time_shift(3.0)
+    assert other.time_shift == 3.0 and other.flow.model is other.dit
+    np.testing.assert_array_equal(other("a red circle", frames=5, size=(W, H), steps=STEPS, seed=0), b)
+    other.set_time_shift(0.0)
+    assert other.flow.cfg.shift is False
+    with pytest.raises(ValueError, match="time_shift"):
+        other.set_time_shift(-0.5)
 
 
 TASKS = {

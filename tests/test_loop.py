@@ -137,6 +137,8 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
                               vae_frames=5 if patch != (1, 2, 2) else 0, vae_warmup=2, dit_warmup=3,
                               eval_cfg_sweep=(2.0,) if patch == (1, 2, 2) else (),
                               eval_steps_sweep=(1,) if patch != (1, 2, 2) else (),
+                              eval_shift_sweep=(2.5,) if patch == (1, 2, 2) else (),
+                              eval_solver_sweep=("sde:0.5",) if patch != (1, 2, 2) else (),
                               dit_stop_after_s=3600.0 if patch != (1, 2, 2) else 0.0)
     summary = run(cfg)
     assert summary["vae"]["steps"] == cfg.vae_steps and summary["dit"]["steps"] == cfg.dit_steps
@@ -183,6 +185,19 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
         assert summary["steps_sweep"][f"{cfg.eval_steps:g}"]["accuracy"] == summary["accuracy"]
     else:
         assert "steps_sweep" not in summary
+    if cfg.eval_shift_sweep:  # and for the sampler's time shift; the main eval's key is the shift it trained with
+        assert list(summary["shift_sweep"]) == [f"{cfg.dit_time_shift:g}", "2.5"]
+        other = json.loads((tmp_path / "run" / "eval-text-sample_shift2.5" / "results.json").read_text())
+        assert other["time_shift"] == 2.5 and other["config"]["sample_shift"] == 2.5
+        assert results["time_shift"] == cfg.dit_time_shift
+        assert other["accuracy"] == summary["shift_sweep"]["2.5"]["accuracy"]
+    else:
+        assert "shift_sweep" not in summary
+    if cfg.eval_solver_sweep:  # a string-valued sweep keeps its order and gets a file-safe folder
+        assert list(summary["solver_sweep"]) == ["euler", "sde:0.5"]
+        other = json.loads((tmp_path / "run" / "eval-text-solversde_0.5" / "results.json").read_text())
+        assert other["config"]["solver"] == "sde:0.5"
+        assert other["accuracy"] == summary["solver_sweep"]["sde:0.5"]["accuracy"]
     if vae_preset != "tiny":
         return
     # the CLI: its flags reach the run, and a missing pipeline is a clear error (exit 2), not a traceback
@@ -190,13 +205,16 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
 
     again = tmp_path / "cli"
     assert cli(["--pipeline", summary["pipeline"], "--out", str(again), "--limit", "1", "--steps", "2",
-                "--heldout-repeat", "2", "--frames", "9", "--cfg", "3", "--device", "cpu"]) == 0
+                "--heldout-repeat", "2", "--frames", "9", "--cfg", "3", "--device", "cpu", "--sample-shift", "0",
+                "--solver", "sde:0.5"]) == 0
     res = json.loads((again / "results.json").read_text())
     assert (res["config"]["limit"], res["config"]["steps"], res["config"]["heldout_repeat"], res["config"]["cfg"]) \
         == (1, 2, 2, 3.0)
+    assert res["config"]["solver"] == "sde:0.5" and res["config"]["sample_shift"] == 0 and res["time_shift"] == 0
     assert res["size"] == 32 and len(res["prompts"]) == 2  # the training size recorded in the pipeline; 1 + 1
     assert set(res["confusion"]["generated"]) == {"color", "shape", "motion"}
     assert cli(["--pipeline", str(tmp_path / "nowhere"), "--device", "cpu"]) == 2
+    assert cli(["--pipeline", summary["pipeline"], "--device", "cpu", "--limit", "1", "--solver", "rk4"]) == 2
 
 
 def test_constant_baseline_and_confusion_expose_a_prompt_blind_model():
