@@ -3,13 +3,13 @@
 Run on one H100/H200:  python benchmarks/bench_qknorm.py [--out OUT]
 Smoke test on a CPU:    python benchmarks/bench_qknorm.py --smoke
 
-What is measured: the GPU text loop's DiT step (``PROFILES["gpu"]``: preset S, a 4-channel latent of 5 x 32 x 32
-under (1, 4, 4) patches = 320 tokens per clip, 128 clips, 32 text tokens of 384 dims, pooled text), forward +
-backward + fused AdamW under bf16 autocast, eager, one fixed random batch. Both variants run in one process on
-the same weights: "fused" is ``QKNorm`` as shipped (the weight cast to the input's bf16), "composite" puts
-``nn.RMSNorm.forward`` back on the same modules (fp32 weight, bf16 input: torch's unfused fallback, the
-"Mismatch dtype" warning). Median of ``--iters`` steps timed with CUDA events after ``--warmup`` steps,
-alternating the variants in rounds so clock drift hits both alike.
+What is measured: the GPU text loop's DiT step (``PROFILES["gpu"]`` until 2026-12-03 13:51 UTC: preset S, a
+4-channel latent of 5 x 32 x 32 under (1, 4, 4) patches = 320 tokens per clip, 128 clips, 32 text tokens of 384
+dims, pooled text), forward + backward + fused AdamW under bf16 autocast, eager, one fixed random batch. Both
+variants run in one process on the same weights: "fused" is ``QKNorm`` as shipped (the weight cast to the input's
+bf16), "composite" puts ``nn.RMSNorm.forward`` back on the same modules (fp32 weight, bf16 input: torch's unfused
+fallback, the "Mismatch dtype" warning). Median of ``--iters`` steps timed with CUDA events after ``--warmup``
+steps, alternating the variants in rounds so clock drift hits both alike.
 """
 
 from __future__ import annotations

@@ -228,8 +228,9 @@ def ancestral_step(x: Tensor, v: Tensor, t: float, t_next: float, eta: float, z:
     (1 - t_next) x_0 + sqrt(t_next^2 - s^2) noise + s z with fresh noise z, where s = eta times the std of the
     forward process's posterior q(x_next | x_t, x_0): s^2 = eta^2 (t^2 - a^2 t_next^2) t_next^2 / t^2 with
     a = (1 - t) / (1 - t_next). eta 0 is the deterministic DDIM step (Euler's, for this linear path); eta 1 is
-    ancestral sampling, which re-draws a share of the noise at every step and so corrects the ODE's drift
-    towards the mean of what the model is unsure about."""
+    ancestral (DDPM-like) sampling, which re-draws a share of the noise at every step. Because the posterior
+    mean of x_0 stands in for x_0, it is under-dispersed by O(1 / steps) even with an exact network
+    (``tests/test_flow.py``: std 0.27 for 0.30 at 40 steps): it wants more steps than Euler."""
     x0 = x - t * v
     eps = x + (1 - t) * v
     if t_next <= 0:

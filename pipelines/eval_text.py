@@ -192,9 +192,11 @@ def main(cfg: EvalTextConfig) -> dict:
     from PIL import Image
 
     from curate.detect import DetectConfig
+    from model.flow import parse_solver
     from pipelines.generate import TextToVideo, read_pipeline_config
 
     # 1. pipeline, split, prompts ----------------------------------------------------------------------
+    parse_solver(cfg.solver)  # a bad name fails before any work
     meta = read_pipeline_config(cfg.pipeline)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     pipe = TextToVideo.from_pretrained(cfg.pipeline, device=device)
