@@ -381,3 +381,28 @@ def test_run_text_loop_stopped_part_way_still_returns_what_it_finished(tmp_path)
     assert second["vae"]["run"] == str(work / "loop" / "vae") and second["vae"]["steps"] == 6
     assert second["clips"] == 8 and second["seconds"]["corpus_s"] == 0.0
     assert not (tmp_path / "work2" / "corpus").exists() and not (tmp_path / "work2" / "loop" / "vae").exists()
+
+
+def test_bench_loop_dit_parses_variants_and_ranks_them_against_the_first(tmp_path, capsys):
+    """The DiT-size benchmark's own logic on the CPU (its timings mean nothing here): variant specs, the JSON
+    written after each variant, and a table whose first row is the 1.00 reference."""
+    mod = _benchmark("bench_loop_dit")
+    assert mod.parse_variant("B+hidden=1024,heads=16@64:compiled") == {
+        "preset": "B", "overrides": {"hidden": 1024, "heads": 16}, "batch": 64, "compiled": True}
+    assert mod.parse_variant("S@128") == {"preset": "S", "overrides": {}, "batch": 128, "compiled": False}
+    for bad in ("S", "S@0", "S@128:fast", "S+mlp=3@8", "S+hidden=x@8"):
+        with pytest.raises(ValueError, match="variant"):
+            mod.parse_variant(bad)
+    assert mod.main(["--smoke", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "bench_loop_dit.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["tiny@2", "tiny+hidden=32,heads=2@2"]
+    assert rows[1]["params"] < rows[0]["params"] and all(r["median_s"] > 0 for r in rows)
+    out = capsys.readouterr().out
+    first = next(line for line in out.splitlines() if line.startswith("| tiny@2 |"))
+    assert first.endswith("| 1.00 | 1.00 |"), first
+    # a hand-made pair: twice the time per step and a 100 s compile in a 300 s budget gives a third of the steps
+    ref = {"variant": "a", "params": 10, "params_m": 0.0, "batch": 1, "tokens": 100, "compiled": False,
+           "warm_s": 0.0, "median_s": 0.1, "tflops": 0.0}
+    other = dict(ref, variant="b", params=40, compiled=True, warm_s=100.0, median_s=0.2)
+    last = mod.table([ref, other], 300.0).splitlines()[-1]
+    assert last.endswith("| 1,000 | 0.33 | 1.33 |"), last
