@@ -53,6 +53,9 @@ class LoopConfig:
     vae_run: str = ""  # a VAE run folder of an earlier loop (its ``checkpoints/``): skip VAE training and use it
     # DiT
     dit_preset: str = "tiny"
+    dit_hidden: int = 0  # width, depth, heads instead of the preset's (0: the preset's; train_dit's hidden/...)
+    dit_depth: int = 0
+    dit_heads: int = 0
     dit_steps: int = 300
     dit_lr: float = 5e-4
     dit_ema: float = 0.99
@@ -340,7 +343,8 @@ def run(cfg: LoopConfig) -> dict:
     dit = train_dit(TrainDiTConfig(
         data_root=cfg.dataset, vae=str(vae_run / "checkpoints"), run_dir=str(out / "dit"), text_path=cfg.text_path,
         caption_mix=(("short", 1.0),), bucket_areas=(cfg.size * cfg.size,), bucket_frames=(cfg.frames,),
-        token_budget=cfg.token_budget, max_batch=cfg.max_batch, preset=cfg.dit_preset, patch=cfg.dit_patch,
+        token_budget=cfg.token_budget, max_batch=cfg.max_batch, preset=cfg.dit_preset, hidden=cfg.dit_hidden,
+        depth=cfg.dit_depth, heads=cfg.dit_heads, patch=cfg.dit_patch,
         pooled_text=cfg.dit_pooled_text, time_shift=cfg.dit_time_shift, t_uniform=cfg.dit_t_uniform,
         cooldown=cfg.dit_cooldown,
         task_mix=cfg.task_mix, steps=cfg.dit_steps,

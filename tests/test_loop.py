@@ -138,6 +138,7 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
                               eval_cfg_sweep=(2.0,) if patch == (1, 2, 2) else (),
                               eval_steps_sweep=(1,) if patch != (1, 2, 2) else (),
                               eval_shift_sweep=(2.5,) if patch == (1, 2, 2) else (),
+                              dit_hidden=96 if patch == (1, 2, 2) else 0,
                               eval_solver_sweep=("sde:0.5",) if patch != (1, 2, 2) else (),
                               dit_stop_after_s=3600.0 if patch != (1, 2, 2) else 0.0)
     summary = run(cfg)
@@ -153,6 +154,8 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
     dit_cfg = json.loads((tmp_path / "run" / "dit" / "config.json").read_text())
     assert vae_cfg["num_frames"] == [cfg.vae_frames or cfg.frames] and vae_cfg["warmup_steps"] == 2
     assert dit_cfg["dit"]["patch"] == list(patch) and dit_cfg["train"]["warmup_steps"] == 3
+    assert dit_cfg["dit"]["hidden"] == (cfg.dit_hidden or 64) and dit_cfg["dit"]["heads"] == 4  # tiny's heads
+    assert read_pipeline_config(summary["pipeline"])["dit"]["hidden"] == dit_cfg["dit"]["hidden"]
     meta = read_pipeline_config(summary["pipeline"])
     assert ComboSplit.from_dict(meta["extra"]["combo_split"]) == ComboSplit.default(cfg.split_seed)
     assert meta["extra"]["train_size"] == 32

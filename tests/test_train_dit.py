@@ -357,3 +357,14 @@ def test_prefetched_keeps_order_depth_and_errors():
         for i, v in prefetched(fn, range(10), 2):
             got.append(i)
     assert got == list(range(7))  # every item before the failing one arrives first
+
+
+def test_width_depth_and_heads_override_the_preset(cache, tmp_path):
+    import json
+
+    main(tiny_cfg(cache, tmp_path / "wide", steps=1, hidden=96, depth=3))
+    dit = json.loads((tmp_path / "wide" / "config.json").read_text())["dit"]
+    assert (dit["hidden"], dit["depth"], dit["heads"]) == (96, 3, 4)  # tiny's heads kept
+    with pytest.raises(ValueError, match="multiple of heads"):
+        main(tiny_cfg(cache, tmp_path / "bad", hidden=50))
+    assert not (tmp_path / "bad").exists()  # refused before any work

@@ -77,6 +77,9 @@ class TrainDiTConfig:
     latent_shift: float = 0.0  # statistics (scale 1/std, shift mean), or from 64 clips encoded on the fly
     # model and objective
     preset: str = "B"
+    hidden: int = 0  # model width, depth and attention heads; 0: the preset's (model.dit.PRESETS)
+    depth: int = 0
+    heads: int = 0
     patch: tuple[int, int, int] = (1, 2, 2)
     pooled_text: bool = False  # model.dit.DiTConfig.pooled_text: the caption's mean token into every adaLN too
     caption_dropout: float = 0.1
@@ -526,8 +529,11 @@ def main(cfg: TrainDiTConfig) -> dict:
         raise ValueError("give --latents (a latent cache) or --data_root with --vae (encode on the fly)")
     if not records:
         raise ValueError("no training clips found")
+    sizes = {k: int(v) for k, v in (("hidden", cfg.hidden), ("depth", cfg.depth), ("heads", cfg.heads)) if v}
     dit_cfg = dit_config(cfg.preset, latent_channels=int(records[0].latent_shape[0]), text_dim=text_dim,
-                         patch=tuple(cfg.patch), pooled_text=bool(cfg.pooled_text))
+                         patch=tuple(cfg.patch), pooled_text=bool(cfg.pooled_text), **sizes)
+    if dit_cfg.hidden % dit_cfg.heads:
+        raise ValueError(f"hidden {dit_cfg.hidden} is not a multiple of heads {dit_cfg.heads}")
     plan = BatchPlan(records, cfg.token_budget, cfg.max_batch, dit_cfg.patch, cfg.seed)
     scale, shift = latent_norm(cfg, manifest)
     resolved = {"train": dataclasses.asdict(cfg), "dit": dataclasses.asdict(dit_cfg), "world": info.world,
