@@ -62,8 +62,22 @@ class EvalTextConfig:
     workers: int = -1  # detector processes beside the generation (-1: up to 8 on a GPU, 0 on the CPU; 0 = inline)
 
 
+WINDOWED = ("vae", "generated")  # sources whose shape is also read on an early and a late window of frames
+
+
+def frame_windows(num_frames: int) -> dict[str, slice] | None:
+    """The frames a clip's shape is also read on, apart: "early" = frames 0-4 (the causal VAE's first two latent
+    frames: the image frame and one group of 4) and "late" = the last half after frame 0 (frames 9-16 of 17).
+    None below 9 frames, where the two would overlap."""
+    if num_frames < 9:
+        return None
+    return {"early": slice(0, 5), "late": slice(num_frames - (num_frames - 1) // 2, num_frames)}
+
+
 def _detect_row(prompt: dict, clips: dict, det_cfg) -> dict:
-    """One prompt's detections and verdicts for each source clip (``{"render": frames, ...}``); a pool job."""
+    """One prompt's detections and verdicts for each source clip (``{"render": frames, ...}``); a pool job.
+    For the VAE round trip and the generation the shape is also read on :func:`frame_windows` alone
+    (``shape_early`` / ``shape_late``): whether shape is lost in the later latent frames or everywhere."""
     from curate.detect import detect, score
 
     row = {**prompt}
@@ -73,8 +87,36 @@ def _detect_row(prompt: dict, clips: dict, det_cfg) -> dict:
                        "area_frac": round(float(d.area_frac), 4),
                        "displacement": [round(float(v), 4) for v in d.displacement]}
         row[f"correct_{source}"] = score(d, prompt)
+        windows = frame_windows(len(frames)) if source in WINDOWED else None
+        for name, window in (windows or {}).items():
+            row[source][f"shape_{name}"] = detect(frames[window], det_cfg).shape
     row["correct"] = row["correct_generated"]
     return row
+
+
+def shape_by_window(rows: list[dict]) -> dict:
+    """``{source: {"seen"|"heldout": {"n", "whole", "early", "late"}}}``: shape accuracy on the whole clip and
+    on each of :func:`frame_windows` alone, for the sources that have them."""
+    out: dict = {}
+    for source in WINDOWED:
+        for name, flag in (("seen", False), ("heldout", True)):
+            group = [r for r in rows if r["heldout"] == flag and "shape_early" in r.get(source, {})]
+            if group:
+                out.setdefault(source, {})[name] = {
+                    "n": len(group), "whole": float(np.mean([r[source]["shape"] == r["shape"] for r in group])),
+                    **{w: float(np.mean([r[source][f"shape_{w}"] == r["shape"] for r in group]))
+                       for w in ("early", "late")}}
+    return out
+
+
+def window_markdown(table: dict) -> str:
+    lines = ["Shape read on part of each clip (frames 0-4: the first two latent frames; the late half: the last "
+             "latent frames):", "", "| frames from | split | n | whole clip | frames 0-4 | late half |",
+             "|---|---|---|---|---|---|"]
+    for source, splits in table.items():
+        for split, t in splits.items():
+            lines.append(f"| {source} | {split} | {t['n']} | {t['whole']:.3f} | {t['early']:.3f} | {t['late']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def detector_pool(workers: int, device: str):
@@ -255,12 +297,14 @@ def main(cfg: EvalTextConfig) -> dict:
               "time_shift": pipe.time_shift, "split": split.to_dict(), "seconds": round(time.time() - t0, 1),
               "detector_ceiling": {"render": tables["render"], "vae_round_trip": tables["vae"]},
               "accuracy": tables["generated"], "constant_baseline": baseline, "confusion": confusions,
-              "prompts": rows}
+              "shape_by_window": shape_by_window(rows), "prompts": rows}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     md = markdown({"ground-truth render": tables["render"], "render through the VAE": tables["vae"],
                    "best constant answer (prompt-blind)": baseline, "**generated**": tables["generated"]})
     md += "\n" + "\n".join(confusion_markdown(confusions["generated"][a], f"Generated {a}, seen and held-out together:")
                             for a in ATTRIBUTES)
+    if result["shape_by_window"]:
+        md += "\n" + window_markdown(result["shape_by_window"])
     (out / "results.md").write_text(md)
     if sheet_items:
         Image.fromarray(labelled_sheet(sheet_items)).save(out / "sheet.png")

@@ -409,3 +409,28 @@ def test_bench_loop_dit_parses_variants_and_ranks_them_against_the_first(tmp_pat
     other = dict(ref, variant="b", params=40, compiled=True, warm_s=100.0, median_s=0.2)
     last = mod.table([ref, other], 300.0).splitlines()[-1]
     assert last.endswith("| 1,000 | 0.33 | 1.33 |"), last
+
+
+def test_shape_is_also_read_on_early_and_late_frames():
+    """A clip that is a square for its first 9 frames and a circle after reads as a square early and a circle
+    late: the windowed readout says where in the clip a shape is lost."""
+    from curate import synth
+    from curate.detect import DetectConfig
+    from pipelines.eval_text import _detect_row, frame_windows, shape_by_window
+
+    assert frame_windows(17) == {"early": slice(0, 5), "late": slice(9, 17)}
+    assert frame_windows(9) == {"early": slice(0, 5), "late": slice(5, 9)} and frame_windows(5) is None
+    shots = {s: synth.Shot(s, "red", "right", "gradient", "blue", 17) for s in ("square", "circle")}
+    clips = {s: synth.render_clip(shot, (128, 128), seed=4) for s, shot in shots.items()}
+    spliced = np.concatenate([clips["square"][:9], clips["circle"][9:]])
+    prompt = {"prompt": shots["square"].caption, "color": "red", "shape": "square", "motion": "right",
+              "heldout": False}
+    row = _detect_row(prompt, {"render": clips["square"], "vae": clips["square"], "generated": spliced},
+                      DetectConfig())
+    assert row["vae"]["shape_early"] == row["vae"]["shape_late"] == "square"
+    assert row["generated"]["shape_early"] == "square" and row["generated"]["shape_late"] == "circle"
+    assert "shape_early" not in row["render"]  # ground truth needs no windows
+    table = shape_by_window([row, {**row, "heldout": True}])
+    assert table["generated"]["seen"] == {"n": 1, "whole": float(row["generated"]["shape"] == "square"),
+                                          "early": 1.0, "late": 0.0}
+    assert table["vae"]["heldout"]["late"] == 1.0
