@@ -107,17 +107,21 @@ def run(a: argparse.Namespace) -> dict:
     try:
         run_loop(cfg)  # it writes loop.json after every stage; what is read back below is the whole of it
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        partial = json.loads((loop / "loop.json").read_text()) if (loop / "loop.json").is_file() else {}
-        partial.setdefault("seconds", {})
-        partial["seconds"] = {"corpus_s": corpus["seconds"], **partial["seconds"], "total_s": round(time.time() - t0, 1)}
-        partial.update(device=device, torch=torch.__version__, clips=corpus["clips"])
-        (out / "loop.json").write_text(json.dumps(partial, indent=1))
-        for src in (loop / "eval-text" / "results.md", loop / "eval-text" / "results.json",
-                    loop / "report" / "curves.png", loop / "report" / "eval-sheet.png",
-                    loop / "report" / "dit-samples.png", loop / "report" / "vae-preview.png"):
-            if src.is_file():
-                shutil.copy(src, out / src.name)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the copy short
+        try:
+            partial = json.loads((loop / "loop.json").read_text()) if (loop / "loop.json").is_file() else {}
+            partial.setdefault("seconds", {})
+            partial["seconds"] = {"corpus_s": corpus["seconds"], **partial["seconds"],
+                                  "total_s": round(time.time() - t0, 1)}
+            partial.update(device=device, torch=torch.__version__, clips=corpus["clips"])
+            (out / "loop.json").write_text(json.dumps(partial, indent=1))
+            for src in (loop / "eval-text" / "results.md", loop / "eval-text" / "results.json",
+                        loop / "report" / "curves.png", loop / "report" / "eval-sheet.png",
+                        loop / "report" / "dit-samples.png", loop / "report" / "vae-preview.png"):
+                if src.is_file():
+                    shutil.copy(src, out / src.name)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     summary = partial
     print("\n| stage | seconds |\n|---|---|")
     for k, v in summary["seconds"].items():
