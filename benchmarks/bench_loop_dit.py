@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_qknorm import step_time  # noqa: E402  (one timed training step: CUDA events, or the clock on a CPU)
 from model.dit import DiT, dit_config  # noqa: E402
 
 DEFAULT_VARIANTS = ("S@128", "S@128:compiled", "B@128:compiled", "B@64:compiled",
@@ -35,7 +37,8 @@ DEFAULT_VARIANTS = ("S@128", "S@128:compiled", "B@128:compiled", "B@64:compiled"
 
 
 def parse_variant(spec: str) -> dict:
-    """``"B+hidden=1024,heads=16@64:compiled"`` -> {"preset": "B", "overrides": {...}, "batch": 64, "compiled": True}."""
+    """``"B+hidden=1024,heads=16@64:compiled"`` -> ``{"preset": "B", "overrides": {"hidden": 1024, "heads": 16},
+    "batch": 64, "compiled": True}``."""
     body, sep, mode = spec.partition(":")
     if sep and mode != "compiled":
         raise ValueError(f"variant {spec!r}: the only mode is ':compiled'")
@@ -50,22 +53,6 @@ def parse_variant(spec: str) -> dict:
             raise ValueError(f"variant {spec!r}: overrides are hidden=, depth=, heads= with integers")
         overrides[key] = int(value)
     return {"preset": preset, "overrides": overrides, "batch": int(batch), "compiled": bool(sep)}
-
-
-def time_steps(model, opt, data, device, n: int) -> list[float]:
-    x, t, text, mask, target = data
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = (model(x, t, text, mask).float() - target).square().mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def run_variant(spec: str, device: torch.device, grid: tuple[int, int, int], warmup: int, iters: int) -> dict:
@@ -85,10 +72,10 @@ def run_variant(spec: str, device: torch.device, grid: tuple[int, int, int], war
     data = [d.to(device) for d in (torch.randn(b, cfg.in_channels, *grid, generator=g), torch.rand(b, generator=g),
                                    torch.randn(b, 32, 384, generator=g), mask, torch.randn(b, 4, *grid, generator=g))]
     t0 = time.perf_counter()
-    first = time_steps(model, opt, data, device, 1)[0]  # includes the compile
-    time_steps(model, opt, data, device, warmup)
+    first = step_time(model, opt, data, device, 1)[0]  # includes the compile
+    step_time(model, opt, data, device, warmup)
     warm_s = time.perf_counter() - t0
-    times = time_steps(model, opt, data, device, iters)
+    times = step_time(model, opt, data, device, iters)
     tokens = b * grid[0] * (grid[1] // 4) * (grid[2] // 4)
     med = statistics.median(times)
     del model, opt, data
@@ -145,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(a.out).mkdir(parents=True, exist_ok=True)
             (Path(a.out) / "bench_loop_dit.json").write_text(json.dumps(
                 {"device": name, "torch": torch.__version__, "rows": rows, "skipped": skipped}, indent=1))
-    print(f"\nThe loop's DiT step, {grid} latent, (1, 4, 4) patches, bf16 autocast, {name}, torch {torch.__version__}\n")
+    print(f"\nThe loop's DiT step, {grid} latent, (1, 4, 4) patches, bf16 autocast, {name}, "
+          f"torch {torch.__version__}\n")
     print(table(rows, a.loop_s))
     if skipped:
         print(f"\nskipped (budget {a.budget_s:g} s spent): {', '.join(skipped)}")

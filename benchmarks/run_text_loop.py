@@ -13,8 +13,8 @@ colour-shape pairs), runs ``pipelines.loop.run`` with ``PROFILES[--profile]`` (f
 and copies the headline files flat into ``--out``: loop.json, results.md, results.json, curves.png, sheet.png,
 dit-samples.png, vae-preview.png (also when the run is stopped part-way, by an error or SIGTERM: ``loop.json``
 then lists ``stages_done``), and prints the time of every stage (the DiT's split into setup, steps, samples
-and export), the accuracy at each guidance scale of ``eval_cfg_sweep`` (step count of ``eval_steps_sweep``, sampler shift of
-``eval_shift_sweep``, solver of ``eval_solver_sweep``) and the eval-text table.
+and export), the accuracy at each guidance scale of ``eval_cfg_sweep`` (step count of ``eval_steps_sweep``,
+sampler shift of ``eval_shift_sweep``, solver of ``eval_solver_sweep``) and the eval-text table.
 """
 
 from __future__ import annotations

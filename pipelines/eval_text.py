@@ -253,7 +253,8 @@ def main(cfg: EvalTextConfig) -> dict:
     out = Path(cfg.out) if cfg.out else Path(cfg.pipeline).parent / "eval-text"
     out.mkdir(parents=True, exist_ok=True)
     print(f"[eval-text] {len(prompts)} prompts ({sum(p['heldout'] for p in prompts)} held-out), {size}x{size}x"
-          f"{cfg.frames}, {cfg.steps} steps, cfg {cfg.cfg}, time shift {pipe.time_shift:g}, {cfg.solver}, device {device}", flush=True)
+          f"{cfg.frames}, {cfg.steps} steps, cfg {cfg.cfg}, time shift {pipe.time_shift:g}, {cfg.solver}, "
+          f"device {device}", flush=True)
 
     # 2-3. ground truth (raw and through the VAE) and generations, each read by the detector ----------------
     # The GPU work runs in batches of ``cfg.batch`` prompts; the detector reads each batch in a process pool
@@ -348,8 +349,8 @@ def cli(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     cfg = EvalTextConfig(pipeline=a.pipeline, out=a.out, split=a.split, split_seed=a.split_seed,
                          per_triple=a.per_triple, heldout_repeat=a.heldout_repeat, prompt_seed=a.prompt_seed, frames=a.frames, size=a.size,
-                         steps=a.steps, cfg=a.cfg, sample_shift=a.sample_shift, solver=a.solver, device=a.device, limit=a.limit,
-                         batch=a.batch, workers=a.workers)
+                         steps=a.steps, cfg=a.cfg, sample_shift=a.sample_shift, solver=a.solver, device=a.device,
+                         limit=a.limit, batch=a.batch, workers=a.workers)
     try:
         main(cfg)
     except (FileNotFoundError, ValueError) as exc:
