@@ -149,7 +149,7 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
         assert summary["dit"]["time_budget_s"] == cfg.dit_time_s
     parts = summary["dit"]["seconds"]  # where the DiT stage's time went; the samples are timed inside the loop
     assert set(parts) == {"setup", "loop", "samples", "export"} and 0 < parts["samples"] <= parts["loop"]
-    assert sum(parts.values()) <= summary["seconds"]["dit_s"] + 0.5 + 1e-9  # each part is rounded to 0.1 s
+    assert parts["setup"] + parts["loop"] + parts["export"] <= summary["seconds"]["dit_s"] + 0.35  # samples: inside loop
     vae_cfg = json.loads((tmp_path / "run" / "vae" / "config.json").read_text())
     dit_cfg = json.loads((tmp_path / "run" / "dit" / "config.json").read_text())
     assert vae_cfg["num_frames"] == [cfg.vae_frames or cfg.frames] and vae_cfg["warmup_steps"] == 2
