@@ -105,8 +105,9 @@ PROFILES: dict[str, LoopConfig] = {
     # takes batches of 128 clips, mostly text-to-video; short warm-ups, since each model gets ~1-2.5k steps.
     # The best measured on one H200 (benchmarks/RESULTS.md, 2026-12-03): the 4x-spatial VAE keeps shapes, 4x4
     # patches keep 320 tokens per clip, the 3x time shift is what lets the DiT learn motion on its latents, and
-    # DiT-B compiled per block (0.125 s per step against DiT-S's 0.098 eager) is what moved shape. The DiT steps
-    # until 515 s after the loop began, whatever the VAE and the encoding took
+    # DiT-B compiled per block (0.106-0.125 s per step against DiT-S's 0.098 eager) is what moved shape (held-out
+    # 0.948 and 0.875 in two runs). The DiT steps until 515 s after the loop began, whatever the VAE and the
+    # encoding took
     "gpu": LoopConfig(size=128, vae_preset="small-f4c4", dit_patch=(1, 4, 4), dit_pooled_text=True,
                       dit_time_shift=3.0, vae_frames=9, vae_steps=20000, vae_batch=16, vae_lr=8e-4,
                       vae_ema=0.999, vae_warmup=50, vae_time_s=150, dit_preset="B", compile=True, dit_steps=100000,
