@@ -68,6 +68,8 @@ class LoopConfig:
     dit_time_shift: float = 1.0  # train.train_dit.TrainDiTConfig.time_shift (3 with a 4x-spatial VAE)
     dit_t_uniform: float = 0.0  # train.train_dit.TrainDiTConfig.t_uniform
     dit_cooldown: float = 0.0  # train.train_dit.TrainDiTConfig.cooldown: lr to 0 over this last share of the run
+    dit_profile_steps: int = 0  # train.train_dit.TrainDiTConfig.profile_steps: torch.profiler over this many DiT
+    # steps from step 50 (or half of dit_steps; OUT/dit/profile: seconds per step on the host and in GPU kernels, top ops, a trace)
     task_mix: tuple[float, ...] = (0.5, 0.15, 0.1, 0.05, 0.1, 0.1)  # train.train_dit.TrainDiTConfig.task_mix
     token_budget: int = 4096
     max_batch: int = 32
@@ -347,7 +349,7 @@ def run(cfg: LoopConfig) -> dict:
         token_budget=cfg.token_budget, max_batch=cfg.max_batch, preset=cfg.dit_preset, hidden=cfg.dit_hidden,
         depth=cfg.dit_depth, heads=cfg.dit_heads, patch=cfg.dit_patch,
         pooled_text=cfg.dit_pooled_text, time_shift=cfg.dit_time_shift, t_uniform=cfg.dit_t_uniform,
-        cooldown=cfg.dit_cooldown,
+        cooldown=cfg.dit_cooldown, profile_steps=cfg.dit_profile_steps, profile_from=min(50, cfg.dit_steps // 2),
         task_mix=cfg.task_mix, steps=cfg.dit_steps,
         lr=cfg.dit_lr, warmup_steps=cfg.dit_warmup or min(500, max(1, cfg.dit_steps // 20)), ema_decay=cfg.dit_ema,
         time_budget_s=cfg.dit_time_s, stop_at=t_start + cfg.dit_stop_after_s if cfg.dit_stop_after_s else 0.0,

@@ -342,14 +342,17 @@ def test_run_text_loop_script_end_to_end_at_smoke_size(tmp_path, capsys):
     copies the headline files flat into --out and prints the stage times, the DiT split and the guidance table."""
     mod = _benchmark("run_text_loop")
     assert mod.main(["run", "--profile", "smoke", "--clips", "12", "--out", str(tmp_path / "out"), "--set",
-                     "frames=9", "--set", "device=cpu", "--set", "eval_cfg_sweep=[2.5]", "--text-path", ""]) == 0
+                     "frames=9", "--set", "device=cpu", "--set", "eval_cfg_sweep=[2.5]", "--set", "dit_profile_steps=2",
+                     "--text-path", ""]) == 0
     out = capsys.readouterr().out
     assert "| guidance | seen attribute |" in out and "\n| 2.5 |" in out and "\n| 5 |" in out
     assert "DiT stage: setup" in out and "| total |" in out
     summary = json.loads((tmp_path / "out" / "loop.json").read_text())
     assert summary["clips"] == 12 and summary["seconds"]["total_s"] >= summary["seconds"]["dit_s"]
-    for name in ("results.md", "results.json", "curves.png"):
+    for name in ("results.md", "results.json", "curves.png", "profile-ops.txt", "profile-trace.json.gz"):
         assert (tmp_path / "out" / name).is_file()
+    profile = json.loads((tmp_path / "out" / "profile-summary.json").read_text())  # 8 DiT steps: from step 4
+    assert profile["first_step"] == 4 and profile["steps"] == 2 and "[profile] steps 4-5:" in out
 
 
 def test_run_text_loop_stopped_part_way_still_returns_what_it_finished(tmp_path):

@@ -368,3 +368,25 @@ def test_width_depth_and_heads_override_the_preset(cache, tmp_path):
     with pytest.raises(ValueError, match="multiple of heads"):
         main(tiny_cfg(cache, tmp_path / "bad", hidden=50))
     assert not (tmp_path / "bad").exists()  # refused before any work
+
+
+def test_profile_window_writes_its_summary_ops_and_trace(cache, tmp_path):
+    import gzip
+
+    run = tmp_path / "run"
+    plain = main(tiny_cfg(cache, tmp_path / "plain", steps=5))
+    profiled = main(tiny_cfg(cache, run, steps=5, profile_steps=2, profile_from=2))
+    assert profiled["losses"] == plain["losses"]  # recording changes nothing the run computes
+    summary = json.loads((run / "profile" / "summary.json").read_text())
+    assert summary["first_step"] == 2 and summary["steps"] == 2
+    assert summary["wall_s_per_step"] > 0 and summary["host_ops_s_per_step"] > 0
+    assert summary["device_s_per_step"] is None and summary["device_busy"] is None  # no GPU: not invented
+    assert "aten::" in (run / "profile" / "ops.txt").read_text()
+    trace = json.loads(gzip.decompress((run / "profile" / "trace.json.gz").read_bytes()))
+    assert any(e.get("name", "").startswith("aten::") for e in trace["traceEvents"])
+    # a run that ends inside the window writes it with the steps it got
+    short = tmp_path / "short"
+    main(tiny_cfg(cache, short, steps=4, profile_steps=10, profile_from=1))
+    assert json.loads((short / "profile" / "summary.json").read_text())["steps"] == 3
+    # no window: no folder
+    assert not (tmp_path / "plain" / "profile").exists()

@@ -28,8 +28,10 @@ At the end a ``from_pretrained``-able pipeline is exported to ``RUN/pipeline`` (
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import os
+import shutil
 import threading
 import time
 from collections import deque
@@ -111,6 +113,11 @@ class TrainDiTConfig:
     compile: bool = False  # regional torch.compile: each block
     prefetch: int = -1  # batches (with their random draws, pinned on CUDA) prepared ahead on this many threads;
     # 0: inline; -1: 2 on CUDA, 0 on the CPU (where the threads would only compete with the model for cores)
+    profile_steps: int = 0  # record this many steps with torch.profiler (rank 0), from step ``profile_from``
+    # (after the warm-up and any compilation): RUN/profile/ gets summary.json (wall and GPU-kernel seconds per
+    # step), ops.txt (the top ops by device and by host time) and trace.json.gz (for chrome://tracing or
+    # Perfetto). The window's two ends synchronise the device; the steps between them run as usual
+    profile_from: int = 50
     # bookkeeping
     run_dir: str = "runs/dit"
     seed: int = 0
@@ -474,6 +481,71 @@ def lr_at(cfg: TrainDiTConfig, step: int, progress: float | None = None) -> floa
 # ----------------------------------------------------------------------------------------------------------
 
 
+class StepProfiler:
+    """torch.profiler over the steps ``[first, first + n)`` of a run, and what it found (see
+    ``TrainDiTConfig.profile_steps``). ``step(i)`` goes before step i's work, ``done(i)`` after it; ``close()``
+    writes a window the run ended inside, with the steps it got."""
+
+    def __init__(self, out_dir: Path, first: int, n: int, device: torch.device):
+        self.out_dir, self.first, self.n, self.device = out_dir, first, n, device
+        self.prof, self.t0, self.steps, self.summary = None, 0.0, 0, None
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def step(self, i: int) -> None:
+        if self.prof is None and self.summary is None and i >= self.first:
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+            self._sync()
+            self.prof = profile(activities=acts)
+            self.prof.__enter__()
+            self.first, self.t0 = i, time.perf_counter()
+
+    def done(self, i: int) -> None:
+        if self.prof is not None:
+            self.steps = i + 1 - self.first
+            if self.steps >= self.n:
+                self.close()
+
+    def close(self) -> dict | None:
+        if self.prof is None or not self.steps:
+            return self.summary
+        self._sync()
+        wall = time.perf_counter() - self.t0
+        prof, self.prof = self.prof, None
+        prof.__exit__(None, None, None)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        events = prof.key_averages()
+        on_device = self.device.type == "cuda"
+
+        kernels = sum(e.self_device_time_total for e in events) / 1e6 if on_device else None
+        n = self.steps
+        self.summary = {"first_step": self.first, "steps": n, "wall_s_per_step": wall / n,
+                        "device_s_per_step": kernels / n if on_device else None,
+                        "device_busy": kernels / wall if on_device else None,
+                        "host_ops_s_per_step": sum(e.self_cpu_time_total for e in events) / 1e6 / n}
+        tables = []
+        if on_device:
+            tables.append("Top ops by GPU time (self):\n" + events.table(
+                sort_by="self_device_time_total", row_limit=30))
+        tables.append("Top ops by host time (self):\n" + events.table(sort_by="self_cpu_time_total", row_limit=30))
+        (self.out_dir / "ops.txt").write_text("\n\n".join(tables))
+        trace = self.out_dir / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        with open(trace, "rb") as src, gzip.open(str(trace) + ".gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        trace.unlink()
+        (self.out_dir / "summary.json").write_text(json.dumps(self.summary, indent=1))
+        busy = (f", GPU kernels {self.summary['device_s_per_step']:.4f} s/step "
+                f"({100 * self.summary['device_busy']:.0f} % busy)") if on_device else ""
+        print(f"[profile] steps {self.first}-{self.first + n - 1}: {self.summary['wall_s_per_step']:.4f} s/step "
+              f"wall{busy} -> {self.out_dir}", flush=True)
+        return self.summary
+
+
 def write_samples(pipe, cfg: TrainDiTConfig, out_dir: Path, writer, step: int) -> list[Path]:
     """Render every (prompt, seed) with a TextToVideo pipeline: MP4 (PNG for one frame) each + ``grid.png``."""
     from pipelines.generate import contact_sheet, save_media
@@ -645,8 +717,12 @@ def main(cfg: TrainDiTConfig) -> dict:
         left = max(1e-9, float(all_reduce_mean(torch.tensor(cfg.stop_at - t0, device=device))))
         budget = left if budget <= 0 else min(budget, left)
     progress = start / max(1, cfg.steps) if budget > 0 else None
+    profiler = (StepProfiler(run_dir / "profile", max(start, cfg.profile_from), cfg.profile_steps, device)
+                if cfg.profile_steps > 0 and info.is_main else None)
     try:
         for step, (x0, text, mask, draws) in batches:
+            if profiler is not None:
+                profiler.step(step)
             x0, text, mask = (v.to(device, non_blocking=True) for v in (x0, text, mask))
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, step, progress)
@@ -663,6 +739,8 @@ def main(cfg: TrainDiTConfig) -> dict:
             ema.update(model, step)
             pending.append(loss.detach().float())
             tokens_seen += x0.shape[0] * x0.shape[2] * x0.shape[3] * x0.shape[4] // int(np.prod(dit_cfg.patch))
+            if profiler is not None:
+                profiler.done(step)
 
             # 4. log, sample, checkpoint ---------------------------------------------------------------------
             done = step + 1
@@ -700,6 +778,8 @@ def main(cfg: TrainDiTConfig) -> dict:
                 break
     finally:
         batches.close()  # stop preparing batches past the last step (or after an error)
+        if profiler is not None:
+            profiler.close()  # a window the run ended inside, with the steps it got
     t_loop = time.time()
 
     # 5. export --------------------------------------------------------------------------------------------
