@@ -116,7 +116,8 @@ class TrainDiTConfig:
     profile_steps: int = 0  # record this many steps with torch.profiler (rank 0), from step ``profile_from``
     # (after the warm-up and any compilation): RUN/profile/ gets summary.json (wall and GPU-kernel seconds per
     # step), ops.txt (the top ops by device and by host time) and trace.json.gz (for chrome://tracing or
-    # Perfetto). The window's two ends synchronise the device; the steps between them run as usual
+    # Perfetto). The window's two ends synchronise the device; the steps between them run as usual, though the
+    # profiler's recording of every op adds some host time to them
     profile_from: int = 50
     # bookkeeping
     run_dir: str = "runs/dit"
@@ -520,7 +521,6 @@ class StepProfiler:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         events = prof.key_averages()
         on_device = self.device.type == "cuda"
-
         kernels = sum(e.self_device_time_total for e in events) / 1e6 if on_device else None
         n = self.steps
         self.summary = {"first_step": self.first, "steps": n, "wall_s_per_step": wall / n,
