@@ -128,7 +128,10 @@ def run(a: argparse.Namespace) -> dict:
     print("\n| stage | seconds |\n|---|---|")
     for k, v in summary["seconds"].items():
         print(f"| {k[:-2]} | {v} |")
-    print("\nDiT stage: " + ", ".join(f"{k} {v} s" for k, v in summary["dit"].get("seconds", {}).items()))
+    dit = summary.get("dit", {})  # absent when the run stopped before the DiT finished
+    print("\nDiT stage: " + ", ".join(f"{k} {v} s" for k, v in dit.get("seconds", {}).items()))
+    if dit.get("encode_seconds"):  # the setup's on-the-fly encoding of the clips, by part
+        print("DiT setup, encoding: " + ", ".join(f"{k} {v} s" for k, v in dit["encode_seconds"].items()))
     for key, name in (("cfg_sweep", "guidance"), ("steps_sweep", "sampling steps"), ("shift_sweep", "sampler shift"),
                       ("solver_sweep", "solver")):
         if summary.get(key):

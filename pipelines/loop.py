@@ -363,7 +363,8 @@ def run(cfg: LoopConfig) -> dict:
     _record_in_pipeline(pipeline, {"combo_split": split.to_dict(), "train_size": cfg.size})
     summary["dit"] = {"steps": dit["step"], "first_loss": dit["losses"][0] if dit["losses"] else None,
                       "last_loss": float(np.mean(dit["losses"][-10:])) if dit["losses"] else None,
-                      "seconds": dit["seconds"], "time_budget_s": dit["time_budget_s"]}
+                      "seconds": dit["seconds"], "encode_seconds": dit["encode_seconds"],
+                      "time_budget_s": dit["time_budget_s"]}
     summary["pipeline"] = str(pipeline)
     done("dit")
 

@@ -351,6 +351,9 @@ def test_run_text_loop_script_end_to_end_at_smoke_size(tmp_path, capsys):
     assert summary["clips"] == 12 and summary["seconds"]["total_s"] >= summary["seconds"]["dit_s"]
     for name in ("results.md", "results.json", "curves.png", "profile-ops.txt", "profile-trace.json.gz"):
         assert (tmp_path / "out" / name).is_file()
+    encode = summary["dit"]["encode_seconds"]  # where the setup's on-the-fly encoding went
+    assert set(encode) == {"read", "decode", "resize", "vae", "text"} and all(v >= 0 for v in encode.values())
+    assert 0 < sum(encode.values()) <= summary["dit"]["seconds"]["setup"] + 0.1 and "DiT setup, encoding: read" in out
     profile = json.loads((tmp_path / "out" / "profile-summary.json").read_text())  # 8 DiT steps: from step 4
     assert profile["first_step"] == 4 and profile["steps"] == 2 and "[profile] steps 4-5:" in out
 

@@ -163,6 +163,9 @@ class ClipSource:
                                                  vae_stride=self.vae.cfg.stride))
         self.memory: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
         self._lock = threading.Lock()
+        # where encoding's time went (s): shards read, clips decoded (threads), resized on the VAE's device, VAE
+        # (ends in a copy back, so the device's work is inside), text encoder
+        self.timings = dict.fromkeys(("read", "decode", "resize", "vae", "text"), 0.0)
         self.records: list[LatentRecord] = []
         self.rows: dict[str, dict] = {}
         c = self.vae.cfg.z_channels
@@ -197,7 +200,9 @@ class ClipSource:
 
         def parts() -> Iterator[tuple[list[LatentRecord], list]]:
             for file, recs in by_file.items():
+                t = time.perf_counter()
                 media = self._media(pq.ParquetFile(file).read(columns=self._media_columns(file)))
+                self.timings["read"] += time.perf_counter() - t
                 groups: dict[tuple, list[LatentRecord]] = {}
                 for r in recs:
                     groups.setdefault(tuple(r.latent_shape), []).append(r)
@@ -215,9 +220,13 @@ class ClipSource:
             device = next(self.vae.parameters()).device
             for part, media in parts():
                 buckets = [self.rows[r.clip_id]["bucket"] for r in part]
-                frames = pool.map(lambda mb: decode_frames(mb[0], 0, mb[1].frames, 1), zip(media, buckets))
-                self._encode_pixels(part, [resize_crop(f, (b.height, b.width), 1.0, 0.5, 0.5, device)
-                                           for f, b in zip(frames, buckets)])
+                t = time.perf_counter()
+                frames = list(pool.map(lambda mb: decode_frames(mb[0], 0, mb[1].frames, 1), zip(media, buckets)))
+                t1 = time.perf_counter()
+                pixels = [resize_crop(f, (b.height, b.width), 1.0, 0.5, 0.5, device) for f, b in zip(frames, buckets)]
+                self.timings["decode"] += t1 - t
+                self.timings["resize"] += time.perf_counter() - t1
+                self._encode_pixels(part, pixels)
                 bar.update(len(part))
 
     def _media_columns(self, file: str) -> list[str]:
@@ -236,9 +245,14 @@ class ClipSource:
     def _encode_pixels(self, recs: list[LatentRecord], pixels: list[torch.Tensor]) -> None:
         """:meth:`_encode` of clips already decoded to (3, T, H, W) each."""
         device = next(self.vae.parameters()).device
+        t = time.perf_counter()
         x = torch.stack(pixels).to(device)
         z = self.vae.encode(x).mode().float().cpu()  # (b, C, T', H', W')
-        for r, zi, ti in zip(recs, z, self._encode_texts(recs)):
+        t1 = time.perf_counter()
+        texts = self._encode_texts(recs)
+        self.timings["vae"] += t1 - t
+        self.timings["text"] += time.perf_counter() - t1
+        for r, zi, ti in zip(recs, z, texts):
             self.memory[r.clip_id] = (zi.clone(), ti)
 
     def _encode_texts(self, recs: list[LatentRecord]) -> list[dict[str, torch.Tensor]]:
@@ -796,8 +810,10 @@ def main(cfg: TrainDiTConfig) -> dict:
         writer.close()
     cleanup()
     seconds = {"setup": t0 - t_start, "loop": t_loop - t0, "samples": t_samples, "export": time.time() - t_loop}
+    encode = getattr(source, "timings", None)  # on-the-fly encoding only (a latent cache was encoded before)
     return {"losses": losses, "step": start + len(losses), "run_dir": str(run_dir), "world": info.world,
             "weights_digest": digest, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+            "encode_seconds": {k: round(v, 2) for k, v in encode.items()} if encode else None,
             "time_budget_s": round(budget, 1)}
 
 
