@@ -69,7 +69,8 @@ class LoopConfig:
     dit_t_uniform: float = 0.0  # train.train_dit.TrainDiTConfig.t_uniform
     dit_cooldown: float = 0.0  # train.train_dit.TrainDiTConfig.cooldown: lr to 0 over this last share of the run
     dit_profile_steps: int = 0  # train.train_dit.TrainDiTConfig.profile_steps: torch.profiler over this many DiT
-    # steps from step 50 (or half of dit_steps; OUT/dit/profile: seconds per step on the host and in GPU kernels, top ops, a trace)
+    # steps from step 50 (or half of dit_steps); OUT/dit/profile: seconds per step in all and in GPU kernels, top
+    # ops, a trace
     task_mix: tuple[float, ...] = (0.5, 0.15, 0.1, 0.05, 0.1, 0.1)  # train.train_dit.TrainDiTConfig.task_mix
     token_budget: int = 4096
     max_batch: int = 32

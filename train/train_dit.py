@@ -28,10 +28,8 @@ At the end a ``from_pretrained``-able pipeline is exported to ``RUN/pipeline`` (
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import os
-import shutil
 import threading
 import time
 from collections import deque
@@ -58,6 +56,7 @@ from pipelines.cache_latents import (
     CAPTION_KINDS, LatentReader, LatentRecord, bucket_for, clip_pixels, row_captions, scan_latents,
 )
 from train.config_cli import parse_config
+from train.profiling import StepProfiler
 from train.data import decode_frames, resize_crop
 from train.dist import all_reduce_mean, barrier, cleanup, init_distributed, out_of_time
 
@@ -494,70 +493,6 @@ def lr_at(cfg: TrainDiTConfig, step: int, progress: float | None = None) -> floa
 # ----------------------------------------------------------------------------------------------------------
 # Samples during training
 # ----------------------------------------------------------------------------------------------------------
-
-
-class StepProfiler:
-    """torch.profiler over the steps ``[first, first + n)`` of a run, and what it found (see
-    ``TrainDiTConfig.profile_steps``). ``step(i)`` goes before step i's work, ``done(i)`` after it; ``close()``
-    writes a window the run ended inside, with the steps it got."""
-
-    def __init__(self, out_dir: Path, first: int, n: int, device: torch.device):
-        self.out_dir, self.first, self.n, self.device = out_dir, first, n, device
-        self.prof, self.t0, self.steps, self.summary = None, 0.0, 0, None
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def step(self, i: int) -> None:
-        if self.prof is None and self.summary is None and i >= self.first:
-            from torch.profiler import ProfilerActivity, profile
-
-            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
-            self._sync()
-            self.prof = profile(activities=acts)
-            self.prof.__enter__()
-            self.first, self.t0 = i, time.perf_counter()
-
-    def done(self, i: int) -> None:
-        if self.prof is not None:
-            self.steps = i + 1 - self.first
-            if self.steps >= self.n:
-                self.close()
-
-    def close(self) -> dict | None:
-        if self.prof is None or not self.steps:
-            return self.summary
-        self._sync()
-        wall = time.perf_counter() - self.t0
-        prof, self.prof = self.prof, None
-        prof.__exit__(None, None, None)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        events = prof.key_averages()
-        on_device = self.device.type == "cuda"
-        kernels = sum(e.self_device_time_total for e in events) / 1e6 if on_device else None
-        n = self.steps
-        self.summary = {"first_step": self.first, "steps": n, "wall_s_per_step": wall / n,
-                        "device_s_per_step": kernels / n if on_device else None,
-                        "device_busy": kernels / wall if on_device else None,
-                        "host_ops_s_per_step": sum(e.self_cpu_time_total for e in events) / 1e6 / n}
-        tables = []
-        if on_device:
-            tables.append("Top ops by GPU time (self):\n" + events.table(
-                sort_by="self_device_time_total", row_limit=30))
-        tables.append("Top ops by host time (self):\n" + events.table(sort_by="self_cpu_time_total", row_limit=30))
-        (self.out_dir / "ops.txt").write_text("\n\n".join(tables))
-        trace = self.out_dir / "trace.json"
-        prof.export_chrome_trace(str(trace))
-        with open(trace, "rb") as src, gzip.open(str(trace) + ".gz", "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        trace.unlink()
-        (self.out_dir / "summary.json").write_text(json.dumps(self.summary, indent=1))
-        busy = (f", GPU kernels {self.summary['device_s_per_step']:.4f} s/step "
-                f"({100 * self.summary['device_busy']:.0f} % busy)") if on_device else ""
-        print(f"[profile] steps {self.first}-{self.first + n - 1}: {self.summary['wall_s_per_step']:.4f} s/step "
-              f"wall{busy} -> {self.out_dir}", flush=True)
-        return self.summary
 
 
 def write_samples(pipe, cfg: TrainDiTConfig, out_dir: Path, writer, step: int) -> list[Path]:
