@@ -1,8 +1,12 @@
 """Resolve ``--input`` (a folder, a glob, or a list file) into a sorted, deterministic list of inputs.
 
 Every candidate path ends up in the list, even the ones that cannot be used: a symlink that leads out of the
-input root, a missing file or a directory named like a video becomes an input with ``reject_reason`` set, so
-the build accounts for it in the failures table instead of silently skipping it.
+input root, a missing file, a directory named like a video, a FIFO or a device file, and a name that is not
+valid UTF-8 become inputs with ``reject_reason`` set, so the build accounts for each in the failures table
+instead of silently skipping it (or, for the name, failing the whole build when Arrow refuses the string).
+
+Every uri is absolute: Ray workers on other nodes (or started from another folder) resolve relative paths
+against their own working directory, so paths are made absolute here, on the driver, before any task sees them.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,15 +46,48 @@ def _within(path: str, root: str) -> bool:
     return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
+def printable_uri(path: str) -> str:
+    """``path`` as valid UTF-8 text. A name that is not UTF-8 reaches Python as lone surrogates
+    (``surrogateescape``), which Arrow and JSON refuse; its bad bytes are written as ``\\xNN`` instead."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
 def _item(uri: str, path: str, root: str | None) -> InputItem:
-    key = input_key(uri)
+    """One candidate. ``path`` is what the OS is asked for (it may hold surrogate-escaped bytes); ``uri`` is
+    its absolute, printable name, the one stored in every table."""
+    path = os.path.abspath(path)
+    uri = printable_uri(os.path.abspath(uri))
+    key = input_key(path)
+    if uri != path:
+        return InputItem(uri, path, key, "name-not-utf8",
+                         "the file name is not valid UTF-8 (bad bytes shown as \\xNN); rename it to include it")
     if root is not None and not _within(path, root):
         return InputItem(uri, path, key, "outside-input-root",
                          "the path resolves (through a symlink or '..') outside the input root")
-    if not os.path.exists(path):
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
         return InputItem(uri, path, key, "missing", "no such file (or a dangling symlink)")
-    if not os.path.isfile(path):
-        return InputItem(uri, path, key, "not-a-file", "the path is not a regular file")
+    except OSError as exc:
+        return InputItem(uri, path, key, "unreadable", f"{type(exc).__name__}: {exc.strerror}")
+    if not stat.S_ISREG(mode):
+        return InputItem(uri, path, key, "not-a-file", f"the path is {_kind(mode)}, not a regular file")
     return InputItem(uri, path, key)
 
 
@@ -69,13 +107,13 @@ def resolve_inputs(spec: str | os.PathLike | list[str], *, suffixes=VIDEO_SUFFIX
     spec = os.fspath(spec)
     items: list[InputItem] = []
     if os.path.isdir(spec):
-        root = spec
+        root = spec = os.path.abspath(spec)
         for dirpath, dirnames, filenames in os.walk(spec, followlinks=False):
             dirnames.sort()
             for name in dirnames:  # not followed; one that leads outside is reported, not silently skipped
                 path = os.path.join(dirpath, name)
-                if os.path.islink(path) and not _within(path, root):
-                    items.append(_item(path, path, root))
+                if (os.path.islink(path) and not _within(path, root)) or name.lower().endswith(suffixes):
+                    items.append(_item(path, path, root))  # ... and so is a directory named like a video
             for name in sorted(filenames):
                 if name.lower().endswith(suffixes):
                     path = os.path.join(dirpath, name)
@@ -87,16 +125,16 @@ def resolve_inputs(spec: str | os.PathLike | list[str], *, suffixes=VIDEO_SUFFIX
             if not line or line.startswith("#"):
                 continue
             path = line if os.path.isabs(line) else os.path.join(base, line)
-            items.append(_item(line, path, None))
+            items.append(_item(path, path, None))
     elif glob.has_magic(spec):
         fixed = []
         for part in Path(spec).parts:
             if glob.has_magic(part):
                 break
             fixed.append(part)
-        root = os.path.join(*fixed) if fixed else "."
+        root = os.path.abspath(os.path.join(*fixed) if fixed else ".")
         for path in sorted(glob.glob(spec, recursive=True)):
-            if os.path.isfile(path) or os.path.islink(path):
+            if not os.path.isdir(path) or path.lower().rstrip(os.sep).endswith(suffixes):
                 items.append(_item(path, path, root))
     elif os.path.exists(spec) or os.path.islink(spec):
         items.append(_item(spec, spec, None))

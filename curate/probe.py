@@ -7,6 +7,7 @@ never raises for bad input: a bad file becomes ``status`` ``rejected`` (we under
 
 What probe catches (cost: one header read, one short packet scan, at most two single-frame decodes):
 - ``not-found``, ``not-a-file``, ``empty-file``, ``too-large`` (file bytes, before hashing);
+- ``duplicate-content`` (the same bytes as another input of the build, when the caller passes ``claim``);
 - ``not-a-video`` (no container format recognised), ``still-image`` (an image demuxer opened it),
   ``no-video-stream`` (audio only; cover art does not count), ``no-decoder``, ``unknown-size``;
 - policy limits: ``codec-not-allowed``, ``too-large`` (width / height / pixels), ``too-small``, ``too-long``,
@@ -134,12 +135,18 @@ def display_rotation(frame, stream) -> int:
         return 0
 
 
-def probe(path: str | os.PathLike, limits: ProbeLimits = ProbeLimits(), uri: str | None = None) -> dict:
-    """Describe ``path`` and judge it against ``limits``; never raises for bad input (see module doc)."""
+def probe(path: str | os.PathLike, limits: ProbeLimits = ProbeLimits(), uri: str | None = None,
+          claim=None) -> dict:
+    """Describe ``path`` and judge it against ``limits``; never raises for bad input (see module doc).
+
+    ``claim(content_id) -> str | None``, when given, is asked right after hashing whether another input with the
+    same bytes was accepted or is in progress (it returns that input's uri): such an input is rejected as
+    ``duplicate-content`` before anything is decoded.
+    """
     row = dict.fromkeys(PROBE_KEYS)
     row.update(source_uri=uri if uri is not None else os.fspath(path), status="ok")
     try:
-        _probe_into(row, path, limits)
+        _probe_into(row, path, limits, claim)
     except _Verdict as v:
         row.update(status=v.status, reason=v.reason, message=v.message[:500], error_class=v.error_class)
     except (av.FFmpegError, OSError, MemoryError, ValueError, RuntimeError, EOFError, IndexError) as e:
@@ -147,7 +154,7 @@ def probe(path: str | os.PathLike, limits: ProbeLimits = ProbeLimits(), uri: str
     return row
 
 
-def _probe_into(row: dict, path, limits: ProbeLimits) -> None:
+def _probe_into(row: dict, path, limits: ProbeLimits, claim=None) -> None:
     """Fill ``row`` step by step; raise ``_Verdict`` at the first failed check."""
     # 1. the file itself: exists, regular, non-empty, not above the byte limit (checked before hashing)
     try:
@@ -164,6 +171,9 @@ def _probe_into(row: dict, path, limits: ProbeLimits) -> None:
     if st.st_size > limits.max_file_bytes:
         raise _Verdict("rejected", "too-large", f"{st.st_size} bytes > max_file_bytes {limits.max_file_bytes}")
     row["content_id"] = content_id(path)
+    holder = claim(row["content_id"]) if claim is not None else None
+    if holder is not None:
+        raise _Verdict("rejected", "duplicate-content", f"same bytes as {holder!r}")
 
     # 2. the header, with decoding disabled inside FFmpeg's stream analysis
     try:

@@ -13,11 +13,12 @@ re-started with the same command skips the inputs that have a done marker; a cha
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,7 @@ from curate.probe import ProbeLimits
 from curate.scenes import SceneConfig
 from curate.schema import SCHEMA_VERSION
 from curate.split import SampleConfig, SplitConfig
-from curate.store import BuildState, fingerprint
+from curate.store import BuildState, Lease, OutputLocked, fingerprint
 from pipelines import publish
 if TYPE_CHECKING:  # the caption stack loads only when --caption is used
     from caption.expand import ExpandConfig
@@ -154,7 +155,8 @@ def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: 
     items = [{"key": it.key, "uri": it.uri, "path": it.path, "reject_reason": it.reject_reason,
               "reject_message": it.message} for it in todo]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4096)))
-    ds = ds.map(ProbeStage, fn_constructor_kwargs={"limits": cfg.limits},                 # 1. probe (1:1)
+    ds = ds.map(ProbeStage, fn_constructor_kwargs={"limits": cfg.limits,                  # 1. probe (1:1)
+                                                   "claims_dir": str(state.content_claims())},
                 compute=Pool(min_size=1, max_size=n_split), num_cpus=res.probe_cpus)
     ds = ds.flat_map(SplitFlatMap, fn_constructor_kwargs={"cfg": cfg.split_config()},     # 2. scenes -> clips (1:N)
                      compute=Pool(min_size=1, max_size=n_split), num_cpus=res.split_cpus)
@@ -165,13 +167,13 @@ def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: 
                              "aesthetic_head": cfg.aesthetic_head}))
     for name, kwargs in scorers:
         gpus = res.clip_gpus if name == "clip" else 0
+        # on CPUs, one block (one input's clips, as the split stage emits them) per call: a batch size would hold
+        # an input's rows back until later inputs fill the batch, and done markers would land in bursts
         ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"name": name, "kwargs": kwargs},
-                            batch_size=res.score_batch_size, batch_format="pyarrow",
+                            batch_size=res.score_batch_size if gpus else None, batch_format="pyarrow",
                             compute=Pool(min_size=1, max_size=n_score),
                             num_cpus=res.score_cpus, num_gpus=gpus or None)
     if cfg.caption is not None:                                                          # 4. captions (adds columns)
-        from dataclasses import replace
-
         from caption.expand import ExpandConfig
 
         cache = str(state.state / "caption_cache.sqlite")
@@ -185,15 +187,65 @@ def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: 
     ds = ds.map_batches(StageWriter,                                                      # 5. stage shards
                         fn_constructor_kwargs={"root": str(state.root), "fingerprint": fp,
                                                "store_media": cfg.store_media},
-                        batch_size=64, batch_format="pyarrow", compute=Pool(size=1), num_cpus=res.write_cpus)
+                        # one block at a time: waiting for 64 rows would hold finished inputs back (the bar, done
+                        # markers and so resume would advance in bursts, often only at the very end)
+                        batch_size=None, batch_format="pyarrow", compute=Pool(size=1), num_cpus=res.write_cpus)
     return ds
 
 
+class BuildStopped(RuntimeError):
+    """A build that ended early for a reason the user can act on: one line for the terminal, an exit code."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+_DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
+                errno.EROFS: "the output is on a read-only filesystem", errno.EACCES: "permission denied"}
+
+
+def _disk_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` (Ray wraps a worker's error in its own class) when it is one we explain."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 def build(cfg: BuildConfig) -> dict:
-    """Run a build end to end; returns the summary (also written to ``summary.json``)."""
-    t_start = time.time()
+    """Run a build end to end; returns the summary (also written to ``summary.json``).
+
+    Raises :class:`BuildStopped` (one line, an exit code) when interrupted (SIGINT: 130), when another build
+    holds the output, or when the output cannot be written (full, read-only); what finished is kept and the
+    same command resumes.
+    """
+    cfg = replace(cfg, output=os.path.abspath(cfg.output))  # workers on other nodes must not resolve it themselves
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
+    resume = "run the same command again to resume"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with Lease(out):
+            return _build(cfg, out)
+    except OutputLocked as exc:
+        raise BuildStopped(f"{exc}", 3) from None
+    except KeyboardInterrupt:
+        done = len(list((out / "_state" / "done").glob("*.json")))
+        raise BuildStopped(f"interrupted: {done} inputs are done and kept in {out / '_state'}; {resume}",
+                           130) from None
+    except Exception as exc:
+        err = _disk_error(exc)
+        if err is None:
+            raise
+        raise BuildStopped(f"cannot write {err.filename or out}: {_DISK_ERRORS[err.errno]} ({err.strerror}); "
+                           f"inputs finished so far are kept: make room or fix the output, then {resume}",
+                           1) from None
+
+
+def _build(cfg: BuildConfig, out: Path) -> dict:
+    t_start = time.time()
     fp_config = cfg.fingerprinted()
     fp = fingerprint(fp_config)
     state = BuildState.open(out, fp, fp_config, overwrite=cfg.overwrite)
@@ -230,6 +282,9 @@ def _drive(ds, todo: list[InputItem], state: BuildState, cfg: BuildConfig) -> No
     bar = _progress(cfg, len(todo))
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         for r in batch.to_pylist():
+            if r.get("stop"):  # the writer could not write (full, read-only): stop with its error
+                err = json.loads(r["stop"])
+                raise OSError(err["errno"], err["strerror"], err["filename"])
             key = r["key"]
             seen[key].append(r)
             expected[key] = r["expected_rows"]

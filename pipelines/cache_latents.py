@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from curate.store import atomic_write_json, atomic_write_table, sha256_file
+from curate.store import atomic_write_json, atomic_write_table, open_dataset, sha256_file
 from model.buckets import Bucket, BucketConfig, assign_bucket, make_buckets
 from model.text import TextConfig, TextEncoder
 from model.vae import VAEConfig, VideoVAE, build_vae
@@ -325,7 +325,7 @@ def main(cfg: CacheLatentsConfig) -> dict:
     import ray
 
     src, dst = Path(cfg.input), Path(cfg.output)
-    shards = sorted((src / "clips").glob("*.parquet"))
+    shards = open_dataset(src).shards
     if not shards:
         raise FileNotFoundError(f"no clip shards in {src / 'clips'}")
     if cfg.overwrite and dst.exists():

@@ -36,6 +36,7 @@ from caption.expand import ExpandConfig, Expander, OpenAIEndpoint, expand_prompt
 from caption.frames import FrameConfig, make_frame_prep_fn
 from caption.sources import SourceConfig
 from caption.vlm import CaptionClipCheck, Captioner, VLMConfig, make_needs_frames
+from curate.store import open_dataset
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def main(cfg: CaptionPipelineConfig) -> dict:
     src, dst = Path(cfg.input), Path(cfg.output)
     if src.resolve() == dst.resolve():
         raise ValueError("--output must differ from --input (input shards are never modified)")
-    shards = sorted((src / "clips").glob("*.parquet"))
+    shards = open_dataset(src).shards
     if not shards:
         raise FileNotFoundError(f"no shards in {src / 'clips'}")
     (dst / "clips").mkdir(parents=True, exist_ok=True)

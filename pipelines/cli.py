@@ -109,7 +109,7 @@ def build_config_from_args(a):
 
 def _run_build(a) -> int:
     from curate.store import ConfigChanged
-    from pipelines.build import build
+    from pipelines.build import BuildStopped, build
 
     try:
         cfg = build_config_from_args(a)
@@ -121,6 +121,9 @@ def _run_build(a) -> int:
     except ConfigChanged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BuildStopped as exc:  # interrupted, output locked, full or read-only: one line, what was kept
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     return 0 if summary["inputs"]["adds_up"] else 1
 
 
@@ -139,10 +142,11 @@ def _add_filter(sub) -> None:
 
 def _run_filter(a) -> int:
     from curate.filter import FilterSpec
+    from curate.store import open_dataset
     from pipelines.publish import read_light, run_filters
 
     root = Path(a.dataset)
-    manifest = json.loads((root / "_manifest.json").read_text())
+    manifest = open_dataset(root).manifest
     table = read_light(root, manifest["shards"])
     spec = FilterSpec(expressions=tuple(a.where))
     if a.no_defaults:

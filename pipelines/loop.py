@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from curate import synth
+from curate.store import write_manifest
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ def write_shot_corpus(root: str | Path, num_clips: int, size: int = 128, frames:
     info = {"clips": num_clips, "shards": [Path(s).name for s in shards], "size": size, "frames": frames,
             "split": split.to_dict(), "seed": seed, "seconds": round(time.time() - t0, 1)}
     (root / "corpus.json").write_text(json.dumps(info, indent=1))
+    write_manifest(root, (root / "clips").glob("*.parquet"))
     return info
 
 

@@ -1,9 +1,14 @@
 """The driver-side end of a build: dedup, publish the clip table, filter, summary, manifest.
 
-Publishing rewrites the staged rows of every done input into ``clips/part-NNNNN.parquet`` in a fixed order
-(source uri, then start frame), so the same inputs and config always give the same shard names and contents,
-whatever order Ray finished them in. Shards are written under temp names and renamed; ``_manifest.json`` is
-written last and is the only list of shards a reader should trust.
+Publishing rewrites the staged rows of every done input into ``clips/part-NNNNN-<sha12>.parquet`` in a fixed
+order (source uri, then start frame), so the same inputs and config always give the same shard names and
+contents, whatever order Ray finished them in.
+
+A publish never overwrites a shard the current manifest lists: a shard's name carries its content hash, so a
+new publish writes new names (or finds an identical file already there). Order: shards, failures, selection,
+config, summary, then ``_manifest.json`` replaced atomically (its ``generation`` one higher), and only then the
+shards no manifest lists any more are deleted. A crash at any step leaves the old manifest with all its shards,
+or the new one with all of its: readers (``curate.store.open_dataset``) see one dataset or the other.
 """
 
 from __future__ import annotations
@@ -21,7 +26,17 @@ import pyarrow.parquet as pq
 from curate.dedup import dedup_methods, find_duplicates
 from curate.filter import apply_filters, keep_rates
 from curate.schema import CLIP_SCHEMA, FAILURE_SCHEMA, SCHEMA_VERSION, validate
-from curate.store import BuildState, atomic_write_json, atomic_write_table, sha256_file
+from curate.store import MANIFEST, BuildState, atomic_write_json, atomic_write_table, sha256_file, shard_record
+
+# Test hook: called with the name of each publish step once it is done ("shard", "failures", "selection", "config",
+# "summary", "manifest", "collect"); a test makes it raise to stand for a crash at that point.
+CRASH_HOOK = None
+
+
+def _step(name: str) -> None:
+    if CRASH_HOOK is not None:
+        CRASH_HOOK(name)
+
 
 _DEDUP_COLUMNS = ["clip_id", "source_uri", "content_id", "start_frame", "clip_embedding", "phash", "sharpness"]
 # Everything but the media: what filters, reports and dedup read.
@@ -81,10 +96,12 @@ def finalize(state: BuildState, cfg, fp: str, *, items, skipped: int, graph_wall
     failures = pa.concat_tables(fail_tables) if fail_tables else FAILURE_SCHEMA.empty_table()
     failures = failures.sort_by([("source_uri", "ascending"), ("clip_id", "ascending")])
     atomic_write_table(root / "failures.parquet", failures)
+    _step("failures")
 
     # 5. filter selection over the published light columns (thresholds can be changed later: `tessera filter`).
     table = read_light(root, shards)
     selection = run_filters(root, table, cfg.filters)
+    _step("selection")
 
     # 6. the numbers.
     outcomes = Counter(r["outcome"] for r in records)
@@ -113,6 +130,7 @@ def finalize(state: BuildState, cfg, fp: str, *, items, skipped: int, graph_wall
         "time_per_stage_s": {k: round(v, 3) for k, v in sorted(times.items())},
         "graph_wall_s": round(graph_wall_s, 3),
         "shards": len(shards),
+        "failures_rows": failures.num_rows,
     }
     summary["stages"] = _stage_counts(records, failures, table, dup_of, selection)
     summary["inputs"]["adds_up"] = (summary["inputs"]["accepted"] + summary["inputs"]["rejected"]
@@ -123,6 +141,7 @@ def finalize(state: BuildState, cfg, fp: str, *, items, skipped: int, graph_wall
 
 def _publish(root: Path, accepted: list[dict], clip_files: dict, dup_of: dict, method: dict,
              rows_per_file: int, row_group_size: int) -> list[dict]:
+    """Write the clip shards under content-named files; returns their manifest entries. Deletes nothing."""
     out_dir = root / "clips"
     out_dir.mkdir(exist_ok=True)
     shards: list[dict] = []
@@ -135,11 +154,15 @@ def _publish(root: Path, accepted: list[dict], clip_files: dict, dup_of: dict, m
         if writer is None:
             return
         writer.close()
-        final = out_dir / f"part-{len(shards):05d}.parquet"
-        os.replace(tmp_path, final)
-        shards.append({"path": str(final.relative_to(root)), "rows": rows_in_file,
-                       "bytes": final.stat().st_size, "sha256": sha256_file(final)})
+        digest = sha256_file(tmp_path)
+        final = out_dir / f"part-{len(shards):05d}-{digest[:12]}.parquet"
+        if final.exists() and final.stat().st_size == tmp_path.stat().st_size and sha256_file(final) == digest:
+            tmp_path.unlink()  # the same bytes are already published under this name: leave that file alone
+        else:
+            os.replace(tmp_path, final)
+        shards.append(shard_record(root, str(final.relative_to(root)), rows_in_file))
         writer, tmp_path, rows_in_file = None, None, 0
+        _step("shard")
 
     for rec in accepted:
         t = _read(root, clip_files[rec["key"]])
@@ -164,11 +187,26 @@ def _publish(root: Path, accepted: list[dict], clip_files: dict, dup_of: dict, m
             if rows_in_file >= rows_per_file:
                 close()
     close()
-    keep = {Path(s["path"]).name for s in shards}
-    for p in out_dir.glob("part-*.parquet"):  # shards of an earlier, larger publish
-        if p.name not in keep:
-            p.unlink()
     return shards
+
+
+def collect_old_shards(root: Path, shards: list[dict]) -> int:
+    """After the manifest is replaced: delete clip shards it does not list (earlier publishes, temp files)."""
+    keep = {Path(s["path"]).name for s in shards}
+    n = 0
+    for p in sorted((root / "clips").glob("*")):
+        if p.is_file() and p.name not in keep and (p.name.startswith("part-") or p.name.endswith(".tmp")):
+            p.unlink()
+            n += 1
+            _step("collect")
+    return n
+
+
+def _generation(root: Path) -> int:
+    try:
+        return int(json.loads((root / MANIFEST).read_text()).get("generation", 0))
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def read_light(root: Path, shards: list[dict]) -> pa.Table:
@@ -226,17 +264,23 @@ def _model_status(table: pa.Table, cfg) -> dict:
 
 
 def write_summary_and_manifest(state: BuildState, summary: dict, cfg, fp: str) -> None:
+    """The last steps of a publish: config, summary, the manifest (atomic rename), then old shards go."""
     root = state.root
     shards = summary.pop("_shards")
     atomic_write_json(root / "config.json", {"fingerprint": fp, "config": cfg.fingerprinted(),
                                              "filters": json.loads(json.dumps(cfg.filters, default=_asdict))})
+    _step("config")
     atomic_write_json(root / "summary.json", summary)
-    atomic_write_json(root / "_manifest.json", {
+    _step("summary")
+    failures = shard_record(root, "failures.parquet", summary["failures_rows"])
+    atomic_write_json(root / MANIFEST, {
         "format": "tessera-clips", "schema_version": SCHEMA_VERSION, "fingerprint": fp,
-        "created_at": summary["created_at"], "shards": shards,
+        "generation": _generation(root) + 1, "created_at": summary["created_at"], "shards": shards,
         "rows": sum(s["rows"] for s in shards),
-        "tables": {"failures": "failures.parquet", "selection": "selection.parquet", "summary": "summary.json"},
+        "tables": {"failures": failures, "selection": "selection.parquet", "summary": "summary.json"},
     })
+    _step("manifest")
+    collect_old_shards(root, shards)
 
 
 def _asdict(obj):

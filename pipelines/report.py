@@ -34,6 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.store import open_dataset
+
 # Colours of the page; the Chromium test looks for PRIMARY in the screenshot.
 PRIMARY = "#2f6db5"  # histograms, pass rates
 ACCENT = "#d1495b"  # thresholds, rejections, failures
@@ -101,11 +103,8 @@ def _inside(root: Path, rel: str) -> Path:
 
 def load_dataset(root: Path) -> Dataset:
     """Read the manifest's shards without their media columns, plus selection, failures and summary."""
-    manifest_path = root / "_manifest.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{root} is not a finished dataset: no _manifest.json (a build writes it last)")
-    manifest = json.loads(manifest_path.read_text())
-    shard_paths = [_inside(root, s["path"]) for s in manifest.get("shards", [])]
+    opened = open_dataset(root)  # only the manifest's shards, each checked against it
+    manifest, shard_paths = opened.manifest, opened.shards
     tables = []
     for i, path in enumerate(shard_paths):
         schema = pq.read_schema(path)
@@ -125,7 +124,7 @@ def load_dataset(root: Path) -> Dataset:
     if not summary:
         notes.append("no summary.json: input counts and time per stage are unavailable")
     selection = pq.read_table(root / "selection.parquet") if (root / "selection.parquet").is_file() else None
-    failures = pq.read_table(root / "failures.parquet") if (root / "failures.parquet").is_file() else None
+    failures = pq.read_table(opened.table_path("failures")) if opened.table_path("failures") else None
     return Dataset(root, manifest, clips, shard_paths, selection, failures, summary, notes)
 
 

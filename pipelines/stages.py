@@ -8,9 +8,11 @@ error becomes a status on the row instead.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,11 @@ from curate.probe import ProbeLimits, probe
 from curate.sandbox import Sandbox, SandboxCrashed, SandboxError, SandboxTimeout
 from curate.schema import CAPTION_COLUMNS, CLIP_SCHEMA, FAILURE_SCHEMA, SCHEMA_VERSION, validate
 from curate.split import SPLIT_KEYS, SplitConfig, SplitStage, status_row
-from curate.store import atomic_write_bytes, atomic_write_table
+from curate.store import atomic_write_bytes, atomic_write_table, claim_content
+
+# Write errors that no retry can fix: the writer reports them as data (a ``stop`` cell) and the driver ends the
+# build with one line, instead of Ray aborting the dataset with a traceback per actor.
+STOP_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 
 TIMING_COLUMNS = ("t_probe", "t_split", "t_score_basic", "t_score_ocr", "t_score_clip", "t_caption", "t_write")
 
@@ -34,9 +40,10 @@ class ProbeStage:
     Probe runs in a sandbox worker too: a header that sends FFmpeg into a loop costs this input, not the run.
     """
 
-    def __init__(self, limits: ProbeLimits, timeout_s: float = 120.0):
+    def __init__(self, limits: ProbeLimits, timeout_s: float = 120.0, claims_dir: str | None = None):
         self.limits = limits
         self.timeout_s = timeout_s
+        self.claims_dir = claims_dir  # where content ids are claimed (same bytes twice: the second is rejected)
         self.sandbox = Sandbox()
 
     def __call__(self, item: dict) -> dict:
@@ -46,7 +53,9 @@ class ProbeStage:
                    "error_class": None, "content_id": None}
         else:
             try:
-                row = self.sandbox.run(probe, item["path"], self.limits, uri=item["uri"], timeout_s=self.timeout_s)
+                claim = partial(claim_content, self.claims_dir, item["key"], item["uri"]) if self.claims_dir else None
+                row = self.sandbox.run(probe, item["path"], self.limits, uri=item["uri"], claim=claim,
+                                       timeout_s=self.timeout_s)
             except SandboxTimeout as exc:
                 row = _probe_failure("probe-timeout", "SandboxTimeout", str(exc))
             except SandboxCrashed as exc:
@@ -205,6 +214,32 @@ class StageWriter:
         for r in rows:
             by_key.setdefault(r["key"], []).append(r)
         file_of: dict[int, str | None] = {}
+        stop = None
+        try:
+            self._write(by_key, file_of)
+        except OSError as exc:  # full, read-only: every later write fails too; the driver stops the build
+            if exc.errno not in STOP_ERRNOS:
+                raise
+            stop = json.dumps({"errno": exc.errno, "strerror": exc.strerror,
+                               "filename": exc.filename and str(exc.filename)})
+        dt = (time.perf_counter() - t0) / max(1, len(rows))
+        out = {
+            "key": [r["key"] for r in rows],
+            "row_kind": [r["row_kind"] for r in rows],
+            "outcome": [r["outcome"] for r in rows],
+            "expected_rows": [r["expected_rows"] for r in rows],
+            "file": [file_of.get(id(r)) for r in rows],
+            "source_uri": [r["source_uri"] for r in rows],
+            "content_id": [r["content_id"] for r in rows],
+            "source_duration_s": [r["source_duration_s"] for r in rows],
+            "source_frames": [r["source_frames"] for r in rows],
+            "stop": [stop] * len(rows),
+        }
+        for c in TIMING_COLUMNS:
+            out[c] = [float(r.get(c) or 0.0) + (dt if c == "t_write" else 0.0) for r in rows]
+        return pa.table(out)
+
+    def _write(self, by_key: dict[str, list[dict]], file_of: dict[int, str | None]) -> None:
         for key, group in by_key.items():
             clips = [r for r in group if r["row_kind"] == "clip"]
             fails = [r for r in group if r["row_kind"] != "clip"]
@@ -221,21 +256,6 @@ class StageWriter:
                 atomic_write_table(path, _failure_table(fails))
                 for r in fails:
                     file_of[id(r)] = str(path.relative_to(self.root))
-        dt = (time.perf_counter() - t0) / max(1, len(rows))
-        out = {
-            "key": [r["key"] for r in rows],
-            "row_kind": [r["row_kind"] for r in rows],
-            "outcome": [r["outcome"] for r in rows],
-            "expected_rows": [r["expected_rows"] for r in rows],
-            "file": [file_of.get(id(r)) for r in rows],
-            "source_uri": [r["source_uri"] for r in rows],
-            "content_id": [r["content_id"] for r in rows],
-            "source_duration_s": [r["source_duration_s"] for r in rows],
-            "source_frames": [r["source_frames"] for r in rows],
-        }
-        for c in TIMING_COLUMNS:
-            out[c] = [float(r.get(c) or 0.0) + (dt if c == "t_write" else 0.0) for r in rows]
-        return pa.table(out)
 
     def _clip_table(self, clips: list[dict]) -> pa.Table:
         records = []

@@ -76,7 +76,14 @@ def corpus(tmp_path_factory) -> dict:
     outside = root / "outside.mp4"
     shutil.copy(good[1], outside)
     os.symlink(outside, videos / "link_out.mp4")
-    return {"root": root, "videos": videos, "good": good, "bad": bad, "hostile": hostile}
+    # names and file kinds that once broke every build (or vanished): each must cost one input, with a reason
+    not_utf8 = os.path.join(os.fsencode(videos), b"x\xff.mp4")
+    shutil.copy(good[1], not_utf8)
+    (videos / "folder.mp4").mkdir()
+    os.mkfifo(videos / "pipe.mp4")
+    special = {"not_utf8": str(videos / "x\\xff.mp4"), "folder": str(videos / "folder.mp4"),
+               "fifo": str(videos / "pipe.mp4")}
+    return {"root": root, "videos": videos, "good": good, "bad": bad, "hostile": hostile, "special": special}
 
 
 def _build(inputs, out: Path, **kw):
@@ -137,7 +144,14 @@ def test_bad_inputs_get_their_reason(built, corpus):
     assert reason[str(bad["one_frame"])][0] == "rejected"
     dup = reason[str(corpus["videos"] / "c_same_bytes_as_a.mp4")]
     assert dup == ("rejected", "duplicate-content")
+    (dup_row,) = [r for r in failures if r["source_uri"] == str(corpus["videos"] / "c_same_bytes_as_a.mp4")]
+    assert dup_row["stage"] == "probe"  # known at probe (its hash), so never decoded, cut or scored
+    assert str(corpus["videos"] / "a_good.mp4") in dup_row["message"]
     assert reason[str(corpus["videos"] / "link_out.mp4")] == ("rejected", "outside-input-root")
+    special = corpus["special"]
+    assert reason[special["not_utf8"]] == ("rejected", "name-not-utf8")
+    assert reason[special["folder"]] == ("rejected", "not-a-file")
+    assert reason[special["fifo"]] == ("rejected", "not-a-file")
     for path in corpus["hostile"]:
         assert str(path) in reason or str(path) in set(_clip_table(out)[0].column("source_uri").to_pylist())
 
@@ -207,37 +221,89 @@ def test_filter_changes_without_rescoring(built):
     assert before == after  # shards untouched
 
 
+def _start_build(inputs, out: Path) -> subprocess.Popen:
+    """``tessera build`` in a child process (its own session, so a kill reaches its whole group)."""
+    env = dict(os.environ, TESSERA_OBJECT_STORE_BYTES="300000000")
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "build", "--input", str(inputs), "--output",
+                             str(out), "--quiet"], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_done(proc: subprocess.Popen, out: Path, n: int) -> None:
+    done = out / "_state" / "done"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if done.exists() and len(list(done.glob("*.json"))) >= n:
+            return
+        time.sleep(0.05)
+
+
 def test_resume_after_kill_equals_uninterrupted(ray_local, corpus, tmp_path, built):
     """Kill a build (SIGKILL, in a child process) once some inputs are done; the re-run completes and the
-    published clip set equals the uninterrupted run's."""
+    published clip set equals the uninterrupted run's. Done markers land one input at a time (no stage holds an
+    input's rows back for later inputs), so the kill comes while most inputs are still to do."""
     reference, _ = built
-    env = dict(os.environ, TESSERA_OBJECT_STORE_BYTES="300000000")
-    for attempt in range(3):  # done markers can land in bursts: a build may finish before it could be killed
-        out = tmp_path / f"killed-{attempt}"
-        code = ("import sys; sys.path.insert(0, %r); from pipelines.cli import main; "
-                "sys.exit(main(['build', '--input', %r, '--output', %r, '--quiet']))"
-                % (str(REPO), str(corpus["videos"]), str(out)))
-        proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        done = out / "_state" / "done"
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            if done.exists() and len(list(done.glob("*.json"))) >= 3:
-                break
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        killed = not (out / "_manifest.json").exists()  # published means it finished (it may still have been
-        if killed:                                        # shutting Ray down when the kill came)
-            break
-    assert killed, "the build finished before it could be killed, three times; make the corpus larger"
-    summary = _build(corpus["videos"], out)
+    out = tmp_path / "killed"
+    proc = _start_build(corpus["videos"], out)
+    _wait_done(proc, out, 3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "_manifest.json").exists(), "the build finished before it could be killed"
+    summary = _build(corpus["videos"], out)  # the dead build's lease (same host, dead pid) is taken over
     assert summary["inputs"]["resumed_skipped"] >= 3
     ref_table, _ = _clip_table(reference)
     table, _ = _clip_table(out)
     ids = table.column("clip_id").to_pylist()
     assert len(ids) == len(set(ids))
     assert sorted(ids) == sorted(ref_table.column("clip_id").to_pylist())
+
+
+def test_sigint_says_what_was_kept_and_a_second_build_is_refused(ray_local, corpus, tmp_path):
+    from curate.store import LEASE
+
+    out = tmp_path / "interrupted"
+    proc = _start_build(corpus["videos"], out)
+    _wait_done(proc, out, 2)
+    second = subprocess.run([sys.executable, "-m", "pipelines.cli", "build", "--input", str(corpus["videos"]),
+                             "--output", str(out), "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 3
+    assert second.stderr.strip().splitlines()[-1].startswith(f"error: {out} is being built by pid {proc.pid} on ")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: interrupted: ") and "run the same command again to resume" in last, last
+    assert "Traceback" not in err
+    kept = int(last.split("interrupted: ")[1].split()[0])
+    assert kept == len(list((out / "_state" / "done").glob("*.json"))) >= 2
+    assert not (out / LEASE).exists()  # released on the way out
+
+
+def _mount_tmpfs(path: Path, options: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_full_and_read_only_outputs_end_in_one_line(ray_local, corpus, tmp_path):
+    full, ro = tmp_path / "full", tmp_path / "ro"
+    if not _mount_tmpfs(full, "size=160k"):
+        pytest.skip("cannot mount a small tmpfs here (needs root): no way to fill a disk safely")
+    try:
+        assert _mount_tmpfs(ro, "size=64k,ro")
+        listing = tmp_path / "good.txt"
+        listing.write_text("".join(f"{p}\n" for p in corpus["good"]))
+        for out, words in ((full / "ds", "the disk is full"), (ro / "ds", "read-only")):
+            run = subprocess.run([sys.executable, "-m", "pipelines.cli", "build", "--input", str(listing),
+                                  "--output", str(out), "--quiet"], cwd=REPO, capture_output=True, text=True,
+                                 timeout=300, env=dict(os.environ, TESSERA_OBJECT_STORE_BYTES="300000000"))
+            assert run.returncode == 1, run.stderr[-2000:]
+            last = run.stderr.strip().splitlines()[-1]
+            assert last.startswith("error: cannot write ") and words in last, last
+            assert "Traceback" not in run.stderr
+    finally:
+        for path in (full, ro):
+            subprocess.run(["umount", str(path)], capture_output=True)
 
 
 def test_build_with_inline_captions(ray_local, corpus, tmp_path, ray_data_log):
@@ -267,3 +333,67 @@ def test_build_with_inline_captions(ray_local, corpus, tmp_path, ray_data_log):
         assert secret not in f.read_text(), f
     assert not ray_data_log.deprecations()  # every stage of the graph uses Ray Data's current API
     assert not [r for r in ray_data_log if "Progress bars disabled" in r.getMessage()]  # we show our own
+
+
+class _Crash(Exception):
+    pass
+
+
+def _republish(out: Path, items, crash_at: int | None = None) -> list[str]:
+    """Publish ``out`` again over ``items``; with ``crash_at``, die at that publish step (counting from 0)."""
+    from curate.store import BuildState
+    from pipelines import publish
+    from pipelines.build import BuildConfig
+
+    steps: list[str] = []
+
+    def hook(name):
+        steps.append(name)
+        if crash_at is not None and len(steps) - 1 == crash_at:
+            raise _Crash(name)
+
+    cfg = BuildConfig(input="unused", output=str(out), progress=False, rows_per_file=3)
+    fp = json.loads((out / "config.json").read_text())["fingerprint"]
+    publish.CRASH_HOOK = hook
+    try:
+        summary = publish.finalize(BuildState(out), cfg, fp, items=items, skipped=0, graph_wall_s=0.0)
+        summary["wall_s"] = 0.0
+        publish.write_summary_and_manifest(BuildState(out), summary, cfg, fp)
+    finally:
+        publish.CRASH_HOOK = None
+    return steps
+
+
+def _published_ids(out: Path) -> list[str]:
+    from curate.store import open_dataset
+
+    table = open_dataset(out, verify_sha256=True).read(["clip_id"])
+    return sorted(table.column("clip_id").to_pylist()) if table is not None else []
+
+
+def test_publish_crash_at_every_step_leaves_old_or_new(built, corpus, tmp_path):
+    """A re-publish (one input fewer, other shard sizes) killed after each of its steps: a reader sees the old
+    dataset or the new one, whole and verified, never a mix; the next publish finishes and leaves no orphans."""
+    reference, _ = built
+    items = [it for it in resolve_inputs(corpus["videos"]) if Path(it.uri).name != "b_good.mp4"]
+    old = _published_ids(reference)
+    dry = tmp_path / "dry"
+    shutil.copytree(reference, dry)
+    steps = _republish(dry, items)
+    new = _published_ids(dry)
+    assert new and set(new) < set(old)  # the new publish really differs
+    assert {"shard", "failures", "selection", "summary", "manifest", "collect"} <= set(steps)
+    old_manifest = json.loads((reference / "_manifest.json").read_text())
+    for i, step in enumerate(steps):
+        out = tmp_path / f"crash-{i}"
+        shutil.copytree(reference, out)
+        with pytest.raises(_Crash):
+            _republish(out, items, crash_at=i)
+        seen = _published_ids(out)
+        assert seen in (old, new), f"crash after step {i} ({step}): a mix"
+        manifest = json.loads((out / "_manifest.json").read_text())
+        assert manifest["generation"] == old_manifest["generation"] + (seen == new)
+        _republish(out, items)  # the re-run completes the publish
+        assert _published_ids(out) == new
+        listed = {Path(s["path"]).name for s in json.loads((out / "_manifest.json").read_text())["shards"]}
+        assert {p.name for p in (out / "clips").iterdir()} == listed, "old shards not collected"

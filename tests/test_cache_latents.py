@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from curate.store import write_manifest
 from model.buckets import BucketConfig, make_buckets
 from model.checkpoint import save_checkpoint
 from model.text import TextConfig, TextEncoder
@@ -46,6 +47,7 @@ def write_captioned_dataset(root: Path) -> list[str]:
     for k in range(2):
         pq.write_table(pa.Table.from_pylist(rows[3 * k: 3 * k + 3], schema=schema),
                        root / "clips" / f"part-{k:05d}.parquet")
+    write_manifest(root, (root / "clips").glob("*.parquet"))  # readers open a dataset through its manifest
     ids = [r["clip_id"] for r in rows]
     pq.write_table(pa.table({"clip_id": ids, "keep": [cid != "c05" for cid in ids]}), root / "selection.parquet")
     return ids

@@ -14,6 +14,7 @@ import pytest
 from caption.expand import ExpandConfig, OpenAIEndpoint
 from caption.frames import FrameConfig
 from caption.vlm import VLMConfig
+from curate.store import write_manifest
 from openai_server import FakeOpenAIServer, write_clip_shards
 from pipelines.caption import CaptionPipelineConfig, cli, main
 
@@ -42,6 +43,7 @@ def _dataset(tmp_path: Path) -> tuple[Path, list[dict]]:
     pq.write_table(t0, src / "clips" / "part-00000.parquet")
     (src / "b" / "media").rename(src / "media")
     pq.write_table(pq.read_table(src / "b" / "clips" / "part-00000.parquet"), src / "clips" / "part-00001.parquet")
+    write_manifest(src, (src / "clips").glob("*.parquet"))  # readers open a dataset through its manifest
     return src, rows
 
 

@@ -56,9 +56,10 @@ def test_list_file_relative_paths_comments_and_missing(tmp_path):
     lst = tmp_path / "inputs.txt"
     lst.write_text("# my videos\nv/one.mp4\n\nv/missing.mp4\n")
     items = {i.uri: i for i in resolve_inputs(lst)}
-    assert set(items) == {"v/one.mp4", "v/missing.mp4"}
-    assert items["v/one.mp4"].reject_reason is None
-    assert items["v/missing.mp4"].reject_reason == "missing"
+    one, missing = str(tmp_path / "v" / "one.mp4"), str(tmp_path / "v" / "missing.mp4")
+    assert set(items) == {one, missing}  # absolute: a worker started elsewhere resolves them the same way
+    assert items[one].reject_reason is None
+    assert items[missing].reject_reason == "missing"
 
 
 def test_glob_and_unknown_spec(tmp_path):
@@ -68,3 +69,38 @@ def test_glob_and_unknown_spec(tmp_path):
     assert [Path(i.uri).name for i in items] == ["1.mp4"]
     with pytest.raises(FileNotFoundError):
         resolve_inputs(str(tmp_path / "nope"))
+
+
+def test_relative_specs_become_absolute(tmp_path, monkeypatch):
+    _touch(tmp_path / "v" / "a.mp4")
+    monkeypatch.chdir(tmp_path)
+    for spec in ("v", "v/*.mp4", "v/a.mp4"):
+        items = resolve_inputs(spec)
+        assert [i.uri for i in items] == [str(tmp_path / "v" / "a.mp4")], spec
+        assert items[0].path == items[0].uri and items[0].reject_reason is None
+
+
+def test_special_files_and_bad_names_are_reported_not_skipped(tmp_path):
+    """Each of these is one input with a reason: never skipped silently, never allowed to break a table."""
+    root = tmp_path / "root"
+    _touch(root / "ok.mp4")
+    (root / "dir.mp4").mkdir()
+    _touch(root / "dir.mp4" / "inner.mp4")  # a real video inside a folder named like one: still found
+    os.mkfifo(root / "pipe.mp4")
+    bad = os.path.join(os.fsencode(root), b"x\xff.mp4")
+    with open(bad, "wb") as f:
+        f.write(b"x")
+    items = {Path(i.uri).name: i for i in resolve_inputs(root)}
+    assert set(items) == {"ok.mp4", "dir.mp4", "inner.mp4", "pipe.mp4", "x\\xff.mp4"}
+    assert items["ok.mp4"].reject_reason is None and items["inner.mp4"].reject_reason is None
+    assert items["dir.mp4"].reject_reason == "not-a-file" and "directory" in items["dir.mp4"].message
+    assert items["pipe.mp4"].reject_reason == "not-a-file" and "FIFO" in items["pipe.mp4"].message
+    odd = items["x\\xff.mp4"]
+    assert odd.reject_reason == "name-not-utf8"
+    odd.uri.encode("utf-8")  # printable: Arrow and JSON take it
+    assert os.fsencode(odd.path) == bad  # the real name is kept, as bytes, for the OS
+    # a device file named in a list (the list names files on purpose, so no root check applies)
+    lst = tmp_path / "devices.txt"
+    lst.write_text("/dev/null\n")
+    (dev,) = resolve_inputs(lst)
+    assert dev.reject_reason == "not-a-file" and "device" in dev.message

@@ -170,3 +170,22 @@ def test_real_rotation_vfr_and_aspect(shared_data):
     assert pal["sample_aspect"] == pytest.approx(16 / 11) and pal["display_width"] == 1024
     late = probe(shared_data / "pyscenedetect/delayed_start.mp4")
     assert late["start_time_s"] == pytest.approx(1.075)
+
+
+def test_known_content_is_rejected_before_any_decode(videos, tmp_path):
+    """The claim is asked right after hashing: a file that would fail to open is still a duplicate, so the
+    container was never opened."""
+    not_video = tmp_path / "text.mp4"
+    not_video.write_text("not a video at all")
+    assert probe(not_video)["reason"] == "not-a-video"
+    asked = []
+
+    def claim(cid):
+        asked.append(cid)
+        return "/videos/first.mp4"
+
+    row = probe(not_video, claim=claim)
+    assert (row["status"], row["reason"]) == ("rejected", "duplicate-content")
+    assert "/videos/first.mp4" in row["message"] and asked == [content_id(not_video)] == [row["content_id"]]
+    good = probe(videos["good"], claim=lambda cid: None)  # this input holds the claim: probed as usual
+    assert good["status"] == "ok"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from curate.schema import CLIP_SCHEMA, SchemaError, clip_id, rows_to_table, validate
-from curate.store import BuildState, ConfigChanged, atomic_write_table, fingerprint
+from curate.store import (BuildState, ConfigChanged, DatasetError, DatasetNotFound, atomic_write_json,
+                          atomic_write_table, fingerprint, open_dataset, write_manifest)
 
 
 def test_fingerprint_is_order_independent():
@@ -16,11 +19,13 @@ def test_fingerprint_is_order_independent():
 
 
 def test_changed_config_refused_then_overwrite_wipes(tmp_path):
-    s = BuildState.open(tmp_path, "fp1", {"x": 1})
+    s = BuildState.open(tmp_path, "fp1", {"x": 1, "clips": {"min_s": 2.0, "max_s": 9}})
     (tmp_path / "clips").mkdir()
     (tmp_path / "clips" / "part-00000.parquet").write_bytes(b"old")
-    with pytest.raises(ConfigChanged, match="changed: x"):
-        BuildState.open(tmp_path, "fp2", {"x": 2})
+    with pytest.raises(ConfigChanged, match=r"changed: x: 1 -> 2\)"):
+        BuildState.open(tmp_path, "fp2", {"x": 2, "clips": {"min_s": 2.0, "max_s": 9}})
+    with pytest.raises(ConfigChanged, match=r"changed: clips.min_s: 2.0 -> 3.0; x: 1 -> 2\)"):
+        BuildState.open(tmp_path, "fp2", {"x": 2, "clips": {"min_s": 3.0, "max_s": 9}})
     BuildState.open(tmp_path, "fp2", {"x": 2}, overwrite=True)
     assert not (tmp_path / "clips").exists()
     assert s.root == tmp_path
@@ -55,3 +60,95 @@ def test_schema_validation_names_offenders():
     with pytest.raises(SchemaError, match="required column 'clip_id'"):
         validate(t.drop(["clip_id"]))
     assert clip_id("c", 0, 10) != clip_id("c", 0, 11) and len(clip_id("c", 0, 10)) == 24
+
+
+def _tiny_dataset(root):
+    for i in range(2):
+        atomic_write_table(root / "clips" / f"part-{i:05d}.parquet", pa.table({"clip_id": [f"c{i}a", f"c{i}b"]}))
+    return write_manifest(root, sorted((root / "clips").glob("*.parquet")))
+
+
+def test_open_dataset_reads_only_the_manifest_and_checks_it(tmp_path):
+    manifest = _tiny_dataset(tmp_path)
+    assert manifest["rows"] == 4 and all(s["bytes"] and len(s["sha256"]) == 64 for s in manifest["shards"])
+    atomic_write_table(tmp_path / "clips" / "part-99999.parquet", pa.table({"clip_id": ["stray"]}))  # unlisted
+    ds = open_dataset(tmp_path, verify_sha256=True)
+    assert ds.read(["clip_id"]).column("clip_id").to_pylist() == ["c0a", "c0b", "c1a", "c1b"]
+    assert ds.rows == 4
+
+    shard = tmp_path / manifest["shards"][0]["path"]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes: only the hash can tell
+    shard.write_bytes(bytes(data))
+    open_dataset(tmp_path)  # sizes match
+    with pytest.raises(DatasetError, match="sha256"):
+        open_dataset(tmp_path, verify_sha256=True)
+    shard.write_bytes(bytes(data) + b"x")
+    with pytest.raises(DatasetError, match="bytes"):
+        open_dataset(tmp_path)
+    shard.unlink()
+    with pytest.raises(DatasetError, match="missing"):
+        open_dataset(tmp_path)
+
+
+def test_open_dataset_refuses_unfinished_and_escaping_manifests(tmp_path):
+    with pytest.raises(DatasetNotFound, match="no _manifest.json"):
+        open_dataset(tmp_path)
+    atomic_write_json(tmp_path / "_manifest.json", {"shards": [{"path": "../outside.parquet", "rows": 1}]})
+    with pytest.raises(DatasetError, match="outside the dataset"):
+        open_dataset(tmp_path)
+
+
+def test_lease_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import time
+
+    from curate.store import LEASE, Lease, OutputLocked
+
+    with Lease(tmp_path) as first:
+        held = json.loads((tmp_path / LEASE).read_text())
+        assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
+        with pytest.raises(OutputLocked, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+            Lease(tmp_path).acquire()
+        assert first.path.exists()
+    assert not (tmp_path / LEASE).exists()  # released
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that existed on this host and is gone
+    atomic_write_json(tmp_path / LEASE, {"host": socket.gethostname(), "pid": dead.pid, "heartbeat": time.time(),
+                                         "token": "old"})
+    with Lease(tmp_path):
+        assert json.loads((tmp_path / LEASE).read_text())["pid"] == os.getpid()
+
+    # a holder on another host: alive while it beats, stale once the heartbeat is older than the limit
+    other = {"host": "node-17", "pid": 1, "token": "other"}
+    atomic_write_json(tmp_path / LEASE, dict(other, heartbeat=time.time()))
+    with pytest.raises(OutputLocked, match="node-17"):
+        Lease(tmp_path, stale_after_s=60).acquire()
+    atomic_write_json(tmp_path / LEASE, dict(other, heartbeat=time.time() - 61))
+    with Lease(tmp_path, stale_after_s=60):
+        assert json.loads((tmp_path / LEASE).read_text())["host"] == socket.gethostname()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_lease_heartbeat_advances(tmp_path):
+    import json
+    import time
+
+    from curate.store import LEASE, Lease
+
+    with Lease(tmp_path, stale_after_s=0.4):
+        t0 = json.loads((tmp_path / LEASE).read_text())["heartbeat"]
+        time.sleep(0.5)
+        assert json.loads((tmp_path / LEASE).read_text())["heartbeat"] > t0
+
+
+def test_content_claims_one_winner_per_content(tmp_path):
+    from curate.store import claim_content
+
+    assert claim_content(tmp_path, "k1", "/v/a.mp4", "ab" * 32) is None  # first: holds it
+    assert claim_content(tmp_path, "k2", "/v/c.mp4", "ab" * 32) == "/v/a.mp4"  # same bytes: told who holds them
+    assert claim_content(tmp_path, "k1", "/v/a.mp4", "ab" * 32) is None  # the holder again (a resumed run)
+    assert claim_content(tmp_path, "k2", "/v/c.mp4", "cd" * 32) is None  # other bytes

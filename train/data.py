@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset, get_worker_info
 
+from curate.store import open_dataset, write_manifest
+
 try:
     import av
 except ImportError:  # a machine without PyAV (the lent GPU image): OpenCV's FFmpeg backend decodes and encodes
@@ -95,7 +97,7 @@ def _selection(root: Path) -> dict[str, bool] | None:
 def scan_clips(cfg: ClipDataConfig) -> tuple[list[tuple[Path, int]], list[_Clip]]:
     """Row groups of ``clips/*.parquet`` and the eligible clips in them (metadata columns only)."""
     root = Path(cfg.root)
-    files = sorted((root / "clips").glob("*.parquet"))
+    files = open_dataset(root).shards
     if not files:
         raise FileNotFoundError(f"no clip shards under {root / 'clips'}")
     keep = _selection(root) if cfg.use_selection else None
@@ -377,4 +379,5 @@ def write_synthetic_dataset(
     if drop:
         sel = pa.table({"clip_id": ids, "keep": [cid not in drop for cid in ids]})
         pq.write_table(sel, root / "selection.parquet")
+    write_manifest(root, (root / "clips").glob("*.parquet"))
     return ids

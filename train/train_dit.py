@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from curate.store import open_dataset
 from model.buckets import BucketConfig, make_buckets
 from model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from model.dit import DiT, DiTConfig, dit_config
@@ -172,7 +173,7 @@ class ClipSource:
         if (self.root / "selection.parquet").is_file():  # the dataset's filter decision, as the cache applies it
             sel = pq.read_table(self.root / "selection.parquet", columns=["clip_id", "keep"]).to_pylist()
             keep = {r["clip_id"]: bool(r["keep"]) for r in sel}
-        for path in sorted((self.root / "clips").glob("*.parquet")):
+        for path in open_dataset(self.root).shards:
             names = pq.ParquetFile(path).schema_arrow.names
             cols = [n for n in ("clip_id", "width", "height", "num_frames", "source_uri", "scene_index")
                     + tuple(f"caption_{k}" for k in CAPTION_KINDS) if n in names]
