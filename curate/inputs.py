@@ -18,6 +18,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from curate.remote import is_uri, list_objects
+
 VIDEO_SUFFIXES = (
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".wmv",
     ".flv", ".3gp", ".ogv", ".mxf", ".y4m",
@@ -99,6 +101,8 @@ def resolve_inputs(spec: str | os.PathLike | list[str], *, suffixes=VIDEO_SUFFIX
     - a list file (``.txt``): one path per line, relative to the list file's folder unless absolute; blank
       lines and ``#`` comments ignored; no root restriction (the list names its files on purpose);
     - a glob pattern: its matches, rooted at the pattern's fixed leading folder;
+    - a URI (``s3://bucket/prefix``, ``gs://...``, any fsspec protocol): every object below it with a video
+      suffix, or the one object it names (``curate.remote``);
     - a Python list: each element resolved as above, concatenated.
     """
     if isinstance(spec, (list, tuple)):
@@ -106,7 +110,10 @@ def resolve_inputs(spec: str | os.PathLike | list[str], *, suffixes=VIDEO_SUFFIX
         return sorted(items.values(), key=lambda it: it.uri)
     spec = os.fspath(spec)
     items: list[InputItem] = []
-    if os.path.isdir(spec):
+    if is_uri(spec):  # object storage: listed with its filesystem; workers read each object themselves
+        for uri in list_objects(spec, suffixes):
+            items.append(InputItem(uri, uri, input_key(uri)))
+    elif os.path.isdir(spec):
         root = spec = os.path.abspath(spec)
         for dirpath, dirnames, filenames in os.walk(spec, followlinks=False):
             dirnames.sort()

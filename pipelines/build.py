@@ -28,6 +28,7 @@ from curate.filter import FilterSpec
 from curate.frames import DecodeConfig
 from curate.inputs import InputItem, resolve_inputs
 from curate.probe import ProbeLimits
+from curate.remote import is_uri
 from curate.scenes import SceneConfig
 from curate.schema import SCHEMA_VERSION
 from curate.split import SampleConfig, SplitConfig
@@ -222,6 +223,9 @@ def build(cfg: BuildConfig) -> dict:
     holds the output, or when the output cannot be written (full, read-only); what finished is kept and the
     same command resumes.
     """
+    if is_uri(cfg.output):
+        raise BuildStopped(f"--output {cfg.output}: a dataset is written to a local or mounted path for now "
+                           "(inputs can be object-storage URIs)", 2)
     cfg = replace(cfg, output=os.path.abspath(cfg.output))  # workers on other nodes must not resolve it themselves
     out = Path(cfg.output)
     resume = "run the same command again to resume"
@@ -251,7 +255,10 @@ def _build(cfg: BuildConfig, out: Path) -> dict:
     state = BuildState.open(out, fp, fp_config, overwrite=cfg.overwrite)
     state.clear_temp_files()
 
-    items = resolve_inputs(cfg.input)
+    try:
+        items = resolve_inputs(cfg.input)
+    except FileNotFoundError as exc:
+        raise BuildStopped(str(exc), 2) from None
     todo = [it for it in items if not state.is_done(it.key)]
     skipped = len(items) - len(todo)
     for it in todo:

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.probe import ProbeLimits, probe
+from curate.remote import is_uri, local_copy
 from curate.sandbox import Sandbox, SandboxCrashed, SandboxError, SandboxTimeout
 from curate.schema import CAPTION_COLUMNS, CLIP_SCHEMA, FAILURE_SCHEMA, SCHEMA_VERSION, validate
 from curate.split import SPLIT_KEYS, SplitConfig, SplitStage, status_row
@@ -54,20 +56,33 @@ class ProbeStage:
         else:
             try:
                 claim = partial(claim_content, self.claims_dir, item["key"], item["uri"]) if self.claims_dir else None
-                row = self.sandbox.run(probe, item["path"], self.limits, uri=item["uri"], claim=claim,
-                                       timeout_s=self.timeout_s)
+                with _local(item["path"]) as path:
+                    row = self.sandbox.run(probe, path, self.limits, uri=item["uri"], claim=claim,
+                                           timeout_s=self.timeout_s)
             except SandboxTimeout as exc:
                 row = _probe_failure("probe-timeout", "SandboxTimeout", str(exc))
             except SandboxCrashed as exc:
                 row = _probe_failure("probe-crashed", "SandboxCrashed", str(exc))
             except SandboxError as exc:  # probe promises not to raise; if it does, the input still gets a row
                 row = _probe_failure("probe-error", exc.class_name, exc.message)
+            except OSError as exc:  # an object that could not be fetched from its storage
+                row = _probe_failure("unreadable", type(exc).__name__, str(exc)[:500])
         row = dict(row)
         row.update(key=item["key"], path=item["path"], source_uri=item["uri"])
         row["t_probe"] = time.perf_counter() - t0
         # One JSON cell: probe records differ in shape between good and bad files, and Ray must not have to
         # unify their schemas across blocks.
         return {"key": item["key"], "probe_json": json.dumps(row, default=_json_default)}
+
+
+@contextmanager
+def _local(path: str):
+    """A local path for ``path``: itself, or a temp copy of an object-storage URI."""
+    if is_uri(path):
+        with local_copy(path) as tmp:
+            yield tmp
+    else:
+        yield path
 
 
 def _probe_failure(reason: str, error_class: str, message: str) -> dict:
@@ -90,7 +105,11 @@ class SplitFlatMap:
     def __call__(self, item: dict) -> list[dict]:
         probe_row = json.loads(item["probe_json"])
         try:
-            rows = self.stage(probe_row)
+            if probe_row.get("status") == "ok" and is_uri(probe_row["path"]):
+                with _local(probe_row["path"]) as path:  # the decoder reads a local copy, for this call only
+                    rows = self.stage(dict(probe_row, path=path))
+            else:
+                rows = self.stage(probe_row)
         except Exception as exc:
             rows = [status_row(probe_row, "failed", "split", "split-error", type(exc).__name__, str(exc))]
         for r in rows:

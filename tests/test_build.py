@@ -264,9 +264,10 @@ def test_sigint_says_what_was_kept_and_a_second_build_is_refused(ray_local, corp
     out = tmp_path / "interrupted"
     proc = _start_build(corpus["videos"], out)
     _wait_done(proc, out, 2)
+    assert proc.poll() is None, f"the build ended (rc {proc.returncode}) before it could be interrupted"
     second = subprocess.run([sys.executable, "-m", "pipelines.cli", "build", "--input", str(corpus["videos"]),
                              "--output", str(out), "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert second.returncode == 3
+    assert second.returncode == 3, (second.returncode, second.stderr[-2000:])
     assert second.stderr.strip().splitlines()[-1].startswith(f"error: {out} is being built by pid {proc.pid} on ")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

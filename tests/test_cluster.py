@@ -86,12 +86,17 @@ def test_build_on_two_node_cluster(tmp_path):
         assert res.stdout.split() == ["2", "1.0"], res.stdout + res.stderr[-2000:]
 
         out = tmp_path / "dataset"
-        run = subprocess.run([sys.executable, "-m", "pipelines.cli", "build", "--input", str(videos), "--output",
-                              str(out), "--address", address, "--quiet"], cwd=REPO, env=_env(), capture_output=True,
-                             text=True, timeout=600)
+        # relative --input and --output, from a folder other than the one `ray start` ran in: the driver makes
+        # them absolute before any worker sees them
+        run = subprocess.run([sys.executable, "-m", "pipelines.cli", "build", "--input", "videos", "--output",
+                              "dataset", "--address", address, "--quiet"], cwd=tmp_path,
+                             env=dict(_env(), PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
         summary = json.loads((out / "summary.json").read_text())
         assert summary["inputs"]["accepted"] == 2 and summary["inputs"]["adds_up"]
+        sources = {u for s in json.loads((out / "_manifest.json").read_text())["shards"]
+                   for u in pq.read_table(out / s["path"], columns=["source_uri"]).column("source_uri").to_pylist()}
+        assert sources == {str(p) for p in videos.glob("*.mp4")}  # absolute: a caption step later finds them
         assert summary["clips"]["published"] > 0
     finally:
         for proc in (worker, head):
