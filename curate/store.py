@@ -353,11 +353,21 @@ class Lease:
                         f"{self.path.parent} is being built by pid {held.get('pid')} on {held.get('host')} "
                         f"(heartbeat {age:.0f} s ago); wait for it to finish or stop it (a lease without a "
                         f"heartbeat for {self.stale_after_s:.0f} s is taken over)")
-                try:  # stale: move it aside (only one taker's rename succeeds), then create ours
-                    os.replace(self.path, self.path.with_name(f"{LEASE}.stale-{self.me['token']}"))
-                    self.path.with_name(f"{LEASE}.stale-{self.me['token']}").unlink()
+                aside = self.path.with_name(f"{LEASE}.stale-{self.me['token']}")
+                try:  # stale: move it aside, then create ours with O_EXCL
+                    os.replace(self.path, aside)
                 except FileNotFoundError:
-                    pass
+                    continue  # another taker moved it first
+                try:
+                    moved = json.loads(aside.read_text())
+                except ValueError:
+                    moved = {}
+                if moved.get("token") != held.get("token"):  # a taker's fresh lease, not the stale one: put it back
+                    try:
+                        os.link(aside, self.path)  # link, not rename: never over a lease created meanwhile
+                    except FileExistsError:
+                        pass
+                aside.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump(record, f)

@@ -152,3 +152,23 @@ def test_content_claims_one_winner_per_content(tmp_path):
     assert claim_content(tmp_path, "k2", "/v/c.mp4", "ab" * 32) == "/v/a.mp4"  # same bytes: told who holds them
     assert claim_content(tmp_path, "k1", "/v/a.mp4", "ab" * 32) is None  # the holder again (a resumed run)
     assert claim_content(tmp_path, "k2", "/v/c.mp4", "cd" * 32) is None  # other bytes
+
+
+def test_lease_takeover_never_removes_a_fresh_lease(tmp_path, monkeypatch):
+    """Two builds find the same stale lease; the first replaces it with its own before the second moves 'the
+    stale one' aside. The second must put the first's lease back and refuse, not delete it."""
+    import json
+    import time
+
+    from curate.store import LEASE, Lease, OutputLocked
+
+    fresh = {"host": "node-a", "pid": 1, "token": "fresh", "heartbeat": time.time()}
+    atomic_write_json(tmp_path / LEASE, fresh)
+    stale = {"host": "node-b", "pid": 2, "token": "stale", "heartbeat": 0.0}
+    real_read = Lease._read
+    reads = iter([stale])  # what the second build saw a moment ago
+    monkeypatch.setattr(Lease, "_read", lambda self: next(reads, None) or real_read(self))
+    with pytest.raises(OutputLocked, match="node-a"):
+        Lease(tmp_path, stale_after_s=60).acquire()
+    assert json.loads((tmp_path / LEASE).read_text())["token"] == "fresh"
+    assert [p.name for p in tmp_path.iterdir()] == [LEASE]
