@@ -7,6 +7,7 @@ with the benchmark's own transition and effect generators (``benchmarks.shots.bu
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import av
 import cv2
@@ -143,3 +144,53 @@ def test_score_matches_each_transition_once():
     assert {k: v for k, v in counts.items() if v} == {"tp_cut": 1, "tp_gradual": 1, "fp_gradual": 1, "fp_cut": 1,
                                                       "fp_on_flash": 1}
     assert score.f1(counts, "cut") == pytest.approx(2 / 3)
+
+
+# ------------------------------------------------------------------------------------------------ build
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=400_000_000,
+             log_to_driver=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_build_publishes_only_clips_of_one_shot(ray_local, tmp_path):
+    """A spliced video with a cut, a low-contrast cut, a dissolve, a fade, a wipe and a flash: every published
+    clip holds frames of one shot only and no transition frame."""
+    import pyarrow.parquet as pq
+
+    from pipelines.build import BuildConfig, build
+
+    rng = np.random.default_rng(1)
+    shots = [_shot(20 + k, 80) for k in range(6)]
+    bench.flash(shots[5], 30, 2)
+    frames, truth = list(shots[0][:66]), {"transitions": [], "shots": [], "negatives": []}
+    truth["shots"].append({"start": 0, "end": 66})
+    for k, (kind, n) in enumerate([("cut", 0), ("dissolve", 12), ("fade-black", 14), ("wipe", 10), ("cut", 0)]):
+        a, b = shots[k], shots[k + 1]
+        start = len(frames)
+        frames += bench.transition(kind, n, a[66:66 + n], b[:n], rng, hold=2)
+        truth["transitions"].append({"kind": kind, "start": start, "end": len(frames)})
+        truth["shots"].append({"start": len(frames), "end": len(frames) + 66})
+        frames += b[n:n + 66]
+    truth["frames"] = len(frames)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    with av.open(str(videos / "spliced.mp4"), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+        for f in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(stream.encode(None))
+    out_dir = tmp_path / "dataset"
+    build(BuildConfig(input=str(videos), output=str(out_dir), progress=False, ocr=False))
+    manifest = json.loads((out_dir / "_manifest.json").read_text())
+    rows = [r for s in manifest["shards"] for r in pq.read_table(out_dir / s["path"]).to_pylist()]
+    spans = [SimpleNamespace(start=r["start_frame"], end=r["end_frame"]) for r in rows]
+    assert len(spans) == 6, sorted((s.start, s.end) for s in spans)  # one clip per shot
+    assert score.dirty_spans(truth, spans) == 0, sorted((s.start, s.end) for s in spans)
