@@ -1,44 +1,24 @@
-"""Scene stage vs the ``scenedetect`` CLI: speed and boundary F1 on the real test videos (+ synthetic renders).
+"""Scene stage vs PySceneDetect on the spliced shot-boundary benchmark (``benchmarks/shots``): F1 and speed.
 
 Usage:
-    .venv/bin/python benchmarks/bench_scenes.py [--data ../shared/data] [--synthetic 4] [--pin 0,1] [--cut] [--fast]
+    .venv/bin/python benchmarks/bench_scenes.py [--data ../shared/data] [--cache /tmp/tessera-shots] [--seed 0]
+        [--videos 4] [--runs 3] [--part test] [--no-previous]
 
-What is timed
-    ours: ``curate.frames.iter_frames`` (decode at analysis size, default ``DecodeConfig``) feeding
-    ``curate.scenes.SceneSplitter`` (default ``SceneConfig`` with ``detector`` = adaptive | content), in-process.
-    ours-fast (``--fast``): ``curate.fastscan.detect_scenes_fast`` with the adaptive detector (two passes: a
-    fast pass decoding reference frames only finds candidate places, the exact detectors run at full rate around
-    them); the run also reports videos where its scenes differ from ours-adaptive's.
-    CLI:  ``.venv/bin/scenedetect -i FILE detect-adaptive|detect-content list-scenes -n`` as a subprocess (its
-    default OpenCV backend and automatic downscale), timed from spawn to exit. Its own "Processed N frames in X s"
-    line is also kept (no interpreter start-up). Wall time and CPU time (all threads; the subprocess's via
-    ``RUSAGE_CHILDREN``) are both reported: the 2-core machine is shared, and CPU time is the steadier number.
-    Both sides use their decoders' default threading; ``--pin`` restricts both to the same CPUs.
+Methods, run interleaved (every run visits every file and runs the methods in a rotating order):
+    ours            ``curate.frames.iter_thumbs`` + ``curate.scenes.SceneSplitter`` (defaults), in-process.
+    ours-previous   git main's scene stage (``iter_frames`` + ``SceneSplitter`` of main's ``curate/``, extracted
+                    with ``git archive``), in a child process that times itself.
+    cli-adaptive /  ``scenedetect -i FILE detect-adaptive|detect-content list-scenes -n`` (its default OpenCV
+    cli-content     backend and automatic downscale).
+Speed is frames per CPU-second (user + system, all threads): ours from ``os.times`` of this process around the
+file; ours-previous from ``os.times`` inside its child around the file; the CLI from ``RUSAGE_CHILDREN`` of its
+run minus that of the same command on a 3-frame file run next to it (the interpreter and import start-up), so
+start-up is excluded on every side. The headline is the median over runs of each method's total frames / total
+CPU-seconds over the part's files, with the min-max spread; F1 is deterministic (one value).
 
-How ground truth becomes expected boundaries (frame intervals ``[a, b]``, inclusive)
-    * a hard cut at frame ``c`` (first frame of the new shot) -> ``[c, c]``;
-    * a fade or dissolve annotated ``[a, b]`` -> ``[a, b]``; a hard cut or fade-out followed within 2 s by a
-      fade-in is ONE boundary (the frames between are black) -> ``[first, last]``; a final fade-out with only
-      black after it runs to the last frame;
-    * ``cuts_frames_at_23.976fps`` (CFR) are frame indices; ``cut_times_s`` (VFR) map to the decoded frame whose
-      PTS is nearest;
-    * videos whose truth is "one shot" (``shot_cuts: []``, the Intel clips), and the synthetic test patterns
-      ``fades.mp4`` / ``delayed_start.mp4`` (grey ramps; ``content_detectors_expected_cuts: []``) expect no
-      boundary;
-    * ``counter.mp4`` has no human label in ground_truth.json (only upstream regression goldens, which ``_about``
-      says are not labels). Checked by eye here: the background turns from grey to red at frame 10 and from red
-      to green at frame 20 (frames 9-11, 19-21), i.e. three 10-frame shots -> hard cuts ``[10, 20]``;
-    * synthetic renders: each transition of the sidecar JSON, ``[start, end]`` (``end`` = first clean frame).
-
-How detections become boundaries and are matched
-    * ours: between consecutive scenes ``[prev.end, next.start]`` (a hard cut gives a point; a transition gives
-      its excluded frames plus the first frame of the next scene); frames before the first scene give
-      ``[0, first.start]``, frames after the last give ``[last.end, N-1]``; no scene at all gives nothing;
-    * CLI: every scene start after the first, converted from its start time to the decoded frame with the
-      nearest PTS (frame numbers of the OpenCV backend drift on VFR files);
-    * a detection matches an expected boundary when the intervals overlap after widening the detection by the
-      tolerance (0 = frame-exact: a hard cut must be found on its exact frame, a point inside a gradual
-      transition counts; 2 = +-2 frames). Matching is one-to-one, greedy in time order. F1 from summed TP/FP/FN.
+Scoring is ``benchmarks.shots.score``: cuts +-1 frame, gradual transitions by overlap, one match per transition.
+``dirty clips``: clips planned by ``curate.clips.plan_clips`` (default ``ClipConfig``) from a method's scenes that
+hold a transition frame or two shots' frames (CLI scenes carry no transition spans: each is a scene start).
 """
 
 from __future__ import annotations
@@ -50,104 +30,48 @@ import os
 import platform
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
+import av
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from curate import synth  # noqa: E402
-from curate.fastscan import detect_scenes_fast  # noqa: E402
-from curate.frames import DecodeConfig, iter_frames  # noqa: E402
-from curate.scenes import SceneConfig, SceneSplitter  # noqa: E402
+from benchmarks.shots import score  # noqa: E402
+from benchmarks.shots.build import SPLIT, build  # noqa: E402
+from curate.clips import ClipConfig, plan_clips  # noqa: E402
+from curate.frames import iter_thumbs  # noqa: E402
+from curate.scenes import Scene, SceneConfig, SceneSplitter  # noqa: E402
 
-CLI = REPO / ".venv" / "bin" / "scenedetect"
-NO_BOUNDARY = ("pyscenedetect/fades.mp4", "pyscenedetect/delayed_start.mp4")
-BY_EYE_CUTS = {"pyscenedetect/counter.mp4": [10, 20]}  # labelled here, see module doc
+CLI = Path(sys.executable).with_name("scenedetect")
 
-
-# --------------------------------------------------------------------------------------- ground truth
-
-
-def expected_boundaries(name: str, entry: dict, pts: np.ndarray) -> list[tuple[int, int]]:
-    """Expected boundary intervals of one real video (see module doc)."""
-    n = len(pts)
-    if name in BY_EYE_CUTS:
-        return [(c, c) for c in BY_EYE_CUTS[name]]
-    if name in NO_BOUNDARY or "shot_cuts" in entry:
-        return []
-    if "cut_times_s" in entry and entry["file"].get("avg_fps", 0) < 20:  # the VFR file
-        return [(i, i) for i in (int(np.argmin(np.abs(pts - t))) for t in entry["cut_times_s"])]
-    if "cuts_frames_at_23.976fps" in entry:
-        return [(c, c) for c in entry["cuts_frames_at_23.976fps"]]
-    ann = entry["annotation_by_eye"]
-    items = [("cut", c, c) for c in ann.get("hard_cuts", [])]
-    for kind in ("fade_in", "fade_out", "dissolve"):
-        items += [(kind, a, b) for a, b in ann.get(kind, [])]
-    items.sort(key=lambda x: x[1])
-    fps = entry["file"]["avg_fps"]
-    merged: list[list] = []
-    for kind, a, b in items:
-        if merged and kind == "fade_in" and merged[-1][0] in ("cut", "fade_out") and a - merged[-1][2] <= 2 * fps:
-            merged[-1] = [kind, merged[-1][1], b]
-        else:
-            merged.append([kind, a, b])
-    if merged and merged[-1][0] == "fade_out" and n - 1 - merged[-1][2] <= 2 * fps:
-        merged[-1][2] = n - 1
-    return [(a, b) for _, a, b in merged]
+_PREVIOUS = r"""
+import json, os, sys
+from curate.frames import iter_frames
+from curate.scenes import SceneConfig, SceneSplitter
+path, fps = sys.argv[1], float(sys.argv[2])
+t0 = os.times()
+splitter, pts = SceneSplitter(SceneConfig(), fps), []
+for f in iter_frames(path):
+    splitter.push(f.rgb, f.pts_s)
+    pts.append(f.pts_s)
+scenes = splitter.finish()
+t1 = os.times()
+print(json.dumps({"cpu": t1.user - t0.user + t1.system - t0.system, "frames": len(pts),
+                  "scenes": [[s.start, s.end, s.start_s, s.end_s, s.cut_in, s.cut_out] for s in scenes]}))
+"""
 
 
-def our_boundaries(scenes, n: int) -> list[tuple[int, int]]:
-    if not scenes:
-        return []
-    out = [(0, scenes[0].start)] if scenes[0].start > 0 else []
-    out += [(p.end, q.start) for p, q in zip(scenes, scenes[1:])]
-    if scenes[-1].end < n:
-        out.append((scenes[-1].end, n - 1))
-    return out
-
-
-def match(expected, detected, tol: int) -> tuple[int, int, int]:
-    """(TP, FP, FN) with one-to-one greedy matching of overlapping intervals (detections widened by tol)."""
-    used = [False] * len(detected)
-    tp = 0
-    for a, b in sorted(expected):
-        for k, (c, d) in enumerate(detected):
-            if not used[k] and c - tol <= b and a <= d + tol:
-                used[k] = True
-                tp += 1
-                break
-    return tp, len(detected) - tp, len(expected) - tp
-
-
-def f1(tp: int, fp: int, fn: int) -> float:
-    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-
-
-# ---------------------------------------------------------------------------------------------- runs
-
-
-def run_ours(path: Path, detector: str, fps: float) -> dict:
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    splitter, pts = SceneSplitter(SceneConfig(detector=detector), fps), []
-    for frame in iter_frames(path, DecodeConfig()):
-        splitter.push(frame.rgb, frame.pts_s)
-        pts.append(frame.pts_s)
-    scenes = splitter.finish()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    return {"wall": wall, "cpu": cpu, "pts": np.array(pts), "boundaries": our_boundaries(scenes, len(pts))}
-
-
-def run_fast(path: Path, fps: float) -> dict:
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    scenes, pts, stats = detect_scenes_fast(path, DecodeConfig(), SceneConfig(), fps)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    return {"wall": wall, "cpu": cpu, "pts": pts, "boundaries": our_boundaries(scenes, len(pts)), "stats": stats}
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def _child_cpu() -> float:
@@ -155,153 +79,138 @@ def _child_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def run_ours(path: str, fps: float) -> dict:
+    c0 = _cpu()
+    splitter, n = SceneSplitter(SceneConfig(), fps), 0
+    for _, pts_s, thumb in iter_thumbs(path):
+        splitter.push_thumb(thumb, pts_s)
+        n += 1
+    scenes = splitter.finish()
+    return {"cpu": _cpu() - c0, "frames": n, "scenes": scenes}
+
+
+def run_previous(path: str, fps: float, prev_root: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(prev_root))
+    proc = subprocess.run([sys.executable, "-c", _PREVIOUS, path, str(fps)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"previous detector failed on {path}: {proc.stderr[-500:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"cpu": out["cpu"], "frames": out["frames"], "scenes": [Scene(*s) for s in out["scenes"]]}
+
+
 _ROW = re.compile(r"^\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*(\d+):(\d+):([\d.]+)\s*\|")
-_PROCESSED = re.compile(r"Processed (\d+) frames in ([\d.]+) seconds")
 
 
-def run_cli(path: Path, command: str, pts: np.ndarray) -> dict:
-    cpu0, t0 = _child_cpu(), time.perf_counter()
-    proc = subprocess.run([str(CLI), "-i", str(path), command, "list-scenes", "-n"], capture_output=True, text=True)
-    wall, cpu = time.perf_counter() - t0, _child_cpu() - cpu0
+def _cli(path: str, command: str) -> tuple[float, str]:
+    c0 = _child_cpu()
+    proc = subprocess.run([str(CLI), "-i", path, command, "list-scenes", "-n"], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"scenedetect failed on {path}: {proc.stderr[-500:]}")
-    text = proc.stdout + proc.stderr
+    return _child_cpu() - c0, proc.stdout + proc.stderr
+
+
+def run_cli(path: str, command: str, fps: float, frames: int, tiny: str) -> dict:
+    cpu, text = _cli(path, command)
+    startup, _ = _cli(tiny, command)
     starts = []
     for line in text.splitlines():
         m = _ROW.match(line)
         if m and int(m.group(1)) > 1:
             t = int(m.group(3)) * 3600 + int(m.group(4)) * 60 + float(m.group(5))
-            starts.append(int(np.argmin(np.abs(pts - t))))
-    m = _PROCESSED.search(text)
-    inner = float(m.group(2)) if m else float("nan")
-    return {"wall": wall, "cpu": cpu, "inner": inner, "boundaries": [(s, s) for s in starts]}
+            starts.append(int(round(t * fps)))
+    bounds = [0] + starts + [frames]
+    scenes = [Scene(a, b, a / fps, b / fps, "cut", "cut") for a, b in zip(bounds, bounds[1:])]
+    return {"cpu": max(1e-9, cpu - startup), "frames": frames, "scenes": scenes}
 
 
-# -------------------------------------------------------------------------------------------- corpus
+def _tiny_video(path: Path) -> str:
+    if not path.exists():
+        with av.open(str(path), "w") as out:
+            s = out.add_stream("libx264", rate=30)
+            s.width, s.height, s.pix_fmt = 640, 360, "yuv420p"
+            for k in range(3):
+                frame = av.VideoFrame.from_ndarray(np.full((360, 640, 3), 40 * k, np.uint8), format="rgb24")
+                out.mux(s.encode(frame))
+            out.mux(s.encode(None))
+    return str(path)
 
 
-def real_videos(data: Path) -> list[tuple[str, Path, dict]]:
-    truth = json.loads((data / "ground_truth.json").read_text())
-    return [(name, data / name, entry) for name, entry in sorted(truth.items()) if not name.startswith("_")]
-
-
-def synthetic_videos(n: int, out_dir: Path) -> list[tuple[str, Path, dict]]:
-    out = []
-    for i in range(n):
-        program = synth.random_program(100 + i, n_shots=(5, 7), size=(640, 360))
-        path = out_dir / f"synth_{i}.mp4"
-        gt = synth.render_program(path, program)
-        out.append((f"synthetic/{path.name}", path, {"synthetic": gt, "file": {"avg_fps": program.fps}}))
-    return out
+def _previous_root(cache: Path) -> tuple[Path, str]:
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "main"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    root = cache / f"previous-{commit[:12]}"
+    if not root.exists():
+        root.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "curate"], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    return root, commit
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.pin:
-        os.sched_setaffinity(0, {int(c) for c in args.pin.split(",")})  # inherited by the CLI subprocesses
-    data = Path(args.data)
-    videos = real_videos(data)
-    tmp = tempfile.TemporaryDirectory()
-    if args.synthetic:
-        videos += synthetic_videos(args.synthetic, Path(tmp.name))
-    totals: dict[str, dict] = {}
-    fast_log: list[str] = []
-    print(f"# bench_scenes  {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  "
-          f"{platform.processor() or platform.machine()}  cpus={len(os.sched_getaffinity(0))}  "
-          f"load={os.getloadavg()[0]:.1f}")
-    print(f"{'video':44s} {'frames':>6s} | {'ours-ad fps':>11s} {'cli-ad fps':>10s} | "
-          f"{'ours-ct fps':>11s} {'cli-ct fps':>10s} | exp  F1(0/2) ours-ad cli-ad ours-ct cli-ct")
-    for name, path, entry in videos:
-        fps = float(entry["file"].get("avg_fps") or 25.0)
-        runs = {}
-        for method in ("ours-adaptive", "cli-adaptive", "ours-content", "cli-content") + (
-                ("ours-fast",) if args.fast else ()):
-            if method == "ours-fast":
-                runs[method] = run_fast(path, fps)
-                same = (runs[method]["boundaries"] == runs["ours-adaptive"]["boundaries"]
-                        and np.array_equal(runs[method]["pts"], runs["ours-adaptive"]["pts"]))
-                st = runs[method]["stats"]
-                fast_log.append(f"fast {name}: same-as-ours-adaptive={same} sampled={st.sampled}/{st.frames} "
-                                f"refined={st.refined} ranges={st.ranges} fallback={st.fallback!r}")
-            elif method.startswith("ours"):
-                runs[method] = run_ours(path, method.split("-")[1], fps)
-            else:
-                runs[method] = run_cli(path, "detect-" + method.split("-")[1], runs["ours-adaptive"]["pts"])
-        pts = runs["ours-adaptive"]["pts"]
-        n = len(pts)
-        if "synthetic" in entry:
-            expected = [(t["start"], t["end"]) for t in entry["synthetic"].transitions]
-        else:
-            expected = expected_boundaries(name, entry, pts)
-        cells = []
-        for method, run in runs.items():
-            tot = totals.setdefault(method, {"frames": 0, "wall": 0.0, "cpu": 0.0, "inner": 0.0,
-                                             "m0": [0, 0, 0], "m2": [0, 0, 0]})
-            tot["frames"] += n
-            tot["wall"] += run["wall"]
-            tot["cpu"] += run["cpu"]
-            tot["inner"] += run.get("inner", run["wall"])
-            for tol in (0, 2):
-                for k, v in enumerate(match(expected, run["boundaries"], tol)):
-                    tot[f"m{tol}"][k] += v
-            cells.append(f"{f1(*match(expected, run['boundaries'], 0)):.2f}/{f1(*match(expected, run['boundaries'], 2)):.2f}")
-        speed = {m: n / r["wall"] for m, r in runs.items()}
-        print(f"{name[-44:]:44s} {n:6d} | {speed['ours-adaptive']:11.0f} {speed['cli-adaptive']:10.0f} | "
-              f"{speed['ours-content']:11.0f} {speed['cli-content']:10.0f} | {len(expected):3d}  "
-              + " ".join(f"{c:>9s}" for c in cells)
-              + (f" | ours-fast fps {speed['ours-fast']:.0f}" if args.fast else ""))
-    print()
-    print(f"{'method':14s} {'frames':>7s} {'wall s':>7s} {'fps(wall)':>9s} {'cpu s':>7s} {'fps(cpu)':>8s} "
-          f"{'fps(inner)':>10s} {'TP/FP/FN exact':>15s} {'F1 exact':>8s} {'TP/FP/FN +-2':>13s} {'F1 +-2':>6s}")
-    for method, tot in totals.items():
-        m0, m2 = tot["m0"], tot["m2"]
-        print(f"{method:14s} {tot['frames']:7d} {tot['wall']:7.1f} {tot['frames'] / tot['wall']:9.0f} "
-              f"{tot['cpu']:7.1f} {tot['frames'] / tot['cpu']:8.0f} {tot['frames'] / tot['inner']:10.0f} "
-              f"{'/'.join(map(str, m0)):>15s} {f1(*m0):8.3f} {'/'.join(map(str, m2)):>13s} {f1(*m2):6.3f}")
-    for kind in ("adaptive", "content") + (("fast",) if args.fast else ()):
-        ours, cli = totals[f"ours-{kind}"], totals["cli-adaptive" if kind == "fast" else f"cli-{kind}"]
-        print(f"ratio ours/cli {kind:8s}: wall fps x{cli['wall'] / ours['wall']:.2f}, cpu fps "
-              f"x{cli['cpu'] / ours['cpu']:.2f}, vs CLI's own processing time x{cli['inner'] / ours['wall']:.2f}")
-    if args.fast:
-        print("\n".join(fast_log))
-        differ = sum("=False" in line for line in fast_log)
-        print(f"ours-fast differs from ours-adaptive on {differ} of {len(fast_log)} videos")
-    if args.cut:
-        bench_cut_sink(videos)
-    tmp.cleanup()
-
-
-def bench_cut_sink(videos) -> None:
-    """io.BytesIO vs a temp file as the MP4 muxer's target, cutting every planned clip of a few videos."""
-    from curate.clips import ClipConfig, cut_clips, plan_clips
-
-    picked = [v for v in videos if v[0].endswith(("testvideo.mp4", "issue-195-aspect-ratio.mp4", "bottle-detection.mp4"))]
-    best = {"memory": [], "tempfile": []}
-    for name, path, entry in picked:
-        fps = float(entry["file"]["avg_fps"])
-        splitter, pts = SceneSplitter(SceneConfig(), fps), []
-        for frame in iter_frames(path, DecodeConfig()):
-            splitter.push(frame.rgb, frame.pts_s)
-            pts.append(frame.pts_s)
-        pts = np.array(pts)
-        spans = plan_clips(splitter.finish(), ClipConfig(), fps, pts)
-        times = {"memory": [], "tempfile": []}
-        for _ in range(3):
-            for sink in ("memory", "tempfile"):
-                t0 = time.perf_counter()
-                cut_clips(path, spans, pts, ClipConfig(sink=sink, allow_copy=False))
-                times[sink].append(time.perf_counter() - t0)
-        for sink in times:
-            best[sink].append(min(times[sink]))
-        print(f"cut {name}: {len(spans)} clips, best of 3: memory {min(times['memory']):.2f} s, "
-              f"tempfile {min(times['tempfile']):.2f} s")
-    print(f"cut total: memory {sum(best['memory']):.2f} s, tempfile {sum(best['tempfile']):.2f} s")
+    cache = Path(args.cache)
+    truths = build(Path(args.data), cache, seed=args.seed, videos=args.videos)[args.part]
+    tiny = _tiny_video(cache / "tiny.mp4")
+    methods = ["ours", "cli-adaptive", "cli-content"]
+    prev_root = None
+    if not args.no_previous:
+        prev_root, commit = _previous_root(cache)
+        methods.insert(1, "ours-previous")
+        print(f"ours-previous = git main {commit[:12]}")
+    speed: dict[str, list[float]] = {m: [] for m in methods}
+    counts: dict[str, Counter] = {m: Counter() for m in methods}
+    dirty: Counter = Counter()
+    clips: Counter = Counter()
+    for run in range(args.runs):
+        cpu, frames = Counter(), Counter()
+        for k, truth in enumerate(truths):
+            order = methods[(run + k) % len(methods):] + methods[: (run + k) % len(methods)]
+            for m in order:
+                fps = float(truth["fps"])
+                if m == "ours":
+                    r = run_ours(truth["path"], fps)
+                elif m == "ours-previous":
+                    r = run_previous(truth["path"], fps, prev_root)
+                else:
+                    r = run_cli(truth["path"], m.replace("cli-", "detect-"), fps, truth["frames"], tiny)
+                cpu[m] += r["cpu"]
+                frames[m] += r["frames"]
+                if run == 0:
+                    counts[m].update(score.match(truth, score.boundaries(r["scenes"])))
+                    spans = plan_clips(r["scenes"], ClipConfig(), fps)
+                    dirty[m] += score.dirty_spans(truth, spans)
+                    clips[m] += len(spans)
+        for m in methods:
+            speed[m].append(frames[m] / cpu[m])
+        print(f"run {run + 1}: " + "  ".join(f"{m} {speed[m][-1]:.0f} f/cpu-s" for m in methods), flush=True)
+    total = sum(t["frames"] for t in truths)
+    print(f"\n{args.part} part: {len(truths)} videos, {total} frames, sources {len(SPLIT[args.part])} files "
+          f"(+ synthetic), seed {args.seed}, {args.runs} runs, {datetime.date.today()}, {platform.processor() or ''}"
+          f" {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    ref = statistics.median(speed["cli-adaptive"])
+    print(f"{'method':<15}{'F1 cut':>8}{'F1 grad':>8}{'exact':>7}{'FP neg':>7}{'dirty':>8}"
+          f"{'frames/CPU-s (min-max)':>26}{'x cli-adaptive':>16}")
+    for m in methods:
+        c = counts[m]
+        exact = f"{c['gradual_exact']}/{c['tp_gradual']}"
+        fp_neg = sum(v for key, v in c.items() if key.startswith("fp_on_"))
+        med = statistics.median(speed[m])
+        print(f"{m:<15}{score.f1(c, 'cut'):>8.3f}{score.f1(c, 'gradual'):>8.3f}{exact:>7}{fp_neg:>7}"
+              f"{dirty[m]:>4}/{clips[m]:<3}{med:>12.0f} ({min(speed[m]):.0f}-{max(speed[m]):.0f}){'':>3}"
+              f"{med / ref:>12.2f}")
+    for m in methods:
+        neg = {k[6:]: v for k, v in counts[m].items() if k.startswith("fp_on_")}
+        print(f"{m}: counts {dict(sorted((k, v) for k, v in counts[m].items() if not k.startswith('fp_on_')))}"
+              f" false positives on negatives {neg}")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
-    parser.add_argument("--synthetic", type=int, default=0, help="also render and score N synthetic videos")
-    parser.add_argument("--pin", default="", help="comma-separated CPU ids for both sides, e.g. 0 or 0,1")
-    parser.add_argument("--fast", action="store_true", help="also time curate.fastscan (two-pass, adaptive)")
-    parser.add_argument("--cut", action="store_true", help="also time io.BytesIO vs temp-file clip writing")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "tessera-shots"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--videos", type=int, default=4, help="videos per part")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--part", choices=["dev", "test"], default="test")
+    parser.add_argument("--no-previous", action="store_true", help="skip git main's detector")
     main(parser.parse_args())

@@ -1,6 +1,8 @@
 """Plan training clips from scenes and cut them from the source as frame-exact H.264 MP4s.
 
-Planning (``plan_clips``): each scene, less ``trim_frames`` at both edges, becomes one clip when it lasts at
+Planning (``plan_clips``): each scene, less ``trim_frames`` at both edges and ``margin_frames`` more at an edge that
+is a detected cut or transition (a boundary found a frame late, or a dissolve's faint first frames, stay out of
+the clip; the file's own first and last frames need no margin), becomes one clip when it lasts at
 least ``min_s``; a scene longer than ``max_s`` is split into the fewest equal windows that each last at most
 ``max_s`` (so no tiny leftover: every window lasts more than ``max_s / 2``, which is why ``max_s >= 2 * min_s``).
 Durations come from PTS when the analysis pass's PTS array is given, never from frame counts alone.
@@ -49,6 +51,7 @@ class ClipConfig:
     min_s: float = 2.0  # scenes (after trimming) shorter than this give no clip
     max_s: float = 15.0  # longer scenes are split into equal windows of at most this length
     trim_frames: int = 0  # frames dropped at each scene edge (stay clear of soft, mis-detected boundaries)
+    margin_frames: int = 2  # frames kept clear of every detected cut and transition span (not of the file's ends)
     crf: int = 18  # libx264 quality of re-encoded clips
     preset: str = "veryfast"  # libx264 speed/size trade-off
     max_short_side: int | None = None  # downscale so the short side is at most this; None keeps native size
@@ -59,8 +62,8 @@ class ClipConfig:
     def __post_init__(self) -> None:
         if not 0 < self.min_s <= self.max_s / 2:
             raise ValueError("need 0 < min_s <= max_s / 2 so split windows never fall below min_s")
-        if self.trim_frames < 0:
-            raise ValueError("trim_frames must be >= 0")
+        if self.trim_frames < 0 or self.margin_frames < 0:
+            raise ValueError("trim_frames and margin_frames must be >= 0")
         if self.sink not in ("memory", "tempfile"):
             raise ValueError("sink must be 'memory' or 'tempfile'")
 
@@ -106,7 +109,8 @@ def plan_clips(
     boundaries and durations exact on VFR input; without it, times inside a scene are interpolated at ``fps``."""
     spans: list[ClipSpan] = []
     for k, scene in enumerate(scenes):
-        start, end = scene.start + cfg.trim_frames, scene.end - cfg.trim_frames
+        start = scene.start + cfg.trim_frames + (cfg.margin_frames if scene.cut_in != "start" else 0)
+        end = scene.end - cfg.trim_frames - (cfg.margin_frames if scene.cut_out != "end" else 0)
         if end - start < 1:
             continue
 

@@ -1,23 +1,31 @@
-"""Scene detection on frames we decode ourselves: hard cuts, fades through black and cross-dissolves.
+"""Shot-boundary detection on tiny YUV thumbnails: hard cuts, fades through black or white, dissolves, wipes.
 
-Three detectors run side by side on the stream of analysis-size RGB frames (never on the file: PySceneDetect's
-OpenCV backend drops frames and counts VFR frames differently, see FIELD-NOTES):
+Every frame becomes a 32x18 YUV thumbnail (float32, full range): from the decoder's own planes without an RGB
+conversion (``curate.frames.iter_thumbs``, the split stage's path) or from an RGB frame (``push``). A ring of the
+last ~2.3 s of thumbnails and a few scalars per frame are all the state: memory does not grow with the video
+beyond O(frames) scalars. Decisions come a few frames late (``_LAG``), when the frames after a candidate are in.
 
-* **hard cuts**: PySceneDetect's ``AdaptiveDetector`` or ``ContentDetector`` (HSV mean-difference between
-  consecutive frames), fed frame by frame with the analysis frame halved once (``detector_halvings``: same cuts
-  on every test video, ~25% less detection time). A cut at index ``i`` means frame ``i`` starts a new shot.
-* **fades**: per-frame mean level (like ``ThresholdDetector``, but per frame instead of per event). Frames at or
-  below ``black_level`` are black; frames on the brightness ramp leading into and out of a black run (each
-  darker than its neighbour away from the black by at least ``fade_step``) are fading. Both are transition
-  frames.
-* **dissolves**: on a ring buffer of tiny thumbnails (default 32x18 RGB). For a window ``[t-L, t]`` whose ends
-  differ like a cut, every frame in between is projected onto the line between the two ends:
-  ``x_m ~ x_a + alpha_m (x_b - x_a)``. A dissolve gives a residual near zero, ``alpha`` rising monotonically
-  with no big step (a hard cut is one step of 1), and stable ends (two clean frames of each shot). The
-  transition frames are those where a line fitted to the ramp of ``alpha`` lies strictly between 0 and 1.
+* **hard cuts** (``detector="shots"``, the default): ``d[i]`` = mean |thumb i - thumb i-1|. Frame ``i`` starts a
+  new shot when ``d[i]`` is at least ``cut_min_diff`` and ``cut_ratio`` times the largest ``d`` of the 3 frames on
+  each side (a relative jump against the local activity: a low-contrast cut in a still shot passes, a frame of
+  a whip pan or a zoom, whose neighbours move as much, does not; duplicated frames from frame-rate conversion,
+  whose ``d`` alternates ~0 and x, leave x as the background); and the picture does not come back: no frame of
+  the next 4 is within ``flash_return`` of that jump from frame ``i - 1`` (a camera flash returns).
+  PySceneDetect's ``AdaptiveDetector`` / ``ContentDetector`` stay selectable (``detector="adaptive"|"content"``,
+  fed with the RGB frames, so only ``push`` works with them).
+* **fades**: a frame is *solid* when its luma spread is small and its level is at most ``black_level`` (black) or
+  at least ``white_level`` (white). The ramps into and out of a solid run (each frame closer to the solid level
+  than its neighbour away from it by at least ``fade_step``) are fade frames. A solid run of at most
+  ``flash_max_s`` whose two sides show the same picture is a flash, not a fade.
+* **dissolves and wipes**: for windows ``[a, b]`` whose ends differ like a cut (``dissolve_min_diff``), every frame
+  in between is projected onto the line between the ends (``alpha``). A dissolve, a wipe or a slide moves each
+  pixel once from its start value to its end value, so the summed per-pixel path over the window is close to the
+  end-to-end difference (``path efficiency`` >= ``dissolve_min_path``); camera motion, a whip pan or a zoom moves
+  pixel values back and forth (low efficiency). ``alpha`` must rise with no step like a cut, the ends must be
+  settled, and the two ends must show other content (not one picture re-exposed). The transition frames are
+  those where a line fitted to the rise of ``alpha`` lies strictly between 0 and 1.
 
 Transition frames belong to no scene; a scene is a maximal run of non-transition frames between hard cuts.
-Memory is O(frames) scalars plus the thumbnail ring (``dissolve_max_s * fps`` thumbnails), never whole frames.
 """
 
 from __future__ import annotations
@@ -27,46 +35,49 @@ from typing import Iterable
 
 import cv2
 import numpy as np
-from scenedetect import FrameTimecode
-from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
 # Per-frame transition kinds (codes in SceneSplitter._kind).
 _NONE, _FADE, _DISSOLVE = 0, 1, 2
 _KIND_NAME = {_FADE: "fade", _DISSOLVE: "dissolve"}
+_LAG = 5  # frames a decision waits for (cut: 3 neighbours and the 4-frame flash return; windows: 1 settled frame)
+THUMB = (32, 18)  # (W, H) of the analysis thumbnail
 
 
 @dataclass(frozen=True)
 class SceneConfig:
     """Every knob of scene detection, with the defaults the benchmark was run with.
 
-    Levels are on the 0-255 scale of 8-bit RGB; durations in seconds are turned into frames with the nominal fps.
+    Levels are on the 0-255 scale; durations in seconds are turned into frames with the nominal fps.
     """
 
-    detector: str = "adaptive"  # "adaptive" (AdaptiveDetector) or "content" (ContentDetector)
+    detector: str = "shots"  # hard cuts: "shots" (ours), or PySceneDetect's "adaptive" / "content"
+    cut_min_diff: float = 4.0  # mean |thumbnail difference| a hard cut needs at least
+    cut_ratio: float = 2.2  # ... and this many times the largest difference of the 3 frames on each side
+    flash_return: float = 0.45  # a frame within this share of the jump from the pre-jump frame: it came back
     content_threshold: float = 27.0  # ContentDetector threshold
     adaptive_threshold: float = 3.0  # AdaptiveDetector ratio to the rolling mean of neighbours
     adaptive_min_content: float = 15.0  # AdaptiveDetector minimum content score for a cut
     adaptive_window: int = 2  # AdaptiveDetector frames on each side of the rolling mean
-    luma_only: bool = False  # detectors compare luma only
-    detector_halvings: int = 1  # the hard-cut detector sees the analysis frame halved this many times (2x2 area
-    # mean each): its HSV conversion and three mean differences are most of the detection cost
-    min_scene_s: float = 0.6  # no two hard cuts closer than this; shorter leftover scenes are dropped
+    min_scene_s: float = 0.6  # scenes shorter than this are dropped (their frames belong to no scene)
     fades: bool = True
-    black_level: float = 12.0  # a frame whose mean level is <= this is black (ThresholdDetector's default)
-    fade_step: float = 0.015  # relative brightness change per frame that keeps a frame on a fade ramp
-    fade_max_s: float = 1.5  # longest fade ramp on each side of a black run
+    black_level: float = 16.0  # a solid frame whose mean luma is <= this is black
+    white_level: float = 235.0  # ... >= this is white
+    solid_spread: float = 12.0  # mean |luma - mean luma| of a solid frame is at most this
+    fade_step: float = 0.015  # relative change per frame towards the solid level that keeps a frame on a ramp
+    fade_max_s: float = 1.5  # longest fade ramp on each side of a solid run
+    flash_max_s: float = 0.25  # a solid run at most this long between two views of one picture is a flash
     dissolves: bool = True
-    dissolve_max_s: float = 2.0  # longest dissolve looked for
-    dissolve_min_diff: float = 20.0  # mean |end - start| (0-255) a dissolve must bridge, like a cut
-    dissolve_max_residual: float = 0.3  # max mean blend residual, relative to the end-to-end difference
-    dissolve_min_change: float = 0.12  # min spread of the log brightness ratio of the two ends: below it the
-    # window is one shot re-exposed (fade in progress, exposure drift), not a dissolve into another shot
-    dissolve_max_step: float = 0.5  # max alpha increase between consecutive frames (rules out hard cuts)
-    thumb_size: tuple[int, int] = (32, 18)  # (W, H) of the dissolve thumbnails
+    dissolve_max_s: float = 2.0  # longest dissolve or wipe looked for
+    dissolve_min_diff: float = 14.0  # mean |end - start| a dissolve must bridge
+    dissolve_min_path: float = 0.6  # end-to-end difference / summed per-pixel path over the window
+    dissolve_min_change: float = 0.12  # min spread of the log brightness ratio of the two ends (not re-exposure)
+    dissolve_max_step: float = 0.45  # max alpha increase between consecutive frames (rules out hard cuts)
+    wipe_min_diff: float = 7.0  # mean |end - start| a wipe or slide must bridge
+    wipe_max_error: float = 0.35  # max mean error of a split-screen model of a wipe/slide frame, share of that
 
     def __post_init__(self) -> None:
-        if self.detector not in ("adaptive", "content"):
-            raise ValueError(f"detector must be 'adaptive' or 'content', not {self.detector!r}")
+        if self.detector not in ("shots", "adaptive", "content"):
+            raise ValueError(f"detector must be 'shots', 'adaptive' or 'content', not {self.detector!r}")
 
 
 @dataclass(frozen=True)
@@ -94,214 +105,337 @@ class Scene:
         return self.end_s - self.start_s
 
 
-def _thumbnail(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Flat float32 block-mean thumbnail of ``size`` (W, H). The frame is centre-cropped to a whole number of
-    blocks first: OpenCV's area resize is ~5x faster with an integer ratio, and the lost margin is < 1 block."""
-    tw, th = size
-    h, w = rgb.shape[:2]
-    bw, bh = max(1, w // tw), max(1, h // th)
-    y0, x0 = (h - bh * th) // 2, (w - bw * tw) // 2
-    crop = rgb[y0 : y0 + bh * th, x0 : x0 + bw * tw]
-    return cv2.resize(crop, size, interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+def rgb_thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """(18, 32, 3) float32 full-range YUV thumbnail of an RGB uint8 frame (area mean)."""
+    small = cv2.resize(np.ascontiguousarray(rgb), THUMB, interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_RGB2YUV).astype(np.float32)
 
 
 def _relighting_spread(x: np.ndarray, y: np.ndarray) -> float:
-    """Median absolute deviation of the per-pixel log brightness ratio ``y / x``.
-
-    Near 0 when ``y`` is ``x`` with other exposure (a fade, an auto-exposure drift: one gain for most pixels,
-    the median ignores a moving object); large when ``y`` shows other content (a dissolve into another shot).
-    Measured: exposure drift on car-detection.mp4 0.05, fades ~0, real and synthetic dissolves >= 0.23.
-    """
-    ratio = np.log((y + 8.0) / (x + 8.0))
+    """Median absolute deviation of the per-pixel log luma ratio ``y / x``: near 0 when ``y`` is ``x`` with other
+    exposure (a fade, an exposure drift), large when ``y`` shows other content."""
+    ratio = np.log((y[..., 0] + 8.0) / (x[..., 0] + 8.0))
     return float(np.median(np.abs(ratio - np.median(ratio))))
 
 
-def _dissolve_lengths(max_len: int) -> list[int]:
+def _window_lengths(max_len: int) -> list[int]:
     """Window lengths tried for dissolves (ends included): dense when short, ~12% apart when long."""
-    out, length = [], 4
+    out, length = [], 2
     while length <= max_len:
         out.append(length)
         length = max(length + 1, int(length * 1.12))
     return out
 
 
-class SceneSplitter:
-    """Streaming scene detector: ``push`` every decoded frame in order, then ``finish`` once.
+def _zoomed(A: np.ndarray, B: np.ndarray, diff: float) -> bool:
+    """Whether ``B`` is ``A`` seen closer (or ``A`` is ``B`` seen closer): the centre part of one, scaled up by
+    1.15-2.2 and shifted by up to 2 thumbnail pixels, matches the other (both 3x3 blurred) within half of their
+    difference."""
+    h, w = A.shape[:2]
+    for src, dst in ((A, B), (B, A)):
+        dst = cv2.blur(dst, (3, 3))  # the scaled-up thumbnail is soft: compare at its sharpness
+        for scale in (1.15, 1.3, 1.5, 1.8, 2.2):
+            cw, ch = w / scale, h / scale
+            for dx in (-2, 0, 2):
+                for dy in (-2, 0, 2):
+                    x0, y0 = (w - cw) / 2 + dx, (h - ch) / 2 + dy
+                    if x0 < 0 or y0 < 0 or x0 + cw > w or y0 + ch > h:
+                        continue
+                    m = np.float32([[1 / scale, 0, x0], [0, 1 / scale, y0]])
+                    warped = cv2.warpAffine(src, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+                    if float(np.abs(cv2.blur(warped, (3, 3)) - dst).mean()) < 0.5 * diff:
+                        return True
+    return False
 
-    ``fps`` is the nominal frame rate (turns second-valued settings into frame counts; VFR input is fine because
-    all reported times come from the pushed PTS).
-    """
+
+def _split_models(A: np.ndarray, B: np.ndarray):
+    """Per model, whether it is a slide, and (offsets, H, W, 3) pictures of ``A`` and ``B`` side by side: wipes (both still) and slides (both
+    moving) in the four directions, the edge at every thumbnail column (row) offset."""
+    h, w = A.shape[:2]
+    yield False, np.stack([np.concatenate([B[:, :o], A[:, o:]], axis=1) for o in range(w + 1)])  # wipe right
+    yield False, np.stack([np.concatenate([A[:, : w - o], B[:, w - o:]], axis=1) for o in range(w + 1)])  # left
+    yield False, np.stack([np.concatenate([B[:o], A[o:]], axis=0) for o in range(h + 1)])  # wipe down
+    yield False, np.stack([np.concatenate([A[: h - o], B[h - o:]], axis=0) for o in range(h + 1)])  # wipe up
+    yield True, np.stack([np.concatenate([A[:, o:], B[:, :o]], axis=1) for o in range(w + 1)])  # push left
+    yield True, np.stack([np.concatenate([B[:, w - o:], A[:, : w - o]], axis=1) for o in range(w + 1)])  # right
+    yield True, np.stack([np.concatenate([A[o:], B[:o]], axis=0) for o in range(h + 1)])  # push up
+    yield True, np.stack([np.concatenate([B[h - o:], A[: h - o]], axis=0) for o in range(h + 1)])  # push down
+
+
+class SceneSplitter:
+    """Streaming scene detector: ``push`` (RGB) or ``push_thumb`` (YUV thumbnail) every decoded frame in order,
+    then ``finish`` once. ``fps`` is the nominal frame rate (turns seconds into frame counts)."""
 
     def __init__(self, cfg: SceneConfig, fps: float):
         self.cfg = cfg
         self.fps = float(fps) if fps and fps > 0 else 25.0
         self.min_scene_frames = max(1, int(round(cfg.min_scene_s * self.fps)))
-        if cfg.detector == "adaptive":
-            self._detector = AdaptiveDetector(
-                adaptive_threshold=cfg.adaptive_threshold,
-                min_scene_len=self.min_scene_frames,
-                window_width=cfg.adaptive_window,
-                min_content_val=cfg.adaptive_min_content,
-                luma_only=cfg.luma_only,
-            )
-        else:
-            self._detector = ContentDetector(
-                threshold=cfg.content_threshold, min_scene_len=self.min_scene_frames, luma_only=cfg.luma_only
-            )
+        self._psd = None
+        if cfg.detector != "shots":
+            from scenedetect import FrameTimecode  # noqa: F401  (imported here: optional peer detector)
+            from scenedetect.detectors import AdaptiveDetector, ContentDetector
+
+            if cfg.detector == "adaptive":
+                self._psd = AdaptiveDetector(adaptive_threshold=cfg.adaptive_threshold,
+                                             min_scene_len=self.min_scene_frames, window_width=cfg.adaptive_window,
+                                             min_content_val=cfg.adaptive_min_content)
+            else:
+                self._psd = ContentDetector(threshold=cfg.content_threshold, min_scene_len=self.min_scene_frames)
         self._pts: list[float] = []
-        self._level: list[float] = []  # mean RGB level per frame
-        self._kind = bytearray()  # per-frame transition kind
+        self._d: list[float] = []  # mean |thumb i - thumb i-1|
+        self._level: list[float] = []  # mean luma
+        self._solid = bytearray()  # 1 black, 2 white
+        self._kind = bytearray()
         self._cuts: set[int] = set()
-        self._fade_in_open = False  # a black run ended and the ramp out of it may continue
-        self._last_fade = -1  # latest frame marked as fade
-        self._fade_in_len = 0
+        self._lengths = _window_lengths(int(round(cfg.dissolve_max_s * self.fps)) + 2)
+        self._cap = max(self._lengths[-1] + _LAG + 4, 16)
+        self._ring = np.zeros((self._cap,) + THUMB[::-1] + (3,), np.float32)
+        self._path = np.zeros((self._cap,) + THUMB[::-1] + (3,), np.float32)  # cumulative per-pixel |steps|
+        self._free_from = 0  # dissolve windows start at or after this frame
         self.fade_max = max(1, int(round(cfg.fade_max_s * self.fps)))
-        # Dissolve ring buffer: thumbnails of the last `cap` frames.
-        self._lengths = _dissolve_lengths(int(round(cfg.dissolve_max_s * self.fps)) + 4)
-        self._cap = (self._lengths[-1] + 1) if self._lengths else 1
-        tw, th = cfg.thumb_size
-        self._ring = np.zeros((self._cap, th * tw * 3), np.float32)
-        self._dissolve_free_from = 0  # windows must start at or after this frame (after the last dissolve)
+        self.flash_max = max(1, int(round(cfg.flash_max_s * self.fps)))
         self._finished = False
 
     # ------------------------------------------------------------------------------------------ stream
 
     def push(self, rgb: np.ndarray, pts_s: float) -> None:
-        """Feed the next decoded frame: (H, W, 3) uint8 RGB at analysis size, and its PTS in seconds."""
+        """Feed the next decoded frame: (H, W, 3) uint8 RGB, and its PTS in seconds."""
+        if self._psd is not None:
+            from scenedetect import FrameTimecode
+
+            bgr = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
+            for cut in self._psd.process_frame(FrameTimecode(len(self._pts), self.fps), bgr):
+                self._cuts.add(int(cut.frame_num))
+        self._push(rgb_thumbnail(rgb), pts_s)
+
+    def push_thumb(self, thumb: np.ndarray, pts_s: float) -> None:
+        """Feed the next frame as a (18, 32, 3) float32 full-range YUV thumbnail (``curate.frames.iter_thumbs``)."""
+        if self._psd is not None:
+            raise ValueError(f"detector {self.cfg.detector!r} needs RGB frames: use push()")
+        self._push(thumb, pts_s)
+
+    def _push(self, thumb: np.ndarray, pts_s: float) -> None:
         if self._finished:
             raise RuntimeError("push() after finish()")
         i = len(self._pts)
+        cap = self._cap
         self._pts.append(float(pts_s))
         self._kind.append(_NONE)
-        frame = np.ascontiguousarray(rgb)
-        timecode = FrameTimecode(i, self.fps)
-        small = frame
-        for _ in range(self.cfg.detector_halvings):
-            h, w = small.shape[:2]
-            small = cv2.resize(small[: h - h % 2, : w - w % 2], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
-        for cut in self._detector.process_frame(timecode, cv2.cvtColor(small, cv2.COLOR_RGB2BGR)):
-            self._cuts.add(int(cut.frame_num))
-        thumb = _thumbnail(frame, self.cfg.thumb_size)
-        self._ring[i % self._cap] = thumb
-        self._level.append(float(thumb.mean()))
+        if i:
+            step = np.abs(thumb - self._ring[(i - 1) % cap])
+            self._path[i % cap] = self._path[(i - 1) % cap] + step
+            self._d.append(float(step.mean()))
+        else:
+            self._d.append(0.0)
+        self._ring[i % cap] = thumb
+        luma = thumb[..., 0]
+        level = float(luma.mean())
+        self._level.append(level)
+        solid = 0
+        if float(np.abs(luma - level).mean()) <= self.cfg.solid_spread:
+            solid = 1 if level <= self.cfg.black_level else 2 if level >= self.cfg.white_level else 0
+        self._solid.append(solid)
         if self.cfg.fades:
             self._update_fades(i)
-        if self.cfg.dissolves and self._lengths:
-            self._update_dissolves(i)
+        self._decide(i - _LAG, i)
+
+    def _decide(self, i: int, last: int) -> None:
+        """Decisions that waited for frames up to ``last``: a cut at ``i``, a window ending at ``i``."""
+        if i < 1:
+            return
+        if self._psd is None:
+            self._check_cut(i, last)
+        if self.cfg.dissolves and i + 1 <= last:
+            self._update_dissolves(i, last)
 
     def finish(self) -> list[Scene]:
-        """Flush the detectors and return the scenes (transition frames excluded, short scenes dropped)."""
+        """Flush the pending decisions and return the scenes (transition frames excluded, short scenes dropped)."""
         if not self._finished:
+            n = len(self._pts)
+            for i in range(max(1, n - _LAG), n):
+                self._decide(i, n - 1)
             self._finished = True
-            if self._pts:
-                for cut in self._detector.post_process(FrameTimecode(len(self._pts) - 1, self.fps)):
+            if self._psd is not None and n:
+                from scenedetect import FrameTimecode
+
+                for cut in self._psd.post_process(FrameTimecode(n - 1, self.fps)):
                     self._cuts.add(int(cut.frame_num))
-        return self._scenes()
+        return assemble_scenes(self._pts, self._kind, self._cuts, self.min_scene_frames, self.fps)
 
-    # ------------------------------------------------------------------------------------------- fades
+    # ---------------------------------------------------------------------------------------- hard cuts
 
-    def _is_black(self, i: int) -> bool:
-        return self._level[i] <= self.cfg.black_level
+    def _check_cut(self, i: int, last: int) -> None:
+        cfg, d = self.cfg, self._d
+        jump = d[i]
+        if jump < cfg.cut_min_diff:
+            return
+        around = d[max(1, i - 3): i] + d[i + 1: min(last, i + 3) + 1]
+        if around and jump < cfg.cut_ratio * max(around):
+            return
+        before = self._ring[(i - 1) % self._cap]
+        for k in range(i + 1, min(last, i + 4) + 1):
+            if float(np.abs(self._ring[k % self._cap] - before).mean()) < cfg.flash_return * jump:
+                return  # the picture came back: a flash or a one-frame glitch
+        self._cuts.add(i)
+
+    # -------------------------------------------------------------------------------------------- fades
 
     def _update_fades(self, i: int) -> None:
-        step, lv = self.cfg.fade_step, self._level
-        if self._is_black(i):
-            self._kind[i] = _FADE
-            self._last_fade = i
-            self._fade_in_open, self._fade_in_len = True, 0
-            if i > 0 and not self._is_black(i - 1):
-                # A black run starts: walk back over the ramp into it (each frame darker than the one before).
-                j = i - 1
-                while j > 0 and i - j <= self.fade_max and lv[j] < lv[j - 1] * (1 - step):
-                    self._kind[j] = _FADE
-                    j -= 1
+        """Mark solid frames and the ramps around solid runs; unmark a short solid run that is a flash."""
+        solid, lv, step = self._solid, self._level, self.cfg.fade_step
+        if not solid[i]:
+            if i and solid[i - 1]:
+                self._end_solid_run(i)
+            elif self._ramp_in is not None:
+                self._extend_ramp_in(i)
             return
-        if self._fade_in_open:
-            # Frame i-1 is on the ramp out of black while frame i is clearly brighter than it.
-            prev = i - 1
-            if not self._is_black(prev):
-                if lv[prev] < lv[i] * (1 - step) and self._fade_in_len < self.fade_max:
-                    self._kind[prev] = _FADE
-                    self._last_fade = prev
-                    self._fade_in_len += 1
-                else:
-                    self._fade_in_open = False
+        self._kind[i] = _FADE
+        if i and not solid[i - 1]:
+            self._ramp_in = None
+            target = 0.0 if solid[i] == 1 else 255.0
+            j = i - 1  # walk back over the ramp into the run: each frame closer to the solid level than before
+            while j > 0 and i - j <= self.fade_max and abs(lv[j] - target) < abs(lv[j - 1] - target) * (1 - step):
+                self._kind[j] = _FADE
+                j -= 1
+            self._run_out = j  # last clean frame before the run
 
-    # --------------------------------------------------------------------------------------- dissolves
+    _ramp_in: tuple[int, float] | None = None  # (first frame of the ramp out of a solid run, solid level)
+    _run_out = -1
+    _run_start = -1
 
-    def _update_dissolves(self, t: int) -> None:
-        cfg = self.cfg
-        if self._kind[t] != _NONE or self._fade_in_open:
-            return  # fades are the fade detector's; a frame on a ramp out of black is no dissolve end
-        cap, ring = self._cap, self._ring
-        current = ring[t % cap]
-        lengths = [n for n in self._lengths if t - n >= self._dissolve_free_from]
+    def _end_solid_run(self, i: int) -> None:
+        j = i - 1
+        while j > 0 and self._solid[j - 1]:
+            j -= 1
+        self._run_start = j
+        self._ramp_in = (i, 0.0 if self._solid[i - 1] == 1 else 255.0)
+        self._extend_ramp_in(i)
+
+    def _extend_ramp_in(self, i: int) -> None:
+        """Frame ``i - 1`` stays on the ramp out of the solid run while frame ``i`` is clearly further from it."""
+        first, target = self._ramp_in
+        lv, step = self._level, self.cfg.fade_step
+        prev = i - 1
+        if prev >= first and not (abs(lv[prev] - target) < abs(lv[i] - target) * (1 - step)
+                                  and i - first < self.fade_max):
+            self._ramp_in = None
+            self._check_flash(prev)
+            return
+        if prev >= first:
+            self._kind[prev] = _FADE
+
+    def _check_flash(self, clean: int) -> None:
+        """A short fade episode whose two sides show one picture is a flash: unmark it."""
+        out = self._run_out
+        if out < 0 or clean - out - 1 > 2 * self.flash_max or clean - out >= self._cap:
+            return
+        a, b = self._ring[out % self._cap], self._ring[clean % self._cap]
+        if float(np.abs(a - b).mean()) < self.cfg.dissolve_min_diff:
+            for j in range(out + 1, clean):
+                self._kind[j] = _NONE
+
+    # ---------------------------------------------------------------------------------- dissolves, wipes
+
+    def _update_dissolves(self, b: int, last: int) -> None:
+        cfg, cap, ring, d = self.cfg, self._cap, self._ring, self._d
+        if self._kind[b] != _NONE or self._kind[b + 1] != _NONE:
+            return
+        settled = max(d[b + 1: min(last, b + 2) + 1])
+        if settled > 0.25 * cfg.dissolve_min_diff:  # the incoming shot is settled after b
+            return
+        lengths = [n for n in self._lengths if b - n >= self._free_from]
         if not lengths:
             return
-        starts = np.array([(t - n) % cap for n in lengths])
-        diffs = np.abs(ring[starts] - current).mean(axis=1)
-        if diffs.max() < cfg.dissolve_min_diff:
+        current = ring[b % cap]
+        starts = np.array([(b - n) % cap for n in lengths])
+        diffs = np.abs(ring[starts] - current).mean(axis=(1, 2, 3))
+        if diffs.max() < cfg.wipe_min_diff:
             return
-        # the incoming shot must already be on screen unmixed: the previous frame is close to this one
-        step = float(np.abs(ring[(t - 1) % cap] - current).mean())
-        for n, d in zip(lengths, diffs):
-            if d < cfg.dissolve_min_diff or step > 0.2 * d:
+        paths = (self._path[b % cap] - self._path[starts]).mean(axis=(1, 2, 3))
+        for n, diff, path in zip(lengths, diffs, paths):
+            a = b - n
+            if diff < cfg.wipe_min_diff or any(self._kind[m] != _NONE for m in range(a, b + 1)):
                 continue
-            a = t - n
-            if a <= self._last_fade:
-                break  # longer windows reach even further back into the fade
-            span = self._fit_dissolve(a, t, float(d))
+            if self._psd is None and any(c in self._cuts for c in range(a + 1, b + 1)):
+                continue  # our cuts are a single step: a window holding one is no gradual transition
+            span = self._split_screen(a, b, last, float(diff)) if n >= 3 else None
+            if span is None and diff >= cfg.dissolve_min_diff and diff >= cfg.dissolve_min_path * path:
+                span = self._fit(a, b, last, float(diff))
             if span is not None:
                 lo, hi = span
                 for m in range(lo, hi):
                     self._kind[m] = _DISSOLVE
-                self._dissolve_free_from = hi
+                self._free_from = hi
                 return
 
-    def _fit_dissolve(self, a: int, b: int, diff: float) -> tuple[int, int] | None:
-        """Transition frames ``[lo, hi)`` if frames ``a..b`` look like a dissolve from ``a`` to ``b``, else None."""
+    def _fit(self, a: int, b: int, last: int, diff: float) -> tuple[int, int] | None:
+        """Transition frames ``[lo, hi)`` if frames ``a..b`` move from ``a`` to ``b`` like a dissolve or wipe."""
         cfg, cap = self.cfg, self._cap
-        window = self._ring[np.arange(a, b + 1) % cap]  # (L+1, P)
-        x0 = window[0]
-        delta = window[-1] - x0
+        pre, post = min(2, a), min(3, last - b)
+        window = self._ring[np.arange(a - pre, b + post + 1) % cap].reshape(b - a + pre + post + 1, -1)
+        x0 = window[pre]
+        delta = window[pre + b - a] - x0
         norm = float(delta @ delta)
         if norm <= 0:
             return None
-        rel = window - x0
-        alpha = rel @ delta / norm  # (L+1,)
-        if alpha[1] > 0.1 or alpha[-2] < 0.9:  # ends must be stable: two clean frames of each shot
-            return None
+        if a > 0 and self._d[a] > 0.25 * cfg.dissolve_min_diff:
+            return None  # the outgoing shot holds still before the window
+        alpha_all = (window - x0) @ delta / norm
+        alpha = alpha_all[pre: pre + b - a + 1]
         steps = np.diff(alpha)
         if steps.max() > cfg.dissolve_max_step or steps.min() < -0.1:
             return None
         ramp = np.nonzero((alpha > 0.1) & (alpha < 0.9))[0]
         if len(ramp) < 2:
             return None
-        residual = np.abs(rel[1:-1] - alpha[1:-1, None] * delta[None, :]).mean(axis=1) / diff
-        if residual.max() > cfg.dissolve_max_residual:
-            return None
         slope, icpt = np.polyfit(ramp.astype(np.float64), alpha[ramp].astype(np.float64), 1)
         if slope <= 0:
             return None
-        m0, m1 = -icpt / slope, (1.0 - icpt) / slope  # where the fitted ramp is 0 and 1 (window offsets)
-        if m0 < 0.75 or m1 > (b - a) - 0.75:
-            return None  # the ramp has not settled at both ends yet: the window cuts through the transition
-        if _relighting_spread(x0, window[-1]) < cfg.dissolve_min_change:
-            # Most of the picture is the start with another brightness/contrast (a fade in progress, an
-            # exposure change): the same shot, not a dissolve into another one.
+        # the frames around the window hold still: before a at alpha ~0, after b at ~1 (else the window cuts
+        # through the transition and a longer one, or a later end, is the right one)
+        tol = max(0.03, 0.5 * slope)
+        if np.any(alpha_all[:pre] < -tol) or np.any(alpha_all[pre + b - a + 1:] > 1 + tol):
             return None
-        lo = a + max(1, int(round(m0)) + 1)  # first frame after the last clean frame of the outgoing shot
-        hi = a + min(b - a, int(round(m1)))  # first clean frame of the incoming shot
+        m0, m1 = -icpt / slope, (1.0 - icpt) / slope  # where the fitted rise is 0 and 1 (window offsets)
+        if m0 < -0.5 or m1 > (b - a) + 0.5:
+            return None
+        if _relighting_spread(window[pre].reshape(THUMB[1], THUMB[0], 3),
+                              window[pre + b - a].reshape(THUMB[1], THUMB[0], 3)) < cfg.dissolve_min_change:
+            return None  # the same picture with another exposure
+        if _zoomed(window[pre].reshape(THUMB[1], THUMB[0], 3), window[pre + b - a].reshape(THUMB[1], THUMB[0], 3),
+                   diff):
+            return None  # one picture seen closer or further: a zoom
+        lo = a + max(1, int(np.floor(m0)) + 1)  # first frame after the last clean frame of the outgoing shot
+        hi = a + min(b - a, int(np.ceil(m1)))  # first clean frame of the incoming shot
         return (lo, hi) if hi > lo else None
+
+    def _split_screen(self, a: int, b: int, last: int, diff: float) -> tuple[int, int] | None:
+        """Frames ``a+1 .. b-1`` if each is frame ``a`` and frame ``b`` side by side with a straight edge that moves
+        one way across the picture: a wipe (both still) or a slide (the next shot pushes the last one out)."""
+        d, cap = self._d, self._cap
+        outside = max(d[max(1, a - 1): a + 1] + d[b + 1: min(last, b + 2) + 1])
+        inside = d[a + 1: b + 1]
+        if float(np.median(inside)) < max(1.0, 2.0 * outside):  # every frame of the window moves, the frames around hold still
+            return None
+        A, B = self._ring[a % cap], self._ring[b % cap]
+        mids = self._ring[np.arange(a + 1, b) % cap]  # (k, H, W, 3)
+        for push, comps in _split_models(A, B):
+            err = np.abs(mids[:, None] - comps[None]).mean(axis=(2, 3, 4))  # (k, offsets)
+            best = err.argmin(axis=1)
+            limit = self.cfg.wipe_max_error * (0.85 if push else 1.0)  # a pan is a push without a seam: stricter
+            full = comps.shape[0] - 1
+            if err[np.arange(len(best)), best].max() > limit * diff or np.any(np.diff(best) < 0):
+                continue
+            moving = np.nonzero((best > 0) & (best < full))[0]  # frames with the edge inside the picture
+            if len(moving) < max(1, len(best) // 2):
+                continue
+            return a + 1 + int(moving[0]), a + 2 + int(moving[-1])
+        return None
 
     # ------------------------------------------------------------------------------------------ scenes
 
-    def _scenes(self) -> list[Scene]:
-        return assemble_scenes(self._pts, self._kind, self._cuts, self.min_scene_frames, self.fps)
-
     def marks(self) -> tuple[bytes, set[int]]:
-        """Per-frame transition kinds (0 none, 1 fade, 2 dissolve) and hard-cut indices found so far: what
-        :func:`assemble_scenes` turns into scenes (``curate.fastscan`` stitches these from several splitters)."""
+        """Per-frame transition kinds (0 none, 1 fade, 2 dissolve) and hard-cut indices found so far."""
         return bytes(self._kind), set(self._cuts)
 
     @property
@@ -311,7 +445,7 @@ class SceneSplitter:
 
     @property
     def hard_cuts(self) -> list[int]:
-        """Hard-cut positions reported by the PySceneDetect detector (first frame of the new shot)."""
+        """Hard-cut positions (first frame of the new shot)."""
         return sorted(self._cuts)
 
 

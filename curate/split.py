@@ -2,7 +2,7 @@
 
 Inside a sandboxed child process (a decoder that hangs or segfaults costs this one video):
 
-1. decode the video once at analysis size and stream the frames through the scene splitter;
+1. decode the video once and stream its frames (as 32x18 thumbnails) through the scene splitter;
 2. plan clips from the scenes (min/max length, long scenes split into windows);
 3. cut every clip from the source in one pass (stream copy when it starts on a keyframe, else re-encode);
 4. sample the frames the scorers read from each clip as stored (what training will see).
@@ -21,8 +21,7 @@ import av
 import numpy as np
 
 from curate.clips import ClipConfig, cut_clips, plan_clips
-from curate.fastscan import detect_scenes_fast
-from curate.frames import DecodeConfig, iter_frames
+from curate.frames import DecodeConfig, iter_frames, iter_thumbs
 from curate.framepack import pack_frames
 from curate.sandbox import SandboxCrashed, SandboxError, SandboxTimeout, Sandbox
 from curate.scenes import SceneConfig, SceneSplitter
@@ -45,9 +44,6 @@ class SplitConfig:
     clips: ClipConfig = field(default_factory=ClipConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     timeout_s: float = 600.0  # per video: decode + detect + cut; a hang beyond it fails this video only
-    # Two-pass scene detection (curate/fastscan.py): decode only reference frames, then refine around
-    # candidates. Same scenes as one pass; ~1.4x faster on long static shots, slower on busy edits.
-    fast_scenes: bool = False
 
 
 # Keys of every row leaving this stage. Probe fields the clip table keeps are renamed to source_*.
@@ -115,17 +111,19 @@ def analyse_and_cut(path: str, probe_row: dict, cfg: SplitConfig) -> list[dict]:
     """The work of one video (runs in the sandbox child). Returns the clip rows and per-clip status rows."""
     t0 = time.perf_counter()
     fps = float(probe_row.get("fps_avg") or probe_row.get("fps_real") or 25.0)
-    if cfg.fast_scenes:
-        scenes, pts, _ = detect_scenes_fast(path, cfg.decode, cfg.scenes, fps)
-        pts = np.asarray(pts, dtype=np.float64)
-    else:
-        splitter = SceneSplitter(cfg.scenes, fps)
-        pts = []
-        for frame in iter_frames(path, cfg.decode):
+    splitter = SceneSplitter(cfg.scenes, fps)
+    pts = []
+    rotation = int(probe_row.get("rotation") or 0)
+    if cfg.scenes.detector == "shots":  # our detector reads thumbnails straight from the decoder's planes
+        for _, pts_s, thumb in iter_thumbs(path, cfg.decode, rotation):
+            splitter.push_thumb(thumb, pts_s)
+            pts.append(pts_s)
+    else:  # PySceneDetect's detectors want RGB frames
+        for frame in iter_frames(path, cfg.decode, rotation):
             splitter.push(frame.rgb, frame.pts_s)
             pts.append(frame.pts_s)
-        scenes = splitter.finish()
-        pts = np.asarray(pts, dtype=np.float64)
+    scenes = splitter.finish()
+    pts = np.asarray(pts, dtype=np.float64)
     spans = plan_clips(scenes, cfg.clips, fps, pts)
     if not spans:
         reason = "no-frames" if len(pts) == 0 else "no-usable-scenes"

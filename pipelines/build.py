@@ -73,7 +73,6 @@ class BuildConfig:
     clips: ClipConfig = field(default_factory=ClipConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     split_timeout_s: float = 600.0
-    fast_scenes: bool = False  # two-pass scene detection; same scenes (tests/test_fastscan.py), other speed
     store_media: str = "bytes"  # bytes: MP4 inside the shard; path: MP4 files under DATASET/media/
     clip_checkpoint: str | None = None  # open_clip weights (local file); None -> clip columns say no-model
     clip_model_name: str = "ViT-B-32"
@@ -92,13 +91,13 @@ class BuildConfig:
 
     def split_config(self) -> SplitConfig:
         return SplitConfig(decode=self.decode, scenes=self.scenes, clips=self.clips, sample=self.sample,
-                           timeout_s=self.split_timeout_s, fast_scenes=self.fast_scenes)
+                           timeout_s=self.split_timeout_s)
 
     def fingerprinted(self) -> dict:
         from caption.expand import public_dict  # no api_key ever reaches config.json or the state folder
 
         d = _jsonable(public_dict(self))
-        for k in ("input", "output", "filters", "resources", "address", "overwrite", "progress", "fast_scenes"):
+        for k in ("input", "output", "filters", "resources", "address", "overwrite", "progress"):
             d.pop(k, None)
         d["tessera_version"] = VERSION
         d["schema_version"] = SCHEMA_VERSION

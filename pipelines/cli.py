@@ -40,11 +40,11 @@ def _add_build(sub) -> None:
                    help="keep clip MP4s inside the shards (bytes) or as files under DATASET/media (path)")
     p.add_argument("--min-clip-s", type=float, default=2.0, help="shortest clip; shorter scenes are dropped")
     p.add_argument("--max-clip-s", type=float, default=15.0, help="longest clip; longer scenes become windows")
-    p.add_argument("--detector", choices=["adaptive", "content"], default=None,
-                   help="PySceneDetect detector for hard cuts (fades and dissolves are detected either way)")
-    p.add_argument("--fast-scenes", action="store_true",
-                   help="two-pass scene detection (decode reference frames, refine around candidates): the same "
-                        "scenes, ~1.4x faster on long static shots, slower on busy edits")
+    p.add_argument("--detector", choices=["shots", "adaptive", "content"], default=None,
+                   help="hard-cut detector: shots (ours, default) or PySceneDetect's adaptive / content (fades, "
+                        "dissolves and wipes are detected either way)")
+    p.add_argument("--clip-margin", type=int, default=None,
+                   help="frames every clip keeps clear of a detected cut or transition (default 2)")
     p.add_argument("--analysis-size", type=int, default=None, help="short side (px) of frames used for analysis")
     p.add_argument("--split-timeout", type=float, default=600.0,
                    help="seconds one video may take to decode, detect and cut before it is failed")
@@ -85,6 +85,8 @@ def build_config_from_args(a):
     decode = DecodeConfig() if a.analysis_size is None else dataclasses.replace(DecodeConfig(), short_side=a.analysis_size)
     scenes = SceneConfig() if a.detector is None else dataclasses.replace(SceneConfig(), detector=a.detector)
     clips = dataclasses.replace(ClipConfig(), min_s=a.min_clip_s, max_s=a.max_clip_s)
+    if a.clip_margin is not None:
+        clips = dataclasses.replace(clips, margin_frames=a.clip_margin)
     inputs = a.input[0] if len(a.input) == 1 else list(a.input)
     caption = expand = None
     if a.caption:
@@ -100,7 +102,7 @@ def build_config_from_args(a):
                               endpoint=OpenAIEndpoint(base_url=a.expand_base_url))
     return BuildConfig(
         input=inputs, output=a.output, decode=decode, scenes=scenes, clips=clips,
-        split_timeout_s=a.split_timeout, fast_scenes=a.fast_scenes, store_media=a.store_media, clip_checkpoint=a.clip_checkpoint,
+        split_timeout_s=a.split_timeout, store_media=a.store_media, clip_checkpoint=a.clip_checkpoint,
         clip_model_name=a.clip_model, aesthetic_head=a.aesthetic_head, ocr=not a.no_ocr, caption=caption,
         expand=expand,
         filters=FilterSpec(expressions=tuple(a.filter)), rows_per_file=a.rows_per_file,

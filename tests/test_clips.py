@@ -35,7 +35,7 @@ def _scene(start, end, fps=24.0, cut_in="cut", cut_out="cut"):
 
 
 def test_plan_windows_short_scenes_and_trim():
-    cfg = ClipConfig(min_s=2.0, max_s=15.0)
+    cfg = ClipConfig(min_s=2.0, max_s=15.0, margin_frames=0)
     scenes = [_scene(0, 40), _scene(40, 40 + 24 * 40, cut_out="fade"), _scene(1000, 1100, cut_in="dissolve")]
     spans = plan_clips(scenes, cfg, 24.0)
     assert all(s.scene_index != 0 for s in spans)  # 40 frames = 1.67 s < min_s
@@ -48,8 +48,19 @@ def test_plan_windows_short_scenes_and_trim():
     assert [s.window_index for s in long] == [0, 1, 2]
     (last,) = [s for s in spans if s.scene_index == 2]
     assert (last.start, last.end, last.cut_in) == (1000, 1100, "dissolve")
-    trimmed = plan_clips(scenes, ClipConfig(trim_frames=3), 24.0)
+    trimmed = plan_clips(scenes, ClipConfig(trim_frames=3, margin_frames=0), 24.0)
     assert trimmed[-1].start == 1003 and trimmed[-1].end == 1097
+
+
+def test_margin_keeps_clips_clear_of_detected_boundaries_not_of_the_file_ends():
+    scenes = [_scene(0, 100, cut_in="start"), _scene(100, 200, cut_in="cut", cut_out="dissolve"),
+              _scene(210, 300, cut_in="dissolve", cut_out="end")]
+    spans = plan_clips(scenes, ClipConfig(min_s=1.0, max_s=15.0), 24.0)  # default margin: 2 frames
+    assert [(s.start, s.end) for s in spans] == [(0, 98), (102, 198), (212, 300)]
+    spans = plan_clips(scenes, ClipConfig(min_s=1.0, max_s=15.0, margin_frames=5, trim_frames=1), 24.0)
+    assert [(s.start, s.end) for s in spans] == [(1, 94), (106, 194), (216, 299)]
+    with pytest.raises(ValueError):
+        ClipConfig(margin_frames=-1)
 
 
 def test_plan_uses_pts_on_vfr():

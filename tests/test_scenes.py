@@ -38,7 +38,7 @@ def mixed(tmp_path_factory):
     return path, gt
 
 
-@pytest.mark.parametrize("detector", ["adaptive", "content"])
+@pytest.mark.parametrize("detector", ["shots", "adaptive", "content"])
 def test_synthetic_scenes_are_exactly_the_clean_shots(mixed, detector):
     path, gt = mixed
     scenes, splitter, pts = _run(path, SceneConfig(detector=detector), gt.fps)
@@ -80,7 +80,7 @@ def test_detect_scenes_takes_frames_or_tuples_and_streams(mixed):
     for f in frames:
         splitter.push(f.rgb, f.pts_s)
     held = sum(v.nbytes for v in vars(splitter).values() if isinstance(v, np.ndarray))
-    assert held <= splitter._ring.nbytes < 64 * 32 * 18 * 3 * 4
+    assert held == 2 * splitter._ring.nbytes < 2 * 64 * 32 * 18 * 3 * 4  # thumbnail ring + per-pixel path ring
     assert not any(isinstance(v, list) and v and isinstance(v[0], np.ndarray) for v in vars(splitter).values())
 
 
