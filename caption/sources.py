@@ -1,6 +1,10 @@
 """Captions and hints that come with the source video: sidecar files and a manifest column.
 
-Looked up per row from ``source_uri`` (a local path or ``file://`` URI; nothing is ever fetched over a network):
+Looked up per row from ``source_uri`` (a local path or ``file://`` URI; nothing is ever fetched over a network).
+A relative path is tried against, in order: the folder the build recorded in the dataset's ``config.json``
+(``input_root`` or ``cwd``, when present), the dataset folder and the current working directory (``tessera
+demo`` and older builds stored paths relative to where they ran). A source that none of them holds is reported
+by ``SourceLookup.problem``, never silently taken for "no caption".
 
 - sidecars next to the video: ``<stem>.txt`` (the whole text) or ``<stem>.json`` (first of the keys
   ``caption``, ``description``, ``title``; ``title`` and ``tags`` are joined in when both exist). A ``.json``
@@ -131,6 +135,8 @@ class SourceLookup:
     def __init__(self, cfg: SourceConfig, dataset_dir: str | None = None):
         self.cfg = cfg
         self.dataset_dir = Path(dataset_dir) if dataset_dir else None
+        self.roots = source_roots(self.dataset_dir)
+        self._problems: dict[str, str] = {}
         self._manifest = _load_manifest(cfg.manifest, cfg.manifest_column) if cfg.manifest else {}
         self._sidecars: dict[str, str | None] = {}  # many clips share one source video
         self._timed: dict[str, list | None] = {}
@@ -147,9 +153,7 @@ class SourceLookup:
             text = self._manifest[str(uri)]
         if text is None and self.cfg.sidecar and uri:
             if uri not in self._sidecars:
-                path = local_path(uri)
-                if path is not None and not path.is_absolute() and self.dataset_dir is not None:
-                    path = self.dataset_dir / path
+                path = self._locate(uri)
                 self._sidecars[uri] = read_sidecar(path, self.cfg.max_file_bytes) if path else None
                 self._timed[uri] = read_timed_sidecar(path, self.cfg.max_file_bytes) if path else None
             timed = self._timed.get(uri)
@@ -159,3 +163,38 @@ class SourceLookup:
                 text = self._sidecars[uri]
         text = clean_text(text, self.cfg.max_chars) if text else None
         return text or None
+
+    def problem(self, row: dict) -> str | None:
+        """Why ``lookup(row)`` found nothing when the reason is a missing or unreadable source (else None)."""
+        return self._problems.get(str(row.get("source_uri")))
+
+    def _locate(self, uri: str) -> Path | None:
+        """The local file a ``source_uri`` names, trying the roots for a relative path; None (and a recorded
+        problem) when it is not found."""
+        path = local_path(uri)
+        if path is None:
+            return None
+        candidates = [path] if path.is_absolute() else [root / path for root in self.roots]
+        for candidate in candidates:
+            if candidate.exists() or candidate.with_suffix(".txt").exists() or candidate.with_suffix(".json").exists():
+                return candidate
+        self._problems[str(uri)] = (f"source not found: {clean_text(str(uri), 300)} (tried "
+                                    f"{', '.join(clean_text(str(c), 300) for c in candidates)})")
+        return None
+
+
+def source_roots(dataset_dir: Path | None) -> list[Path]:
+    """Folders a relative ``source_uri`` may be relative to, most specific first (see the module docstring)."""
+    roots: list[Path] = []
+    if dataset_dir is not None:
+        try:
+            recorded = json.loads((dataset_dir / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            recorded = {}
+        for key in ("input_root", "cwd"):
+            value = recorded.get(key) if isinstance(recorded, dict) else None
+            if isinstance(value, str) and value:
+                roots.append(Path(value))
+        roots.append(dataset_dir)
+    roots.append(Path.cwd())
+    return list(dict.fromkeys(roots))

@@ -117,12 +117,17 @@ def get_template(template_id: str) -> Template:
 # Quoting untrusted text
 # ----------------------------------------------------------------------------------------------------------------
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+# Terminal escape sequences whole (CSI "ESC [ ... final", OSC "ESC ] ... BEL/ST", two-byte ESC x), so that no
+# printable remainder such as "[2J" survives the control-character pass.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x9b[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]")
 
 
 def clean_text(text: str, max_chars: int = 4000) -> str:
-    """NFC-normalise, drop control and bidi-override characters, collapse whitespace, cut to ``max_chars``."""
-    text = _CONTROL.sub("", unicodedata.normalize("NFC", text))
+    """NFC-normalise, drop terminal escapes, control and bidi characters, collapse whitespace, cut to ``max_chars``.
+
+    What a server, a sidecar or a user says passes through here before it is printed or stored."""
+    text = _CONTROL.sub("", _ANSI.sub("", unicodedata.normalize("NFC", str(text))))
     return " ".join(text.split())[:max_chars]
 
 
@@ -160,9 +165,14 @@ _URL = re.compile(r"(?i)\b(?:https?|ftp|file|s3|gs)://|\bdata:[\w.+-]+/[\w.+-]+[
                   r"\b[a-z0-9-]+\.(?:com|net|org|io|ru|xyz|info|biz|ly|co|me|app|dev|site|online|top|cn|tk)\b"
                   r"(?:/|\s|$|[.,;:!?)])")
 _REFUSAL = re.compile(r"(?i)^\W*(?:i['’]?m sorry|i am sorry|sorry,|i can(?:no|['’])t|i cannot|i won['’]?t|"
-                      r"i am unable|i['’]?m unable|as an ai\b|i must decline)")
-_INJECTION = re.compile(r"(?i)ignore (?:all |any )?(?:the )?(?:previous|prior|above) (?:instructions|prompts?)|"
-                        r"system prompt|<\|im_start\|>|<\|im_end\|>|\bjailbreak")
+                      r"i am unable|i['’]?m unable|as an ai\b|i must decline)|"
+                      r"\b(?:i['’]?m sorry|i am sorry)\b[^.!?]{0,40}\b(?:can(?:no|['’])?t|unable to|won['’]?t) "
+                      r"(?:help|assist|continue|comply|do|rewrite|provide|describe)\b|"
+                      r"\bas an ai(?: language model)?\b")
+_INJECTION = re.compile(r"\b(?:ignore|disregard|forget)\b[^.!?]{0,30}\b(?:previous|prior|above|earlier|your)\b"
+                        r"[^.!?]{0,12}\b(?:instructions?|prompts?|rules|directions)\b|"
+                        r"\b(?:disregard|ignore) the above\b|\bnew (?:task|instructions?)\s*:|"
+                        r"\bdeveloper mode\b|\byou are now\b|system prompt|<\|im_start\|>|<\|im_end\|>|\bjailbreak", re.I)
 _WORD = re.compile(r"[\w']+")
 
 

@@ -6,9 +6,10 @@ it never imports ``ray``. Backends:
 - ``transformers``: a local image-text-to-text model dir (``AutoProcessor`` + ``AutoModelForImageTextToText``,
   the model's own chat template), the clip's N uniformly sampled frames as N images, batched left-padded
   generation, bf16 on GPU, greedy unless ``temperature > 0``;
-- ``openai``: any OpenAI-compatible server (vLLM, OpenAI) via ``caption.expand.ChatRunner``; frames go inline as
+- ``openai``: any OpenAI-compatible server (vLLM, OpenAI) via ``caption.chat.ChatRunner``; frames go inline as
   base64 JPEG data URLs, never as URLs the server would fetch;
-- ``source``: the caption that came with the source (``caption.sources``) is the caption. With another backend,
+- ``source``: the caption that came with the source (``caption.sources``) is the caption, after the same
+  ``validate_output`` check as a VLM caption (a sidecar is as untrusted as a server). With another backend,
   ``cfg.source.use == "hint"`` quotes that text as data inside the VLM prompt.
 
 Frames come from the ``caption_frames`` column written by the frame stage (``caption.frames``); without it the
@@ -17,7 +18,7 @@ id and a mismatch is an error, never a silently swapped caption.
 
 Columns added: ``caption_<kind>`` per configured kind, ``caption_backend``, ``caption_model``,
 ``caption_prompt_id`` (template ids, comma-joined in kind order), ``caption_status`` (``ok`` when every kind is
-ok, else the first failure's ``error:<reason>``; ``no-source`` when the source backend has nothing),
+ok, else the first failure's ``error:<reason>``; ``error:no-source`` when the source backend has no text, ``error:source-missing`` when its file is not found),
 ``caption_error`` (``kind: message`` parts), ``caption_tokens`` (prompt + completion, summed over kinds; 0 when
 cached). Successful captions are cached by hash(clip bytes, template fingerprint, model, sampling settings,
 hint) so unchanged clips are never decoded or captioned again.
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from caption.cache import ResultCache, cache_key
-from caption.expand import ChatRequest, ChatRunner, OpenAIEndpoint, local_model_id, pick_device_dtype
+from caption.chat import ChatProgress, ChatRequest, ChatRunner, OpenAIEndpoint, local_model_id, pick_device_dtype
 from caption.frames import FrameConfig, decode_jpeg, prepare_clip, present, read_clip_bytes, unpack_jpegs
 from caption.sources import SourceConfig, SourceLookup
 from caption.templates import VLM_TEMPLATE_FOR_KIND, get_template, validate_output, vlm_instruction
@@ -61,6 +62,7 @@ class VLMConfig:
     endpoint: OpenAIEndpoint = field(default_factory=lambda: OpenAIEndpoint(timeout_s=120.0))
     source: SourceConfig = SourceConfig()
     cache_path: str | None = None
+    progress_dir: str | None = None  # where the chat runner writes its progress (caption.chat.ChatProgress)
 
     def tokens_for(self, kind: str) -> int:
         return dict(self.max_new_tokens).get(kind, 128)
@@ -221,7 +223,8 @@ class Captioner:
         elif cfg.backend == "openai":
             from dataclasses import replace
 
-            self.runner = ChatRunner(replace(cfg.endpoint, model=cfg.model or cfg.endpoint.model), seed=cfg.seed)
+            self.runner = ChatRunner(replace(cfg.endpoint, model=cfg.model or cfg.endpoint.model), seed=cfg.seed,
+                                     progress=ChatProgress("caption", folder=cfg.progress_dir))
         elif cfg.backend != "source":
             raise ValueError(f"unknown VLM backend {cfg.backend!r}")
         self.model_id = self.keys.model_id
@@ -296,10 +299,17 @@ class Captioner:
 
         if cfg.backend == "source":
             for i in range(n):
-                for kind in cfg.kinds:
-                    captions[kind][i] = hints[i]
                 if hints[i] is None:
-                    status[i] = "no-source"
+                    problem = self.keys.sources.problem(rows[i])  # the file itself is missing: say where we looked
+                    self._fail(status, errors, i, "error:source-missing" if problem else "error:no-source", "all",
+                               problem or "no sidecar, manifest or column text for this source")
+                    continue
+                for kind in cfg.kinds:
+                    reason = validate_output(hints[i], self.templates[kind]) if cfg.validate else None
+                    if reason:
+                        self._fail(status, errors, i, f"error:{reason}", kind, f"source text rejected: {reason}")
+                    else:
+                        captions[kind][i] = hints[i]
             return self._emit(batch, captions, status, errors, tokens)
 
         prompt_hints = [h if cfg.source.use == "hint" else None for h in hints]

@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # the caption stack loads only when --caption is used
     from caption.expand import ExpandConfig
     from caption.vlm import VLMConfig
 
-from pipelines.stages import CaptionStage, ProbeStage, ScoreStage, SplitFlatMap, StageWriter, TIMING_COLUMNS
+from pipelines.stages import ProbeStage, ScoreStage, SplitFlatMap, StageWriter, TIMING_COLUMNS
 
 VERSION = "0.1.0"
 
@@ -94,7 +94,7 @@ class BuildConfig:
                            timeout_s=self.split_timeout_s)
 
     def fingerprinted(self) -> dict:
-        from caption.expand import public_dict  # no api_key ever reaches config.json or the state folder
+        from caption.chat import public_dict  # no api_key ever reaches config.json or the state folder
 
         d = _jsonable(public_dict(self))
         for k in ("input", "output", "filters", "resources", "address", "overwrite", "progress"):
@@ -180,10 +180,10 @@ def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: 
         vlm = cfg.caption if cfg.caption.cache_path else replace(cfg.caption, cache_path=cache)
         expand = cfg.expand or ExpandConfig(backend="off")
         expand = expand if expand.cache_path else replace(expand, cache_path=cache)
-        gpus = 1 if vlm.backend == "transformers" and ray.cluster_resources().get("GPU", 0) else None
-        ds = ds.map_batches(CaptionStage, fn_constructor_kwargs={"vlm": vlm, "expand": expand, "dataset_dir": None},
-                            batch_size=res.score_batch_size, batch_format="pyarrow", compute=Pool(size=1),
-                            num_cpus=res.score_cpus, num_gpus=gpus)
+        from pipelines.caption import add_caption_stages  # the same stages as `tessera caption`
+
+        ds = add_caption_stages(ds, vlm, expand, None, use_gpu=bool(ray.cluster_resources().get("GPU", 0)),
+                                batch_size=res.score_batch_size, for_build=True)
     ds = ds.map_batches(StageWriter,                                                      # 5. stage shards
                         fn_constructor_kwargs={"root": str(state.root), "fingerprint": fp,
                                                "store_media": cfg.store_media},

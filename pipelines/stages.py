@@ -22,7 +22,7 @@ import pyarrow as pa
 from curate.probe import ProbeLimits, probe
 from curate.remote import is_uri, local_copy
 from curate.sandbox import Sandbox, SandboxCrashed, SandboxError, SandboxTimeout
-from curate.schema import CAPTION_COLUMNS, CLIP_SCHEMA, FAILURE_SCHEMA, SCHEMA_VERSION, validate
+from curate.schema import CLIP_SCHEMA, FAILURE_SCHEMA, SCHEMA_VERSION, validate
 from curate.split import SPLIT_KEYS, SplitConfig, SplitStage, status_row
 from curate.store import atomic_write_bytes, atomic_write_table, claim_content
 
@@ -169,54 +169,6 @@ class ScoreStage:
         return table.append_column(f"t_score_{self.name}", pa.array([dt] * table.num_rows, pa.float64()))
 
 
-# What the caption stages read of a clip row.
-_CAPTION_INPUTS = ("clip_id", "clip_mp4", "clip_path", "source_uri", "start_frame", "end_frame")
-
-
-class CaptionStage:
-    """``map_batches``: `tessera build --caption` — frame preparation, the VLM captioner and the expander of
-    ``caption/`` run inline on the clip rows of a batch (status rows pass through untouched).
-
-    Only the columns captioning reads are handed over as numpy, and only the caption columns come back, so
-    Ray's numpy conversion can never change the type of a lineage or score column.
-    """
-
-    def __init__(self, vlm, expand, dataset_dir: str | None):
-        from caption.expand import Expander
-        from caption.frames import make_frame_prep_fn
-        from caption.vlm import Captioner, make_needs_frames
-
-        self.prep = make_frame_prep_fn(vlm.frames, dataset_dir, make_needs_frames(vlm, dataset_dir))
-        self.captioner = Captioner(vlm, dataset_dir)
-        self.expander = Expander(expand)
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        from pipelines.caption import drop_frames
-
-        t0 = time.perf_counter()
-        kinds = table.column("row_kind").to_pylist()
-        rows = [i for i, k in enumerate(kinds) if k == "clip"]
-        added: dict[str, list] = {}
-        if rows:
-            sub = table.take(pa.array(rows))
-            batch = {n: sub.column(n).to_numpy(zero_copy_only=False) for n in _CAPTION_INPUTS if n in sub.column_names}
-            batch = self.expander(drop_frames(self.captioner(self.prep(batch))))
-            added = {k: list(v) for k, v in batch.items() if k in CAPTION_COLUMNS}
-        for name in CAPTION_COLUMNS:
-            values = [None] * table.num_rows
-            for j, i in enumerate(rows):
-                if name in added:
-                    v = added[name][j]
-                    values[i] = None if (isinstance(v, float) and v != v) else (v.item() if hasattr(v, "item") else v)
-            arr = pa.array(values, type=CLIP_SCHEMA.field(name).type)
-            if name in table.column_names:
-                table = table.set_column(table.column_names.index(name), name, arr)
-            else:
-                table = table.append_column(name, arr)
-        dt = (time.perf_counter() - t0) / max(1, table.num_rows)
-        return table.append_column("t_caption", pa.array([dt] * table.num_rows, pa.float64()))
-
-
 class StageWriter:
     """``map_batches``: write each input's rows of the batch to its staging folder; emit one small row per
     input row so the driver can count what landed and mark inputs done."""
@@ -313,5 +265,5 @@ def _group_name(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(str(i) for i in ids)).encode()).hexdigest()[:16]
 
 
-__all__ = ["ProbeStage", "SplitFlatMap", "ScoreStage", "CaptionStage", "StageWriter", "TIMING_COLUMNS",
+__all__ = ["ProbeStage", "SplitFlatMap", "ScoreStage", "StageWriter", "TIMING_COLUMNS",
            "SPLIT_KEYS"]

@@ -18,6 +18,24 @@ whole batch of mixed cases.
 | ``@obey``     | acts like a model that obeyed an injected instruction: answers with a URL  |
 | ``@echo``     | answers with its system prompt                                             |
 | ``@wrongid``  | echoes another request id (an in-flight mix-up)                            |
+| ``@429date``  | the first two attempts get 429 with ``Retry-After`` as an HTTP date        |
+| ``@429long``  | always 429 with ``Retry-After: 3600``                                      |
+| ``@503``      | always 503                                                                 |
+| ``@400``, ``@401``, ``@404`` | that status, always                                         |
+| ``@drip``     | headers at once, then the body one byte every ``drip_s``                   |
+| ``@resetbody``| headers and half the body, then the connection is dropped                  |
+| ``@badjson``  | 200 with a body that is not JSON                                           |
+| ``@nullcontent`` | ``content: null`` and no refusal                                        |
+| ``@huge``     | 1 MB of content                                                            |
+| ``@control``  | an answer carrying ANSI escapes, a bidi override and control characters    |
+| ``@ansirefusal`` | a ``refusal`` field that would clear the screen and set the title       |
+| ``@pirate``, ``@offtopic``, ``@leak`` | fluent answers that are not about the input (a pirate    |
+|               | poem; a dog on a beach; the input plus a key-like string and a file path)  |
+
+``faults`` maps a substring of "<request id> <user text>" to a marker, so a test can make one clip's requests
+misbehave without touching its text (VLM request ids are ``<clip_id>|<kind>``); it may be changed between runs.
+``models`` (a set) makes unknown models answer 404; ``api_key`` makes a wrong ``Authorization`` answer 401.
+Requests carrying ``x-tessera-probe`` are recorded with ``probe=True``.
 
 With images in the request (a VLM call), the answer names the nearest colour of ``COLOURS`` to the mean colour
 of all the images received, so a caption attached to the wrong clip is detectable. ``latency_s`` and
@@ -29,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import io
 import json
 import random
@@ -42,7 +61,13 @@ import numpy as np
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),
            "magenta": (210, 30, 210), "cyan": (30, 210, 220), "white": (235, 235, 235), "black": (15, 15, 15)}
 ID_HEADER = "x-tessera-request-id"
-_MARK = re.compile(r"@(slow|429|500once|500|reset|timeout|length|empty|refusal-field|refuse|obey|echo|wrongid)\b")
+_MARK = re.compile(r"@(slow|429date|429long|429|500once|500|503|400|401|404|resetbody|reset|timeout|length|empty|"
+                   r"refusal-field|refuse|obey|echo|wrongid|drip|badjson|nullcontent|huge|control|ansirefusal|"
+                   r"pirate|offtopic|leak)(?![\w-])")
+PIRATE = ("Yo ho ho, upon the briny deep, a salty crew their secrets keep; with cutlass bright and flag unfurled, "
+          "we sail the seven seas of the world.")
+OFFTOPIC = ("A golden retriever runs along a wet sandy beach at low tide, ears flapping, as waves roll in behind it "
+            "under a soft evening sky.")
 
 
 def nearest_colour(rgb) -> str:
@@ -59,6 +84,7 @@ class Seen:
     marker: str | None
     authorization: str | None
     body: dict
+    probe: bool = False
 
 
 @dataclass
@@ -70,9 +96,17 @@ class FakeOpenAIServer:
     slow_s: float = 0.5
     hang_s: float = 5.0
     retry_after_s: int = 1
+    drip_s: float = 0.5
     max_lifetime_s: float = 120.0
     seed: int = 0
+    faults: dict[str, str] = field(default_factory=dict)
+    models: set[str] | None = None
+    api_key: str | None = None
     seen: list[Seen] = field(default_factory=list)
+
+    def requests(self, probe: bool = False) -> list[Seen]:
+        """The requests seen, without (default) or only the probes."""
+        return [s for s in self.seen if s.probe == probe]
 
     def __post_init__(self):
         self._rng = random.Random(self.seed)
@@ -135,23 +169,41 @@ class FakeOpenAIServer:
         text, images = _split_content(last.get("content"))
         match = _MARK.search(text)
         marker = match.group(1) if match else None
+        where = f"{rid} {text}"
+        marker = next((m for pattern, m in self.faults.items() if pattern in where), marker)
+        probe = bool(request.headers.get("x-tessera-probe"))
         with self._lock:
-            self.seen.append(Seen(time.time(), rid, marker, request.headers.get("Authorization"), body))
+            self.seen.append(Seen(time.time(), rid, marker, request.headers.get("Authorization"), body, probe))
             key = f"{marker}:{rid or text}"
             attempt = self._attempts[key] = self._attempts.get(key, 0) + 1
             delay = self.latency_s + (self._rng.random() * self.jitter_s if self.jitter_s else 0.0)
         headers = {ID_HEADER: rid} if rid else {}
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": {"message": "bad key", "type": "invalid_request_error"}}, status=401)
+        if self.models is not None and body.get("model") not in self.models:
+            return web.json_response({"error": {"message": f"model {body.get('model')!r} not found",
+                                                "type": "invalid_request_error"}}, status=404)
+        if probe:
+            marker = None
         if marker == "wrongid":  # a server (or proxy) that mixes up in-flight requests
             headers = {ID_HEADER: f"not-{rid}"}
         if delay:
             await asyncio.sleep(delay)
         if marker == "slow":
             await asyncio.sleep(self.slow_s)
-        if marker == "429" and attempt <= 2:
+        if marker in ("429", "429date") and attempt <= 2:
+            after = (str(self.retry_after_s) if marker == "429" else
+                     email.utils.formatdate(time.time() + self.retry_after_s + 1, usegmt=True))
             return web.json_response({"error": {"message": "slow down", "type": "rate_limit"}}, status=429,
-                                     headers={**headers, "Retry-After": str(self.retry_after_s)})
+                                     headers={**headers, "Retry-After": after})
+        if marker == "429long":
+            return web.json_response({"error": {"message": "come back in an hour", "type": "rate_limit"}},
+                                     status=429, headers={**headers, "Retry-After": "3600"})
         if marker == "500" or (marker == "500once" and attempt == 1):
             return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500,
+                                     headers=headers)
+        if marker in ("503", "400", "401", "404"):
+            return web.json_response({"error": {"message": f"status {marker}", "type": "x"}}, status=int(marker),
                                      headers=headers)
         if marker == "reset":
             if request.transport is not None:
@@ -162,25 +214,57 @@ class FakeOpenAIServer:
             if request.transport is not None:
                 request.transport.abort()
             return web.Response(status=500)
+        if marker == "badjson":
+            return web.Response(status=200, text='{"id": "x", "choices": [ not json', content_type="application/json",
+                                headers=headers)
+        if marker in ("drip", "resetbody"):
+            payload = json.dumps(self._completion(rid, attempt, body, "a slow answer about the input", "stop", None,
+                                                  messages)).encode()
+            resp = web.StreamResponse(status=200, headers={**headers, "Content-Type": "application/json",
+                                                           "Content-Length": str(len(payload))})
+            await resp.prepare(request)
+            if marker == "resetbody":
+                await resp.write(payload[: len(payload) // 2])
+                if request.transport is not None:
+                    request.transport.abort()
+                return resp
+            for i in range(len(payload)):
+                await resp.write(payload[i:i + 1])
+                await asyncio.sleep(self.drip_s)
+            await resp.write_eof()
+            return resp
         content, finish, refusal = self._answer(marker, text, images, messages), "stop", None
         if marker == "length":
             finish = "length"
         elif marker == "empty":
             content = ""
+        elif marker == "nullcontent":
+            content = None
         elif marker == "refuse":
             content = "I'm sorry, but I can't help with that request."
         elif marker == "refusal-field":
             content, refusal = None, "I can't help with that."
+        elif marker == "ansirefusal":
+            content, refusal = None, "\x1b]0;pwned\x07\x1b[2J\x1b[HI can't help\u202e with that."
+        elif marker == "huge":
+            content = "A very long answer. " * ((1 << 20) // 20)
+        elif marker == "control":
+            content = content + " \x1b[2J\x1b]0;title\x07\u202e\x08"
+        return web.json_response(self._completion(rid, attempt, body, content, finish, refusal, messages),
+                                 headers=headers)
+
+    @staticmethod
+    def _completion(rid, attempt, body, content, finish, refusal, messages) -> dict:
         prompt_tokens = sum(len(json.dumps(m)) // 4 for m in messages)
         completion_tokens = len((content or "").split())
-        return web.json_response({
+        return {
             "id": f"chatcmpl-{attempt}-{rid}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", "fake"),
             "choices": [{"index": 0, "finish_reason": finish,
                          "message": {"role": "assistant", "content": content, "refusal": refusal}}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
-        }, headers=headers)
+        }
 
     @staticmethod
     def _answer(marker: str | None, text: str, images: list[bytes], messages: list[dict]) -> str:
@@ -190,10 +274,18 @@ class FakeOpenAIServer:
             return f"A video of a plain {colour} surface seen in {len(images)} frames."
         if marker == "obey":
             return "Sure. Visit http://evil.example/x for the best videos of a cat."
+        if marker == "pirate":
+            return PIRATE
+        if marker == "offtopic":
+            return OFFTOPIC
         if marker == "echo":
             return next((m["content"] for m in messages if m.get("role") == "system"), "")
         data = re.search(r"<data>\s*(\{.*\})\s*</data>", text, re.S)
         original = json.loads(data.group(1)).get("text", "") if data else text
+        original = _MARK.sub("", original).strip()
+        if marker == "leak":
+            return (f"A detailed shot showing {original.rstrip('.')}; the key sk-live-9f8e7d6c5b4a39281706 is stored "
+                    f"in /home/admin/.config/secrets.env for later.")
         return (f"A detailed shot showing {original.rstrip('.')}, framed in a steady medium view with soft "
                 f"natural light and gentle camera motion.")
 

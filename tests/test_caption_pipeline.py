@@ -56,7 +56,7 @@ def _cfg(src: Path, out: Path, server, expand_model: str = "fake-llm") -> Captio
         input=str(src), output=str(out),
         vlm=VLMConfig(backend="openai", kinds=("short", "dense"), frames=FrameConfig(n_frames=2, max_pixels=64 * 48),
                       endpoint=ep("fake-vlm")),
-        expand=ExpandConfig(backend="openai", endpoint=ep(expand_model)),
+        expand=ExpandConfig(backend="openai", endpoint=ep(expand_model), relevance=None),
         batch_size=3, captioner_concurrency=2, expander_concurrency=1)
 
 
@@ -66,8 +66,9 @@ def test_caption_pipeline_end_to_end_and_reruns(ray_session, tmp_path, monkeypat
     with FakeOpenAIServer(jitter_s=0.1, seed=5) as server:
         summary = main(_cfg(src, out, server))
         assert not ray_data_log.deprecations()  # the caption stages use Ray Data's current API
-        n_vlm = sum(1 for s in server.seen if s.body["model"] == "fake-vlm")
-        n_exp = sum(1 for s in server.seen if s.body["model"] == "fake-llm")
+        assert len(server.requests(probe=True)) == 2  # one probe per endpoint before any clip is read
+        n_vlm = sum(1 for s in server.requests() if s.body["model"] == "fake-vlm")
+        n_exp = sum(1 for s in server.requests() if s.body["model"] == "fake-llm")
         assert n_vlm == 2 * 8 and n_exp == 8  # 8 good clips x 2 kinds; one expansion each (dense first)
 
         # same shard names, same rows in the same order, caption columns added
@@ -94,16 +95,20 @@ def test_caption_pipeline_end_to_end_and_reruns(ray_session, tmp_path, monkeypat
         assert bad["caption_status"] == "error:decode" and bad["caption_short"] is None
         assert bad["expand_status"] == "skipped:no-input"
         assert summary["counts"]["clips"] == 9 and summary["counts"]["decoded"] == 8
-        manifest = json.loads((out / "_manifest.json").read_text())
-        assert [s["rows"] for s in manifest["shards"]] == [5, 4]
+        # the corrupt clip is a counted failure: in the summary by reason, in failures.parquet, no manifest
+        assert summary["caption"]["failed"] == 1 and summary["caption"]["failed_by_reason"] == {"decode": 1}
+        assert summary["caption"]["ok"] == 8 and summary["expand"]["failed"] == 0
+        assert summary["complete"] is False and not (out / "_manifest.json").exists()
+        failures = pq.read_table(out / "failures.parquet").to_pylist()
+        assert [(f["clip_id"], f["stage"], f["reason"]) for f in failures] == [("clip-bad", "caption", "decode")]
         saved = (out / "caption_config.json").read_text()
         assert SECRET not in saved and SECRET not in json.dumps(summary)
 
         # re-run: nothing decoded, nothing asked again (the bad clip is retried, and fails again)
-        seen = len(server.seen)
+        seen = len(server.requests())
         first = pq.read_table(out / "clips" / "part-00001.parquet").drop_columns(["caption_tokens"])
         again = main(_cfg(src, out, server))
-        assert len(server.seen) == seen
+        assert len(server.requests()) == seen
         assert again["counts"]["decoded"] == 0
         rerun = pq.read_table(out / "clips" / "part-00001.parquet")
         assert rerun.schema == pq.read_table(out / "clips" / "part-00000.parquet").schema  # stable types
@@ -117,11 +122,19 @@ def test_caption_pipeline_end_to_end_and_reruns(ray_session, tmp_path, monkeypat
         assert cli(["--input", str(src), "--output", str(out), "--backend", "openai", "--model", "fake-vlm",
                     "--kinds", "short,dense", "--frames", "2", "--max-pixels", str(64 * 48), "--batch-size", "3",
                     "--base-url", server.base_url, "--timeout", "10", "--expand-base-url", server.base_url,
-                    "--expand-model", "fake-llm-2"]) == 0
+                    "--expand-model", "fake-llm-2"]) == 3  # the corrupt clip still fails: not a success
+        assert cli(["--input", str(src), "--output", str(out), "--backend", "openai", "--model", "fake-vlm",
+                    "--kinds", "short,dense", "--frames", "2", "--max-pixels", str(64 * 48), "--batch-size", "3",
+                    "--base-url", server.base_url, "--timeout", "10", "--expand-base-url", server.base_url,
+                    "--expand-model", "fake-llm-2", "--allow-partial", "--no-probe"]) == 0
+        manifest = json.loads((out / "_manifest.json").read_text())
+        assert [s["rows"] for s in manifest["shards"]] == [5, 4] and manifest["complete"] is False
         third = json.loads((out / "caption_summary.json").read_text())
         assert SECRET not in capsys.readouterr().out + (out / "caption_config.json").read_text()
-        new = server.seen[seen:]
+        new = server.requests()[seen:]
         assert third["counts"]["decoded"] == 0
-        assert {s.body["model"] for s in new} == {"fake-llm-2"} and len(new) == 8
+        assert {s.body["model"] for s in new} == {"fake-llm-2"} and len(new) == 8  # the second run: all cached
+        # $OPENAI_API_KEY is set, but no --api-key-env named it for this host: it is never sent there
+        assert {s.authorization for s in new} == {"Bearer EMPTY"}
         assert set(pq.read_table(out / "clips" / "part-00000.parquet").column("expand_model").to_pylist()) == \
             {"openai:fake-llm-2"}

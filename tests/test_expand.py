@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from caption.cache import ResultCache, cache_key
-from caption.expand import ChatRequest, ExpandConfig, Expander, LocalChatLM, OpenAIEndpoint, public_dict
+from caption.chat import ChatRequest, LocalChatLM, OpenAIEndpoint, public_dict
+from caption.expand import ExpandConfig, Expander
 from caption.templates import get_template, quote_data, validate_output
 from openai_server import FakeOpenAIServer
 from pipelines.caption import expand_prompt_cli
