@@ -20,14 +20,18 @@ How it works (one clip, uint8 ``(T, H, W, 3)``):
    shape and its holes are filled. Frames whose component is too small or too large (``min_area`` /
    ``max_area``) are dropped; fewer than ``min_valid_frames`` usable frames means no shape.
 4. **Colour.** Median RGB of each mask's purest pixels (the 30% farthest from the background line, so free of
-   edge blends), median over frames, named by cosine similarity among ``cfg.colors`` only (grey and white are
-   both "white"). ``details["palette_color"]`` holds the nearest of all 9 palette colours for reports; pass
-   ``colors=tuple(synth.COLORS)`` to answer with all 9.
+   edge blends), median over frames, named by cosine similarity among ``cfg.colors`` (default: all 9 palette
+   colours; grey and white are both "white"). ``details["palette_color"]`` is the nearest of all 9 regardless.
 5. **Shape.** Silhouette features of the outer contour, medians over frames (frames touching the border are
    skipped when others exist): solidity = area / convex-hull area (star ~0.55 clean, everything else ~1),
-   extent = area / minimum-area-rectangle area (square 1, circle 0.785, triangle 0.5; rotation-invariant) and
-   circularity = 4 pi area / perimeter^2 (reported, not used). Star if solidity < ``star_solidity``, else
-   square / circle / triangle by extent cut-offs (``square_extent``, ``triangle_extent``). Silhouettes are
+   roundness = area / smallest-enclosing-circle area (circle 1, hexagon 0.83, square and diamond 0.64, triangle
+   0.41; rotation-invariant), upright fill = area / axis-aligned bounding-box area (square 1, diamond 0.5) and
+   the turn of the minimum-area rectangle over the frames; extent (over that rectangle) and circularity are
+   reported, not used. Star if solidity < ``star_solidity``, else circle / hexagon / square-or-diamond /
+   triangle by roundness cut-offs; a square-or-diamond that turns over the clip is None (the renderer starts a
+   rotating shape at a random angle, so a turning square and a turning diamond are the same clips), a still
+   one is a square if upright, else a diamond. Every shape and colour the corpus draws is an answer, so no
+   drawn shape is scored as a neighbour (a hexagon as a circle). Silhouettes are
    re-traced at sub-pixel precision: the 0.5 iso-line of a "fraction of shape colour" map (a matched filter:
    the pixel's RGB component perpendicular to the background line, projected on the shape colour's),
    smoothed according to the measured noise, upsampled to ~``trace_height`` px.
@@ -36,15 +40,15 @@ How it works (one clip, uint8 ``(T, H, W, 3)``):
    direction with the largest projection, if that projection is at least ``min_displacement``; otherwise None.
 
 Limits: one shape per clip (the largest foreground blob wins); the background must be one hue at varying
-brightness (a multi-coloured background fails step 1 and gives no shape); shapes are told apart in canonical
-orientation and by silhouette only (a diamond reads as a square, a hexagon as a circle); ``rotate`` and
-``grow`` are not detected (a :class:`DetectConfig` listing them is refused); a shape whose colour is on the
-background's colour line (e.g. a grey shape on white) is invisible to step 2.
+brightness (a multi-coloured background fails step 1 and gives no shape); shapes are told apart
+by silhouette only; ``rotate`` and ``grow`` are not detected (a :class:`DetectConfig` listing them is refused);
+a turning square or diamond has no shape answer; a shape whose colour is on the background's colour line (e.g.
+a grey shape on white) is invisible to step 2. Below 64 px circles and hexagons are not told apart.
 
-Measured (:func:`validate`, 96-400 clips): 1.0 for colour, shape and motion on clean and :func:`degrade`-d
-renders at 64 and 128 px; 0.99-1.0 for shape at 32 px. Under much heavier blur (sigma = H/43 .. H/32, noise
-10-14, gains +-15%, offsets +-20) colour and motion stay >= 0.995 but shape drops to 0.95-0.975: stars round
-into pentagons (read as triangles or circles) and squares start to read as circles.
+Measured (:func:`validate` with every colour, shape and motion of the corpus, ``motions=synth.MOTIONS``): at 64
+px, 400 :func:`degrade`-d clips (17 frames) and 108 clean + 108 degraded ones (9 frames, ``tests/test_synth.py``),
+colour and motion 1.0 and no shape read as another (shape 0.96: turning squares and diamonds, None); at 128
+px, 300 degraded clips, one square read as a diamond (``synth.DETECTOR_CONFUSIONS``). At 32 px (clean, 9 frames) circles read as hexagons (45 of ~50).
 """
 
 from __future__ import annotations

@@ -503,9 +503,9 @@ def render_samples(
 DETECTOR_CONFUSIONS: dict[str, tuple[tuple[str, str], ...]] = {"color": (), "shape": (("square", "diamond"),)}
 """(drawn, read as) pairs the eval's detector (``curate.detect``) was measured to confuse on renders of the whole
 training distribution (every colour, shape and motion, random backgrounds; ``detect.validate(motions=MOTIONS)``):
-at 64 px, 400 clips clean (9 frames) and 400 through ``detect.degrade`` (17 frames), none; at 128 px, 300
-degraded clips, one square read as a diamond. Turning squares and diamonds read as None, which names nothing. At
-32 px the detector confuses circles and hexagons (and more), so the eval runs at 64 px and up.
+at 64 px, 400 clips through ``detect.degrade`` (17 frames) and 108 clean + 108 degraded (9 frames), none; at
+128 px, 300 degraded clips, one square read as a diamond. Turning squares and diamonds read as None, which names
+nothing. At 32 px the detector confuses circles and hexagons (and more), so the eval runs at 64 px and up.
 ``ComboSplit.default`` keeps every held-out pair out of one confusable step from a training pair;
 ``tests/test_synth.py`` measures the confusions again and holds the default split to them."""
 
