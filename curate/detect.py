@@ -48,7 +48,8 @@ a grey shape on white) is invisible to step 2. Below 64 px circles and hexagons 
 Measured (:func:`validate` with every colour, shape and motion of the corpus, ``motions=synth.MOTIONS``): at 64
 px, 400 :func:`degrade`-d clips (17 frames) and 108 clean + 108 degraded ones (9 frames, ``tests/test_synth.py``),
 colour and motion 1.0 and no shape read as another (shape 0.96: turning squares and diamonds, None); at 128
-px, 300 degraded clips, one square read as a diamond (``synth.DETECTOR_CONFUSIONS``). At 32 px (clean, 9 frames) circles read as hexagons (45 of ~50).
+px, 300 degraded clips, one square read as a diamond (``synth.DETECTOR_CONFUSIONS``). At 32 px (clean, 9
+frames) circles read as hexagons (45 of ~50).
 """
 
 from __future__ import annotations
