@@ -20,14 +20,18 @@ How it works (one clip, uint8 ``(T, H, W, 3)``):
    shape and its holes are filled. Frames whose component is too small or too large (``min_area`` /
    ``max_area``) are dropped; fewer than ``min_valid_frames`` usable frames means no shape.
 4. **Colour.** Median RGB of each mask's purest pixels (the 30% farthest from the background line, so free of
-   edge blends), median over frames, named by cosine similarity among ``cfg.colors`` only (grey and white are
-   both "white"). ``details["palette_color"]`` holds the nearest of all 9 palette colours for reports; pass
-   ``colors=tuple(synth.COLORS)`` to answer with all 9.
+   edge blends), median over frames, named by cosine similarity among ``cfg.colors`` (default: all 9 palette
+   colours; grey and white are both "white"). ``details["palette_color"]`` is the nearest of all 9 regardless.
 5. **Shape.** Silhouette features of the outer contour, medians over frames (frames touching the border are
    skipped when others exist): solidity = area / convex-hull area (star ~0.55 clean, everything else ~1),
-   extent = area / minimum-area-rectangle area (square 1, circle 0.785, triangle 0.5; rotation-invariant) and
-   circularity = 4 pi area / perimeter^2 (reported, not used). Star if solidity < ``star_solidity``, else
-   square / circle / triangle by extent cut-offs (``square_extent``, ``triangle_extent``). Silhouettes are
+   roundness = area / smallest-enclosing-circle area (circle 1, hexagon 0.83, square and diamond 0.64, triangle
+   0.41; rotation-invariant), upright fill = area / axis-aligned bounding-box area (square 1, diamond 0.5) and
+   the turn of the minimum-area rectangle over the frames; extent (over that rectangle) and circularity are
+   reported, not used. Star if solidity < ``star_solidity``, else circle / hexagon / square-or-diamond /
+   triangle by roundness cut-offs; a square-or-diamond that turns over the clip is None (the renderer starts a
+   rotating shape at a random angle, so a turning square and a turning diamond are the same clips), a still
+   one is a square if upright, else a diamond. Every shape and colour the corpus draws is an answer, so no
+   drawn shape is scored as a neighbour (a hexagon as a circle). Silhouettes are
    re-traced at sub-pixel precision: the 0.5 iso-line of a "fraction of shape colour" map (a matched filter:
    the pixel's RGB component perpendicular to the background line, projected on the shape colour's),
    smoothed according to the measured noise, upsampled to ~``trace_height`` px.
@@ -36,15 +40,16 @@ How it works (one clip, uint8 ``(T, H, W, 3)``):
    direction with the largest projection, if that projection is at least ``min_displacement``; otherwise None.
 
 Limits: one shape per clip (the largest foreground blob wins); the background must be one hue at varying
-brightness (a multi-coloured background fails step 1 and gives no shape); shapes are told apart in canonical
-orientation and by silhouette only (a diamond reads as a square, a hexagon as a circle); ``rotate`` and
-``grow`` are not detected (a :class:`DetectConfig` listing them is refused); a shape whose colour is on the
-background's colour line (e.g. a grey shape on white) is invisible to step 2.
+brightness (a multi-coloured background fails step 1 and gives no shape); shapes are told apart
+by silhouette only; ``rotate`` and ``grow`` are not detected (a :class:`DetectConfig` listing them is refused);
+a turning square or diamond has no shape answer; a shape whose colour is on the background's colour line (e.g.
+a grey shape on white) is invisible to step 2. Below 64 px circles and hexagons are not told apart.
 
-Measured (:func:`validate`, 96-400 clips): 1.0 for colour, shape and motion on clean and :func:`degrade`-d
-renders at 64 and 128 px; 0.99-1.0 for shape at 32 px. Under much heavier blur (sigma = H/43 .. H/32, noise
-10-14, gains +-15%, offsets +-20) colour and motion stay >= 0.995 but shape drops to 0.95-0.975: stars round
-into pentagons (read as triangles or circles) and squares start to read as circles.
+Measured (:func:`validate` with every colour, shape and motion of the corpus, ``motions=synth.MOTIONS``): at 64
+px, 400 :func:`degrade`-d clips (17 frames) and 108 clean + 108 degraded ones (9 frames, ``tests/test_synth.py``),
+colour and motion 1.0 and no shape read as another (shape 0.96: turning squares and diamonds, None); at 128
+px, 300 degraded clips, one square read as a diamond (``synth.DETECTOR_CONFUSIONS``). At 32 px (clean, 9
+frames) circles read as hexagons (45 of ~50).
 """
 
 from __future__ import annotations
@@ -60,18 +65,21 @@ from curate import synth
 
 _DIRECTIONS: dict[str, tuple[float, float]] = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0),
                                                "down": (0.0, 1.0)}
-_EXTENT_PROTOTYPES: dict[str, float] = {"square": 1.0, "circle": math.pi / 4, "triangle": 0.5}
-"""Area over minimum-area-rectangle area of the solid shapes (exact, continuous)."""
+_ROUNDNESS_PROTOTYPES: dict[str, float] = {"circle": 1.0, "hexagon": 3 * math.sqrt(3) / (2 * math.pi),
+                                             "square": 2 / math.pi, "diamond": 2 / math.pi,
+                                             "triangle": 3 * math.sqrt(3) / (4 * math.pi)}
+"""Area over the area of the smallest enclosing circle of the solid shapes (exact, continuous): 1, 0.827, 0.637,
+0.637, 0.413. A square and a diamond are the same silhouette turned by 45 degrees; they differ only by orientation."""
 
 
 @dataclass(frozen=True)
 class DetectConfig:
     """Candidate answers and thresholds of :func:`detect` (defaults measured on synth renders, clean and blurred)."""
 
-    colors: tuple[str, ...] = synth.EVAL_COLORS
-    """Candidate shape colours (names of ``synth.COLORS``); the answer is the nearest of these."""
-    shapes: tuple[str, ...] = synth.EVAL_SHAPES
-    """Candidate shapes, a subset of circle / square / triangle / star."""
+    colors: tuple[str, ...] = tuple(synth.COLORS)
+    """Candidate shape colours (names of ``synth.COLORS``; default all of them); the answer is the nearest."""
+    shapes: tuple[str, ...] = synth.SHAPES
+    """Candidate shapes, a subset of ``synth.SHAPES`` (default all of them)."""
     motions: tuple[str, ...] = synth.EVAL_MOTIONS
     """Candidate motions, a subset of left / right / up / down."""
     border_frac: float = 0.04
@@ -99,11 +107,23 @@ class DetectConfig:
     star_solidity: float = 0.9
     """Solidity below which the silhouette is a star (measured: stars <= 0.88 even blurred at 32 px, everything
     else >= 0.92)."""
-    square_extent: float = 0.855
-    """Extent at or above which a solid silhouette is a square (measured: circles <= 0.83 at 32-128 px, squares
-    >= 0.92 with the :func:`degrade` blur, >= 0.87 blurred by sigma = H/32)."""
-    triangle_extent: float = 0.73
-    """Extent at or below which a solid silhouette is a triangle (measured: triangles <= 0.70, circles >= 0.76)."""
+    circle_roundness: float = 0.895
+    """Roundness (area / smallest enclosing circle's area) at or above which a solid silhouette is a circle.
+    Measured per frame on renders, clean and :func:`degrade`-d, turning or not: circles >= 0.91 at 64-128 px
+    (>= 0.87 at 32 px), hexagons <= 0.873 at 64-128 px (<= 0.898 at 32 px)."""
+    hexagon_roundness: float = 0.76
+    """Roundness at or above which a solid, non-circle silhouette is a hexagon (hexagons >= 0.79, squares and
+    diamonds <= 0.73 at 64-128 px, <= 0.83 at 32 px)."""
+    triangle_roundness: float = 0.57
+    """Roundness below which a solid silhouette is a triangle (triangles <= 0.51 at 64-128 px, <= 0.63 at 32 px;
+    squares and diamonds >= 0.63)."""
+    upright_fill: float = 0.75
+    """A still square-or-diamond is upright (a square) when it fills at least this share of its axis-aligned
+    bounding box, median over frames (still squares >= 0.89, still diamonds <= 0.63; exact: 1 and 0.5)."""
+    max_turn_spread: float = 0.1
+    """A square-or-diamond whose orientation varies over the clip (1 - the mean resultant length of 4 x the
+    minimum-area rectangle's angle, over frames) by more than this is turning and answers None: a turning square
+    is a turning diamond (the renderer starts both at a random angle). Measured: <= 0.01 still, >= 0.5 turning."""
     min_displacement: float = 0.04
     """Smallest centroid displacement along a candidate direction (fraction of W or H) that counts as motion."""
 
@@ -112,8 +132,8 @@ class DetectConfig:
             if c not in synth.COLORS:
                 raise ValueError(f"unknown colour {c!r}")
         for s in self.shapes:
-            if s not in (*_EXTENT_PROTOTYPES, "star"):
-                raise ValueError(f"shape {s!r} is not detectable (circle, square, triangle, star)")
+            if s not in synth.SHAPES:
+                raise ValueError(f"shape {s!r} is not detectable ({', '.join(synth.SHAPES)})")
         for m in self.motions:
             if m not in _DIRECTIONS:
                 raise ValueError(f"motion {m!r} is not detectable (left, right, up, down)")
@@ -245,7 +265,8 @@ def _shape_fraction_weights(shape_rgb: np.ndarray, bg_unit: np.ndarray) -> np.nd
 
 
 def _silhouette_features(mask: np.ndarray) -> dict[str, float] | None:
-    """Solidity, extent (over the minimum-area rectangle) and circularity of the mask's outer contour."""
+    """Solidity, extent (over the minimum-area rectangle), roundness (over the smallest enclosing circle),
+    upright fill (over the axis-aligned bounding box) and circularity of the mask's outer contour."""
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     if not contours:
         return None
@@ -254,11 +275,16 @@ def _silhouette_features(mask: np.ndarray) -> dict[str, float] | None:
     if area <= 0:
         return None
     hull_area = float(cv2.contourArea(cv2.convexHull(contour)))
-    (_, _), (rw, rh), _ = cv2.minAreaRect(contour)
+    (_, _), (rw, rh), angle = cv2.minAreaRect(contour)
     perimeter = float(cv2.arcLength(contour, True))
+    (_, _), radius = cv2.minEnclosingCircle(contour)
+    _, _, bw, bh = cv2.boundingRect(contour)
     return {
         "solidity": min(area / max(hull_area, 1e-9), 1.0),
         "extent": min(area / max(rw * rh, 1e-9), 1.0),
+        "roundness": min(area / max(math.pi * radius * radius, 1e-9), 1.0),
+        "upright": min(area / max(bw * bh, 1e-9), 1.0),
+        "angle": math.radians(angle),
         "circularity": 4 * math.pi * area / max(perimeter * perimeter, 1e-9),
     }
 
@@ -270,23 +296,37 @@ def _touches_border(mask: np.ndarray) -> bool:
 # ----------------------------------------------------------------------------------- classification
 
 
+def _turn_spread(angles: list[float]) -> float:
+    """1 - mean resultant length of 4 x the angles: 0 when a square's orientation (mod 90 degrees) never changes,
+    near 1 when it turns through a quarter turn or more."""
+    if len(angles) < 2:
+        return 0.0
+    z = np.exp(4j * np.asarray(angles))
+    return float(1.0 - abs(z.mean()))
+
+
 def _classify_shape(feats: dict[str, float], cfg: DetectConfig) -> str | None:
-    """Star by solidity, then square / circle / triangle by extent; the nearest allowed one if the rule's answer
-    is not a candidate."""
+    """Star by solidity; then circle / hexagon / square-or-diamond / triangle by roundness; a square-or-diamond
+    by its orientation (``upright``: axis-aligned fill), None when it turns (``turn_spread``, see
+    :class:`DetectConfig`). The nearest allowed one by roundness if the rule's answer is not a candidate."""
     if feats["solidity"] < cfg.star_solidity:
         rule = "star"
-    elif feats["extent"] >= cfg.square_extent:
-        rule = "square"
-    elif feats["extent"] <= cfg.triangle_extent:
-        rule = "triangle"
-    else:
+    elif feats["roundness"] >= cfg.circle_roundness:
         rule = "circle"
+    elif feats["roundness"] >= cfg.hexagon_roundness:
+        rule = "hexagon"
+    elif feats["roundness"] < cfg.triangle_roundness:
+        rule = "triangle"
+    elif feats["turn_spread"] > cfg.max_turn_spread:
+        return None
+    else:
+        rule = "square" if feats["upright"] >= cfg.upright_fill else "diamond"
     if rule in cfg.shapes:
         return rule
-    solid = [s for s in cfg.shapes if s in _EXTENT_PROTOTYPES]
+    solid = [s for s in cfg.shapes if s in _ROUNDNESS_PROTOTYPES]
     if rule == "star" or not solid:
         return None
-    return min(solid, key=lambda s: abs(feats["extent"] - _EXTENT_PROTOTYPES[s]))
+    return min(solid, key=lambda s: abs(feats["roundness"] - _ROUNDNESS_PROTOTYPES[s]))
 
 
 def _theil_sen(t: np.ndarray, v: np.ndarray) -> float:
@@ -376,7 +416,9 @@ def detect(frames: np.ndarray, cfg: DetectConfig = DetectConfig()) -> Detection:
     if not feats:
         details["reason"] = "no silhouette"
         return _none(details)
-    med = {key: float(np.median([f[key] for f in feats])) for key in ("solidity", "extent", "circularity")}
+    med = {key: float(np.median([f[key] for f in feats]))
+           for key in ("solidity", "extent", "roundness", "upright", "circularity")}
+    med["turn_spread"] = _turn_spread([f["angle"] for f in feats])
     details.update(med, trace_sigma=sigma)
     shape = _classify_shape(med, cfg)
 
@@ -446,18 +488,24 @@ def degrade(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def validate(n: int = 96, size: tuple[int, int] = (128, 128), frames: int = 17, seed: int = 0,
-             degrade: bool = False, cfg: DetectConfig = DetectConfig()) -> dict:
+             degrade: bool = False, cfg: DetectConfig = DetectConfig(),
+             motions: tuple[str, ...] | None = None) -> dict:
     """Detector accuracy on ``n`` renders of random (colour, shape, motion) triples of ``cfg``'s vocabulary over
     random backgrounds (``synth.random_shot`` + ``synth.render_clip``), optionally degraded (:func:`degrade`).
+    ``motions`` are the motions drawn (default ``cfg.motions``; ``synth.MOTIONS`` is the training corpus's whole
+    distribution): a motion the detector does not read ("rotate", "grow") is drawn but not scored, and such a
+    clip's "all" is colour and shape.
 
     Returns {"n", "accuracy": {"color", "shape", "motion", "all"}, "confusion": {attr: {truth: {answer: count}}},
-    "errors": [first 20 misses with truth and answer]}. Deterministic from ``seed``."""
+    "errors": [first 20 misses with truth and answer]}; "motion" is over the clips whose motion is scored.
+    Deterministic from ``seed``."""
     rng = np.random.default_rng([seed, 41])
+    motions = tuple(motions or cfg.motions)
     hits: Counter = Counter()
     confusion: dict[str, dict[str, Counter]] = {k: {} for k in ("color", "shape", "motion")}
-    errors = []
+    errors, scored_motion = [], 0
     for _ in range(n):
-        triple = (str(rng.choice(cfg.colors)), str(rng.choice(cfg.shapes)), str(rng.choice(cfg.motions)))
+        triple = (str(rng.choice(cfg.colors)), str(rng.choice(cfg.shapes)), str(rng.choice(motions)))
         shot = synth.random_shot(rng, triple, frames)
         clip = synth.render_clip(shot, size=size, seed=int(rng.integers(1 << 30)))
         if degrade:
@@ -465,19 +513,35 @@ def validate(n: int = 96, size: tuple[int, int] = (128, 128), frames: int = 17, 
         det = detect(clip, cfg)
         truth = {"color": shot.color, "shape": shot.shape, "motion": shot.motion}
         ok = score(det, truth)
+        if shot.motion not in cfg.motions:
+            ok.pop("motion")
+        else:
+            scored_motion += 1
         hits.update(k for k, v in ok.items() if v)
         hits["all"] += all(ok.values())
-        for key in ok:
+        for key in ("color", "shape", "motion"):
             confusion[key].setdefault(truth[key], Counter())[str(getattr(det, key))] += 1
         if not all(ok.values()) and len(errors) < 20:
             errors.append({"truth": {**truth, "background": shot.background, "bg_color": shot.bg_color},
-                           "answer": {k: getattr(det, k) for k in ok}, "details": det.details})
+                           "answer": {k: getattr(det, k) for k in truth}, "details": det.details})
     return {
         "n": n,
-        "accuracy": {k: hits[k] / max(n, 1) for k in ("color", "shape", "motion", "all")},
+        "accuracy": {"color": hits["color"] / max(n, 1), "shape": hits["shape"] / max(n, 1),
+                     "motion": hits["motion"] / max(scored_motion, 1), "all": hits["all"] / max(n, 1)},
         "confusion": {k: {t: dict(c) for t, c in v.items()} for k, v in confusion.items()},
         "errors": errors,
     }
+
+
+def confusions(*results: dict) -> dict[str, set[tuple[str, str]]]:
+    """``{"color", "shape": {(truth, answer), ...}}``: every wrong, non-None answer any of the :func:`validate`
+    results recorded, as (what was drawn, what it was read as). None is not a confusion: it names nothing."""
+    out: dict[str, set[tuple[str, str]]] = {"color": set(), "shape": set()}
+    for result in results:
+        for attr in out:
+            for truth, answers in result["confusion"][attr].items():
+                out[attr] |= {(truth, a) for a, c in answers.items() if c and a not in (truth, "None")}
+    return out
 
 
 _degrade_frames = degrade  # ``validate`` has a parameter of the same name

@@ -19,6 +19,7 @@ Timeline rules (0-based decoded-frame indices):
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -47,14 +48,14 @@ MOTIONS = ("left", "right", "up", "down", "rotate", "grow")
 BACKGROUNDS = ("noise", "gradient", "checker")
 TRANSITIONS = ("cut", "dissolve", "fade")
 
-EVAL_COLORS = ("red", "green", "blue", "yellow", "purple", "white")
-"""Colours of the text-faithfulness eval: the palette's most distinct hues (orange, pink and cyan sit close to
-red, yellow and blue once a model blurs them)."""
-EVAL_SHAPES = ("circle", "square", "triangle", "star")
-"""Shapes of the eval: told apart by silhouette at 64 px and up (a diamond is a rotated square, a hexagon a
-near-circle, at that size)."""
+EVAL_COLORS = tuple(COLORS)
+"""Colours of the text-faithfulness eval: every colour the corpus draws. An eval that reads fewer colours than
+training shows turns the unread ones into stand-ins (an orange shape read as yellow makes a training "orange
+triangle" count as a held-out "yellow triangle")."""
+EVAL_SHAPES = SHAPES
+"""Shapes of the eval: every shape the corpus draws, for the same reason."""
 EVAL_MOTIONS = ("left", "right", "up", "down")
-"""Motion directions of the eval."""
+"""Motion directions of the eval ("rotate" and "grow" are drawn in training but not read back)."""
 
 _MOTION_PHRASE = {
     "left": "moves left",
@@ -499,6 +500,16 @@ def render_samples(
 # ------------------------------------------------------------------------------ text-faithfulness corpus
 
 
+DETECTOR_CONFUSIONS: dict[str, tuple[tuple[str, str], ...]] = {"color": (), "shape": (("square", "diamond"),)}
+"""(drawn, read as) pairs the eval's detector (``curate.detect``) was measured to confuse on renders of the whole
+training distribution (every colour, shape and motion, random backgrounds; ``detect.validate(motions=MOTIONS)``):
+at 64 px, 400 clips through ``detect.degrade`` (17 frames) and 108 clean + 108 degraded (9 frames), none; at
+128 px, 300 degraded clips, one square read as a diamond. Turning squares and diamonds read as None, which names
+nothing. At 32 px the detector confuses circles and hexagons (and more), so the eval runs at 64 px and up.
+``ComboSplit.default`` keeps every held-out pair out of one confusable step from a training pair;
+``tests/test_synth.py`` measures the confusions again and holds the default split to them."""
+
+
 @dataclass(frozen=True)
 class ComboSplit:
     """Which (colour, shape) pairs training may show. ``heldout`` pairs never appear in a training clip, in any
@@ -511,17 +522,58 @@ class ComboSplit:
 
     @classmethod
     def default(cls, seed: int = 0, colors: tuple[str, ...] = EVAL_COLORS, shapes: tuple[str, ...] = EVAL_SHAPES,
-                motions: tuple[str, ...] = EVAL_MOTIONS) -> ComboSplit:
-        """One held-out colour per shape, each colour held out at most once (so every colour and every shape is
-        still seen with the others): ``len(shapes)`` pairs of ``len(colors) * len(shapes)``."""
-        if len(colors) < len(shapes):
-            raise ValueError("need at least as many colours as shapes")
+                motions: tuple[str, ...] = EVAL_MOTIONS, per_color: int = 2,
+                confusions: dict[str, tuple[tuple[str, str], ...]] | None = None) -> ComboSplit:
+        """``per_color`` held-out shapes for every colour, every shape held out with as many colours as the
+        others (give or take one), so held-out pairs cover every colour and every shape at least twice (18 of
+        the 54 pairs by default: each colour is still seen with 4 shapes, each shape with 6 colours); and no
+        held-out pair is one confusable step (``confusions``, default ``DETECTOR_CONFUSIONS``) from a training
+        pair (:meth:`reachable`). A seeded random search; raises ``ValueError`` when no such split exists."""
+        total = per_color * len(colors)
+        if not 1 <= per_color < len(shapes) or total < 2 * len(shapes):
+            raise ValueError(f"{per_color} held-out shapes per colour cannot cover {len(shapes)} shapes twice "
+                             f"with {len(colors)} colours (and leave each colour a seen shape)")
+        confusions = DETECTOR_CONFUSIONS if confusions is None else confusions
+        # a colour's held-out shapes must include every shape the detector reads as one of them
+        closed = [c for c in itertools.combinations(shapes, per_color)
+                  if all(drawn in c for drawn, read in confusions.get("shape", ()) if read in c)]
+        cap = -(-total // len(shapes))  # most colours per shape
         rng = np.random.default_rng([seed, 17])
-        picked = rng.permutation(len(colors))[: len(shapes)]
-        return cls(colors, shapes, motions, tuple((colors[int(c)], s) for c, s in zip(picked, shapes)))
+        for _ in range(2000):
+            count = dict.fromkeys(shapes, 0)
+            pairs: list[tuple[str, str]] = []
+            for color in (colors[int(i)] for i in rng.permutation(len(colors))):
+                options = [closed[int(i)] for i in rng.permutation(len(closed))
+                           if all(count[s] < cap for s in closed[int(i)])]
+                if not options:
+                    break
+                pick = min(options, key=lambda c: sum(count[s] for s in c))  # the least used, ties at random
+                for shape in pick:
+                    count[shape] += 1
+                    pairs.append((color, shape))
+            split = cls(colors, shapes, motions, tuple(sorted(pairs, key=lambda p: (colors.index(p[0]),
+                                                                                  shapes.index(p[1])))))
+            if min(count.values()) >= 2 and len(pairs) == total and not split.reachable(confusions):
+                return split
+        raise ValueError("no split avoids the detector's confusions; hold out fewer pairs per colour")
 
     def is_heldout(self, color: str, shape: str) -> bool:
         return (color, shape) in set(self.heldout)
+
+    def reachable(self, confusions: dict[str, tuple[tuple[str, str], ...]] | None = None
+                  ) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+        """(training pair, held-out pair) where the detector, confusing one attribute of the training pair
+        (``confusions``: {"color" | "shape": (drawn, read as) pairs}), would read a training clip as a held-out
+        pair. Empty for a split the eval cannot be flattered by."""
+        confusions = DETECTOR_CONFUSIONS if confusions is None else confusions
+        out = []
+        for drawn, read in confusions.get("color", ()):
+            out += [((drawn, s), (read, s)) for s in self.shapes
+                    if self.is_heldout(read, s) and not self.is_heldout(drawn, s)]
+        for drawn, read in confusions.get("shape", ()):
+            out += [((c, drawn), (c, read)) for c in self.colors
+                    if self.is_heldout(c, read) and not self.is_heldout(c, drawn)]
+        return out
 
     def triples(self, heldout: bool) -> list[tuple[str, str, str]]:
         """Every (colour, shape, motion) of the seen (``heldout=False``) or held-out pairs."""
@@ -538,6 +590,40 @@ class ComboSplit:
                    tuple(tuple(p) for p in d["heldout"]))
 
 
+# Prompt phrasings of the eval. Training captions use only "train" (``Shot.caption``); the others say the same
+# colour, shape, motion and background in words no training caption contains, in another order, or with a clause
+# that names nothing the detector reads.
+PHRASINGS = ("train", "reordered", "synonyms", "distractor")
+_COLOR_SYNONYM = {"red": "crimson", "green": "emerald", "blue": "azure", "yellow": "golden", "purple": "violet",
+                  "orange": "tangerine", "white": "snow-white", "cyan": "turquoise", "pink": "rose"}
+_SHAPE_SYNONYM = {"circle": "disc", "square": "square tile", "triangle": "three-sided figure",
+                  "star": "five-pointed star", "diamond": "rhombus", "hexagon": "six-sided figure"}
+_MOTION_SYNONYM = {"left": "drifting leftward", "right": "sliding rightward", "up": "drifting upward",
+                   "down": "sinking downward", "rotate": "spinning in place", "grow": "swelling in size"}
+_BACKGROUND_SYNONYM = {"noise": "blotchy", "gradient": "fading", "checker": "checkerboard"}
+
+
+def phrase(shot: Shot, phrasing: str = "train") -> str:
+    """The shot's caption in one of ``PHRASINGS``: "train" is ``shot.caption`` ("a red circle moves left over a
+    blue checkered background"); "reordered" puts the background first ("over a blue checkered background, a red
+    circle moves left"); "synonyms" ("a crimson disc drifting leftward across an azure checkerboard backdrop");
+    "distractor" adds a clause naming no colour, shape or direction ("a red circle moves left over a blue
+    checkered background, filmed in an empty studio on a quiet afternoon")."""
+    if phrasing == "train":
+        return shot.caption
+    background = (f"{_article(shot.bg_color)} {shot.bg_color} {_BACKGROUND_PHRASE[shot.background]} background")
+    subject = f"{_article(shot.color)} {shot.color} {shot.shape} {_MOTION_PHRASE[shot.motion]}"
+    if phrasing == "reordered":
+        return f"over {background}, {subject}"
+    if phrasing == "synonyms":
+        color, bg = _COLOR_SYNONYM[shot.color], _COLOR_SYNONYM[shot.bg_color]
+        return (f"{_article(color)} {color} {_SHAPE_SYNONYM[shot.shape]} {_MOTION_SYNONYM[shot.motion]} across "
+                f"{_article(bg)} {bg} {_BACKGROUND_SYNONYM[shot.background]} backdrop")
+    if phrasing == "distractor":
+        return f"{shot.caption}, filmed in an empty studio on a quiet afternoon"
+    raise ValueError(f"phrasing {phrasing!r} is not one of {PHRASINGS}")
+
+
 def random_shot(rng: np.random.Generator, triple: tuple[str, str, str], num_frames: int) -> Shot:
     """A shot of a (colour, shape, motion) triple over a random texture whose colour differs from the shape's."""
     color, shape, motion = triple
@@ -551,20 +637,40 @@ def render_clip(shot: Shot, size: tuple[int, int] = (128, 128), seed: int = 0) -
     return np.stack([painter.frame(t) for t in range(shot.num_frames)])
 
 
-def eval_prompts(split: ComboSplit, per_triple: int = 1, seed: int = 0, heldout_repeat: int = 1) -> list[dict]:
-    """Prompts of the eval: for every seen and held-out triple, ``per_triple`` shots (random textures) with
-    their caption, attributes, a ``heldout`` flag and a seed (generation noise, and the render of the same shot
-    that validates the detector); held-out triples get ``heldout_repeat`` times as many. Deterministic from
-    ``seed``; the seen prompts do not depend on ``heldout_repeat``."""
+def eval_prompts(split: ComboSplit, per_triple: int = 1, seed: int = 0, heldout_repeat: int = 1, seeds: int = 4,
+                 phrasings: tuple[str, ...] = PHRASINGS, seen_motions: int = 0) -> list[dict]:
+    """Prompts of the eval. Every held-out triple and the seen triples (all of them, or with ``seen_motions`` > 0
+    that many motions per seen pair, taken in turn so each motion is asked equally often) get ``per_triple``
+    shots (random textures; held-out triples ``heldout_repeat`` times as many); every shot is asked in each of
+    ``phrasings`` with ``seeds`` generation seeds. A row: the prompt text, its ``phrasing``, the attributes, a
+    ``heldout`` flag, ``shot`` (an id shared by the shot's phrasings and seeds), ``seed_index`` (0 .. seeds - 1)
+    and ``seed`` (the generation noise, and the render of the same shot that validates the detector).
+    Deterministic from ``seed``; the seen rows do not depend on ``heldout_repeat``."""
+    if seeds < 1 or not phrasings:
+        raise ValueError("need at least one seed and one phrasing")
+    for p in phrasings:
+        if p not in PHRASINGS:
+            raise ValueError(f"phrasing {p!r} is not one of {PHRASINGS}")
     rng = np.random.default_rng([seed, 29])
-    out = []
+    out, shot_id = [], 0
     for heldout in (False, True):
-        for triple in split.triples(heldout):
+        triples = split.triples(heldout)
+        if not heldout and seen_motions:
+            pairs = sorted({(c, s) for c, s, _ in triples}, key=lambda p: (split.colors.index(p[0]),
+                                                                          split.shapes.index(p[1])))
+            triples = [(c, s, split.motions[(i + k) % len(split.motions)])
+                       for i, (c, s) in enumerate(pairs) for k in range(min(seen_motions, len(split.motions)))]
+        for triple in triples:
             for _ in range(per_triple * (heldout_repeat if heldout else 1)):
                 shot = random_shot(rng, triple, 17)
-                out.append({"prompt": shot.caption, "color": shot.color, "shape": shot.shape,
-                            "motion": shot.motion, "background": shot.background, "bg_color": shot.bg_color,
-                            "heldout": heldout, "seed": int(rng.integers(1 << 30))})
+                noise = [int(v) for v in rng.integers(1 << 30, size=seeds)]
+                for phrasing in phrasings:
+                    for k, value in enumerate(noise):
+                        out.append({"prompt": phrase(shot, phrasing), "phrasing": phrasing, "color": shot.color,
+                                    "shape": shot.shape, "motion": shot.motion, "background": shot.background,
+                                    "bg_color": shot.bg_color, "heldout": heldout, "shot": shot_id,
+                                    "seed_index": k, "seed": value})
+                shot_id += 1
     return out
 
 

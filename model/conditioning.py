@@ -23,16 +23,33 @@ How the model uses it (both mechanisms, each for its own reason):
    training (plain rectified-flow noising of the clip), so training and sampling agree, and at t = 0 the given
    frames are the reference bit for bit (image-to-video keeps its first frame exactly).
 The loss counts only generated frames (``Flow.loss``). ``strength`` (SDEdit) makes the sampler start at
-t = strength from the reference noised to that level, instead of from pure noise.
+t = strength from the reference noised to that level, instead of from pure noise (0: no step, the reference).
 
 Latent frames, not pixel frames: with the causal VAE (T' = 1 + (T - 1) / 4) pixel frame 0 is latent frame 0
-and pixel frame p > 0 falls in latent frame 1 + (p - 1) // 4 (``latent_index``).
+and pixel frame p > 0 falls in latent frame 1 + (p - 1) // 4 (``latent_index``); the decoder turns latent frame 0
+into one frame and every later one into a group of 4.
+
+Given frames are encoded where they stand (``given_condition``). Training pins the latents of a whole clip, and
+the causal encoder gives latent frame j of a clip from that clip's pixel frames 0 .. 4j (an image encoded on its
+own is a one-frame "image" latent, which the decoder, at a position after 0, turns into 4 frames). So the given
+frames are laid out at their output frame indices in one clip of the output's length (``context_clip``), that
+clip is encoded once, and the latent frames holding a given frame are pinned to its latents. Frames the request
+does not give are unknown (the sampler makes them); in the clip they hold a given frame: the nearest one of the
+same latent group, else the last given frame before them, else the first after (a still). Then:
+- a given clip at the start (image-to-video, extend forward, a transition's first video) is encoded exactly as
+  inside the output clip: its latents depend on no other frame;
+- a given frame or clip after the start (extend backward, keyframes, a transition's second video) gets the
+  latents it has inside a clip whose unknown frames are those holds; the frames generated there instead are
+  its real past, which no encoding before sampling can see. Each given frame lands at its own output index, and
+  a given clip fills exactly its frames (a 17-frame clip, 17 frames).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -43,7 +60,8 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Condition:
-    """mask (B, T') in {0, 1} (1 = given), reference (B, C, T', H, W), strength in (0, 1] (1 = from noise)."""
+    """mask (B, T') in {0, 1} (1 = given), reference (B, C, T', H, W), strength in [0, 1] (1 = from noise, 0 =
+    the reference as it is: see ``edit``)."""
 
     mask: Tensor
     reference: Tensor
@@ -53,8 +71,8 @@ class Condition:
         b, _, t = self.reference.shape[:3]
         if self.reference.dim() != 5 or tuple(self.mask.shape) != (b, t):
             raise ValueError(f"mask {tuple(self.mask.shape)} must be (B, T') of reference {tuple(self.reference.shape)}")
-        if not 0.0 < self.strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+        if not 0.0 <= self.strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {self.strength}")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -146,9 +164,85 @@ def transition(video_a: Tensor, video_b: Tensor, context: int, new_frames: int) 
 
 
 def edit(video_latents: Tensor, strength: float) -> Condition:
-    """SDEdit video-to-video: start from the input noised to ``strength`` (0 keeps it, 1 ignores it)."""
+    """SDEdit video-to-video: the sampler starts at t = ``strength`` from the input noised to that level.
+
+    ``strength`` 0 keeps the input: no step runs and the result is the input's latents (decoded: its VAE
+    reconstruction). A small strength keeps the layout and redraws the detail; 1 starts from pure noise and
+    ignores the input (the condition gives no frame, so the network never sees it)."""
     b, c, t, h, w = video_latents.shape
     return Condition(torch.zeros(b, t, device=video_latents.device), video_latents.clone(), strength)
+
+
+def context_clip(given: dict[int, Tensor], num_frames: int, time_factor: int = 4) -> tuple[Tensor, list[int]]:
+    """The clip the given frames are encoded in, and the latent frames that hold a given frame.
+
+    ``given`` maps output pixel frame indices to frames (B, 3, H, W); the clip (B, 3, num_frames, H, W) has each
+    at its index, and every other frame holds a given one: the nearest given frame of its own latent group (ties:
+    the earlier), else the last given frame before it, else the first after it."""
+    if not given:
+        raise ValueError("no given frames")
+    if any(not 0 <= p < num_frames for p in given):
+        raise ValueError(f"given frame indices must be in [0, {num_frames}), got {sorted(given)}")
+    keys = sorted(given)
+    groups: dict[int, list[int]] = {}
+    for p in keys:
+        groups.setdefault(latent_index(p, time_factor), []).append(p)
+    frames = []
+    for f in range(num_frames):
+        mine = groups.get(latent_index(f, time_factor))
+        if f in given:
+            src = f
+        elif mine:
+            src = min(mine, key=lambda p: (abs(p - f), p))
+        else:
+            before = [p for p in keys if p < f]
+            src = before[-1] if before else keys[0]
+        frames.append(given[src])
+    return torch.stack(frames, dim=2), sorted(groups)  # (B, 3, T, H, W)
+
+
+def given_frames(frames: int, time_factor: int = 4, image=None, video=None, video_b=None,
+                 keyframes=None) -> dict:
+    """{output pixel frame index: frame (h, w, 3)} of a generation request (empty for text-to-video), from media
+    arrays ((h, w, 3) images, (T, h, w, 3) clips). A clip at the start (extend forward, a transition's first
+    video) gives its last 1 + 4(k - 1) frames, filling latent frames 0 .. k - 1; a clip at the end (extend
+    backward, a transition's second video) gives its first 4k frames, filling the last k latent frames (a clip
+    of fewer than 4 frames: all of them, their group held from its first).
+    At least one latent frame stays generated (a transition: one between its two clips)."""
+    latent_t = 1 + (frames - 1) // time_factor
+
+    def one(f) -> np.ndarray:
+        f = np.asarray(f)
+        return f[0] if f.ndim == 4 else f
+
+    if keyframes or image is not None:
+        keys = {int(p): one(f) for p, f in (keyframes or {}).items()}
+        if image is not None:
+            keys[0] = one(image)
+        return keys
+    k = latent_t - 1 if video is None or video_b is None else (latent_t - 1) // 2  # most latent frames per clip
+    out = {}
+    if video is not None:
+        k_a = min(1 + (len(video) - 1) // time_factor, k)
+        out.update(enumerate(video[len(video) - (1 + time_factor * (k_a - 1)):]))
+    if video_b is not None:
+        n = time_factor * min(len(video_b) // time_factor, k) or len(video_b)  # whole groups when it has 4
+        out.update({frames - n + i: f for i, f in enumerate(video_b[:n])})
+    return out
+
+
+def given_condition(given: dict[int, Tensor], num_frames: int, encode: Callable[[Tensor], Tensor],
+                    time_factor: int = 4) -> Condition:
+    """The condition that pins the latent frames holding the ``given`` frames ({output pixel index: (B, 3, H, W)})
+    of a ``num_frames`` clip to their latents in ``context_clip`` (``encode``: pixels (B, 3, T, H, W) -> latents
+    (B, C, T', h, w)). Image-to-video, keyframes, extend forward and backward and transitions all come here."""
+    clip, positions = context_clip(given, num_frames, time_factor)
+    latents = encode(clip)  # (B, C, T', h, w)
+    if len(positions) >= latents.shape[2]:
+        raise ValueError(f"the given frames fill all {latents.shape[2]} latent frames; nothing is left to generate")
+    mask = torch.zeros(latents.shape[0], latents.shape[2], device=latents.device)
+    mask[:, positions] = 1.0
+    return Condition(mask, latents * mask[:, None, :, None, None].to(latents.dtype))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -256,6 +256,7 @@ def denoise(
     """Generate latents (B, C, T', H, W) for a condition and a caption.
 
     ``noise`` defaults to a CPU normal draw from ``seed`` of the condition's shape (device-independent).
+    A condition of strength 0 returns its reference and calls no network.
     ``cfg_scale`` > 1 runs the conditional and the empty caption in one batch and extrapolates.
     ``solver``: "euler" (one network call per step), "heun" (two; second order, none at the last step) or
     "sde" / "sde:ETA" (one; :func:`ancestral_step`, eta 1 unless given). The sde's fresh noise is drawn on the
@@ -264,6 +265,8 @@ def denoise(
     """
     solver, eta = parse_solver(solver)
     device, dtype = cond.reference.device, cond.reference.dtype
+    if cond.strength == 0:  # an edit that keeps its input: nothing to integrate
+        return cond.reference.clone()
     if noise is None:
         noise = torch.randn(cond.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
     noise = noise.to(device, dtype)

@@ -7,17 +7,21 @@ One sampler serves every task; a task is only the ``Condition`` built from what 
 |---------------------------------|----------------------------------------|-----------------------------------------------|
 | prompt only                     | text-to-video (text-to-image: 1 frame) | ``frames`` frames                             |
 | ``image``                       | image-to-video (the image is frame 0)  | ``frames`` frames                             |
-| ``keyframes={pixel index: img}``| keyframes / interpolation              | images at their latent frames                 |
+| ``keyframes={pixel index: img}``| keyframes / interpolation              | each image at its frame (its group held)      |
 | ``video``                       | extend forward                         | the video's last frames, then new ones        |
 | ``video_b``                     | extend backward                        | new frames, then the video's first frames     |
 | ``video`` + ``video_b``         | transition A -> B                      | tail of A, new frames, head of B              |
 | ``video`` (or ``image``) + ``strength`` | video-to-video edit (SDEdit)   | the input re-generated from noise level s     |
 
 Given media are cover-resized and center-cropped to ``size``. The VAE is causal (1 + 4k frames -> 1 + k
-latents), so a given clip contributes ``1 + 4m`` frames: the most that fit while leaving at least one latent
-frame to generate. Given latent frames are pinned by the sampler, so they come back exactly (in latent space;
-the pixels are their VAE reconstruction). Every argument is checked before any model runs: a bad frame count,
-size, strength or input combination raises ``ValueError`` saying what would be valid.
+latents; every latent after the first is a group of 4 frames), so a clip at the start gives its last ``1 + 4m``
+frames and a clip at the end its first ``4m``, the most that fit while leaving at least one latent frame to
+generate (``model.conditioning.given_frames``). Every given frame sits at its own output frame index and is
+encoded there, inside one clip of the output's length (``model.conditioning.given_condition``); a keyframe after
+frame 0 is held over the other frames of its latent group. Given latent frames are pinned by the sampler, so they
+come back exactly (in latent space; the pixels are their VAE reconstruction). Every argument is checked before
+any model runs: a bad frame count, size, strength or input combination raises ``ValueError`` saying what would
+be valid.
 
 A pipeline folder (``export_pipeline``) holds ``dit.safetensors``, ``vae.safetensors`` and ``pipeline.json``
 (DiT config, VAE config, text-encoder config, latent scale / shift, extra metadata). Nothing is unpickled.
@@ -276,26 +280,15 @@ class TextToVideo:
         if strength is not None:
             given = _as_video(video if video is not None else image, "video")[:frames]
             return C.edit(self.encode(given, size), float(strength))
-        if keyframes or image is not None:
-            keys = dict(keyframes or {})
-            if image is not None:
-                keys[0] = image
-            positions = sorted(keys)
-            lat = torch.cat([self.encode(_as_video(keys[p], f"keyframe {p}")[:1], size) for p in positions], dim=2)
-            return C.keyframes(lat, [C.latent_index(p, tf) for p in positions], latent_t)
-        if video is not None and video_b is not None:
-            k = min(clip_latents(len(_as_video(video, "video")), tf), clip_latents(len(_as_video(video_b, "video_b")), tf),
-                    (latent_t - 1) // 2)
-            n = 1 + tf * (k - 1)
-            a, b = self.encode(_as_video(video, "video")[-n:], size), self.encode(_as_video(video_b, "video_b")[:n], size)
-            return C.transition(a, b, k, latent_t - 2 * k)
-        if video is not None or video_b is not None:
-            clip = _as_video(video if video is not None else video_b, "video")
-            k = min(clip_latents(len(clip), tf), latent_t - 1)
-            n = 1 + tf * (k - 1)
-            if video is not None:
-                return C.extend(self.encode(clip[-n:], size), latent_t - k, "forward")
-            return C.extend(self.encode(clip[:n], size), latent_t - k, "backward")
+        given = C.given_frames(frames, tf, image, video, video_b, keyframes)
+        if given:  # each at its output index, encoded in one clip of the output's length (model/conditioning.py)
+            fitted = {p: fit_frames(f[None], size)[:, :, 0] for p, f in given.items()}  # (1, 3, H, W) each
+
+            def encode(x: torch.Tensor) -> torch.Tensor:
+                return (self.vae.encode(x.to(self.device)).mode().float() - self.latent_shift) * self.latent_scale
+
+            with torch.no_grad():
+                return C.given_condition(fitted, frames, encode, tf)
         cond = C.text_to_video(1, ch, latent_t, h, w)
         return cond.to(self.device)
 
@@ -388,8 +381,8 @@ def check_request(frames: int, size: tuple[int, int], steps: int, cfg: float, st
         if v is not None:
             _as_video(v, name)
     if strength is not None:
-        if not 0.0 < float(strength) <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        if not 0.0 <= float(strength) <= 1.0:
+            raise ValueError(f"strength must be in [0, 1] (0 keeps the input, 1 ignores it), got {strength}")
         if video_b is not None or keyframes:
             raise ValueError("strength (video-to-video edit) takes one input: --video or --image, nothing else")
         src = video if video is not None else image
@@ -465,7 +458,9 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--video", default=None, help="video to extend forward, edit (--strength) or transition from")
     p.add_argument("--video-b", default=None, help="video to extend backward, or transition into")
     p.add_argument("--keyframes", default=None, help="pixel-frame:image pairs, e.g. 0:a.png,16:b.png")
-    p.add_argument("--strength", type=float, default=None, help="edit strength in (0, 1] (needs --video or --image)")
+    p.add_argument("--strength", type=float, default=None,
+                   help="edit strength in [0, 1]: 0 keeps the input, small keeps its layout, 1 ignores it "
+                        "(needs --video or --image)")
     p.add_argument("--frames", type=int, default=17, help="output frames, 1 + 4k (1 = an image)")
     p.add_argument("--size", default="256x256", help="WIDTHxHEIGHT, multiples of 16")
     p.add_argument("--fps", type=int, default=16)

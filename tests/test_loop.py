@@ -32,19 +32,6 @@ def _benchmark(name: str):
     return mod
 
 
-def test_default_split_holds_out_one_colour_per_shape():
-    split = ComboSplit.default(0)
-    colors = [c for c, _ in split.heldout]
-    shapes = [s for _, s in split.heldout]
-    assert sorted(shapes) == sorted(synth.EVAL_SHAPES) and len(set(colors)) == len(colors)
-    assert set(colors) <= set(synth.EVAL_COLORS)
-    n = len(synth.EVAL_COLORS) * len(synth.EVAL_SHAPES) * len(synth.EVAL_MOTIONS)
-    assert len(split.triples(True)) == len(shapes) * len(synth.EVAL_MOTIONS)
-    assert len(split.triples(False)) + len(split.triples(True)) == n
-    assert ComboSplit.from_dict(json.loads(json.dumps(split.to_dict()))) == split
-    assert ComboSplit.default(1).heldout != split.heldout  # the seed matters
-
-
 def test_programs_exclude_held_out_pairs_and_are_unchanged_without_them():
     split = ComboSplit.default(0)
     seen_pairs = set()
@@ -56,19 +43,6 @@ def test_programs_exclude_held_out_pairs_and_are_unchanged_without_them():
         assert not pairs & set(split.heldout), seed
         seen_pairs |= {(s.color, s.shape) for s in plain.shots}
     assert seen_pairs & set(split.heldout)  # without exclusion they do occur: the test can fail
-
-
-def test_eval_prompts_cover_every_triple_and_render_what_they_say():
-    split = ComboSplit.default(0)
-    prompts = synth.eval_prompts(split, per_triple=1, seed=3)
-    assert len(prompts) == len(split.triples(False)) + len(split.triples(True))
-    assert {(p["color"], p["shape"], p["motion"]) for p in prompts if p["heldout"]} == set(split.triples(True))
-    assert prompts == synth.eval_prompts(split, per_triple=1, seed=3)
-    p = prompts[0]
-    assert p["prompt"].startswith(f"{'an' if p['color'][0] in 'aeiou' else 'a'} {p['color']} {p['shape']} moves {p['motion']}")
-    frames = synth.render_clip(synth.prompt_shot(p), (64, 64), seed=p["seed"])
-    assert frames.shape == (17, 64, 64, 3)
-    assert np.all(frames[0] == synth.COLORS[p["color"]], axis=-1).mean() > 0.02  # the shape, in its colour
 
 
 def test_still_shapes_are_drawn_upright():
@@ -220,40 +194,6 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
     assert cli(["--pipeline", summary["pipeline"], "--device", "cpu", "--limit", "1", "--solver", "rk4"]) == 2
 
 
-def test_constant_baseline_and_confusion_expose_a_prompt_blind_model():
-    """A model that draws circles whatever the prompt scores the share of circle prompts on shape, which the
-    constant baseline reports beside it; the confusion matrix shows where the answers went."""
-    from pipelines.eval_text import accuracy_table, confusion, constant_baseline
-
-    rows = []
-    for heldout, truths in ((False, ["circle", "circle", "square", "star"]), (True, ["circle", "triangle"])):
-        for shape in truths:
-            rows.append({"heldout": heldout, "color": "red", "shape": shape, "motion": "left",
-                         "generated": {"color": "red", "shape": "circle", "motion": None},
-                         "correct": {"color": True, "shape": shape == "circle", "motion": False}})
-    base = constant_baseline(rows)
-    assert base["seen"]["shape"] == 0.5 and base["heldout"]["shape"] == 0.5
-    assert base["seen"]["color"] == 1.0 and base["seen"]["n"] == 4
-    assert base["seen"]["all"] == 0.5  # red + circle + left together: the two circle prompts
-    assert accuracy_table(rows)["seen"]["shape"] == base["seen"]["shape"]  # no better than blind
-    m = confusion(rows, "generated", "shape")
-    assert m == {"circle": {"circle": 3}, "square": {"circle": 1}, "star": {"circle": 1}, "triangle": {"circle": 1}}
-    assert confusion(rows, "generated", "motion") == {"left": {"none": 6}}
-
-
-def test_accuracy_table_counts_each_group_and_attribute():
-    from pipelines.eval_text import accuracy_table
-
-    def row(heldout, c, s, m):
-        return {"heldout": heldout, "correct": {"color": c, "shape": s, "motion": m}}
-
-    t = accuracy_table([row(False, True, True, True), row(False, True, False, False),
-                        row(True, False, True, True)])
-    assert t["seen"] == {"n": 2, "color": 1.0, "shape": 0.5, "motion": 0.5, "attribute": pytest.approx(2 / 3),
-                         "all": 0.5}
-    assert t["heldout"]["n"] == 1 and t["heldout"]["attribute"] == pytest.approx(2 / 3) and t["heldout"]["all"] == 0.0
-
-
 def test_run_text_loop_set_overrides_any_loop_field():
     from pipelines.loop import PROFILES
 
@@ -306,35 +246,6 @@ def test_probe_latent_stats_separates_channels_and_frames():
     assert got["channel_std"][1] > 5 * max(got["channel_std"][0], got["channel_std"][2])
     assert 8 < got["channel_std_spread"] < 12
     assert got["frame_std"][0] < 0.2 * min(got["frame_std"][1:])
-
-
-def test_eval_text_batches_and_detector_pool_change_no_verdict(tmp_path):
-    """The batched generation and the detector processes are plumbing: the same batch read inline or by the pool
-    gives identical rows in prompt order, and the ground-truth rows do not depend on the batch size."""
-    import torch
-
-    from model.dit import DiT, dit_config
-    from model.text import TextConfig
-    from model.vae import build_vae
-    from pipelines.eval_text import EvalTextConfig, main
-    from pipelines.generate import export_pipeline
-
-    torch.manual_seed(0)
-    dit, vae = DiT(dit_config("tiny", latent_channels=16, text_dim=384)), build_vae("tiny")
-    with torch.no_grad():  # off the zero init, so the generations depend on the prompt
-        for p in list(dit.parameters()) + list(vae.parameters()):
-            p.add_(0.05 * torch.randn_like(p))
-    pipe = export_pipeline(tmp_path / "pipeline", dit, vae, TextConfig(max_length=32))
-    base = EvalTextConfig(pipeline=str(pipe), size=32, frames=9, steps=2, cfg=3.0, device="cpu", limit=3)
-    runs = {name: main(dataclasses.replace(base, out=str(tmp_path / name), batch=b, workers=w))
-            for name, b, w in (("one", 1, 0), ("inline", 4, 0), ("pool", 4, 2))}
-    rows = {name: r["prompts"] for name, r in runs.items()}
-    assert len(rows["pool"]) == 6 and [r["prompt"] for r in rows["pool"]] == [r["prompt"] for r in rows["one"]]
-    assert rows["pool"] == rows["inline"]  # every detection, verdict and field, in order
-    for a, b in zip(rows["one"], rows["pool"]):
-        assert a["render"] == b["render"] and a["correct_render"] == b["correct_render"]
-    assert runs["pool"]["accuracy"] == runs["inline"]["accuracy"]
-    assert (tmp_path / "pool" / "sheet.png").stat().st_size > 1000
 
 
 def test_run_text_loop_script_end_to_end_at_smoke_size(tmp_path, capsys):
@@ -426,28 +337,3 @@ def test_bench_loop_dit_parses_variants_and_ranks_them_against_the_first(tmp_pat
     other = dict(ref, variant="b", params=40, compiled=True, warm_s=100.0, median_s=0.2)
     last = mod.table([ref, other], 300.0).splitlines()[-1]
     assert last.endswith("| 1,000 | 0.33 | 1.33 |"), last
-
-
-def test_shape_is_also_read_on_early_and_late_frames():
-    """A clip that is a square for its first 9 frames and a circle after reads as a square early and a circle
-    late: the windowed readout says where in the clip a shape is lost."""
-    from curate import synth
-    from curate.detect import DetectConfig
-    from pipelines.eval_text import _detect_row, frame_windows, shape_by_window
-
-    assert frame_windows(17) == {"early": slice(0, 5), "late": slice(9, 17)}
-    assert frame_windows(9) == {"early": slice(0, 5), "late": slice(5, 9)} and frame_windows(5) is None
-    shots = {s: synth.Shot(s, "red", "right", "gradient", "blue", 17) for s in ("square", "circle")}
-    clips = {s: synth.render_clip(shot, (128, 128), seed=4) for s, shot in shots.items()}
-    spliced = np.concatenate([clips["square"][:9], clips["circle"][9:]])
-    prompt = {"prompt": shots["square"].caption, "color": "red", "shape": "square", "motion": "right",
-              "heldout": False}
-    row = _detect_row(prompt, {"render": clips["square"], "vae": clips["square"], "generated": spliced},
-                      DetectConfig())
-    assert row["vae"]["shape_early"] == row["vae"]["shape_late"] == "square"
-    assert row["generated"]["shape_early"] == "square" and row["generated"]["shape_late"] == "circle"
-    assert "shape_early" not in row["render"]  # ground truth needs no windows
-    table = shape_by_window([row, {**row, "heldout": True}])
-    assert table["generated"]["seen"] == {"n": 1, "whole": float(row["generated"]["shape"] == "square"),
-                                          "early": 1.0, "late": 0.0}
-    assert table["vae"]["heldout"]["late"] == 1.0

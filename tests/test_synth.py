@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 
 import av
 import numpy as np
@@ -141,3 +142,76 @@ def test_invalid_programs_are_rejected():
         Transition("dissolve", 1)
     with pytest.raises(ValueError):
         synth.render_frames(Program(_program().shots, (Transition("cut"),), 24, SIZE, 0))
+
+
+# ------------------------------------------------------------------------------ text-faithfulness corpus
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_default_split_holds_out_every_colour_and_shape_at_least_twice(seed):
+    split = synth.ComboSplit.default(seed)
+    colors = [c for c, _ in split.heldout]
+    shapes = [s for _, s in split.heldout]
+    assert len(set(split.heldout)) == len(split.heldout) == 18
+    assert set(colors) == set(COLORS) and min(colors.count(c) for c in COLORS) >= 2
+    assert set(shapes) == set(synth.SHAPES) and min(shapes.count(s) for s in synth.SHAPES) >= 2
+    for c in COLORS:  # every colour is still seen with most shapes, every shape with most colours
+        assert sum(not split.is_heldout(c, s) for s in synth.SHAPES) == 4
+    assert len(split.triples(True)) == 18 * 4 and len(split.triples(False)) == 36 * 4
+    assert synth.ComboSplit.from_dict(json.loads(json.dumps(split.to_dict()))) == split
+    assert split.reachable() == []
+    assert synth.ComboSplit.default(seed + 10).heldout != split.heldout  # the seed matters
+
+
+def test_reachable_finds_a_training_pair_the_detector_would_read_as_held_out():
+    split = synth.ComboSplit(heldout=(("red", "diamond"), ("orange", "star")))
+    confusions = {"color": (("pink", "orange"),), "shape": (("square", "diamond"),)}
+    assert sorted(split.reachable(confusions)) == [(("pink", "star"), ("orange", "star")),
+                                                   (("red", "square"), ("red", "diamond"))]
+    closed = synth.ComboSplit(heldout=(("red", "diamond"), ("red", "square")))
+    assert closed.reachable(confusions) == []  # the neighbour is held out too: no training clip reaches it
+    # the default split honours the confusions it is given (a square read as a diamond: hold both or neither)
+    split = synth.ComboSplit.default(0, confusions=confusions)
+    assert split.reachable(confusions) == []
+    for c in COLORS:
+        assert not split.is_heldout(c, "diamond") or split.is_heldout(c, "square")
+
+
+def test_no_held_out_pair_is_one_measured_confusion_from_a_training_pair():
+    """The detector's confusions measured now, on renders of the whole training distribution (every colour, shape
+    and motion; 64 px, clean and through ``detect.degrade``), not a list typed by hand: the default splits keep
+    every held-out pair out of their reach, and what was measured is among the confusions the split was built
+    to avoid (``synth.DETECTOR_CONFUSIONS``)."""
+    from curate import detect
+
+    results = [detect.validate(n=108, size=(64, 64), frames=9, seed=5, degrade=degraded, motions=synth.MOTIONS)
+               for degraded in (False, True)]
+    measured = detect.confusions(*results)
+    assert sum(r["n"] for r in results) == 216
+    assert all(r["accuracy"]["color"] == 1.0 for r in results)
+    for seed in range(3):
+        assert synth.ComboSplit.default(seed).reachable(measured) == []
+    for attr, pairs in measured.items():
+        assert pairs <= set(synth.DETECTOR_CONFUSIONS[attr]), attr
+
+
+def test_phrasings_say_the_same_shot_in_words_no_training_caption_uses():
+    shot = Shot("circle", "red", "up", "checker", "blue", 17)
+    assert synth.phrase(shot) == shot.caption == "a red circle moves up over a blue checkered background"
+    assert synth.phrase(shot, "reordered") == "over a blue checkered background, a red circle moves up"
+    assert synth.phrase(shot, "synonyms") == "a crimson disc drifting upward across an azure checkerboard backdrop"
+    assert synth.phrase(shot, "distractor").startswith(shot.caption + ", ")
+    with pytest.raises(ValueError, match="phrasing"):
+        synth.phrase(shot, "shouted")
+    captions = {Shot(s, c, m, b, bg, 5).caption for c in COLORS for s in synth.SHAPES for m in synth.MOTIONS
+                for b in synth.BACKGROUNDS for bg in COLORS if bg != c}
+    words = {w for caption in captions for w in caption.split()}
+    for c in COLORS:
+        for s in synth.SHAPES:
+            for m in synth.MOTIONS:
+                one = Shot(s, c, m, "noise", "white" if c != "white" else "red", 5)
+                others = [synth.phrase(one, p) for p in synth.PHRASINGS if p != "train"]
+                assert not set(others) & captions  # only "train" is a training caption
+                synonym = synth.phrase(one, "synonyms")
+                assert c not in synonym.split() and m not in synonym.split()  # other words for the attributes
+                assert not {w for w in synonym.split() if w not in ("a", "an")} <= words
