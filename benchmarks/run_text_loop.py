@@ -126,7 +126,8 @@ def run(a: argparse.Namespace) -> dict:
     def salvage() -> dict:  # loop.json with the run's totals, and the headline files that exist, flat into OUT
         partial = json.loads((loop / "loop.json").read_text()) if (loop / "loop.json").is_file() else {}
         partial.setdefault("seconds", {})
-        partial["seconds"] = {"corpus_s": corpus["seconds"], **partial["seconds"], "total_s": round(time.time() - t0, 1)}
+        partial["seconds"] = {"corpus_s": corpus["seconds"], **partial["seconds"],
+                              "total_s": round(time.time() - t0, 1)}
         partial.update(device=device, torch=torch.__version__, clips=corpus["clips"])
         (out / "loop.json").write_text(json.dumps(partial, indent=1))
         for src in (loop / "eval-text" / "results.md", loop / "eval-text" / "results.json",

@@ -78,7 +78,8 @@ def _add_build(sub) -> None:
     p.add_argument("--store-media", choices=["bytes", "path"], default=d["store_media"],
                    help="keep clip MP4s inside the shards (bytes) or as files under DATASET/media (path)")
     p.add_argument("--min-clip-s", type=float, default=clips["min_s"], help="shortest clip; shorter scenes are dropped")
-    p.add_argument("--max-clip-s", type=float, default=clips["max_s"], help="longest clip; longer scenes become windows")
+    p.add_argument("--max-clip-s", type=float, default=clips["max_s"],
+                   help="longest clip; longer scenes become windows")
     p.add_argument("--detector", choices=["adaptive", "content"], default=None,
                    help="PySceneDetect detector for hard cuts (fades and dissolves are detected either way; default: "
                         f"{_defaults('curate/scenes.py', 'SceneConfig').get('detector')})")
@@ -99,14 +100,16 @@ def _add_build(sub) -> None:
                    help="caption clips inline (as `tessera caption` does): source sidecars, a local VLM dir "
                         "(--caption-model) or an OpenAI-compatible server (--caption-base-url)")
     p.add_argument("--caption-model", default=None, help="VLM model dir (transformers) or served model name")
-    p.add_argument("--caption-base-url", default=None, help="OpenAI-compatible VLM server (default: $TESSERA_LLM_BASE_URL, else "
+    p.add_argument("--caption-base-url", default=None,
+                   help="OpenAI-compatible VLM server (default: $TESSERA_LLM_BASE_URL, else "
                         "$OPENAI_BASE_URL, else OpenAI's public API)")
     p.add_argument("--caption-api-key-env", default="OPENAI_API_KEY",
                    help="name of the environment variable holding the server's key (never the key itself)")
     p.add_argument("--expand", choices=["off", "openai", "transformers"], default="off",
                    help="expand captions with an LLM inline (see `tessera caption --help`)")
     p.add_argument("--expand-model", default=None, help="LLM model dir (transformers) or served model name")
-    p.add_argument("--expand-base-url", default=None, help="OpenAI-compatible LLM server (default: $TESSERA_LLM_BASE_URL, else "
+    p.add_argument("--expand-base-url", default=None,
+                   help="OpenAI-compatible LLM server (default: $TESSERA_LLM_BASE_URL, else "
                         "$OPENAI_BASE_URL, else OpenAI's public API)")
     p.add_argument("--filter", action="append", default=[], metavar="EXPR",
                    help='filter rule over score columns, e.g. "sharpness >= 40" (repeatable)')

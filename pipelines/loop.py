@@ -143,7 +143,8 @@ def learning_warnings(loop: dict, floors: dict[str, float]) -> list[str]:
     gen = ((loop.get("accuracy") or {}).get("seen") or {}).get("color")
     if "generated_color" in floors and (gen is None or gen < floors["generated_color"]):
         out.append(f"the DiT learned too little: colour of generated clips {_fmt(gen)} on seen prompts "
-                   f"(floor {floors['generated_color']:g}, chance ~0.17) after {loop.get('dit', {}).get('steps')} steps")
+                   f"(floor {floors['generated_color']:g}, chance ~0.17) after {loop.get('dit', {}).get('steps')} "
+                   "steps")
     return out
 
 

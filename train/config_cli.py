@@ -132,7 +132,8 @@ def source_fields(path: str | Path, class_name: str) -> list[SourceField]:
             default = dataclasses.MISSING
         else:  # a literal or arithmetic on literals; anything else (field(default_factory=...)) is not a flag
             try:
-                default = eval(compile(ast.Expression(node.value), str(path), "eval"), {"__builtins__": {}})  # noqa: S307
+                code = compile(ast.Expression(node.value), str(path), "eval")
+                default = eval(code, {"__builtins__": {}})  # noqa: S307 - the repository's own source
             except Exception:  # noqa: BLE001 - a name or call: evaluated only by importing the module
                 default = NOT_A_FLAG
         doc = " ".join(leading + own) or COMMON_DOCS.get(node.target.id, "")
