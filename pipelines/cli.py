@@ -251,8 +251,8 @@ def _add_demo(sub) -> None:
         description="Render a synthetic sample corpus (or use --videos DIR), build a curated dataset, caption it, "
                     "write its report, then train a small VAE and DiT on it, generate videos for held-out prompts, "
                     "measure text faithfulness (eval-text) and write a training report, printing where "
-                    "everything is. Trains by steps (about 10 minutes on an idle 2-core CPU); ends with a warning "
-                    "and status 1 when no clip got a caption or a model learned nothing.",
+                    "everything is. Trains by steps (meant to stay under 10 minutes on an idle 2-core CPU); ends "
+                    "with a warning and status 1 when no clip got a caption or a model learned nothing.",
         epilog=_epilog("demo"), formatter_class=HelpFormatter)
     p.add_argument("--out", default="runs/demo", help="run folder")
     p.add_argument("--videos", default=None, help="your own folder of videos instead of the synthetic samples")
