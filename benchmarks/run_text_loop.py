@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import signal
 import sys
@@ -68,8 +69,25 @@ def parse_set(items: list[str], base) -> dict:
     return out
 
 
-def _terminated(signum, frame):
-    raise SystemExit(128 + signum)
+def _stop_on(signum: int, salvage) -> None:
+    """On ``signum``: ``salvage()`` (write what the run finished) and exit with status 128 + signum, from inside the
+    handler. Raising ``SystemExit`` from the handler is not enough: Python runs the handler at the next bytecode of
+    the main thread, which may be a finaliser (``__del__``, a weakref callback: tqdm bars, TensorBoard writers and
+    data loaders have them) or a dependency's ``except BaseException``; there the exception is reported as
+    "Exception ignored" or swallowed and the run goes on to finish with status 0 (seen once under load). Nor is
+    the default handler put back afterwards: a second SIGTERM during the salvage would kill the process with -15
+    and cut the copy short, so later signals are ignored."""
+
+    def handler(sig, frame):
+        signal.signal(signum, signal.SIG_IGN)
+        try:
+            salvage()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + sig)
+
+    signal.signal(signum, handler)
 
 
 def run(a: argparse.Namespace) -> dict:
@@ -104,27 +122,29 @@ def run(a: argparse.Namespace) -> dict:
         print(f"[run] corpus: {corpus['clips']} clips in {corpus['seconds']} s", flush=True)
     loop = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    previous = signal.signal(signal.SIGTERM, _terminated)  # ``timeout`` sends SIGTERM: still copy what exists
+
+    def salvage() -> dict:  # loop.json with the run's totals, and the headline files that exist, flat into OUT
+        partial = json.loads((loop / "loop.json").read_text()) if (loop / "loop.json").is_file() else {}
+        partial.setdefault("seconds", {})
+        partial["seconds"] = {"corpus_s": corpus["seconds"], **partial["seconds"],
+                              "total_s": round(time.time() - t0, 1)}
+        partial.update(device=device, torch=torch.__version__, clips=corpus["clips"])
+        (out / "loop.json").write_text(json.dumps(partial, indent=1))
+        for src in (loop / "eval-text" / "results.md", loop / "eval-text" / "results.json",
+                    loop / "report" / "curves.png", loop / "report" / "eval-sheet.png",
+                    loop / "report" / "dit-samples.png", loop / "report" / "vae-preview.png"):
+            if src.is_file():
+                shutil.copy(src, out / src.name)
+        for src in sorted((loop / "dit" / "profile").glob("*")):  # with --set dit_profile_steps=N
+            shutil.copy(src, out / f"profile-{src.name}")
+        return partial
+
+    _stop_on(signal.SIGTERM, salvage)  # ``timeout`` sends SIGTERM: still copy what exists, exit 143
     try:
         run_loop(cfg)  # it writes loop.json after every stage; what is read back below is the whole of it
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the copy short
-        try:
-            partial = json.loads((loop / "loop.json").read_text()) if (loop / "loop.json").is_file() else {}
-            partial.setdefault("seconds", {})
-            partial["seconds"] = {"corpus_s": corpus["seconds"], **partial["seconds"],
-                                  "total_s": round(time.time() - t0, 1)}
-            partial.update(device=device, torch=torch.__version__, clips=corpus["clips"])
-            (out / "loop.json").write_text(json.dumps(partial, indent=1))
-            for src in (loop / "eval-text" / "results.md", loop / "eval-text" / "results.json",
-                        loop / "report" / "curves.png", loop / "report" / "eval-sheet.png",
-                        loop / "report" / "dit-samples.png", loop / "report" / "vae-preview.png"):
-                if src.is_file():
-                    shutil.copy(src, out / src.name)
-            for src in sorted((loop / "dit" / "profile").glob("*")):  # with --set dit_profile_steps=N
-                shutil.copy(src, out / f"profile-{src.name}")
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+    finally:  # an error part-way: the same salvage, then the traceback
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        partial = salvage()
     summary = partial
     print("\n| stage | seconds |\n|---|---|")
     for k, v in summary["seconds"].items():

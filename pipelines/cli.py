@@ -11,6 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+from train.config_cli import HelpFormatter, parse_source_config, source_fields
+
+ROOT = Path(__file__).resolve().parents[1]
+
 DESCRIPTION = """\
 Tessera: raw video -> a curated, re-captioned training set -> a text-to-video model.
 
@@ -22,7 +26,42 @@ Ray: local by default; set RAY_ADDRESS (or --address) to run the same command on
 """
 
 
+# One example command line per subcommand, shown at the end of its --help.
+EXAMPLES = {
+    "demo": "tessera demo --out runs/demo",
+    "samples": "tessera samples --out runs/samples --videos 6 --size 320x180",
+    "build": "tessera build --input runs/samples --output runs/dataset",
+    "filter": 'tessera filter runs/dataset --where "sharpness >= 40"',
+    "caption": "tessera caption --input runs/dataset --output runs/captioned --backend source",
+    "expand-prompt": 'tessera expand-prompt "a cat on a windowsill" --expand-base-url http://localhost:8000/v1 '
+                     "--expand-model NAME (or --expand-backend transformers --expand-model DIR)",
+    "report": "tessera report runs/demo/captioned",
+    "train-vae": "tessera train-vae --data-root runs/demo/captioned --run-dir runs/vae --preset tiny --steps 300 "
+                 "--batch-size 2 --resolutions '[[64, 64]]' --num-workers 0",
+    "vae-eval": "tessera vae-eval --data-root runs/demo/captioned --checkpoint runs/demo/train/vae/checkpoints "
+                "--height 64 --width 64",
+    "cache-latents": "tessera cache-latents --input runs/demo/captioned --vae runs/demo/train/vae/checkpoints "
+                     "--output runs/latents",
+    "train-dit": "tessera train-dit --data-root runs/demo/captioned --vae runs/demo/train/vae/checkpoints "
+                 "--run-dir runs/dit --preset tiny --steps 600 --bucket-areas '[4096]' --bucket-frames '[17]' "
+                 "--caption-mix '[[\"short\", 1.0]]' --sample-size '[64, 64]'",
+    "generate": 'tessera generate "a red square moves left" --model runs/demo/train/dit/pipeline --out red-square',
+    "eval-text": "tessera eval-text --pipeline runs/demo/train/dit/pipeline",
+}
+
+
+def _epilog(name: str) -> str:
+    return f"example:\n  {EXAMPLES[name]}"
+
+
+def _defaults(path: str, cls: str) -> dict:
+    """A config dataclass's defaults, read from its source (no import): the CLI's defaults are the config's."""
+    return {f.name: f.default for f in source_fields(ROOT / path, cls)}
+
+
 def _add_build(sub) -> None:
+    d = _defaults("pipelines/build.py", "BuildConfig")
+    clips = _defaults("curate/clips.py", "ClipConfig")
     p = sub.add_parser(
         "build", help="raw videos -> clip shards with quality scores and lineage",
         description=(
@@ -31,43 +70,52 @@ def _add_build(sub) -> None:
             "(sharpness, exposure, motion, on-screen text, CLIP when a checkpoint is given) -> near-duplicate "
             "detection -> publish -> filter. Re-running the same command resumes a killed build; a changed "
             "config is refused (filters excepted: see `tessera filter`)."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog=_epilog("build"), formatter_class=HelpFormatter)
     p.add_argument("--input", "-i", required=True, nargs="+",
                    help="folder (searched recursively), glob pattern (quote it), .txt list file, or files")
     p.add_argument("--output", "-o", required=True, help="dataset folder to create or resume")
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--store-media", choices=["bytes", "path"], default="bytes",
+    p.add_argument("--store-media", choices=["bytes", "path"], default=d["store_media"],
                    help="keep clip MP4s inside the shards (bytes) or as files under DATASET/media (path)")
-    p.add_argument("--min-clip-s", type=float, default=2.0, help="shortest clip; shorter scenes are dropped")
-    p.add_argument("--max-clip-s", type=float, default=15.0, help="longest clip; longer scenes become windows")
+    p.add_argument("--min-clip-s", type=float, default=clips["min_s"], help="shortest clip; shorter scenes are dropped")
+    p.add_argument("--max-clip-s", type=float, default=clips["max_s"],
+                   help="longest clip; longer scenes become windows")
     p.add_argument("--detector", choices=["shots", "adaptive", "content"], default=None,
-                   help="hard-cut detector: shots (ours, default) or PySceneDetect's adaptive / content (fades, "
-                        "dissolves and wipes are detected either way)")
+                   help="hard-cut detector: shots (ours) or PySceneDetect's adaptive / content (fades, dissolves and "
+                        "wipes are detected either way; default: "
+                        f"{_defaults('curate/scenes.py', 'SceneConfig').get('detector')})")
     p.add_argument("--clip-margin", type=int, default=None,
-                   help="frames every clip keeps clear of a detected cut or transition (default 2)")
-    p.add_argument("--analysis-size", type=int, default=None, help="short side (px) of frames used for analysis")
-    p.add_argument("--split-timeout", type=float, default=600.0,
+                   help="frames every clip keeps clear of a detected cut or transition (default: "
+                        f"{clips.get('margin_frames', 2)})")
+    p.add_argument("--analysis-size", type=int, default=None,
+                   help="short side (px) of frames used for analysis (default: "
+                        f"{_defaults('curate/frames.py', 'DecodeConfig').get('short_side')})")
+    p.add_argument("--split-timeout", type=float, default=d["split_timeout_s"],
                    help="seconds one video may take to decode, detect and cut before it is failed")
     p.add_argument("--clip-checkpoint", default=None,
                    help="local open_clip checkpoint file; without it the CLIP columns say no-model")
-    p.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture of --clip-checkpoint")
+    p.add_argument("--clip-model", default=d["clip_model_name"], help="open_clip architecture of --clip-checkpoint")
     p.add_argument("--aesthetic-head", default=None, help="safetensors aesthetic head on the CLIP embedding")
     p.add_argument("--no-ocr", action="store_true", help="skip the on-screen text scorer")
     p.add_argument("--caption", choices=["source", "transformers", "openai"], default=None,
                    help="caption clips inline (as `tessera caption` does): source sidecars, a local VLM dir "
                         "(--caption-model) or an OpenAI-compatible server (--caption-base-url)")
     p.add_argument("--caption-model", default=None, help="VLM model dir (transformers) or served model name")
-    p.add_argument("--caption-base-url", default=None, help="OpenAI-compatible VLM server (default: env)")
+    p.add_argument("--caption-base-url", default=None,
+                   help="OpenAI-compatible VLM server (default: $TESSERA_LLM_BASE_URL, else "
+                        "$OPENAI_BASE_URL, else OpenAI's public API)")
     p.add_argument("--caption-api-key-env", default="OPENAI_API_KEY",
                    help="name of the environment variable holding the server's key (never the key itself)")
     p.add_argument("--expand", choices=["off", "openai", "transformers"], default="off",
                    help="expand captions with an LLM inline (see `tessera caption --help`)")
     p.add_argument("--expand-model", default=None, help="LLM model dir (transformers) or served model name")
-    p.add_argument("--expand-base-url", default=None, help="OpenAI-compatible LLM server (default: env)")
+    p.add_argument("--expand-base-url", default=None,
+                   help="OpenAI-compatible LLM server (default: $TESSERA_LLM_BASE_URL, else "
+                        "$OPENAI_BASE_URL, else OpenAI's public API)")
     p.add_argument("--filter", action="append", default=[], metavar="EXPR",
                    help='filter rule over score columns, e.g. "sharpness >= 40" (repeatable)')
-    p.add_argument("--rows-per-file", type=int, default=1000, help="clips per published shard")
-    p.add_argument("--row-group-size", type=int, default=64, help="rows per Parquet row group")
+    p.add_argument("--rows-per-file", type=int, default=d["rows_per_file"], help="clips per published shard")
+    p.add_argument("--row-group-size", type=int, default=d["row_group_size"], help="rows per Parquet row group")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset built with a different config")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary on stdout")
     p.set_defaults(func=_run_build)
@@ -133,8 +181,9 @@ def _add_filter(sub) -> None:
     p = sub.add_parser(
         "filter", help="re-apply filter thresholds to a built dataset (no re-scoring)",
         description="Recompute DATASET/selection.parquet from the published score columns. Scores are never "
-                    "recomputed: changing a threshold takes seconds.")
-    p.add_argument("dataset")
+                    "recomputed: changing a threshold takes seconds.",
+        epilog=_epilog("filter"), formatter_class=HelpFormatter)
+    p.add_argument("dataset", help="a built dataset folder")
     p.add_argument("--where", action="append", default=[], metavar="EXPR",
                    help='extra rule, e.g. "sharpness >= 40" or "text_coverage < 0.1" (repeatable)')
     p.add_argument("--no-defaults", action="store_true",
@@ -167,7 +216,8 @@ def _add_samples(sub) -> None:
         "samples", help="render a synthetic captioned video corpus with ground truth",
         description="Render videos of simple shapes in named colours moving in named directions over textured "
                     "backgrounds, several shots per video joined by hard cuts, dissolves and fades. Each video "
-                    "gets a .json sidecar (cut frames, transitions, per-shot attributes) and a .txt caption.")
+                    "gets a .json sidecar (cut frames, transitions, per-shot attributes) and a .txt caption.",
+        epilog=_epilog("samples"), formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, help="folder to write into")
     p.add_argument("--videos", type=int, default=6, help="number of videos")
     p.add_argument("--seed", type=int, default=0, help="same seed, same videos")
@@ -208,11 +258,13 @@ def _add_demo(sub) -> None:
         description="Render a synthetic sample corpus (or use --videos DIR), build a curated dataset, caption it, "
                     "write its report, then train a small VAE and DiT on it, generate videos for held-out prompts, "
                     "measure text faithfulness (eval-text) and write a training report, printing where "
-                    "everything is. About 7 minutes on a 2-core CPU.")
+                    "everything is. Trains by steps (meant to stay under 10 minutes on an idle 2-core CPU); ends "
+                    "with a warning and status 1 when no clip got a caption or a model learned nothing.",
+        epilog=_epilog("demo"), formatter_class=HelpFormatter)
     p.add_argument("--out", default="runs/demo", help="run folder")
     p.add_argument("--videos", default=None, help="your own folder of videos instead of the synthetic samples")
     p.add_argument("--samples", type=int, default=12, help="number of synthetic videos")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples, the held-out pairs and training")
     p.add_argument("--vlm", default=None,
                    help="local VLM model dir for captions (default: the sources' own captions, labelled as such)")
     p.add_argument("--no-train", action="store_true",
@@ -230,38 +282,129 @@ def _run_demo(a) -> int:
                            train=not a.no_train, profile=a.profile))
 
 
+# Subcommands whose parsers live with their pipelines. Each runner imports its module only when it runs, so
+# ``tessera --help`` and ``tessera CMD --help`` stay fast; train-vae, train-dit and vae-eval parse their config
+# dataclass from its source (train/config_cli.py) and import torch only after the arguments are good.
+
+
+def _caption(argv: list[str]) -> int:
+    from pipelines.caption import cli
+
+    return cli(argv)
+
+
+def _expand_prompt(argv: list[str]) -> int:
+    from pipelines.caption import expand_prompt_cli
+
+    return expand_prompt_cli(argv)
+
+
+def _report(argv: list[str]) -> int:
+    from pipelines.report import cli
+
+    return cli(argv)
+
+
+def _train_vae(argv: list[str]) -> int:
+    values = parse_source_config(ROOT / "train" / "train_vae.py", "TrainVAEConfig", argv, prog="tessera train-vae",
+                                 description="Train the 3-D causal video VAE on clip shards (CPU, one GPU, or "
+                                             "torchrun -m train.train_vae for several).",
+                                 example=EXAMPLES["train-vae"])
+    from train.train_vae import TrainVAEConfig, main
+
+    main(TrainVAEConfig(**values))
+    return 0
+
+
+def _vae_eval(argv: list[str]) -> int:
+    values = parse_source_config(ROOT / "pipelines" / "vae_eval.py", "VAEEvalConfig", argv, prog="tessera vae-eval",
+                                 description="PSNR / SSIM (LPIPS with local weights) of a VAE checkpoint on held-out "
+                                             "clips, whole-clip vs chunked encode/decode.",
+                                 example=EXAMPLES["vae-eval"])
+    from pipelines.vae_eval import VAEEvalConfig, main
+
+    main(VAEEvalConfig(**values))
+    return 0
+
+
+def _cache_latents(argv: list[str]) -> int:
+    from pipelines.cache_latents import cli
+
+    return cli(argv)
+
+
+def _train_dit(argv: list[str]) -> int:
+    values = parse_source_config(ROOT / "train" / "train_dit.py", "TrainDiTConfig", argv, prog="tessera train-dit",
+                                 description="Train the text-to-video DiT on latent shards (--latents) or on clip "
+                                             "shards encoded on the fly (--data-root with --vae); torchrun -m "
+                                             "train.train_dit for DDP / FSDP2.",
+                                 example=EXAMPLES["train-dit"])
+    from train.train_dit import TrainDiTConfig, main
+
+    main(TrainDiTConfig(**values))
+    return 0
+
+
+def _generate(argv: list[str]) -> int:
+    from pipelines.generate import cli
+
+    return cli(argv)
+
+
+def _eval_text(argv: list[str]) -> int:
+    from pipelines.eval_text import cli
+
+    return cli(argv)
+
+
+# (name, runner, one-line help)
 DELEGATED = [
-    ("caption", "pipelines.caption", "cli", "add caption columns (VLM) and expanded captions (LLM) to a dataset"),
-    ("expand-prompt", "pipelines.caption", "expand_prompt_cli", "rewrite a short prompt like a training caption"),
-    ("report", "pipelines.report", "cli", "HTML + PNG report of a dataset: histograms, filters, failures, contact sheets"),
-    ("train-vae", "train.train_vae", None, "train the video VAE on clip shards (CPU, one GPU, or torchrun)"),
-    ("vae-eval", "pipelines.vae_eval", "cli", "PSNR/SSIM of a VAE checkpoint on held-out clips, whole vs chunked"),
-    ("cache-latents", "pipelines.cache_latents", "cli", "encode clips to VAE latents + text embeddings (resumable)"),
-    ("train-dit", "train.train_dit", None, "train the text-to-video DiT on latent or clip shards (torchrun for GPUs)"),
-    ("generate", "pipelines.generate", "cli", "text/image/video-to-video generation from a trained pipeline"),
-    ("eval-text", "pipelines.eval_text", "cli", "text faithfulness: colour/shape/motion accuracy, seen vs held-out"),
+    ("caption", _caption, "add caption columns (VLM) and expanded captions (LLM) to a dataset"),
+    ("expand-prompt", _expand_prompt, "rewrite a short prompt like a training caption"),
+    ("report", _report, "HTML + PNG report of a dataset: histograms, filters, failures, contact sheets"),
+    ("train-vae", _train_vae, "train the video VAE on clip shards (CPU, one GPU, or torchrun)"),
+    ("vae-eval", _vae_eval, "PSNR/SSIM of a VAE checkpoint on held-out clips, whole vs chunked"),
+    ("cache-latents", _cache_latents, "encode clips to VAE latents + text embeddings (resumable)"),
+    ("train-dit", _train_dit, "train the text-to-video DiT on latent or clip shards (torchrun for GPUs)"),
+    ("generate", _generate, "text/image/video-to-video generation from a trained pipeline"),
+    ("eval-text", _eval_text, "text faithfulness: colour/shape/motion accuracy, seen vs held-out"),
 ]
+OWN_EXAMPLE = {"train-vae", "train-dit", "vae-eval"}  # their parsers print the example themselves
+
+# Errors that are the user's to fix (a missing folder, a bad value, a server that does not answer): one line on
+# stderr and status 2, no traceback (TESSERA_DEBUG=1 shows it).
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+               ConnectionError, TimeoutError)
 
 
 def _add_delegated(sub) -> None:
-    """Subcommands whose parsers live with their pipelines (``main`` hands them the raw arguments)."""
-    for name, module, fn, help_ in DELEGATED:
+    """The delegated subcommands in ``tessera --help`` (their own parsers own their options)."""
+    for name, runner, help_ in DELEGATED:
         p = sub.add_parser(name, help=help_, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_delegate(module, fn))
+        p.set_defaults(func=lambda a, runner=runner: runner(a.rest))
 
 
-def _delegate(module: str, fn: str | None):
-    """Run ``module.fn(argv)``; with ``fn=None`` the module is a training script: ``main(parse_args(argv))``."""
+def _guarded(name: str, run) -> int:
+    """``run()``, with a user's error as one line on stderr and status 2."""
+    try:
+        result = run()
+    except USER_ERRORS as exc:
+        if os.environ.get("TESSERA_DEBUG"):
+            raise
+        print(f"tessera {name}: error: {exc}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
 
-    def run(a) -> int:
-        import importlib
 
-        m = importlib.import_module(module)
-        result = getattr(m, fn)(a.rest) if fn else m.main(m.parse_args(a.rest))
-        return result if isinstance(result, int) else 0
-
-    return run
+def _run_delegated(name: str, runner, argv: list[str]) -> int:
+    asks_help = "-h" in argv or "--help" in argv
+    try:
+        return _guarded(name, lambda: runner(argv))
+    except SystemExit as exc:
+        if asks_help and exc.code in (0, None) and name not in OWN_EXAMPLE:
+            print("\n" + _epilog(name))
+        raise
 
 
 def parser() -> argparse.ArgumentParser:
@@ -281,11 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     argv = list(sys.argv[1:] if argv is None else argv)
-    for name, module, fn, _ in DELEGATED:  # their own parsers own --help and every option
+    for name, runner, _ in DELEGATED:  # their own parsers own --help and every option
         if argv and argv[0] == name:
-            return _delegate(module, fn)(argparse.Namespace(rest=argv[1:]))
+            return _run_delegated(name, runner, argv[1:])
     args = parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    return _guarded(args.command, lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -100,8 +100,10 @@ def _label(value) -> str:
 
 
 PROFILES: dict[str, LoopConfig] = {
-    # ~6 minutes on a 2-core CPU (2.5 min per model, by the clock): the loop runs end to end; nothing follows text yet
-    "cpu": LoopConfig(vae_steps=100000, vae_batch=2, vae_lr=1e-3, vae_time_s=150, dit_steps=100000, dit_time_s=150),
+    # the demo on a 2-core CPU: trained by steps, not by the clock, so a busy machine takes longer and learns the
+    # same. An idle 2-core machine did 443 VAE steps in 152 s and 4,092 DiT steps in 156 s at these sizes
+    # (benchmarks/RESULTS.md, 2026-12-02), so this is ~3.5 + 2.5 minutes of training there
+    "cpu": LoopConfig(vae_steps=600, vae_batch=2, vae_lr=1e-3, dit_steps=4000),
     # seconds: the loop's plumbing (tests, a quick look), nothing learned
     "smoke": LoopConfig(size=32, vae_steps=6, vae_batch=2, dit_steps=8, token_budget=1024, max_batch=8, eval_steps=3,
                         eval_limit=2),
@@ -120,6 +122,32 @@ PROFILES: dict[str, LoopConfig] = {
                       token_budget=40960, max_batch=128, eval_steps=20, eval_per_triple=1, eval_heldout_repeat=2,
                       num_workers=8),
 }
+
+
+# Floors under which a stage "learned nothing", per profile (eval-text's accuracy on the seen prompts; colour
+# has 6 values, so chance is ~0.17). The smoke profile only checks the plumbing and has none.
+REPORT_FLOORS = {"vae_round_trip_color": 0.5, "generated_color": 0.3}  # the training report's warnings, any profile
+LEARN_FLOORS: dict[str, dict[str, float]] = {"cpu": REPORT_FLOORS, "gpu": {"vae_round_trip_color": 0.8,
+                                                                           "generated_color": 0.6}}
+
+
+def learning_warnings(loop: dict, floors: dict[str, float]) -> list[str]:
+    """One line per stage that stayed under its floor in a loop summary (``pipelines.loop.run``'s return)."""
+    out = []
+    trip = ((loop.get("detector_ceiling") or {}).get("vae_round_trip") or {}).get("seen", {}).get("color")
+    if "vae_round_trip_color" in floors and (trip is None or trip < floors["vae_round_trip_color"]):
+        out.append(f"the VAE learned too little: colour read back after its round trip {_fmt(trip)} on seen prompts "
+                   f"(floor {floors['vae_round_trip_color']:g}) after {loop.get('vae', {}).get('steps')} steps")
+    gen = ((loop.get("accuracy") or {}).get("seen") or {}).get("color")
+    if "generated_color" in floors and (gen is None or gen < floors["generated_color"]):
+        out.append(f"the DiT learned too little: colour of generated clips {_fmt(gen)} on seen prompts "
+                   f"(floor {floors['generated_color']:g}, chance ~0.17) after {loop.get('dit', {}).get('steps')} "
+                   "steps")
+    return out
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -240,9 +268,66 @@ def _natural(tag: str) -> tuple:
     return tuple(int(x) if x.isdigit() else x for x in re.split(r"(\d+)", tag))
 
 
+def markdown_html(text: str) -> str:
+    """The little Markdown that eval-text writes (``|`` tables, ``#`` headings, ``**bold**``, paragraphs) as HTML."""
+    out, table = [], []
+
+    def flush() -> None:
+        if table:
+            rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table
+                    if not re.fullmatch(r"\|?[\s:|-]+\|?", line.strip())]
+            head, body = rows[0], rows[1:]
+            out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body) + "</table>")
+            table.clear()
+
+    for line in html.escape(text).splitlines():
+        line = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", line)
+        if line.lstrip().startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.startswith("#"):
+            out.append(f"<h3>{line.lstrip('#').strip()}</h3>")
+        elif line.strip():
+            out.append(f"<p>{line}</p>")
+    flush()
+    return "\n".join(out)
+
+
+def _run_summary(summary: dict) -> str:
+    """A few rows a reader wants first: steps and loss of each model, seconds per stage, eval-text accuracy."""
+    rows = []
+    for name in ("vae", "dit"):
+        m = summary.get(name) or {}
+        if m:
+            loss = (f"{m['first_loss']:.4g} -> {m['last_loss']:.4g}" if m.get("first_loss") is not None
+                    and m.get("last_loss") is not None else "-")
+            rows.append((name.upper(), f"{m.get('steps')} steps, loss {loss}"))
+    secs = summary.get("seconds") or {}
+    if secs:
+        rows.append(("seconds", ", ".join(f"{k[:-2]} {v}" for k, v in secs.items())))
+    for split, acc in (summary.get("accuracy") or {}).items():
+        rows.append((f"eval-text {split}", ", ".join(f"{a} {acc[a]:.2f}" for a in ("color", "shape", "motion",
+                                                                                    "attribute") if a in acc)))
+    trip = ((summary.get("detector_ceiling") or {}).get("vae_round_trip") or {}).get("seen")
+    if trip:
+        rows.append(("VAE round trip, seen", ", ".join(f"{a} {trip[a]:.2f}" for a in ("color", "shape", "motion")
+                                                        if a in trip)))
+    return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows) + \
+        "</table>"
+
+
+REPORT_CSS = ("body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;margin:8px 0}"
+              "th,td{border:1px solid #ccd;padding:3px 8px;text-align:left;font-size:13px} th{background:#eef1f6}"
+              ".warn{background:#fdecee;border:1px solid #d1495b;border-radius:8px;padding:8px 14px}"
+              ".allgood{background:#eaf6ee;border:1px solid #2f8a4f;border-radius:8px;padding:8px 14px}")
+
+
 def write_training_report(out: str | Path, vae_run: str | Path, dit_run: str | Path, eval_dir: str | Path | None,
-                          summary: dict | None = None) -> Path:
-    """``OUT/index.html`` with the curves, the last VAE preview, the last DiT sample grid and the eval results."""
+                          summary: dict | None = None, warnings: list[str] | None = None) -> Path:
+    """``OUT/index.html``: warnings first, a short run summary, the curves, the last VAE preview, the last DiT
+    sample grid, the eval-text tables rendered, and the raw run summary as ``OUT/loop.json`` behind a link."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = {name: read_scalars(Path(run) / "tb") for name, run in (("vae", vae_run), ("dit", dit_run))
@@ -264,13 +349,21 @@ def write_training_report(out: str | Path, vae_run: str | Path, dit_run: str | P
             shutil.copy(Path(eval_dir) / "sheet.png", out / "eval-sheet.png")
             figures.append(("eval-text, held-out prompts: generated (left) vs ground-truth render (right); "
                             "[CSM] = colour, shape, motion right", "eval-sheet.png"))
-    body = [f"<h2>{html.escape(t)}</h2><img src='{src}' style='max-width:100%'>" for t, src in figures]
-    if table:
-        body.append("<h2>eval-text</h2><pre>" + html.escape(table) + "</pre>")
+    body = []
+    if warnings:
+        body.append("<div class='warn'><b>Check these first</b><ul>"
+                    + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>")
+    elif warnings is not None:
+        body.append("<div class='allgood'>No warnings: both models learned more than the floors.</div>")
     if summary:
-        body.append("<h2>Run summary</h2><pre>" + html.escape(json.dumps(summary, indent=1)) + "</pre>")
+        (out / "loop.json").write_text(json.dumps(summary, indent=1, default=str))
+        body.append("<h2>Run summary</h2>" + _run_summary(summary) + "<p><a href='loop.json'>the whole run summary "
+                    "(JSON)</a></p>")
+    body += [f"<h2>{html.escape(t)}</h2><img src='{src}' style='max-width:100%'>" for t, src in figures]
+    if table:
+        body.append("<h2>eval-text</h2>" + markdown_html(table))
     (out / "index.html").write_text("<!doctype html><meta charset='utf-8'><title>Tessera training report</title>"
-                                    "<body style='font-family:sans-serif;margin:2em'><h1>Tessera training report</h1>"
+                                    f"<style>{REPORT_CSS}</style><body><h1>Tessera training report</h1>"
                                     + "\n".join(body) + "</body>")
     return out / "index.html"
 
@@ -401,7 +494,9 @@ def run(cfg: LoopConfig) -> dict:
         done(f"eval_{key}")
     t = time.time()  # 4. report ------------------------------------------------------------------------
     print(f"[loop] 4/4 training report -> {out / 'report'}", flush=True)
-    summary["report"] = str(write_training_report(out / "report", vae_run, out / "dit", out / "eval-text", summary))
+    summary["warnings"] = learning_warnings(summary, REPORT_FLOORS)
+    summary["report"] = str(write_training_report(out / "report", vae_run, out / "dit", out / "eval-text", summary,
+                                                  summary["warnings"]))
     times["report_s"] = round(time.time() - t, 1)
     done("report")
     return summary

@@ -71,6 +71,7 @@ class ReportConfig:
     thumb_height: int = 112  # px of each frame in a strip
     seed: int = 0  # which clips are sampled
     max_failure_rows: int = 200  # rows of the failed-inputs table (the bar chart counts all)
+    duplicate_pairs: int = 8  # near-duplicate pairs shown side by side
     dpi: int = 100
 
 
@@ -218,8 +219,13 @@ def _hist(values: np.ndarray, title: str, xlabel: str, lines: list[tuple[str, fl
     fig = _figure(4.6, 2.9)
     ax = fig.add_subplot()
     lo, hi = float(values.min()), float(values.max())
-    bins = min(40, max(5, int(np.sqrt(values.size)) * 2)) if hi > lo else 1
-    ax.hist(values, bins=bins, range=None if hi > lo else (lo - 0.5, lo + 0.5), color=PRIMARY, edgecolor="white")
+    if hi > lo:
+        ax.hist(values, bins=min(40, max(5, int(np.sqrt(values.size)) * 2)), color=PRIMARY, edgecolor="white")
+    else:  # one value: one bar around it, on an axis that does not invent negative values for a share or a count
+        span = abs(lo) * 0.2 or 1.0
+        left = max(0.0, lo - span) if lo >= 0 else lo - span
+        ax.bar([lo], [values.size], width=(lo + span - left) / 20, color=PRIMARY)
+        ax.set_xlim(left, lo + span)
     for op, v in lines:
         ax.axvline(v, color=ACCENT, ls="--", lw=1.5, label=f"filter {op} {v:g}")
     if lines:
@@ -275,6 +281,8 @@ def _fps(clips: pa.Table):
     bars = ax.bar([f"{k:g}" for k in keys], [counts[k] for k in keys], color=PRIMARY, width=0.6)
     ax.bar_label(bars, fontsize=8)
     ax.set_xlim(-0.8, max(len(keys), 2) - 0.2)
+    if len(keys) > 5:  # labels like 23.98 and 24 side by side would overlap
+        ax.tick_params(axis="x", labelrotation=45)
     _style(ax, f"frame rate  (n={values.size})", "frames per second", "clips")
     return fig
 
@@ -432,6 +440,11 @@ th{background:#eef1f6} td.msg{max-width:520px;word-break:break-word;color:#5b657
 .sheet img{max-width:100%;display:block;border-radius:4px}
 .cap{margin:6px 0 2px;font-size:14px} .meta{font-size:12px;color:#5b6578;word-break:break-all}
 .keep{color:#2f8a4f;font-weight:600} .drop{color:#d1495b;font-weight:600}
+.warn{background:#fdecee;border:1px solid #d1495b;border-radius:8px;padding:8px 14px;margin:14px 0}
+.warn ul{margin:4px 0;padding-left:20px} .allgood{background:#eaf6ee;border:1px solid #2f8a4f;border-radius:8px;
+padding:8px 14px;margin:14px 0}
+video{max-width:100%;display:block;border-radius:4px;margin-top:4px;background:#000}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:8px}
 """
 
 
@@ -569,13 +582,20 @@ def _section_failures(figs: _Figures, fails: pa.Table | None, max_rows: int) -> 
 
 
 def _section_captions(figs: _Figures, clips: pa.Table) -> str:
-    cols = [c for c in CAPTION_COLUMNS if c in clips.column_names and any(clips[c].to_pylist())]
-    if not cols:
-        return ""
+    """Always present: the caption statuses and lengths, or why there are none."""
+    present = [c for c in CAPTION_COLUMNS if c in clips.column_names]
+    cols = [c for c in present if any(clips[c].to_pylist())]
     status = [f"{c}: " + ", ".join(f"{k} {v}" for k, v in Counter(clips[c].to_pylist()).most_common())
               for c in ("caption_status", "expand_status") if c in clips.column_names]
-    return ("<h2>Captions</h2>" + "".join(f'<p class="sub">{_e(x)}</p>' for x in status)
-            + figs.img(_caption_lengths(clips, cols), "caption_lengths.png", "caption lengths", wide=True))
+    head = "<h2>Captions</h2>" + "".join(f'<p class="sub">{_e(x)}</p>' for x in status)
+    if not present:
+        return head + _notes(["Not captioned: no caption columns (run `tessera caption` or `tessera build "
+                              "--caption source`)."])
+    counts = [f"{c}: {sum(bool(t) for t in clips[c].to_pylist())} of {clips.num_rows} clips" for c in present]
+    head += f'<p class="sub">non-empty {_e("; ".join(counts))}</p>'
+    if not cols:
+        return head + _notes([f"Every caption column is empty for all {clips.num_rows} clips: see the statuses above."])
+    return head + figs.img(_caption_lengths(clips, cols), "caption_lengths.png", "caption lengths", wide=True)
 
 
 def _section_times(figs: _Figures, summary: dict) -> str:
@@ -588,6 +608,207 @@ def _section_times(figs: _Figures, summary: dict) -> str:
     return "<h2>Time per stage</h2>" + figs.img(chart, "time_per_stage.png", "time per stage", wide=True)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# what a user checks a call with: warnings, sources, rejected clips, what-if thresholds, duplicate pairs
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _conditions(selection: pa.Table | None) -> list:
+    """The filter spec's conditions (``curate.filter.Condition``) from the selection's metadata; [] without."""
+    raw = (selection.schema.metadata or {}).get(b"tessera.filter_spec") if selection is not None else None
+    if not raw:
+        return []
+    from curate.filter import FilterSpec, spec_conditions
+
+    try:
+        spec = json.loads(raw)
+        spec["expressions"] = tuple(spec.get("expressions", ()))
+        return spec_conditions(FilterSpec(**spec))
+    except (TypeError, ValueError):
+        return []
+
+
+def _warnings(data: Dataset, rates: dict) -> list[str]:
+    """What a reader must know before trusting the page: missing captions, scores without a model, nothing kept."""
+    clips, n, out = data.clips, data.clips.num_rows, []
+    if not n:
+        return ["The dataset has no clips."]
+    present = [c for c in CAPTION_COLUMNS if c in clips.column_names]
+    captioned = sum(any(clips[c][i].as_py() for c in present) for i in range(n)) if present else 0
+    if present and captioned < n:
+        status = Counter(clips["caption_status"].to_pylist()) if "caption_status" in clips.column_names else {}
+        why = ", ".join(f"{k} {v}" for k, v in status.most_common() if k != "ok")
+        out.append(f"{n - captioned} of {n} clips have no caption" + (f" (caption_status: {why})" if why else "")
+                   + ": a text-to-video model learns nothing from them.")
+    elif not present:
+        out.append("No captions: this dataset was not captioned (tessera caption), so it cannot train text-to-video.")
+    for name, status_col in STATUS_OF.items():
+        if status_col in clips.column_names:
+            missing = Counter(clips[status_col].to_pylist()).get("no-model", 0)
+            if missing:
+                out.append(f"{name}: no model for {missing} of {n} clips (status no-model); the score is empty, "
+                           "not zero, and its filter keeps them.")
+    if rates.get("clips") and rates.get("keep_rate") == 0:
+        out.append("The filters keep no clip: see Filters and What if below.")
+    dups = sum(x is not None for x in clips["duplicate_of"].to_pylist()) if "duplicate_of" in clips.column_names else 0
+    if dups and dups >= n / 4:
+        out.append(f"{dups} of {n} clips are marked near-duplicates: check the pairs below before trusting the call.")
+    fails = data.failures.num_rows if data.failures is not None else 0
+    if fails:
+        out.append(f"{fails} inputs or clips failed or were rejected before publishing (see Failures).")
+    return out
+
+
+def _warning_box(warnings: list[str]) -> str:
+    if not warnings:
+        return '<div class="allgood">No warnings: every clip has a caption and every score had its model.</div>'
+    return ('<div class="warn"><b>Check these first</b><ul>' + "".join(f"<li>{_e(w)}</li>" for w in warnings)
+            + "</ul></div>")
+
+
+def _selection_rows(data: Dataset) -> dict[str, dict]:
+    if data.selection is None or not data.selection.num_rows:
+        return {}
+    return {r["clip_id"]: r for r in data.selection.to_pylist()}
+
+
+def _first_fail(row: dict | None) -> str | None:
+    if not row:
+        return None
+    return next((k[5:] for k, v in row.items() if k.startswith("pass_") and v is False), None)
+
+
+def _section_sources(data: Dataset) -> str:
+    """One row per source video: its clips, how many were kept, and why the others were not."""
+    clips = data.clips
+    if not clips.num_rows or "source_uri" not in clips.column_names:
+        return ""
+    sel = _selection_rows(data)
+    dup = clips["duplicate_of"].to_pylist() if "duplicate_of" in clips.column_names else [None] * clips.num_rows
+    per: dict[str, dict] = {}
+    for cid, src, d in zip(clips["clip_id"].to_pylist(), clips["source_uri"].to_pylist(), dup):
+        row = per.setdefault(src or "-", {"clips": 0, "kept": 0, "why": Counter()})
+        row["clips"] += 1
+        r = sel.get(cid)
+        if r is None or r.get("keep"):
+            row["kept"] += r is not None
+        else:
+            row["why"]["duplicate of another clip" if d else (_first_fail(r) or "?")] += 1
+    failed = Counter(data.failures["source_uri"].to_pylist()) if data.failures is not None and \
+        "source_uri" in data.failures.column_names else Counter()
+    for src in failed:
+        per.setdefault(src or "-", {"clips": 0, "kept": 0, "why": Counter()})
+    trs = "".join(
+        f'<tr><td title="{_e(src)}">{_e(os.path.basename(src) or src)}</td><td>{v["clips"]}</td><td>{v["kept"]}</td>'
+        f'<td>{_e(", ".join(f"{k} {c}" for k, c in v["why"].most_common()) or "-")}</td>'
+        f'<td>{failed.get(src, 0) or "-"}</td></tr>' for src, v in sorted(per.items()))
+    return ("<h2>Sources</h2><table><tr><th>source</th><th>clips</th><th>kept</th><th>not kept: why (first failing "
+            "filter)</th><th>failed rows</th></tr>" + trs + "</table>")
+
+
+def _section_rejected(data: Dataset, conds: list, limit: int = 12) -> str:
+    """The clips each filter rejected, with the value it judged."""
+    sel = _selection_rows(data)
+    if not sel:
+        return ""
+    values = {c.name: dict(zip(data.clips["clip_id"].to_pylist(), data.clips[c.column].to_pylist()))
+              for c in conds if c.column in data.clips.column_names}
+    rule = {c.name: f"{c.column} {c.op} {c.value}" for c in conds}
+    names = [k[5:] for k in data.selection.column_names if k.startswith("pass_")]
+    rows = ""
+    for name in names:
+        bad = [cid for cid, r in sel.items() if r.get(f"pass_{name}") is False]
+        if not bad:
+            continue
+        shown = ", ".join(f"{cid} ({_fmt(values[name].get(cid))})" if name in values else cid for cid in bad[:limit])
+        more = f" and {len(bad) - limit} more" if len(bad) > limit else ""
+        rows += (f"<tr><th>{_e(name)}</th><td>{_e(rule.get(name, name))}</td><td>{len(bad)}</td>"
+                 f"<td class=msg>{_e(shown + more)}</td></tr>")
+    if not rows:
+        return '<h2>Rejected clips</h2><p class="sub">No filter rejected a clip.</p>'
+    return ("<h2>Rejected clips</h2><table><tr><th>filter</th><th>rule</th><th>rejected</th><th>clips (value)</th>"
+            "</tr>" + rows + "</table>")
+
+
+WHAT_IF = (0.5, 0.75, 1.0, 1.5, 2.0)  # multiples of each numeric threshold in the what-if table
+
+
+def _section_what_if(data: Dataset, conds: list) -> str:
+    """Keep rate of the whole selection if one threshold were moved (the other filters as they are)."""
+    sel = _selection_rows(data)
+    numeric = [c for c in conds if not isinstance(c.value, bool) and c.column in data.clips.column_names]
+    if not sel or not numeric:
+        return ""
+    ids = data.clips["clip_id"].to_pylist()
+    passes = {k: np.array([bool(sel.get(i, {}).get(k, True)) for i in ids])
+              for k in data.selection.column_names if k.startswith("pass_")}
+    ops = {">=": np.greater_equal, "<=": np.less_equal, ">": np.greater, "<": np.less}
+    rows = ""
+    for c in numeric:
+        others = np.ones(len(ids), bool)
+        for k, v in passes.items():
+            if k != f"pass_{c.name}":
+                others &= v
+        col = data.clips[c.column].to_numpy(zero_copy_only=False).astype(np.float64)
+        cells = []
+        for m in WHAT_IF:
+            t = c.value * m
+            ok = np.isnan(col) | ops.get(c.op, np.greater_equal)(np.nan_to_num(col), t)  # unjudged clips pass
+            cells.append(f"<td{' class=keep' if m == 1.0 else ''}>{100 * float(np.mean(ok & others)):.0f} % "
+                         f"<span class=sub>({_fmt(t)})</span></td>")
+        rows += f"<tr><th>{_e(c.name)}</th><td>{_e(c.column)} {_e(c.op)}</td>" + "".join(cells) + "</tr>"
+    head = "".join(f"<th>x{m:g}</th>" for m in WHAT_IF)
+    return ("<h2>What if: keep rate at other thresholds</h2><p class=sub>Share of all clips kept if one threshold "
+            "were multiplied by the factor (threshold in brackets) and every other filter stayed as it is.</p>"
+            f"<table><tr><th>filter</th><th>rule</th>{head}</tr>{rows}</table>")
+
+
+def _write_video(src, path: Path) -> None:
+    """The stored MP4 of a clip into the report folder (bytes from the shard, or a copy of its file)."""
+    if isinstance(src, bytes):
+        path.write_bytes(src)
+    else:
+        import shutil
+
+        shutil.copyfile(src, path)
+
+
+def _section_duplicates(data: Dataset, cfg: ReportConfig, out: Path) -> str:
+    """Each near-duplicate beside the clip it duplicates, with their perceptual-hash distance, playable."""
+    clips = data.clips
+    if "duplicate_of" not in clips.column_names:
+        return ""
+    rows = {r["clip_id"]: r for r in clips.select([c for c in ("clip_id", "duplicate_of", "phash", "dedup_method",
+                                                               "source_uri") if c in clips.column_names]).to_pylist()}
+    pairs = sorted((cid, r["duplicate_of"]) for cid, r in rows.items() if r.get("duplicate_of"))
+    if not pairs:
+        return '<h2>Near-duplicates</h2><p class="sub">No clip was marked a near-duplicate.</p>'
+    shown = pairs[: cfg.duplicate_pairs]
+    media = _media(data, sorted({c for p in shown for c in p if c in rows}))
+    from curate.dedup import hamming
+
+    cards = []
+    for k, (cid, partner) in enumerate(shown):
+        a, b = rows[cid], rows.get(partner, {})
+        dist = hamming(a["phash"], b["phash"]) if a.get("phash") and b.get("phash") else None
+        cells = []
+        for side, (x, label) in enumerate(((cid, "duplicate"), (partner, "kept"))):
+            src = media.get(x)
+            body = '<p class="note">no stored media</p>'
+            if src is not None and not isinstance(src, Exception):
+                name = f"media/dup-{k:02d}-{side}.mp4"
+                _write_video(src, out / name)
+                body = f'<video controls muted preload="metadata" src="{_e(name)}"></video>'
+            cells.append(f'<div>{body}<div class="meta"><b>{label}</b> {_e(x)} &middot; '
+                         f'{_e(os.path.basename((rows.get(x) or {}).get("source_uri") or ""))}</div></div>')
+        what = f"phash Hamming distance {dist} of 64" if dist is not None else "distance not recorded"
+        cards.append(f'<div class="sheet"><div class="pair">{"".join(cells)}</div><div class="meta">'
+                     f'{_e(what)} &middot; method {_e(a.get("dedup_method") or "-")}</div></div>')
+    more = f" (first {len(shown)} of {len(pairs)})" if len(pairs) > len(shown) else ""
+    return f'<h2>Near-duplicates: {len(pairs)} pairs{more}</h2><div class="sheets">{"".join(cards)}</div>'
+
+
+
 def main(cfg: ReportConfig) -> dict:
     """Write ``index.html`` and its PNGs for ``cfg.dataset``; returns what was written (paths, counts, notes)."""
     t0 = time.time()
@@ -595,7 +816,8 @@ def main(cfg: ReportConfig) -> dict:
     data = load_dataset(root)
     out = Path(cfg.output) if cfg.output else root / "report"
     (out / "sheets").mkdir(parents=True, exist_ok=True)
-    for old in [*out.glob("*.png"), *(out / "sheets").glob("*.png")]:  # figures of an earlier report
+    (out / "media").mkdir(exist_ok=True)
+    for old in [*out.glob("*.png"), *(out / "sheets").glob("*.png"), *(out / "media").glob("*.mp4")]:  # earlier
         old.unlink()
     figs = _Figures(out, cfg.dpi)
     rates = _keep_rates(data)
@@ -603,13 +825,20 @@ def main(cfg: ReportConfig) -> dict:
 
     scores, score_notes = _section_scores(figs, data.clips, lines)
     sheets = _contact_sheets(data, cfg, out)
+    conds = _conditions(data.selection)
+    warnings = _warnings(data, rates)
     sections = [
+        _warning_box(warnings),
         _header(data, rates),
+        _section_sources(data),
+        _section_captions(figs, data.clips),
         _section_clips(figs, data.clips, lines),
         scores,
         _section_filters(figs, rates),
+        _section_rejected(data, conds),
+        _section_what_if(data, conds),
+        _section_duplicates(data, cfg, out),
         _section_failures(figs, data.failures, cfg.max_failure_rows),
-        _section_captions(figs, data.clips),
         _section_times(figs, data.summary),
         sheets["html"],
     ]
@@ -625,7 +854,8 @@ def main(cfg: ReportConfig) -> dict:
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, out / "index.html")  # the page appears whole or not at all
     return {"index": str(out / "index.html"), "figures": figs.names + sheets["files"], "clips": data.clips.num_rows,
-            "sheets": len(sheets["files"]), "notes": data.notes + score_notes, "seconds": round(time.time() - t0, 2)}
+            "sheets": len(sheets["files"]), "notes": data.notes + score_notes, "warnings": warnings,
+            "videos": sorted(p.name for p in (out / "media").glob("*.mp4")), "seconds": round(time.time() - t0, 2)}
 
 
 def _contact_sheets(data: Dataset, cfg: ReportConfig, out: Path) -> dict:
@@ -653,7 +883,10 @@ def _contact_sheets(data: Dataset, cfg: ReportConfig, out: Path) -> dict:
                 raise src
             decode_strip(src, cfg.frames_per_clip, cfg.thumb_height).save(out / name, optimize=False)
             files.append(name)
-            img = f'<img src="{_e(name)}" alt="frames of clip {_e(cid)}">'
+            video = f"media/clip-{k:02d}.mp4"
+            _write_video(src, out / video)
+            img = (f'<img src="{_e(name)}" alt="frames of clip {_e(cid)}">'
+                   f'<video controls muted preload="metadata" src="{_e(video)}"></video>')
         except Exception as exc:  # a broken clip gets a note on its sheet, never a failed report
             img = f'<p class="note">could not decode this clip: {_e(type(exc).__name__)}: {_e(str(exc)[:200])}</p>'
         caps = [(c, r.get(c)) for c in CAPTION_COLUMNS if r.get(c)]

@@ -276,3 +276,120 @@ def test_chromium_shows_the_figures(dataset: Path, report: dict, tmp_path: Path)
         p.unlink()
     empty = _screenshot(chromium, broken / "index.html", tmp_path / "broken.png", tmp_path / "p2")
     assert _near(empty, primary) < bars // 20 and _near(empty, GREEN, tol=20) < 50
+
+
+def _dump_dom(chromium: str, page: Path, profile: Path) -> str:
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--autoplay-policy="
+           "no-user-gesture-required", f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--dump-dom",
+           page.as_uri()]
+    return subprocess.run(cmd, check=True, timeout=120, capture_output=True, text=True).stdout
+
+
+def test_chromium_loads_every_image_and_video(dataset: Path, report: dict, tmp_path: Path):
+    """A copy of the page with a script that records, per <img> and <video>, whether the browser loaded it."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("headless Chromium not installed (Debian: apt-get install -y chromium)")
+    probe = ("<script>addEventListener('load', () => setTimeout(() => {"
+             "const bad = [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
+             ".concat([...document.querySelectorAll('video')].filter(v => v.readyState < 1 || v.error)"
+             ".map(v => v.src));"
+             "document.body.setAttribute('data-media', document.images.length + document.querySelectorAll("
+             "'video').length + ':' + JSON.stringify(bad));}, 3000));</script>")
+    page = dataset / "report" / "probe.html"
+    page.write_text(_html(dataset).replace("</body>", probe + "</body>"), encoding="utf-8")
+    try:
+        dom = _dump_dom(chromium, page, tmp_path / "p3")
+    finally:
+        page.unlink()
+    found = re.search(r'data-media="(\d+):([^"]*)"', dom)
+    assert found, dom[-2000:]
+    count, bad = int(found.group(1)), json.loads(found.group(2).replace("&quot;", '"'))
+    assert count == len(report["figures"]) + len(report["videos"]) and bad == [], bad
+
+
+def test_warnings_sources_rejections_what_if_and_duplicate_pairs(dataset: Path, report: dict):
+    page = _html(dataset)
+    # headline: the aesthetic score had no model; failed inputs exist
+    box = page[page.index('class="warn"'):page.index("</div>", page.index('class="warn"'))]
+    assert "clip_aesthetic: no model for 6 of 6 clips" in box and "3 inputs or clips failed" in box
+    assert report["warnings"] and all(html_escape(w) in box for w in report["warnings"])
+    # per-source table: one row per source, failed inputs included
+    sources = page[page.index("<h2>Sources"):page.index("</table>", page.index("<h2>Sources"))]
+    for k in range(N_CLIPS):
+        assert f"{'clip' if k else 'green'}-{k}.mp4" in sources
+    assert "truncated.mp4" in sources and sources.count("<tr>") == 1 + N_CLIPS + 3
+    # the duplicate (clip 2) beside its partner (clip 0), with the phash distance of their hashes (2 vs 0: 1 bit)
+    dups = page[page.index("<h2>Near-duplicates"):]
+    assert "phash Hamming distance 1 of 64" in dups and dups.count("<video") >= 2
+    # every rejected clip is named under the filter that rejected it, with the judged value
+    rejected = page[page.index("<h2>Rejected clips"):page.index("</table>", page.index("<h2>Rejected clips"))]
+    sel = pq.read_table(dataset / "selection.parquet").to_pylist()
+    for row in sel:
+        for k, v in row.items():
+            if k.startswith("pass_") and v is False:
+                assert row["clip_id"] in rejected, (k, row["clip_id"])
+    # what-if: at x1 the keep rate is the selection's own
+    what_if = page[page.index("<h2>What if"):page.index("</table>", page.index("<h2>What if"))]
+    kept = round(100 * np.mean([r["keep"] for r in sel]))
+    assert f"<td class=keep>{kept} %" in what_if and "min_sharpness" in what_if
+
+
+def html_escape(s: str) -> str:
+    import html
+
+    return html.escape(s, quote=True)
+
+
+def test_videos_are_the_stored_clips_and_every_referenced_file_exists(dataset: Path, report: dict):
+    import av
+
+    page = _html(dataset)
+    srcs = re.findall(r'<(?:img|video)[^>]* src="([^"]+)"', page)
+    assert len(srcs) == len(report["figures"]) + len(report["videos"])
+    assert all((dataset / "report" / s).is_file() for s in srcs), srcs
+    videos = [s for s in srcs if s.endswith(".mp4")]
+    assert len(videos) >= report["sheets"] + 2
+    for s in videos:
+        with av.open(str(dataset / "report" / s)) as c:
+            assert sum(1 for _ in c.decode(video=0)) >= 24  # a whole clip, playable
+
+
+def test_captions_section_is_there_without_captions(dataset: Path, tmp_path: Path):
+    bare = tmp_path / "bare"
+    shutil.copytree(dataset, bare, ignore=shutil.ignore_patterns("report"))
+    for shard in (bare / "clips").glob("*.parquet"):
+        t = pq.read_table(shard)
+        i = t.schema.get_field_index("caption_short")
+        pq.write_table(t.set_column(i, "caption_short", pa.nulls(t.num_rows, pa.string())), shard)
+    res = main(ReportConfig(dataset=str(bare), sample_clips=1))
+    page = (bare / "report" / "index.html").read_text()
+    assert "<h2>Captions</h2>" in page and "Every caption column is empty" in page
+    assert any(w.startswith("6 of 6 clips have no caption") for w in res["warnings"])
+
+
+def test_a_histogram_of_equal_values_stays_in_their_domain():
+    from pipelines.report import _hist
+
+    ax = _hist(np.zeros(9), "black_share", "share").axes[0]
+    lo, hi = ax.get_xlim()
+    assert lo == 0.0 and hi > 0 and "all = 0" in ax.get_title(loc="left")
+    lo, hi = _hist(np.full(4, 24.0), "fps", "fps").axes[0].get_xlim()
+    assert lo < 24 < hi and lo > 0
+
+
+def test_training_report_renders_tables_and_links_the_raw_summary(tmp_path: Path):
+    from pipelines.loop import markdown_html, write_training_report
+
+    md = "| frames from | split | acc |\n|---|---|---|\n| generated | seen | **0.812** |\n"
+    assert markdown_html(md) == ("<table><tr><th>frames from</th><th>split</th><th>acc</th></tr><tr><td>generated"
+                                 "</td><td>seen</td><td><b>0.812</b></td></tr></table>")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "results.md").write_text(md)
+    summary = {"vae": {"steps": 13, "first_loss": 0.9, "last_loss": 0.8}, "seconds": {"vae_s": 150.0},
+               "accuracy": {"seen": {"color": 0.1, "shape": 0.2, "motion": 0.3, "attribute": 0.2}}}
+    page = write_training_report(tmp_path / "rep", tmp_path / "vae", tmp_path / "dit", tmp_path / "eval", summary,
+                                 ["the VAE learned too little: colour 0.00"]).read_text()
+    assert "**" not in page and "<td><b>0.812</b></td>" in page
+    assert "<li>the VAE learned too little: colour 0.00</li>" in page and "13 steps, loss 0.9 -&gt; 0.8" in page
+    assert "href='loop.json'" in page and json.loads((tmp_path / "rep" / "loop.json").read_text()) == summary

@@ -92,9 +92,8 @@ class TrainDiTConfig:
     # > 1 for VAEs whose latents stay readable at high noise (4x4 spatial stride: try 3)
     time_shift: float = 1.0
     t_uniform: float = 0.0  # model.flow.FlowConfig.uniform_share: this share of training times uniform on [0, 1]
-    # probability of each training task: text-to-video, image-to-video, extend forward, extend backward,
-    # keyframes, transition (model.conditioning.TaskMix; normalised)
-    task_mix: tuple[float, ...] = (0.5, 0.15, 0.1, 0.05, 0.1, 0.1)
+    task_mix: tuple[float, ...] = (0.5, 0.15, 0.1, 0.05, 0.1, 0.1)  # probability of each training task:
+    # text-to-video, image-to-video, extend forward, extend backward, keyframes, transition (TaskMix; normalised)
     # optimisation
     steps: int = 100_000
     lr: float = 1e-4
