@@ -7,6 +7,9 @@ Input  ``x``:         (B, C_in, T, H, W)  the noisy latent concatenated with the
 Input  ``t``:         (B,)  flow time in [0, 1] (1 = pure noise), see ``model/flow.py``.
 Input  ``text``:      (B, L, text_dim) token embeddings of the caption, ``text_mask`` (B, L) bool (True = real).
 Output:               (B, latent_channels, T, H, W)  the predicted velocity ``noise - data``.
+Packed (``packed=layout``, ``model/packed.py``): ``x`` (S, L, C_in*pt*ph*pw) patch tokens of clips of different
+grids packed into S rows of L tokens (``pack_tokens``), ``t`` (K,), ``text`` (K, L, text_dim) and ``text_mask``
+(K, L) per clip; output (S, L, latent_channels*pt*ph*pw) tokens (``unpack_tokens`` gives each clip's latent).
 
 Design choices and why:
 - Patches of ``patch = (pt, ph, pw)`` latent voxels (1x2x2 by default) become tokens through one linear layer.
@@ -15,6 +18,8 @@ Design choices and why:
 - One grid per batch. Variable sizes come from buckets (``model/buckets.py``): every element of a batch has the
   same (T, H, W), so self-attention needs no mask and runs on the flash kernel, and no compute goes to
   padding. A token budget gives each bucket its batch size, so the cost per step stays flat across buckets.
+  Or packed: clips of any grids in fixed-length rows, each clip attending to itself and its own caption, with its
+  own positions and time (``model/packed.py``); the unpacked path is unchanged by it.
 - adaLN-Zero (DiT): the time embedding sets a shift, scale and gate for both the self-attention and the MLP of
   every block; gates start at zero so each block starts as the identity.
 - Cross-attention to the text tokens in every block (PixArt / Wan style, un-gated, zero-initialised output).
@@ -38,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from model.packed import PackedAttention, PackedLayout
 
 # ----------------------------------------------------------------------------------------------------------
 # Config and presets
@@ -121,6 +128,23 @@ def unpatchify(x: Tensor, grid: tuple[int, int, int], patch: tuple[int, int, int
     return x.reshape(b, channels, gt * pt, gh * ph, gw * pw)
 
 
+def pack_tokens(clips: list[Tensor], layout: PackedLayout, patch: tuple[int, int, int]) -> Tensor:
+    """Clips (C, T, H, W) each, in layout order -> (S, L, C*pt*ph*pw) patch tokens, zeros in the padding."""
+    if len(clips) != layout.num_clips:
+        raise ValueError(f"{len(clips)} clips for a layout of {layout.num_clips}")
+    c = clips[0].shape[0]
+    out = clips[0].new_zeros(layout.num_rows, layout.length, c * patch[0] * patch[1] * patch[2])
+    for z, r, a, n in zip(clips, layout.rows, layout.starts, layout.tokens):
+        out[r, a:a + n] = patchify(z[None], patch)[0]  # (n, C*pt*ph*pw)
+    return out
+
+
+def unpack_tokens(tokens: Tensor, layout: PackedLayout, patch: tuple[int, int, int], channels: int) -> list[Tensor]:
+    """Inverse of ``pack_tokens``: (S, L, C*pt*ph*pw) -> one (C, T, H, W) per clip, the padding dropped."""
+    return [unpatchify(tokens[r, a:a + n][None], grid, patch, channels)[0]
+            for grid, r, a, n in zip(layout.grids, layout.rows, layout.starts, layout.tokens)]
+
+
 def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
     """Split of the head dimension among the (t, h, w) axes; each part even, h and w equal (as in Wan)."""
     hw = 2 * (head_dim // 6)
@@ -130,13 +154,20 @@ def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
 @lru_cache(maxsize=64)
 def _rope_tables(grid: tuple[int, int, int], head_dim: int, theta: float, device: torch.device):
     """cos, sin tables (N, head_dim/2) for every patch of ``grid``; cached per grid and device."""
-    angles = []
     axes = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in grid], indexing="ij")
-    for pos, dim in zip(axes, rope_axis_dims(head_dim)):
-        freqs = theta ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (dim/2,)
-        angles.append(pos.reshape(-1, 1) * freqs)  # (N, dim/2)
-    angle = torch.cat(angles, dim=-1)  # (N, head_dim/2)
-    return angle.cos().float().to(device), angle.sin().float().to(device)
+    cos, sin = rope_from_positions(torch.stack([a.reshape(-1) for a in axes], dim=-1), head_dim, theta)  # (N, dh/2)
+    return cos.to(device), sin.to(device)
+
+
+def rope_from_positions(pos: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos, sin (..., head_dim/2) float32 for (t, h, w) patch positions (..., 3): the tables of ``rope_tables``
+    for any set of positions (a packed row's, where every clip starts again at (0, 0, 0))."""
+    angles = []
+    for i, dim in enumerate(rope_axis_dims(head_dim)):
+        freqs = theta ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=pos.device) / dim)  # (dim/2,)
+        angles.append(pos[..., i:i + 1].double() * freqs)  # (..., dim/2)
+    angle = torch.cat(angles, dim=-1)  # (..., head_dim/2)
+    return angle.cos().float(), angle.sin().float()
 
 
 def rope_tables(grid: tuple[int, int, int], head_dim: int, theta: float, device: torch.device):
@@ -145,16 +176,22 @@ def rope_tables(grid: tuple[int, int, int], head_dim: int, theta: float, device:
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x_i, x_{i+d/2}) of x (B, N, heads, d) by the angles of (N, d/2) tables. Norm-preserving."""
-    cos = cos[:, None, :].to(x.dtype)  # (N, 1, d/2)
-    sin = sin[:, None, :].to(x.dtype)  # (N, 1, d/2)
+    """Rotate pairs (x_i, x_{i+d/2}) of x (B, N, heads, d) by the angles of (N, d/2) tables, or of (B, N, d/2)
+    tables of per-token positions (packed rows). Norm-preserving."""
+    cos = cos.unsqueeze(-2).to(x.dtype)  # (N, 1, d/2) or (B, N, 1, d/2)
+    sin = sin.unsqueeze(-2).to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)  # (B, N, heads, d/2) each
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, N, heads, d)
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN modulation: x (B, N, D), shift/scale (B, D)."""
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """adaLN modulation: x (B, N, D), shift/scale (B, D) per sample or (B, N, D) per token (packed rows)."""
+    return x * (1 + _tokens(scale)) + _tokens(shift)
+
+
+def _tokens(v: Tensor) -> Tensor:
+    """A per-sample (B, D) value broadcast over tokens as (B, 1, D); a per-token (B, N, D) value as it is."""
+    return v[:, None] if v.dim() == 2 else v
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -241,11 +278,13 @@ class SelfAttention(nn.Module):
         self.k_norm = QKNorm(hidden // heads, eps=eps)
         self.out = nn.Linear(hidden, hidden)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, packed: PackedAttention | None = None) -> Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).unbind(2)  # (B, N, h, dh) each
         q = apply_rope(self.q_norm(q), cos, sin)  # (B, N, h, dh)
         k = apply_rope(self.k_norm(k), cos, sin)  # (B, N, h, dh)
+        if packed is not None:  # rows of clips: each token attends within its clip
+            return self.out(packed.self_attention(q, k, v).reshape(b, n, d))  # (S, L, D)
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, h, N, dh)
         return self.out(o.transpose(1, 2).reshape(b, n, d))  # (B, N, D)
 
@@ -262,12 +301,14 @@ class CrossAttention(nn.Module):
         self.k_norm = QKNorm(hidden // heads, eps=eps)
         self.out = nn.Linear(hidden, hidden)
 
-    def forward(self, x: Tensor, y: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor, mask: Tensor | None, packed: PackedAttention | None = None) -> Tensor:
         b, n, d = x.shape
         dh = d // self.heads
         q = self.q_norm(self.q(x).view(b, n, self.heads, dh))  # (B, N, h, dh)
-        k, v = self.kv(y).view(b, y.shape[1], 2, self.heads, dh).unbind(2)  # (B, L, h, dh) each
-        k = self.k_norm(k)  # (B, L, h, dh)
+        k, v = self.kv(y).view(y.shape[0], y.shape[1], 2, self.heads, dh).unbind(2)  # (B, L, h, dh) each
+        k = self.k_norm(k)  # (B, L, h, dh); packed: (K, 1+L, h, dh), one caption per clip
+        if packed is not None:  # each clip's tokens attend to its own caption
+            return self.out(packed.cross_attention(q, k, v).reshape(b, n, d))  # (S, L, D)
         o = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
         )  # (B, h, N, dh)
@@ -289,17 +330,22 @@ class DiTBlock(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         self.checkpoint = False  # recompute this block's activations in backward (set_checkpointing)
 
-    def _forward(self, x: Tensor, c: Tensor, y: Tensor, y_mask: Tensor | None, cos: Tensor, sin: Tensor) -> Tensor:
-        sh1, sc1, g1, sh2, sc2, g2 = self.ada(c).chunk(6, dim=-1)  # (B, D) each
-        x = x + g1[:, None] * self.attn(modulate(self.norm1(x), sh1, sc1), cos, sin)  # (B, N, D)
-        x = x + self.cross(self.norm_cross(x), y, y_mask)  # (B, N, D)
-        x = x + g2[:, None] * self.mlp(modulate(self.norm2(x), sh2, sc2))  # (B, N, D)
+    def _forward(self, x: Tensor, c: Tensor, y: Tensor, y_mask: Tensor | None, cos: Tensor, sin: Tensor,
+                 packed: PackedAttention | None = None) -> Tensor:
+        mod = self.ada(c)  # (B, 6D); packed: (K, 6D) per clip
+        if packed is not None:
+            mod = packed.per_token(mod)  # (S, L, 6D): each token its clip's modulation
+        sh1, sc1, g1, sh2, sc2, g2 = mod.chunk(6, dim=-1)  # (B, D) each, or (S, L, D)
+        x = x + _tokens(g1) * self.attn(modulate(self.norm1(x), sh1, sc1), cos, sin, packed)  # (B, N, D)
+        x = x + self.cross(self.norm_cross(x), y, y_mask, packed)  # (B, N, D)
+        x = x + _tokens(g2) * self.mlp(modulate(self.norm2(x), sh2, sc2))  # (B, N, D)
         return x  # (B, N, D)
 
-    def forward(self, x: Tensor, c: Tensor, y: Tensor, y_mask: Tensor | None, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, y: Tensor, y_mask: Tensor | None, cos: Tensor, sin: Tensor,
+                packed: PackedAttention | None = None) -> Tensor:
         if self.checkpoint and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, c, y, y_mask, cos, sin, use_reentrant=False)
-        return self._forward(x, c, y, y_mask, cos, sin)
+            return checkpoint(self._forward, x, c, y, y_mask, cos, sin, packed, use_reentrant=False)
+        return self._forward(x, c, y, y_mask, cos, sin, packed)
 
 
 class FinalLayer(nn.Module):
@@ -311,8 +357,9 @@ class FinalLayer(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
         self.linear = nn.Linear(hidden, out_dim)
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        shift, scale = self.ada(c).chunk(2, dim=-1)  # (B, D) each
+    def forward(self, x: Tensor, c: Tensor, packed: PackedAttention | None = None) -> Tensor:
+        mod = self.ada(c)  # (B, 2D); packed: (K, 2D) per clip
+        shift, scale = (mod if packed is None else packed.per_token(mod)).chunk(2, dim=-1)  # (B, D) or (S, L, D)
         return self.linear(modulate(self.norm(x), shift, scale))  # (B, N, C*pt*ph*pw)
 
 
@@ -392,8 +439,14 @@ class DiT(nn.Module):
         pt, ph, pw = self.cfg.patch
         return x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw
 
-    def forward(self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor | None = None) -> Tensor:
-        """Velocity for x (B, C_in, T, H, W) at times t (B,) given text (B, L, text_dim) and its mask (B, L)."""
+    def forward(self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor | None = None,
+                packed: PackedLayout | None = None) -> Tensor:
+        """Velocity for x (B, C_in, T, H, W) at times t (B,) given text (B, L, text_dim) and its mask (B, L).
+
+        With ``packed``: x (S, L, C_in*pt*ph*pw) packed tokens, t (K,), text (K, L, text_dim) and text_mask (K, L)
+        per clip (the mask the layout was built with); returns (S, L, C*pt*ph*pw) tokens."""
+        if packed is not None:
+            return self._forward_packed(x, t, text, text_mask, packed)
         if x.shape[1] != self.cfg.in_channels:  # x: (B, 2C + 1, T, H, W)
             raise ValueError(f"expected {self.cfg.in_channels} input channels (latent + condition + mask), got {x.shape[1]}")
         grid = self.grid(x)  # (T', H', W') = (T/pt, H/ph, W/pw)
@@ -407,6 +460,27 @@ class DiT(nn.Module):
             h = block(h, c, y, y_mask, cos, sin)  # (B, N, D)
         h = self.final(h, c)  # (B, N, C*pt*ph*pw)
         return unpatchify(h, grid, self.cfg.patch, self.cfg.latent_channels)  # (B, C, T, H, W)
+
+    def _forward_packed(self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor | None,
+                        layout: PackedLayout) -> Tensor:
+        """``forward`` on packed rows: the same network, each clip with its own positions, time and caption."""
+        patch_vol = self.cfg.patch[0] * self.cfg.patch[1] * self.cfg.patch[2]
+        if x.dim() != 3 or x.shape[-1] != self.cfg.in_channels * patch_vol:
+            raise ValueError(f"packed input must be (S, L, {self.cfg.in_channels * patch_vol}) tokens, "
+                             f"got {tuple(x.shape)}")
+        if t.shape[0] != layout.num_clips or text.shape[0] != layout.num_clips:
+            raise ValueError(f"{layout.num_clips} packed clips need as many times and captions, got "
+                             f"{t.shape[0]} and {text.shape[0]}")
+        attn = PackedAttention(layout)  # masks or sequence bounds, once for every block
+        cos, sin = rope_from_positions(layout.pos, self.cfg.head_dim, self.cfg.rope_theta)  # (S, L, dh/2) each
+        h = self.x_embed(x)  # (S, L, D)
+        c = self.t_embed(t)  # (K, D)
+        if self.p_embed is not None:
+            c = c + self.p_embed(text, text_mask)  # (K, D)
+        y, _ = self.y_embed(text.to(h.dtype), None)  # (K, 1+L, D); the layout picks the null and real tokens
+        for block in self.blocks:
+            h = block(h, c, y, None, cos, sin, attn)  # (S, L, D)
+        return self.final(h, c, attn)  # (S, L, C*pt*ph*pw)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -288,3 +288,45 @@ def test_qk_norm_matches_rmsnorm_and_keeps_bf16_queries_in_bf16():
     torch.testing.assert_close(out.float(), ref(x), rtol=2e-2, atol=2e-2)
     out.float().sum().backward()
     assert ours.weight.grad is not None and ours.weight.grad.dtype == torch.float32
+
+
+def test_rope_from_positions_gives_the_grid_tables_bit_for_bit():
+    from model.dit import rope_from_positions
+
+    grid = (3, 4, 5)
+    axes = torch.meshgrid(*[torch.arange(n) for n in grid], indexing="ij")
+    pos = torch.stack([a.reshape(-1) for a in axes], dim=-1)  # (N, 3) integer positions
+    cos, sin = rope_from_positions(pos, 24, 10000.0)
+    ref_cos, ref_sin = rope_tables(grid, 24, 10000.0, torch.device("cpu"))
+    assert torch.equal(cos, ref_cos) and torch.equal(sin, ref_sin)
+    # per-token tables (B, N, d/2) rotate like the shared (N, d/2) table
+    q = torch.randn(2, pos.shape[0], 3, 24)
+    torch.testing.assert_close(apply_rope(q, cos.expand(2, -1, -1), sin.expand(2, -1, -1)), apply_rope(q, cos, sin),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_one_packed_clip_without_padding_is_the_unpacked_forward(checkpointing):
+    """A row holding one clip and nothing else is the plain forward (outputs and gradients), under checkpointing
+    too; the packed path refuses inputs that do not match its layout."""
+    from model.dit import pack_tokens
+    from model.packed import pack_layout
+
+    cfg = _tiny(pooled_text=True)
+    a, b = _perturbed(DiT(cfg)), _perturbed(DiT(cfg))
+    a.set_checkpointing(checkpointing)
+    x, t, text, mask = _inputs(cfg, 1, 2, 4, 6, text_len=5)
+    mask[0, 3:] = False
+    layout = pack_layout([[(2, 2, 3)]], 12, mask)
+    packed = a(pack_tokens([x[0]], layout, cfg.patch), t, text, mask, packed=layout)  # (1, 12, C*4)
+    plain = b(x, t, text, mask)
+    torch.testing.assert_close(unpatchify(packed, (2, 2, 3), cfg.patch, cfg.latent_channels), plain,
+                               rtol=1e-5, atol=1e-6)
+    packed.square().sum().backward()
+    plain.square().sum().backward()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="packed input"):
+        a(x, t, text, mask, packed=layout)
+    with pytest.raises(ValueError, match="packed clips"):
+        a(pack_tokens([x[0]], layout, cfg.patch), t.repeat(2), text, mask, packed=layout)

@@ -57,6 +57,7 @@ from pipelines.cache_latents import (
     CAPTION_KINDS, LatentReader, LatentRecord, bucket_for, clip_pixels, row_captions, scan_latents,
 )
 from train.config_cli import parse_config
+from train.packing import Packer
 from train.profiling import StepProfiler
 from train.data import decode_frames, resize_crop
 from train.dist import all_reduce_mean, barrier, cleanup, init_distributed, out_of_time
@@ -140,6 +141,12 @@ class TrainDiTConfig:
     sample_cfg: float = 5.0
     sample_fps: int = 8
     export: bool = True  # write RUN/pipeline at the end (needs --vae)
+    # --pack true: clips of mixed shapes packed into rows of pack_tokens tokens (0: token_budget), token_budget //
+    # pack_tokens rows a step, attention kept within each clip (train/packing.py). pack_attention: auto (flash
+    # varlen or flex on CUDA, sdpa on the CPU) | sdpa | flex | varlen | split (model/packed.py)
+    pack: bool = False
+    pack_tokens: int = 0
+    pack_attention: str = "auto"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -597,6 +604,8 @@ def main(cfg: TrainDiTConfig) -> dict:
     flow = Flow(net, FlowConfig(logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, shift=cfg.shift,
                                 shift_scale=cfg.time_shift, uniform_share=cfg.t_uniform,
                                 caption_dropout=cfg.caption_dropout, tasks=tasks))
+    packer = (Packer(cfg, records, dit_cfg.patch, flow, pick_caption, text_dim, scale, shift, device)
+              if cfg.pack else None)  # --pack
     writer = None
     if info.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -606,6 +615,8 @@ def main(cfg: TrainDiTConfig) -> dict:
         print(f"dit {cfg.preset}: {n_params / 1e6:.1f}M params, {len(records)} clips, {len(plan.sizes)} latent "
               f"shapes, {plan.per_epoch} batches/epoch, start step {start}, world {info.world} "
               f"({'fsdp' if fsdp else 'ddp' if info.world > 1 else 'single'})")
+        if packer is not None:
+            print(packer.describe())
 
     def save(done: int) -> None:
         if fsdp:  # collective: every rank sends its shards, rank 0 receives the full states
@@ -649,6 +660,8 @@ def main(cfg: TrainDiTConfig) -> dict:
 
     def prepare(step: int):
         g = step * info.world + info.rank
+        if packer is not None:  # --pack: a PackedStep in x0's place (train/packing.py)
+            return packer.prepare(source, g, pin), None, None, None
         x0, text, mask = make_batch(source, records, plan.batch(g), cfg, g, text_dim, scale, shift)
         draws = flow.draw(tuple(x0.shape), torch.Generator().manual_seed(cfg.seed * 1_000_003 + g))
         if pin:
@@ -672,11 +685,16 @@ def main(cfg: TrainDiTConfig) -> dict:
         for step, (x0, text, mask, draws) in batches:
             if profiler is not None:
                 profiler.step(step)
-            x0, text, mask = (v.to(device, non_blocking=True) for v in (x0, text, mask))
+            if packer is None:
+                x0, text, mask = (v.to(device, non_blocking=True) for v in (x0, text, mask))
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, step, progress)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, per_frame = flow.loss(x0, text, mask, draws=draws, per_frame=True)
+                if packer is not None:  # --pack
+                    loss, per_frame, n_tokens = packer.loss(x0, device)
+                else:
+                    loss, per_frame = flow.loss(x0, text, mask, draws=draws, per_frame=True)
+                    n_tokens = x0.shape[0] * x0.shape[2] * x0.shape[3] * x0.shape[4] // int(np.prod(dit_cfg.patch))
             if frames is None or frames.shape[1] < len(per_frame):
                 frames = _grow(frames, len(per_frame), per_frame)
             frames[0, :len(per_frame)] += per_frame
@@ -687,7 +705,7 @@ def main(cfg: TrainDiTConfig) -> dict:
             opt.step()
             ema.update(model, step)
             pending.append(loss.detach().float())
-            tokens_seen += x0.shape[0] * x0.shape[2] * x0.shape[3] * x0.shape[4] // int(np.prod(dit_cfg.patch))
+            tokens_seen += n_tokens
             if profiler is not None:
                 profiler.done(step)
 
