@@ -20,10 +20,8 @@ statuses; ``caption_config.json`` holds the resolved config without secrets; ``_
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -36,6 +34,7 @@ from caption.expand import ExpandConfig, Expander, OpenAIEndpoint, expand_prompt
 from caption.frames import FrameConfig, make_frame_prep_fn
 from caption.sources import SourceConfig
 from caption.vlm import CaptionClipCheck, Captioner, VLMConfig, make_needs_frames
+from curate.store import atomic_write_table, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +116,6 @@ def resolve(cfg: CaptionPipelineConfig) -> CaptionPipelineConfig:
     return replace(cfg, vlm=vlm, expand=exp)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def main(cfg: CaptionPipelineConfig) -> dict:
     """Caption every shard of ``cfg.input`` into ``cfg.output``; returns the summary (also written to disk)."""
     import pyarrow as pa
@@ -180,10 +171,8 @@ def main(cfg: CaptionPipelineConfig) -> dict:
                     _count(counts, f"{col}:{value}", 1)
             out = out.drop_columns(["_shard", "_row", "_decoded"])
             target = dst / "clips" / shard.name
-            tmp = target.with_suffix(".parquet.tmp")
-            pq.write_table(out, tmp)
-            os.replace(tmp, target)
-            manifest.append({"path": f"clips/{shard.name}", "rows": out.num_rows, "sha256": _sha256(target)})
+            atomic_write_table(target, out, compression="snappy")
+            manifest.append({"path": f"clips/{shard.name}", "rows": out.num_rows, "sha256": sha256_file(target)})
     for extra in ("failures.parquet", "selection.parquet"):
         if (src / extra).is_file():
             shutil.copyfile(src / extra, dst / extra)
