@@ -7,7 +7,7 @@ Efficiency = tokens/s on N GPUs / (N x tokens/s on 1 GPU), with the same per-GPU
 1.0 means communication is fully hidden. DDP is compared with the plain single-GPU step; FSDP with FSDP on one
 GPU, since its bf16 parameters make even one GPU faster than autocast over fp32 weights (both are printed). Each mode runs in its own ``torchrun`` job (``single`` with one
 process and no wrapper; ``ddp`` and ``fsdp`` with N), using the training script's own pieces: ``Flow.loss``
-with random tasks, bf16 autocast, ``clip_grad_norm_``, fused AdamW, ``train.train_dit.shard_fsdp`` for FSDP2
+with random tasks, bf16 autocast, ``clip_grad_norm_``, fused AdamW, ``train.dist.shard_fsdp`` for FSDP2
 (per-block ``fully_shard``, bf16 params, fp32 reductions) and ``DistributedDataParallel`` for DDP. Inputs
 are random latents of one fixed bucket and random text tokens; weights are random. Step times are wall
 clock with a CUDA synchronize, median over ``iters`` steps after ``warmup``; a job reports its slowest
@@ -40,8 +40,7 @@ def worker(a: argparse.Namespace) -> None:
 
     from model.dit import DiT, count_parameters, dit_config, forward_flops
     from model.flow import Flow
-    from train.dist import init_distributed
-    from train.train_dit import shard_fsdp
+    from train.dist import init_distributed, shard_fsdp
 
     info = init_distributed(force_cpu=a.smoke)
     dev = info.device

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from model.text import TextConfig
     from model.vae import build_vae
     from pipelines.eval_text import EvalTextConfig, main as eval_text
-    from pipelines.generate import export_pipeline
+    from model.pipeline import export_pipeline
 
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="bench-eval-"))

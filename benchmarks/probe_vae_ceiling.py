@@ -31,7 +31,7 @@ def ceiling(vae_dir: Path, size: int, frames: int, device: str, limit: int = 0) 
 
     from curate import synth
     from curate.detect import DetectConfig, detect, score
-    from pipelines.cache_latents import load_vae
+    from model.checkpoint import load_vae
 
     vae = load_vae(vae_dir, device)
     split = synth.ComboSplit.default(0)

@@ -20,10 +20,11 @@ import io
 import math
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from curate.media import present, read_clip_bytes  # noqa: F401 - present: caption.vlm imports it from here
 
 _MAGIC = b"TJPG"
 
@@ -160,28 +161,6 @@ def prepare_clip(data: bytes, cfg: FrameConfig) -> bytes:
 # ----------------------------------------------------------------------------------------------------------------
 # The stage
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def present(value):
-    """``value`` or None when it is null: Ray's numpy batches turn an all-null column into float NaNs."""
-    if value is None or (isinstance(value, float) and value != value):
-        return None
-    return value
-
-
-def read_clip_bytes(row: dict, dataset_dir: str | None) -> bytes:
-    """The clip's MP4 bytes: ``clip_mp4`` when present, else ``dataset_dir/clip_path`` (kept inside the dir)."""
-    data = present(row.get("clip_mp4"))
-    if isinstance(data, (bytes, bytearray, memoryview)) and len(data) > 0:
-        return bytes(data)
-    rel = present(row.get("clip_path"))
-    if not isinstance(rel, str) or not rel or dataset_dir is None:
-        raise FileNotFoundError("row has neither clip_mp4 bytes nor a clip_path")
-    root = Path(dataset_dir).resolve()
-    path = (root / str(rel)).resolve()
-    if root != path and root not in path.parents:
-        raise PermissionError("clip_path points outside the dataset directory")
-    return path.read_bytes()
 
 
 def make_frame_prep_fn(cfg: FrameConfig, dataset_dir: str | None,

@@ -26,13 +26,14 @@ that overstate the frame count, and decoder hangs or crashes.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
 
 import av
+
+from curate.store import sha256_file
 
 av.logging.set_level(None)  # FFmpeg's log bridge can deadlock under threads; we report errors ourselves
 
@@ -90,15 +91,6 @@ class _Verdict(Exception):
     def __init__(self, status: str, reason: str, message: str = "", error_class: str | None = None):
         super().__init__(message)
         self.status, self.reason, self.message, self.error_class = status, reason, message, error_class
-
-
-def content_id(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
-    """sha256 (hex) of the file's bytes, read in chunks (constant memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def main_video_stream(container):
@@ -170,7 +162,7 @@ def _probe_into(row: dict, path, limits: ProbeLimits, claim=None) -> None:
         raise _Verdict("failed", "empty-file", "0 bytes")
     if st.st_size > limits.max_file_bytes:
         raise _Verdict("rejected", "too-large", f"{st.st_size} bytes > max_file_bytes {limits.max_file_bytes}")
-    row["content_id"] = content_id(path)
+    row["content_id"] = sha256_file(path)
     holder = claim(row["content_id"]) if claim is not None else None
     if holder is not None:
         raise _Verdict("rejected", "duplicate-content", f"same bytes as {holder!r}")

@@ -8,6 +8,10 @@ Layout of one checkpoint (``DIR/step-000001234/``)::
     meta.json                   step, extra (config, data position, ...), optimizer param_groups and
                                 non-tensor state, python / numpy RNG states; written last
 
+``load_vae`` is the one way to get a frozen VAE from any folder that holds one (a ``step-*`` checkpoint, its
+parent, a run folder, or an exported pipeline); ``read_weights`` / ``load_weights`` turn a missing, truncated
+or mismatched weights file into one ``WeightsError`` line instead of a library traceback.
+
 A checkpoint is written into a hidden temporary folder beside it, flushed, and renamed into place, so a
 ``step-*`` folder either is complete or does not exist; ``latest_checkpoint`` also requires ``meta.json``.
 After a save, all but the newest ``keep_last`` are deleted (keep at least 2 in long jobs: the newest may be
@@ -22,7 +26,9 @@ import random
 import re
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -104,6 +110,26 @@ def _state_dict_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def atomic_folder(final: str | Path) -> Iterator[Path]:
+    """A hidden temporary folder beside ``final`` to write into; when the block ends without error it is flushed
+    and renamed to ``final`` (replacing an older one), else removed. A reader sees the whole folder or none."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_dir(tmp)
+        if final.exists():  # re-saving a step (e.g. after a resume), re-exporting: replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def checkpoint_path(directory: str | Path, step: int) -> Path:
     return Path(directory) / f"step-{step:09d}"
 
@@ -140,10 +166,7 @@ def save_checkpoint(
         raise ValueError("keep_last must be >= 1")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_path(directory, step)
-    tmp = directory / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_folder(checkpoint_path(directory, step)) as tmp:
         for name, module in modules.items():
             save_file(_state_dict_cpu(module), str(tmp / f"{name}.safetensors"))
         optim_meta = {}
@@ -167,17 +190,9 @@ def save_checkpoint(
             json.dump(meta, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        if final.exists():  # re-saving a step (e.g. after a resume): replace it
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_checkpoints(directory)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
+    return checkpoint_path(directory, step)
 
 
 def load_checkpoint(
@@ -201,3 +216,74 @@ def load_checkpoint(
     if restore_rng and meta.get("rng") is not None:
         _restore_rng(load_file(str(path / "rng.safetensors")), meta["rng"])
     return meta
+
+
+# ---------------------------------------------------------------------------------------------------------
+#   Weights files and the one VAE loader
+# ---------------------------------------------------------------------------------------------------------
+
+
+class WeightsError(ValueError):
+    """A weights file that is missing, unreadable (truncated, not safetensors) or does not fit its model."""
+
+
+def config_from_dict(cls, d: dict):
+    """A config dataclass from its JSON dict (lists back to tuples)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def read_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; ``WeightsError`` (one line) when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"missing weights file {path}")
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error class (or OSError) for a bad file
+        raise WeightsError(f"{path} is not a readable safetensors file (corrupt or truncated?): "
+                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def load_weights(module: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
+    """``module`` with the weights of ``path`` (on the module's device); ``WeightsError`` when they do not fit."""
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    state = read_weights(path, device)
+    try:
+        module.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path} does not fit the {type(module).__name__} its config describes: "
+                           f"{str(exc).splitlines()[0]}") from None
+    return module
+
+
+def vae_weights_path(path: str | Path, weights: str = "ema") -> Path:
+    """The VAE weights file of a folder: ``vae.safetensors`` of a pipeline folder, else ``{weights}.safetensors``
+    (``vae`` when that file is missing) of the checkpoint ``path`` or the newest under it (or its
+    ``checkpoints/``)."""
+    path = Path(path)
+    if (path / "pipeline.json").is_file():
+        return path / "vae.safetensors"
+    if not (path / "meta.json").is_file():
+        found = latest_checkpoint(path) or latest_checkpoint(path / "checkpoints")
+        if found is None:
+            raise FileNotFoundError(f"no VAE checkpoint (meta.json) or pipeline.json under {path}")
+        path = found
+    return path / f"{weights}.safetensors" if (path / f"{weights}.safetensors").is_file() else path / "vae.safetensors"
+
+
+def load_vae(path: str | Path, device: str | torch.device = "cpu", weights: str = "ema", preset: str = ""):
+    """A frozen ``VideoVAE`` from a pipeline folder (``pipeline.json`` + ``vae.safetensors``) or a ``train_vae``
+    checkpoint (``vae_weights_path``; EMA weights preferred). Its architecture is the folder's (``pipeline.json``,
+    the checkpoint's ``vae_config`` or its config's preset) unless ``preset`` names one. Safetensors only."""
+    from model.vae import VAEConfig, VideoVAE, build_vae
+
+    file = vae_weights_path(path, weights)
+    if (file.parent / "pipeline.json").is_file():
+        vae = VideoVAE(config_from_dict(VAEConfig, json.loads((file.parent / "pipeline.json").read_text())["vae"]))
+    else:
+        extra = json.loads((file.parent / "meta.json").read_text()).get("extra", {})
+        if not preset and "vae_config" in extra:
+            vae = VideoVAE(config_from_dict(VAEConfig, extra["vae_config"]))
+        else:
+            vae = build_vae(preset or extra.get("config", {}).get("preset", "base"))
+    return load_weights(vae.to(device), file).eval().requires_grad_(False)

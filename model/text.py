@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
+
+from curate.store import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -125,10 +127,8 @@ class TextEncoder:
     def _put_cached(self, key: str, tensor: Tensor) -> None:
         self._memory[key] = tensor
         if self.cache_dir:
-            final = self.cache_dir / f"{key}.safetensors"
-            tmp = final.with_suffix(f".tmp{os.getpid()}")
-            save_file({"tokens": tensor.contiguous()}, tmp)
-            os.replace(tmp, final)  # atomic: a reader never sees half a file
+            # atomic: a reader never sees half a file
+            atomic_write_bytes(self.cache_dir / f"{key}.safetensors", save({"tokens": tensor.contiguous()}))
 
     def __call__(self, captions: list[str], pad_to: int | None = None) -> TextEmbeddings:
         """Token embeddings (B, L, D) and mask (B, L) for captions; cached captions skip the encoder."""

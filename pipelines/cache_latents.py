@@ -11,23 +11,12 @@ Recipe, per input shard ``DATASET/clips/part-NNNNN.parquet`` (output keeps the s
     (Pool(n): ray.data.ActorPoolStrategy(size=n))
     -> LATENTS/latents/part-NNNNN.parquet (temp + rename), then _state/done/part-NNNNN.json
 
-Both stages are classes that load their model once in ``__init__`` (Ray actor pools) and never import Ray;
-``LatentEncoder`` / ``CaptionEncoder`` also run in-process (``train/train_dit.py`` uses them to encode on the
-fly when no cache exists).
+Both stages live in ``train/latents.py`` with the shard format and its reader: classes that load their model
+once in ``__init__`` (Ray actor pools) and never import Ray; on-the-fly training (``ClipSource``) encodes with
+the same functions.
 
-Layout of a latent shard (one row per clip; every tensor is raw little-endian float16 bytes + its shape):
-
-    clip_id            string   the clip's id in the source dataset (the key)
-    latent             binary   VAE posterior mode, float16, shape ``latent_shape``
-    latent_shape       list<int32>  (C, T', H', W')
-    frames, height, width  int32  the pixel bucket the clip was resized / center-cropped / trimmed to
-    fps                float64
-    caption_{k}        string   for k in short, dense, expanded (null when the source had none)
-    text_{k}           binary   the encoder's token embeddings of caption_{k}, float16 (L_k, D); null with it
-    text_{k}_len       int32    L_k (0 when null)
-    text_dim           int32    D
-
-Shards are written in row groups of ``ROW_GROUP`` rows (the reader's unit of random access).
+The shard layout (one row per clip: the latent and each caption's token embeddings as float16 bytes, in row
+groups of ``ROW_GROUP`` rows) is written down in ``train/latents.py``, beside its reader.
 ``_manifest.json`` (written last) lists shards with row counts and sha256, the VAE and text-encoder ids,
 latent channels, the bucket config, and ``latent_mean`` / ``latent_std`` over every cached latent value
 (train_dit normalises with them by default). Re-running the same command skips shards whose done marker
@@ -42,7 +31,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,16 +38,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
+from curate.media import MEDIA_COLUMNS
 from curate.store import atomic_write_json, atomic_write_table, open_dataset, sha256_file
-from model.buckets import Bucket, BucketConfig, assign_bucket, make_buckets
-from model.text import TextConfig, TextEncoder
-from model.vae import VAEConfig, VideoVAE, build_vae
+from model.buckets import BucketConfig
+from model.text import TextConfig
+from train.data import read_selection
+from train.latents import (
+    CAPTION_KINDS, LATENT_SCHEMA, ROW_GROUP, CaptionEncoder, LatentEncoder, to_latent_table,
+)
 
-CAPTION_KINDS = ("short", "dense", "expanded")
-ROW_GROUP = 16  # rows per Parquet row group of a latent shard: the unit of a random read in training
-MEDIA_COLUMNS = ("clip_mp4", "clip_path")
 META_COLUMNS = ("clip_id", "width", "height", "num_frames", "fps", "source_uri", "scene_index")
 
 
@@ -84,55 +72,8 @@ class CacheLatentsConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Tensors <-> bytes (the documented layout)
+# Pipeline
 # ----------------------------------------------------------------------------------------------------------
-
-
-def tensor_to_bytes(x: torch.Tensor) -> tuple[bytes, list[int]]:
-    """float16 little-endian bytes and the shape of a tensor."""
-    arr = x.detach().to("cpu", torch.float16).contiguous().numpy().astype("<f2", copy=False)
-    return arr.tobytes(), list(arr.shape)
-
-
-def bytes_to_tensor(data: bytes, shape: list[int] | tuple[int, ...]) -> torch.Tensor:
-    """Inverse of ``tensor_to_bytes``: a float32 tensor of ``shape``."""
-    return torch.from_numpy(np.frombuffer(data, dtype="<f2").reshape(tuple(shape)).astype(np.float32))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Loading the VAE
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _vae_config_from_dict(d: dict) -> VAEConfig:
-    return VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
-def load_vae(path: str | Path, device: str | torch.device = "cpu") -> VideoVAE:
-    """A frozen VAE from a train_vae checkpoint (``step-*/`` or its parent; EMA weights preferred) or from
-    an exported pipeline folder (``vae.safetensors`` + ``pipeline.json``). Safetensors only."""
-    from safetensors.torch import load_file
-
-    from model.checkpoint import latest_checkpoint
-
-    path = Path(path)
-    if (path / "pipeline.json").is_file():
-        cfg = _vae_config_from_dict(json.loads((path / "pipeline.json").read_text())["vae"])
-        vae, weights = VideoVAE(cfg), path / "vae.safetensors"
-    else:
-        if not (path / "meta.json").is_file():
-            found = latest_checkpoint(path) or latest_checkpoint(path / "checkpoints")
-            if found is None:
-                raise FileNotFoundError(f"no VAE checkpoint (meta.json) or pipeline.json under {path}")
-            path = found
-        extra = json.loads((path / "meta.json").read_text()).get("extra", {})
-        if "vae_config" in extra:
-            vae = VideoVAE(_vae_config_from_dict(extra["vae_config"]))
-        else:
-            vae = build_vae(extra.get("config", {}).get("preset", "base"))
-        weights = path / "ema.safetensors" if (path / "ema.safetensors").is_file() else path / "vae.safetensors"
-    vae.load_state_dict(load_file(str(weights)))
-    return vae.to(device).eval().requires_grad_(False)
 
 
 def vae_id(path: str | Path) -> str:
@@ -141,165 +82,6 @@ def vae_id(path: str | Path) -> str:
     files = sorted(path.rglob("*.safetensors"))
     digest = sha256_file(files[-1])[:16] if files else "none"
     return f"{path.name}:{digest}"
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Stages (no Ray here: each takes and returns a batch dict of numpy columns)
-# ----------------------------------------------------------------------------------------------------------
-
-
-def object_column(values: list) -> np.ndarray:
-    """A 1-D object array of the values (np.array would turn equal-length sequences into 2-D)."""
-    out = np.empty(len(values), dtype=object)
-    for i, v in enumerate(values):
-        out[i] = v
-    return out
-
-
-def pick_device(prefer_gpu: bool = True) -> torch.device:
-    return torch.device("cuda") if prefer_gpu and torch.cuda.is_available() else torch.device("cpu")
-
-
-def bucket_for(buckets: list[Bucket], frames: int, height: int, width: int) -> Bucket | None:
-    """The training bucket of a clip (``model.buckets.assign_bucket``)."""
-    return assign_bucket(buckets, int(frames), int(height), int(width))
-
-
-def clip_pixels(data: bytes | Path, bucket: Bucket) -> torch.Tensor:
-    """The clip's first ``bucket.frames`` frames, cover-resized and center-cropped: (3, T, H, W) in [-1, 1]."""
-    from train.data import decode_frames, resize_crop
-
-    frames = decode_frames(data, 0, bucket.frames, 1)  # (T, h, w, 3) uint8
-    return resize_crop(frames, (bucket.height, bucket.width), 1.0, 0.5, 0.5)  # (3, T, H, W)
-
-
-class LatentEncoder:
-    """Adds ``latent``, ``latent_shape``, ``frames``, ``height``, ``width`` and ``latent_status`` to clip rows.
-
-    A clip shorter than every bucket, or one that fails to decode, gets ``latent_status`` = ``skipped:...`` /
-    ``error:<class>`` and a null latent (the pipeline drops those rows and counts them).
-    """
-
-    def __init__(self, vae_path: str, buckets: BucketConfig, dataset_dir: str, chunk_frames: int = 16):
-        self.device = pick_device()
-        self.vae = load_vae(vae_path, self.device)
-        self.buckets = make_buckets(dataclasses.replace(buckets, vae_stride=self.vae.cfg.stride))
-        self.root = Path(dataset_dir)
-        self.chunk_frames = chunk_frames
-
-    @torch.inference_mode()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """(3, T, H, W) in [-1, 1] -> posterior mode (C, T', H/s, W/s), float32 on the CPU (s: the VAE's stride)."""
-        x = video[None].to(self.device)
-        post = self.vae.encode_chunked(x, chunk_frames=self.chunk_frames) if x.shape[2] > 1 else self.vae.encode(x)
-        return post.mode()[0].float().cpu()
-
-    def __call__(self, batch: dict) -> dict:
-        n = len(batch["clip_id"])
-        cols = {k: [None] * n for k in ("latent", "latent_shape", "frames", "height", "width", "latent_status")}
-        for i in range(n):
-            b = bucket_for(self.buckets, batch["num_frames"][i], batch["height"][i], batch["width"][i])
-            if b is None:
-                cols["latent_status"][i] = "skipped:too-short"
-                continue
-            data = batch["clip_mp4"][i] if "clip_mp4" in batch else None
-            if data is None or (isinstance(data, float) and np.isnan(data)):
-                rel = batch["clip_path"][i] if "clip_path" in batch else None
-                data = self.root / str(rel) if rel else None
-            try:
-                if data is None:
-                    raise ValueError("clip has neither clip_mp4 nor clip_path")
-                z = self.encode(clip_pixels(bytes(data) if not isinstance(data, Path) else data, b))
-            except Exception as exc:  # noqa: BLE001 - one bad clip is an error row, not a failed dataset
-                cols["latent_status"][i] = f"error:{type(exc).__name__}"
-                continue
-            blob, shape = tensor_to_bytes(z)
-            cols["latent"][i], cols["latent_shape"][i] = blob, ",".join(map(str, shape))  # str: Ray-friendly
-            cols["frames"][i], cols["height"][i], cols["width"][i] = b.frames, b.height, b.width
-            cols["latent_status"][i] = "ok"
-        for k in MEDIA_COLUMNS:
-            batch.pop(k, None)  # media leaves the object store here
-        for k, v in cols.items():
-            batch[k] = object_column(v)
-        return batch
-
-
-def sidecar_caption(source_uri: str | None, scene_index: int | None) -> str | None:
-    """Line ``scene_index`` of the ``.txt`` beside a synthetic source video (``curate/synth.py``), if any."""
-    if not source_uri or scene_index is None:
-        return None
-    txt = Path(str(source_uri)).with_suffix(".txt")
-    if not txt.is_file():
-        return None
-    lines = [ln.strip() for ln in txt.read_text().splitlines() if ln.strip()]
-    return lines[int(scene_index)] if 0 <= int(scene_index) < len(lines) else None
-
-
-def row_captions(batch: dict, i: int) -> dict[str, str | None]:
-    """``{kind: caption}`` of row i: the caption columns, else the sidecar for ``short``; empty -> None."""
-    out: dict[str, str | None] = {}
-    for kind in CAPTION_KINDS:
-        v = batch.get(f"caption_{kind}")
-        v = None if v is None else v[i]
-        out[kind] = str(v).strip() if isinstance(v, str) and v.strip() else None
-    if all(v is None for v in out.values()):
-        src = batch["source_uri"][i] if "source_uri" in batch else None
-        idx = batch["scene_index"][i] if "scene_index" in batch else None
-        out["short"] = sidecar_caption(src, None if idx is None else int(idx))
-    return out
-
-
-class CaptionEncoder:
-    """Adds ``caption_{k}``, ``text_{k}``, ``text_{k}_len`` (k in short/dense/expanded) and ``text_dim``."""
-
-    def __init__(self, text: TextConfig):
-        device = "cuda" if torch.cuda.is_available() and text.device == "cpu" else text.device
-        self.encoder = TextEncoder(dataclasses.replace(text, device=device))
-
-    def __call__(self, batch: dict) -> dict:
-        n = len(batch["clip_id"])
-        caps = [row_captions(batch, i) for i in range(n)]
-        for kind in CAPTION_KINDS:
-            texts = [c[kind] for c in caps]
-            present = [t for t in texts if t is not None]
-            emb = {}
-            if present:
-                out = self.encoder(present)
-                for t, tok, m in zip(present, out.tokens, out.mask):
-                    emb[t] = tok[m]  # (L_k, D) unpadded
-            blobs = [tensor_to_bytes(emb[t])[0] if t is not None else None for t in texts]
-            batch[f"caption_{kind}"] = object_column(texts)
-            batch[f"text_{kind}"] = object_column(blobs)
-            batch[f"text_{kind}_len"] = np.array([int(emb[t].shape[0]) if t else 0 for t in texts], np.int32)
-        batch["text_dim"] = np.full(n, self.encoder.dim, np.int32)
-        return batch
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Output table
-# ----------------------------------------------------------------------------------------------------------
-
-LATENT_SCHEMA = pa.schema(
-    [("clip_id", pa.string()), ("latent", pa.binary()), ("latent_shape", pa.list_(pa.int32())),
-     ("frames", pa.int32()), ("height", pa.int32()), ("width", pa.int32()), ("fps", pa.float64())]
-    + [f for k in CAPTION_KINDS for f in (pa.field(f"caption_{k}", pa.string()), pa.field(f"text_{k}", pa.binary()),
-                                          pa.field(f"text_{k}_len", pa.int32()))]
-    + [("text_dim", pa.int32())]
-)
-
-
-def to_latent_table(rows: dict) -> pa.Table:
-    """Columns of encoded rows (status ok) -> a table of ``LATENT_SCHEMA``, sorted by clip_id."""
-    n = len(rows["clip_id"])
-
-    def py(v):
-        v = v.item() if isinstance(v, np.generic) else v
-        return None if isinstance(v, float) and np.isnan(v) else v  # Ray turns all-null object columns to NaN
-
-    data = {name: [py(rows[name][i]) for i in range(n)] for name in LATENT_SCHEMA.names}
-    data["latent_shape"] = [[int(x) for x in str(s).split(",")] for s in data["latent_shape"]]
-    table = pa.Table.from_pydict(data, schema=LATENT_SCHEMA)
-    return table.sort_by("clip_id")
 
 
 def _read_shard(path: Path, use_selection: bool, keep: dict[str, bool] | None) -> pa.Table:
@@ -311,11 +93,6 @@ def _read_shard(path: Path, use_selection: bool, keep: dict[str, bool] | None) -
         mask = pa.array([bool(keep.get(c, False)) for c in table.column("clip_id").to_pylist()])
         table = table.filter(mask)
     return table
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Pipeline
-# ----------------------------------------------------------------------------------------------------------
 
 
 def main(cfg: CacheLatentsConfig) -> dict:
@@ -341,10 +118,7 @@ def main(cfg: CacheLatentsConfig) -> dict:
         if {k: v for k, v in old.items() if k not in ignore} != {k: v for k, v in resolved.items() if k not in ignore}:
             raise ValueError(f"{dst} was cached with another config; pass --overwrite to start over")
     atomic_write_json(config_path, resolved)
-    keep = None
-    if cfg.use_selection and (src / "selection.parquet").is_file():
-        sel = pq.read_table(src / "selection.parquet", columns=["clip_id", "keep"])
-        keep = dict(zip(sel.column("clip_id").to_pylist(), sel.column("keep").to_pylist()))
+    keep = read_selection(src) if cfg.use_selection else None
 
     if not ray.is_initialized():
         ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, object_store_memory=cfg.object_store_bytes,
@@ -406,75 +180,6 @@ def main(cfg: CacheLatentsConfig) -> dict:
         "latent_mean": mean, "latent_std": std,
         "shards": manifest})
     return summary
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Reading a latent dataset back (train/train_dit.py)
-# ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LatentRecord:
-    """Where one clip's latent lives and what shape it has (metadata only)."""
-
-    file: str
-    row: int
-    clip_id: str
-    latent_shape: tuple[int, int, int, int]  # (C, T', H', W')
-    captions: tuple[str, ...]  # caption kinds present for this clip
-
-
-def scan_latents(root: str | Path) -> list[LatentRecord]:
-    """Every clip of ``root/latents/*.parquet`` (needs the manifest: a cache still running is refused)."""
-    root = Path(root)
-    if not (root / "_manifest.json").is_file():
-        raise FileNotFoundError(f"{root} has no _manifest.json (not a finished latent cache)")
-    records = []
-    cols = ["clip_id", "latent_shape"] + [f"text_{k}_len" for k in CAPTION_KINDS]
-    for path in sorted((root / "latents").glob("*.parquet")):
-        t = pq.read_table(path, columns=cols).to_pylist()
-        for i, r in enumerate(t):
-            caps = tuple(k for k in CAPTION_KINDS if r[f"text_{k}_len"])
-            records.append(LatentRecord(str(path), i, r["clip_id"], tuple(r["latent_shape"]), caps))
-    return records
-
-
-class LatentReader:
-    """Random access to rows of latent shards: reads one row group (``ROW_GROUP`` rows) per miss and keeps the
-    ``max_groups`` most recently used in memory, so a shuffled epoch never loads whole shards. Thread-safe (the
-    DiT trainer prepares batches on threads)."""
-
-    def __init__(self, max_groups: int = 64):
-        self.max_groups = max_groups
-        self._groups: dict[tuple[str, int], pa.Table] = {}
-        self._starts: dict[str, list[int]] = {}
-        self._lock = threading.Lock()
-
-    def _locate(self, file: str, row: int) -> tuple[pa.Table, int]:
-        with self._lock:
-            if file not in self._starts:
-                meta = pq.ParquetFile(file).metadata
-                sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-                self._starts[file] = list(np.cumsum([0] + sizes))
-            starts = self._starts[file]
-            rg = int(np.searchsorted(starts, row, side="right") - 1)
-            key = (file, rg)
-            if key not in self._groups:
-                if len(self._groups) >= self.max_groups:
-                    self._groups.pop(next(iter(self._groups)))
-                self._groups[key] = pq.ParquetFile(file).read_row_group(rg)
-            return self._groups[key], row - starts[rg]
-
-    def load(self, rec: LatentRecord) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The latent (C, T', H', W') and ``{kind: tokens (L, D)}`` of a record, float32."""
-        t, i = self._locate(rec.file, rec.row)
-        z = bytes_to_tensor(t.column("latent")[i].as_py(), rec.latent_shape)
-        d = int(t.column("text_dim")[i].as_py())
-        text = {}
-        for k in rec.captions:
-            n = int(t.column(f"text_{k}_len")[i].as_py())
-            text[k] = bytes_to_tensor(t.column(f"text_{k}")[i].as_py(), (n, d))
-        return z, text
 
 
 # ----------------------------------------------------------------------------------------------------------

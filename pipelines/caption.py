@@ -28,7 +28,6 @@ Retry-After waits) from ``OUTPUT/_state/progress/``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -48,7 +47,7 @@ from caption.frames import FrameConfig, make_frame_prep_fn
 from caption.sources import SourceConfig
 from caption.vlm import CaptionClipCheck, Captioner, VLMConfig, make_needs_frames
 from curate.schema import CLIP_SCHEMA, FAILURE_SCHEMA
-from curate.store import open_dataset
+from curate.store import open_dataset, sha256_file
 
 log = logging.getLogger(__name__)
 EXIT_PARTIAL = 3  # `tessera caption`: some rows failed (their previous captions kept); re-run to retry them
@@ -387,14 +386,6 @@ def resolve(cfg: CaptionPipelineConfig) -> CaptionPipelineConfig:
     return replace(cfg, vlm=vlm, expand=exp)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def main(cfg: CaptionPipelineConfig) -> dict:
     """Caption every shard of ``cfg.input`` into ``cfg.output``; returns the summary (also written to disk).
 
@@ -464,7 +455,7 @@ def main(cfg: CaptionPipelineConfig) -> dict:
                 failures += failure_rows(records)
                 atomic_write_table(dst / "clips" / shard.name, out)
                 manifest.append({"path": f"clips/{shard.name}", "rows": out.num_rows,
-                                 "sha256": _sha256(dst / "clips" / shard.name)})
+                                 "sha256": sha256_file(dst / "clips" / shard.name)})
     _write_failures(src, dst, failures)
     if (src / "selection.parquet").is_file():
         atomic_write_table(dst / "selection.parquet", pq.read_table(src / "selection.parquet"))

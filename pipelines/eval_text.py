@@ -312,7 +312,7 @@ def labelled_sheet(items: list[tuple[str, np.ndarray, np.ndarray]], columns: int
     """Rows of [generated frames | ground-truth render frames] with the prompt and verdict written above."""
     from PIL import Image, ImageDraw
 
-    from pipelines.generate import contact_sheet
+    from curate.media import contact_sheet
 
     rows = []
     for label, generated, truth in items:
@@ -356,7 +356,7 @@ def main(cfg: EvalTextConfig) -> dict:
 
     from curate.detect import DetectConfig
     from model.flow import parse_solver
-    from pipelines.generate import TextToVideo, read_pipeline_config
+    from model.pipeline import TextToVideo, read_pipeline_config
 
     # 1. pipeline, split, prompts ----------------------------------------------------------------------
     parse_solver(cfg.solver)  # a bad name fails before any work

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from curate import synth
-from curate.store import write_manifest
+from curate.store import atomic_write_json, atomic_write_table, write_manifest
 
 
 @dataclass(frozen=True)
@@ -162,10 +162,9 @@ SHOT_COLUMNS = ("clip_id", "source_uri", "scene_index", "clip_mp4", "clip_path",
 def _render_shard(args: tuple) -> str:
     """Render and encode clips ``[start, stop)`` into one shard; returns its path. Clip i uses seed (seed, i)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
+    from curate.media import encode_mp4
     from curate.schema import clip_columns_schema
-    from train.data import encode_mp4
 
     root, start, stop, size, frames, heldout, seed, fps = args
     split = synth.ComboSplit(heldout=tuple(tuple(p) for p in heldout))
@@ -182,9 +181,7 @@ def _render_shard(args: tuple) -> str:
                      "caption_short": shot.caption})
     schema = clip_columns_schema(SHOT_COLUMNS)  # the build's column types
     path = Path(root) / "clips" / f"part-{start:06d}.parquet"
-    tmp = path.with_name(f".tmp-{path.name}")
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp, row_group_size=64, compression="zstd")
-    os.replace(tmp, path)
+    atomic_write_table(path, pa.Table.from_pylist(rows, schema=schema), row_group_size=64)
     return str(path)
 
 
@@ -378,9 +375,7 @@ def _record_in_pipeline(pipeline: Path, extra: dict) -> None:
     meta_path = pipeline / "pipeline.json"
     meta = json.loads(meta_path.read_text())
     meta["extra"] = {**meta.get("extra", {}), **extra}
-    tmp = meta_path.with_name(".pipeline.json.tmp")
-    tmp.write_text(json.dumps(meta, indent=1, default=str))
-    os.replace(tmp, meta_path)
+    atomic_write_json(meta_path, meta)
 
 
 def _last_step(ckpt_dir: Path) -> int | None:
@@ -416,9 +411,7 @@ def run(cfg: LoopConfig) -> dict:
 
     def done(stage: str) -> None:  # OUT/loop.json after every stage, so a run killed later still says what it did
         summary["stages_done"].append(stage)
-        tmp = out / ".loop.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=1))
-        os.replace(tmp, out / "loop.json")
+        atomic_write_json(out / "loop.json", summary)
 
     t = time.time()  # 1. VAE ---------------------------------------------------------------------------
     vae_run = Path(cfg.vae_run) if cfg.vae_run else out / "vae"

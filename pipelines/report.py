@@ -34,7 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.store import open_dataset
+from curate.media import clip_media
+from curate.store import atomic_write_bytes, open_dataset
 
 # Colours of the page; the Chromium test looks for PRIMARY in the screenshot.
 PRIMARY = "#2f6db5"  # histograms, pass rates
@@ -405,13 +406,12 @@ def _media(data: Dataset, ids: list[str]) -> dict[str, bytes | Path | Exception]
             t = pf.read_row_group(g, columns=names).take(rows)
             for i, row in zip(rows, t.to_pylist()):
                 cid = group_ids[i]
-                if row.get("clip_mp4"):
-                    out[cid] = row["clip_mp4"]
-                elif row.get("clip_path"):
-                    try:
-                        out[cid] = _inside(data.root, row["clip_path"])
-                    except ValueError as exc:  # a clip_path leaving the dataset: that sheet says so
-                        out[cid] = exc
+                try:
+                    out[cid] = clip_media(row, data.root)
+                except ValueError as exc:  # a clip_path leaving the dataset: that sheet says so
+                    out[cid] = exc
+                except FileNotFoundError:  # no media at all: no sheet
+                    pass
     return out
 
 
@@ -850,9 +850,7 @@ def main(cfg: ReportConfig) -> dict:
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
             f'<style>{CSS}</style></head><body><main><h1>{_e(title)}</h1><div class="sub">{sub}</div>'
             + "".join(sections) + "</main></body></html>")
-    tmp = out / ".index.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out / "index.html")  # the page appears whole or not at all
+    atomic_write_bytes(out / "index.html", page.encode("utf-8"))  # the page appears whole or not at all
     return {"index": str(out / "index.html"), "figures": figs.names + sheets["files"], "clips": data.clips.num_rows,
             "sheets": len(sheets["files"]), "notes": data.notes + score_notes, "warnings": warnings,
             "videos": sorted(p.name for p in (out / "media").glob("*.mp4")), "seconds": round(time.time() - t0, 2)}

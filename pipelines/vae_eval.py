@@ -26,10 +26,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from model.checkpoint import latest_checkpoint, load_checkpoint
+from curate.media import clip_media, decode_frames, media_columns, resize_crop
+from model.checkpoint import load_vae, vae_weights_path
 from model.metrics import LPIPS, psnr, ssim
 from model.vae import VideoVAE, build_vae
-from train.data import ClipDataConfig, decode_frames, resize_crop, scan_clips
+from train.data import ClipDataConfig, scan_clips
 
 
 @dataclass(frozen=True)
@@ -53,34 +54,20 @@ class VAEEvalConfig:
     device: str = "auto"  # auto | cpu | cuda
 
 
-def load_vae(cfg: VAEEvalConfig, device: torch.device) -> tuple[VideoVAE, str]:
+def load_eval_vae(cfg: VAEEvalConfig, device: torch.device) -> tuple[VideoVAE, str]:
     """The model to score and a description of where its weights came from."""
     if not cfg.checkpoint:
         torch.manual_seed(0)
         return build_vae(cfg.preset or "base").to(device).eval(), "random-init"
-    path = Path(cfg.checkpoint)
-    if not (path / "meta.json").is_file():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"no checkpoint in {path}")
-        path = found
-    meta = json.loads((path / "meta.json").read_text())
-    preset = cfg.preset or meta.get("extra", {}).get("config", {}).get("preset", "base")
-    model = build_vae(preset).to(device).eval()
-    name = cfg.weights if (path / f"{cfg.weights}.safetensors").is_file() else "vae"
-    load_checkpoint(path, {name: model}, restore_rng=False)
-    return model, f"{path}:{name}"
+    file = vae_weights_path(cfg.checkpoint, cfg.weights)
+    return load_vae(cfg.checkpoint, device, cfg.weights, cfg.preset), f"{file.parent}:{file.stem}"
 
 
 def _clip_tensor(root: Path, units, clip, cfg: VAEEvalConfig) -> torch.Tensor:
     file, rg = units[clip.unit]
     pf = pq.ParquetFile(file)
-    cols = [c for c in ("clip_mp4", "clip_path") if c in pf.schema_arrow.names]
-    table = pf.read_row_group(rg, columns=cols)
-    data = table.column("clip_mp4")[clip.row].as_py() if "clip_mp4" in cols else None
-    if data is None:
-        data = root / table.column("clip_path")[clip.row].as_py()
-    frames = decode_frames(data, 0, cfg.num_frames, 1)  # (T, h, w, 3)
+    row = pf.read_row_group(rg, columns=media_columns(pf.schema_arrow.names)).slice(clip.row, 1).to_pylist()[0]
+    frames = decode_frames(clip_media(row, root), 0, cfg.num_frames, 1)  # (T, h, w, 3)
     return resize_crop(frames, (cfg.height, cfg.width), 1.0, 0.5, 0.5)[None]  # (1, 3, T, H, W) centre crop
 
 
@@ -98,7 +85,7 @@ def main(cfg: VAEEvalConfig) -> dict:
         raise ValueError(f"num_frames must be 1 + 4k, got {cfg.num_frames}")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
-    model, source = load_vae(cfg, device)
+    model, source = load_eval_vae(cfg, device)
     lpips = LPIPS(cfg.lpips_path).to(device) if cfg.lpips_path else None
     data_cfg = ClipDataConfig(root=cfg.data_root, split=cfg.split, holdout_pct=cfg.holdout_pct)
     units, clips = scan_clips(data_cfg)

@@ -13,16 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from curate.media import encode_mp4
 from curate.store import write_manifest
 from model.buckets import BucketConfig, make_buckets
-from model.checkpoint import save_checkpoint
+from model.checkpoint import load_vae, save_checkpoint
 from model.text import TextConfig, TextEncoder
 from model.vae import build_vae
-from pipelines.cache_latents import (
-    CacheLatentsConfig, LatentReader, bucket_for, bytes_to_tensor, clip_pixels, load_vae, main, scan_latents,
-    tensor_to_bytes,
-)
-from train.data import encode_mp4, synthetic_frames
+from pipelines.cache_latents import CacheLatentsConfig, main
+from train.data import synthetic_frames
+from train.latents import LatentReader, bucket_for, bytes_to_tensor, clip_pixels, scan_latents, tensor_to_bytes
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -152,7 +151,7 @@ def test_a_changed_config_is_refused(cached):
 
 
 def test_captions_fall_back_to_the_sidecar_only_when_no_column_has_one(tmp_path):
-    from pipelines.cache_latents import row_captions
+    from train.latents import row_captions
 
     video = tmp_path / "sample_000.mp4"
     video.write_bytes(b"")

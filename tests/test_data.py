@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from train.data import ClipBatches, ClipDataConfig, decode_frames, is_heldout, synthetic_frames, write_synthetic_dataset
+from curate.media import decode_frames
+from train.data import ClipBatches, ClipDataConfig, is_heldout, synthetic_frames, write_synthetic_dataset
 
 torch.set_num_threads(1)
 

@@ -22,7 +22,7 @@ def _rows(dataset: Path, columns: list[str]) -> list[dict]:
 
 def test_demo_from_another_folder_captions_every_clip_and_exports_a_working_pipeline(tmp_path, monkeypatch, capsys):
     from pipelines.demo import DemoConfig, main
-    from pipelines.generate import TextToVideo  # model/pipeline.py once the pipeline object moves there
+    from model.pipeline import TextToVideo
 
     import ray
 
@@ -87,7 +87,7 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     from model.dit import DiT, dit_config
     from model.text import TextConfig
     from model.vae import build_vae
-    from pipelines.generate import export_pipeline
+    from model.pipeline import export_pipeline
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = re.search(r"### Python API\n.*?```python\n(.*?)```", readme, re.S).group(1)

@@ -132,7 +132,7 @@ def test_eval_text_batches_and_detector_pool_change_no_verdict(tmp_path):
     from model.text import TextConfig
     from model.vae import build_vae
     from pipelines.eval_text import EvalTextConfig, main
-    from pipelines.generate import export_pipeline
+    from model.pipeline import export_pipeline
 
     torch.manual_seed(0)
     dit, vae = DiT(dit_config("tiny", latent_channels=16, text_dim=384)), build_vae("tiny")
@@ -183,7 +183,7 @@ def _tiny_pipeline(path):
     from model.dit import DiT, dit_config
     from model.text import TextConfig
     from model.vae import build_vae
-    from pipelines.generate import export_pipeline
+    from model.pipeline import export_pipeline
 
     torch.manual_seed(0)
     dit, vae = DiT(dit_config("tiny", latent_channels=16, text_dim=384)), build_vae("tiny")

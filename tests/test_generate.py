@@ -13,8 +13,10 @@ from safetensors.torch import load_file
 from model.dit import DiT, dit_config
 from model.text import TextConfig
 from model.vae import build_vae
-from pipelines.generate import TextToVideo, cli, contact_sheet, export_pipeline, read_media
-from train.data import encode_mp4, synthetic_frames
+from curate.media import contact_sheet, encode_mp4, read_media
+from model.pipeline import TextToVideo, export_pipeline
+from pipelines.generate import cli
+from train.data import synthetic_frames
 
 pytestmark = pytest.mark.timeout(300)
 W, H = 32, 48
@@ -251,3 +253,49 @@ def test_contact_sheet_picks_evenly_spaced_frames():
     frames = np.stack([np.full((2, 3, 3), i, np.uint8) for i in range(9)])
     sheet = contact_sheet(frames, columns=3, rows=1)
     assert sheet.shape == (2, 9, 3) and [sheet[0, 3 * c, 0] for c in range(3)] == [0, 4, 8]
+
+
+def test_cli_answers_user_mistakes_in_one_line(pipe_dir, tmp_path, capsys, monkeypatch):
+    """A missing GPU, an image given as --video and a truncated weights file each give exit 2 and one line on
+    stderr that names the fix, no traceback, and write nothing."""
+    from PIL import Image
+
+    out = tmp_path / "out" / "x"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli(["a fox", "--model", str(pipe_dir), "--device", "cuda", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA GPU" in err and "--device cpu" in err and "Traceback" not in err
+    image = tmp_path / "frame.png"
+    Image.fromarray(clip(3, 1)[0]).save(image)
+    for flag in ("--video", "--video-b"):
+        assert cli(["a fox", "--model", str(pipe_dir), flag, str(image), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} takes a video" in err and "--image" in err and len(err.strip().splitlines()) == 1
+    broken = tmp_path / "broken"
+    import shutil
+
+    for name in ("dit", "vae"):
+        shutil.rmtree(broken, ignore_errors=True)
+        shutil.copytree(pipe_dir, broken)
+        weights = broken / f"{name}.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated mid-tensor
+        assert cli(["a fox", "--model", str(broken), "--size", f"{W}x{H}", "--frames", "1", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{name}.safetensors" in err and "corrupt or truncated" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_defaults_to_the_trained_size_and_frames_with_a_note(pipe, tmp_path, capsys):
+    trained = export_pipeline(tmp_path / "trained", pipe.dit, pipe.vae, pipe.text_cfg,
+                              extra={"train_size": 32, "train_frames": 5})
+    out = tmp_path / "out" / "d"
+    assert cli(["a fox", "--model", str(trained), "--steps", "1", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["size"] == [32, 32]
+    assert read_media(out.with_suffix(".mp4")).shape == (5, 32, 32, 3)
+    assert "--frames 5 --size 32x32 (the size the pipeline was trained at)" in captured.err
+    # what the user gives wins, and no note is printed for it
+    assert cli(["a fox", "--model", str(trained), "--steps", "1", "--size", "32x48", "--frames", "1",
+                "--out", str(out)]) == 0
+    assert "tessera generate: using" not in capsys.readouterr().err
+    assert read_media(out.with_suffix(".png")).shape == (1, 48, 32, 3)

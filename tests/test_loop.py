@@ -65,7 +65,7 @@ def _corpus(tmp_path, n=12, size=32):
 
 
 def test_shot_corpus_is_deterministic_captioned_and_holds_out_pairs(tmp_path):
-    from train.data import decode_frames
+    from curate.media import decode_frames
 
     info = _corpus(tmp_path)
     assert info["clips"] == 12 and len(info["shards"]) == 3
@@ -85,25 +85,12 @@ def test_shot_corpus_is_deterministic_captioned_and_holds_out_pairs(tmp_path):
     assert [r["clip_mp4"] for r in rows2] == [r["clip_mp4"] for r in rows]  # the same bytes, whatever the workers
 
 
-def test_opencv_fallback_round_trips_when_pyav_is_missing(monkeypatch):
-    import train.data as data
-
-    frames = synth.render_clip(synth.Shot("star", "yellow", "up", "noise", "blue", 9), (48, 32), seed=2)
-    monkeypatch.setattr(data, "av", None)
-    blob = data.encode_mp4(frames)
-    assert blob[4:8] == b"ftyp"  # an MP4 container
-    back = data.decode_frames(blob, 0, 9, 1)
-    assert back.shape == frames.shape
-    assert np.abs(back.astype(int) - frames).mean() < 8  # lossy, but the same pictures
-    assert np.abs(data.decode_frames(blob, 2, 3, 2).astype(int) - frames[2:8:2]).mean() < 8
-
-
 @pytest.mark.parametrize("vae_preset,patch", [("tiny", (1, 2, 2)), ("tiny-f4c8", (1, 4, 4))], ids=["f8", "f4"])
 def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch):
     """The whole loop at smoke size on the CPU: real VAE and DiT training, a from_pretrained pipeline that records
     its split, eval-text whose detector reads the ground-truth renders right, and a report page with its figures.
     Also with a 4x-spatial VAE and 4x4 patches, the VAE trained on shorter clips than the DiT."""
-    from pipelines.generate import TextToVideo, read_pipeline_config
+    from model.pipeline import TextToVideo, read_pipeline_config
     from pipelines.loop import PROFILES, run
 
     _corpus(tmp_path, n=16, size=32)

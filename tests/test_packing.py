@@ -343,8 +343,8 @@ def test_train_dit_pack_step0_matches_the_clips_one_by_one_and_resumes(mixed_cac
     weights), and a packed run stopped and resumed gives the same losses step for step."""
     from model.conditioning import TaskMix
     from model.text import pad_embeddings
-    from pipelines.cache_latents import LatentReader, scan_latents
-    from train.train_dit import latent_norm, main, pick_caption
+    from train.latents import LatentReader, pick_caption, scan_latents
+    from train.train_dit import latent_norm, main
 
     cfg = _pack_cfg(mixed_cache, tmp_path / "full", steps=4)
     full = main(cfg)["losses"]

@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 import media
-from curate.probe import PROBE_KEYS, ProbeLimits, content_id, probe
+from curate.probe import PROBE_KEYS, ProbeLimits, probe
+from curate.store import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +130,9 @@ def test_content_id_same_bytes_two_paths(videos, tmp_path):
     copy = tmp_path / "elsewhere" / "renamed.mkv"
     copy.parent.mkdir()
     shutil.copyfile(videos["good"], copy)
-    assert content_id(copy) == content_id(videos["good"]) == probe(copy)["content_id"]
-    assert content_id(copy, chunk_bytes=7) == content_id(copy)  # chunking does not change the hash
-    assert content_id(videos["odd"]) != content_id(videos["good"])
+    assert sha256_file(copy) == sha256_file(videos["good"]) == probe(copy)["content_id"]
+    assert sha256_file(copy, chunk=7) == sha256_file(copy)  # chunking does not change the hash
+    assert sha256_file(videos["odd"]) != sha256_file(videos["good"])
 
 
 def test_hostile_names(tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,9 @@ from safetensors.torch import load_file
 from curate.store import atomic_write_json, atomic_write_table
 from model.checkpoint import list_checkpoints, save_checkpoint
 from model.vae import build_vae
-from pipelines.cache_latents import CAPTION_KINDS, LATENT_SCHEMA, LatentRecord, tensor_to_bytes, to_latent_table
-from train.train_dit import BatchPlan, TrainDiTConfig, lr_at, main, parse_args, pick_caption
+from train.latents import CAPTION_KINDS, LATENT_SCHEMA, LatentRecord, tensor_to_bytes, to_latent_table
+from train.latents import BatchPlan, pick_caption
+from train.train_dit import TrainDiTConfig, lr_at, main, parse_args
 
 pytestmark = pytest.mark.timeout(300)
 TEXT_DIM = 384  # the packaged MiniLM's width, so training samples can encode real prompts
@@ -130,7 +130,7 @@ def test_resume_is_exact_step_for_step(cache, tmp_path):
 
 
 def test_samples_and_exported_pipeline(cache, tmp_path):
-    from pipelines.generate import TextToVideo
+    from model.pipeline import TextToVideo
 
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "vae", 1, {"vae": build_vae("tiny")}, extra={"config": {"preset": "tiny"}})
@@ -154,8 +154,8 @@ def test_samples_and_exported_pipeline(cache, tmp_path):
 def test_trains_on_the_fly_from_clip_shards(tmp_path):
     from test_cache_latents import write_captioned_dataset
 
-    from pipelines.cache_latents import clip_pixels
-    from train.train_dit import ClipSource
+    from train.latents import clip_pixels
+    from train.train_dit import clip_source
 
     write_captioned_dataset(tmp_path / "data")
     torch.manual_seed(0)
@@ -165,7 +165,7 @@ def test_trains_on_the_fly_from_clip_shards(tmp_path):
                    bucket_areas=(32 * 48,), bucket_frames=(1, 5, 9), steps=2, sample_every=0, export=False)
     losses = main(cfg)["losses"]
     assert len(losses) == 2 and all(np.isfinite(losses))
-    src = ClipSource(cfg, torch.device("cpu"))
+    src = clip_source(cfg, torch.device("cpu"))
     assert sorted(r.clip_id for r in src.records) == ["c00", "c01", "c02", "c03", "c04"]  # c05 is not kept
     rec = next(r for r in src.records if r.clip_id == "c00")
     assert rec.captions == ("short", "dense")
@@ -178,7 +178,7 @@ def test_trains_on_the_fly_from_clip_shards(tmp_path):
     torch.testing.assert_close(z, want)
     assert z.shape == rec.latent_shape and set(text) == {"short", "dense"} and text["short"].shape[1] == TEXT_DIM
     # the batched preload (one shard read, one VAE call per bucket batch) gives what one-at-a-time loading gives
-    batched = ClipSource(cfg, torch.device("cpu"))
+    batched = clip_source(cfg, torch.device("cpu"))
     batched.preload(batch=3, progress=False)
     assert set(batched.memory) == {r.clip_id for r in src.records}
     for r in src.records:
@@ -203,40 +203,29 @@ def test_parse_args_reads_tuples_and_bools():
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, cfg: TrainDiTConfig, out: str) -> None:
+    # TORCHELASTIC_USE_AGENT_STORE: every rank is a client of the store the parent already listens on (as under
+    # torchrun, whose agent hosts it), so no process has to bind a port that was free a moment ago
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+                      MASTER_PORT=str(port), TORCHELASTIC_USE_AGENT_STORE="True")
     torch.set_num_threads(1)
     result = main(cfg)
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
 
 
 def _spawn(cfg: TrainDiTConfig, out: Path) -> list[dict]:
+    """Train ``cfg`` on two CPU processes (gloo); returns each rank's result.
+
+    The rendezvous store listens here on a port the OS picks (port 0) and keeps it for the whole run. Picking a
+    free port, closing it and handing the number to the ranks (the old way) let another process take it in
+    between: rank 0's store then failed with EADDRINUSE, which ``mp.spawn`` reports as ProcessRaisedException."""
     import torch.multiprocessing as mp
+    from torch.distributed import TCPStore
 
     out.mkdir(parents=True, exist_ok=True)
-    for attempt in range(2):
-        try:
-            mp.spawn(_worker, args=(2, _free_port(), cfg, str(out)), nprocs=2, join=True)
-            break
-        except mp.ProcessExitedException as exc:
-            # gloo on the CPU sometimes aborts a process ("terminate called without an active exception"): at
-            # start-up when the free port was taken again, or at exit after training. A result written by every
-            # rank is complete; otherwise one fresh try with a new port (a training bug fails both).
-            done = [(out / f"rank{r}.json").is_file() for r in range(2)]
-            print(f"[test] spawn attempt {attempt}: {exc}; results written: {done}")
-            if all(done):
-                break
-            if attempt == 1:
-                raise
-            for r in range(2):
-                (out / f"rank{r}.json").unlink(missing_ok=True)
+    store = TCPStore("127.0.0.1", 0, world_size=2, is_master=True, wait_for_workers=False)
+    mp.spawn(_worker, args=(2, store.port, cfg, str(out)), nprocs=2, join=True)
+    del store
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
@@ -335,7 +324,7 @@ def test_prefetched_keeps_order_depth_and_errors():
     import contextlib
     import threading
 
-    from train.train_dit import prefetched
+    from train.latents import prefetched
 
     started, lock = [], threading.Lock()
 

@@ -59,9 +59,9 @@ def test_resume_is_exact(tmp_path, data_root) -> None:
     assert fresh["losses"] == first["losses"]
 
 
-def test_run_artefacts(tmp_path, data_root) -> None:
+def test_run_artefacts(tmp_path, data_root, capsys) -> None:
     run = tmp_path / "run"
-    main(_cfg(data_root, run, steps=6))
+    out = main(_cfg(data_root, run, steps=6, time_budget_s=600))
     assert json.loads((run / "config.json").read_text())["preset"] == "tiny"
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-000000003", "step-000000006"]
     meta = json.loads((run / "checkpoints" / "step-000000006" / "meta.json").read_text())
@@ -72,7 +72,21 @@ def test_run_artefacts(tmp_path, data_root) -> None:
 
     w, h = Image.open(previews[0]).size
     assert w == 64 and h in (32, 128)  # input | recon side by side; 1 row (image batch) or 4 frames
-    assert list((run / "tb").glob("events.out.tfevents.*"))
+    # TensorBoard holds what was trained: the loss of every log step (log_every 2), as the run returned it
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert {"loss/total", "loss/l1", "loss/kl", "train/lr", "train/psnr"} <= set(events.Tags()["scalars"])
+    total = events.Scalars("loss/total")
+    assert [e.step for e in total] == [2, 4, 6]
+    assert [e.value for e in total] == pytest.approx([out["losses"][1], out["losses"][3], out["losses"][5]], rel=1e-5)
+    l1 = {e.step: e.value for e in events.Scalars("loss/l1")}
+    assert all(0 < l1[e.step] <= e.value + 1e-6 for e in total)  # l1 is one non-negative term of the total
+    # the header names both limits, and the last step prints a progress line with the loss
+    printed = capsys.readouterr().out
+    assert "training for 6 steps or 600 s, whichever comes first" in printed
+    assert f"[vae] step 6/6  loss {out['losses'][5]:.4f}" in printed
 
 
 def test_cli_parses_every_field() -> None:

@@ -2,8 +2,8 @@
 
 Reads ``DATASET/clips/*.parquet`` (``clip_id``, ``clip_mp4`` bytes or ``clip_path`` relative to DATASET,
 ``width``, ``height``, ``num_frames``) and, when present and ``use_selection``, keeps only rows with
-``keep`` true in ``DATASET/selection.parquet``. MP4 bytes are decoded with PyAV from memory; one row group's
-media is held at a time (the clip order keeps row groups together).
+``keep`` true in ``DATASET/selection.parquet``. Clips are read and decoded by ``curate/media.py``; one row
+group's media is held at a time (the clip order keeps row groups together).
 
 ``ClipBatches`` is an ``IterableDataset`` that yields whole **batches** (use ``DataLoader(batch_size=None)``),
 because every batch has one shape: per batch it draws a resolution from ``resolutions`` and a frame count
@@ -25,8 +25,6 @@ Held-out split: a clip is held out when ``crc32(clip_id) % 10000 < holdout_pct *
 
 from __future__ import annotations
 
-import io
-import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,15 +34,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 from torch.utils.data import IterableDataset, get_worker_info
 
+from curate.media import clip_media, decode_frames, encode_mp4, media_columns, resize_crop
 from curate.store import open_dataset, write_manifest
-
-try:
-    import av
-except ImportError:  # a machine without PyAV (the lent GPU image): OpenCV's FFmpeg backend decodes and encodes
-    av = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +79,9 @@ def is_heldout(clip_id: str, holdout_pct: float) -> bool:
     return zlib.crc32(clip_id.encode()) % 10000 < holdout_pct * 100
 
 
-def _selection(root: Path) -> dict[str, bool] | None:
+def read_selection(root: str | Path) -> dict[str, bool] | None:
+    """``{clip_id: keep}`` of a dataset's ``selection.parquet`` (the filter's decision), or None without one."""
+    root = Path(root)
     sel = root / "selection.parquet"
     if not sel.is_file():
         return None
@@ -100,7 +95,7 @@ def scan_clips(cfg: ClipDataConfig) -> tuple[list[tuple[Path, int]], list[_Clip]
     files = open_dataset(root).shards
     if not files:
         raise FileNotFoundError(f"no clip shards under {root / 'clips'}")
-    keep = _selection(root) if cfg.use_selection else None
+    keep = read_selection(root) if cfg.use_selection else None
     units: list[tuple[Path, int]] = []
     clips: list[_Clip] = []
     for path in files:
@@ -117,98 +112,6 @@ def scan_clips(cfg: ClipDataConfig) -> tuple[list[tuple[Path, int]], list[_Clip]
                     continue
                 clips.append(_Clip(unit, row, cid, int(n)))
     return units, clips
-
-
-def decode_frames(data: bytes | str | Path, start: int, count: int, stride: int) -> np.ndarray:
-    """Frames ``start, start + stride, ...`` (``count`` of them) as uint8 ``(count, H, W, 3)``.
-
-    Decodes forward from the beginning (clips are short); a clip shorter than its metadata says repeats
-    its last frame, so the output always has ``count`` frames.
-    """
-    wanted = set(range(start, start + stride * count, stride))
-    last = start + stride * (count - 1)
-    out: list[np.ndarray] = []
-    if av is None:
-        out = _decode_cv2(data, wanted, last)
-    else:
-        src = io.BytesIO(data) if isinstance(data, bytes) else str(data)
-        with av.open(src) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for i, frame in enumerate(container.decode(stream)):
-                if i in wanted:
-                    out.append(frame.to_ndarray(format="rgb24"))
-                if i >= last:
-                    break
-    if not out:
-        raise ValueError("clip decoded to no frames")
-    while len(out) < count:
-        out.append(out[-1])
-    return np.stack(out)
-
-
-def _decode_cv2(data: bytes | str | Path, wanted: set[int], last: int) -> list[np.ndarray]:
-    """``decode_frames`` without PyAV: OpenCV reads a file, so bytes go through a temporary one."""
-    import os
-    import tempfile
-
-    import cv2
-
-    tmp = None
-    if isinstance(data, bytes):
-        fd, tmp = tempfile.mkstemp(suffix=".mp4")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-    try:
-        cap, out = cv2.VideoCapture(tmp or str(data)), []
-        for i in range(last + 1):
-            ok, frame = cap.read()
-            if not ok:
-                break
-            if i in wanted:
-                out.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-        cap.release()
-        return out
-    finally:
-        if tmp:
-            os.unlink(tmp)
-
-
-def _encode_cv2(frames: np.ndarray, fps: int) -> bytes:
-    """``encode_mp4`` without PyAV: MPEG-4 part 2 at OpenCV's highest quality (its builds carry no H.264 encoder)."""
-    import os
-    import tempfile
-
-    import cv2
-
-    fd, tmp = tempfile.mkstemp(suffix=".mp4")
-    os.close(fd)
-    try:
-        h, w = frames.shape[1:3]
-        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
-        writer.set(cv2.VIDEOWRITER_PROP_QUALITY, 100)
-        for f in frames:
-            writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-        writer.release()
-        return Path(tmp).read_bytes()
-    finally:
-        os.unlink(tmp)
-
-
-def resize_crop(frames: np.ndarray, size: tuple[int, int], scale: float, fy: float, fx: float,
-                device: torch.device | str | None = None) -> torch.Tensor:
-    """uint8 (T, h, w, 3) -> float (3, T, H, W) in [-1, 1]: cover-resize times ``scale``, then crop; on ``device``
-    (the frames travel as uint8, a quarter of the float bytes)."""
-    x = torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float()  # (T, 3, h, w)
-    h, w = x.shape[-2:]
-    H, W = size
-    s = max(H / h, W / w) * scale
-    nh, nw = max(H, math.ceil(h * s)), max(W, math.ceil(w * s))
-    if (nh, nw) != (h, w):
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    y0, x0 = int(fy * (nh - H + 1)), int(fx * (nw - W + 1))
-    x = x[:, :, y0 : y0 + H, x0 : x0 + W]  # (T, 3, H, W)
-    return (x / 127.5 - 1.0).clamp(-1, 1).permute(1, 0, 2, 3).contiguous()  # (3, T, H, W)
 
 
 class ClipBatches(IterableDataset):
@@ -274,20 +177,14 @@ class ClipBatches(IterableDataset):
         if cache.get("unit") != unit:
             path, rg = self.units[unit]
             pf = pq.ParquetFile(path)
-            cols = [c for c in ("clip_mp4", "clip_path") if c in pf.schema_arrow.names]
+            cols = media_columns(pf.schema_arrow.names)
             cache.clear()
             cache.update(unit=unit, table=pf.read_row_group(rg, columns=cols))
         return cache["table"]
 
     def _load(self, plan: _Plan, cache: dict) -> torch.Tensor:
-        table = self._media(plan.clip.unit, cache)
-        data = table.column("clip_mp4")[plan.clip.row].as_py() if "clip_mp4" in table.column_names else None
-        if data is None:
-            rel = table.column("clip_path")[plan.clip.row].as_py()
-            if rel is None:
-                raise ValueError(f"clip {plan.clip.clip_id} has neither clip_mp4 nor clip_path")
-            data = Path(self.cfg.root) / rel
-        frames = decode_frames(data, plan.start, plan.frames, plan.stride)  # (T, h, w, 3)
+        row = self._media(plan.clip.unit, cache).slice(plan.clip.row, 1).to_pylist()[0]
+        frames = decode_frames(clip_media(row, self.cfg.root), plan.start, plan.frames, plan.stride)  # (T, h, w, 3)
         return resize_crop(frames, plan.size, plan.scale, plan.fy, plan.fx)  # (3, T, H, W)
 
     def __iter__(self) -> Iterator[dict]:
@@ -326,24 +223,6 @@ def synthetic_frames(seed: int, frames: int, height: int, width: int) -> np.ndar
         img[y0 : y0 + side, x0 : x0 + side] = 255 - base
         out[t] = np.clip(img, 0, 255).astype(np.uint8)
     return out
-
-
-def encode_mp4(frames: np.ndarray, fps: int = 24) -> bytes:
-    """H.264 MP4 bytes of uint8 (T, H, W, 3) frames (H, W even); MPEG-4 part 2 where PyAV is missing."""
-    if av is None:
-        return _encode_cv2(frames, fps)
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "12", "preset": "ultrafast"}
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
 
 
 def write_synthetic_dataset(

@@ -36,6 +36,7 @@ from model.vae import build_vae, num_params
 from train.config_cli import parse_config
 from train.data import ClipBatches, ClipDataConfig
 from train.dist import all_reduce_mean, barrier, cleanup, init_distributed, out_of_time
+from train.progress import Progress, limits
 
 
 @dataclass(frozen=True)
@@ -156,12 +157,14 @@ def main(cfg: TrainVAEConfig) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tb"))
-        print(f"vae {cfg.preset}: {num_params(model) / 1e6:.1f}M params, start step {start}, world {info.world}")
+        print(f"vae {cfg.preset}: {num_params(model) / 1e6:.1f}M params, start step {start}, world {info.world}, "
+              f"training for {limits(cfg.steps, cfg.time_budget_s)}", flush=True)
 
     # 3. loop -----------------------------------------------------------------------------------------
     losses: list[float] = []
     batches = iter(loader)
     t0 = time.time()
+    progress = Progress("vae", start, cfg.steps, cfg.time_budget_s, enabled=info.is_main)
     step = start
     for step in range(start, cfg.steps):
         x = next(batches)["video"].to(device, non_blocking=True)  # (B, 3, T, H, W) in [-1, 1]
@@ -215,6 +218,7 @@ def main(cfg: TrainVAEConfig) -> dict:
                 writer.add_scalar("train/grad_norm", float(grad_norm), done)
                 writer.add_scalar("train/psnr", float(psnr(recon.detach(), x).mean()), done)
                 writer.add_scalar("train/steps_per_s", (done - start) / max(1e-9, time.time() - t0), done)
+            progress(done, float(vals[0]), last)
         if writer is not None and (done % cfg.preview_every == 0 or last):
             from PIL import Image
 
