@@ -261,8 +261,11 @@ def _resolution(clips: pa.Table):
     ax1.margins(0.25)
     aspect = _values(clips, "aspect")
     lo, hi = (aspect.min(), aspect.max()) if aspect.size else (0, 0)
-    ax2.hist(aspect, bins=min(30, max(5, int(np.sqrt(aspect.size)) * 2)) if hi > lo else 1,
-             range=None if hi > lo else (lo - 0.05, lo + 0.05), color=PRIMARY, edgecolor="white")
+    if hi > lo:
+        ax2.hist(aspect, bins=min(30, max(5, int(np.sqrt(aspect.size)) * 2)), color=PRIMARY, edgecolor="white")
+    elif aspect.size:  # one aspect: one narrow bar at it, not a bar as wide as the axis
+        ax2.bar([lo], [aspect.size], width=0.01, color=PRIMARY)
+        ax2.set_xlim(lo - 0.1, lo + 0.1)
     for ref, name in ((16 / 9, "16:9"), (4 / 3, "4:3"), (1.0, "1:1"), (9 / 16, "9:16")):
         if lo - 0.1 <= ref <= hi + 0.1:
             ax2.axvline(ref, color=MUTED, ls=":", lw=1)

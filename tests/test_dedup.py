@@ -231,3 +231,22 @@ def test_bad_inputs_raise():
         find_duplicates(["a", "a"], phashes=["0" * 16, "0" * 16])
     with pytest.raises(ValueError):
         find_duplicates(["a", "b"], embeddings=[[1.0, 0.0]])
+
+
+def test_dedup_benchmark_scores_pairs_and_picks_the_threshold_on_tuning_pairs():
+    """benchmarks/bench_dedup.py's own logic (its data needs ../shared): pairwise precision/recall and the rule
+    that picks a threshold (highest precision at recall >= 0.9)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_dedup.py"
+    spec = importlib.util.spec_from_file_location("bench_dedup", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    pairs = [(0, True), (2, True), (3, False), (5, True), (9, False), (12, True)]
+    assert bench.scores(pairs, 5) == (0.75, 0.75, 3, 1)
+    assert bench.scores(pairs, 12)[1] == 1.0 and bench.choose(pairs) == 12  # the only threshold with recall >= 0.9
+    still = ("0" * 16, None)
+    assert bench.dist_motion(still, ("0" * 16, "f" * 16)) == 64  # a still clip is never a moving clip's copy
+    assert bench.dist_motion(still, still) == 0
+    assert bench.dist_frames(["0" * 16, "f" * 16], ["f" * 16]) == 0.0  # order-free: the nearest frame counts

@@ -296,16 +296,25 @@ def test_chromium_loads_every_image_and_video(dataset: Path, report: dict, tmp_p
              ".map(v => v.src));"
              "document.body.setAttribute('data-media', document.images.length + document.querySelectorAll("
              "'video').length + ':' + JSON.stringify(bad));}, 3000));</script>")
-    page = dataset / "report" / "probe.html"
-    page.write_text(_html(dataset).replace("</body>", probe + "</body>"), encoding="utf-8")
-    try:
-        dom = _dump_dom(chromium, page, tmp_path / "p3")
-    finally:
-        page.unlink()
-    found = re.search(r'data-media="(\d+):([^"]*)"', dom)
-    assert found, dom[-2000:]
-    count, bad = int(found.group(1)), json.loads(found.group(2).replace("&quot;", '"'))
+
+    def loaded(folder: Path, profile: str) -> tuple[int, list[str]]:
+        page = folder / "probe.html"
+        page.write_text((folder / "index.html").read_text(encoding="utf-8").replace("</body>", probe + "</body>"),
+                        encoding="utf-8")
+        found = re.search(r'data-media="(\d+):([^"]*)"', _dump_dom(chromium, page, tmp_path / profile))
+        assert found
+        return int(found.group(1)), json.loads(found.group(2).replace("&quot;", '"'))
+
+    copy = tmp_path / "report"
+    shutil.copytree(dataset / "report", copy)
+    count, bad = loaded(copy, "p3")
     assert count == len(report["figures"]) + len(report["videos"]) and bad == [], bad
+    # control: a truncated video and a missing figure are reported, so the check above can fail
+    video = copy / "media" / report["videos"][0]
+    video.write_bytes(video.read_bytes()[:200])
+    (copy / report["figures"][0]).unlink()
+    _, bad = loaded(copy, "p4")
+    assert sorted(Path(b).name for b in bad) == sorted([Path(report["figures"][0]).name, video.name]), bad
 
 
 def test_warnings_sources_rejections_what_if_and_duplicate_pairs(dataset: Path, report: dict):
