@@ -4,8 +4,11 @@ realistic shape mix, and ``train-dit --pack`` trains."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -383,3 +386,38 @@ def test_train_dit_pack_loss_falls(mixed_cache, tmp_path):
     losses = main(cfg)["losses"]
     assert len(losses) == 40 and all(np.isfinite(losses))
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), (np.mean(losses[:10]), np.mean(losses[-10:]))
+
+
+def test_bench_pack_parses_and_tabulates(capsys):
+    """bench_pack's own logic on the CPU (no timing is asserted): the smoke config, the medians over rounds and
+    the ratios against the single-shape batch and Wan."""
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("bench_pack", bench_dir / "bench_pack.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_pack"] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    smoke = mod.parse(["--smoke"])
+    assert smoke.device == "cpu" and smoke.preset == "tiny" and "varlen" not in smoke.backends
+    cfg = mod.parse(["--single", "8,32,32", "--backends", "flex,split", "--no-wan"])
+    assert cfg.single == (8, 32, 32) and cfg.backends == ("flex", "split") and not cfg.wan
+    with pytest.raises(SystemExit):
+        mod.parse(["--single", "8,32"])
+    def rows(steps, tokens):
+        return [mod.Row("x", step_s=s, tokens_per_s=tokens / s, mfu=0.1 / s, peak_mem_gb=1.0) for s in steps]
+
+    summary = mod.summarise({"single shape, compiled": rows([0.2, 0.1, 0.3], 1000),
+                             "packed varlen, compiled": rows([0.21, 0.25, 0.2], 950),
+                             "wan, compiled": rows([0.12, 0.12, 0.12], 1000),
+                             "packed flex, compiled": [mod.Row("packed flex, compiled", note="failed: RuntimeError")]})
+    single = summary[0]
+    assert single["step_s"] == 0.2 and (single["step_min"], single["step_max"]) == (0.1, 0.3)
+    assert single["tokens_per_s"] == pytest.approx(5000) and single["rounds"] == 3
+    assert summary[3]["rounds"] == 0 and "failed" in summary[3]["note"]
+    info = dict(gpu="cpu", torch="x", date="d", preset="tiny", hidden=64, depth=2, heads=4, single=(2, 8, 8), batch=2,
+                single_tokens=1000, rows=1, length=1024, packed_clips=3, packed_tokens=950, packed_fill=0.93,
+                text_len=8)
+    mod.report(info, summary)
+    out = capsys.readouterr().out
+    assert "packed varlen, compiled / single shape: 0.905x tokens/s" in out  # 950 / 0.21 against 1000 / 0.2
+    assert "single shape / Wan (compiled): 0.600x tokens/s" in out
+    assert "| packed flex, compiled | 0 | failed: RuntimeError |" in out

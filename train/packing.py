@@ -322,7 +322,7 @@ def shape_mix(n: int, seed: int = 0, max_tokens: int = 32768,
     shapes = []
     for _ in range(n):
         w, h, _ = SOURCES[rng.choice(len(SOURCES), p=weights / weights.sum())]
-        area = areas[rng.integers(len(areas))]
+        area = min(areas[rng.integers(len(areas))], max_tokens * 64 * ph * pw)  # one frame always fits
         f = min(w * h, area) / (w * h)
         height, width = max(16, round(h * f ** 0.5 / 16) * 16), max(16, round(w * f ** 0.5 / 16) * 16)
         frames = 1 if rng.random() < image_share else 1 + 4 * int(rng.integers(4, 33))
