@@ -471,6 +471,8 @@ class DiT(nn.Module):
         if t.shape[0] != layout.num_clips or text.shape[0] != layout.num_clips:
             raise ValueError(f"{layout.num_clips} packed clips need as many times and captions, got "
                              f"{t.shape[0]} and {text.shape[0]}")
+        if text.shape[1] != layout.text_len:
+            raise ValueError(f"captions of {text.shape[1]} tokens for a layout built for {layout.text_len}")
         attn = PackedAttention(layout)  # masks or sequence bounds, once for every block
         cos, sin = rope_from_positions(layout.pos, self.cfg.head_dim, self.cfg.rope_theta)  # (S, L, dh/2) each
         h = self.x_embed(x)  # (S, L, D)

@@ -58,8 +58,8 @@ class PackedLayout:
     cu_q: Tensor  # (Q + 1,) int32: varlen sequence starts in the flattened S * L tokens (clips and paddings)
     cu_k: Tensor  # (Q + 1,) int32: each sequence's keys in ``kv_index``
     kv_index: Tensor  # (Nk,) int64: keys of each varlen sequence, indices into the clips' (K * (1 + Lt)) keys
-    max_q: int  # longest varlen sequence
-    max_k: int  # most keys of one varlen sequence
+    max_q: int  # bound on the longest varlen sequence (the next power of two)
+    max_k: int  # bound on the most keys of one varlen sequence (the next power of two)
     cu_q_list: tuple[int, ...]  # cu_q and cu_k as Python ints (the "split" backend slices with them)
     cu_k_list: tuple[int, ...]
 
@@ -152,11 +152,13 @@ def pack_layout(rows: list[list[tuple[int, int, int]]], length: int, text_mask: 
         key_seg_t[r, :len(row_key_seg[r])] = row_key_seg[r]
     q_lens = [b - a for a, b in zip(cu_q[:-1], cu_q[1:])]
     k_lens = [b - a for a, b in zip(cu_k[:-1], cu_k[1:])]
+    # the kernels need only upper bounds; powers of two keep a compiled block to a few variants across steps
+    max_q, max_k = 1 << (max(q_lens) - 1).bit_length(), 1 << (max(k_lens) - 1).bit_length()
     return PackedLayout(
         grids=tuple(grids), rows=tuple(row_of), starts=tuple(starts), length=length, text_len=lt, backend=backend,
         seg=seg, pos=pos, key_index=key_index, key_seg=key_seg_t,
         cu_q=torch.tensor(cu_q, dtype=torch.int32), cu_k=torch.tensor(cu_k, dtype=torch.int32),
-        kv_index=torch.cat(kv), max_q=max(q_lens), max_k=max(k_lens),
+        kv_index=torch.cat(kv), max_q=max_q, max_k=max_k,
         cu_q_list=tuple(cu_q), cu_k_list=tuple(cu_k))
 
 
@@ -239,17 +241,15 @@ class PackedAttention:
             o = _flex_attention()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=self.self_mask)
             return o.transpose(1, 2)
         s, n, h, dh = q.shape
-        flat = [x.reshape(s * n, h, dh) for x in (q, k, v)]  # (S L, h, dh)
+        q, k, v = (x.reshape(s * n, h, dh) for x in (q, k, v))  # (S L, h, dh)
         lay = self.layout
-        out = self._varlen(*flat, lay.cu_q, lay.cu_q, lay.max_q, lay.max_q, lay.cu_q_list, lay.cu_q_list)
-        return out.view(s, n, h, dh)
+        if self.backend == "split":
+            return _split_attention(q, k, v, lay, cross=False).view(s, n, h, dh)
+        return self.kernel(q, k, v, lay.cu_q, lay.cu_q, lay.max_q, lay.max_q).view(s, n, h, dh)
 
     def cross_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q (S, L, h, dh), k and v (K, 1 + Lt, h, dh) per clip -> (S, L, h, dh), each clip to its own caption."""
         lay = self.layout
-        if k.shape[:2] != (lay.num_clips, 1 + lay.text_len):
-            raise ValueError(f"text keys {tuple(k.shape[:2])} do not match the layout's "
-                             f"({lay.num_clips}, {1 + lay.text_len})")
         k, v = k.flatten(0, 1), v.flatten(0, 1)  # (K (1 + Lt), h, dh)
         if self.backend in ("sdpa", "flex"):
             kr, vr = k[lay.key_index], v[lay.key_index]  # (S, Lk, h, dh): each row's clips' keys
@@ -261,19 +261,22 @@ class PackedAttention:
                                       block_mask=self.cross_mask)
             return o.transpose(1, 2)  # (S, L, h, dh)
         s, n, h, dh = q.shape
-        kf, vf = k[lay.kv_index], v[lay.kv_index]  # (Nk, h, dh): each sequence's keys, in sequence order
-        out = self._varlen(q.reshape(s * n, h, dh), kf, vf, lay.cu_q, lay.cu_k, lay.max_q, lay.max_k,
-                           lay.cu_q_list, lay.cu_k_list)
-        return out.view(s, n, h, dh)
+        q = q.reshape(s * n, h, dh)  # (S L, h, dh)
+        k, v = k[lay.kv_index], v[lay.kv_index]  # (Nk, h, dh): each sequence's keys, in sequence order
+        if self.backend == "split":
+            return _split_attention(q, k, v, lay, cross=True).view(s, n, h, dh)
+        return self.kernel(q, k, v, lay.cu_q, lay.cu_k, lay.max_q, lay.max_k).view(s, n, h, dh)
 
-    def _varlen(self, q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor, max_q: int, max_k: int,
-                cu_q_list: tuple[int, ...], cu_k_list: tuple[int, ...]) -> Tensor:
-        """Attention of each sequence i: q[cu_q[i]:cu_q[i+1]] to k, v[cu_k[i]:cu_k[i+1]]; (Nq, h, dh)."""
-        if self.backend == "varlen":
-            return self.kernel(q, k, v, cu_q, cu_k, max_q, max_k)
-        parts = []  # "split": one SDPA call per sequence
-        for a, b, c, d in zip(cu_q_list[:-1], cu_q_list[1:], cu_k_list[:-1], cu_k_list[1:]):
-            o = F.scaled_dot_product_attention(q[a:b].transpose(0, 1)[None], k[c:d].transpose(0, 1)[None],
-                                               v[c:d].transpose(0, 1)[None])  # (1, h, n, dh)
-            parts.append(o[0].transpose(0, 1))
-        return torch.cat(parts)  # (Nq, h, dh)
+
+@torch.compiler.disable  # a Python loop over one layout's bounds: compiled, it would recompile every step
+def _split_attention(q: Tensor, k: Tensor, v: Tensor, layout: PackedLayout, cross: bool) -> Tensor:
+    """Varlen attention as one SDPA call per sequence i: q[cu_q[i]:cu_q[i+1]] to k, v[cu_k[i]:cu_k[i+1]] (cross)
+    or to k, v[cu_q[i]:cu_q[i+1]] (self); (Nq, h, dh)."""
+    cu_q = layout.cu_q_list
+    cu_k = layout.cu_k_list if cross else cu_q
+    parts = []
+    for a, b, c, d in zip(cu_q[:-1], cu_q[1:], cu_k[:-1], cu_k[1:]):
+        o = F.scaled_dot_product_attention(q[a:b].transpose(0, 1)[None], k[c:d].transpose(0, 1)[None],
+                                           v[c:d].transpose(0, 1)[None])  # (1, h, n, dh)
+        parts.append(o[0].transpose(0, 1))
+    return torch.cat(parts)  # (Nq, h, dh)

@@ -180,7 +180,7 @@ def test_layout_keys_masks_and_varlen_bounds():
     q_lens = np.diff(layout.cu_q.numpy()).tolist()
     assert q_lens == [32, 12, 4, 12, 16, 4, 16]
     assert np.diff(layout.cu_k.numpy()).tolist() == [4, 7, 1, 1, 3, 6, 1]
-    assert layout.max_q == 32 and layout.max_k == 7
+    assert layout.max_q == 32 and layout.max_k == 8  # bounds: the next powers of two
     attn = PackedAttention(layout)
     same = layout.seg[:, :, None] == layout.seg[:, None, :]
     assert torch.equal(attn.self_mask[:, 0], same)
