@@ -2,6 +2,7 @@
 
 Run on one H100/H200:  python benchmarks/bench_pack.py --out OUT/bench_pack.json      (the table is printed last)
 Smoke test on a CPU:    python benchmarks/bench_pack.py --smoke    (tiny sizes: checks the code paths, not speed)
+Packer fill (any CPU):  python benchmarks/bench_pack.py --fill     (share of row slots holding clip tokens)
 
 What is measured, and how:
 - A training step is forward + backward + a fused AdamW step under bf16 autocast with fp32 master weights, random
@@ -207,11 +208,41 @@ def report(info: dict, summary: list[dict]) -> None:
             print(f"single shape / Wan ({mode}): {single['tokens_per_s'] / wan['tokens_per_s']:.3f}x tokens/s")
 
 
+def fill_table(lengths: tuple[int, ...] = (8192, 16384, 32768, 65536), clips: int = 5000,
+               seeds: tuple[int, ...] = (10, 11, 12)) -> list[dict]:
+    """The packer's fill (clip tokens / row slots, epoch 0) on native and bucketed shape mixes of ``clips`` clips at
+    most a row long, per row length; the median over ``seeds`` (mixes the tests and development never drew)."""
+    out = []
+    for bucketed in (False, True):
+        for length in lengths:
+            fills, bounds, clips_per_row = [], [], []
+            for seed in seeds:
+                shapes = shape_mix(clips, seed=seed, max_tokens=length, bucketed=bucketed)
+                tokens = [t * (h // 2) * (w // 2) for _, t, h, w in shapes]
+                plan = PackPlan(tokens, length, 1, seed)
+                rows = plan.epoch_rows(0)
+                fills.append(plan.fill(0))
+                # no packer does better: clips over half a row need a row each, and rows hold at most `length`
+                fewest = max(sum(t > length // 2 for t in tokens), -(-sum(tokens) // length))
+                bounds.append(sum(tokens) / (fewest * length))
+                clips_per_row.append(clips / len(rows))
+            out.append(dict(mix="bucketed" if bucketed else "native", length=length, fill=statistics.median(fills),
+                            fill_min=min(fills), fill_max=max(fills), bound=statistics.median(bounds),
+                            clips_per_row=statistics.median(clips_per_row)))
+    print("| shape mix | row tokens | fill % (median, min-max over mixes) | upper bound % | clips per row |")
+    print("|---|---|---|---|---|")
+    for r in out:
+        print(f"| {r['mix']} | {r['length']} | {100 * r['fill']:.1f} ({100 * r['fill_min']:.1f}-"
+              f"{100 * r['fill_max']:.1f}) | {100 * r['bound']:.1f} | {r['clips_per_row']:.1f} |")
+    return out
+
+
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(v for v in text.split(",") if v)
 
 
-def parse(argv: list[str] | None = None) -> PackBenchConfig:
+def parse(argv: list[str] | None = None) -> PackBenchConfig | None:
+    """The benchmark's config; None for ``--fill``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="1B")
     p.add_argument("--single", default="16,64,64", help="T',H,W of the single-shape latent")
@@ -227,7 +258,10 @@ def parse(argv: list[str] | None = None) -> PackBenchConfig:
     p.add_argument("--budget-s", type=float, default=420.0)
     p.add_argument("--out", default=None)
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks code paths, not speed")
+    p.add_argument("--fill", action="store_true", help="only the packer's fill on shape mixes (CPU, seconds)")
     a = p.parse_args(argv)
+    if a.fill:
+        return None
     if a.smoke:
         return PackBenchConfig(preset="tiny", text_dim=32, text_len=8, single=(2, 8, 8), batch=2, length=128,
                                max_clip=64, areas=(32 * 32, 48 * 48, 64 * 64), rows=1, backends=("sdpa", "split"),
@@ -242,4 +276,5 @@ def parse(argv: list[str] | None = None) -> PackBenchConfig:
 
 
 if __name__ == "__main__":
-    main(parse())
+    config = parse()
+    fill_table() if config is None else main(config)
