@@ -396,6 +396,7 @@ def test_bench_pack_parses_and_tabulates(capsys):
     mod = importlib.util.module_from_spec(spec)
     sys.modules["bench_pack"] = mod  # its dataclasses look their module up
     spec.loader.exec_module(mod)
+    assert mod.parse(["--fill"]) is None  # the fill table only
     smoke = mod.parse(["--smoke"])
     assert smoke.device == "cpu" and smoke.preset == "tiny" and "varlen" not in smoke.backends
     cfg = mod.parse(["--single", "8,32,32", "--backends", "flex,split", "--no-wan"])
