@@ -299,6 +299,11 @@ def test_plan_covers_each_clip_once_per_epoch_and_resumes():
     assert sorted(i for b in batches[:n0] for row in b for i in row) == list(range(len(tokens)))
     assert batches[n0] != batches[0]  # epoch 1 is reshuffled
     assert first.batch(n0 + 1) == batches[n0 + 1]  # a fresh plan (a resumed run) gives the same batch
+    from concurrent.futures import ThreadPoolExecutor
+
+    threaded = PackPlan(tokens, 8192, rows=3, seed=0, window=128)  # the trainer prepares batches on threads
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(threaded.batch, range(n0 + 2))) == batches
     with pytest.raises(ValueError, match="--pack_tokens"):
         PackPlan([100, 9000], 8192, 1, 0)
 
@@ -422,3 +427,18 @@ def test_bench_pack_parses_and_tabulates(capsys):
     assert "packed varlen, compiled / single shape: 0.905x tokens/s" in out  # 950 / 0.21 against 1000 / 0.2
     assert "single shape / Wan (compiled): 0.600x tokens/s" in out
     assert "| packed flex, compiled | 0 | failed: RuntimeError |" in out
+
+
+def test_per_clip_modulation_matches_indexing_and_passes_gradcheck():
+    """clip_modulate / clip_gate (which keep no gathered per-token copies for backward) equal plain indexing, and
+    their gradients pass torch's numerical check, padding tokens included (they borrow clip 0)."""
+    from model.packed import clip_gate, clip_modulate
+
+    g = torch.Generator().manual_seed(0)
+    clip = torch.tensor([[0, 0, 1, 1, 1, 0], [2, 2, 2, 3, 0, 0]])  # (S, L), trailing 0s as padding would map
+    x = torch.randn(2, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    shift, scale, gate = (torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    assert torch.equal(clip_modulate(x, shift, scale, clip), x * (1 + scale[clip]) + shift[clip])
+    assert torch.equal(clip_gate(gate, x, clip), gate[clip] * x)
+    assert torch.autograd.gradcheck(lambda a, b, c: clip_modulate(a, b, c, clip), (x, shift, scale))
+    assert torch.autograd.gradcheck(lambda a, b: clip_gate(b, a, clip), (x, gate))
