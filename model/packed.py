@@ -5,9 +5,11 @@ padding. ``DiT.forward(..., packed=layout)`` treats every clip as if it ran alon
 
 - attention stays inside a clip (a document mask over the row: clip k's tokens see clip k's tokens only);
 - 3-D RoPE positions restart at (0, 0, 0) for every clip (``PackedLayout.pos``);
-- each clip has its own time (and pooled caption): the adaLN modulation of a token is its clip's;
+- each clip has its own time (and pooled caption): the adaLN modulation of a token is its clip's
+  (``clip_modulate`` / ``clip_gate``, which keep per-clip tables, not per-token copies, for backward);
 - cross-attention goes from a clip's tokens to that clip's null token and caption tokens only.
-Padding tokens see only padding (self-attention) and anything (cross-attention); their outputs are never read.
+Padding tokens see only padding (self-attention) and anything (cross-attention), and take clip 0's modulation;
+their outputs are never read, so their gradients are exactly zero.
 
 ``pack_layout`` builds the layout on the CPU from the clips' token grids per row and the captions' mask, so the
 step needs no host-device sync. How attention is computed is the layout's ``backend``; every backend is the
