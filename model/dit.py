@@ -184,14 +184,16 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, N, heads, d)
 
 
-def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN modulation: x (B, N, D), shift/scale (B, D) per sample or (B, N, D) per token (packed rows)."""
-    return x * (1 + _tokens(scale)) + _tokens(shift)
+def modulate(x: Tensor, shift: Tensor, scale: Tensor, packed: PackedAttention | None = None) -> Tensor:
+    """adaLN modulation: x (B, N, D), shift/scale (B, D); packed: x (S, L, D), shift/scale (K, D) per clip."""
+    if packed is not None:
+        return packed.modulate(x, shift, scale)
+    return x * (1 + scale[:, None]) + shift[:, None]
 
 
-def _tokens(v: Tensor) -> Tensor:
-    """A per-sample (B, D) value broadcast over tokens as (B, 1, D); a per-token (B, N, D) value as it is."""
-    return v[:, None] if v.dim() == 2 else v
+def gate(g: Tensor, y: Tensor, packed: PackedAttention | None = None) -> Tensor:
+    """adaLN-Zero gate: g (B, D) times y (B, N, D); packed: g (K, D) per clip, y (S, L, D)."""
+    return g[:, None] * y if packed is None else packed.gate(g, y)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -332,13 +334,10 @@ class DiTBlock(nn.Module):
 
     def _forward(self, x: Tensor, c: Tensor, y: Tensor, y_mask: Tensor | None, cos: Tensor, sin: Tensor,
                  packed: PackedAttention | None = None) -> Tensor:
-        mod = self.ada(c)  # (B, 6D); packed: (K, 6D) per clip
-        if packed is not None:
-            mod = packed.per_token(mod)  # (S, L, 6D): each token its clip's modulation
-        sh1, sc1, g1, sh2, sc2, g2 = mod.chunk(6, dim=-1)  # (B, D) each, or (S, L, D)
-        x = x + _tokens(g1) * self.attn(modulate(self.norm1(x), sh1, sc1), cos, sin, packed)  # (B, N, D)
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(c).chunk(6, dim=-1)  # (B, D) each; packed: (K, D) per clip
+        x = x + gate(g1, self.attn(modulate(self.norm1(x), sh1, sc1, packed), cos, sin, packed), packed)  # (B, N, D)
         x = x + self.cross(self.norm_cross(x), y, y_mask, packed)  # (B, N, D)
-        x = x + _tokens(g2) * self.mlp(modulate(self.norm2(x), sh2, sc2))  # (B, N, D)
+        x = x + gate(g2, self.mlp(modulate(self.norm2(x), sh2, sc2, packed)), packed)  # (B, N, D)
         return x  # (B, N, D)
 
     def forward(self, x: Tensor, c: Tensor, y: Tensor, y_mask: Tensor | None, cos: Tensor, sin: Tensor,
@@ -358,9 +357,8 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(hidden, out_dim)
 
     def forward(self, x: Tensor, c: Tensor, packed: PackedAttention | None = None) -> Tensor:
-        mod = self.ada(c)  # (B, 2D); packed: (K, 2D) per clip
-        shift, scale = (mod if packed is None else packed.per_token(mod)).chunk(2, dim=-1)  # (B, D) or (S, L, D)
-        return self.linear(modulate(self.norm(x), shift, scale))  # (B, N, C*pt*ph*pw)
+        shift, scale = self.ada(c).chunk(2, dim=-1)  # (B, D) each; packed: (K, D) per clip
+        return self.linear(modulate(self.norm(x), shift, scale, packed))  # (B, N, C*pt*ph*pw)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -471,6 +469,8 @@ class DiT(nn.Module):
         if t.shape[0] != layout.num_clips or text.shape[0] != layout.num_clips:
             raise ValueError(f"{layout.num_clips} packed clips need as many times and captions, got "
                              f"{t.shape[0]} and {text.shape[0]}")
+        if text.shape[1] != layout.text_len:
+            raise ValueError(f"captions of {text.shape[1]} tokens for a layout built for {layout.text_len}")
         attn = PackedAttention(layout)  # masks or sequence bounds, once for every block
         cos, sin = rope_from_positions(layout.pos, self.cfg.head_dim, self.cfg.rope_theta)  # (S, L, dh/2) each
         h = self.x_embed(x)  # (S, L, D)

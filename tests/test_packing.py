@@ -4,8 +4,11 @@ realistic shape mix, and ``train-dit --pack`` trains."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,7 +180,7 @@ def test_layout_keys_masks_and_varlen_bounds():
     q_lens = np.diff(layout.cu_q.numpy()).tolist()
     assert q_lens == [32, 12, 4, 12, 16, 4, 16]
     assert np.diff(layout.cu_k.numpy()).tolist() == [4, 7, 1, 1, 3, 6, 1]
-    assert layout.max_q == 32 and layout.max_k == 7
+    assert layout.max_q == 32 and layout.max_k == 8  # bounds: the next powers of two
     attn = PackedAttention(layout)
     same = layout.seg[:, :, None] == layout.seg[:, None, :]
     assert torch.equal(attn.self_mask[:, 0], same)
@@ -296,6 +299,11 @@ def test_plan_covers_each_clip_once_per_epoch_and_resumes():
     assert sorted(i for b in batches[:n0] for row in b for i in row) == list(range(len(tokens)))
     assert batches[n0] != batches[0]  # epoch 1 is reshuffled
     assert first.batch(n0 + 1) == batches[n0 + 1]  # a fresh plan (a resumed run) gives the same batch
+    from concurrent.futures import ThreadPoolExecutor
+
+    threaded = PackPlan(tokens, 8192, rows=3, seed=0, window=128)  # the trainer prepares batches on threads
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(threaded.batch, range(n0 + 2))) == batches
     with pytest.raises(ValueError, match="--pack_tokens"):
         PackPlan([100, 9000], 8192, 1, 0)
 
@@ -383,3 +391,54 @@ def test_train_dit_pack_loss_falls(mixed_cache, tmp_path):
     losses = main(cfg)["losses"]
     assert len(losses) == 40 and all(np.isfinite(losses))
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), (np.mean(losses[:10]), np.mean(losses[-10:]))
+
+
+def test_bench_pack_parses_and_tabulates(capsys):
+    """bench_pack's own logic on the CPU (no timing is asserted): the smoke config, the medians over rounds and
+    the ratios against the single-shape batch and Wan."""
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("bench_pack", bench_dir / "bench_pack.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_pack"] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    assert mod.parse(["--fill"]) is None  # the fill table only
+    smoke = mod.parse(["--smoke"])
+    assert smoke.device == "cpu" and smoke.preset == "tiny" and "varlen" not in smoke.backends
+    cfg = mod.parse(["--single", "8,32,32", "--backends", "flex,split", "--no-wan"])
+    assert cfg.single == (8, 32, 32) and cfg.backends == ("flex", "split") and not cfg.wan
+    with pytest.raises(SystemExit):
+        mod.parse(["--single", "8,32"])
+    def rows(steps, tokens):
+        return [mod.Row("x", step_s=s, tokens_per_s=tokens / s, mfu=0.1 / s, peak_mem_gb=1.0) for s in steps]
+
+    summary = mod.summarise({"single shape, compiled": rows([0.2, 0.1, 0.3], 1000),
+                             "packed varlen, compiled": rows([0.21, 0.25, 0.2], 950),
+                             "wan, compiled": rows([0.12, 0.12, 0.12], 1000),
+                             "packed flex, compiled": [mod.Row("packed flex, compiled", note="failed: RuntimeError")]})
+    single = summary[0]
+    assert single["step_s"] == 0.2 and (single["step_min"], single["step_max"]) == (0.1, 0.3)
+    assert single["tokens_per_s"] == pytest.approx(5000) and single["rounds"] == 3
+    assert summary[3]["rounds"] == 0 and "failed" in summary[3]["note"]
+    info = dict(gpu="cpu", torch="x", date="d", preset="tiny", hidden=64, depth=2, heads=4, single=(2, 8, 8), batch=2,
+                single_tokens=1000, rows=1, length=1024, packed_clips=3, packed_tokens=950, packed_fill=0.93,
+                text_len=8)
+    mod.report(info, summary)
+    out = capsys.readouterr().out
+    assert "packed varlen, compiled / single shape: 0.905x tokens/s" in out  # 950 / 0.21 against 1000 / 0.2
+    assert "single shape / Wan (compiled): 0.600x tokens/s" in out
+    assert "| packed flex, compiled | 0 | failed: RuntimeError |" in out
+
+
+def test_per_clip_modulation_matches_indexing_and_passes_gradcheck():
+    """clip_modulate / clip_gate (which keep no gathered per-token copies for backward) equal plain indexing, and
+    their gradients pass torch's numerical check, padding tokens included (they borrow clip 0)."""
+    from model.packed import clip_gate, clip_modulate
+
+    g = torch.Generator().manual_seed(0)
+    clip = torch.tensor([[0, 0, 1, 1, 1, 0], [2, 2, 2, 3, 0, 0]])  # (S, L), trailing 0s as padding would map
+    x = torch.randn(2, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    shift, scale, gate = (torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    assert torch.equal(clip_modulate(x, shift, scale, clip), x * (1 + scale[clip]) + shift[clip])
+    assert torch.equal(clip_gate(gate, x, clip), gate[clip] * x)
+    assert torch.autograd.gradcheck(lambda a, b, c: clip_modulate(a, b, c, clip), (x, shift, scale))
+    assert torch.autograd.gradcheck(lambda a, b: clip_gate(b, a, clip), (x, gate))

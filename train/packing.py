@@ -26,6 +26,7 @@ same objective. A per-clip mean would instead weigh a one-frame image as much as
 from __future__ import annotations
 
 import math
+import threading
 from bisect import bisect_left, insort
 from dataclasses import dataclass, fields, replace
 from typing import Callable
@@ -81,6 +82,7 @@ class PackPlan:
         self.window, self.min_fill = max(1, window), min_fill
         self._counts: list[int] = []  # batches in each epoch so far
         self._epoch: tuple[int, list[list[list[int]]]] | None = None
+        self._lock = threading.Lock()  # the trainer prepares batches on threads
 
     def epoch_rows(self, epoch: int) -> list[list[int]]:
         """Every packed row of an epoch, in training order; each clip in exactly one row."""
@@ -108,14 +110,15 @@ class PackPlan:
 
     def batch(self, g: int) -> list[list[int]]:
         """The rows of global batch g (epochs follow one another; each may hold a different number of batches)."""
-        epoch, first = 0, 0
-        while True:
-            if epoch == len(self._counts):
-                self._counts.append(len(self._batches(epoch)))
-            if g < first + self._counts[epoch]:
-                return self._batches(epoch)[g - first]
-            first += self._counts[epoch]
-            epoch += 1
+        with self._lock:
+            epoch, first = 0, 0
+            while True:
+                if epoch == len(self._counts):
+                    self._counts.append(len(self._batches(epoch)))
+                if g < first + self._counts[epoch]:
+                    return self._batches(epoch)[g - first]
+                first += self._counts[epoch]
+                epoch += 1
 
     def fill(self, epoch: int = 0) -> float:
         """Share of the epoch's row slots that hold clip tokens."""
@@ -322,7 +325,7 @@ def shape_mix(n: int, seed: int = 0, max_tokens: int = 32768,
     shapes = []
     for _ in range(n):
         w, h, _ = SOURCES[rng.choice(len(SOURCES), p=weights / weights.sum())]
-        area = areas[rng.integers(len(areas))]
+        area = min(areas[rng.integers(len(areas))], max_tokens * 64 * ph * pw)  # one frame always fits
         f = min(w * h, area) / (w * h)
         height, width = max(16, round(h * f ** 0.5 / 16) * 16), max(16, round(w * f ** 0.5 / 16) * 16)
         frames = 1 if rng.random() < image_share else 1 + 4 * int(rng.integers(4, 33))
