@@ -1,4 +1,4 @@
-"""Shot-boundary detection on tiny YUV thumbnails: hard cuts, fades through black or white, dissolves, wipes.
+"""Shot-boundary detection on tiny YUV thumbnails: hard cuts, fades through black or white, dissolves, wipes, slides.
 
 Every frame becomes a 32x18 YUV thumbnail (float32, full range): from the decoder's own planes without an RGB
 conversion (``curate.frames.iter_thumbs``, the split stage's path) or from an RGB frame (``push``). A ring of the
@@ -17,13 +17,22 @@ beyond O(frames) scalars. Decisions come a few frames late (``_LAG``), when the 
   at least ``white_level`` (white). The ramps into and out of a solid run (each frame closer to the solid level
   than its neighbour away from it by at least ``fade_step``) are fade frames. A solid run of at most
   ``flash_max_s`` whose two sides show the same picture is a flash, not a fade.
-* **dissolves and wipes**: for windows ``[a, b]`` whose ends differ like a cut (``dissolve_min_diff``), every frame
-  in between is projected onto the line between the ends (``alpha``). A dissolve, a wipe or a slide moves each
-  pixel once from its start value to its end value, so the summed per-pixel path over the window is close to the
-  end-to-end difference (``path efficiency`` >= ``dissolve_min_path``); camera motion, a whip pan or a zoom moves
-  pixel values back and forth (low efficiency). ``alpha`` must rise with no step like a cut, the ends must be
-  settled, and the two ends must show other content (not one picture re-exposed). The transition frames are
-  those where a line fitted to the rise of ``alpha`` lies strictly between 0 and 1.
+* **wipes and slides**: when a burst of change ends (frames ``a+1..b`` all move, the frames around them hold
+  still), each frame of the burst is compared with frames ``a`` and ``b`` side by side with a straight edge at every
+  thumbnail column (row), still (a wipe) or both sliding (a slide pushing the last shot out), in the 4
+  directions. The transition frames are those whose best edge lies inside the picture; the edge must move one way,
+  every frame must fit within ``wipe_max_error`` of the ends' difference, and at least half of the picture must
+  change (an object crossing a still shot is no wipe). A whip pan fits the slide model, so slides are held to a
+  stricter fit.
+* **dissolves**: for windows ``[a, b]`` whose ends differ like a cut (``dissolve_min_diff``), every frame in between
+  is projected onto the line between the ends (``alpha``). A dissolve moves each pixel once from its start value
+  to its end value, so the summed per-pixel path over the window is close to the end-to-end difference (``path
+  efficiency`` >= ``dissolve_min_path``); camera motion and whip pans move pixel values back and forth (low
+  efficiency). ``alpha`` must rise with no step like a cut, the frames just before ``a`` must sit at alpha ~0 and
+  those after ``b`` at ~1 (else the window cuts through the transition: this makes spans exact, where the
+  previous detector ended 2-3 frames early), and the two ends must show other content (not one picture
+  re-exposed). The transition frames are those where a line fitted to the rise of ``alpha`` lies strictly
+  between 0 and 1.
 
 Transition frames belong to no scene; a scene is a maximal run of non-transition frames between hard cuts.
 """
@@ -129,8 +138,8 @@ def _window_lengths(max_len: int) -> list[int]:
 
 
 def _split_models(A: np.ndarray, B: np.ndarray):
-    """Per model, whether it is a slide, and (offsets, H, W, 3) pictures of ``A`` and ``B`` side by side: wipes (both still) and slides (both
-    moving) in the four directions, the edge at every thumbnail column (row) offset."""
+    """Per model, whether it is a slide, and (offsets, H, W, 3) pictures of ``A`` and ``B`` side by side: wipes
+    (both still) and slides (both moving) in the four directions, the edge at every thumbnail column (row) offset."""
     h, w = A.shape[:2]
     yield False, np.stack([np.concatenate([B[:, :o], A[:, o:]], axis=1) for o in range(w + 1)])  # wipe right
     yield False, np.stack([np.concatenate([A[:, : w - o], B[:, w - o:]], axis=1) for o in range(w + 1)])  # left
@@ -172,6 +181,8 @@ class SceneSplitter:
         self._cap = max(self._lengths[-1] + _LAG + 4, 16)
         self._ring = np.zeros((self._cap,) + THUMB[::-1] + (3,), np.float32)
         self._path = np.zeros((self._cap,) + THUMB[::-1] + (3,), np.float32)  # cumulative per-pixel |steps|
+        self._step = np.zeros(THUMB[::-1] + (3,), np.float32)  # scratch: |thumb i - thumb i-1|
+        self._inv_size = 1.0 / self._step.size
         self._free_from = 0  # dissolve windows start at or after this frame
         self.fade_max = max(1, int(round(cfg.fade_max_s * self.fps)))
         self.flash_max = max(1, int(round(cfg.flash_max_s * self.fps)))
@@ -203,18 +214,20 @@ class SceneSplitter:
         self._pts.append(float(pts_s))
         self._kind.append(_NONE)
         if i:
-            step = np.abs(thumb - self._ring[(i - 1) % cap])
-            self._path[i % cap] = self._path[(i - 1) % cap] + step
-            self._d.append(float(step.mean()))
+            step = self._step
+            np.subtract(thumb, self._ring[(i - 1) % cap], out=step)
+            np.abs(step, out=step)
+            np.add(self._path[(i - 1) % cap], step, out=self._path[i % cap])
+            self._d.append(float(step.sum()) * self._inv_size)  # .sum() * 1/n: no np.mean wrapper per frame
         else:
             self._d.append(0.0)
         self._ring[i % cap] = thumb
         luma = thumb[..., 0]
-        level = float(luma.mean())
+        level = float(luma.sum()) * 3.0 * self._inv_size
         self._level.append(level)
-        solid = 0
-        if float(np.abs(luma - level).mean()) <= self.cfg.solid_spread:
-            solid = 1 if level <= self.cfg.black_level else 2 if level >= self.cfg.white_level else 0
+        solid = 1 if level <= self.cfg.black_level else 2 if level >= self.cfg.white_level else 0
+        if solid and float(np.abs(luma - level).mean()) > self.cfg.solid_spread:
+            solid = 0
         self._solid.append(solid)
         if self.cfg.fades:
             self._update_fades(i)
@@ -337,17 +350,20 @@ class SceneSplitter:
                 self._mark(span)
                 return
         # Dissolves: windows of every length ending at b.
-        lengths = [n for n in self._lengths if b - n >= self._free_from]
-        if not lengths:
-            return
-        if float((self._path[b % cap] - self._path[(b - lengths[-1]) % cap]).mean()) < cfg.dissolve_min_diff:
+        lengths = self._lengths
+        if b - lengths[-1] < self._free_from:
+            lengths = [n for n in lengths if b - n >= self._free_from]
+            if not lengths:
+                return
+        if float((self._path[b % cap] - self._path[(b - lengths[-1]) % cap]).sum()) * self._inv_size < \
+                cfg.dissolve_min_diff:
             return  # no window ending at b changed enough: every pixel's end-to-end change is <= its path
-        current = ring[b % cap]
-        starts = np.array([(b - n) % cap for n in lengths])
-        diffs = np.abs(ring[starts] - current).mean(axis=(1, 2, 3))
+        flat, paths_flat = ring.reshape(cap, -1), self._path.reshape(cap, -1)
+        starts = (b - np.asarray(lengths)) % cap
+        diffs = np.abs(flat[starts] - flat[b % cap]).sum(axis=1) * self._inv_size
         if diffs.max() < cfg.dissolve_min_diff:
             return
-        paths = (self._path[b % cap] - self._path[starts]).mean(axis=(1, 2, 3))
+        paths = (paths_flat[b % cap] - paths_flat[starts]).sum(axis=1) * self._inv_size
         for n, diff, path in zip(lengths, diffs, paths):
             a = b - n
             if diff < cfg.dissolve_min_diff or diff < cfg.dissolve_min_path * path:
