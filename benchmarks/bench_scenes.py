@@ -91,7 +91,8 @@ def run_ours(path: str, fps: float) -> dict:
 
 def run_previous(path: str, fps: float, prev_root: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(prev_root))
-    proc = subprocess.run([sys.executable, "-c", _PREVIOUS, path, str(fps)], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", _PREVIOUS, os.path.abspath(path), str(fps)], capture_output=True,
+                          text=True, env=env, cwd=prev_root)  # cwd: `-c` puts it first on sys.path
     if proc.returncode != 0:
         raise RuntimeError(f"previous detector failed on {path}: {proc.stderr[-500:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -46,6 +46,8 @@ class DecodeConfig:
     batch_size: int = 32  # frames per decord get_batch call
     interpolation: str = "AREA"  # swscale filter for the PyAV resize (area averaging: no aliasing)
     thumb_skip_loop_filter: bool = True  # iter_thumbs: skip H.264/HEVC deblocking (analysis only; see there)
+    thumb_threads: int = 1  # iter_thumbs decoder threads: one costs the least CPU per frame (0.52 vs 0.65 CPU-s
+    # for 1168 640x360 frames with FFmpeg's choice); a build runs one video per CPU anyway
 
 
 @dataclass(frozen=True)
@@ -246,8 +248,11 @@ _PLANAR = {"yuv420p": (16.0, 219.0, 224.0), "yuv422p": (16.0, 219.0, 224.0), "yu
 
 
 def _plane_thumb(plane, w: int, h: int, size: tuple[int, int]) -> np.ndarray:
+    """Area-mean thumbnail of one 8-bit plane; a big plane is first sampled every ``step`` pixels (each thumbnail
+    cell still averages >= 16 samples), which makes the resize ~``step**2`` times cheaper."""
     arr = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:h, :w]
-    return cv2.resize(arr, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    step = max(1, min(w // (size[0] * 4), h // (size[1] * 4)))
+    return cv2.resize(arr[::step, ::step], size, interpolation=cv2.INTER_AREA)
 
 
 def iter_thumbs(path, cfg: DecodeConfig = DecodeConfig(), rotation: int | None = None,
@@ -267,8 +272,9 @@ def iter_thumbs(path, cfg: DecodeConfig = DecodeConfig(), rotation: int | None =
         stream = main_video_stream(container)
         if stream is None:
             raise DecodeError(f"{name!r}: no video stream")
-        stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = cfg.threads
+        if cfg.thumb_threads != 1:
+            stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = cfg.thumb_threads
         if cfg.thumb_skip_loop_filter:
             stream.codec_context.options = {**stream.codec_context.options, "skip_loop_filter": "all"}
         tb = float(stream.time_base)
@@ -286,11 +292,12 @@ def iter_thumbs(path, cfg: DecodeConfig = DecodeConfig(), rotation: int | None =
                     off, yr, cr = fmt
                     w, h = frame.width, frame.height
                     cw, ch = frame.planes[1].width, frame.planes[1].height
-                    thumb = np.stack([
-                        (_plane_thumb(frame.planes[0], w, h, coded) - off) * (255.0 / yr),
-                        (_plane_thumb(frame.planes[1], cw, ch, coded) - 128.0) * (255.0 / cr) + 128.0,
-                        (_plane_thumb(frame.planes[2], cw, ch, coded) - 128.0) * (255.0 / cr) + 128.0,
-                    ], axis=-1)
+                    planes = (_plane_thumb(frame.planes[0], w, h, coded), _plane_thumb(frame.planes[1], cw, ch, coded),
+                              _plane_thumb(frame.planes[2], cw, ch, coded))
+                    # to full range: Y' = (Y - off) * 255 / yr, C' = (C - 128) * 255 / cr + 128, in one pass
+                    gain = np.array([255.0 / yr, 255.0 / cr, 255.0 / cr], np.float32)
+                    thumb = cv2.merge(planes).astype(np.float32) * gain + (
+                        np.array([-off, -128.0, -128.0], np.float32) * gain + np.array([0.0, 128.0, 128.0], np.float32))
                 else:
                     rgb = frame.to_ndarray(width=coded[0] * 2, height=coded[1] * 2, format="rgb24")
                     small = cv2.resize(rgb, coded, interpolation=cv2.INTER_AREA)

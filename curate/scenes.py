@@ -1,4 +1,4 @@
-"""Shot-boundary detection on tiny YUV thumbnails: hard cuts, fades through black or white, dissolves, wipes.
+"""Shot-boundary detection on tiny YUV thumbnails: hard cuts, fades through black or white, dissolves, wipes, slides.
 
 Every frame becomes a 32x18 YUV thumbnail (float32, full range): from the decoder's own planes without an RGB
 conversion (``curate.frames.iter_thumbs``, the split stage's path) or from an RGB frame (``push``). A ring of the
@@ -17,19 +17,29 @@ beyond O(frames) scalars. Decisions come a few frames late (``_LAG``), when the 
   at least ``white_level`` (white). The ramps into and out of a solid run (each frame closer to the solid level
   than its neighbour away from it by at least ``fade_step``) are fade frames. A solid run of at most
   ``flash_max_s`` whose two sides show the same picture is a flash, not a fade.
-* **dissolves and wipes**: for windows ``[a, b]`` whose ends differ like a cut (``dissolve_min_diff``), every frame
-  in between is projected onto the line between the ends (``alpha``). A dissolve, a wipe or a slide moves each
-  pixel once from its start value to its end value, so the summed per-pixel path over the window is close to the
-  end-to-end difference (``path efficiency`` >= ``dissolve_min_path``); camera motion, a whip pan or a zoom moves
-  pixel values back and forth (low efficiency). ``alpha`` must rise with no step like a cut, the ends must be
-  settled, and the two ends must show other content (not one picture re-exposed). The transition frames are
-  those where a line fitted to the rise of ``alpha`` lies strictly between 0 and 1.
+* **wipes and slides**: when a burst of change ends (frames ``a+1..b`` all move, the frames around them hold
+  still), each frame of the burst is compared with frames ``a`` and ``b`` side by side with a straight edge at every
+  thumbnail column (row), still (a wipe) or both sliding (a slide pushing the last shot out), in the 4
+  directions. The transition frames are those whose best edge lies inside the picture; the edge must move one way,
+  every frame must fit within ``wipe_max_error`` of the ends' difference, and at least half of the picture must
+  change (an object crossing a still shot is no wipe). A whip pan fits the slide model, so slides are held to a
+  stricter fit.
+* **dissolves**: for windows ``[a, b]`` whose ends differ like a cut (``dissolve_min_diff``), every frame in between
+  is projected onto the line between the ends (``alpha``). A dissolve moves each pixel once from its start value
+  to its end value, so the summed per-pixel path over the window is close to the end-to-end difference (``path
+  efficiency`` >= ``dissolve_min_path``); camera motion and whip pans move pixel values back and forth (low
+  efficiency). ``alpha`` must rise with no step like a cut, the frames just before ``a`` must sit at alpha ~0 and
+  those after ``b`` at ~1 (else the window cuts through the transition: this makes spans exact, where the
+  previous detector ended 2-3 frames early), and the two ends must show other content (not one picture
+  re-exposed). The transition frames are those where a line fitted to the rise of ``alpha`` lies strictly
+  between 0 and 1.
 
 Transition frames belong to no scene; a scene is a maximal run of non-transition frames between hard cuts.
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -127,30 +137,9 @@ def _window_lengths(max_len: int) -> list[int]:
     return out
 
 
-def _zoomed(A: np.ndarray, B: np.ndarray, diff: float) -> bool:
-    """Whether ``B`` is ``A`` seen closer (or ``A`` is ``B`` seen closer): the centre part of one, scaled up by
-    1.15-2.2 and shifted by up to 2 thumbnail pixels, matches the other (both 3x3 blurred) within half of their
-    difference."""
-    h, w = A.shape[:2]
-    for src, dst in ((A, B), (B, A)):
-        dst = cv2.blur(dst, (3, 3))  # the scaled-up thumbnail is soft: compare at its sharpness
-        for scale in (1.15, 1.3, 1.5, 1.8, 2.2):
-            cw, ch = w / scale, h / scale
-            for dx in (-2, 0, 2):
-                for dy in (-2, 0, 2):
-                    x0, y0 = (w - cw) / 2 + dx, (h - ch) / 2 + dy
-                    if x0 < 0 or y0 < 0 or x0 + cw > w or y0 + ch > h:
-                        continue
-                    m = np.float32([[1 / scale, 0, x0], [0, 1 / scale, y0]])
-                    warped = cv2.warpAffine(src, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-                    if float(np.abs(cv2.blur(warped, (3, 3)) - dst).mean()) < 0.5 * diff:
-                        return True
-    return False
-
-
 def _split_models(A: np.ndarray, B: np.ndarray):
-    """Per model, whether it is a slide, and (offsets, H, W, 3) pictures of ``A`` and ``B`` side by side: wipes (both still) and slides (both
-    moving) in the four directions, the edge at every thumbnail column (row) offset."""
+    """Per model, whether it is a slide, and (offsets, H, W, 3) pictures of ``A`` and ``B`` side by side: wipes
+    (both still) and slides (both moving) in the four directions, the edge at every thumbnail column (row) offset."""
     h, w = A.shape[:2]
     yield False, np.stack([np.concatenate([B[:, :o], A[:, o:]], axis=1) for o in range(w + 1)])  # wipe right
     yield False, np.stack([np.concatenate([A[:, : w - o], B[:, w - o:]], axis=1) for o in range(w + 1)])  # left
@@ -187,10 +176,13 @@ class SceneSplitter:
         self._solid = bytearray()  # 1 black, 2 white
         self._kind = bytearray()
         self._cuts: set[int] = set()
+        self._cut_list: list[int] = []  # our cuts, ascending
         self._lengths = _window_lengths(int(round(cfg.dissolve_max_s * self.fps)) + 2)
         self._cap = max(self._lengths[-1] + _LAG + 4, 16)
         self._ring = np.zeros((self._cap,) + THUMB[::-1] + (3,), np.float32)
         self._path = np.zeros((self._cap,) + THUMB[::-1] + (3,), np.float32)  # cumulative per-pixel |steps|
+        self._step = np.zeros(THUMB[::-1] + (3,), np.float32)  # scratch: |thumb i - thumb i-1|
+        self._inv_size = 1.0 / self._step.size
         self._free_from = 0  # dissolve windows start at or after this frame
         self.fade_max = max(1, int(round(cfg.fade_max_s * self.fps)))
         self.flash_max = max(1, int(round(cfg.flash_max_s * self.fps)))
@@ -222,18 +214,20 @@ class SceneSplitter:
         self._pts.append(float(pts_s))
         self._kind.append(_NONE)
         if i:
-            step = np.abs(thumb - self._ring[(i - 1) % cap])
-            self._path[i % cap] = self._path[(i - 1) % cap] + step
-            self._d.append(float(step.mean()))
+            step = self._step
+            np.subtract(thumb, self._ring[(i - 1) % cap], out=step)
+            np.abs(step, out=step)
+            np.add(self._path[(i - 1) % cap], step, out=self._path[i % cap])
+            self._d.append(float(step.sum()) * self._inv_size)  # .sum() * 1/n: no np.mean wrapper per frame
         else:
             self._d.append(0.0)
         self._ring[i % cap] = thumb
         luma = thumb[..., 0]
-        level = float(luma.mean())
+        level = float(luma.sum()) * 3.0 * self._inv_size
         self._level.append(level)
-        solid = 0
-        if float(np.abs(luma - level).mean()) <= self.cfg.solid_spread:
-            solid = 1 if level <= self.cfg.black_level else 2 if level >= self.cfg.white_level else 0
+        solid = 1 if level <= self.cfg.black_level else 2 if level >= self.cfg.white_level else 0
+        if solid and float(np.abs(luma - level).mean()) > self.cfg.solid_spread:
+            solid = 0
         self._solid.append(solid)
         if self.cfg.fades:
             self._update_fades(i)
@@ -277,6 +271,7 @@ class SceneSplitter:
             if float(np.abs(self._ring[k % self._cap] - before).mean()) < cfg.flash_return * jump:
                 return  # the picture came back: a flash or a one-frame glitch
         self._cuts.add(i)
+        self._cut_list.append(i)  # in order: decisions come frame by frame
 
     # -------------------------------------------------------------------------------------------- fades
 
@@ -343,30 +338,62 @@ class SceneSplitter:
         settled = max(d[b + 1: min(last, b + 2) + 1])
         if settled > 0.25 * cfg.dissolve_min_diff:  # the incoming shot is settled after b
             return
-        lengths = [n for n in self._lengths if b - n >= self._free_from]
-        if not lengths:
+        # Wipes and slides: the burst of change that ends at b, from the last still frame before it.
+        still, longest = max(0.5, 1.5 * settled), self._lengths[-1]
+        a = b
+        while a > self._free_from and b - a <= longest and d[a] > still:
+            a -= 1
+        if 3 <= b - a <= longest and d[a] <= still and self._clear(a, b):
+            diff = float(np.abs(ring[b % cap] - ring[a % cap]).mean())
+            span = self._split_screen(a, b, diff) if diff >= cfg.wipe_min_diff else None
+            if span is not None:
+                self._mark(span)
+                return
+        # Dissolves: windows of every length ending at b.
+        lengths = self._lengths
+        if b - lengths[-1] < self._free_from:
+            lengths = [n for n in lengths if b - n >= self._free_from]
+            if not lengths:
+                return
+        if float((self._path[b % cap] - self._path[(b - lengths[-1]) % cap]).sum()) * self._inv_size < \
+                cfg.dissolve_min_diff:
+            return  # no window ending at b changed enough: every pixel's end-to-end change is <= its path
+        flat, paths_flat = ring.reshape(cap, -1), self._path.reshape(cap, -1)
+        starts = (b - np.asarray(lengths)) % cap
+        diffs = np.abs(flat[starts] - flat[b % cap]).sum(axis=1) * self._inv_size
+        if diffs.max() < cfg.dissolve_min_diff:
             return
-        current = ring[b % cap]
-        starts = np.array([(b - n) % cap for n in lengths])
-        diffs = np.abs(ring[starts] - current).mean(axis=(1, 2, 3))
-        if diffs.max() < cfg.wipe_min_diff:
-            return
-        paths = (self._path[b % cap] - self._path[starts]).mean(axis=(1, 2, 3))
+        paths = (paths_flat[b % cap] - paths_flat[starts]).sum(axis=1) * self._inv_size
         for n, diff, path in zip(lengths, diffs, paths):
             a = b - n
-            if diff < cfg.wipe_min_diff or any(self._kind[m] != _NONE for m in range(a, b + 1)):
+            if diff < cfg.dissolve_min_diff or diff < cfg.dissolve_min_path * path:
                 continue
-            if self._psd is None and any(c in self._cuts for c in range(a + 1, b + 1)):
-                continue  # our cuts are a single step: a window holding one is no gradual transition
-            span = self._split_screen(a, b, last, float(diff)) if n >= 3 else None
-            if span is None and diff >= cfg.dissolve_min_diff and diff >= cfg.dissolve_min_path * path:
-                span = self._fit(a, b, last, float(diff))
+            if a > 0 and d[a] > 0.25 * cfg.dissolve_min_diff:
+                continue  # the outgoing shot holds still before the window
+            if max(d[a + 1: b + 1]) > 0.6 * diff:
+                continue  # one step makes most of the change: a cut, not a blend
+            if not self._clear(a, b):
+                continue
+            span = self._fit(a, b, last, float(diff))
             if span is not None:
-                lo, hi = span
-                for m in range(lo, hi):
-                    self._kind[m] = _DISSOLVE
-                self._free_from = hi
+                self._mark(span)
                 return
+
+    def _clear(self, a: int, b: int) -> bool:
+        """No frame of ``a..b`` is marked yet, and (our detector) no hard cut lies in ``a+1..b``: our cuts are one
+        step, and a window holding one is no gradual transition."""
+        if any(self._kind[a: b + 1]):
+            return False
+        if self._psd is None:
+            k = bisect.bisect_right(self._cut_list, a)
+            return k == len(self._cut_list) or self._cut_list[k] > b
+        return True
+
+    def _mark(self, span: tuple[int, int]) -> None:
+        lo, hi = span
+        for m in range(lo, hi):
+            self._kind[m] = _DISSOLVE
+        self._free_from = hi
 
     def _fit(self, a: int, b: int, last: int, diff: float) -> tuple[int, int] | None:
         """Transition frames ``[lo, hi)`` if frames ``a..b`` move from ``a`` to ``b`` like a dissolve or wipe."""
@@ -378,8 +405,6 @@ class SceneSplitter:
         norm = float(delta @ delta)
         if norm <= 0:
             return None
-        if a > 0 and self._d[a] > 0.25 * cfg.dissolve_min_diff:
-            return None  # the outgoing shot holds still before the window
         alpha_all = (window - x0) @ delta / norm
         alpha = alpha_all[pre: pre + b - a + 1]
         steps = np.diff(alpha)
@@ -388,7 +413,10 @@ class SceneSplitter:
         ramp = np.nonzero((alpha > 0.1) & (alpha < 0.9))[0]
         if len(ramp) < 2:
             return None
-        slope, icpt = np.polyfit(ramp.astype(np.float64), alpha[ramp].astype(np.float64), 1)
+        x, y = ramp.astype(np.float64), alpha[ramp].astype(np.float64)  # least-squares line through the rise
+        xm, ym = x.mean(), y.mean()
+        slope = float(((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum())
+        icpt = ym - slope * xm
         if slope <= 0:
             return None
         # the frames around the window hold still: before a at alpha ~0, after b at ~1 (else the window cuts
@@ -402,22 +430,18 @@ class SceneSplitter:
         if _relighting_spread(window[pre].reshape(THUMB[1], THUMB[0], 3),
                               window[pre + b - a].reshape(THUMB[1], THUMB[0], 3)) < cfg.dissolve_min_change:
             return None  # the same picture with another exposure
-        if _zoomed(window[pre].reshape(THUMB[1], THUMB[0], 3), window[pre + b - a].reshape(THUMB[1], THUMB[0], 3),
-                   diff):
-            return None  # one picture seen closer or further: a zoom
         lo = a + max(1, int(np.floor(m0)) + 1)  # first frame after the last clean frame of the outgoing shot
         hi = a + min(b - a, int(np.ceil(m1)))  # first clean frame of the incoming shot
         return (lo, hi) if hi > lo else None
 
-    def _split_screen(self, a: int, b: int, last: int, diff: float) -> tuple[int, int] | None:
-        """Frames ``a+1 .. b-1`` if each is frame ``a`` and frame ``b`` side by side with a straight edge that moves
-        one way across the picture: a wipe (both still) or a slide (the next shot pushes the last one out)."""
-        d, cap = self._d, self._cap
-        outside = max(d[max(1, a - 1): a + 1] + d[b + 1: min(last, b + 2) + 1])
-        inside = d[a + 1: b + 1]
-        if float(np.median(inside)) < max(1.0, 2.0 * outside):  # every frame of the window moves, the frames around hold still
-            return None
+    def _split_screen(self, a: int, b: int, diff: float) -> tuple[int, int] | None:
+        """The frames strictly between ``a`` and ``b`` where each is frame ``a`` and frame ``b`` side by side with a
+        straight edge that moves one way across the picture: a wipe (both still) or a slide (the next shot pushes
+        the last one out)."""
+        cap = self._cap
         A, B = self._ring[a % cap], self._ring[b % cap]
+        if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < 0.5:
+            return None  # most of the picture stays: an object moved in or out, no other shot came in
         mids = self._ring[np.arange(a + 1, b) % cap]  # (k, H, W, 3)
         for push, comps in _split_models(A, B):
             err = np.abs(mids[:, None] - comps[None]).mean(axis=(2, 3, 4))  # (k, offsets)

@@ -33,16 +33,17 @@ import numpy as np
 from curate.frames import DecodeConfig, iter_frames
 from curate.synth import BACKGROUNDS, COLORS, MOTIONS, SHAPES, Shot, render_clip
 
-VERSION = 2  # bump when the recipe changes (cached builds are keyed by it)
+VERSION = 3  # bump when the recipe changes (cached builds are keyed by it)
 SIZE = (640, 360)  # (W, H) of every benchmark video
 FPS = 30
 
 # Single-shot spans [first, end) of the real sources (decoded-frame indices), 2 frames clear of labelled cuts
-# and of the approximate fade/dissolve labels of testvideo.mp4 (its frames 180-209 are black: left out).
+# and of the approximate fade/dissolve labels of testvideo.mp4 (its frames 0-29 and
+# 180-209 are black: left out).
 _PS = "pyscenedetect/"
 _INTEL = "intel-sample-videos/"
 SPANS: dict[str, list[tuple[int, int]]] = {
-    _PS + "testvideo.mp4": [(2, 28), (32, 178), (245, 330), (430, 524), (561, 660)],
+    _PS + "testvideo.mp4": [(32, 178), (245, 330), (430, 524), (561, 660)],
     _PS + "issue-134-rotate.mp4": [(2, 88), (92, 208), (212, 240)],
     _PS + "issue-195-aspect-ratio.mp4": [(2, 68), (72, 168), (172, 299), (303, 419), (423, 482), (486, 628)],
     _PS + "issue-236-split-copy.mkv": [(0, 17), (21, 48)],
