@@ -136,12 +136,9 @@ class TrainDiTConfig:
     sample_cfg: float = 5.0
     sample_fps: int = 8
     export: bool = True  # write RUN/pipeline at the end (needs --vae)
-    # --pack true: clips of mixed shapes packed into rows of pack_tokens tokens (0: token_budget), token_budget //
-    # pack_tokens rows a step, attention kept within each clip (train/packing.py). pack_attention: auto (flash
-    # varlen or flex on CUDA, sdpa on the CPU) | sdpa | flex | varlen | split (model/packed.py)
-    pack: bool = False
-    pack_tokens: int = 0
-    pack_attention: str = "auto"
+    pack: bool = False  # pack clips of mixed shapes into rows, each clip attending only to itself (train/packing.py)
+    pack_tokens: int = 0  # tokens per packed row (0: token_budget); token_budget // pack_tokens rows a step
+    pack_attention: str = "auto"  # auto (flash varlen or flex on CUDA, sdpa on CPU) | sdpa | flex | varlen | split
 
 
 # ----------------------------------------------------------------------------------------------------------
