@@ -228,10 +228,13 @@ class FakeOpenAIServer:
                 if request.transport is not None:
                     request.transport.abort()
                 return resp
-            for i in range(len(payload)):
-                await resp.write(payload[i:i + 1])
-                await asyncio.sleep(self.drip_s)
-            await resp.write_eof()
+            try:
+                for i in range(len(payload)):
+                    await resp.write(payload[i:i + 1])
+                    await asyncio.sleep(self.drip_s)
+                await resp.write_eof()
+            except (ConnectionError, RuntimeError):  # the client gave up on us: what a deadline should do
+                pass
             return resp
         content, finish, refusal = self._answer(marker, text, images, messages), "stop", None
         if marker == "length":
@@ -282,7 +285,6 @@ class FakeOpenAIServer:
             return next((m["content"] for m in messages if m.get("role") == "system"), "")
         data = re.search(r"<data>\s*(\{.*\})\s*</data>", text, re.S)
         original = json.loads(data.group(1)).get("text", "") if data else text
-        original = _MARK.sub("", original).strip()
         if marker == "leak":
             return (f"A detailed shot showing {original.rstrip('.')}; the key sk-live-9f8e7d6c5b4a39281706 is stored "
                     f"in /home/admin/.config/secrets.env for later.")
