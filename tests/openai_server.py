@@ -313,12 +313,15 @@ def _split_content(content) -> tuple[str, list[bytes]]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def make_clip_mp4(colour: str, n_frames: int = 6, size: tuple[int, int] = (64, 48), fps: int = 12) -> bytes:
-    """An H.264 MP4 of ``n_frames`` frames of ``COLOURS[colour]`` with slight noise (so frames differ)."""
+def make_clip_mp4(colour: str, n_frames: int = 6, size: tuple[int, int] = (64, 48), fps: int = 12,
+                  seed: int | None = None) -> bytes:
+    """An H.264 MP4 of ``n_frames`` frames of ``COLOURS[colour]`` with slight noise (so frames differ).
+
+    The bytes are deterministic per (colour, seed); another seed gives another clip of the same colour."""
     import av
 
     w, h = size
-    rng = np.random.default_rng(sum(map(ord, colour)))  # deterministic bytes per colour
+    rng = np.random.default_rng(sum(map(ord, colour)) if seed is None else [sum(map(ord, colour)), seed])
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=fps)
