@@ -9,7 +9,7 @@ is held out and is the only part reported as the result. The accept rule is the 
 Calibration: over a grid of (s, r), keep the points whose good-rejection rate on the calibration split is <= 0.05,
 take the one with the highest bad-rejection rate, ties broken by the lowest good-rejection and then by the
 largest margin (the middle of the widest run of equally good s values). The peer is the validator before this
-change (``validate_output`` alone), scored on the same pairs: the ratio says how many more bad expansions are
+change checked only the template rules (``validate_output``; its injection and refusal patterns are this branch's, so the peer is if anything stronger than before), scored on the same pairs: the ratio says how many more bad expansions are
 rejected. Timing: pairs checked per second for both, median and spread of ``--runs`` runs (encoder loaded once,
 before timing).
 
@@ -115,7 +115,7 @@ def main() -> None:
     for name, verdicts in (
         ("new validator (defaults)", decide(ev_rows, ev_scores, template, default)),
         ("new validator (calibrated)", decide(ev_rows, ev_scores, template, cfg)),
-        ("peer: validate_output only", [validate_output(r["expansion"], template) for r in ev_rows]),
+        ("peer: template rules only", [validate_output(r["expansion"], template) for r in ev_rows]),
     ):
         results[name] = (rates(ev_rows, [v is not None for v in verdicts]), verdicts)
     print("\nheld-out evaluation (freetext-b):")
@@ -125,7 +125,7 @@ def main() -> None:
         print(f"| {name:28} | {res['bad_rejected']:12.3f} | {res['good_rejected']:13.3f} | {res['precision']:9.3f} "
               f"| {res['recall']:6.3f} |")
     new = results["new validator (defaults)"][0]["bad_rejected"]
-    peer = results["peer: validate_output only"][0]["bad_rejected"]
+    peer = results["peer: template rules only"][0]["bad_rejected"]
     print(f"bad-rejection ratio new/peer: {new / max(peer, 1e-9):.2f}x")
     print("\nper kind (held out, new validator with defaults; bad: rejected/n, good: accepted/n):")
     print(json.dumps(per_kind(ev_rows, results["new validator (defaults)"][1]), indent=1))

@@ -192,6 +192,10 @@ def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: 
 def build(cfg: BuildConfig) -> dict:
     """Run a build end to end; returns the summary (also written to ``summary.json``)."""
     t_start = time.time()
+    if cfg.caption is not None:  # a caption or expand backend that cannot work fails here, before any input
+        from pipelines.caption import check_config
+
+        check_config(cfg.caption, cfg.expand, flags=("--caption-", "--expand-"))
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     fp_config = cfg.fingerprinted()
@@ -200,9 +204,11 @@ def build(cfg: BuildConfig) -> dict:
     state.clear_temp_files()
 
     items = resolve_inputs(cfg.input)
-    todo = [it for it in items if not state.is_done(it.key)]
+    retry = {r["key"] for r in state.done_records() if r.get("caption_failed")}  # their failed captions are retried
+    todo = [it for it in items if not state.is_done(it.key) or it.key in retry]
     skipped = len(items) - len(todo)
     for it in todo:
+        state.marker_path(it.key).unlink(missing_ok=True)
         state.reset_input(it.key)
     _say(cfg, f"[build] {len(items)} inputs, {skipped} already done (resumed), {len(todo)} to process "
               f"-> {out}  (fingerprint {fp})")
@@ -242,6 +248,7 @@ def _drive(ds, todo: list[InputItem], state: BuildState, cfg: BuildConfig) -> No
                 state.mark_done(key, {
                     "key": key, "uri": first["source_uri"], "content_id": first["content_id"],
                     "outcome": outcome, "clips": clips, "failed_clips": sum(1 for r in rows if r["row_kind"] != "clip"),
+                    "caption_failed": sum(1 for r in rows if r.get("caption_failed")),
                     "files": files, "source_duration_s": first["source_duration_s"],
                     "source_frames": first["source_frames"],
                     "times": {c: sum(r.get(c) or 0.0 for r in rows) for c in TIMING_COLUMNS},

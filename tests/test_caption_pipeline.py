@@ -136,3 +136,24 @@ def test_caption_pipeline_end_to_end_and_reruns(ray_session, tmp_path, monkeypat
         assert {s.authorization for s in new} == {"Bearer EMPTY"}
         assert set(pq.read_table(out / "clips" / "part-00000.parquet").column("expand_model").to_pylist()) == \
             {"openai:fake-llm-2"}
+
+
+def test_progress_says_what_the_chat_clients_wait_on(tmp_path):
+    """The driver's progress line comes from the actors' progress files: requests in flight, retries, and what a
+    wait is for (here a Retry-After)."""
+    import io
+
+    from caption.chat import ChatProgress, ChatRequest, ChatRunner
+    from pipelines.caption import ProgressPrinter
+
+    folder = tmp_path / "progress"
+    sink = io.StringIO()
+    with FakeOpenAIServer(retry_after_s=3) as server, ProgressPrinter(folder, every_s=1.0, out=sink) as printer:
+        ep = OpenAIEndpoint(base_url=server.base_url, model="m", api_key="k", max_retries=2, announce_wait_s=1.0)
+        runner = ChatRunner(ep, progress=ChatProgress("expand", folder=str(folder)), on_wait=None)
+        results = runner.run([ChatRequest(f"r{i}", [{"role": "user", "content": f"{m} a cat {i}"}], 20)
+                              for i, m in enumerate(["@429", "", ""])])
+    assert [r.status for r in results] == ["ok", "ok", "ok"]
+    waiting = [line for line in printer.lines if "waiting" in line]
+    assert waiting and "expand:" in waiting[0] and "HTTP 429, Retry-After 3 s" in waiting[0]
+    assert sink.getvalue().count("[caption]") == len(printer.lines)
