@@ -8,10 +8,11 @@ is held out and is the only part reported as the result. The accept rule is the 
 
 Calibration: over a grid of (s, r), keep the points whose good-rejection rate on the calibration split is <= 0.05,
 take the one with the highest bad-rejection rate, ties broken by the lowest good-rejection and then by the
-largest margin (the middle of the widest run of equally good s values). The peer is the validator before this
-change checked only the template rules (``validate_output``; its injection and refusal patterns are this branch's, so the peer is if anything stronger than before), scored on the same pairs: the ratio says how many more bad expansions are
-rejected. Timing: pairs checked per second for both, median and spread of ``--runs`` runs (encoder loaded once,
-before timing).
+largest margin (the middle of the widest run of equally good s values). The peer is what the expander checked
+before this change, the template rules alone (``validate_output``; with this branch's injection and refusal
+patterns, so if anything stronger than it was), scored on the same pairs: the ratio says how many more bad
+expansions are rejected. Timing: pairs checked per second for both, median and spread of ``--runs`` runs
+(encoder loaded once, before timing).
 
     PYTHONPATH=$PWD python benchmarks/bench_expand_validator.py [--runs 3]
 """

@@ -172,7 +172,8 @@ _REFUSAL = re.compile(r"(?i)^\W*(?:i['’]?m sorry|i am sorry|sorry,|i can(?:no|
 _INJECTION = re.compile(r"\b(?:ignore|disregard|forget)\b[^.!?]{0,30}\b(?:previous|prior|above|earlier|your)\b"
                         r"[^.!?]{0,12}\b(?:instructions?|prompts?|rules|directions)\b|"
                         r"\b(?:disregard|ignore) the above\b|\bnew (?:task|instructions?)\s*:|"
-                        r"\bdeveloper mode\b|\byou are now\b|system prompt|<\|im_start\|>|<\|im_end\|>|\bjailbreak", re.I)
+                        r"\bdeveloper mode\b|\byou are now\b|system prompt|<\|im_start\|>|<\|im_end\|>|\bjailbreak",
+                        re.I)
 _WORD = re.compile(r"[\w']+")
 
 

@@ -145,7 +145,8 @@ def test_check_endpoint_says_what_is_wrong_in_one_line(monkeypatch):
             (replace(ok, api_key_env="NOT_SET_KEY_VAR"), "$NOT_SET_KEY_VAR (named by --expand-api-key-env) is not set"),
             (replace(ok, model="gpt-nope"), "HTTP 404, the server does not know this model"),
             (replace(ok, api_key="wrong"), "rejected the key (HTTP 401)"),
-            (replace(ok, base_url="http://127.0.0.1:9/v1"), "cannot reach http://127.0.0.1:9/v1: check --expand-base-url"),
+            (replace(ok, base_url="http://127.0.0.1:9/v1"),
+             "cannot reach http://127.0.0.1:9/v1: check --expand-base-url"),
         ]
         for endpoint, message in cases:
             with pytest.raises(ChatSetupError) as info:
