@@ -174,10 +174,10 @@ def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: 
 
         from caption.expand import ExpandConfig
 
-        cache = str(state.state / "caption_cache.sqlite")
-        vlm = cfg.caption if cfg.caption.cache_path else replace(cfg.caption, cache_path=cache)
+        cache, progress = str(state.state / "caption_cache.sqlite"), str(state.state / "progress")
+        vlm = replace(cfg.caption, cache_path=cfg.caption.cache_path or cache, progress_dir=progress)
         expand = cfg.expand or ExpandConfig(backend="off")
-        expand = expand if expand.cache_path else replace(expand, cache_path=cache)
+        expand = replace(expand, cache_path=expand.cache_path or cache, progress_dir=progress)
         from pipelines.caption import add_caption_stages  # the same stages as `tessera caption`
 
         ds = add_caption_stages(ds, vlm, expand, None, use_gpu=bool(ray.cluster_resources().get("GPU", 0)),
@@ -217,7 +217,13 @@ def build(cfg: BuildConfig) -> dict:
     if todo:
         ray = _init_ray(cfg.address)
         ds = _graph(ray, todo, cfg, state, fp)
-        _drive(ds, todo, state, cfg)
+        if cfg.caption is not None and cfg.progress:  # what the caption/expand requests wait on, on stderr
+            from pipelines.caption import ProgressPrinter
+
+            with ProgressPrinter(state.state / "progress"):
+                _drive(ds, todo, state, cfg)
+        else:
+            _drive(ds, todo, state, cfg)
     t_graph = time.time() - t_graph
 
     _say(cfg, "[build] dedup, publish, filter")
