@@ -503,7 +503,7 @@ def _write_failures(src: Path, dst: Path, failures: list[dict]) -> None:
 
     tables = [pq.read_table(src / "failures.parquet")] if (src / "failures.parquet").is_file() else []
     if tables:
-        tables[0] = tables[0].filter(~pc.is_in(tables[0].column("stage"), pa.array(["caption", "expand"])))
+        tables[0] = tables[0].filter(pc.invert(pc.is_in(tables[0].column("stage"), pa.array(["caption", "expand"]))))
     tables.append(pa.Table.from_pylist(failures, schema=FAILURE_SCHEMA))
     atomic_write_table(dst / "failures.parquet", pa.concat_tables(tables, promote_options="permissive"))
 
