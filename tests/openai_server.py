@@ -97,7 +97,7 @@ class FakeOpenAIServer:
     hang_s: float = 5.0
     retry_after_s: int = 1
     drip_s: float = 0.5
-    max_lifetime_s: float = 120.0
+    max_lifetime_s: float = 900.0  # a safety net only: a loaded CI machine runs a Ray test for minutes
     seed: int = 0
     faults: dict[str, str] = field(default_factory=dict)
     models: set[str] | None = None
@@ -129,8 +129,11 @@ class FakeOpenAIServer:
         self.stop()
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:  # the loop closed in between (max_lifetime_s ran out)
+                pass
         self._thread.join(10)
 
     @property
