@@ -196,9 +196,9 @@ def validate_output(text: str | None, template: Template, echo_n: int = 6) -> st
         return "too-short"
     if len(text) > template.max_chars:
         return "too-long"
-    if "\ufffd" in text or any(unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn") and c not in "\n\t"
-                                for c in text):
-        return "charset"
+    if "\ufffd" in text or _CONTROL.search(text) or any(unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn")
+                                                        and c not in "\n\t" for c in text):
+        return "charset"  # control, bidi-override and zero-width characters included
     visible = [c for c in text if not c.isspace()]
     letters = sum(c.isalpha() for c in visible)
     if letters < 0.6 * len(visible):
