@@ -424,7 +424,7 @@ class ChatRunner:
         if asked is not None and asked > ep.max_retry_wait_s:
             why += f" (capped at {ep.max_retry_wait_s:g} s by --max-retry-wait)"
         if wait > ep.announce_wait_s and self.on_wait is not None:
-            self.on_wait(f"[{prog.label}] waiting {wait:.0f} s before retrying {req.id[:40]} ({why}) "
+            self.on_wait(f"[{prog.label}] waiting {wait:.0f} s before retrying {clean_text(req.id, 40)} ({why}) "
                          f"at {ep.display_url}")
         log.debug("request %s: %s, retry in %.2fs", req.id, why, wait)
         prog.retries += 1

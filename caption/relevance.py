@@ -56,8 +56,8 @@ _LEAKS = {
 class RelevanceConfig:
     """Thresholds of the about-its-input check (defaults calibrated, see the module docstring)."""
 
-    min_similarity: float = 0.45
-    min_term_recall: float = 0.5
+    min_similarity: float = 0.34
+    min_term_recall: float = 0.6
     encoder: str | None = None  # a sentence-transformers directory; None: the packaged all-MiniLM-L6-v2
 
 
@@ -168,12 +168,12 @@ class ExpansionChecker:
         """The reason a pair with these scores is rejected, or None."""
         if score["leaks"]:
             return f"leak:{score['leaks'][0]}"
+        if score["similarity"] < self.cfg.min_similarity:
+            return "off-topic"
         if score["lost_colours"]:
             return "lost-colour"
         if score["lost_subject"]:
             return "lost-subject"
-        if score["similarity"] < self.cfg.min_similarity:
-            return "off-topic"
         if score["term_recall"] < self.cfg.min_term_recall:
             return "lost-terms"
         return None

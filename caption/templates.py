@@ -172,7 +172,8 @@ _REFUSAL = re.compile(r"(?i)^\W*(?:i['’]?m sorry|i am sorry|sorry,|i can(?:no|
 _INJECTION = re.compile(r"\b(?:ignore|disregard|forget)\b[^.!?]{0,30}\b(?:previous|prior|above|earlier|your)\b"
                         r"[^.!?]{0,12}\b(?:instructions?|prompts?|rules|directions)\b|"
                         r"\b(?:disregard|ignore) the above\b|\bnew (?:task|instructions?)\s*:|"
-                        r"\bdeveloper mode\b|\byou are now\b|system prompt|<\|im_start\|>|<\|im_end\|>|\bjailbreak", re.I)
+                        r"\bdeveloper mode\b|\byou are now\b|system prompt|<\|im_start\|>|<\|im_end\|>|\bjailbreak",
+                        re.I)
 _WORD = re.compile(r"[\w']+")
 
 
@@ -195,9 +196,9 @@ def validate_output(text: str | None, template: Template, echo_n: int = 6) -> st
         return "too-short"
     if len(text) > template.max_chars:
         return "too-long"
-    if "\ufffd" in text or any(unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn") and c not in "\n\t"
-                                for c in text):
-        return "charset"
+    if "\ufffd" in text or _CONTROL.search(text) or any(unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn")
+                                                        and c not in "\n\t" for c in text):
+        return "charset"  # control, bidi-override and zero-width characters included
     visible = [c for c in text if not c.isspace()]
     letters = sum(c.isalpha() for c in visible)
     if letters < 0.6 * len(visible):

@@ -18,7 +18,8 @@ id and a mismatch is an error, never a silently swapped caption.
 
 Columns added: ``caption_<kind>`` per configured kind, ``caption_backend``, ``caption_model``,
 ``caption_prompt_id`` (template ids, comma-joined in kind order), ``caption_status`` (``ok`` when every kind is
-ok, else the first failure's ``error:<reason>``; ``error:no-source`` when the source backend has no text, ``error:source-missing`` when its file is not found),
+ok, else the first failure's ``error:<reason>``; with the source backend ``error:no-source`` when there is no text,
+``error:source-missing`` when the source file is not found),
 ``caption_error`` (``kind: message`` parts), ``caption_tokens`` (prompt + completion, summed over kinds; 0 when
 cached). Successful captions are cached by hash(clip bytes, template fingerprint, model, sampling settings,
 hint) so unchanged clips are never decoded or captioned again.

@@ -176,10 +176,10 @@ def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: 
     if cfg.caption is not None:                                                          # 4. captions (adds columns)
         from caption.expand import ExpandConfig
 
-        cache = str(state.state / "caption_cache.sqlite")
-        vlm = cfg.caption if cfg.caption.cache_path else replace(cfg.caption, cache_path=cache)
+        cache, progress = str(state.state / "caption_cache.sqlite"), str(state.state / "progress")
+        vlm = replace(cfg.caption, cache_path=cfg.caption.cache_path or cache, progress_dir=progress)
         expand = cfg.expand or ExpandConfig(backend="off")
-        expand = expand if expand.cache_path else replace(expand, cache_path=cache)
+        expand = replace(expand, cache_path=expand.cache_path or cache, progress_dir=progress)
         from pipelines.caption import add_caption_stages  # the same stages as `tessera caption`
 
         ds = add_caption_stages(ds, vlm, expand, None, use_gpu=bool(ray.cluster_resources().get("GPU", 0)),
@@ -226,6 +226,10 @@ def build(cfg: BuildConfig) -> dict:
         raise BuildStopped(f"--output {cfg.output}: a dataset is written to a local or mounted path for now "
                            "(inputs can be object-storage URIs)", 2)
     cfg = replace(cfg, output=os.path.abspath(cfg.output))  # workers on other nodes must not resolve it themselves
+    if cfg.caption is not None:  # a caption or expand backend that cannot work fails here, before any input
+        from pipelines.caption import check_config
+
+        check_config(cfg.caption, cfg.expand, flags=("--caption-", "--expand-"))
     out = Path(cfg.output)
     resume = "run the same command again to resume"
     try:
@@ -258,9 +262,11 @@ def _build(cfg: BuildConfig, out: Path) -> dict:
         items = resolve_inputs(cfg.input)
     except FileNotFoundError as exc:
         raise BuildStopped(str(exc), 2) from None
-    todo = [it for it in items if not state.is_done(it.key)]
+    retry = {r["key"] for r in state.done_records() if r.get("caption_failed")}  # their failed captions are retried
+    todo = [it for it in items if not state.is_done(it.key) or it.key in retry]
     skipped = len(items) - len(todo)
     for it in todo:
+        state.marker_path(it.key).unlink(missing_ok=True)
         state.reset_input(it.key)
     _say(cfg, f"[build] {len(items)} inputs, {skipped} already done (resumed), {len(todo)} to process "
               f"-> {out}  (fingerprint {fp})")
@@ -269,7 +275,13 @@ def _build(cfg: BuildConfig, out: Path) -> dict:
     if todo:
         ray = _init_ray(cfg.address)
         ds = _graph(ray, todo, cfg, state, fp)
-        _drive(ds, todo, state, cfg)
+        if cfg.caption is not None and cfg.progress:  # what the caption/expand requests wait on, on stderr
+            from pipelines.caption import ProgressPrinter
+
+            with ProgressPrinter(state.state / "progress"):
+                _drive(ds, todo, state, cfg)
+        else:
+            _drive(ds, todo, state, cfg)
     t_graph = time.time() - t_graph
 
     _say(cfg, "[build] dedup, publish, filter")
@@ -303,6 +315,7 @@ def _drive(ds, todo: list[InputItem], state: BuildState, cfg: BuildConfig) -> No
                 state.mark_done(key, {
                     "key": key, "uri": first["source_uri"], "content_id": first["content_id"],
                     "outcome": outcome, "clips": clips, "failed_clips": sum(1 for r in rows if r["row_kind"] != "clip"),
+                    "caption_failed": sum(1 for r in rows if r.get("caption_failed")),
                     "files": files, "source_duration_s": first["source_duration_s"],
                     "source_frames": first["source_frames"],
                     "times": {c: sum(r.get(c) or 0.0 for r in rows) for c in TIMING_COLUMNS},

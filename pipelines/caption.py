@@ -88,14 +88,19 @@ def check_config(vlm: VLMConfig | None, expand: ExpandConfig | None, probe: bool
     Runs on the driver before any clip is read: model missing, key variable unset, server unreachable, key
     rejected, model unknown (a 404 on one probe request), local model directory missing.
     """
-    for cfg, prefix in ((vlm, flags[0]), (expand, flags[1])):
+    remote = []
+    for cfg, prefix in ((vlm, flags[0]), (expand, flags[1])):  # every static check before any request
         if cfg is None or cfg.backend in ("off", "source"):
             continue
         if cfg.backend == "openai":
-            check_endpoint(replace(cfg.endpoint, model=cfg.model or cfg.endpoint.model), prefix, probe=probe)
+            endpoint = replace(cfg.endpoint, model=cfg.model or cfg.endpoint.model)
+            check_endpoint(endpoint, prefix, probe=False)
+            remote.append((endpoint, prefix))
         elif cfg.backend == "transformers" and not (cfg.model and Path(cfg.model).is_dir()):
             raise ChatSetupError(f"{prefix}model must name a local model directory for the transformers backend "
                                  f"(got {cfg.model!r})")
+    for endpoint, prefix in remote if probe else ():
+        check_endpoint(endpoint, prefix, probe=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -490,7 +495,7 @@ def _write_failures(src: Path, dst: Path, failures: list[dict]) -> None:
 
     tables = [pq.read_table(src / "failures.parquet")] if (src / "failures.parquet").is_file() else []
     if tables:
-        tables[0] = tables[0].filter(~pc.is_in(tables[0].column("stage"), pa.array(["caption", "expand"])))
+        tables[0] = tables[0].filter(pc.invert(pc.is_in(tables[0].column("stage"), pa.array(["caption", "expand"]))))
     tables.append(pa.Table.from_pylist(failures, schema=FAILURE_SCHEMA))
     atomic_write_table(dst / "failures.parquet", pa.concat_tables(tables, promote_options="permissive"))
 

@@ -104,14 +104,19 @@ def _add_build(sub) -> None:
     p.add_argument("--caption-base-url", default=None,
                    help="OpenAI-compatible VLM server (default: $TESSERA_LLM_BASE_URL, else "
                         "$OPENAI_BASE_URL, else OpenAI's public API)")
-    p.add_argument("--caption-api-key-env", default="OPENAI_API_KEY",
-                   help="name of the environment variable holding the server's key (never the key itself)")
+    p.add_argument("--caption-api-key-env", "--api-key-env", default=None, metavar="VAR",
+                   help="name of the environment variable holding the VLM server's key (never the key itself); "
+                        "default: $OPENAI_API_KEY, sent only to OpenAI or to $OPENAI_BASE_URL")
     p.add_argument("--expand", choices=["off", "openai", "transformers"], default="off",
                    help="expand captions with an LLM inline (see `tessera caption --help`)")
     p.add_argument("--expand-model", default=None, help="LLM model dir (transformers) or served model name")
     p.add_argument("--expand-base-url", default=None,
                    help="OpenAI-compatible LLM server (default: $TESSERA_LLM_BASE_URL, else "
                         "$OPENAI_BASE_URL, else OpenAI's public API)")
+    p.add_argument("--expand-api-key-env", default=None, metavar="VAR",
+                   help="name of the environment variable holding the LLM server's key (as --caption-api-key-env)")
+    p.add_argument("--max-retry-wait", type=float, default=60.0,
+                   help="longest wait before retrying a caption/expand request, whatever Retry-After asks (s)")
     p.add_argument("--filter", action="append", default=[], metavar="EXPR",
                    help='filter rule over score columns, e.g. "sharpness >= 40" (repeatable)')
     p.add_argument("--rows-per-file", type=int, default=d["rows_per_file"], help="clips per published shard")
@@ -145,9 +150,10 @@ def build_config_from_args(a):
         caption = VLMConfig(backend=a.caption, model=a.caption_model,
                             source=SourceConfig(use="caption" if a.caption == "source" else "hint"),
                             endpoint=OpenAIEndpoint(base_url=a.caption_base_url, api_key_env=a.caption_api_key_env,
-                                                    timeout_s=120.0))
+                                                    timeout_s=120.0, max_retry_wait_s=a.max_retry_wait))
         expand = ExpandConfig(backend=a.expand, model=a.expand_model,
-                              endpoint=OpenAIEndpoint(base_url=a.expand_base_url))
+                              endpoint=OpenAIEndpoint(base_url=a.expand_base_url, api_key_env=a.expand_api_key_env,
+                                                      max_retry_wait_s=a.max_retry_wait))
     return BuildConfig(
         input=inputs, output=a.output, decode=decode, scenes=scenes, clips=clips,
         split_timeout_s=a.split_timeout, store_media=a.store_media, clip_checkpoint=a.clip_checkpoint,
@@ -166,14 +172,21 @@ def _run_build(a) -> int:
     except ValueError as exc:  # a config that cannot work (e.g. --min-clip-s above half of --max-clip-s)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from caption.chat import ChatSetupError
+
     try:
         summary = build(cfg)
-    except ConfigChanged as exc:
+    except (ConfigChanged, ChatSetupError) as exc:  # ChatSetupError: a caption backend that cannot work
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BuildStopped as exc:  # interrupted, output locked, full or read-only: one line, what was kept
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    if summary.get("caption", {}).get("failed") or summary.get("expand", {}).get("failed"):
+        print(f"error: {summary.get('caption', {}).get('failed', 0)} captions and "
+              f"{summary.get('expand', {}).get('failed', 0)} expansions failed (the clips are published with "
+              f"their status; see failures.parquet); re-run the same command to retry exactly those", file=sys.stderr)
+        return 3
     return 0 if summary["inputs"]["adds_up"] else 1
 
 

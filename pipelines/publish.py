@@ -93,6 +93,11 @@ def finalize(state: BuildState, cfg, fp: str, *, items, skipped: int, graph_wall
     fail_tables = [validate(fails, FAILURE_SCHEMA)] if fails is not None else []
     if dup_inputs:
         fail_tables.append(validate(pa.Table.from_pylist(dup_inputs), FAILURE_SCHEMA))
+    captions = _caption_rows(root, shards) if getattr(cfg, "caption", None) is not None else None
+    if captions:  # failed captions and expansions: the clip is published with its status, and listed here
+        from pipelines.caption import failure_rows
+
+        fail_tables.append(pa.Table.from_pylist(failure_rows(captions), schema=FAILURE_SCHEMA))
     failures = pa.concat_tables(fail_tables) if fail_tables else FAILURE_SCHEMA.empty_table()
     failures = failures.sort_by([("source_uri", "ascending"), ("clip_id", "ascending")])
     atomic_write_table(root / "failures.parquet", failures)
@@ -113,12 +118,14 @@ def finalize(state: BuildState, cfg, fp: str, *, items, skipped: int, graph_wall
         times.update({k: v for k, v in r.get("times", {}).items()})
     src_s = sum(r.get("source_duration_s") or 0.0 for r in records if r["outcome"] == "accepted")
     n_clips = table.num_rows if table is not None else 0
+    # clips that were not published; a failed caption's clip is published and counted under "caption"
+    lost = failures.filter(pc.invert(pc.is_in(failures.column("stage"), pa.array(["caption", "expand"]))))
     summary = {
         "dataset": str(root), "fingerprint": fp, "schema_version": SCHEMA_VERSION,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "inputs": {"total": len(wanted), "accepted": outcomes["accepted"], "rejected": outcomes["rejected"],
                    "failed": outcomes["failed"], "incomplete": missing, "resumed_skipped": skipped},
-        "clips": {"published": n_clips, "failed": int(pc.sum(pc.is_valid(failures.column("clip_id"))).as_py() or 0),
+        "clips": {"published": n_clips, "failed": int(pc.sum(pc.is_valid(lost.column("clip_id"))).as_py() or 0),
                   "duplicates": sum(1 for v in dup_of.values() if v),
                   "kept_after_filters": selection["kept"] if selection else 0,
                   "dedup_method": dict(Counter(method.values()))},
@@ -132,7 +139,11 @@ def finalize(state: BuildState, cfg, fp: str, *, items, skipped: int, graph_wall
         "shards": len(shards),
         "failures_rows": failures.num_rows,
     }
-    summary["stages"] = _stage_counts(records, failures, table, dup_of, selection)
+    if captions is not None:
+        from pipelines.caption import status_counts
+
+        summary.update(status_counts(captions))  # caption.failed / expand.failed, by reason
+    summary["stages"] = _stage_counts(records, lost, table, dup_of, selection)
     summary["inputs"]["adds_up"] = (summary["inputs"]["accepted"] + summary["inputs"]["rejected"]
                                     + summary["inputs"]["failed"] + missing) == len(wanted)
     summary["_shards"] = shards
@@ -207,6 +218,12 @@ def _generation(root: Path) -> int:
         return int(json.loads((root / MANIFEST).read_text()).get("generation", 0))
     except (OSError, ValueError, AttributeError):
         return 0
+
+def _caption_rows(root: Path, shards: list[dict]) -> list[dict]:
+    """The caption status columns of the published clips (for the summary and failures.parquet)."""
+    cols = ["clip_id", "source_uri", "content_id", "caption_short", "caption_dense", "caption_status",
+            "caption_error", "caption_expanded", "expand_status", "expand_error"]
+    return [r for s in shards for r in pq.read_table(root / s["path"], columns=cols).to_pylist()]
 
 
 def read_light(root: Path, shards: list[dict]) -> pa.Table:

@@ -205,6 +205,8 @@ class StageWriter:
             "source_duration_s": [r["source_duration_s"] for r in rows],
             "source_frames": [r["source_frames"] for r in rows],
             "stop": [stop] * len(rows),
+            "caption_failed": [any(str(r.get(c) or "").startswith("error:")
+                                   for c in ("caption_status", "expand_status")) for r in rows],
         }
         for c in TIMING_COLUMNS:
             out[c] = [float(r.get(c) or 0.0) + (dt if c == "t_write" else 0.0) for r in rows]

@@ -97,7 +97,7 @@ class FakeOpenAIServer:
     hang_s: float = 5.0
     retry_after_s: int = 1
     drip_s: float = 0.5
-    max_lifetime_s: float = 120.0
+    max_lifetime_s: float = 900.0  # a safety net only: a loaded CI machine runs a Ray test for minutes
     seed: int = 0
     faults: dict[str, str] = field(default_factory=dict)
     models: set[str] | None = None
@@ -129,8 +129,11 @@ class FakeOpenAIServer:
         self.stop()
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:  # the loop closed in between (max_lifetime_s ran out)
+                pass
         self._thread.join(10)
 
     @property
@@ -228,10 +231,13 @@ class FakeOpenAIServer:
                 if request.transport is not None:
                     request.transport.abort()
                 return resp
-            for i in range(len(payload)):
-                await resp.write(payload[i:i + 1])
-                await asyncio.sleep(self.drip_s)
-            await resp.write_eof()
+            try:
+                for i in range(len(payload)):
+                    await resp.write(payload[i:i + 1])
+                    await asyncio.sleep(self.drip_s)
+                await resp.write_eof()
+            except (ConnectionError, RuntimeError):  # the client gave up on us: what a deadline should do
+                pass
             return resp
         content, finish, refusal = self._answer(marker, text, images, messages), "stop", None
         if marker == "length":
@@ -282,7 +288,6 @@ class FakeOpenAIServer:
             return next((m["content"] for m in messages if m.get("role") == "system"), "")
         data = re.search(r"<data>\s*(\{.*\})\s*</data>", text, re.S)
         original = json.loads(data.group(1)).get("text", "") if data else text
-        original = _MARK.sub("", original).strip()
         if marker == "leak":
             return (f"A detailed shot showing {original.rstrip('.')}; the key sk-live-9f8e7d6c5b4a39281706 is stored "
                     f"in /home/admin/.config/secrets.env for later.")
@@ -311,12 +316,15 @@ def _split_content(content) -> tuple[str, list[bytes]]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def make_clip_mp4(colour: str, n_frames: int = 6, size: tuple[int, int] = (64, 48), fps: int = 12) -> bytes:
-    """An H.264 MP4 of ``n_frames`` frames of ``COLOURS[colour]`` with slight noise (so frames differ)."""
+def make_clip_mp4(colour: str, n_frames: int = 6, size: tuple[int, int] = (64, 48), fps: int = 12,
+                  seed: int | None = None) -> bytes:
+    """An H.264 MP4 of ``n_frames`` frames of ``COLOURS[colour]`` with slight noise (so frames differ).
+
+    The bytes are deterministic per (colour, seed); another seed gives another clip of the same colour."""
     import av
 
     w, h = size
-    rng = np.random.default_rng(sum(map(ord, colour)))  # deterministic bytes per colour
+    rng = np.random.default_rng(sum(map(ord, colour)) if seed is None else [sum(map(ord, colour)), seed])
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=fps)

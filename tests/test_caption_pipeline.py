@@ -138,3 +138,46 @@ def test_caption_pipeline_end_to_end_and_reruns(ray_session, tmp_path, monkeypat
         assert {s.authorization for s in new} == {"Bearer EMPTY"}
         assert set(pq.read_table(out / "clips" / "part-00000.parquet").column("expand_model").to_pylist()) == \
             {"openai:fake-llm-2"}
+
+
+def test_progress_says_what_the_chat_clients_wait_on(tmp_path):
+    """The driver's progress line comes from the actors' progress files: requests in flight, retries, and what a
+    wait is for (here a Retry-After)."""
+    import io
+
+    from caption.chat import ChatProgress, ChatRequest, ChatRunner
+    from pipelines.caption import ProgressPrinter
+
+    folder = tmp_path / "progress"
+    sink = io.StringIO()
+    with FakeOpenAIServer(retry_after_s=3) as server, ProgressPrinter(folder, every_s=1.0, out=sink) as printer:
+        ep = OpenAIEndpoint(base_url=server.base_url, model="m", api_key="k", max_retries=2, announce_wait_s=1.0)
+        runner = ChatRunner(ep, progress=ChatProgress("expand", folder=str(folder)), on_wait=None)
+        results = runner.run([ChatRequest(f"r{i}", [{"role": "user", "content": f"{m} a cat {i}"}], 20)
+                              for i, m in enumerate(["@429", "", ""])])
+    assert [r.status for r in results] == ["ok", "ok", "ok"]
+    waiting = [line for line in printer.lines if "waiting" in line]
+    assert waiting and "expand:" in waiting[0] and "HTTP 429, Retry-After 3 s" in waiting[0]
+    assert sink.getvalue().count("[caption]") == len(printer.lines)
+
+
+def test_caption_cli_without_expand_options_or_a_model_fails_before_work(tmp_path, capsys, monkeypatch):
+    """No --expand-* options: expansion is off (said once), never a crash inside a Ray worker; a backend that
+    cannot work is one line on stderr, exit 2, and the output folder is not created."""
+    for var in ("TESSERA_LLM_MODEL", "TESSERA_LLM_BASE_URL", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    src = tmp_path / "in"
+    write_clip_shards(str(src), ["red"])
+    out = tmp_path / "out"
+    assert cli(["--input", str(src), "--output", str(out), "--backend", "openai"]) == 2
+    err = capsys.readouterr().err
+    assert "expansion is off" in err and "no model: pass --model" in err and "Traceback" not in err
+    assert not out.exists()
+    with FakeOpenAIServer(models={"fake-vlm"}) as server:
+        assert cli(["--input", str(src), "--output", str(out), "--backend", "openai", "--model", "nope",
+                    "--base-url", server.base_url]) == 2
+        assert "HTTP 404" in capsys.readouterr().err and not out.exists()
+        assert cli(["--input", str(src), "--output", str(out), "--backend", "openai", "--model", "fake-vlm",
+                    "--base-url", server.base_url, "--expand-model", "x", "--expand-api-key-env", "UNSET_VAR_1"]) == 2
+        assert "$UNSET_VAR_1 (named by --expand-api-key-env) is not set" in capsys.readouterr().err
+        assert len(server.seen) == 1 and server.seen[0].probe  # the 404 probe; static checks come before probes
