@@ -105,8 +105,12 @@ def run(a: argparse.Namespace) -> dict:
     loop = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     previous = signal.signal(signal.SIGTERM, _terminated)  # ``timeout`` sends SIGTERM: still copy what exists
+    stopped = False
     try:
         run_loop(cfg)  # it writes loop.json after every stage; what is read back below is the whole of it
+    except BaseException:
+        stopped = True  # then SIGTERM stays ignored until the process is gone: a second one must not kill the exit
+        raise
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the copy short
         try:
@@ -124,7 +128,8 @@ def run(a: argparse.Namespace) -> dict:
             for src in sorted((loop / "dit" / "profile").glob("*")):  # with --set dit_profile_steps=N
                 shutil.copy(src, out / f"profile-{src.name}")
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if not stopped:
+                signal.signal(signal.SIGTERM, previous)
     summary = partial
     print("\n| stage | seconds |\n|---|---|")
     for k, v in summary["seconds"].items():
