@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prompts", type=int, default=16, help="prompts per group (seen and held-out): 2x in all")
+    p.add_argument("--prompts", type=int, default=16, help="shots per group (seen and held-out), one prompt each "
+                                                         "(the training phrasing, one seed): 2x in all")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--steps", type=int, default=20)
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe = export_pipeline(work / "pipeline", DiT(dit_config("tiny", latent_channels=16, text_dim=384)),
                            build_vae("tiny"), TextConfig(max_length=32))
     base = EvalTextConfig(pipeline=str(pipe), size=a.size, frames=a.frames, steps=a.steps, cfg=5.0,
-                          device=a.device, limit=a.prompts)
+                          device=a.device, limit=a.prompts, seeds=1, phrasings=("train",))
     rows, first = [], None
     for item in a.settings.split(","):
         batch, workers = (int(v) for v in item.split(":"))
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             res = eval_text(dataclasses.replace(base, out=str(work / f"b{batch}-w{workers}"), batch=batch,
                                                 workers=workers))
         seconds = time.perf_counter() - t
-        truth = [r["render"] for r in res["prompts"]]
+        truth = [r["render"] for r in res["ground_truth"]]
         first = first or (seconds, truth)
         if truth != first[1]:
             raise SystemExit(f"batch {batch} workers {workers}: ground-truth detections differ from the baseline")

@@ -339,13 +339,18 @@ def expand_rows(rows: list[dict], cfg: EvalTextConfig) -> list[dict]:
 
 
 def select_prompts(cfg: EvalTextConfig, split: synth.ComboSplit) -> list[dict]:
-    """The prompt rows of this run (``limit``: the first N shots of each group, with all their phrasings/seeds)."""
+    """The prompt rows of this run. ``limit``: N shots of each group, with all their phrasings and seeds, taken
+    one per colour-shape pair in turn (so a quick look still sees N different pairs)."""
     rows = synth.eval_prompts(split, cfg.per_triple, cfg.prompt_seed, cfg.heldout_repeat, seeds=cfg.seeds,
                               phrasings=tuple(cfg.phrasings), seen_motions=cfg.seen_motions)
     if cfg.limit:
         keep = set()
         for flag in (False, True):
-            keep |= set(sorted({r["shot"] for r in rows if r["heldout"] == flag})[: cfg.limit])
+            shots = list(dict.fromkeys((r["shot"], (r["color"], r["shape"])) for r in rows if r["heldout"] == flag))
+            pairs = list(dict.fromkeys(pair for _, pair in shots))
+            rank = {shot: sum(p == pair for _, p in shots[:i]) for i, (shot, pair) in enumerate(shots)}
+            order = sorted(shots, key=lambda sp: (rank[sp[0]], pairs.index(sp[1])))
+            keep |= {shot for shot, _ in order[: cfg.limit]}
         rows = [r for r in rows if r["shot"] in keep]
     return [{**r, "expanded": False} for r in rows]
 

@@ -85,8 +85,9 @@ class LoopConfig:
     eval_shift_sweep: tuple[float, ...] = ()  # further sampler time-shift scales (0: an even grid), likewise
     eval_solver_sweep: tuple[str, ...] = ()  # further samplers ("heun", "sde", "sde:0.5"), likewise
     eval_per_triple: int = 1
-    eval_heldout_repeat: int = 1  # extra prompts per held-out triple (there are 5x fewer of them)
-    eval_limit: int = 0  # first N prompts per group (0: all 96)
+    eval_heldout_repeat: int = 1  # times as many shots per held-out triple
+    eval_limit: int = 0  # first N shots per group (0: all: 72 held-out and 36 seen triples, 16 prompts each)
+    eval_size: int = 0  # eval-text's square side (0: ``size``); the detector tells hexagons from circles at >= 64
     # systems
     text_path: str = ""  # text encoder folder ("" = the packaged MiniLM)
     device: str = "auto"
@@ -102,24 +103,27 @@ def _label(value) -> str:
 PROFILES: dict[str, LoopConfig] = {
     # the demo on a 2-core CPU: trained by steps, not by the clock, so a busy machine takes longer and learns the
     # same. An idle 2-core machine did 443 VAE steps in 152 s and 4,092 DiT steps in 156 s at these sizes
-    # (benchmarks/RESULTS.md, 2026-12-02), so this is ~3.5 + 2.5 minutes of training there
-    "cpu": LoopConfig(vae_steps=600, vae_batch=2, vae_lr=1e-3, dit_steps=4000),
+    # (benchmarks/RESULTS.md, 2026-12-02), so this is ~3.5 + 2.5 minutes of training there (eval-text on 4 seen
+    # and 4 held-out shots, each of another colour-shape pair, 16 prompts each: ~1.5 min)
+    "cpu": LoopConfig(vae_steps=600, vae_batch=2, vae_lr=1e-3, dit_steps=4000, eval_limit=4),
     # seconds: the loop's plumbing (tests, a quick look), nothing learned
+    # (eval-text at 64 px, where its detector reads every shape: one seen and one held-out shot, 4 phrasings x 4 seeds)
     "smoke": LoopConfig(size=32, vae_steps=6, vae_batch=2, dit_steps=8, token_budget=1024, max_batch=8, eval_steps=3,
-                        eval_limit=2),
+                        eval_limit=1, eval_size=64),
     # one H100/H200, ~10 minutes in all with a 4096-clip shot corpus. The VAE trains on 9-frame clips; the DiT
     # takes batches of 128 clips, mostly text-to-video; short warm-ups, since each model gets ~1-2.5k steps.
     # The best measured on one H200 (benchmarks/RESULTS.md, 2026-12-03): the 4x-spatial VAE keeps shapes, 4x4
     # patches keep 320 tokens per clip, the 3x time shift is what lets the DiT learn motion on its latents, and
     # DiT-B compiled per block (0.106-0.125 s per step against DiT-S's 0.098 eager) is what moved shape (held-out
-    # 0.948 and 0.875 in two runs). The DiT steps until 515 s after the loop began, whatever the VAE and the
-    # encoding took
+    # 0.948 and 0.875 in two runs of the old eval, whose 4-shape, 6-colour detector let training clips stand in for
+    # held-out pairs; the fixed eval asks 1,728 prompts, ~15x the old 112, and has not run on a GPU yet). The DiT
+    # steps until 515 s after the loop began, whatever the VAE and the encoding took
     "gpu": LoopConfig(size=128, vae_preset="small-f4c4", dit_patch=(1, 4, 4), dit_pooled_text=True,
                       dit_time_shift=3.0, vae_frames=9, vae_steps=20000, vae_batch=16, vae_lr=8e-4,
                       vae_ema=0.999, vae_warmup=50, vae_time_s=150, dit_preset="B", compile=True, dit_steps=100000,
                       dit_lr=4e-4, dit_ema=0.999, dit_warmup=100, dit_time_s=0, dit_stop_after_s=515,
                       dit_t_uniform=0.3, dit_cooldown=0.2, task_mix=(0.85, 0.05, 0.03, 0.02, 0.03, 0.02),
-                      token_budget=40960, max_batch=128, eval_steps=20, eval_per_triple=1, eval_heldout_repeat=2,
+                      token_budget=40960, max_batch=128, eval_steps=20, eval_per_triple=1, eval_heldout_repeat=1,
                       num_workers=8),
 }
 
@@ -431,7 +435,8 @@ def run(cfg: LoopConfig) -> dict:
 
     t = time.time()  # 2. DiT ---------------------------------------------------------------------------
     print(f"[loop] 2/4 training the DiT ({cfg.dit_preset}, {cfg.dit_steps} steps) -> {out / 'dit'}", flush=True)
-    held = [p["prompt"] for p in synth.eval_prompts(split, 1, cfg.seed) if p["heldout"]][:2]
+    held = [p["prompt"] for p in synth.eval_prompts(split, 1, cfg.seed, seeds=1, phrasings=("train",))
+            if p["heldout"]][:2]
     dit = train_dit(TrainDiTConfig(
         data_root=cfg.dataset, vae=str(vae_run / "checkpoints"), run_dir=str(out / "dit"), text_path=cfg.text_path,
         caption_mix=(("short", 1.0),), bucket_areas=(cfg.size * cfg.size,), bucket_frames=(cfg.frames,),
@@ -461,7 +466,7 @@ def run(cfg: LoopConfig) -> dict:
     print(f"[loop] 3/4 eval-text on {pipeline}", flush=True)
     ev_cfg = EvalTextConfig(pipeline=str(pipeline), out=str(out / "eval-text"), per_triple=cfg.eval_per_triple,
                             heldout_repeat=cfg.eval_heldout_repeat, prompt_seed=cfg.seed, frames=cfg.frames,
-                            size=cfg.size, steps=cfg.eval_steps, cfg=cfg.eval_cfg, device=cfg.device,
+                            size=cfg.eval_size or cfg.size, steps=cfg.eval_steps, cfg=cfg.eval_cfg, device=cfg.device,
                             limit=cfg.eval_limit)
     ev = eval_text(ev_cfg)
     times["eval_s"] = round(time.time() - t, 1)

@@ -45,6 +45,8 @@ def test_prompts_cover_every_colour_and_shape_held_out_with_four_seeds_per_promp
     assert rows == select_prompts(EvalTextConfig(), split)  # deterministic
     small = select_prompts(EvalTextConfig(limit=1, seeds=5, phrasings=("train", "synonyms")), split)
     assert len(small) == 2 * 2 * 5 and {r["heldout"] for r in small} == {False, True}
+    quick = [r for r in select_prompts(EvalTextConfig(limit=4), split) if r["heldout"]]
+    assert len({r["shot"] for r in quick}) == 4 and len({(r["color"], r["shape"]) for r in quick}) == 4
     with pytest.raises(ValueError, match="phrasing"):
         select_prompts(EvalTextConfig(phrasings=("shouting",)), split)
 

@@ -123,12 +123,15 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
     assert meta["extra"]["train_size"] == 32
     frames = TextToVideo.from_pretrained(summary["pipeline"])("a red star moves left", frames=9, size=(32, 32), steps=2)
     assert frames.shape == (9, 32, 32, 3)
-    # 2 seen + 2 held-out prompts; the detector reads every ground-truth render correctly
-    assert summary["accuracy"]["seen"]["n"] == 2 and summary["accuracy"]["heldout"]["n"] == 2
+    # 1 seen + 1 held-out shot, 4 phrasings x 4 seeds each, at 64 px; the detector reads every ground-truth render
+    assert summary["accuracy"]["seen"]["n"] == 16 and summary["accuracy"]["heldout"]["n"] == 16
+    assert len(summary["accuracy"]["heldout"]["per_seed"]) == 4 and summary["accuracy"]["heldout"]["ci95_pairs"]
     assert summary["detector_ceiling"]["render"]["heldout"]["all"] == 1.0
     assert summary["detector_ceiling"]["render"]["seen"]["all"] == 1.0
     results = json.loads((tmp_path / "run" / "eval-text" / "results.json").read_text())
-    assert {p["heldout"] for p in results["prompts"]} == {False, True}
+    assert {p["heldout"] for p in results["prompts"]} == {False, True} and results["size"] == 64
+    assert {p["phrasing"] for p in results["prompts"]} == set(synth.PHRASINGS) and set(results["by_phrasing"]) == set(
+        synth.PHRASINGS)
     assert all(set(p["correct"]) == {"color", "shape", "motion"} for p in results["prompts"])
     page = (tmp_path / "run" / "report" / "index.html").read_text()
     for figure in ("curves.png", "vae-preview.png", "dit-samples.png", "eval-sheet.png"):
@@ -171,12 +174,12 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
     again = tmp_path / "cli"
     assert cli(["--pipeline", summary["pipeline"], "--out", str(again), "--limit", "1", "--steps", "2",
                 "--heldout-repeat", "2", "--frames", "9", "--cfg", "3", "--device", "cpu", "--sample-shift", "0",
-                "--solver", "sde:0.5"]) == 0
+                "--solver", "sde:0.5", "--phrasings", "train"]) == 0
     res = json.loads((again / "results.json").read_text())
     assert (res["config"]["limit"], res["config"]["steps"], res["config"]["heldout_repeat"], res["config"]["cfg"]) \
         == (1, 2, 2, 3.0)
     assert res["config"]["solver"] == "sde:0.5" and res["config"]["sample_shift"] == 0 and res["time_shift"] == 0
-    assert res["size"] == 32 and len(res["prompts"]) == 2  # the training size recorded in the pipeline; 1 + 1
+    assert res["size"] == 32 and len(res["prompts"]) == 8  # the training size recorded in the pipeline; 2 x 4 seeds
     assert set(res["confusion"]["generated"]) == {"color", "shape", "motion"}
     assert cli(["--pipeline", str(tmp_path / "nowhere"), "--device", "cpu"]) == 2
     assert cli(["--pipeline", summary["pipeline"], "--device", "cpu", "--limit", "1", "--solver", "rk4"]) == 2
