@@ -221,7 +221,8 @@ def check_request(frames: int, size: tuple[int, int], steps: int, cfg: float, st
             raise ValueError(f"keyframes {sorted(keyframes)} share a latent frame (frame 0 alone, then groups of "
                              f"{time_factor}: 1-{time_factor}, {time_factor + 1}-{2 * time_factor}, ...)")
         if len(lat) >= latent_t:
-            raise ValueError(f"{len(lat)} keyframes leave nothing to generate in {latent_t} latent frames; raise frames")
+            raise ValueError(f"{len(lat)} keyframes leave nothing to generate in {latent_t} latent frames; "
+                             "raise frames")
         for p, img in keyframes.items():
             _as_video(img, f"keyframe {p}")
     if video is not None and video_b is not None and latent_t < 3:
@@ -266,7 +267,8 @@ class TextToVideo:
         text = dataclasses.replace(config_from_dict(TextConfig, meta["text"]), device=device)
         return cls(dit.to(device).requires_grad_(False), vae.to(device).requires_grad_(False), text,
                    float(meta["latent_scale"]), float(meta["latent_shift"]),
-                   expander=expander, time_shift=float(meta.get("time_shift", 1.0)))  # folders from before the option: 1
+                   expander=expander,
+                   time_shift=float(meta.get("time_shift", 1.0)))  # folders from before the option: 1
 
     @property
     def device(self) -> torch.device:
@@ -328,10 +330,12 @@ class TextToVideo:
             lat = torch.cat([self.encode(_as_video(keys[p], f"keyframe {p}")[:1], size) for p in positions], dim=2)
             return C.keyframes(lat, [C.latent_index(p, tf) for p in positions], latent_t)
         if video is not None and video_b is not None:
-            k = min(clip_latents(len(_as_video(video, "video")), tf), clip_latents(len(_as_video(video_b, "video_b")), tf),
+            k = min(clip_latents(len(_as_video(video, "video")), tf),
+                    clip_latents(len(_as_video(video_b, "video_b")), tf),
                     (latent_t - 1) // 2)
             n = 1 + tf * (k - 1)
-            a, b = self.encode(_as_video(video, "video")[-n:], size), self.encode(_as_video(video_b, "video_b")[:n], size)
+            a = self.encode(_as_video(video, "video")[-n:], size)
+            b = self.encode(_as_video(video_b, "video_b")[:n], size)
             return C.transition(a, b, k, latent_t - 2 * k)
         if video is not None or video_b is not None:
             clip = _as_video(video if video is not None else video_b, "video")
@@ -348,7 +352,8 @@ class TextToVideo:
     def sample_latents(self, prompt: str, *, image=None, video=None, video_b=None, keyframes=None,
                        strength: float | None = None, frames: int = DEFAULTS.frames,
                        size: tuple[int, int] = DEFAULTS.size, steps: int = DEFAULTS.steps, cfg: float = DEFAULTS.cfg,
-                       seed: int = DEFAULTS.seed, expand: bool = False, solver: str = "euler") -> tuple[torch.Tensor, C.Condition]:
+                       seed: int = DEFAULTS.seed, expand: bool = False,
+                       solver: str = "euler") -> tuple[torch.Tensor, C.Condition]:
         """Checked request -> (latents (1, C, T', H', W'), the condition used)."""
         size = (int(size[0]), int(size[1]))
         self.check(frames, size, steps, cfg, strength, image, video, video_b, keyframes)
