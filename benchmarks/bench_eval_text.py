@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from model.dit import DiT, dit_config
+    from model.pipeline import export_pipeline
     from model.text import TextConfig
     from model.vae import build_vae
     from pipelines.eval_text import EvalTextConfig, main as eval_text
-    from model.pipeline import export_pipeline
 
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="bench-eval-"))

@@ -220,7 +220,8 @@ def check_request(frames: int, size: tuple[int, int], steps: int, cfg: float, st
             raise ValueError(f"keyframes {sorted(keyframes)} share a latent frame (frame 0 alone, then groups of "
                              f"{time_factor}: 1-{time_factor}, {time_factor + 1}-{2 * time_factor}, ...)")
         if len(lat) >= latent_t:
-            raise ValueError(f"{len(lat)} keyframes leave nothing to generate in {latent_t} latent frames; raise frames")
+            raise ValueError(f"{len(lat)} keyframes leave nothing to generate in {latent_t} latent frames; "
+                             "raise frames")
         for p, img in keyframes.items():
             _as_video(img, f"keyframe {p}")
     if video is not None and video_b is not None and latent_t < 3:
@@ -265,7 +266,8 @@ class TextToVideo:
         text = dataclasses.replace(config_from_dict(TextConfig, meta["text"]), device=device)
         return cls(dit.to(device).requires_grad_(False), vae.to(device).requires_grad_(False), text,
                    float(meta["latent_scale"]), float(meta["latent_shift"]),
-                   expander=expander, time_shift=float(meta.get("time_shift", 1.0)))  # folders from before the option: 1
+                   expander=expander,
+                   time_shift=float(meta.get("time_shift", 1.0)))  # folders from before the option: 1
 
     @property
     def device(self) -> torch.device:
@@ -336,7 +338,8 @@ class TextToVideo:
     def sample_latents(self, prompt: str, *, image=None, video=None, video_b=None, keyframes=None,
                        strength: float | None = None, frames: int = DEFAULTS.frames,
                        size: tuple[int, int] = DEFAULTS.size, steps: int = DEFAULTS.steps, cfg: float = DEFAULTS.cfg,
-                       seed: int = DEFAULTS.seed, expand: bool = False, solver: str = "euler") -> tuple[torch.Tensor, C.Condition]:
+                       seed: int = DEFAULTS.seed, expand: bool = False,
+                       solver: str = "euler") -> tuple[torch.Tensor, C.Condition]:
         """Checked request -> (latents (1, C, T', H', W'), the condition used)."""
         size = (int(size[0]), int(size[1]))
         self.check(frames, size, steps, cfg, strength, image, video, video_b, keyframes)

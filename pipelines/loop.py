@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from curate import synth
-from curate.store import atomic_write_json, atomic_write_table, write_manifest
+from curate.store import atomic_write_bytes, atomic_write_table, write_manifest
 
 
 @dataclass(frozen=True)
@@ -379,7 +379,7 @@ def _record_in_pipeline(pipeline: Path, extra: dict) -> None:
     meta_path = pipeline / "pipeline.json"
     meta = json.loads(meta_path.read_text())
     meta["extra"] = {**meta.get("extra", {}), **extra}
-    atomic_write_json(meta_path, meta)
+    atomic_write_bytes(meta_path, json.dumps(meta, indent=1, default=str).encode())
 
 
 def _last_step(ckpt_dir: Path) -> int | None:
@@ -415,7 +415,7 @@ def run(cfg: LoopConfig) -> dict:
 
     def done(stage: str) -> None:  # OUT/loop.json after every stage, so a run killed later still says what it did
         summary["stages_done"].append(stage)
-        atomic_write_json(out / "loop.json", summary)
+        atomic_write_bytes(out / "loop.json", json.dumps(summary, indent=1).encode())  # keys in stage order
 
     t = time.time()  # 1. VAE ---------------------------------------------------------------------------
     vae_run = Path(cfg.vae_run) if cfg.vae_run else out / "vae"

@@ -7,7 +7,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -21,7 +20,7 @@ from model.text import TextConfig, TextEncoder
 from model.vae import build_vae
 from pipelines.cache_latents import CacheLatentsConfig, main
 from train.data import synthetic_frames
-from train.latents import LatentReader, bucket_for, bytes_to_tensor, clip_pixels, scan_latents, tensor_to_bytes
+from train.latents import LatentReader, bucket_for, clip_pixels, scan_latents
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -77,13 +76,6 @@ def cached(tmp_path_factory, ray_session):
                              buckets=BUCKETS, batch_size=2, actor_cpus=0.5)
     summary = main(cfg)
     return root, cfg, summary
-
-
-def test_tensor_bytes_round_trip():
-    x = torch.randn(3, 2, 4, 5)
-    blob, shape = tensor_to_bytes(x)
-    assert shape == [3, 2, 4, 5] and len(blob) == x.numel() * 2
-    torch.testing.assert_close(bytes_to_tensor(blob, shape), x.half().float())
 
 
 def test_rows_are_keyed_by_clip_id_and_follow_selection(cached):
@@ -148,19 +140,3 @@ def test_a_changed_config_is_refused(cached):
     _, cfg, _ = cached
     with pytest.raises(ValueError, match="another config"):
         main(dataclasses.replace(cfg, buckets=dataclasses.replace(BUCKETS, frames=(1, 5))))
-
-
-def test_captions_fall_back_to_the_sidecar_only_when_no_column_has_one(tmp_path):
-    from train.latents import row_captions
-
-    video = tmp_path / "sample_000.mp4"
-    video.write_bytes(b"")
-    video.with_suffix(".txt").write_text("first shot caption\nsecond shot caption\n")
-    bare = {"clip_id": np.array(["a", "b"], object), "source_uri": np.array([str(video)] * 2, object),
-            "scene_index": np.array([1, 5])}
-    assert row_captions(bare, 0) == {"short": "second shot caption", "dense": None, "expanded": None}
-    assert row_captions(bare, 1)["short"] is None  # no such shot line
-    with_cols = dict(bare, caption_dense=np.array(["  a dense one ", None], object),
-                     caption_short=np.array([None, "  "], object), scene_index=np.array([1, 0]))
-    assert row_captions(with_cols, 0) == {"short": None, "dense": "a dense one", "expanded": None}
-    assert row_captions(with_cols, 1)["short"] == "first shot caption"  # blank strings count as missing

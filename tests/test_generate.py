@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from curate.media import contact_sheet, encode_mp4, read_media
 from model.dit import DiT, dit_config
+from model.pipeline import TextToVideo, export_pipeline
 from model.text import TextConfig
 from model.vae import build_vae
-from curate.media import contact_sheet, encode_mp4, read_media
-from model.pipeline import TextToVideo, export_pipeline
 from pipelines.generate import cli
 from train.data import synthetic_frames
 

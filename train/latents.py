@@ -454,7 +454,8 @@ class BatchPlan:
         return self._epoch_batches(g // self.per_epoch)[g % self.per_epoch]
 
 
-def pick_caption(available: tuple[str, ...], mix: tuple[tuple[str, float], ...], rng: np.random.Generator) -> str | None:
+def pick_caption(available: tuple[str, ...], mix: tuple[tuple[str, float], ...],
+                 rng: np.random.Generator) -> str | None:
     """One caption kind from ``mix`` renormalised over ``available`` (None when no kind is available)."""
     kinds = [(k, w) for k, w in mix if k in available and w > 0]
     if not kinds:
