@@ -351,8 +351,8 @@ def test_train_dit_pack_step0_matches_the_clips_one_by_one_and_resumes(mixed_cac
     weights), and a packed run stopped and resumed gives the same losses step for step."""
     from model.conditioning import TaskMix
     from model.text import pad_embeddings
-    from train.latents import LatentReader, pick_caption, scan_latents
-    from train.train_dit import latent_norm, main
+    from train.latents import LatentReader, latent_norm, pick_caption, scan_latents
+    from train.train_dit import main
 
     cfg = _pack_cfg(mixed_cache, tmp_path / "full", steps=4)
     full = main(cfg)["losses"]
@@ -362,7 +362,8 @@ def test_train_dit_pack_step0_matches_the_clips_one_by_one_and_resumes(mixed_cac
     tokens = [r.latent_shape[1] * (r.latent_shape[2] // 2) * (r.latent_shape[3] // 2) for r in records]
     rows = PackPlan(tokens, 16, 2, cfg.seed).batch(0)
     assert len({records[i].latent_shape for row in rows for i in row}) > 1  # shapes a bucketed batch cannot mix
-    scale, shift = latent_norm(cfg, json.loads((mixed_cache / "_manifest.json").read_text()))
+    manifest = json.loads((mixed_cache / "_manifest.json").read_text())
+    scale, shift = latent_norm(cfg.latent_scale, cfg.latent_shift, manifest)
     reader, rng = LatentReader(), np.random.default_rng([cfg.seed, 0, 5])
     latents, texts = [], []
     for i in (i for row in rows for i in row):

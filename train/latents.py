@@ -454,6 +454,16 @@ class BatchPlan:
         return self._epoch_batches(g // self.per_epoch)[g % self.per_epoch]
 
 
+def latent_norm(scale: float, shift: float, manifest: dict | None) -> tuple[float, float]:
+    """(scale, shift) for training: the given ones, or 1/std and mean from a latent cache's manifest (or measured
+    statistics of the same form) when ``scale`` is 0."""
+    if scale:
+        return scale, shift
+    if manifest and manifest.get("latent_std"):
+        return 1.0 / float(manifest["latent_std"]), float(manifest["latent_mean"])
+    return 1.0, 0.0
+
+
 def pick_caption(available: tuple[str, ...], mix: tuple[tuple[str, float], ...],
                  rng: np.random.Generator) -> str | None:
     """One caption kind from ``mix`` renormalised over ``available`` (None when no kind is available)."""

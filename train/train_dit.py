@@ -52,7 +52,9 @@ from train.dist import (
     all_reduce_mean, barrier, cleanup, full_state, init_distributed, out_of_time, set_full_state, shard_fsdp,
     weights_digest,
 )
-from train.latents import BatchPlan, ClipSource, LatentReader, make_batch, pick_caption, prefetched, scan_latents
+from train.latents import (
+    BatchPlan, ClipSource, LatentReader, latent_norm, make_batch, pick_caption, prefetched, scan_latents,
+)
 from train.packing import Packer
 from train.profiling import StepProfiler
 from train.progress import FrameLoss, Progress, limits
@@ -151,15 +153,6 @@ def clip_source(cfg: TrainDiTConfig, device: torch.device) -> ClipSource:
     return ClipSource(cfg.data_root, cfg.vae, TextConfig(path=cfg.text_path or None, max_length=cfg.text_max_length),
                       BucketConfig(areas=cfg.bucket_areas, frames=cfg.bucket_frames, token_budget=cfg.token_budget,
                                    patch=cfg.patch), device)
-
-
-def latent_norm(cfg: TrainDiTConfig, manifest: dict | None) -> tuple[float, float]:
-    """(scale, shift): the config's, or 1/std and mean from a latent cache's manifest when scale is 0."""
-    if cfg.latent_scale:
-        return cfg.latent_scale, cfg.latent_shift
-    if manifest and manifest.get("latent_std"):
-        return 1.0 / float(manifest["latent_std"]), float(manifest["latent_mean"])
-    return 1.0, 0.0
 
 
 def open_data(cfg: TrainDiTConfig, device: torch.device):
@@ -338,7 +331,7 @@ def main(cfg: TrainDiTConfig) -> dict:
     source, records, text_dim, stats = open_data(cfg, device)
     dit_cfg = model_config(cfg, int(records[0].latent_shape[0]), text_dim)
     plan = BatchPlan(records, cfg.token_budget, cfg.max_batch, dit_cfg.patch, cfg.seed)
-    scale, shift = latent_norm(cfg, stats)
+    scale, shift = latent_norm(cfg.latent_scale, cfg.latent_shift, stats)
     resolved = {"train": dataclasses.asdict(cfg), "dit": dataclasses.asdict(dit_cfg), "world": info.world,
                 "latent_scale": scale, "latent_shift": shift}
     if info.is_main:
@@ -404,9 +397,7 @@ def main(cfg: TrainDiTConfig) -> dict:
         print(f"dit {cfg.preset}: {dit.num_params() / 1e6:.1f}M params, {len(records)} clips, {len(plan.sizes)} "
               f"latent shapes, {plan.per_epoch} batches/epoch, start step {start}, world {info.world} "
               f"({'fsdp' if dit.fsdp else 'ddp' if info.world > 1 else 'single'}), "
-              f"training for {limits(cfg.steps, budget)}", flush=True)
-        if packer is not None:
-            print(packer.describe())
+              f"training for {limits(cfg.steps, budget)}" + (f"\n{packer.describe()}" if packer else ""), flush=True)
     progress = Progress("dit", start, cfg.steps, budget, enabled=info.is_main)
     profiler = (StepProfiler(run_dir / "profile", max(start, cfg.profile_from), cfg.profile_steps, device)
                 if cfg.profile_steps > 0 and info.is_main else None)
@@ -419,14 +410,13 @@ def main(cfg: TrainDiTConfig) -> dict:
         for step, (x0, text, mask, draws) in batches:
             if profiler is not None:
                 profiler.step(step)
-            if packer is None:
-                x0, text, mask = (v.to(device, non_blocking=True) for v in (x0, text, mask))
             for group in dit.opt.param_groups:
                 group["lr"] = lr_at(cfg, step, done_share)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 if packer is not None:  # --pack
                     loss, per_frame, n_tokens = packer.loss(x0, device)
                 else:
+                    x0, text, mask = (v.to(device, non_blocking=True) for v in (x0, text, mask))
                     loss, per_frame = flow.loss(x0, text, mask, draws=draws, per_frame=True)
                     n_tokens = x0.shape[0] * x0.shape[2] * x0.shape[3] * x0.shape[4] // int(np.prod(dit_cfg.patch))
             frame_loss.add(per_frame)
@@ -497,9 +487,7 @@ def main(cfg: TrainDiTConfig) -> dict:
             "time_budget_s": round(budget, 1)}
 
 
-# ----------------------------------------------------------------------------------------------------------
-# CLI: every config field is a flag (tuples as JSON, e.g. --caption_mix '[["dense", 0.7], ["short", 0.3]]')
-# ----------------------------------------------------------------------------------------------------------
+# CLI: every config field is a flag (tuples as JSON, e.g. --caption-mix '[["dense", 0.7], ["short", 0.3]]')
 
 
 def parse_args(argv: list[str] | None = None) -> TrainDiTConfig:
