@@ -368,6 +368,9 @@ def write_clip_shards(dataset: str, colours: list[str], shards: int = 1, bytes_i
             ("num_frames", pa.int64()), ("width", pa.int64()), ("height", pa.int64()), ("aesthetic", pa.float64()),
             ("colour", pa.string())]))
         pq.write_table(table, root / "clips" / f"part-{s:05d}.parquet")
+    from curate.store import write_manifest  # readers open only what a manifest lists
+
+    write_manifest(root, (root / "clips").glob("*.parquet"))
     return rows
 
 

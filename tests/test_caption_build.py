@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -15,6 +16,7 @@ from caption.expand import ExpandConfig
 from caption.frames import FrameConfig
 from caption.sources import SourceConfig
 from caption.vlm import VLMConfig
+from curate.store import open_dataset
 from curate.synth import Shot, Transition, render_video
 from openai_server import FakeOpenAIServer
 
@@ -64,7 +66,7 @@ def test_build_caption_failures_are_counted_and_retried_exactly(ray_local, tmp_p
         assert not server.seen and not (out / "clips").exists()  # nothing touched
 
         summary = build(_cfg(videos, out, server))
-        table = pq.read_table(out / "clips" / "part-00000.parquet").to_pylist()
+        table = pa.concat_tables(pq.read_table(p) for p in open_dataset(out).shards).to_pylist()
         alpha = {r["clip_id"] for r in table if r["source_uri"].endswith("alpha.mp4")}
         bravo = {r["clip_id"] for r in table if r["source_uri"].endswith("bravo.mp4")}
         assert alpha and bravo, [(r["source_uri"], r["caption_status"]) for r in table]
@@ -84,6 +86,6 @@ def test_build_caption_failures_are_counted_and_retried_exactly(ray_local, tmp_p
         assert asked == alpha  # exactly the failed clips, once each
         assert len(server.requests()) - n == len(alpha)
         assert again["caption"]["failed"] == 0 and again["caption"]["ok"] == len(alpha) + len(bravo)
-        table = pq.read_table(out / "clips" / "part-00000.parquet").to_pylist()
+        table = pa.concat_tables(pq.read_table(p) for p in open_dataset(out).shards).to_pylist()
         assert all(r["caption_status"] == "ok" for r in table)
         assert json.loads((out / "summary.json").read_text())["caption"]["failed"] == 0

@@ -52,6 +52,9 @@ def _dataset(root: Path) -> list[dict]:
                      "expand_model": "old-llm", "expand_status": "ok", "caption_status": "ok"})
     (root / "clips").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows), root / "clips" / "part-00000.parquet")
+    from curate.store import write_manifest  # readers open only what a manifest lists
+
+    write_manifest(root, [root / "clips" / "part-00000.parquet"])
     from curate.schema import FAILURE_SCHEMA  # the build's own failures stay; an older caption run's are replaced
 
     old = [{"source_uri": "/videos/bad.mp4", "content_id": None, "outcome": "failed", "stage": "split",
