@@ -17,13 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.media import contact_sheet, is_image_file, read_media, save_media
-from model.checkpoint import config_from_dict
-from model.dit import DiTConfig
-from model.pipeline import (
-    DEFAULTS, TextToVideo, check_request, read_pipeline_config, request_units, resolve_device, trained_defaults,
-)
-from model.vae import VAEConfig
+from train.config_cli import source_fields
+
+ROOT = Path(__file__).resolve().parents[1]
+# model.pipeline.Defaults, read from its source so that --help imports no torch (it prints in well under a second)
+DEFAULTS = argparse.Namespace(**{f.name: f.default for f in source_fields(ROOT / "model" / "pipeline.py", "Defaults")})
 
 
 def expand_prompt_text(prompt: str) -> str:
@@ -48,6 +46,8 @@ def _parse_size(text: str) -> tuple[int, int]:
 def _parse_keyframes(text: str | None) -> dict[int, np.ndarray] | None:
     if not text:
         return None
+    from curate.media import read_media
+
     out = {}
     for item in text.split(","):
         idx, _, path = item.partition(":")
@@ -60,6 +60,8 @@ def _parse_keyframes(text: str | None) -> dict[int, np.ndarray] | None:
 def request_shape(frames: int | None, size: str | None, meta: dict) -> tuple[int, tuple[int, int]]:
     """The request's frame count and (W, H): as given, else what ``pipeline.json`` says the DiT was trained at
     (a note on stderr names it), else ``DEFAULTS``."""
+    from model.pipeline import trained_defaults
+
     trained = trained_defaults(meta)
     taken = []
     if frames is None:
@@ -107,6 +109,12 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
     p.add_argument("--out", default="outputs/sample", help="output path without suffix (.mp4/.png added)")
     a = p.parse_args(argv)
+    from curate.media import contact_sheet, is_image_file, read_media, save_media
+    from model.checkpoint import config_from_dict
+    from model.dit import DiTConfig
+    from model.pipeline import TextToVideo, check_request, read_pipeline_config, request_units, resolve_device
+    from model.vae import VAEConfig
+
     try:
         if not a.model:
             raise ValueError("--model DIR is required (or set TESSERA_MODEL)")

@@ -20,9 +20,9 @@ from train.config_cli import parse_source_config, source_fields
 ROOT = Path(__file__).resolve().parents[1]
 OWN = ["demo", "samples", "build", "filter"]
 ALL = OWN + [d[0] for d in DELEGATED]
-# generate and cache-latents import torch at module level (pipelines/generate.py, pipelines/cache_latents.py),
-# so their --help still pays for it
-TORCH_AT_IMPORT = {"generate", "cache-latents"}
+# cache-latents imports torch at module level (its config holds model.buckets / model.text configs), so its
+# --help still pays for it
+TORCH_AT_IMPORT = {"cache-latents"}
 
 
 def test_top_level_help_lists_every_command(capsys):
@@ -149,3 +149,16 @@ def test_a_missing_dataset_is_one_line_and_status_2(argv, tmp_path, capsys):
     assert main([a.format(missing=missing) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"tessera {argv[0]}: error:") and missing in err, err
+
+
+def test_generate_help_needs_no_torch_and_shows_the_pipeline_defaults():
+    """generate reads model.pipeline.Defaults from its source for --help: the same values as the import, and no
+    torch in a fresh interpreter that only builds the help."""
+    from model.pipeline import DEFAULTS
+    from pipelines.generate import DEFAULTS as CLI_DEFAULTS
+
+    assert vars(CLI_DEFAULTS) == dataclasses.asdict(DEFAULTS)
+    code = ("import sys\nfrom pipelines.generate import cli\ntry:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False") and f"else {DEFAULTS.frames})" in " ".join(out.split())
