@@ -2,7 +2,7 @@
 
 Each adapter is a class so Ray runs it as an actor pool (models and sandbox processes load once). They add
 timing columns (``t_<stage>``, seconds of work per row) that the driver sums into the run summary, and they
-turn any exception into data: a stage that raises would fail the whole Ray dataset (see FIELD-NOTES), so an
+turn any exception into data: a stage that raises fails the whole Ray dataset (every input, not one), so an
 error becomes a status on the row instead.
 """
 
