@@ -53,21 +53,28 @@ def list_objects(uri: str, suffixes: tuple[str, ...]) -> list[str]:
         return [uri]
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"input {uri!r}: no such object or prefix")
-    scheme = urlparse(uri).scheme
     found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    return sorted(f"{scheme}://{f.path}" for f in found
-                  if f.type == pafs.FileType.File and f.path.lower().endswith(suffixes))
+    base, prefix = uri.rstrip("/"), path.rstrip("/")  # each object's uri keeps the form the user wrote
+    return sorted(base + f.path[len(prefix):] for f in found
+                  if f.type == pafs.FileType.File and f.path.lower().endswith(suffixes) and f.path.startswith(prefix))
 
 
 @contextmanager
-def local_copy(uri: str):
-    """The object at ``uri`` as a local temp file (same suffix), removed afterwards."""
+def local_copy(uri: str, max_bytes: int | None = None):
+    """The object at ``uri`` as a local temp file (same suffix), removed afterwards. An object larger than
+    ``max_bytes`` is not downloaded: the temp file is made sparse at the object's size instead, so a size check
+    on it refuses the object without the transfer."""
     fs, path = filesystem(uri)
     suffix = os.path.splitext(path)[1][:16]
     fd, tmp = tempfile.mkstemp(prefix="tessera-input-", suffix=suffix)
     try:
-        with os.fdopen(fd, "wb") as out, fs.open_input_stream(path) as src:
-            shutil.copyfileobj(src, out, length=1 << 20)
+        size = fs.get_file_info(path).size if max_bytes is not None else None
+        with os.fdopen(fd, "wb") as out:
+            if size is not None and size > max_bytes:
+                out.truncate(size)
+            else:
+                with fs.open_input_stream(path) as src:
+                    shutil.copyfileobj(src, out, length=1 << 20)
         yield tmp
     finally:
         os.unlink(tmp)

@@ -142,7 +142,35 @@ def _init_ray(address: str | None):
         # "local": always a fresh local instance, never a cluster someone left running on this machine
         ray.init(address="local", include_dashboard=False, log_to_driver=False,
                  object_store_memory=int(os.environ.get("TESSERA_OBJECT_STORE_BYTES", 1_000_000_000)))
+    _absorb_restart_warning(ray)
     return ray
+
+
+class _Absorber:
+    def __init__(self, arg):
+        pass
+
+
+def _absorb_restart_warning(ray) -> None:
+    """Spend, out of sight, the one ``core_worker.cc ... E`` line Ray prints per process when an actor with
+    restarts gets a constructor argument by reference (ray-project/ray#53727: a restart fails if that argument
+    is gone by then). Ray Data passes every actor-pool worker its transformer and context that way, and keeps
+    both references for as long as the operator runs, so its restarts find them: the line is a false alarm for
+    this graph. It is logged once per process, at actor submission, from the submitting thread: one throwaway
+    actor submitted while fd 2 points at /dev/null uses it up, and later real warnings of other kinds still show.
+    """
+    import sys
+
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        actor = ray.remote(num_cpus=0, max_restarts=1)(_Absorber).remote(ray.put(0))
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    ray.kill(actor)
 
 
 def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: str):

@@ -56,7 +56,7 @@ class ProbeStage:
         else:
             try:
                 claim = partial(claim_content, self.claims_dir, item["key"], item["uri"]) if self.claims_dir else None
-                with _local(item["path"]) as path:
+                with _local(item["path"], self.limits.max_file_bytes) as path:
                     row = self.sandbox.run(probe, path, self.limits, uri=item["uri"], claim=claim,
                                            timeout_s=self.timeout_s)
             except SandboxTimeout as exc:
@@ -76,10 +76,11 @@ class ProbeStage:
 
 
 @contextmanager
-def _local(path: str):
-    """A local path for ``path``: itself, or a temp copy of an object-storage URI."""
+def _local(path: str, max_bytes: int | None = None):
+    """A local path for ``path``: itself, or a temp copy of an object-storage URI (an object above
+    ``max_bytes`` is not fetched: probe sees its size and rejects it as too large)."""
     if is_uri(path):
-        with local_copy(path) as tmp:
+        with local_copy(path, max_bytes) as tmp:
             yield tmp
     else:
         yield path

@@ -104,3 +104,26 @@ def test_special_files_and_bad_names_are_reported_not_skipped(tmp_path):
     lst.write_text("/dev/null\n")
     (dev,) = resolve_inputs(lst)
     assert dev.reject_reason == "not-a-file" and "device" in dev.message
+
+
+def test_object_storage_uris_are_listed_and_fetched(tmp_path):
+    """Any fsspec filesystem works as an input (fsspec's in-memory one here; S3 in tests/test_build_s3.py)."""
+    fsspec = pytest.importorskip("fsspec")
+    from curate.remote import is_uri, local_copy
+
+    mem = fsspec.filesystem("memory")
+    mem.pipe("/tessera-test/videos/b.mp4", b"bbbb")
+    mem.pipe("/tessera-test/videos/sub/a.MOV", b"aa")
+    mem.pipe("/tessera-test/videos/notes.txt", b"no")
+    items = resolve_inputs("memory://tessera-test/videos")
+    assert [i.uri for i in items] == ["memory://tessera-test/videos/b.mp4", "memory://tessera-test/videos/sub/a.MOV"]
+    assert all(i.path == i.uri and i.reject_reason is None and i.key == input_key(i.uri) for i in items)
+    assert is_uri(items[0].uri) and not is_uri(str(tmp_path)) and not is_uri("file:///x.mp4")
+    with local_copy(items[0].uri) as local:
+        assert Path(local).read_bytes() == b"bbbb" and local.endswith(".mp4")
+    assert not Path(local).exists()
+    with local_copy(items[0].uri, max_bytes=2) as local:  # too large: not fetched, only its size is there
+        assert os.path.getsize(local) == 4 and Path(local).read_bytes() == b"\0" * 4
+    with pytest.raises(FileNotFoundError):
+        resolve_inputs("memory://tessera-test/nothing-here")
+    mem.rm("/tessera-test", recursive=True)
