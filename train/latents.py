@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 import torch
 
 from curate.media import MEDIA_COLUMNS, clip_media, decode_frames, media_columns, resize_crop, table_media
+from curate.store import open_dataset
 from model.buckets import Bucket, BucketConfig, assign_bucket, make_buckets
 from model.checkpoint import load_vae
 from model.text import TextConfig, TextEncoder, pad_embeddings
@@ -320,7 +321,7 @@ class ClipSource:
         self.rows: dict[str, dict] = {}
         c = self.vae.cfg.z_channels
         keep = read_selection(self.root)  # the dataset's filter decision, as the cache applies it
-        for path in sorted((self.root / "clips").glob("*.parquet")):
+        for path in open_dataset(self.root).shards:
             names = pq.ParquetFile(path).schema_arrow.names
             cols = [n for n in ("clip_id", "width", "height", "num_frames", "source_uri", "scene_index")
                     + tuple(f"caption_{k}" for k in CAPTION_KINDS) if n in names]
