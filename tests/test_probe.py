@@ -187,6 +187,6 @@ def test_known_content_is_rejected_before_any_decode(videos, tmp_path):
 
     row = probe(not_video, claim=claim)
     assert (row["status"], row["reason"]) == ("rejected", "duplicate-content")
-    assert "/videos/first.mp4" in row["message"] and asked == [content_id(not_video)] == [row["content_id"]]
+    assert "/videos/first.mp4" in row["message"] and asked == [sha256_file(not_video)] == [row["content_id"]]
     good = probe(videos["good"], claim=lambda cid: None)  # this input holds the claim: probed as usual
     assert good["status"] == "ok"
