@@ -475,12 +475,12 @@ def pick_caption(available: tuple[str, ...], mix: tuple[tuple[str, float], ...],
     return kinds[int(rng.choice(len(kinds), p=w / w.sum()))][0]
 
 
-def make_batch(source, records: list[LatentRecord], idx: list[int], caption_mix: tuple[tuple[str, float], ...],
-               seed: int, g: int, text_dim: int, scale: float = 1.0,
-               shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Latents (B, C, T', H', W') normalised as (z - shift) * scale, text tokens (B, L, D) and mask (B, L)
-    of global batch g (``source``: a ``LatentReader`` or a ``ClipSource``)."""
-    rng = np.random.default_rng([seed, g, 5])
+def load_clips(source, records: list[LatentRecord], idx: list[int], caption_mix: tuple[tuple[str, float], ...],
+               rng: np.random.Generator, text_dim: int, scale: float = 1.0,
+               shift: float = 0.0) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The latents of the records ``idx`` ((C, T', H', W') each, normalised as (z - shift) * scale) and their
+    captions' tokens (B, L, D) with mask (B, L); each clip's caption kind drawn by ``pick_caption`` (no kind
+    available: the empty caption). ``source``: a ``LatentReader`` or a ``ClipSource``."""
     latents, texts = [], []
     for i in idx:
         z, text = source.load(records[i])
@@ -488,11 +488,18 @@ def make_batch(source, records: list[LatentRecord], idx: list[int], caption_mix:
         latents.append((z - shift) * scale)
         texts.append(text[kind] if kind else torch.zeros(0, text_dim))
     if max(t.shape[0] for t in texts) == 0:  # every caption empty: one masked-out token
-        emb_tokens, emb_mask = torch.zeros(len(texts), 1, text_dim), torch.zeros(len(texts), 1, dtype=torch.bool)
-    else:
-        emb = pad_embeddings(texts)
-        emb_tokens, emb_mask = emb.tokens, emb.mask
-    return torch.stack(latents), emb_tokens, emb_mask
+        return latents, torch.zeros(len(texts), 1, text_dim), torch.zeros(len(texts), 1, dtype=torch.bool)
+    emb = pad_embeddings(texts)
+    return latents, emb.tokens, emb.mask
+
+
+def make_batch(source, records: list[LatentRecord], idx: list[int], caption_mix: tuple[tuple[str, float], ...],
+               seed: int, g: int, text_dim: int, scale: float = 1.0,
+               shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latents (B, C, T', H', W'), text tokens (B, L, D) and mask (B, L) of global batch g (one shape)."""
+    latents, tokens, mask = load_clips(source, records, idx, caption_mix, np.random.default_rng([seed, g, 5]),
+                                       text_dim, scale, shift)
+    return torch.stack(latents), tokens, mask
 
 
 T = TypeVar("T")

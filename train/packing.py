@@ -9,7 +9,8 @@ clip, and the DiT keeps them apart (``model/packed.py``: document masks, positio
    (``pack_bins``: the largest clip first, each into the fullest row it fits). Rows of a window filled below
    ``min_fill`` go back into the next window (not past a quarter of a window; the last window keeps all), then
    the epoch's rows are shuffled and grouped. A function of the seed only, so resume is exact.
-2. ``collate``: records -> latents (normalised), one caption per clip, in row order.
+2. ``train.latents.load_clips`` (shared with the unpacked batches): records -> latents (normalised), one
+   caption per clip, in row order.
 3. ``build_step``: latents, captions and the step's random draws (one ``Flow.draw`` per clip: task, caption
    dropout, time shifted for the clip's own token count, noise) -> ``PackedStep``: clean latents, noise and
    given-frame masks as packed tokens, per-clip times and captions, the layout. All on the CPU.
@@ -29,7 +30,6 @@ import math
 import threading
 from bisect import bisect_left, insort
 from dataclasses import dataclass, fields, replace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from torch import Tensor
 from model.dit import pack_tokens
 from model.flow import Draws, Flow, apply_caption_drop
 from model.packed import BACKENDS, PackedLayout, varlen_kernel, pack_layout
-from model.text import pad_embeddings
+from train.latents import load_clips
 
 # ----------------------------------------------------------------------------------------------------------
 # The packer
@@ -241,22 +241,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def collate(source, records: list, idx: list[int], pick: Callable, caption_mix, text_dim: int, rng: np.random.Generator,
-            scale: float = 1.0, shift: float = 0.0) -> tuple[list[Tensor], Tensor, Tensor]:
-    """Latents (C, T', H', W') each, normalised as (z - shift) * scale, captions (K, Lt, D) and mask (K, Lt) of the
-    records ``idx``; each clip's caption kind is ``pick(kinds, caption_mix, rng)`` (None: the empty caption)."""
-    latents, texts = [], []
-    for i in idx:
-        z, text = source.load(records[i])
-        kind = pick(records[i].captions, caption_mix, rng)
-        latents.append((z - shift) * scale)
-        texts.append(text[kind] if kind else torch.zeros(0, text_dim))
-    if max(t.shape[0] for t in texts) == 0:  # every caption empty: one masked-out token
-        return latents, torch.zeros(len(texts), 1, text_dim), torch.zeros(len(texts), 1, dtype=torch.bool)
-    emb = pad_embeddings(texts)
-    return latents, emb.tokens, emb.mask
-
-
 class Packer:
     """What ``train-dit --pack`` adds to the loop: the plan, each step's CPU batch, and its loss.
 
@@ -264,9 +248,9 @@ class Packer:
     (at least one), so a packed step holds as many token slots as a bucketed one may. Step g draws its random
     numbers from the generator the unpacked loop uses (``seed * 1_000_003 + g``), one clip after another."""
 
-    def __init__(self, cfg, records: list, patch: tuple[int, int, int], flow: Flow, pick: Callable, text_dim: int,
+    def __init__(self, cfg, records: list, patch: tuple[int, int, int], flow: Flow, text_dim: int,
                  scale: float, shift: float, device: torch.device):
-        self.cfg, self.records, self.patch, self.flow, self.pick = cfg, records, tuple(patch), flow, pick
+        self.cfg, self.records, self.patch, self.flow = cfg, records, tuple(patch), flow
         self.text_dim, self.scale, self.shift = text_dim, scale, shift
         self.length = int(cfg.pack_tokens or cfg.token_budget)
         self.backend = resolve_backend(cfg.pack_attention, device)
@@ -282,8 +266,9 @@ class Packer:
     def prepare(self, source, g: int, pin: bool = False) -> PackedStep:
         rows = self.plan.batch(g)
         idx = [i for row in rows for i in row]
-        latents, text, mask = collate(source, self.records, idx, self.pick, self.cfg.caption_mix, self.text_dim,
-                                      np.random.default_rng([self.cfg.seed, g, 5]), self.scale, self.shift)
+        latents, text, mask = load_clips(source, self.records, idx, self.cfg.caption_mix,
+                                         np.random.default_rng([self.cfg.seed, g, 5]), self.text_dim, self.scale,
+                                         self.shift)
         draws = draw_clips(self.flow, latents, torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + g))
         positions, k = [], 0
         for row in rows:

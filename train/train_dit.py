@@ -53,7 +53,7 @@ from train.dist import (
     weights_digest,
 )
 from train.latents import (
-    BatchPlan, ClipSource, LatentReader, latent_norm, make_batch, pick_caption, prefetched, scan_latents,
+    BatchPlan, ClipSource, LatentReader, latent_norm, make_batch, prefetched, scan_latents,
 )
 from train.packing import Packer
 from train.profiling import StepProfiler
@@ -345,7 +345,7 @@ def main(cfg: TrainDiTConfig) -> dict:
     flow = Flow(dit.network(), FlowConfig(logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, shift=cfg.shift,
                                           shift_scale=cfg.time_shift, uniform_share=cfg.t_uniform,
                                           caption_dropout=cfg.caption_dropout, tasks=tasks))
-    packer = (Packer(cfg, records, dit_cfg.patch, flow, pick_caption, text_dim, scale, shift, device)
+    packer = (Packer(cfg, records, dit_cfg.patch, flow, text_dim, scale, shift, device)
               if cfg.pack else None)  # --pack
     sampler_shift = cfg.time_shift if cfg.shift else 0.0  # what samples and the export use (0: unshifted)
     pipes: list = []  # rank 0's sampling pipeline: VAE and text encoder load once, the EMA weights each time
