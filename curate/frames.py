@@ -125,8 +125,33 @@ def _rotate(rgb: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, k=-(rotation // 90)))
 
 
-def _iter_pyav(path, cfg: DecodeConfig, rotation: int | None) -> Iterator[Frame]:
+def _timed(container, stream, cfg: DecodeConfig, name: str, progress: list[int]) -> Iterator[tuple[int, float, object]]:
+    """``(index, pts_s, frame)`` for every decoded frame of ``stream``: seconds from the first frame by PTS (a
+    frame without a timestamp continues from the previous one at the nominal rate), at most ``cfg.max_frames``
+    frames, ``DecodeTimeout`` past ``cfg.timeout_s``. ``progress[0]`` is the index of the frame being worked on,
+    for the caller's error message (a decode error may surface in the caller's own conversion)."""
     t0 = time.monotonic()
+    tb = float(stream.time_base)
+    origin, last_pts = stream.start_time, None
+    for index, frame in enumerate(container.decode(stream)):
+        progress[0] = index
+        if index == 0 and (origin is None or (frame.pts is not None and frame.pts < origin)):
+            origin = frame.pts or 0  # no start time, or a first frame before it: it is t = 0
+        if frame.pts is not None:
+            pts_s = (frame.pts - origin) * tb
+        else:  # no timestamp (rare raw streams): continue from the previous one at the nominal rate
+            rate = float(stream.average_rate or stream.base_rate or 25)
+            pts_s = 0.0 if last_pts is None else last_pts + 1.0 / rate
+        last_pts = pts_s
+        yield index, float(pts_s), frame
+        progress[0] = index + 1
+        if index + 1 >= cfg.max_frames:
+            return
+        if time.monotonic() - t0 > cfg.timeout_s:
+            raise DecodeTimeout(f"{name!r}: over {cfg.timeout_s} s after {index + 1} frames")
+
+
+def _iter_pyav(path, cfg: DecodeConfig, rotation: int | None) -> Iterator[Frame]:
     name = os.fspath(path)
     with av.open(open_path(path)) as container:
         stream = main_video_stream(container)
@@ -134,19 +159,14 @@ def _iter_pyav(path, cfg: DecodeConfig, rotation: int | None) -> Iterator[Frame]
             raise DecodeError(f"{name!r}: no video stream")
         stream.thread_type = "AUTO"  # frame + slice threads
         stream.codec_context.thread_count = cfg.threads
-        tb = float(stream.time_base)
-        origin = stream.start_time
         geo = None
         scaler, to_rgb = VideoReformatter(), VideoReformatter()
-        index = 0
-        last_pts = None
+        at = [0]
         try:
-            for frame in container.decode(stream):
+            for index, pts_s, frame in _timed(container, stream, cfg, name, at):
                 if geo is None:
                     rot = display_rotation(frame, stream) if rotation is None else rotation
                     geo = _geometry(stream, rot, cfg)
-                    if origin is None or (frame.pts is not None and frame.pts < origin):
-                        origin = frame.pts or 0  # no start time, or a first frame before it: it is t = 0
                 # swscale wants the coded orientation: swap the target for 90/270 before rotating
                 w, h = (geo.out_h, geo.out_w) if geo.rotation in (90, 270) else (geo.out_w, geo.out_h)
                 # Two passes: resize in the decoder's own pixel format, then convert the small frame to RGB.
@@ -156,20 +176,9 @@ def _iter_pyav(path, cfg: DecodeConfig, rotation: int | None) -> Iterator[Frame]
                 if (frame.width, frame.height) != (w, h):
                     small = scaler.reformat(frame, w, h, frame.format.name, interpolation=cfg.interpolation)
                 rgb = _rotate(to_rgb.reformat(small, format="rgb24").to_ndarray(), geo.rotation)
-                if frame.pts is not None:
-                    pts_s = (frame.pts - origin) * tb
-                else:  # no timestamp (rare raw streams): continue from the previous one at the nominal rate
-                    rate = float(stream.average_rate or stream.base_rate or 25)
-                    pts_s = 0.0 if last_pts is None else last_pts + 1.0 / rate
-                last_pts = pts_s
-                yield Frame(index=index, pts_s=float(pts_s), rgb=rgb)
-                index += 1
-                if index >= cfg.max_frames:
-                    return
-                if time.monotonic() - t0 > cfg.timeout_s:
-                    raise DecodeTimeout(f"{name!r}: over {cfg.timeout_s} s after {index} frames")
+                yield Frame(index=index, pts_s=pts_s, rgb=rgb)
         except av.FFmpegError as e:
-            raise DecodeError(f"{name!r}: decoding failed at frame {index}: {e}") from e
+            raise DecodeError(f"{name!r}: decoding failed at frame {at[0]}: {e}") from e
 
 
 def _iter_decord(path, cfg: DecodeConfig, rotation: int | None) -> Iterator[Frame]:
@@ -266,7 +275,6 @@ def iter_thumbs(path, cfg: DecodeConfig = DecodeConfig(), rotation: int | None =
     the deblocking filter: ~1/3 less decode CPU on H.264; the error it leaves is blocking of a few levels that the
     area mean over >= 20x20-pixel cells averages out.
     """
-    t0 = time.monotonic()
     name = os.fspath(path)
     with av.open(open_path(path)) as container:
         stream = main_video_stream(container)
@@ -277,15 +285,11 @@ def iter_thumbs(path, cfg: DecodeConfig = DecodeConfig(), rotation: int | None =
         stream.codec_context.thread_count = cfg.thumb_threads
         if cfg.thumb_skip_loop_filter:
             stream.codec_context.options = {**stream.codec_context.options, "skip_loop_filter": "all"}
-        tb = float(stream.time_base)
-        origin = stream.start_time
-        rot, index, last_pts = rotation, 0, None
+        rot, at = rotation, [0]
         try:
-            for frame in container.decode(stream):
+            for index, pts_s, frame in _timed(container, stream, cfg, name, at):
                 if rot is None:
                     rot = display_rotation(frame, stream)
-                if index == 0 and (origin is None or (frame.pts is not None and frame.pts < origin)):
-                    origin = frame.pts or 0
                 coded = (size[1], size[0]) if rot in (90, 270) else size
                 fmt = _PLANAR.get(frame.format.name)
                 if fmt is not None:
@@ -304,17 +308,6 @@ def iter_thumbs(path, cfg: DecodeConfig = DecodeConfig(), rotation: int | None =
                     thumb = cv2.cvtColor(small, cv2.COLOR_RGB2YUV).astype(np.float32)
                 if rot:
                     thumb = np.ascontiguousarray(np.rot90(thumb, k=-(rot // 90)))
-                if frame.pts is not None:
-                    pts_s = (frame.pts - origin) * tb
-                else:
-                    rate = float(stream.average_rate or stream.base_rate or 25)
-                    pts_s = 0.0 if last_pts is None else last_pts + 1.0 / rate
-                last_pts = pts_s
-                yield index, float(pts_s), thumb
-                index += 1
-                if index >= cfg.max_frames:
-                    return
-                if time.monotonic() - t0 > cfg.timeout_s:
-                    raise DecodeTimeout(f"{name!r}: over {cfg.timeout_s} s after {index} frames")
+                yield index, pts_s, thumb
         except av.FFmpegError as e:
-            raise DecodeError(f"{name!r}: decoding failed at frame {index}: {e}") from e
+            raise DecodeError(f"{name!r}: decoding failed at frame {at[0]}: {e}") from e
