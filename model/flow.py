@@ -278,11 +278,16 @@ def denoise(
         text, text_mask = torch.cat([text, empty_text]), torch.cat([text_mask.bool(), empty_mask])
         cond2 = Condition(cond.mask.repeat(2, 1), cond.reference.repeat(2, 1, 1, 1, 1), cond.strength)
 
+    # On CUDA the network runs under bf16 autocast, as it trained (train_dit); the state x and the solver's
+    # arithmetic stay float32. Elsewhere float32 throughout.
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
     def v(x: Tensor, t: float) -> Tensor:
         tt = torch.full((x.shape[0],), t, device=device, dtype=dtype)
-        if not guided:
-            return flow.velocity(x, tt, cond, text, text_mask)
-        vc, vu = flow.velocity(torch.cat([x, x]), tt.repeat(2), cond2, text, text_mask).chunk(2)
+        with autocast:
+            if not guided:
+                return flow.velocity(x, tt, cond, text, text_mask).float()
+            vc, vu = flow.velocity(torch.cat([x, x]), tt.repeat(2), cond2, text, text_mask).float().chunk(2)
         return vu + cfg_scale * (vc - vu)
 
     x = (1 - ts[0]) * cond.reference + ts[0] * noise  # pure noise when strength = 1

@@ -51,6 +51,7 @@ class LoopConfig:
     vae_warmup: int = 0  # linear lr warm-up steps (0: min(200, vae_steps / 20))
     vae_frames: int = 0  # frames per VAE training clip (1 + 4k; 0: ``frames``). The VAE is causal and
     # convolutional, so it trains on shorter clips than it encodes
+    vae_edge_weight: float = 0.0  # train.train_vae.TrainVAEConfig.edge_weight: L1 of spatial gradients
     vae_run: str = ""  # a VAE run folder of an earlier loop (its ``checkpoints/``): skip VAE training and use it
     # DiT
     dit_preset: str = "tiny"
@@ -87,6 +88,8 @@ class LoopConfig:
     eval_per_triple: int = 1
     eval_heldout_repeat: int = 1  # times as many shots per held-out triple
     eval_limit: int = 0  # first N shots per group (0: all: 72 held-out and 36 seen triples, 16 prompts each)
+    eval_batch: int = 16  # eval-text's prompts per network call (EvalTextConfig.batch)
+    eval_workers: int = -1  # eval-text's detector processes (EvalTextConfig.workers; -1: up to 8 on a GPU)
     eval_size: int = 0  # eval-text's square side (0: ``size``); the detector tells hexagons from circles at >= 64
     # systems
     text_path: str = ""  # text encoder folder ("" = the packaged MiniLM)
@@ -110,21 +113,21 @@ PROFILES: dict[str, LoopConfig] = {
     # (eval-text at 64 px, where its detector reads every shape: one seen and one held-out shot, 4 phrasings x 4 seeds)
     "smoke": LoopConfig(size=32, vae_steps=6, vae_batch=2, dit_steps=8, token_budget=1024, max_batch=8, eval_steps=3,
                         eval_limit=1, eval_size=64),
-    # one H100/H200, ~10 minutes in all with a 4096-clip shot corpus. The VAE trains on 9-frame clips; the DiT
-    # takes batches of 128 clips, mostly text-to-video; short warm-ups, since each model gets ~1-2.5k steps.
-    # The best measured on one H200 (benchmarks/RESULTS.md, 2026-12-03): the 4x-spatial VAE keeps shapes, 4x4
-    # patches keep 320 tokens per clip, the 3x time shift is what lets the DiT learn motion on its latents, and
-    # DiT-B compiled per block (0.106-0.125 s per step against DiT-S's 0.098 eager) is what moved shape (held-out
-    # 0.948 and 0.875 in two runs of the old eval, whose 4-shape, 6-colour detector let training clips stand in for
-    # held-out pairs; the fixed eval asks 1,728 prompts, ~15x the old 112, and has not run on a GPU yet). The DiT
-    # steps until 515 s after the loop began, whatever the VAE and the encoding took
+    # one H100/H200, ~10 minutes in all with a 4096-clip shot corpus. The DiT takes batches of 128 clips, mostly
+    # text-to-video; short warm-ups, since each model gets ~1-2.5k steps. Measured on one H200 (benchmarks/
+    # RESULTS.md, 2026-12-03): the 4x-spatial VAE keeps shapes, 4x4 patches keep 320 tokens per clip, the 3x time
+    # shift is what lets the DiT learn motion on its latents, and DiT-B compiled per block (0.106-0.125 s per step)
+    # is what moved shape. 2026-12-05: the VAE trains on whole 17-frame clips (on 9-frame clips it lost shape in
+    # the late half of a clip, frames it never trained on: 0.55 against 0.88 on frames 0-4) with an edge loss; the
+    # eval asks 1,728 prompts (18 held-out pairs, 4 phrasings, 4 seeds) in batches of 64, the DiT under bf16
+    # autocast as it trained. The DiT steps until 480 s after the loop began, whatever the VAE and encoding took
     "gpu": LoopConfig(size=128, vae_preset="small-f4c4", dit_patch=(1, 4, 4), dit_pooled_text=True,
-                      dit_time_shift=3.0, vae_frames=9, vae_steps=20000, vae_batch=16, vae_lr=8e-4,
-                      vae_ema=0.999, vae_warmup=50, vae_time_s=150, dit_preset="B", compile=True, dit_steps=100000,
-                      dit_lr=4e-4, dit_ema=0.999, dit_warmup=100, dit_time_s=0, dit_stop_after_s=515,
-                      dit_t_uniform=0.3, dit_cooldown=0.2, task_mix=(0.85, 0.05, 0.03, 0.02, 0.03, 0.02),
-                      token_budget=40960, max_batch=128, eval_steps=20, eval_per_triple=1, eval_heldout_repeat=1,
-                      num_workers=8),
+                      dit_time_shift=3.0, vae_frames=17, vae_steps=20000, vae_batch=12, vae_lr=8e-4,
+                      vae_ema=0.999, vae_warmup=50, vae_time_s=150, vae_edge_weight=0.5, dit_preset="B",
+                      compile=True, dit_steps=100000, dit_lr=4e-4, dit_ema=0.999, dit_warmup=100, dit_time_s=0,
+                      dit_stop_after_s=480, dit_t_uniform=0.3, dit_cooldown=0.2,
+                      task_mix=(0.85, 0.05, 0.03, 0.02, 0.03, 0.02), token_budget=40960, max_batch=128,
+                      eval_steps=20, eval_per_triple=1, eval_heldout_repeat=1, eval_batch=64, num_workers=8),
 }
 
 
@@ -395,7 +398,7 @@ def _train_vae(cfg: LoopConfig, run_dir: Path) -> dict:
         data_root=cfg.dataset, run_dir=str(run_dir), preset=cfg.vae_preset, resolutions=((cfg.size, cfg.size),),
         num_frames=(cfg.vae_frames or cfg.frames,), image_prob=0.1, batch_size=cfg.vae_batch, num_workers=cfg.num_workers,
         holdout_pct=0.0, steps=cfg.vae_steps, lr=cfg.vae_lr, warmup_steps=cfg.vae_warmup or min(200, max(1, cfg.vae_steps // 20)),
-        ema_decay=cfg.vae_ema, time_budget_s=cfg.vae_time_s, seed=cfg.seed, device=cfg.device, log_every=10 if cfg.vae_time_s else max(1, cfg.vae_steps // 50),
+        ema_decay=cfg.vae_ema, edge_weight=cfg.vae_edge_weight, time_budget_s=cfg.vae_time_s, seed=cfg.seed, device=cfg.device, log_every=10 if cfg.vae_time_s else max(1, cfg.vae_steps // 50),
         preview_every=cfg.vae_steps, ckpt_every=cfg.vae_steps, keep_last=1, resume=False))
 
 
@@ -467,7 +470,7 @@ def run(cfg: LoopConfig) -> dict:
     ev_cfg = EvalTextConfig(pipeline=str(pipeline), out=str(out / "eval-text"), per_triple=cfg.eval_per_triple,
                             heldout_repeat=cfg.eval_heldout_repeat, prompt_seed=cfg.seed, frames=cfg.frames,
                             size=cfg.eval_size or cfg.size, steps=cfg.eval_steps, cfg=cfg.eval_cfg, device=cfg.device,
-                            limit=cfg.eval_limit)
+                            limit=cfg.eval_limit, batch=cfg.eval_batch, workers=cfg.eval_workers)
     ev = eval_text(ev_cfg)
     times["eval_s"] = round(time.time() - t, 1)
     summary.update(accuracy=ev["accuracy"], detector_ceiling=ev["detector_ceiling"])
