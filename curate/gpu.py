@@ -35,7 +35,6 @@ from typing import Iterator
 
 import numpy as np
 
-from curate.frames import DecodeConfig
 from curate.scenes import THUMB
 from curate.scores import BasicScorer, ScoreConfig, score_motion
 
@@ -301,10 +300,10 @@ def iter_yuv_nvdec(path, batch: int = 32, gpu: int = 0, max_frames: int = 500_00
         dec = nvc.CreateDecoder(gpuid=gpu, codec=dmx.GetNvCodecId(), cudacontext=0, cudastream=0,
                                 usedevicememory=True)
         h, w = int(dmx.Height()), int(dmx.Width())
-        tb = float(dmx.GetTimebaseNum()) / float(dmx.GetTimebaseDen())
-        fps = float(dmx.FrameRate()) or 25.0
     except Exception as exc:
         raise DecodeUnavailable(f"NVDEC cannot open {os.fspath(path)!r}: {type(exc).__name__}: {exc}") from exc
+    tb, fps = _optional(lambda: float(dmx.GetTimebaseNum()) / float(dmx.GetTimebaseDen()), 0.0), \
+        _optional(lambda: float(dmx.FrameRate()), 0.0) or 25.0
     ys = torch.empty((batch, h, w), dtype=torch.uint8, device=dev)
     uvs = torch.empty((batch, h // 2, w // 2, 2), dtype=torch.uint8, device=dev)
     raw_pts: list[float] = []
@@ -321,9 +320,11 @@ def iter_yuv_nvdec(path, batch: int = 32, gpu: int = 0, max_frames: int = 500_00
     for frame in frames():
         t = torch.from_dlpack(frame)  # (H * 3/2, W) NV12 in the decoder's buffer: copy before the next Decode
         t = t.reshape(t.shape[0], -1)
+        if t.dtype != torch.uint8 or t.shape[0] < h + h // 2 or t.shape[1] < w:  # 10-bit, 4:4:4: not NV12
+            raise DecodeUnavailable(f"NVDEC gave {tuple(t.shape)} {t.dtype} frames for {w}x{h}, not 8-bit NV12")
         ys[fill].copy_(t[:h, :w])
         uvs[fill].copy_(t[h: h + h // 2, : (w // 2) * 2].reshape(h // 2, w // 2, 2))
-        raw_pts.append(float(frame.getPTS()))
+        raw_pts.append(_optional(lambda: float(frame.getPTS()), float("nan")))
         fill, count = fill + 1, count + 1
         if fill == batch or count >= max_frames:
             yield _batch(start, raw_pts, pts_list, tb, fps, ys[:fill].clone(), uvs[:fill].clone(), full)
@@ -334,25 +335,36 @@ def iter_yuv_nvdec(path, batch: int = 32, gpu: int = 0, max_frames: int = 500_00
         yield _batch(start, raw_pts, pts_list, tb, fps, ys[:fill].clone(), uvs[:fill].clone(), full)
 
 
+def _optional(fn, default):
+    """``fn()``, or ``default`` where this PyNvVideoCodec build lacks the call or it fails."""
+    try:
+        return fn()
+    except Exception:
+        return default
+
+
 def _batch(start, raw_pts, pts_list, tb, fps, y, uv, full) -> YuvBatch:
     """Times of a batch: the container's display-order PTS where PyAV read them (exact on VFR files), else the
     decoder's PTS in the demuxer's time base, else the frame index at the nominal rate."""
     n = len(raw_pts)
     if pts_list is not None and start + n <= len(pts_list):
         pts = np.asarray(pts_list[start: start + n])
-    elif tb > 0 and len(set(raw_pts)) == n:
+    elif tb > 0 and np.all(np.isfinite(raw_pts)) and len(set(raw_pts)) == n:
         pts = np.asarray(raw_pts) * tb  # made relative to the first frame by the caller
     else:
         pts = (start + np.arange(n)) / fps
     return YuvBatch(start, pts.astype(np.float64), y, uv, full)
 
 
-def iter_yuv_pyav(path, batch: int = 32, cfg: DecodeConfig = DecodeConfig()) -> Iterator[YuvBatch]:
-    """The same batches from PyAV on the CPU (CPU tensors): the reference the torch features are tested on."""
+def iter_yuv_pyav(path, batch: int = 32, cfg=None) -> Iterator[YuvBatch]:
+    """The same batches from PyAV on the CPU (CPU tensors): the reference the torch features are tested on.
+    ``cfg`` is a :class:`curate.frames.DecodeConfig` (its frame limit and deadline apply)."""
     import av
     import torch
 
-    from curate.frames import _timed  # one PTS-and-deadline loop for every decoder of this project
+    from curate.frames import DecodeConfig, _timed  # one PTS-and-deadline loop for every decoder of this project
+
+    cfg = cfg or DecodeConfig()
     from curate.probe import main_video_stream, open_path
 
     name = os.fspath(path)
@@ -378,14 +390,15 @@ def iter_yuv_pyav(path, batch: int = 32, cfg: DecodeConfig = DecodeConfig()) -> 
                            full)
 
 
-def iter_yuv(path, device: str, batch: int = 32, cfg: DecodeConfig = DecodeConfig()) -> Iterator[YuvBatch]:
-    """4:2:0 batches of ``path``: NVDEC on a ``cuda`` device, PyAV on ``cpu``; times start at 0."""
+def iter_yuv(path, device: str, batch: int = 32, cfg=None) -> Iterator[YuvBatch]:
+    """4:2:0 batches of ``path``: NVDEC on a ``cuda`` device, PyAV on ``cpu``; times start at 0. ``cfg``: a
+    :class:`curate.frames.DecodeConfig` (None: its defaults)."""
     if device == "cpu":
         yield from iter_yuv_pyav(path, batch, cfg)
         return
     gpu = int(device.split(":")[1]) if ":" in device else 0
     origin = None
-    for b in iter_yuv_nvdec(path, batch, gpu, cfg.max_frames):
+    for b in iter_yuv_nvdec(path, batch, gpu, cfg.max_frames if cfg is not None else 500_000):
         origin = b.pts_s[0] if origin is None else origin
         b.pts_s = b.pts_s - origin
         yield b
@@ -396,13 +409,16 @@ def iter_yuv(path, device: str, batch: int = 32, cfg: DecodeConfig = DecodeConfi
 # ------------------------------------------------------------------------------------------------------------
 
 
-def iter_thumbs(path, cfg: DecodeConfig = DecodeConfig(), rotation: int | None = None, device: str = "cpu",
+def iter_thumbs(path, cfg=None, rotation: int | None = None, device: str = "cpu",
                 size: tuple[int, int] = THUMB) -> Iterator[tuple[int, float, np.ndarray]]:
     """``(index, pts_s, thumb)`` for every frame, as :func:`curate.frames.iter_thumbs`: on ``cpu`` it is that
     function; on ``cuda`` NVDEC decodes and the thumbnails are area means of the NV12 planes on the GPU (one copy
     of 18x32x3 floats per frame comes back). A file NVDEC cannot open (a codec it lacks, no NVDEC in this process)
-    is decoded on the CPU instead; a failure after the first frame raises as the CPU decoder's would."""
-    from curate.frames import iter_thumbs as cpu_thumbs
+    is decoded on the CPU instead; a failure after the first frame raises as the CPU decoder's would. ``cfg``: a
+    :class:`curate.frames.DecodeConfig` (None: its defaults)."""
+    from curate.frames import DecodeConfig, iter_thumbs as cpu_thumbs
+
+    cfg = cfg or DecodeConfig()
 
     if device == "cpu":
         yield from cpu_thumbs(path, cfg, rotation, size)

@@ -17,8 +17,12 @@ import io
 import time
 from dataclasses import asdict, dataclass, field
 
-import av
 import numpy as np
+
+try:
+    import av
+except ImportError:  # the lent GPU image has no PyAV: the planning helpers still import (decoding needs PyAV)
+    av = None
 
 from curate import gpu
 from curate.clips import ClipConfig, cut_clips, plan_clips

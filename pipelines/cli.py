@@ -77,7 +77,8 @@ def _add_build(sub) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: decode with NVDEC (PyNvVideoCodec) and compute thumbnails and basic scores on GPU "
-                        "actors; clips are still cut on CPUs. Without a GPU (or NVDEC) the build says so and runs on CPUs")
+                        "actors; clips are still cut on CPUs. Without a GPU (or NVDEC) the build says so and runs on "
+                        "CPUs")
     p.add_argument("--store-media", choices=["bytes", "path"], default=d["store_media"],
                    help="keep clip MP4s inside the shards (bytes) or as files under DATASET/media (path)")
     p.add_argument("--min-clip-s", type=float, default=clips["min_s"], help="shortest clip; shorter scenes are dropped")

@@ -224,3 +224,31 @@ def test_device_is_not_in_the_fingerprint_and_the_cli_passes_it():
     assert b.split_config().device == "cuda"
     args = parser().parse_args(["build", "-i", "v", "-o", "d", "--device", "cuda"])
     assert build_config_from_args(args).device == "cuda"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")
+def test_build_with_device_cuda_without_gpu_falls_back_and_gives_the_same_dataset(synth_video, tmp_path, capsys):
+    ray = pytest.importorskip("ray")
+    import pyarrow.parquet as pq
+
+    from pipelines.build import BuildConfig, build
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300_000_000,
+             log_to_driver=False, ignore_reinit_error=True)
+    try:
+        clips = ClipConfig(min_s=1.0, max_s=4.0)
+        tables = {}
+        for device in ("cpu", "cuda"):
+            out = tmp_path / device
+            build(BuildConfig(input=str(synth_video), output=str(out), clips=clips, ocr=False, progress=False,
+                              device=device))
+            tables[device] = pq.read_table(out / "clips").sort_by("clip_id")
+    finally:
+        ray.shutdown()
+    notes = [ln for ln in capsys.readouterr().out.splitlines() if "--device cuda" in ln]
+    assert len(notes) == 1 and "on CPUs instead" in notes[0]
+    cpu, cuda = tables["cpu"], tables["cuda"]
+    assert cpu.num_rows >= 2
+    for c in ("clip_id", "sharpness", "luma_mean", "motion_mean", "phash", "clip_sha256", "build_fingerprint"):
+        assert cuda.column(c).to_pylist() == cpu.column(c).to_pylist(), c
