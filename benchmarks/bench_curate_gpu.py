@@ -294,6 +294,8 @@ def run_video(path: str, mode: str, decoder: str) -> dict:
             _run_cpu(path, decoder, out)
         elif mode == "gpu":
             _run_gpu(path, _STATE["device"], out)
+        elif mode == "check":
+            out.update(_check(path, decoder, _STATE["device"]))
         else:
             _run_decode_only(path, _STATE["device"], out)
     except Exception as exc:
@@ -390,7 +392,7 @@ def _run_gpu(path: str, device: str, out: dict) -> None:
             h, w = b.y.shape[1:3]
             ow, oh = _even_size(h, w)
             local = torch.as_tensor([i - b.start for i in sel], device=b.y.device)
-            rgb = gpu.rgb_from_yuv(b.y[local], b.uv[local], oh, ow, b.full_range)
+            rgb = gpu.rgb_from_yuv(b.y[local], b.uv[local], oh, ow, b.full_range, b.matrix)
             got.update({i: rgb[k] for k, i in enumerate(sel)})
         if b.start + len(b.pts_s) > last:
             break
@@ -403,6 +405,76 @@ def _run_gpu(path: str, device: str, out: dict) -> None:
         if idx:
             gpu.score_clip_torch(torch.stack([got[i] for i in idx]), pts[idx], fps)
     out["score"] += time.perf_counter() - a
+
+
+def _check(path: str, decoder: str, device: str) -> dict:
+    """The two paths on one video, compared: thumbnails, scene boundaries, and the scores of each clip (sampled
+    frames from each path's own decoder)."""
+    import numpy as np
+    import torch
+
+    from curate import gpu
+    from curate.clips import ClipConfig, plan_clips
+    from curate.scores import score_clip
+
+    fps, _ = video_info(Path(path))
+    cpu_items = list(_cpu_thumbs(path, decoder))
+    gpu_items = []
+    for b in gpu.iter_yuv(path, device):
+        th = gpu.thumbs_from_yuv(b.y, b.uv, b.full_range).cpu().numpy()
+        gpu_items += [(b.start + k, float(b.pts_s[k]), th[k]) for k in range(len(th))]
+    n = min(len(cpu_items), len(gpu_items))
+    diff = float(np.mean([np.abs(cpu_items[i][2] - gpu_items[i][2]).mean() for i in range(n)]))
+    cpu_scenes, gpu_scenes = _scenes_of(cpu_items, fps), _scenes_of(gpu_items, fps)
+    pts = np.asarray([p for _, p, _ in cpu_items])
+    spans = plan_clips(cpu_scenes, ClipConfig(), fps, pts)
+    rel: dict[str, list[float]] = {}
+    if spans:
+        plan = _sample_plan(spans)
+        h, w = _hw(path)
+        cv = _cpu_samples(path, decoder, plan, _even_size(h, w))
+        gv = {}
+        for b in gpu.iter_yuv(path, device):
+            sel = [i for i in range(b.start, b.start + len(b.pts_s)) if i in plan]
+            if sel:
+                ow, oh = _even_size(*b.y.shape[1:3])
+                local = torch.as_tensor([i - b.start for i in sel], device=b.y.device)
+                rgb = gpu.rgb_from_yuv(b.y[local], b.uv[local], oh, ow, b.full_range, b.matrix).cpu().numpy()
+                gv.update({i: rgb[k] for k, i in enumerate(sel)})
+        for c in range(len(spans)):
+            idx = sorted(i for i, cs in plan.items() if c in cs and i in cv and i in gv)
+            if not idx:
+                continue
+            a = score_clip(np.stack([cv[i] for i in idx]), pts[idx], fps)
+            g = gpu.score_clip_torch(torch.as_tensor(np.stack([gv[i] for i in idx]), device=device), pts[idx], fps)
+            for k in ("sharpness", "luma_mean", "motion_mean"):
+                if a[k] and g[k] is not None:
+                    rel.setdefault(k, []).append(abs(g[k] - a[k]) / abs(a[k]))
+    cs = [(x.start, x.end) for x in cpu_scenes]
+    gs = [(x.start, x.end) for x in gpu_scenes]
+    same = len(cs) == len(gs) and all(abs(x[0] - y[0]) <= 1 and abs(x[1] - y[1]) <= 1 for x, y in zip(cs, gs))
+    return {"frames_cpu": len(cpu_items), "frames_gpu": len(gpu_items), "thumb_mean_abs_diff": round(diff, 3),
+            "scenes_cpu": cs, "scenes_gpu": gs, "same_scenes_within_1_frame": same, "clips": len(spans),
+            "score_rel_diff_median": {k: round(float(np.median(v)), 4) for k, v in rel.items()},
+            "score_rel_diff_max": {k: round(float(np.max(v)), 4) for k, v in rel.items()}}
+
+
+def _scenes_of(items, fps):
+    from curate.scenes import SceneConfig, SceneSplitter
+
+    s = SceneSplitter(SceneConfig(), fps)
+    for _, p, th in items:
+        s.push_thumb(th, p)
+    return s.finish()
+
+
+def _hw(path: str) -> tuple[int, int]:
+    import cv2
+
+    cap = cv2.VideoCapture(path)
+    hw = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+    cap.release()
+    return hw
 
 
 def _run_decode_only(path: str, device: str, out: dict) -> None:
@@ -585,6 +657,14 @@ def run(args) -> int:
             r = f.result()
             if r.get("error"):
                 print(f"[bench] warm-up error: {r['error']}\n{r.get('trace', '')}", flush=True)
+        if gpu_pool is not None:  # the same video through both paths' decoders: do they agree?
+            for name in SIZES:
+                r = gpu_pool.submit(run_video, inputs[name][0], "check", cpu_decoder).result()
+                report.setdefault("check", {})[name] = {k: v for k, v in r.items() if k not in
+                                                        ("decode+features", "scenes", "sample", "score", "trace")}
+                print(f"[bench] check {name}: {json.dumps(report['check'][name])}", flush=True)
+                if r.get("trace"):
+                    print(r["trace"], flush=True)
         for k in range(args.runs):
             t_run = time.time()
             run_rec = {}

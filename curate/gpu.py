@@ -91,9 +91,24 @@ def area_matrix(n_in: int, n_out: int, device=None):
     return w.to(device=device, dtype=torch.float32)
 
 
-def resize_planes(x, out_h: int, out_w: int):
-    """Resize ``(B, H, W)`` or ``(B, H, W, C)`` planes to ``(out_h, out_w)``, float32 out: area mean when shrinking
-    (OpenCV's ``INTER_AREA``), bilinear when growing (``INTER_LINEAR``, half-pixel centres)."""
+def tent_matrix(n_in: int, n_out: int, device=None):
+    """``(n_out, n_in)`` float32 weights of swscale's bilinear shrink along one axis: a triangle centred on each
+    output pixel, as wide as two output steps, rows normalised. PyAV's ``to_ndarray(width=, height=)`` resizes
+    this way; on a 720p frame shrunk to 284x160 the Laplacian sharpness of the result is within 0.5 % of PyAV's,
+    where an area mean gives +70 % (a box keeps more of the fine detail than a triangle twice as wide)."""
+    import torch
+
+    s = n_in / n_out
+    centre = (torch.arange(n_out, dtype=torch.float64) + 0.5) * s
+    x = torch.arange(n_in, dtype=torch.float64) + 0.5
+    w = (1.0 - (x[None, :] - centre[:, None]).abs() / max(s, 1.0)).clamp(min=0)
+    return (w / w.sum(dim=1, keepdim=True)).to(device=device, dtype=torch.float32)
+
+
+def resize_planes(x, out_h: int, out_w: int, kernel: str = "area"):
+    """Resize ``(B, H, W)`` or ``(B, H, W, C)`` planes to ``(out_h, out_w)``, float32 out. Shrinking: ``area`` mean
+    (OpenCV's ``INTER_AREA``) or ``tent`` (swscale's bilinear, :func:`tent_matrix`); growing: bilinear
+    (``INTER_LINEAR``, half-pixel centres)."""
     import torch
     import torch.nn.functional as F
 
@@ -104,7 +119,8 @@ def resize_planes(x, out_h: int, out_w: int):
         return xc.float() if chan else xc[..., 0].float()
     xf = xc.permute(0, 3, 1, 2).contiguous().float()  # (B, C, H, W): planes contiguous for the matmuls
     if out_h <= h and out_w <= w:
-        wy, wx = area_matrix(h, out_h, xf.device), area_matrix(w, out_w, xf.device)
+        weights = area_matrix if kernel == "area" else tent_matrix
+        wy, wx = weights(h, out_h, xf.device), weights(w, out_w, xf.device)
         out = wy @ (xf @ wx.T)  # (B, C, out_h, out_w): the long axis first, so the second product is small
     else:
         out = F.interpolate(xf, size=(out_h, out_w), mode="bilinear", align_corners=False)
@@ -134,17 +150,23 @@ def thumbs_from_yuv(y, uv, full_range: bool = False, rotation: int = 0, size: tu
     return thumb.contiguous()
 
 
-def rgb_from_yuv(y, uv, out_h: int, out_w: int, full_range: bool = False):
-    """BT.601 RGB uint8 ``(B, out_h, out_w, 3)`` from 4:2:0 planes, resized in YUV first (each plane straight to the
-    output size; what :mod:`curate.frames` does for analysis frames): the cheap order for a big frame."""
+# Y'CbCr -> R'G'B' matrices: (R from V, G from U, G from V, B from U)
+_MATRICES = {"bt601": (1.402, 0.344136, 0.714136, 1.772), "bt709": (1.5748, 0.187324, 0.468124, 1.8556)}
+
+
+def rgb_from_yuv(y, uv, out_h: int, out_w: int, full_range: bool = False, matrix: str = "bt601"):
+    """BT.601 RGB uint8 ``(B, out_h, out_w, 3)`` from 4:2:0 planes, each plane resized straight to the output size
+    with swscale's bilinear (:func:`tent_matrix`), then converted with the stream's matrix (PyAV applies a
+    BT.709 tag; untagged is BT.601): the frames :func:`curate.split.sample_clip_frames` gets from PyAV."""
     import torch
 
-    ys = resize_planes(y, out_h, out_w)
-    uvs = resize_planes(uv, out_h, out_w)
+    ys = resize_planes(y, out_h, out_w, "tent")
+    uvs = resize_planes(uv, out_h, out_w, "tent")
     off, yr, cr = _ranges(full_range)
     yy = (ys - off) * (255.0 / yr)
     u, v = (uvs[..., 0] - 128.0) * (255.0 / cr), (uvs[..., 1] - 128.0) * (255.0 / cr)
-    rgb = torch.stack([yy + 1.402 * v, yy - 0.344136 * u - 0.714136 * v, yy + 1.772 * u], dim=-1)
+    rv, gu, gv, bu = _MATRICES[matrix]
+    rgb = torch.stack([yy + rv * v, yy - gu * u - gv * v, yy + bu * u], dim=-1)
     # truncated, as swscale's table conversion behind PyAV's rgb24 does: mean |difference| to it 1.4 levels at
     # full size, against 1.9 when rounded (a 320x180 H.264 frame)
     return rgb.floor_().clamp_(0, 255).to(torch.uint8)
@@ -250,36 +272,39 @@ class YuvBatch:
     y: object
     uv: object
     full_range: bool
+    matrix: str = "bt601"  # "bt709" where the stream is tagged so
 
 
 class DecodeUnavailable(RuntimeError):
     """The requested decoder cannot run here (no NVDEC, an unsupported codec); the message says why."""
 
 
-def _stream_info(path) -> tuple[bool, list[float] | None]:
-    """(full range?, display-order PTS in seconds from the first frame) read with PyAV from packets alone (no
-    decoding); ``(False, None)`` where PyAV is missing or the file has no usable timestamps."""
+def _stream_info(path) -> tuple[bool, list[float] | None, str | None]:
+    """(full range?, display-order PTS in seconds from the first frame, "bt709"/"bt601") read with PyAV from
+    packets alone (no decoding); ``(False, None, None)`` where PyAV is missing or cannot read the file."""
     try:
         import av
     except ImportError:
-        return False, None
+        return False, None, None
     from curate.probe import main_video_stream, open_path
 
     try:
         with av.open(open_path(path)) as container:
             stream = main_video_stream(container)
             if stream is None:
-                return False, None
-            full = stream.codec_context.format is not None and stream.codec_context.format.name.startswith("yuvj")
-            full = full or str(getattr(stream.codec_context, "color_range", "")).endswith("JPEG")
+                return False, None, None
+            cc = stream.codec_context
+            full = cc.format is not None and cc.format.name.startswith("yuvj")
+            full = full or int(getattr(cc, "color_range", 0) or 0) == 2  # AVCOL_RANGE_JPEG
+            matrix = "bt709" if int(getattr(cc, "colorspace", 2) or 2) == 1 else "bt601"  # AVCOL_SPC_BT709
             pts = [p.pts for p in container.demux(stream) if p.pts is not None and p.size]
             tb = float(stream.time_base)
     except Exception:
-        return False, None
+        return False, None, None
     if not pts:
-        return full, None
+        return full, None, matrix
     pts.sort()
-    return full, [(p - pts[0]) * tb for p in pts]
+    return full, [(p - pts[0]) * tb for p in pts], matrix
 
 
 def iter_yuv_nvdec(path, batch: int = 32, gpu: int = 0, max_frames: int = 500_000) -> Iterator[YuvBatch]:
@@ -294,12 +319,14 @@ def iter_yuv_nvdec(path, batch: int = 32, gpu: int = 0, max_frames: int = 500_00
 
     dev = torch.device("cuda", gpu)
     torch.zeros(1, device=dev)  # torch's primary context is current before the decoder binds to it
-    full, pts_list = _stream_info(path)
+    full, pts_list, matrix = _stream_info(path)
     try:
         dmx = nvc.CreateDemuxer(filename=os.fspath(path))
         dec = nvc.CreateDecoder(gpuid=gpu, codec=dmx.GetNvCodecId(), cudacontext=0, cudastream=0,
                                 usedevicememory=True)
         h, w = int(dmx.Height()), int(dmx.Width())
+        if matrix is None:  # no PyAV: the demuxer's own colour tag (AVColorSpace; 1 is BT.709)
+            matrix = "bt709" if _optional(lambda: int(dmx.ColorSpace()), 2) == 1 else "bt601"
     except Exception as exc:
         raise DecodeUnavailable(f"NVDEC cannot open {os.fspath(path)!r}: {type(exc).__name__}: {exc}") from exc
     tb, fps = _optional(lambda: float(dmx.GetTimebaseNum()) / float(dmx.GetTimebaseDen()), 0.0), \
@@ -327,12 +354,13 @@ def iter_yuv_nvdec(path, batch: int = 32, gpu: int = 0, max_frames: int = 500_00
         raw_pts.append(_optional(lambda: float(frame.getPTS()), float("nan")))
         fill, count = fill + 1, count + 1
         if fill == batch or count >= max_frames:
-            yield _batch(start, raw_pts, pts_list, tb, fps, ys[:fill].clone(), uvs[:fill].clone(), full)
+            yield _batch(start, raw_pts, pts_list, tb, fps, ys[:fill].clone(), uvs[:fill].clone(), full,
+                         matrix)
             start, fill, raw_pts = start + fill, 0, []
         if count >= max_frames:
             return
     if fill:
-        yield _batch(start, raw_pts, pts_list, tb, fps, ys[:fill].clone(), uvs[:fill].clone(), full)
+        yield _batch(start, raw_pts, pts_list, tb, fps, ys[:fill].clone(), uvs[:fill].clone(), full, matrix)
 
 
 def _optional(fn, default):
@@ -343,7 +371,7 @@ def _optional(fn, default):
         return default
 
 
-def _batch(start, raw_pts, pts_list, tb, fps, y, uv, full) -> YuvBatch:
+def _batch(start, raw_pts, pts_list, tb, fps, y, uv, full, matrix) -> YuvBatch:
     """Times of a batch: the container's display-order PTS where PyAV read them (exact on VFR files), else the
     decoder's PTS in the demuxer's time base, else the frame index at the nominal rate."""
     n = len(raw_pts)
@@ -353,7 +381,7 @@ def _batch(start, raw_pts, pts_list, tb, fps, y, uv, full) -> YuvBatch:
         pts = np.asarray(raw_pts) * tb  # made relative to the first frame by the caller
     else:
         pts = (start + np.arange(n)) / fps
-    return YuvBatch(start, pts.astype(np.float64), y, uv, full)
+    return YuvBatch(start, pts.astype(np.float64), y, uv, full, matrix)
 
 
 def iter_yuv_pyav(path, batch: int = 32, cfg=None) -> Iterator[YuvBatch]:
@@ -372,8 +400,10 @@ def iter_yuv_pyav(path, batch: int = 32, cfg=None) -> Iterator[YuvBatch]:
         stream = main_video_stream(container)
         ys, uvs, pts, start = [], [], [], 0
         full = False
+        matrix = "bt601"
         for index, pts_s, frame in _timed(container, stream, cfg, name, [0]):
-            full = frame.format.name.startswith("yuvj")
+            full = frame.format.name.startswith("yuvj") or int(frame.color_range or 0) == 2
+            matrix = "bt709" if int(frame.colorspace or 2) == 1 else "bt601"
             if frame.format.name not in ("yuv420p", "yuvj420p"):
                 frame = frame.reformat(format="yuv420p")
             h, w = frame.height, frame.width
@@ -383,11 +413,11 @@ def iter_yuv_pyav(path, batch: int = 32, cfg=None) -> Iterator[YuvBatch]:
             pts.append(pts_s)
             if len(ys) == batch:
                 yield YuvBatch(start, np.asarray(pts), torch.from_numpy(np.stack(ys)),
-                               torch.from_numpy(np.stack(uvs)), full)
+                               torch.from_numpy(np.stack(uvs)), full, matrix)
                 start, ys, uvs, pts = start + len(ys), [], [], []
         if ys:
             yield YuvBatch(start, np.asarray(pts), torch.from_numpy(np.stack(ys)), torch.from_numpy(np.stack(uvs)),
-                           full)
+                           full, matrix)
 
 
 def iter_yuv(path, device: str, batch: int = 32, cfg=None) -> Iterator[YuvBatch]:
@@ -480,5 +510,5 @@ def sample_clip_frames(mp4: bytes, short_side: int, pairs: int, device: str = "c
     h, w = y.shape[1:3]
     scale = short_side / min(w, h)
     oh, ow = max(2, round(h * scale / 2) * 2), max(2, round(w * scale / 2) * 2)
-    rgb = rgb_from_yuv(y[keep], uv[keep], oh, ow, batches[0].full_range)
+    rgb = rgb_from_yuv(y[keep], uv[keep], oh, ow, batches[0].full_range, batches[0].matrix)
     return rgb.cpu().numpy(), pts[keep]

@@ -8,9 +8,10 @@ Tolerances, and why:
 - thumbnails from 4:2:0 planes vs ``curate.frames.iter_thumbs``: mean |difference| <= 2.5 levels (that reader
   skips the deblocking filter and subsamples big planes before its area mean; the torch path does neither);
   scenes equal, boundaries within 1 frame;
-- RGB analysis frames from 4:2:0 planes vs PyAV's ``to_ndarray`` (swscale's own filters): mean |difference|
-  <= 4 levels, luma mean within 2 levels (swscale's conversion runs ~1 level darker), sharpness within 25 %
-  (the Laplacian reads exactly the high frequencies two resamplers treat differently).
+- RGB analysis frames from 4:2:0 planes (swscale's bilinear shrink as a torch matrix) vs PyAV's ``to_ndarray``:
+  mean |difference| <= 2 levels, luma mean within 1.5 levels (swscale's conversion truncates), sharpness within
+  5 %, motion within 0.05 px/frame or 15 % (measured: 1.5 % / 0.7 % sharpness on the synthetic / a real 720p
+  video; Farneback on slightly different pixels).
 """
 
 from __future__ import annotations
@@ -175,18 +176,29 @@ def test_thumbs_from_planes_give_the_same_scenes_on_real_footage():
         assert (x.cut_in, x.cut_out) == (y.cut_in, y.cut_out)
 
 
-def test_rgb_from_planes_scores_like_pyav_frames(synth_video):
-    mp4 = synth_video.read_bytes()
-    want_frames, want_t = sample_clip_frames(mp4, SampleConfig(pairs=4))
-    batches = list(gpu.iter_yuv(synth_video, "cpu"))
+REAL_1080P = SHARED / "pyscenedetect" / "issue-236-split-copy.mkv"  # 1920x1080 animation, 48 frames
+
+
+@pytest.mark.parametrize("which", ["synthetic", "real-1080p"])
+def test_rgb_from_planes_scores_like_pyav_frames(which, synth_video):
+    if which == "real-1080p" and not REAL_1080P.exists():
+        pytest.skip("../shared/data is absent")
+    path = synth_video if which == "synthetic" else REAL_1080P
+    want_frames, want_t = sample_clip_frames(path.read_bytes(), SampleConfig(pairs=4))
+    batches = list(gpu.iter_yuv(path, "cpu"))
     y, uv = torch.cat([b.y for b in batches]), torch.cat([b.uv for b in batches])
-    keep = [int(round(t * 24)) for t in want_t]
-    got = gpu.rgb_from_yuv(y[keep], uv[keep], *want_frames.shape[1:3]).numpy()
+    pts = np.concatenate([b.pts_s for b in batches])
+    keep = [int(np.argmin(np.abs(pts - t))) for t in want_t]
+    got = gpu.rgb_from_yuv(y[keep], uv[keep], *want_frames.shape[1:3], batches[0].full_range,
+                           batches[0].matrix).numpy()
+    assert batches[0].matrix == ("bt709" if which == "real-1080p" else "bt601")  # the HD file is tagged BT.709
     assert got.shape == want_frames.shape
-    assert np.abs(got.astype(int) - want_frames).mean() <= 4.0
-    a, b = score_clip(want_frames, want_t, 24.0), score_clip(got, want_t, 24.0)
-    assert b["luma_mean"] == pytest.approx(a["luma_mean"], abs=2.0)
-    assert b["sharpness"] == pytest.approx(a["sharpness"], rel=0.25)
+    assert np.abs(got.astype(int) - want_frames).mean() <= 2.0
+    fps = float(1 / np.median(np.diff(pts)))
+    a, b = score_clip(want_frames, want_t, fps), score_clip(got, want_t, fps)
+    assert b["luma_mean"] == pytest.approx(a["luma_mean"], abs=1.5)
+    assert b["sharpness"] == pytest.approx(a["sharpness"], rel=0.05)
+    assert b["motion_mean"] == pytest.approx(a["motion_mean"], abs=0.05, rel=0.15)
 
 
 # -------------------------------------------------------------------------------------- fallback, no GPU
