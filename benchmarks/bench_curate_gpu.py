@@ -247,9 +247,19 @@ def _open_cv(path: str):
     return cv2.VideoCapture(path)
 
 
-def _cpu_samples(path: str, decoder: str, plan: dict[int, list[int]], size: tuple[int, int]) -> dict[int, object]:
-    """Source-frame index -> RGB uint8 at ``size`` (W, H) for every planned index, decoding up to the last one."""
+def _cpu_samples(path: str, decoder: str, plan: dict[int, list[int]], size: tuple[int, int],
+                 tent: bool = False) -> dict[int, object]:
+    """Source-frame index -> RGB uint8 at ``size`` (W, H) for every planned index, decoding up to the last one.
+    ``tent``: full-size RGB shrunk with the GPU path's swscale-like tent (to compare decoders, not resamplers)."""
     import cv2
+
+    def shrink(rgb):
+        import torch
+
+        from curate.gpu import resize_planes
+
+        out = resize_planes(torch.from_numpy(rgb)[None], size[1], size[0], "tent")[0]
+        return out.round().clamp(0, 255).to(torch.uint8).numpy()
 
     last, got = max(plan), {}
     if decoder == "pyav":
@@ -260,7 +270,8 @@ def _cpu_samples(path: str, decoder: str, plan: dict[int, list[int]], size: tupl
             st.thread_count = 1
             for i, frame in enumerate(c.decode(st)):
                 if i in plan:
-                    got[i] = frame.to_ndarray(width=size[0], height=size[1], format="rgb24")
+                    got[i] = shrink(frame.to_ndarray(format="rgb24")) if tent else \
+                        frame.to_ndarray(width=size[0], height=size[1], format="rgb24")
                 if i >= last:
                     break
         return got
@@ -271,7 +282,8 @@ def _cpu_samples(path: str, decoder: str, plan: dict[int, list[int]], size: tupl
         if i in plan:
             ok, bgr = cap.retrieve()
             if ok:
-                got[i] = cv2.cvtColor(cv2.resize(bgr, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+                got[i] = shrink(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)) if tent else \
+                    cv2.cvtColor(cv2.resize(bgr, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
     cap.release()
     return got
 
@@ -408,8 +420,9 @@ def _run_gpu(path: str, device: str, out: dict) -> None:
 
 
 def _check(path: str, decoder: str, device: str) -> dict:
-    """The two paths on one video, compared: thumbnails, scene boundaries, and the scores of each clip (sampled
-    frames from each path's own decoder)."""
+    """The two paths on one video, compared: thumbnails, scene boundaries, and each clip's scores from each
+    decoder's frames (both shrunk with the same tent, so decoders are compared, not resamplers), plus torch on the
+    device against numpy on the very same frames."""
     import numpy as np
     import torch
 
@@ -432,7 +445,7 @@ def _check(path: str, decoder: str, device: str) -> dict:
     if spans:
         plan = _sample_plan(spans)
         h, w = _hw(path)
-        cv = _cpu_samples(path, decoder, plan, _even_size(h, w))
+        cv = _cpu_samples(path, decoder, plan, _even_size(h, w), tent=True)
         gv = {}
         for b in gpu.iter_yuv(path, device):
             sel = [i for i in range(b.start, b.start + len(b.pts_s)) if i in plan]
@@ -445,11 +458,15 @@ def _check(path: str, decoder: str, device: str) -> dict:
             idx = sorted(i for i, cs in plan.items() if c in cs and i in cv and i in gv)
             if not idx:
                 continue
-            a = score_clip(np.stack([cv[i] for i in idx]), pts[idx], fps)
-            g = gpu.score_clip_torch(torch.as_tensor(np.stack([gv[i] for i in idx]), device=device), pts[idx], fps)
+            g_frames = np.stack([gv[i] for i in idx])
+            a = score_clip(np.stack([cv[i] for i in idx]), pts[idx], fps)  # CPU decoder, numpy scores
+            g = gpu.score_clip_torch(torch.as_tensor(g_frames, device=device), pts[idx], fps)  # NVDEC, torch
+            n = score_clip(g_frames, pts[idx], fps)  # NVDEC frames, numpy scores: torch on the GPU vs numpy
             for k in ("sharpness", "luma_mean", "motion_mean"):
                 if a[k] and g[k] is not None:
                     rel.setdefault(k, []).append(abs(g[k] - a[k]) / abs(a[k]))
+                if n[k] and g[k] is not None:
+                    rel.setdefault(f"{k}:torch-vs-numpy", []).append(abs(g[k] - n[k]) / abs(n[k]))
     cs = [(x.start, x.end) for x in cpu_scenes]
     gs = [(x.start, x.end) for x in gpu_scenes]
     same = len(cs) == len(gs) and all(abs(x[0] - y[0]) <= 1 and abs(x[1] - y[1]) <= 1 for x, y in zip(cs, gs))
