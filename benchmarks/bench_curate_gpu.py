@@ -578,7 +578,11 @@ def run_path(pool, mode: str, decoder: str, inputs: list[str], sampler: GpuSampl
     results = []
     for f in futures:
         try:
-            results.append(f.result(timeout=max(1.0, deadline - time.time())))
+            left = deadline - time.time()
+            if left <= 0 and not f.done():
+                f.cancel()  # not waited for: a running one finishes while the pool shuts down
+                raise cf.TimeoutError
+            results.append(f.result(timeout=max(0.1, left)))
         except cf.TimeoutError:
             results.append({"error": "over the benchmark's deadline", "frames": 0, "source_s": 0.0})
         except Exception as exc:  # a worker died
