@@ -35,13 +35,18 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Sequence
 
-import av
 import numpy as np
+
+try:
+    import av
+except ImportError:  # the lent GPU image has no PyAV: clip planning still imports (cutting needs PyAV)
+    av = None
 
 from curate.probe import main_video_stream, open_path, rotation_of
 from curate.scenes import Scene
 
-av.logging.set_level(None)  # FFmpeg's log bridge can deadlock under threads
+if av is not None:
+    av.logging.set_level(None)  # FFmpeg's log bridge can deadlock under threads
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,18 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import av
 import cv2
 import numpy as np
-from av.video.reformatter import VideoReformatter
 
 from curate.probe import display_rotation, main_video_stream, open_path
 
-av.logging.set_level(None)  # FFmpeg's log bridge can deadlock under threads
+try:
+    import av
+    from av.video.reformatter import VideoReformatter
+except ImportError:  # the lent GPU image has no PyAV: DecodeConfig and the planning code still import
+    av = None
+else:
+    av.logging.set_level(None)  # FFmpeg's log bridge can deadlock under threads
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,15 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 
-import av
+try:
+    import av
+except ImportError:  # the lent GPU image has no PyAV: modules that import this one still load (probing needs it)
+    av = None
 
 from curate.store import sha256_file
 
-av.logging.set_level(None)  # FFmpeg's log bridge can deadlock under threads; we report errors ourselves
+if av is not None:
+    av.logging.set_level(None)  # FFmpeg's log bridge can deadlock under threads; we report errors ourselves
 
 DEFAULT_CODECS = (
     "h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mpeg2video", "mpeg1video",

@@ -17,9 +17,14 @@ import io
 import time
 from dataclasses import asdict, dataclass, field
 
-import av
 import numpy as np
 
+try:
+    import av
+except ImportError:  # the lent GPU image has no PyAV: the planning helpers still import (decoding needs PyAV)
+    av = None
+
+from curate import gpu
 from curate.clips import ClipConfig, cut_clips, plan_clips
 from curate.frames import DecodeConfig, iter_frames, iter_thumbs
 from curate.framepack import pack_frames
@@ -44,6 +49,7 @@ class SplitConfig:
     clips: ClipConfig = field(default_factory=ClipConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     timeout_s: float = 600.0  # per video: decode + detect + cut; a hang beyond it fails this video only
+    device: str = "cpu"  # "cuda": NVDEC decodes, the GPU makes thumbnails and samples (curate/gpu.py); cut on CPU
 
 
 # Keys of every row leaving this stage. Probe fields the clip table keeps are renamed to source_*.
@@ -115,7 +121,9 @@ def analyse_and_cut(path: str, probe_row: dict, cfg: SplitConfig) -> list[dict]:
     pts = []
     rotation = int(probe_row.get("rotation") or 0)
     if cfg.scenes.detector == "shots":  # our detector reads thumbnails straight from the decoder's planes
-        for _, pts_s, thumb in iter_thumbs(path, cfg.decode, rotation):
+        thumbs = iter_thumbs(path, cfg.decode, rotation) if cfg.device == "cpu" else \
+            gpu.iter_thumbs(path, cfg.decode, rotation, cfg.device)
+        for _, pts_s, thumb in thumbs:
             splitter.push_thumb(thumb, pts_s)
             pts.append(pts_s)
     else:  # PySceneDetect's detectors want RGB frames
@@ -137,7 +145,8 @@ def analyse_and_cut(path: str, probe_row: dict, cfg: SplitConfig) -> list[dict]:
             rows.append(status_row(probe_row, "failed", "cut", "cut-failed", type(res).__name__, str(res), cid))
             continue
         try:
-            frames, times = sample_clip_frames(res.mp4, cfg.sample)
+            frames, times = sample_clip_frames(res.mp4, cfg.sample) if cfg.device == "cpu" else \
+                gpu.sample_clip_frames(res.mp4, cfg.sample.short_side, cfg.sample.pairs, cfg.device)
         except Exception as exc:  # a clip we wrote and cannot read back is a failed clip, not a crash
             rows.append(status_row(probe_row, "failed", "cut", "clip-unreadable", type(exc).__name__, str(exc), cid))
             continue

@@ -58,6 +58,8 @@ class Resources:
     write_cpus: float = 0.1
     score_batch_size: int = 8
     clip_gpus: float = 0.0  # >0 puts the CLIP scorer on GPUs
+    split_gpus: float = 0.125  # --device cuda: GPU share of a split actor (8 NVDEC decoders per GPU)
+    score_gpus: float = 0.0625  # --device cuda: GPU share of a basic-score actor
 
 
 @dataclass(frozen=True)
@@ -88,16 +90,17 @@ class BuildConfig:
     address: str | None = None
     overwrite: bool = False
     progress: bool = True
+    device: str = "cpu"  # "cuda": decode, thumbnails and basic scores on GPUs (same results within tolerances)
 
     def split_config(self) -> SplitConfig:
         return SplitConfig(decode=self.decode, scenes=self.scenes, clips=self.clips, sample=self.sample,
-                           timeout_s=self.split_timeout_s)
+                           timeout_s=self.split_timeout_s, device=self.device)
 
     def fingerprinted(self) -> dict:
         from caption.chat import public_dict  # no api_key ever reaches config.json or the state folder
 
         d = _jsonable(public_dict(self))
-        for k in ("input", "output", "filters", "resources", "address", "overwrite", "progress"):
+        for k in ("input", "output", "filters", "resources", "address", "overwrite", "progress", "device"):
             d.pop(k, None)
         d["tessera_version"] = VERSION
         d["schema_version"] = SCHEMA_VERSION
@@ -186,15 +189,17 @@ def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: 
     ds = ds.map(ProbeStage, fn_constructor_kwargs={"limits": cfg.limits,                  # 1. probe (1:1)
                                                    "claims_dir": str(state.content_claims())},
                 compute=Pool(min_size=1, max_size=n_split), num_cpus=res.probe_cpus)
+    on_gpu = cfg.device == "cuda"
     ds = ds.flat_map(SplitFlatMap, fn_constructor_kwargs={"cfg": cfg.split_config()},     # 2. scenes -> clips (1:N)
-                     compute=Pool(min_size=1, max_size=n_split), num_cpus=res.split_cpus)
-    scorers = [("basic", {})]                                                            # 3. scores (add columns)
+                     compute=Pool(min_size=1, max_size=n_split), num_cpus=res.split_cpus,
+                     num_gpus=res.split_gpus if on_gpu else None)
+    scorers = [("basic", {"device": cfg.device} if on_gpu else {})]                      # 3. scores (add columns)
     if cfg.ocr:
         scorers.append(("ocr", {}))
     scorers.append(("clip", {"checkpoint": cfg.clip_checkpoint, "model_name": cfg.clip_model_name,
                              "aesthetic_head": cfg.aesthetic_head}))
     for name, kwargs in scorers:
-        gpus = res.clip_gpus if name == "clip" else 0
+        gpus = res.clip_gpus if name == "clip" else res.score_gpus if on_gpu and name == "basic" else 0
         # on CPUs, one block (one input's clips, as the split stage emits them) per call: a batch size would hold
         # an input's rows back until later inputs fill the batch, and done markers would land in bursts
         ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"name": name, "kwargs": kwargs},
@@ -219,6 +224,24 @@ def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: 
                         # markers and so resume would advance in bursts, often only at the very end)
                         batch_size=None, batch_format="pyarrow", compute=Pool(size=1), num_cpus=res.write_cpus)
     return ds
+
+
+def _resolve_device(ray, cfg: BuildConfig) -> BuildConfig:
+    """``--device cuda`` needs GPUs in the Ray cluster and, on a local Ray, NVDEC and torch CUDA in this process;
+    without them the build runs the CPU path and says so in one line (the device is not in the fingerprint)."""
+    if cfg.device != "cuda":
+        return cfg
+    why = None
+    if not ray.cluster_resources().get("GPU"):
+        why = "no GPU in the Ray cluster"
+    elif not (cfg.address or os.environ.get("RAY_ADDRESS")):
+        from curate.gpu import cuda_status
+
+        why = cuda_status()
+    if why is None:
+        return cfg
+    print(f"[build] --device cuda: {why}; decoding and scoring on CPUs instead (same results)", flush=True)
+    return replace(cfg, device="cpu")
 
 
 class BuildStopped(RuntimeError):
@@ -302,6 +325,7 @@ def _build(cfg: BuildConfig, out: Path) -> dict:
     t_graph = time.time()
     if todo:
         ray = _init_ray(cfg.address)
+        cfg = _resolve_device(ray, cfg)
         ds = _graph(ray, todo, cfg, state, fp)
         if cfg.caption is not None and cfg.progress:  # what the caption/expand requests wait on, on stderr
             from pipelines.caption import ProgressPrinter

@@ -75,6 +75,10 @@ def _add_build(sub) -> None:
                    help="folder (searched recursively), glob pattern (quote it), .txt list file, or files")
     p.add_argument("--output", "-o", required=True, help="dataset folder to create or resume")
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: decode with NVDEC (PyNvVideoCodec) and compute thumbnails and basic scores on GPU "
+                        "actors; clips are still cut on CPUs. Without a GPU (or NVDEC) the build says so and runs on "
+                        "CPUs")
     p.add_argument("--store-media", choices=["bytes", "path"], default=d["store_media"],
                    help="keep clip MP4s inside the shards (bytes) or as files under DATASET/media (path)")
     p.add_argument("--min-clip-s", type=float, default=clips["min_s"], help="shortest clip; shorter scenes are dropped")
@@ -160,7 +164,8 @@ def build_config_from_args(a):
         clip_model_name=a.clip_model, aesthetic_head=a.aesthetic_head, ocr=not a.no_ocr, caption=caption,
         expand=expand,
         filters=FilterSpec(expressions=tuple(a.filter)), rows_per_file=a.rows_per_file,
-        row_group_size=a.row_group_size, address=a.address, overwrite=a.overwrite, progress=not a.quiet)
+        row_group_size=a.row_group_size, address=a.address, overwrite=a.overwrite, progress=not a.quiet,
+        device=a.device)
 
 
 def _run_build(a) -> int:

@@ -121,9 +121,13 @@ class SplitFlatMap:
 
 def _make_scorer(name: str, kwargs: dict):
     if name == "basic":
+        if kwargs.get("device", "cpu") != "cpu":  # --device cuda: the same columns from torch (curate/gpu.py)
+            from curate.gpu import TorchScorer
+
+            return TorchScorer(device=kwargs["device"])
         from curate.scores import BasicScorer
 
-        return BasicScorer(**kwargs)
+        return BasicScorer()
     if name == "ocr":
         from curate.ocr import TextOverlayScorer
 
