@@ -240,6 +240,22 @@ def test_cli_writes_mp4_png_and_contact_sheets(pipe_dir, tmp_path, capsys):
     assert "multiples of 16" in capsys.readouterr().err and not list((tmp_path / "out").glob("bad*"))
 
 
+def test_cli_checks_the_request_once(pipe_dir, tmp_path, monkeypatch):
+    """The CLI leaves the request check to the pipeline: one ``check_request`` per generation, and a bad request
+    still fails with exit 2 through that one check."""
+    import model.pipeline
+
+    calls = []
+    check = model.pipeline.check_request
+    monkeypatch.setattr(model.pipeline, "check_request", lambda *a, **k: calls.append(a) or check(*a, **k))
+    out = tmp_path / "once"
+    assert cli(["a fox", "--model", str(pipe_dir), "--frames", "1", "--size", f"{W}x{H}", "--steps", "1",
+                "--out", str(out)]) == 0
+    assert len(calls) == 1 and calls[0][:3] == (1, (W, H), 1)
+    assert cli(["a fox", "--model", str(pipe_dir), "--frames", "4", "--size", f"{W}x{H}", "--out", str(out)]) == 2
+    assert len(calls) == 2
+
+
 def test_cli_extends_a_video_file(pipe_dir, tmp_path):
     src = tmp_path / "in.mp4"
     src.write_bytes(encode_mp4(clip(10, 9)))
