@@ -7,7 +7,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from curate.media import decode_frames
-from train.data import ClipBatches, ClipDataConfig, is_heldout, synthetic_frames, write_synthetic_dataset
+from helpers import synthetic_frames, write_synthetic_dataset
+from train.data import ClipBatches, ClipDataConfig, is_heldout
 
 torch.set_num_threads(1)
 

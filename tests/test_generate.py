@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 from curate.media import contact_sheet, encode_mp4, read_media
+from helpers import synthetic_frames
 from model.dit import DiT, dit_config
 from model.pipeline import TextToVideo, export_pipeline
 from model.text import TextConfig
 from model.vae import build_vae
 from pipelines.generate import cli
-from train.data import synthetic_frames
 
 pytestmark = pytest.mark.timeout(300)
 W, H = 32, 48
