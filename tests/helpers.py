@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: synthetic clips and clip shards that need no curation run.
+"""Helpers shared by the tests: synthetic clips and clip shards that need no curation run, tiny random models and
+pipeline folders.
 
 Import as ``import helpers`` (pytest puts ``tests/`` on the path, as for ``media``).
 """
@@ -10,10 +11,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from curate.media import encode_mp4
 from curate.schema import clip_columns_schema
 from curate.store import write_manifest
+from model.dit import DiT, DiTConfig, dit_config
+from model.pipeline import export_pipeline
+from model.text import TextConfig
+from model.vae import build_vae
 
 # ---------------------------------------------------------------------------------------------------------
 # synthetic clips and clip shards
@@ -70,3 +76,37 @@ def write_synthetic_dataset(
         pq.write_table(sel, root / "selection.parquet")
     write_manifest(root, (root / "clips").glob("*.parquet"))
     return ids
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tiny models and pipeline folders
+# ---------------------------------------------------------------------------------------------------------
+
+
+def tiny_dit_config(**kw) -> DiTConfig:
+    """The "tiny" DiT preset with 4 latent channels and 24-wide text (``kw`` overrides any field)."""
+    return dit_config("tiny", **{"latent_channels": 4, "text_dim": 24, **kw})
+
+
+def randomize(model: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:
+    """Every parameter replaced by ``scale`` * N(0, 1) from a generator seeded with ``seed`` (in the parameter's
+    dtype), so paths that start at zero (adaLN-Zero, the output layer) carry signal too. Returns the model."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+    return model
+
+
+def export_tiny_pipeline(path: str | Path, text_length: int = 32, nudge: float = 0.05, latent_scale: float = 1.0,
+                         latent_shift: float = 0.0, extra: dict | None = None) -> Path:
+    """A pipeline folder of a random tiny DiT (16 latent channels, 384-wide text) and the tiny VAE, drawn after
+    ``torch.manual_seed(0)``. ``nudge`` > 0 adds ``nudge`` * N(0, 1) to every weight, taking them off the zero
+    init so the output depends on the prompt and the inputs. The other arguments go to ``export_pipeline``."""
+    torch.manual_seed(0)
+    dit, vae = DiT(dit_config("tiny", latent_channels=16, text_dim=384)), build_vae("tiny")
+    if nudge:
+        with torch.no_grad():
+            for p in list(dit.parameters()) + list(vae.parameters()):
+                p.add_(nudge * torch.randn_like(p))
+    return export_pipeline(path, dit, vae, TextConfig(max_length=text_length), latent_scale, latent_shift, extra)

@@ -10,7 +10,7 @@ from curate.media import decode_frames
 from helpers import synthetic_frames, write_synthetic_dataset
 from train.data import ClipBatches, ClipDataConfig, is_heldout
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

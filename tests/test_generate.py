@@ -11,11 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from curate.media import contact_sheet, encode_mp4, read_media
-from helpers import synthetic_frames
-from model.dit import DiT, dit_config
+from helpers import export_tiny_pipeline, synthetic_frames
 from model.pipeline import TextToVideo, export_pipeline
-from model.text import TextConfig
-from model.vae import build_vae
 from pipelines.generate import cli
 
 pytestmark = pytest.mark.timeout(300)
@@ -24,15 +21,9 @@ STEPS = 2
 
 
 @pytest.fixture(scope="module")
-def pipe_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    dit = DiT(dit_config("tiny", latent_channels=16, text_dim=384))
-    vae = build_vae("tiny")
-    with torch.no_grad():  # leave the zero init so the velocity depends on everything
-        for p in list(dit.parameters()) + list(vae.parameters()):
-            p.add_(0.05 * torch.randn_like(p))
-    return export_pipeline(tmp_path_factory.mktemp("pipe") / "pipeline", dit, vae, TextConfig(max_length=32),
-                           latent_scale=0.7, latent_shift=0.1, extra={"note": "test"})
+def pipe_dir(tmp_path_factory):  # off the zero init (nudged), so the velocity depends on everything
+    return export_tiny_pipeline(tmp_path_factory.mktemp("pipe") / "pipeline", latent_scale=0.7, latent_shift=0.1,
+                                extra={"note": "test"})
 
 
 @pytest.fixture(scope="module")
