@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     from pipelines.eval_text import EvalTextConfig, main as eval_text
-    from pipelines.loop import PROFILES, _train_vae
+    from pipelines.loop import PROFILES, _train_vae, override
     from train.train_dit import TrainDiTConfig, main as train_dit
 
     cfg = dataclasses.replace(PROFILES["cpu"], dataset=a.dataset, out=a.work)
@@ -55,20 +55,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[steps] {name}: {cost[name]} CPU s per unit (runs {n}: {[round(s, 1) for s in spent]} CPU s)",
               flush=True)
 
-    per_unit("vae_step", a.vae, lambda k: _train_vae(dataclasses.replace(cfg, vae_steps=k), work / f"vae{k}"),
+    per_unit("vae_step", a.vae, lambda k: _train_vae(override(cfg, {"vae.steps": k}), work / f"vae{k}"),
              lambda k: k)
     vae = work / f"vae{a.vae.split(',')[1]}" / "checkpoints"
     per_unit("dit_step", a.dit, lambda k: train_dit(TrainDiTConfig(
         data_root=a.dataset, vae=str(vae), run_dir=str(work / f"dit{k}"), caption_mix=(("short", 1.0),),
-        bucket_areas=(cfg.size * cfg.size,), bucket_frames=(cfg.frames,), token_budget=cfg.token_budget,
-        max_batch=cfg.max_batch, preset=cfg.dit_preset, steps=k, lr=cfg.dit_lr, warmup_steps=1, seed=0,
+        bucket_areas=(cfg.size * cfg.size,), bucket_frames=(cfg.frames,), token_budget=cfg.dit.token_budget,
+        max_batch=cfg.dit.max_batch, preset=cfg.dit.preset, steps=k, lr=cfg.dit.lr, warmup_steps=1, seed=0,
         device="cpu", log_every=5, ckpt_every=k, keep_last=1, resume=False, sample_every=k,
         sample_prompts=("a red square moves left",), sample_seeds=(0,), sample_frames=cfg.frames,
-        sample_size=(cfg.size, cfg.size), sample_steps=cfg.eval_steps)), lambda k: k)
+        sample_size=(cfg.size, cfg.size), sample_steps=cfg.eval.steps)), lambda k: k)
     pipe = work / f"dit{a.dit.split(',')[1]}" / "pipeline"
     per_unit("eval_prompt", a.eval, lambda k: eval_text(EvalTextConfig(
-        pipeline=str(pipe), out=str(work / f"eval{k}"), frames=cfg.frames, size=cfg.size, steps=cfg.eval_steps,
-        cfg=cfg.eval_cfg, device="cpu", limit=k, workers=0)), lambda k: 2 * k)
+        pipeline=str(pipe), out=str(work / f"eval{k}"), frames=cfg.frames, size=cfg.size, steps=cfg.eval.steps,
+        cfg=cfg.eval.cfg, device="cpu", limit=k, workers=0)), lambda k: 2 * k)
     print(json.dumps(cost))
     return 0
 

@@ -13,7 +13,7 @@ the same encoder at half the bytes. It lands in ``.gpu/minilm-fp16`` (git-ignore
 ``run`` writes the corpus (``--clips`` single-shot clips over the whole synthetic vocabulary except the held-out
 colour-shape pairs), runs ``pipelines.loop.run`` with ``PROFILES[--profile]`` (flags override single fields)
 and copies the headline files flat into ``--out``: loop.json, results.md, results.json, curves.png, sheet.png,
-dit-samples.png, vae-preview.png, and ``profile-*`` with ``--set dit_profile_steps=N`` (also when the run is
+dit-samples.png, vae-preview.png, and ``profile-*`` with ``--set dit.profile_steps=N`` (also when the run is
 stopped part-way, by an error or SIGTERM: ``loop.json`` then lists ``stages_done``), and prints the time of
 every stage (the DiT's split into setup, steps, samples and export, and the setup's encoding by part), the
 accuracy at each guidance scale of ``eval_cfg_sweep`` (step count of ``eval_steps_sweep``, sampler shift of
@@ -55,20 +55,38 @@ def prepare(dst: Path = MINILM_FP16) -> Path:
 
 
 def parse_set(items: list[str], base) -> dict:
-    """``["dit_lr=1e-3", "dit_patch=[1,4,4]", "vae_preset=small"]`` -> overrides of the dataclass ``base``'s
-    fields (JSON values, lists as tuples, anything else a string); an unknown field is an error."""
-    names = {f.name for f in dataclasses.fields(base)}
+    """``["dit.lr=1e-3", "dit_patch=[1,4,4]", "vae_preset=small"]`` -> ``{name: value}`` overrides of the
+    ``pipelines.loop.LoopConfig`` ``base`` for ``pipelines.loop.override``: any name it takes (nested like
+    ``vae.steps``, or the old flat ``vae_steps``); JSON values, lists as tuples, anything else a string. An unknown
+    name is an error that names the nearest ones."""
+    import difflib
+
+    from pipelines.loop import field_names, override
+
+    names = field_names(base)
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in names:
-            raise SystemExit(f"--set {item}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(names))}")
+        if not sep or (key not in names and "." not in key):
+            near = difflib.get_close_matches(key, names, n=4, cutoff=0.5)
+            raise SystemExit(f"--set {item}: expected FIELD=VALUE with FIELD a LoopConfig field, nested like "
+                             f"vae.steps or dit.lr, or an old flat name like dit_lr"
+                             + (f" (nearest: {', '.join(near)})" if near else ""))
         try:
             v = json.loads(value)
         except json.JSONDecodeError:
             v = value  # a bare string: --set vae_preset=small
-        out[key] = tuple(v) if isinstance(v, list) else v
+        out[key] = _tuples(v)
+    try:
+        override(base, out)  # a nested name it does not know, or one the loop fills in itself
+    except ValueError as exc:
+        raise SystemExit(f"--set {exc}") from None
     return out
+
+
+def _tuples(v):
+    """JSON lists as tuples, nested ones too (the configs' sequence fields are tuples)."""
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
 
 
 def _stop_on(signum: int, salvage) -> None:
@@ -96,19 +114,18 @@ def run(a: argparse.Namespace) -> dict:
     import pyarrow.parquet as pq
     import torch
 
-    from pipelines.loop import PROFILES, run as run_loop, write_shot_corpus
+    from pipelines.loop import PROFILES, override, run as run_loop, write_shot_corpus
 
     out = Path(a.out)
     work = Path(a.work) if a.work else out / "work"
     base = PROFILES[a.profile]
-    overrides = {k: v for k, v in (("vae_steps", a.vae_steps), ("dit_steps", a.dit_steps), ("dit_preset", a.dit_preset),
-                                   ("size", a.size), ("eval_per_triple", a.eval_per_triple), ("eval_limit", a.eval_limit),
-                                   ("compile", a.compile))
-                 if v is not None}
+    flags = (("vae.steps", a.vae_steps), ("dit.steps", a.dit_steps), ("dit.preset", a.dit_preset), ("size", a.size),
+             ("eval.per_triple", a.eval_per_triple), ("eval.limit", a.eval_limit), ("dit.compile", a.compile))
+    overrides = {k: v for k, v in flags if v is not None}
     overrides.update(parse_set(a.set, base))
     text_path = a.text_path if a.text_path is not None else (str(MINILM_FP16) if MINILM_FP16.is_dir() else "")
-    cfg = dataclasses.replace(base, **overrides, dataset=a.corpus or str(work / "corpus"), out=str(work / "loop"),
-                              text_path=text_path)
+    cfg = dataclasses.replace(override(base, overrides), dataset=a.corpus or str(work / "corpus"),
+                              out=str(work / "loop"), text_path=text_path)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     print(f"[run] {device}, torch {torch.__version__}; config {json.dumps(dataclasses.asdict(cfg))}", flush=True)
     t0 = time.time()
@@ -137,7 +154,7 @@ def run(a: argparse.Namespace) -> dict:
                     loop / "report" / "dit-samples.png", loop / "report" / "vae-preview.png"):
             if src.is_file():
                 shutil.copy(src, out / src.name)
-        for src in sorted((loop / "dit" / "profile").glob("*")):  # with --set dit_profile_steps=N
+        for src in sorted((loop / "dit" / "profile").glob("*")):  # with --set dit.profile_steps=N
             shutil.copy(src, out / f"profile-{src.name}")
         return partial
 
@@ -269,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--eval-limit", type=int, default=None)
     r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override any pipelines.loop.LoopConfig field (JSON values), e.g. --set dit_lr=1e-3 "
-                        "--set dit_patch=[1,4,4]; repeatable")
+                   help="override any pipelines.loop.LoopConfig field (JSON values), nested or by its old flat "
+                        "name, e.g. --set dit.lr=1e-3 --set vae.steps=600 --set dit_patch=[1,4,4]; repeatable")
     r.add_argument("--text-path", default=None, help="text encoder folder (default .gpu/minilm-fp16 when present)")
     mu = sub.add_parser("multi", help="N independent runs at once on one machine, then summarize")
     mu.add_argument("--out", required=True)

@@ -1,8 +1,9 @@
 """``tessera generate "prompt" --model DIR``: the command line of ``model.pipeline.TextToVideo``.
 
-Reads ``pipeline.json`` once, checks the request and the inputs before loading any weights, and answers a
-user's mistake (a missing GPU, an image where a video belongs, a corrupt weights file, a bad size) with one
-line on stderr and exit status 2. ``--size`` and ``--frames`` default to what the pipeline was trained at
+Reads ``pipeline.json`` once and answers a user's mistake (a missing GPU, an image where a video belongs, a
+corrupt weights file, a bad size) with one line on stderr and exit status 2. The media flags are checked before
+any weights load; the request itself is checked once, by ``TextToVideo`` (``model.pipeline.check_request``),
+before any model runs. ``--size`` and ``--frames`` default to what the pipeline was trained at
 (``model.pipeline.trained_defaults``), with a note saying so. ``--expand`` rewrites the prompt with the
 caption expander (``caption.expand``) first.
 """
@@ -110,10 +111,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="outputs/sample", help="output path without suffix (.mp4/.png added)")
     a = p.parse_args(argv)
     from curate.media import contact_sheet, is_image_file, read_media, save_media
-    from model.checkpoint import config_from_dict
-    from model.dit import DiTConfig
-    from model.pipeline import TextToVideo, check_request, read_pipeline_config, request_units, resolve_device
-    from model.vae import VAEConfig
+    from model.pipeline import TextToVideo, read_pipeline_config, resolve_device
 
     try:
         if not a.model:
@@ -129,14 +127,14 @@ def cli(argv: list[str] | None = None) -> int:
         video = read_media(a.video) if a.video else None
         video_b = read_media(a.video_b) if a.video_b else None
         keyframes = _parse_keyframes(a.keyframes)
-        units = request_units(config_from_dict(VAEConfig, meta["vae"]), config_from_dict(DiTConfig, meta["dit"]))
-        check_request(num_frames, size, a.steps, a.cfg, a.strength, image, video, video_b, keyframes, *units)
         pipe = TextToVideo.from_pretrained(a.model, str(device), expand_prompt_text, meta)
+        # the pipeline checks the request (frames, size, steps, strength, input combination) before any model runs
+        frames = pipe(a.prompt, image=image, video=video, video_b=video_b, keyframes=keyframes, strength=a.strength,
+                      frames=num_frames, size=size, fps=a.fps, steps=a.steps, cfg=a.cfg, seed=a.seed,
+                      expand=a.expand)
     except (ValueError, FileNotFoundError) as exc:  # WeightsError (a corrupt dit/vae file) is a ValueError
         print(f"tessera generate: {exc}", file=sys.stderr)
         return 2
-    frames = pipe(a.prompt, image=image, video=video, video_b=video_b, keyframes=keyframes, strength=a.strength,
-                  frames=num_frames, size=size, fps=a.fps, steps=a.steps, cfg=a.cfg, seed=a.seed, expand=a.expand)
     out = save_media(frames, a.out, a.fps)
     sheet = Path(a.out).with_name(Path(a.out).name + "_sheet.png")
     from PIL import Image

@@ -25,77 +25,126 @@ import re
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from curate import synth
 from curate.store import atomic_write_bytes, atomic_write_table, write_manifest
+from pipelines.eval_text import EvalTextConfig
+from train.train_dit import TrainDiTConfig
+from train.train_vae import TrainVAEConfig
+
+
+# What the loop trains and evaluates with unless told otherwise: the fields of the nested configs it does not
+# fill in itself (``LOOP_FILLS``). A warm-up of 0 means min(200, steps / 20) for the VAE, min(500, steps / 20) for
+# the DiT; eval's size 0 means the loop's ``size``.
+LOOP_VAE = TrainVAEConfig(preset="tiny", steps=150, batch_size=4, lr=5e-4, ema_decay=0.99, time_budget_s=0.0,
+                          warmup_steps=0, image_prob=0.1, holdout_pct=0.0, keep_last=1, resume=False)
+LOOP_DIT = TrainDiTConfig(preset="tiny", hidden=0, depth=0, heads=0, steps=300, lr=5e-4, ema_decay=0.99,
+                          time_budget_s=0.0, warmup_steps=0, patch=(1, 2, 2), pooled_text=False, time_shift=1.0,
+                          t_uniform=0.0, cooldown=0.0, profile_steps=0, task_mix=(0.5, 0.15, 0.1, 0.05, 0.1, 0.1),
+                          token_budget=4096, max_batch=32, compile=False, caption_mix=(("short", 1.0),), keep_last=1,
+                          resume=False, sample_seeds=(0,))
+LOOP_EVAL = EvalTextConfig(per_triple=1, heldout_repeat=1, steps=20, cfg=5.0, limit=0, size=0)
+
+# The fields of the nested configs that ``run`` sets from the loop's own (paths, sizes, seeds, device, cadence):
+# an override of one of them would be overwritten, so ``override`` refuses it.
+LOOP_FILLS: dict[str, tuple[str, ...]] = {
+    "vae": ("data_root", "run_dir", "resolutions", "num_frames", "num_workers", "seed", "device", "log_every",
+            "preview_every", "ckpt_every"),
+    "dit": ("data_root", "vae", "run_dir", "text_path", "bucket_areas", "bucket_frames", "profile_from", "stop_at",
+            "seed", "device", "log_every", "ckpt_every", "sample_every", "sample_prompts", "sample_frames",
+            "sample_size", "sample_steps", "sample_cfg"),
+    "eval": ("pipeline", "out", "prompt_seed", "frames", "device"),
+}
 
 
 @dataclass(frozen=True)
 class LoopConfig:
+    """The loop's own knobs, and the VAE, DiT and eval-text configs it drives, nested whole (``vae``, ``dit``,
+    ``eval``): any of their fields can be set, except the ones the loop fills in (``LOOP_FILLS``). ``override``
+    changes fields by name: nested (``vae.steps``) or the flat names of the time before nesting (``vae_steps``)."""
+
     dataset: str = ""  # clip shards (a build's output, or write_shot_corpus)
     out: str = "runs/loop"
     size: int = 64  # square training and generation size (pixels; a multiple of 16)
     frames: int = 17  # 1 + 4k
     split_seed: int = 0  # the held-out colour-shape pairs (curate.synth.ComboSplit.default)
-    # VAE
-    vae_preset: str = "tiny"
-    vae_steps: int = 150
-    vae_batch: int = 4
-    vae_lr: float = 5e-4
-    vae_ema: float = 0.99
-    vae_time_s: float = 0.0  # stop VAE training after this many seconds (0: run vae_steps)
-    vae_warmup: int = 0  # linear lr warm-up steps (0: min(200, vae_steps / 20))
+    # VAE (train.train_vae.TrainVAEConfig)
+    vae: TrainVAEConfig = LOOP_VAE
     vae_frames: int = 0  # frames per VAE training clip (1 + 4k; 0: ``frames``). The VAE is causal and
     # convolutional, so it trains on shorter clips than it encodes
-    vae_edge_weight: float = 0.0  # train.train_vae.TrainVAEConfig.edge_weight: L1 of spatial gradients
     vae_run: str = ""  # a VAE run folder of an earlier loop (its ``checkpoints/``): skip VAE training and use it
-    # DiT
-    dit_preset: str = "tiny"
-    dit_hidden: int = 0  # width, depth, heads instead of the preset's (0: the preset's; train_dit's hidden/...)
-    dit_depth: int = 0
-    dit_heads: int = 0
-    dit_steps: int = 300
-    dit_lr: float = 5e-4
-    dit_ema: float = 0.99
-    dit_time_s: float = 0.0  # stop DiT training after this many seconds of steps (0: run dit_steps)
-    dit_stop_after_s: float = 0.0  # or, whichever is first, this many seconds after the loop started: the DiT
-    # gets whatever the VAE and the encoding left of a fixed box (eval-text and the report come after it)
-    dit_warmup: int = 0  # linear lr warm-up steps (0: min(500, dit_steps / 20))
-    dit_patch: tuple[int, int, int] = (1, 2, 2)  # latent voxels per token; (1, 4, 4) with a 4x-spatial VAE
-    dit_pooled_text: bool = False  # model.dit.DiTConfig.pooled_text
-    dit_time_shift: float = 1.0  # train.train_dit.TrainDiTConfig.time_shift (3 with a 4x-spatial VAE)
-    dit_t_uniform: float = 0.0  # train.train_dit.TrainDiTConfig.t_uniform
-    dit_cooldown: float = 0.0  # train.train_dit.TrainDiTConfig.cooldown: lr to 0 over this last share of the run
-    dit_profile_steps: int = 0  # train.train_dit.TrainDiTConfig.profile_steps: torch.profiler over this many DiT
-    # steps from step 50 (or half of dit_steps); OUT/dit/profile: seconds per step in all and in GPU kernels, top
-    # ops, a trace
-    task_mix: tuple[float, ...] = (0.5, 0.15, 0.1, 0.05, 0.1, 0.1)  # train.train_dit.TrainDiTConfig.task_mix
-    token_budget: int = 4096
-    max_batch: int = 32
-    compile: bool = False
-    # eval
-    eval_steps: int = 20
-    eval_cfg: float = 5.0
+    # DiT (train.train_dit.TrainDiTConfig; dit.profile_steps: torch.profiler over that many DiT steps from step 50,
+    # or half of dit.steps, into OUT/dit/profile)
+    dit: TrainDiTConfig = LOOP_DIT
+    dit_stop_after_s: float = 0.0  # stop the DiT (as well as at dit.time_budget_s) this many seconds after the loop
+    # started: the DiT gets whatever the VAE and the encoding left of a fixed box (eval-text and the report follow)
+    # eval (pipelines.eval_text.EvalTextConfig; its steps and cfg also sample the DiT at the end of training)
+    eval: EvalTextConfig = LOOP_EVAL
     eval_cfg_sweep: tuple[float, ...] = ()  # further guidance scales, each a whole eval-text of its own (pick one by
     # the seen split: the held-out pairs are the test)
-    eval_steps_sweep: tuple[int, ...] = ()  # further sampling step counts at eval_cfg, likewise
+    eval_steps_sweep: tuple[int, ...] = ()  # further sampling step counts at eval.cfg, likewise
     eval_shift_sweep: tuple[float, ...] = ()  # further sampler time-shift scales (0: an even grid), likewise
     eval_solver_sweep: tuple[str, ...] = ()  # further samplers ("heun", "sde", "sde:0.5"), likewise
-    eval_per_triple: int = 1
-    eval_heldout_repeat: int = 1  # times as many shots per held-out triple
-    eval_limit: int = 0  # first N shots per group (0: all: 72 held-out and 36 seen triples, 16 prompts each)
-    eval_batch: int = 16  # eval-text's prompts per network call (EvalTextConfig.batch)
-    eval_workers: int = -1  # eval-text's detector processes (EvalTextConfig.workers; -1: up to 8 on a GPU)
-    eval_size: int = 0  # eval-text's square side (0: ``size``); the detector tells hexagons from circles at >= 64
     # systems
     text_path: str = ""  # text encoder folder ("" = the packaged MiniLM)
     device: str = "auto"
     num_workers: int = 0
     seed: int = 0
+
+
+# The flat names LoopConfig had before it nested the configs, and the field each one is now.
+FLAT_NAMES: dict[str, str] = {
+    "vae_preset": "vae.preset", "vae_steps": "vae.steps", "vae_batch": "vae.batch_size", "vae_lr": "vae.lr",
+    "vae_ema": "vae.ema_decay", "vae_time_s": "vae.time_budget_s", "vae_warmup": "vae.warmup_steps",
+    "dit_preset": "dit.preset", "dit_hidden": "dit.hidden", "dit_depth": "dit.depth", "dit_heads": "dit.heads",
+    "dit_steps": "dit.steps", "dit_lr": "dit.lr", "dit_ema": "dit.ema_decay", "dit_time_s": "dit.time_budget_s",
+    "dit_warmup": "dit.warmup_steps", "dit_patch": "dit.patch", "dit_pooled_text": "dit.pooled_text",
+    "dit_time_shift": "dit.time_shift", "dit_t_uniform": "dit.t_uniform", "dit_cooldown": "dit.cooldown",
+    "dit_profile_steps": "dit.profile_steps", "task_mix": "dit.task_mix", "token_budget": "dit.token_budget",
+    "max_batch": "dit.max_batch", "compile": "dit.compile",
+    "eval_steps": "eval.steps", "eval_cfg": "eval.cfg", "eval_per_triple": "eval.per_triple",
+    "eval_heldout_repeat": "eval.heldout_repeat", "eval_limit": "eval.limit", "eval_size": "eval.size",
+    "vae_edge_weight": "vae.edge_weight", "eval_batch": "eval.batch", "eval_workers": "eval.workers",
+}
+
+
+def field_names(cfg: LoopConfig) -> list[str]:
+    """Every name ``override`` takes: the loop's fields, ``part.field`` for the nested ones it does not fill in,
+    and the old flat names."""
+    names = []
+    for f in dataclasses.fields(cfg):
+        if f.name in LOOP_FILLS:
+            names += [f"{f.name}.{g.name}" for g in dataclasses.fields(getattr(cfg, f.name))
+                      if g.name not in LOOP_FILLS[f.name]]
+        else:
+            names.append(f.name)
+    return names + list(FLAT_NAMES)
+
+
+def override(cfg: LoopConfig, changes: dict[str, object]) -> LoopConfig:
+    """``cfg`` with ``changes`` applied: ``{"vae.steps": 600, "dit_lr": 1e-3, "size": 32}`` (nested or old flat
+    names). An unknown name, or a nested field the loop fills in itself, raises ``ValueError``."""
+    top: dict[str, object] = {}
+    nested: dict[str, dict[str, object]] = {}
+    for name, value in changes.items():
+        path = FLAT_NAMES.get(name, name)
+        part, dot, field = path.partition(".")
+        if not dot and part in {f.name for f in dataclasses.fields(cfg)} and part not in LOOP_FILLS:
+            top[part] = value
+        elif dot and part in LOOP_FILLS and field in {f.name for f in dataclasses.fields(getattr(cfg, part))}:
+            if field in LOOP_FILLS[part]:
+                raise ValueError(f"{name}: the loop sets {path} itself (from its own fields: dataset, out, size, "
+                                 "frames, seed, device, ...)")
+            nested.setdefault(part, {})[field] = value
+        else:
+            raise ValueError(f"{name}: not a LoopConfig field (nested like vae.steps, or an old flat name like "
+                             "vae_steps)")
+    top.update({part: dataclasses.replace(getattr(cfg, part), **fields) for part, fields in nested.items()})
+    return dataclasses.replace(cfg, **top)
 
 
 def _label(value) -> str:
@@ -108,26 +157,30 @@ PROFILES: dict[str, LoopConfig] = {
     # same. An idle 2-core machine did 443 VAE steps in 152 s and 4,092 DiT steps in 156 s at these sizes
     # (benchmarks/RESULTS.md, 2026-12-02), so this is ~3.5 + 2.5 minutes of training there (eval-text on 4 seen
     # and 4 held-out shots, each of another colour-shape pair, 16 prompts each: ~1.5 min)
-    "cpu": LoopConfig(vae_steps=600, vae_batch=2, vae_lr=1e-3, dit_steps=4000, eval_limit=4),
+    "cpu": LoopConfig(vae=replace(LOOP_VAE, steps=600, batch_size=2, lr=1e-3), dit=replace(LOOP_DIT, steps=4000),
+                      eval=replace(LOOP_EVAL, limit=4)),
     # seconds: the loop's plumbing (tests, a quick look), nothing learned
     # (eval-text at 64 px, where its detector reads every shape: one seen and one held-out shot, 4 phrasings x 4 seeds)
-    "smoke": LoopConfig(size=32, vae_steps=6, vae_batch=2, dit_steps=8, token_budget=1024, max_batch=8, eval_steps=3,
-                        eval_limit=1, eval_size=64),
-    # one H100/H200, ~10 minutes in all with a 4096-clip shot corpus. The DiT takes batches of 128 clips, mostly
-    # text-to-video; short warm-ups, since each model gets ~1-2.5k steps. Measured on one H200 (benchmarks/
-    # RESULTS.md, 2026-12-03): the 4x-spatial VAE keeps shapes, 4x4 patches keep 320 tokens per clip, the 3x time
-    # shift is what lets the DiT learn motion on its latents, and DiT-B compiled per block (0.106-0.125 s per step)
-    # is what moved shape. 2026-12-05: the VAE trains on whole 17-frame clips (on 9-frame clips it lost shape in
-    # the late half of a clip, frames it never trained on: 0.55 against 0.88 on frames 0-4) with an edge loss; the
-    # eval asks 1,728 prompts (18 held-out pairs, 4 phrasings, 4 seeds) in batches of 64, the DiT under bf16
-    # autocast as it trained. The DiT steps until 480 s after the loop began, whatever the VAE and encoding took
-    "gpu": LoopConfig(size=128, vae_preset="small-f4c4", dit_patch=(1, 4, 4), dit_pooled_text=True,
-                      dit_time_shift=3.0, vae_frames=17, vae_steps=20000, vae_batch=12, vae_lr=8e-4,
-                      vae_ema=0.999, vae_warmup=50, vae_time_s=150, vae_edge_weight=0.5, dit_preset="B",
-                      compile=True, dit_steps=100000, dit_lr=4e-4, dit_ema=0.999, dit_warmup=100, dit_time_s=0,
-                      dit_stop_after_s=480, dit_t_uniform=0.3, dit_cooldown=0.2,
-                      task_mix=(0.85, 0.05, 0.03, 0.02, 0.03, 0.02), token_budget=40960, max_batch=128,
-                      eval_steps=20, eval_per_triple=1, eval_heldout_repeat=1, eval_batch=64, num_workers=8),
+    "smoke": LoopConfig(size=32, vae=replace(LOOP_VAE, steps=6, batch_size=2),
+                        dit=replace(LOOP_DIT, steps=8, token_budget=1024, max_batch=8),
+                        eval=replace(LOOP_EVAL, steps=3, limit=1, size=64)),
+    # one H100/H200, ~10 minutes in all with a 4096-clip shot corpus. The VAE trains on 9-frame clips; the DiT
+    # takes batches of 128 clips, mostly text-to-video; short warm-ups, since each model gets ~1-2.5k steps.
+    # Measured on one H200 (benchmarks/RESULTS.md, 2026-12-03): the 4x-spatial VAE keeps shapes, 4x4 patches keep
+    # 320 tokens per clip, the 3x time shift is what lets the DiT learn motion on its latents, and DiT-B compiled
+    # per block (0.106-0.125 s per step) is what moved shape. The eval asks 1,728 prompts (18 held-out pairs, 4
+    # phrasings, 4 seeds) in batches of 64 with the DiT under bf16 autocast (768 took 40 s on a shared H100,
+    # 2026-12-05), so the DiT steps until 480 s after the loop began, whatever the VAE and the encoding took.
+    # A VAE trained on 17-frame clips with an edge loss (vae.edge_weight) was tried on 2026-12-05 and not adopted:
+    # in 150 s on a shared H100 it kept shape no better (RESULTS.md)
+    "gpu": LoopConfig(size=128, vae_frames=9, dit_stop_after_s=480, num_workers=8,
+                      vae=replace(LOOP_VAE, preset="small-f4c4", steps=20000, batch_size=16, lr=8e-4, ema_decay=0.999,
+                                  warmup_steps=50, time_budget_s=150),
+                      dit=replace(LOOP_DIT, preset="B", patch=(1, 4, 4), pooled_text=True, time_shift=3.0, compile=True,
+                                  steps=100000, lr=4e-4, ema_decay=0.999, warmup_steps=100, time_budget_s=0,
+                                  t_uniform=0.3, cooldown=0.2, task_mix=(0.85, 0.05, 0.03, 0.02, 0.03, 0.02),
+                                  token_budget=40960, max_batch=128),
+                      eval=replace(LOOP_EVAL, steps=20, per_triple=1, heldout_repeat=1, batch=64)),
 }
 
 
@@ -391,20 +444,49 @@ def _last_step(ckpt_dir: Path) -> int | None:
     return max(steps) if steps else None
 
 
-def _train_vae(cfg: LoopConfig, run_dir: Path) -> dict:
-    from train.train_vae import TrainVAEConfig, main as train_vae
+def vae_train_config(cfg: LoopConfig, run_dir: Path) -> TrainVAEConfig:
+    """The ``TrainVAEConfig`` step 1 trains with: ``cfg.vae`` with the fields the loop fills in."""
+    vae = cfg.vae
+    return replace(vae, data_root=cfg.dataset, run_dir=str(run_dir), resolutions=((cfg.size, cfg.size),),
+                   num_frames=(cfg.vae_frames or cfg.frames,), num_workers=cfg.num_workers, seed=cfg.seed,
+                   device=cfg.device, warmup_steps=vae.warmup_steps or min(200, max(1, vae.steps // 20)),
+                   log_every=10 if vae.time_budget_s else max(1, vae.steps // 50), preview_every=vae.steps,
+                   ckpt_every=vae.steps)
 
-    return train_vae(TrainVAEConfig(
-        data_root=cfg.dataset, run_dir=str(run_dir), preset=cfg.vae_preset, resolutions=((cfg.size, cfg.size),),
-        num_frames=(cfg.vae_frames or cfg.frames,), image_prob=0.1, batch_size=cfg.vae_batch, num_workers=cfg.num_workers,
-        holdout_pct=0.0, steps=cfg.vae_steps, lr=cfg.vae_lr, warmup_steps=cfg.vae_warmup or min(200, max(1, cfg.vae_steps // 20)),
-        ema_decay=cfg.vae_ema, edge_weight=cfg.vae_edge_weight, time_budget_s=cfg.vae_time_s, seed=cfg.seed, device=cfg.device, log_every=10 if cfg.vae_time_s else max(1, cfg.vae_steps // 50),
-        preview_every=cfg.vae_steps, ckpt_every=cfg.vae_steps, keep_last=1, resume=False))
+
+def dit_train_config(cfg: LoopConfig, vae_run: Path, run_dir: Path, sample_prompts: tuple[str, ...],
+                     t_start: float) -> TrainDiTConfig:
+    """The ``TrainDiTConfig`` step 2 trains with: ``cfg.dit`` with the fields the loop fills in (``t_start``: when
+    the loop began; the DiT samples ``sample_prompts`` at eval's steps and guidance when it ends)."""
+    dit = cfg.dit
+    return replace(dit, data_root=cfg.dataset, vae=str(vae_run / "checkpoints"), run_dir=str(run_dir),
+                   text_path=cfg.text_path, bucket_areas=(cfg.size * cfg.size,), bucket_frames=(cfg.frames,),
+                   profile_from=min(50, dit.steps // 2),
+                   warmup_steps=dit.warmup_steps or min(500, max(1, dit.steps // 20)),
+                   stop_at=t_start + cfg.dit_stop_after_s if cfg.dit_stop_after_s else 0.0, seed=cfg.seed,
+                   device=cfg.device,
+                   log_every=10 if dit.time_budget_s or cfg.dit_stop_after_s else max(1, dit.steps // 100),
+                   ckpt_every=dit.steps, sample_every=dit.steps, sample_prompts=sample_prompts,
+                   sample_frames=cfg.frames, sample_size=(cfg.size, cfg.size), sample_steps=cfg.eval.steps,
+                   sample_cfg=cfg.eval.cfg)
+
+
+def eval_config(cfg: LoopConfig, pipeline: Path, out: Path) -> EvalTextConfig:
+    """The ``EvalTextConfig`` of step 3 (each sweep changes one field of it): ``cfg.eval`` with the fields the loop
+    fills in."""
+    return replace(cfg.eval, pipeline=str(pipeline), out=str(out), prompt_seed=cfg.seed, frames=cfg.frames,
+                   size=cfg.eval.size or cfg.size, device=cfg.device)
+
+
+def _train_vae(cfg: LoopConfig, run_dir: Path) -> dict:
+    from train.train_vae import main as train_vae
+
+    return train_vae(vae_train_config(cfg, run_dir))
 
 
 def run(cfg: LoopConfig) -> dict:
-    from pipelines.eval_text import EvalTextConfig, main as eval_text
-    from train.train_dit import TrainDiTConfig, main as train_dit
+    from pipelines.eval_text import main as eval_text
+    from train.train_dit import main as train_dit
 
     if cfg.size % 16 or cfg.frames % 4 != 1 or (cfg.vae_frames and cfg.vae_frames % 4 != 1):
         raise ValueError(f"size must be a multiple of 16 and frames 1 + 4k (got size {cfg.size}, frames "
@@ -428,7 +510,7 @@ def run(cfg: LoopConfig) -> dict:
         print(f"[loop] 1/4 reusing the VAE of {vae_run}", flush=True)
         vae = {"step": _last_step(vae_run / "checkpoints"), "losses": []}
     else:
-        print(f"[loop] 1/4 training the VAE ({cfg.vae_preset}, {cfg.vae_steps} steps) -> {vae_run}", flush=True)
+        print(f"[loop] 1/4 training the VAE ({cfg.vae.preset}, {cfg.vae.steps} steps) -> {vae_run}", flush=True)
         vae = _train_vae(cfg, vae_run)
     times["vae_s"] = round(time.time() - t, 1)
     summary["vae"] = {"run": str(vae_run), "steps": vae["step"],
@@ -437,24 +519,10 @@ def run(cfg: LoopConfig) -> dict:
     done("vae")
 
     t = time.time()  # 2. DiT ---------------------------------------------------------------------------
-    print(f"[loop] 2/4 training the DiT ({cfg.dit_preset}, {cfg.dit_steps} steps) -> {out / 'dit'}", flush=True)
+    print(f"[loop] 2/4 training the DiT ({cfg.dit.preset}, {cfg.dit.steps} steps) -> {out / 'dit'}", flush=True)
     held = [p["prompt"] for p in synth.eval_prompts(split, 1, cfg.seed, seeds=1, phrasings=("train",))
             if p["heldout"]][:2]
-    dit = train_dit(TrainDiTConfig(
-        data_root=cfg.dataset, vae=str(vae_run / "checkpoints"), run_dir=str(out / "dit"), text_path=cfg.text_path,
-        caption_mix=(("short", 1.0),), bucket_areas=(cfg.size * cfg.size,), bucket_frames=(cfg.frames,),
-        token_budget=cfg.token_budget, max_batch=cfg.max_batch, preset=cfg.dit_preset, hidden=cfg.dit_hidden,
-        depth=cfg.dit_depth, heads=cfg.dit_heads, patch=cfg.dit_patch,
-        pooled_text=cfg.dit_pooled_text, time_shift=cfg.dit_time_shift, t_uniform=cfg.dit_t_uniform,
-        cooldown=cfg.dit_cooldown, profile_steps=cfg.dit_profile_steps, profile_from=min(50, cfg.dit_steps // 2),
-        task_mix=cfg.task_mix, steps=cfg.dit_steps,
-        lr=cfg.dit_lr, warmup_steps=cfg.dit_warmup or min(500, max(1, cfg.dit_steps // 20)), ema_decay=cfg.dit_ema,
-        time_budget_s=cfg.dit_time_s, stop_at=t_start + cfg.dit_stop_after_s if cfg.dit_stop_after_s else 0.0,
-        compile=cfg.compile, seed=cfg.seed, device=cfg.device,
-        log_every=10 if cfg.dit_time_s or cfg.dit_stop_after_s else max(1, cfg.dit_steps // 100), ckpt_every=cfg.dit_steps,
-        keep_last=1, resume=False, sample_every=cfg.dit_steps, sample_prompts=tuple(held), sample_seeds=(0,),
-        sample_frames=cfg.frames, sample_size=(cfg.size, cfg.size), sample_steps=cfg.eval_steps,
-        sample_cfg=cfg.eval_cfg))
+    dit = train_dit(dit_train_config(cfg, vae_run, out / "dit", tuple(held), t_start))
     times["dit_s"] = round(time.time() - t, 1)
     pipeline = out / "dit" / "pipeline"
     _record_in_pipeline(pipeline, {"combo_split": split.to_dict(), "train_size": cfg.size})
@@ -467,10 +535,7 @@ def run(cfg: LoopConfig) -> dict:
 
     t = time.time()  # 3. eval-text ---------------------------------------------------------------------
     print(f"[loop] 3/4 eval-text on {pipeline}", flush=True)
-    ev_cfg = EvalTextConfig(pipeline=str(pipeline), out=str(out / "eval-text"), per_triple=cfg.eval_per_triple,
-                            heldout_repeat=cfg.eval_heldout_repeat, prompt_seed=cfg.seed, frames=cfg.frames,
-                            size=cfg.eval_size or cfg.size, steps=cfg.eval_steps, cfg=cfg.eval_cfg, device=cfg.device,
-                            limit=cfg.eval_limit, batch=cfg.eval_batch, workers=cfg.eval_workers)
+    ev_cfg = eval_config(cfg, pipeline, out / "eval-text")
     ev = eval_text(ev_cfg)
     times["eval_s"] = round(time.time() - t, 1)
     summary.update(accuracy=ev["accuracy"], detector_ceiling=ev["detector_ceiling"])

@@ -14,12 +14,12 @@ import torch
 
 from curate.media import encode_mp4
 from curate.store import write_manifest
+from helpers import synthetic_frames
 from model.buckets import BucketConfig, make_buckets
 from model.checkpoint import load_vae, save_checkpoint
 from model.text import TextConfig, TextEncoder
 from model.vae import build_vae
 from pipelines.cache_latents import CacheLatentsConfig, main
-from train.data import synthetic_frames
 from train.latents import LatentReader, bucket_for, clip_pixels, scan_latents
 
 pytestmark = pytest.mark.timeout(300)

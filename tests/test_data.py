@@ -7,9 +7,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from curate.media import decode_frames
-from train.data import ClipBatches, ClipDataConfig, is_heldout, synthetic_frames, write_synthetic_dataset
+from helpers import synthetic_frames, write_synthetic_dataset
+from train.data import ClipBatches, ClipDataConfig, is_heldout
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import randomize, tiny_dit_config
 from model.dit import (
     DiT,
     DiTConfig,
@@ -19,28 +20,7 @@ from model.dit import (
     unpatchify,
 )
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors run fastest on one thread; restore the setting for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _tiny(**kw) -> DiTConfig:
-    return dit_config("tiny", latent_channels=4, text_dim=24, **kw)
-
-
-def _perturbed(model: DiT, seed: int = 0) -> DiT:
-    """A model with every parameter randomised, so zero-initialised paths carry signal too."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors run fastest on one thread
 
 
 def _inputs(cfg: DiTConfig, b: int, t: int, h: int, w: int, seed: int = 0, text_len: int = 5):
@@ -54,8 +34,8 @@ def _inputs(cfg: DiTConfig, b: int, t: int, h: int, w: int, seed: int = 0, text_
 
 @pytest.mark.parametrize("grid", [(1, 4, 4), (3, 8, 6), (5, 4, 10), (2, 6, 2)])
 def test_forward_shapes_over_buckets(grid):
-    cfg = _tiny()
-    model = _perturbed(DiT(cfg))
+    cfg = tiny_dit_config()
+    model = randomize(DiT(cfg))
     x, t, text, mask = _inputs(cfg, 2, *grid)
     out = model(x, t, text, mask)
     assert out.shape == (2, cfg.latent_channels, *grid)
@@ -63,7 +43,7 @@ def test_forward_shapes_over_buckets(grid):
 
 
 def test_in_channels_are_latent_condition_and_mask():
-    cfg = _tiny()
+    cfg = tiny_dit_config()
     assert cfg.in_channels == 2 * 4 + 1
     with pytest.raises(ValueError, match="input channels"):
         DiT(cfg)(torch.zeros(1, 4, 1, 4, 4), torch.zeros(1), torch.zeros(1, 2, 24))
@@ -86,8 +66,8 @@ def test_patchify_rejects_indivisible_grid():
 
 
 def test_patch_sizes_run_end_to_end():
-    cfg = _tiny(patch=(2, 2, 2))
-    out = _perturbed(DiT(cfg))(*_inputs(cfg, 1, 4, 4, 4))
+    cfg = tiny_dit_config(patch=(2, 2, 2))
+    out = randomize(DiT(cfg))(*_inputs(cfg, 1, 4, 4, 4))
     assert out.shape == (1, 4, 4, 4, 4)
 
 
@@ -127,8 +107,8 @@ def test_rope_depends_only_on_relative_position():
 
 def test_model_output_depends_on_token_order_through_rope():
     """Permuting patches changes the output beyond the permutation: positions matter."""
-    cfg = _tiny()
-    model = _perturbed(DiT(cfg))
+    cfg = tiny_dit_config()
+    model = randomize(DiT(cfg))
     x, t, text, mask = _inputs(cfg, 1, 1, 4, 4)
     out = model(x, t, text, mask)
     flipped = model(x.flip(-1), t, text, mask).flip(-1)
@@ -136,7 +116,7 @@ def test_model_output_depends_on_token_order_through_rope():
 
 
 def test_adaln_zero_init_predicts_zero_and_blocks_are_identity():
-    cfg = _tiny()
+    cfg = tiny_dit_config()
     model = DiT(cfg)
     x, t, text, mask = _inputs(cfg, 2, 2, 4, 4)
     assert torch.count_nonzero(model(x, t, text, mask)) == 0
@@ -152,8 +132,8 @@ def test_adaln_zero_init_predicts_zero_and_blocks_are_identity():
 
 
 def test_text_mask_hides_padding_and_text_matters():
-    cfg = _tiny()
-    model = _perturbed(DiT(cfg))
+    cfg = tiny_dit_config()
+    model = randomize(DiT(cfg))
     x, t, text, _ = _inputs(cfg, 2, 1, 4, 4, text_len=6)
     mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
     out = model(x, t, text, mask)
@@ -168,15 +148,15 @@ def test_text_mask_hides_padding_and_text_matters():
 
 
 def test_pooled_text_is_a_second_path_that_ignores_padding_and_leaves_old_models_alone():
-    plain = DiT(_tiny())
+    plain = DiT(tiny_dit_config())
     assert not any(k.startswith("p_embed") for k in plain.state_dict())  # old checkpoints still load strictly
-    cfg = _tiny(pooled_text=True)
+    cfg = tiny_dit_config(pooled_text=True)
     fresh = DiT(cfg)
     x, t, text, _ = _inputs(cfg, 2, 1, 4, 4, text_len=6)
     mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
     c = fresh.t_embed(t)
     torch.testing.assert_close(fresh.p_embed(text, mask), torch.zeros_like(c))  # adds nothing at init
-    model = _perturbed(DiT(cfg))
+    model = randomize(DiT(cfg))
     for block in model.blocks:  # cut cross-attention: any text effect left comes through the pooled path
         block.cross.out.weight.data.zero_()
         block.cross.out.bias.data.zero_()
@@ -195,15 +175,15 @@ def test_pooled_text_is_a_second_path_that_ignores_padding_and_leaves_old_models
 
 
 def test_time_matters():
-    cfg = _tiny()
-    model = _perturbed(DiT(cfg))
+    cfg = tiny_dit_config()
+    model = randomize(DiT(cfg))
     x, t, text, mask = _inputs(cfg, 1, 1, 4, 4)
     assert (model(x, t, text, mask) - model(x, t * 0.5, text, mask)).abs().max() > 1e-4
 
 
 def test_checkpointing_gives_the_same_outputs_and_gradients():
-    cfg = _tiny()
-    ref, ckpt = _perturbed(DiT(cfg)), _perturbed(DiT(cfg))
+    cfg = tiny_dit_config()
+    ref, ckpt = randomize(DiT(cfg)), randomize(DiT(cfg))
     ckpt.set_checkpointing([1])
     assert [b.checkpoint for b in ckpt.blocks] == [False, True]
     ckpt.set_checkpointing(True)
@@ -218,8 +198,8 @@ def test_checkpointing_gives_the_same_outputs_and_gradients():
 
 
 def test_batch_elements_are_independent():
-    cfg = _tiny()
-    model = _perturbed(DiT(cfg))
+    cfg = tiny_dit_config()
+    model = randomize(DiT(cfg))
     x, t, text, mask = _inputs(cfg, 3, 2, 4, 4)
     full = model(x, t, text, mask)
     single = model(x[1:2], t[1:2], text[1:2], mask[1:2])
@@ -246,7 +226,7 @@ def test_flop_formula_matches_pytorch_flop_counter():
     there, so attention's 4 N^2 D + 4 N (L+1) D per block is added in the test by hand)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    cfg = _tiny()
+    cfg = tiny_dit_config()
     model = DiT(cfg)
     x, t, text, mask = _inputs(cfg, 1, 4, 16, 16, text_len=5)
     with FlopCounterMode(display=False) as counter:
@@ -312,8 +292,8 @@ def test_one_packed_clip_without_padding_is_the_unpacked_forward(checkpointing):
     from model.dit import pack_tokens
     from model.packed import pack_layout
 
-    cfg = _tiny(pooled_text=True)
-    a, b = _perturbed(DiT(cfg)), _perturbed(DiT(cfg))
+    cfg = tiny_dit_config(pooled_text=True)
+    a, b = randomize(DiT(cfg)), randomize(DiT(cfg))
     a.set_checkpointing(checkpointing)
     x, t, text, mask = _inputs(cfg, 1, 2, 4, 6, text_len=5)
     mask[0, 3:] = False

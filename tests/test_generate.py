@@ -11,12 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from curate.media import contact_sheet, encode_mp4, read_media
-from model.dit import DiT, dit_config
+from helpers import export_tiny_pipeline, synthetic_frames
 from model.pipeline import TextToVideo, export_pipeline
-from model.text import TextConfig
-from model.vae import build_vae
 from pipelines.generate import cli
-from train.data import synthetic_frames
 
 pytestmark = pytest.mark.timeout(300)
 W, H = 32, 48
@@ -24,15 +21,9 @@ STEPS = 2
 
 
 @pytest.fixture(scope="module")
-def pipe_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    dit = DiT(dit_config("tiny", latent_channels=16, text_dim=384))
-    vae = build_vae("tiny")
-    with torch.no_grad():  # leave the zero init so the velocity depends on everything
-        for p in list(dit.parameters()) + list(vae.parameters()):
-            p.add_(0.05 * torch.randn_like(p))
-    return export_pipeline(tmp_path_factory.mktemp("pipe") / "pipeline", dit, vae, TextConfig(max_length=32),
-                           latent_scale=0.7, latent_shift=0.1, extra={"note": "test"})
+def pipe_dir(tmp_path_factory):  # off the zero init (nudged), so the velocity depends on everything
+    return export_tiny_pipeline(tmp_path_factory.mktemp("pipe") / "pipeline", latent_scale=0.7, latent_shift=0.1,
+                                extra={"note": "test"})
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +229,22 @@ def test_cli_writes_mp4_png_and_contact_sheets(pipe_dir, tmp_path, capsys):
     bad = tmp_path / "out" / "bad"
     assert cli(["a fox", "--model", str(pipe_dir), "--size", "30x32", "--out", str(bad)]) == 2
     assert "multiples of 16" in capsys.readouterr().err and not list((tmp_path / "out").glob("bad*"))
+
+
+def test_cli_checks_the_request_once(pipe_dir, tmp_path, monkeypatch):
+    """The CLI leaves the request check to the pipeline: one ``check_request`` per generation, and a bad request
+    still fails with exit 2 through that one check."""
+    import model.pipeline
+
+    calls = []
+    check = model.pipeline.check_request
+    monkeypatch.setattr(model.pipeline, "check_request", lambda *a, **k: calls.append(a) or check(*a, **k))
+    out = tmp_path / "once"
+    assert cli(["a fox", "--model", str(pipe_dir), "--frames", "1", "--size", f"{W}x{H}", "--steps", "1",
+                "--out", str(out)]) == 0
+    assert len(calls) == 1 and calls[0][:3] == (1, (W, H), 1)
+    assert cli(["a fox", "--model", str(pipe_dir), "--frames", "4", "--size", f"{W}x{H}", "--out", str(out)]) == 2
+    assert len(calls) == 2
 
 
 def test_cli_extends_a_video_file(pipe_dir, tmp_path):

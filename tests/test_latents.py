@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from curate.media import encode_mp4
+from helpers import synthetic_frames
 from model.buckets import BucketConfig
 from model.checkpoint import save_checkpoint
 from model.vae import build_vae
-from train.data import synthetic_frames
 from train.latents import (
     BatchPlan, LatentEncoder, LatentRecord, bytes_to_tensor, encode_clips, pick_caption, tensor_to_bytes,
 )

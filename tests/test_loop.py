@@ -4,7 +4,6 @@ CPU at tiny sizes and writes its eval and report."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import signal
@@ -91,24 +90,24 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
     its split, eval-text whose detector reads the ground-truth renders right, and a report page with its figures.
     Also with a 4x-spatial VAE and 4x4 patches, the VAE trained on shorter clips than the DiT."""
     from model.pipeline import TextToVideo, read_pipeline_config
-    from pipelines.loop import PROFILES, run
+    from pipelines.loop import PROFILES, override, run
 
     _corpus(tmp_path, n=16, size=32)
-    cfg = dataclasses.replace(PROFILES["smoke"], dataset=str(tmp_path / "corpus"), out=str(tmp_path / "run"),
-                              frames=9, device="cpu", vae_preset=vae_preset, dit_patch=patch,
-                              vae_frames=5 if patch != (1, 2, 2) else 0, vae_warmup=2, dit_warmup=3,
-                              eval_cfg_sweep=(2.0,) if patch == (1, 2, 2) else (),
-                              eval_steps_sweep=(1,) if patch != (1, 2, 2) else (),
-                              eval_shift_sweep=(2.5,) if patch == (1, 2, 2) else (),
-                              dit_hidden=96 if patch == (1, 2, 2) else 0,
-                              eval_solver_sweep=("sde:0.5",) if patch != (1, 2, 2) else (),
-                              dit_stop_after_s=3600.0 if patch != (1, 2, 2) else 0.0)
+    cfg = override(PROFILES["smoke"], dict(dataset=str(tmp_path / "corpus"), out=str(tmp_path / "run"),
+                                           frames=9, device="cpu", vae_preset=vae_preset, dit_patch=patch,
+                                           vae_frames=5 if patch != (1, 2, 2) else 0, vae_warmup=2, dit_warmup=3,
+                                           eval_cfg_sweep=(2.0,) if patch == (1, 2, 2) else (),
+                                           eval_steps_sweep=(1,) if patch != (1, 2, 2) else (),
+                                           eval_shift_sweep=(2.5,) if patch == (1, 2, 2) else (),
+                                           dit_hidden=96 if patch == (1, 2, 2) else 0,
+                                           eval_solver_sweep=("sde:0.5",) if patch != (1, 2, 2) else (),
+                                           dit_stop_after_s=3600.0 if patch != (1, 2, 2) else 0.0))
     summary = run(cfg)
-    assert summary["vae"]["steps"] == cfg.vae_steps and summary["dit"]["steps"] == cfg.dit_steps
+    assert summary["vae"]["steps"] == cfg.vae.steps and summary["dit"]["steps"] == cfg.dit.steps
     if cfg.dit_stop_after_s:  # the DiT's budget is what the VAE left of the box
         assert 3000 < summary["dit"]["time_budget_s"] < 3600 - summary["seconds"]["vae_s"]
     else:
-        assert summary["dit"]["time_budget_s"] == cfg.dit_time_s
+        assert summary["dit"]["time_budget_s"] == cfg.dit.time_budget_s
     parts = summary["dit"]["seconds"]  # where the DiT stage's time went; the samples are timed inside the loop
     assert set(parts) == {"setup", "loop", "samples", "export"} and 0 < parts["samples"] <= parts["loop"]
     assert parts["setup"] + parts["loop"] + parts["export"] <= summary["seconds"]["dit_s"] + 0.35  # samples: inside loop
@@ -116,7 +115,7 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
     dit_cfg = json.loads((tmp_path / "run" / "dit" / "config.json").read_text())
     assert vae_cfg["num_frames"] == [cfg.vae_frames or cfg.frames] and vae_cfg["warmup_steps"] == 2
     assert dit_cfg["dit"]["patch"] == list(patch) and dit_cfg["train"]["warmup_steps"] == 3
-    assert dit_cfg["dit"]["hidden"] == (cfg.dit_hidden or 64) and dit_cfg["dit"]["heads"] == 4  # tiny's heads
+    assert dit_cfg["dit"]["hidden"] == (cfg.dit.hidden or 64) and dit_cfg["dit"]["heads"] == 4  # tiny's heads
     assert read_pipeline_config(summary["pipeline"])["dit"]["hidden"] == dit_cfg["dit"]["hidden"]
     meta = read_pipeline_config(summary["pipeline"])
     assert ComboSplit.from_dict(meta["extra"]["combo_split"]) == ComboSplit.default(cfg.split_seed)
@@ -139,25 +138,25 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
     assert (tmp_path / "run" / "loop.json").is_file()
     assert "best constant answer" in (tmp_path / "run" / "eval-text" / "results.md").read_text()
     if cfg.eval_cfg_sweep:  # each further guidance scale is a whole eval of its own, recorded beside the main one
-        assert list(summary["cfg_sweep"]) == ["2", f"{cfg.eval_cfg:g}"]
-        assert summary["cfg_sweep"][f"{cfg.eval_cfg:g}"]["accuracy"] == summary["accuracy"]
+        assert list(summary["cfg_sweep"]) == ["2", f"{cfg.eval.cfg:g}"]
+        assert summary["cfg_sweep"][f"{cfg.eval.cfg:g}"]["accuracy"] == summary["accuracy"]
         other = json.loads((tmp_path / "run" / "eval-text-cfg2" / "results.json").read_text())
         assert other["config"]["cfg"] == 2.0 and other["accuracy"] == summary["cfg_sweep"]["2"]["accuracy"]
     else:
         assert "cfg_sweep" not in summary
     if cfg.eval_steps_sweep:  # the same for sampling steps, at the main guidance scale
-        assert list(summary["steps_sweep"]) == ["1", f"{cfg.eval_steps:g}"]
+        assert list(summary["steps_sweep"]) == ["1", f"{cfg.eval.steps:g}"]
         other = json.loads((tmp_path / "run" / "eval-text-steps1" / "results.json").read_text())
-        assert other["config"]["steps"] == 1 and other["config"]["cfg"] == cfg.eval_cfg
+        assert other["config"]["steps"] == 1 and other["config"]["cfg"] == cfg.eval.cfg
         assert other["accuracy"] == summary["steps_sweep"]["1"]["accuracy"]
-        assert summary["steps_sweep"][f"{cfg.eval_steps:g}"]["accuracy"] == summary["accuracy"]
+        assert summary["steps_sweep"][f"{cfg.eval.steps:g}"]["accuracy"] == summary["accuracy"]
     else:
         assert "steps_sweep" not in summary
     if cfg.eval_shift_sweep:  # and for the sampler's time shift; the main eval's key is the shift it trained with
-        assert list(summary["shift_sweep"]) == [f"{cfg.dit_time_shift:g}", "2.5"]
+        assert list(summary["shift_sweep"]) == [f"{cfg.dit.time_shift:g}", "2.5"]
         other = json.loads((tmp_path / "run" / "eval-text-sample_shift2.5" / "results.json").read_text())
         assert other["time_shift"] == 2.5 and other["config"]["sample_shift"] == 2.5
-        assert results["time_shift"] == cfg.dit_time_shift
+        assert results["time_shift"] == cfg.dit.time_shift
         assert other["accuracy"] == summary["shift_sweep"]["2.5"]["accuracy"]
     else:
         assert "shift_sweep" not in summary
@@ -186,16 +185,19 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
 
 
 def test_run_text_loop_set_overrides_any_loop_field():
-    from pipelines.loop import PROFILES
+    from pipelines.loop import PROFILES, override
 
     mod = _benchmark("run_text_loop")
-    got = mod.parse_set(["dit_lr=1e-3", "dit_patch=[1,2,2]", "vae_preset=small", "dit_time_shift=1", "compile=true"],
-                        PROFILES["gpu"])
-    assert got == {"dit_lr": 1e-3, "dit_patch": (1, 2, 2), "vae_preset": "small", "dit_time_shift": 1, "compile": True}
-    cfg = dataclasses.replace(PROFILES["gpu"], **got)
-    assert cfg.dit_patch == (1, 2, 2) and cfg.vae_preset == "small" and cfg.dit_time_shift == 1.0
-    assert PROFILES["gpu"].dit_patch == (1, 4, 4)  # the profile itself is left alone
-    for bad in (["no_such_field=1"], ["dit_lr"]):
+    got = mod.parse_set(["dit_lr=1e-3", "dit_patch=[1,2,2]", "vae_preset=small", "dit_time_shift=1", "compile=true",
+                         "vae.steps=7", "eval.solver=heun", 'dit.caption_mix=[["long",1.0]]'], PROFILES["gpu"])
+    assert got == {"dit_lr": 1e-3, "dit_patch": (1, 2, 2), "vae_preset": "small", "dit_time_shift": 1, "compile": True,
+                   "vae.steps": 7, "eval.solver": "heun", "dit.caption_mix": (("long", 1.0),)}
+    cfg = override(PROFILES["gpu"], got)
+    assert cfg.dit.patch == (1, 2, 2) and cfg.vae.preset == "small" and cfg.dit.time_shift == 1.0
+    assert cfg.dit.lr == 1e-3 and cfg.dit.compile and cfg.vae.steps == 7 and cfg.eval.solver == "heun"
+    assert cfg.dit.caption_mix == (("long", 1.0),) and cfg.dit.preset == PROFILES["gpu"].dit.preset  # the rest kept
+    assert PROFILES["gpu"].dit.patch == (1, 4, 4)  # the profile itself is left alone
+    for bad in (["no_such_field=1"], ["dit_lr"], ["dit.no_such_field=1"], ["vae.seed=3"]):
         with pytest.raises(SystemExit):
             mod.parse_set(bad, PROFILES["gpu"])
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import randomize, tiny_dit_config
 from model.dit import DiT, DiTConfig, dit_config, pack_tokens, rope_from_positions, rope_tables, unpack_tokens
 from model.flow import Draws, Flow, FlowConfig
 from model.packed import PackedAttention, pack_layout
@@ -26,28 +27,13 @@ LENGTH = 48
 TEXT_LENS = [3, 6, 0, 2, 5]
 TOL = dict(rtol=1e-10, atol=1e-11)  # float64: packed and one-by-one agree to rounding
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _tiny(**kw) -> DiTConfig:
-    return dit_config("tiny", latent_channels=4, text_dim=24, **kw)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors run fastest on one thread
 
 
 def _model(cfg: DiTConfig, seed: int = 0) -> DiT:
     """A float64 DiT with every parameter random (zero-initialised paths carry signal too)."""
     torch.manual_seed(seed)
-    model = DiT(cfg).double()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.2)
-    return model
+    return randomize(DiT(cfg).double(), seed + 1)
 
 
 def _clips(cfg: DiTConfig, rows=ROWS, text_lens=TEXT_LENS, seed: int = 0):
@@ -87,7 +73,7 @@ def _packed(model: DiT, clips, t, text, mask, backend: str, rows=ROWS, length: i
 @pytest.mark.parametrize("backend", ["sdpa", "split", "flex"])
 @pytest.mark.parametrize("kw", [{}, {"pooled_text": True}, {"patch": (1, 1, 2)}])
 def test_packed_forward_equals_clips_one_by_one(backend, kw):
-    cfg = _tiny(**kw)
+    cfg = tiny_dit_config(**kw)
     model = _model(cfg)
     clips, t, text, mask = _clips(cfg)
     with torch.no_grad(), warnings.catch_warnings():
@@ -105,7 +91,7 @@ def test_packed_forward_equals_clips_one_by_one(backend, kw):
 @pytest.mark.parametrize("backend", ["sdpa", "split"])
 def test_packed_gradients_equal_one_by_one(backend):
     """Gradients of every parameter from one packed pass equal the sum over clips run alone (float64, 1e-10)."""
-    cfg = _tiny(pooled_text=True)
+    cfg = tiny_dit_config(pooled_text=True)
     clips, t, text, mask = _clips(cfg)
     g = torch.Generator().manual_seed(5)
     targets = [torch.randn(z.shape[0] // 2, *z.shape[1:], generator=g, dtype=torch.float64) for z in clips]
@@ -123,7 +109,7 @@ def test_packed_gradients_equal_one_by_one(backend):
 
 def test_no_token_attends_across_clips():
     """Change clip 1's input, time and caption, and the padding: every other clip's output stays bit for bit."""
-    cfg = _tiny(pooled_text=True)
+    cfg = tiny_dit_config(pooled_text=True)
     model = _model(cfg)
     clips, t, text, mask = _clips(cfg)
     with torch.no_grad():
@@ -144,7 +130,7 @@ def test_no_token_attends_across_clips():
 
 
 def test_positions_restart_per_clip_and_the_place_in_a_row_does_not_matter():
-    cfg = _tiny()
+    cfg = tiny_dit_config()
     layout = pack_layout(ROWS, LENGTH, text_len=2)
     cos, sin = rope_from_positions(layout.pos, cfg.head_dim, cfg.rope_theta)  # (S, L, dh/2)
     for grid, r, a, n in zip(layout.grids, layout.rows, layout.starts, layout.tokens):
@@ -230,7 +216,7 @@ def _per_clip_reference(flow: Flow, latents, text, mask, draws: list[Draws]):
 def test_packed_loss_and_gradients_equal_the_clips_one_by_one():
     """Per-token weighting: the packed loss is each clip's Flow.loss weighted by its generated elements. Both
     compute the squared error in float32 (as Flow.loss does), hence the 1e-5 tolerance on a float64 model."""
-    cfg = _tiny()
+    cfg = tiny_dit_config()
     shapes = [(4, 3, 4, 4), (4, 1, 6, 2), (4, 5, 2, 2), (4, 2, 4, 6), (4, 1, 2, 2)]
     latents = _latents(shapes)
     _, _, text, mask = _clips(cfg, text_lens=[3, 6, 0, 2, 5])
@@ -254,7 +240,7 @@ def test_packed_loss_and_gradients_equal_the_clips_one_by_one():
 
 def test_packed_loss_on_one_shape_is_flow_loss_on_the_batch():
     """Clips of one shape: the packed loss and its per-frame log equal Flow.loss on the stacked batch."""
-    cfg = _tiny()
+    cfg = tiny_dit_config()
     latents = _latents([(4, 3, 4, 4)] * 3, seed=1)
     _, _, text, mask = _clips(cfg, rows=[[(1, 1, 1)] * 3], text_lens=[4, 2, 3])
     flow = _flow(_model(cfg))

@@ -9,22 +9,18 @@ import shutil
 import pytest
 import torch
 
+from helpers import export_tiny_pipeline
 from model.checkpoint import WeightsError
-from model.dit import DiT, dit_config
 from model.pipeline import (
     DEFAULTS, TextToVideo, export_pipeline, read_pipeline_config, request_units, resolve_device, trained_defaults,
 )
-from model.text import TextConfig
-from model.vae import build_vae
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    torch.manual_seed(0)
-    dit, vae = DiT(dit_config("tiny", latent_channels=16, text_dim=384)), build_vae("tiny")
-    return export_pipeline(tmp_path_factory.mktemp("p") / "pipeline", dit, vae, TextConfig(max_length=16))
+    return export_tiny_pipeline(tmp_path_factory.mktemp("p") / "pipeline", text_length=16, nudge=0)
 
 
 def test_trained_defaults_read_the_loop_keys_then_the_training_config():

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import write_synthetic_dataset
 from model.checkpoint import list_checkpoints
-from train.data import write_synthetic_dataset
 from train.train_vae import TrainVAEConfig, edge_l1, main, parse_args
 
 torch.set_num_threads(1)
