@@ -48,7 +48,7 @@ last row / column to the next multiple of the spatial factor, and repeat the las
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -621,6 +621,9 @@ PRESETS: dict[str, VAEConfig] = {
     "tiny-f4c8-late": VAEConfig(channels=(8, 16, 16, 16), num_res_blocks=1, z_channels=8,
                                 time_down=(False, True, True), space_down=(True, True, False)),
 }
+# the same sizes with ``grouped_encoder``: given frames anywhere in a clip encode to exactly their in-clip latents
+PRESETS.update({f"{name}-grouped": replace(PRESETS[name], grouped_encoder=True) for name in ("tiny", "small-f4c4",
+                                                                                           "small-f4c8")})
 
 
 def build_vae(preset: str = "base") -> VideoVAE:
@@ -634,4 +637,5 @@ def num_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["CausalCache", "DiagonalGaussian", "GroupStart", "PRESETS", "VAEConfig", "VideoVAE", "build_vae", "num_params"]
+__all__ = ["CausalCache", "DiagonalGaussian", "GroupStart", "PRESETS", "VAEConfig", "VideoVAE", "build_vae",
+           "num_params"]

@@ -78,6 +78,23 @@ def request_shape(frames: int | None, size: str | None, meta: dict) -> tuple[int
     return frames, wh
 
 
+def _note_held(vae_cfg, frames: int, image, video, video_b, keyframes, strength) -> None:
+    """A note on stderr when some given frames are pinned to their latents in a clip of held frames rather than
+    in the clip that gets generated (``model.conditioning.held_positions``)."""
+    from model.conditioning import given_frames, held_positions
+
+    if strength is not None:
+        return
+    given = given_frames(frames, vae_cfg.time_factor, image, video, video_b, keyframes)
+    held = held_positions(given, frames, vae_cfg.time_factor, vae_cfg.grouped_encoder)
+    if held:
+        why = ("their latent groups are given only in part" if vae_cfg.grouped_encoder else
+               "this VAE's encoder is causal over the whole clip (a VAE trained with grouped_encoder pins whole "
+               "groups exactly)")
+        print(f"tessera generate: latent frames {held} are pinned to the given frames' latents in a clip of held "
+              f"frames, not in the generated one: {why}", file=sys.stderr)
+
+
 def cli(argv: list[str] | None = None) -> int:
     """``tessera generate "prompt" --model DIR [...]``: writes MP4 (PNG for one frame) + a contact sheet."""
     p = argparse.ArgumentParser(prog="tessera generate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -132,6 +149,7 @@ def cli(argv: list[str] | None = None) -> int:
         units = request_units(config_from_dict(VAEConfig, meta["vae"]), config_from_dict(DiTConfig, meta["dit"]))
         check_request(num_frames, size, a.steps, a.cfg, a.strength, image, video, video_b, keyframes, *units)
         pipe = TextToVideo.from_pretrained(a.model, str(device), expand_prompt_text, meta)
+        _note_held(pipe.vae.cfg, num_frames, image, video, video_b, keyframes, a.strength)
     except (ValueError, FileNotFoundError) as exc:  # WeightsError (a corrupt dit/vae file) is a ValueError
         print(f"tessera generate: {exc}", file=sys.stderr)
         return 2

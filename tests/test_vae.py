@@ -287,5 +287,6 @@ def test_grouped_encoder_sees_only_its_own_group(preset: str) -> None:
     torch.testing.assert_close(vae.encode(x).mean, z, rtol=0, atol=1e-5)  # autograd on: the plain path
     torch.testing.assert_close(z[:, :, 0], z_plain[:, :, 0], rtol=0, atol=1e-5)  # frame 0 is encoded as before
     assert (z[:, :, 1:] - z_plain[:, :, 1:]).abs().max() > 1e-3  # later groups lose their past
+    assert PRESETS["tiny-grouped"] == dataclasses.replace(PRESETS["tiny"], grouped_encoder=True)
     with pytest.raises(ValueError, match="grouped_encoder"):
         VideoVAE(dataclasses.replace(PRESETS["tiny"], time_down=(False, False, False), grouped_encoder=True))
