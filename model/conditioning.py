@@ -29,25 +29,29 @@ Latent frames, not pixel frames: with the causal VAE (T' = 1 + (T - 1) / 4) pixe
 and pixel frame p > 0 falls in latent frame 1 + (p - 1) // 4 (``latent_index``); the decoder turns latent frame 0
 into one frame and every later one into a group of 4.
 
-Given frames are encoded where they stand (``given_condition``). Training pins the latents of a whole clip, and
-the causal encoder gives latent frame j of a clip from that clip's pixel frames 0 .. 4j (an image encoded on its
-own is a one-frame "image" latent, which the decoder, at a position after 0, turns into 4 frames). So the given
-frames are laid out at their output frame indices in one clip of the output's length (``context_clip``), that
-clip is encoded once, and the latent frames holding a given frame are pinned to its latents. Frames the request
-does not give are unknown (the sampler makes them); in the clip they hold a given frame: the nearest one of the
-same latent group, else the last given frame before them, else the first after (a still). Then:
-- a given clip at the start (image-to-video, extend forward, a transition's first video) is encoded exactly as
-  inside the output clip: its latents depend on no other frame;
-- a given frame or clip after the start (extend backward, keyframes, a transition's second video) gets the
-  latents it has inside a clip whose unknown frames are those holds; the frames generated there instead are
-  its real past, which no encoding before sampling can see. Each given frame lands at its own output index, and
-  a given clip fills exactly its frames (a 17-frame clip, 17 frames).
+Given frames are encoded where they stand (``given_condition``). Training pins the latents of a whole clip, so
+the given frames are laid out at their output frame indices in one clip of the output's length (``context_clip``),
+that clip is encoded once, and the latent frames holding a given frame are pinned to its latents. Frames the
+request does not give are unknown (the sampler makes them); in the clip they hold a given frame: the nearest one
+of the same latent group, else the last given frame before them, else the first after (a still). Each given frame
+lands at its own output index, and a given clip fills exactly its frames (a 17-frame clip, 17 frames). Whether the
+pinned latents are the given frames' latents inside the clip the sampler makes depends on the VAE's encoder:
+- **grouped** (``VAEConfig.grouped_encoder``): latent frame j is made from its own group of 4 frames only (frame 0
+  alone), so a group the request gives whole is pinned to exactly its latents inside any clip, wherever it stands
+  and whatever is generated around it: image-to-video, extend forward and backward, transitions and keyframes
+  that fill their groups (``tests/test_conditioning.py``: <= 1e-5 in fp32). A group given only in part (a single
+  keyframe after frame 0, an interpolation's last frame) is pinned to its latents with its other frames holding
+  the given one: a still of that frame within its 4 frames;
+- **plain causal** (the default): latent frame j is made from every frame up to 4j, so only a latent whose frames
+  0 .. 4j are all given (image-to-video, extend forward, a transition's first clip) is exact; a later one gets its
+  latents in the clip of held frames, not in the clip that gets generated before it.
+``held_positions`` names the latent frames of a request that are pinned to held-frame latents.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -231,11 +235,28 @@ def given_frames(frames: int, time_factor: int = 4, image=None, video=None, vide
     return out
 
 
+def held_positions(given: Iterable[int], num_frames: int, time_factor: int = 4, grouped: bool = False) -> list[int]:
+    """The latent frames holding a given frame (output pixel indices ``given``) whose pinned latents depend on a
+    frame the request does not give, so ``given_condition`` pins them to their latents in ``context_clip``'s held
+    frames, not to those of the clip the sampler makes: with a ``grouped`` encoder, the groups given only in part;
+    with a plain causal one, every latent frame j that some frame 0 .. 4j is missing from."""
+    given = set(given)
+    out = []
+    for j in sorted({latent_index(p, time_factor) for p in given}):
+        first = 0 if j == 0 else 1 + (j - 1) * time_factor  # first pixel frame of latent j's group
+        last = min(0 if j == 0 else j * time_factor, num_frames - 1)
+        needed = range(first if grouped else 0, last + 1)  # the frames latent j is made from
+        if any(f not in given for f in needed):
+            out.append(j)
+    return out
+
+
 def given_condition(given: dict[int, Tensor], num_frames: int, encode: Callable[[Tensor], Tensor],
                     time_factor: int = 4) -> Condition:
     """The condition that pins the latent frames holding the ``given`` frames ({output pixel index: (B, 3, H, W)})
     of a ``num_frames`` clip to their latents in ``context_clip`` (``encode``: pixels (B, 3, T, H, W) -> latents
-    (B, C, T', h, w)). Image-to-video, keyframes, extend forward and backward and transitions all come here."""
+    (B, C, T', h, w)). Image-to-video, keyframes, extend forward and backward and transitions all come here. With
+    a grouped encoder every latent frame not in ``held_positions`` is exactly its latents inside the output clip."""
     clip, positions = context_clip(given, num_frames, time_factor)
     latents = encode(clip)  # (B, C, T', h, w)
     if len(positions) >= latents.shape[2]:

@@ -18,7 +18,10 @@ latents; every latent after the first is a group of 4 frames), so a clip at the 
 frames and a clip at the end its first ``4m``, the most that fit while leaving at least one latent frame to
 generate (``model.conditioning.given_frames``). Every given frame sits at its own output frame index and is
 encoded there, inside one clip of the output's length (``model.conditioning.given_condition``); a keyframe after
-frame 0 is held over the other frames of its latent group. Given latent frames are pinned by the sampler, so they
+frame 0 is held over the other frames of its latent group. With a VAE trained with ``grouped_encoder`` each latent
+frame is made from its own 4 frames only, so every latent group the request gives whole is pinned to exactly its
+latents inside the clip that gets generated; with a plain causal encoder only those at the start are
+(``model.conditioning.held_positions`` names the others). Given latent frames are pinned by the sampler, so they
 come back exactly (in latent space; the pixels are their VAE reconstruction). Every argument is checked before
 any model runs: a bad frame count, size, strength or input combination raises ``ValueError`` saying what would
 be valid.

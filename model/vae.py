@@ -26,6 +26,13 @@ output, and ``decode_chunked`` writes chunks into one output. Training (autograd
 ``tests/test_vae.py`` checks the two agree. For the least memory use ``encode_chunked(x, 4)`` and
 ``decode_chunked(z, 1)``.
 
+Grouped encoder (``VAEConfig.grouped_encoder``, off by default). In a causal encoder latent frame j sees every
+frame up to 4j, so the latents of frames in the middle of a clip depend on the frames before them. With the option
+each latent frame sees only its own frames: frame 0 alone, then each group of 4 frames with zeros as its past at
+every causal layer (``GroupStart``: what a later chunk would read from the cache is zeros instead). Latents of a
+group then equal its latents inside any clip, exactly, which is what conditioning on given frames in the middle
+of a clip needs (``model/conditioning.py``). The decoder is unchanged and the option adds no parameter.
+
 Spatial tiling (``encode_tiled`` / ``decode_tiled``) is *not* exact: a tile sees zero padding at its border
 where the whole frame would see real neighbours, and the receptive field is wider than any practical overlap.
 Tiles overlap and are blended with linear ramps (a weighted average), so the error sits near the seams and
@@ -41,7 +48,7 @@ last row / column to the next multiple of the spatial factor, and repeat the las
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -70,6 +77,26 @@ class CausalCache:
 
     def put(self, module: nn.Module, value: torch.Tensor) -> None:
         self.state[id(module)] = value
+
+    def past(self, module: "CausalConv3d", x: torch.Tensor) -> torch.Tensor | None:
+        """The past ``module`` prepends to its input ``x`` (B, C, T, H, W); None on the first chunk."""
+        return self.get(module)
+
+
+class GroupStart(CausalCache):
+    """The past of a latent group that must not see earlier frames (``VAEConfig.grouped_encoder``): every causal
+    layer gets zeros where a later chunk would get its cached ``keep`` frames, and nothing is stored. Zeros for
+    the frame before the group at every layer keep the strided convs aligned as in the whole clip (a group of 4
+    frames -> 2 -> 1 latent frame)."""
+
+    def seen(self, module: nn.Module) -> bool:
+        return True
+
+    def put(self, module: nn.Module, value: torch.Tensor) -> None:
+        pass
+
+    def past(self, module: "CausalConv3d", x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[0], x.shape[1], module.keep, *x.shape[3:])  # (B, C, keep, H, W)
 
 
 class ChannelRMSNorm(nn.Module):
@@ -132,10 +159,10 @@ class CausalConv3d(nn.Module):
             x = F.silu(act(x))
         if self.t_pad == 0:
             return self.conv(x)
-        past = cache.get(self) if cache is not None else None
+        past = cache.past(self, x) if cache is not None else None
         if past is None:
             past = x.new_zeros(x.shape[0], x.shape[1], self.t_pad, *x.shape[3:])  # (B, C, k_t-1, H, W)
-        x = torch.cat([past, x], dim=2)  # (B, C, k_t-1 + T, H, W)
+        x = torch.cat([past, x], dim=2)  # (B, C, n_past + T, H, W)
         if cache is not None:
             cache.put(self, x[:, :, x.shape[2] - self.keep :].detach().clone())
         return self.conv(x)
@@ -144,13 +171,14 @@ class CausalConv3d(nn.Module):
         """Inference only: write the past and ``silu(act(x))`` straight into the padded conv input, so the
         peak is input + padded input + output, with no separate activation or concatenation copy."""
         b, c, t, h, w = x.shape
-        buf = x.new_empty(b, c, self.t_pad + t, h, w)  # (B, C, k_t-1 + T, H, W)
-        past = cache.get(self) if cache is not None else None
+        past = cache.past(self, x) if cache is not None else None
+        n = self.t_pad if past is None else past.shape[2]  # frames of past: k_t-1 first, else what the cache holds
+        buf = x.new_empty(b, c, n + t, h, w)  # (B, C, n + T, H, W)
         if past is None:
-            buf[:, :, : self.t_pad].zero_()
+            buf[:, :, :n].zero_()
         else:
-            buf[:, :, : self.t_pad].copy_(past)
-        act.silu_into(x, buf[:, :, self.t_pad :])
+            buf[:, :, :n].copy_(past)
+        act.silu_into(x, buf[:, :, n:])
         if cache is not None:
             cache.put(self, buf[:, :, buf.shape[2] - self.keep :].clone())
         return self.conv(buf)
@@ -283,8 +311,25 @@ class Encoder(nn.Module):
         self.mid = nn.ModuleList([ResBlock(cin, cin), ResBlock(cin, cin)])
         self.norm_out = ChannelRMSNorm(cin)
         self.conv_out = CausalConv3d(cin, 2 * cfg.z_channels)
+        self.group = cfg.time_factor if cfg.grouped_encoder else 0
 
     def forward(self, x: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
+        if not self.group:
+            return self._encode(x, cache)
+        # grouped: frame 0 alone, then every group of f frames alone (folded into the batch); no cache is needed,
+        # so chunks (1 + f*a frames first, f*b after) and the whole clip give the same latents
+        f, outs = self.group, []
+        if x.shape[2] % f == 1:  # a whole clip or a first chunk: it holds frame 0
+            outs.append(self._encode(x[:, :, :1], None))  # (B, 2*C_z, 1, h, w)
+            x = x[:, :, 1:]
+        if x.shape[2]:
+            b, c, t, hh, ww = x.shape
+            g = x.reshape(b, c, t // f, f, hh, ww).transpose(1, 2).reshape(b * (t // f), c, f, hh, ww)
+            z = self._encode(g, GroupStart())  # (B*k, 2*C_z, 1, h, w)
+            outs.append(z.reshape(b, t // f, *z.shape[1:]).transpose(1, 2).flatten(2, 3))  # (B, 2*C_z, k, h, w)
+        return torch.cat(outs, dim=2)  # (B, 2*C_z, T', h, w)
+
+    def _encode(self, x: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
         x = self.conv_in(x, cache)  # (B, C0, T, H, W)
         for block in self.blocks:
             x = block(x, cache)  # down to (B, C_last, T', H/f, W/f)
@@ -336,6 +381,11 @@ class VAEConfig:
     z_channels: int = 16
     time_down: tuple[bool, ...] = (False, True, True)  # per downsampling level, highest resolution first
     space_down: tuple[bool, ...] = ()  # per downsampling level; () = every level halves space
+    # each latent frame encoded from its own frames only (frame 0 alone, then each group of time_factor frames,
+    # the causal past reset to zeros at every group start), so a group's latent does not depend on earlier
+    # frames: given frames at a group anywhere in a clip encode alone to exactly their in-clip latents
+    # (model/conditioning.py). The decoder stays causal over the whole clip.
+    grouped_encoder: bool = False
 
     @property
     def space_levels(self) -> tuple[bool, ...]:
@@ -364,6 +414,8 @@ class VideoVAE(nn.Module):
             raise ValueError(f"time_down needs {len(cfg.channels) - 1} entries, got {len(cfg.time_down)}")
         if len(cfg.space_levels) != len(cfg.channels) - 1:
             raise ValueError(f"space_down needs {len(cfg.channels) - 1} entries, got {len(cfg.space_down)}")
+        if cfg.grouped_encoder and cfg.time_factor < 2:
+            raise ValueError("grouped_encoder needs a VAE that compresses time (time_factor >= 2)")
         if not all(s or t for s, t in zip(cfg.space_levels, cfg.time_down)):
             raise ValueError(f"every level must halve space or time: space_down {cfg.space_levels}, time_down "
                              f"{cfg.time_down}")
@@ -569,6 +621,9 @@ PRESETS: dict[str, VAEConfig] = {
     "tiny-f4c8-late": VAEConfig(channels=(8, 16, 16, 16), num_res_blocks=1, z_channels=8,
                                 time_down=(False, True, True), space_down=(True, True, False)),
 }
+# the same sizes with ``grouped_encoder``: given frames anywhere in a clip encode to exactly their in-clip latents
+PRESETS.update({f"{name}-grouped": replace(PRESETS[name], grouped_encoder=True) for name in ("tiny", "small-f4c4",
+                                                                                           "small-f4c8")})
 
 
 def build_vae(preset: str = "base") -> VideoVAE:
@@ -582,4 +637,5 @@ def num_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["CausalCache", "DiagonalGaussian", "PRESETS", "VAEConfig", "VideoVAE", "build_vae", "num_params"]
+__all__ = ["CausalCache", "DiagonalGaussian", "GroupStart", "PRESETS", "VAEConfig", "VideoVAE", "build_vae",
+           "num_params"]

@@ -79,6 +79,23 @@ def request_shape(frames: int | None, size: str | None, meta: dict) -> tuple[int
     return frames, wh
 
 
+def _note_held(vae_cfg, frames: int, image, video, video_b, keyframes, strength) -> None:
+    """A note on stderr when some given frames are pinned to their latents in a clip of held frames rather than
+    in the clip that gets generated (``model.conditioning.held_positions``)."""
+    from model.conditioning import given_frames, held_positions
+
+    if strength is not None:
+        return
+    given = given_frames(frames, vae_cfg.time_factor, image, video, video_b, keyframes)
+    held = held_positions(given, frames, vae_cfg.time_factor, vae_cfg.grouped_encoder)
+    if held:
+        why = ("their latent groups are given only in part" if vae_cfg.grouped_encoder else
+               "this VAE's encoder is causal over the whole clip (a VAE trained with grouped_encoder pins whole "
+               "groups exactly)")
+        print(f"tessera generate: latent frames {held} are pinned to the given frames' latents in a clip of held "
+              f"frames, not in the generated one: {why}", file=sys.stderr)
+
+
 def cli(argv: list[str] | None = None) -> int:
     """``tessera generate "prompt" --model DIR [...]``: writes MP4 (PNG for one frame) + a contact sheet."""
     p = argparse.ArgumentParser(prog="tessera generate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -128,6 +145,7 @@ def cli(argv: list[str] | None = None) -> int:
         video_b = read_media(a.video_b) if a.video_b else None
         keyframes = _parse_keyframes(a.keyframes)
         pipe = TextToVideo.from_pretrained(a.model, str(device), expand_prompt_text, meta)
+        _note_held(pipe.vae.cfg, num_frames, image, video, video_b, keyframes, a.strength)
         # the pipeline checks the request (frames, size, steps, strength, input combination) before any model runs
         frames = pipe(a.prompt, image=image, video=video, video_b=video_b, keyframes=keyframes, strength=a.strength,
                       frames=num_frames, size=size, fps=a.fps, steps=a.steps, cfg=a.cfg, seed=a.seed,

@@ -15,6 +15,7 @@ from model.conditioning import (
     extend,
     given_condition,
     given_frames,
+    held_positions,
     image_to_video,
     keyframes,
     latent_index,
@@ -211,78 +212,146 @@ class _Oracle(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def vae():
-    from model.vae import build_vae
+def vaes():
+    """The same randomly perturbed tiny VAE twice: its causal encoder as it is (``plain``) and with
+    ``grouped_encoder`` (each latent frame from its own 4 frames); the decoder is the same."""
+    from model.vae import VAEConfig, VideoVAE, build_vae
 
     torch.manual_seed(0)
-    model = build_vae("tiny")
-    with torch.no_grad():  # off the zero init, so every latent depends on its past
-        for p in model.parameters():
+    plain = build_vae("tiny")
+    with torch.no_grad():  # off the zero init, so every latent depends on its frames and, plain, on its past
+        for p in plain.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
+    grouped = VideoVAE(VAEConfig(**{**plain.cfg.__dict__, "grouped_encoder": True}))
+    grouped.load_state_dict(plain.state_dict())
+    return {"plain": plain.eval(), "grouped": grouped.eval()}
 
 
-def _clip(frames: int, seed: int) -> torch.Tensor:
+def _clip(frames: int, seed: int, shape: str = "square") -> torch.Tensor:
     """(1, 3, frames, 32, 32) in [-1, 1]: a moving shape, so every frame differs."""
     from curate import synth
 
-    shot = synth.Shot("square", "red", "right", "gradient", "blue", frames)
+    shot = synth.Shot(shape, "red", "right", "gradient", "blue", frames)
     x = torch.from_numpy(synth.render_clip(shot, (32, 32), seed=seed)).float() / 127.5 - 1
     return x.permute(3, 0, 1, 2)[None]
 
 
-# task -> (output frames, the given frames {output index: frame index in the source clip A / B}, full clip):
-# the full clip is the output-length clip the given frames sit in, its other frames holding given ones, built here
-# by hand; the pinned latents must be its latents, and for a clip at the start also the source clip's own.
+# task -> (output frames, the output indices given (the frames of a real clip R there), the frames of a latent
+# group the request gives only partly: {frame: the given frame it holds}). The full clip F of a task is R with
+# those holds; a group the request gives whole is R's own frames.
 TASKS_IN_PLACE = {
-    "image_to_video": (17, {0: ("a", 0)}, lambda a, b: a[:, :, [0] * 17]),
-    "extend_forward": (17, {i: ("a", 4 + i) for i in range(9)}, lambda a, b: torch.cat(
-        [a[:, :, 4:13], a[:, :, [12] * 8]], 2)),
-    "extend_backward": (17, {9 + i: ("b", i) for i in range(8)}, lambda a, b: torch.cat(
-        [b[:, :, [0] * 9], b[:, :, :8]], 2)),
-    "keyframes": (17, {0: ("a", 0), 8: ("b", 3), 13: ("b", 7)}, lambda a, b: torch.cat(
-        [a[:, :, [0] * 5], b[:, :, [3] * 8], b[:, :, [7] * 4]], 2)),  # 9-12 hold frame 8, the last before
-    "transition": (21, {**{i: ("a", 8 + i) for i in range(5)}, **{13 + i: ("b", i) for i in range(8)}},
-                   lambda a, b: torch.cat([a[:, :, 8:13], a[:, :, [12] * 8], b[:, :, :8]], 2)),
+    "image_to_video": (17, [0], {}),
+    "extend_forward": (17, list(range(9)), {}),  # latent groups 0-2
+    "extend_backward": (17, list(range(9, 17)), {}),  # groups 3-4
+    "keyframes": (17, [0, *range(5, 9), *range(13, 17)], {}),  # groups 0, 2 and 4 whole
+    "transition": (21, [*range(5), *range(13, 21)], {}),  # groups 0-1 of A, 4-5 of B
+    "interpolation": (17, [0, 16], {13: 16, 14: 16, 15: 16}),  # frame 16 alone in group 4
+    "keyframes_mid_group": (17, [0, 6, 12], {5: 6, 7: 6, 8: 6, 9: 12, 10: 12, 11: 12}),
 }
 
 
+def _full_clip(real: torch.Tensor, holds: dict[int, int]) -> torch.Tensor:
+    full = real.clone()
+    for f, src in holds.items():
+        full[:, :, f] = real[:, :, src]
+    return full
+
+
 @pytest.mark.parametrize("task", sorted(TASKS_IN_PLACE))
-def test_given_frames_come_back_at_their_output_indices(vae, task):
-    """Per task: the pinned latents equal the latents of the same frames encoded inside a full clip (<= 1e-5 in
-    fp32; the encoder is the same, only the clip it sees must match), the output has the requested length, and
-    decoding what an oracle velocity generates returns, at each given frame's output index, what decoding that
-    full clip returns there (<= 1e-4). Encoding the given clip on its own, as before, is checked to fail."""
-    frames, spec, full_of = TASKS_IN_PLACE[task]
-    a, b = _clip(17, 1), _clip(17, 2)
-    src = {"a": a, "b": b}
-    given = {p: src[s][:, :, i] for p, (s, i) in spec.items()}
+def test_given_frames_are_their_in_clip_latents_and_come_back_at_their_indices(vaes, task):
+    """Per task, with the grouped encoder: the pinned latents equal the latents of the given frames inside the
+    full clip F (<= 1e-5 in fp32; the same encoder sees the same group), and still do when every frame outside
+    the given groups is another clip's (the frames the sampler generates there do not move them); decoding what
+    an oracle velocity generates returns, at each given frame's output index, what decoding F returns there
+    (<= 1e-4), and the output has the requested length."""
+    vae = vaes["grouped"]
+    frames, idx, holds = TASKS_IN_PLACE[task]
+    real, other = _clip(frames, 1), _clip(frames, 2, shape="circle")
+    full = _full_clip(real, holds)
+    given_groups = {latent_index(p) for p in idx}
+    elsewhere = [f for f in range(frames) if latent_index(f) not in given_groups]
+    other_past = full.clone()
+    other_past[:, :, elsewhere] = other[:, :, elsewhere]
 
     def encode(x):
         return vae.encode(x).mode()
 
     with torch.no_grad():
-        cond = given_condition(given, frames, encode)
-        full = full_of(a, b)
-        assert full.shape[2] == frames
+        cond = given_condition({p: real[:, :, p] for p in idx}, frames, encode)
         target = encode(full)  # (1, C, T', h, w)
-        positions = sorted({latent_index(p) for p in spec})
-        assert _given(cond) == positions
+        positions = sorted(given_groups)
+        assert _given(cond) == positions and cond.shape[2] == target.shape[2]
         torch.testing.assert_close(cond.reference[:, :, positions], target[:, :, positions], atol=1e-5, rtol=0)
-        if task in ("image_to_video", "extend_forward"):  # at the start: the source clip's own latents, exactly
-            own = encode(a[:, :, 4:13] if task == "extend_forward" else a[:, :, :1])
-            torch.testing.assert_close(cond.reference[:, :, positions], own[:, :, positions], atol=1e-5, rtol=0)
-        else:  # the old way (the given clip encoded alone, its image latent placed after 0) pins other latents
-            first = min(p for p in spec if p > 0)
-            alone = encode(torch.stack([given[p] for p in sorted(spec) if p >= first][:1], 2))[:, :, 0]
-            assert (alone - target[:, :, latent_index(first)]).abs().max() > 1e-2
+        whole = [p for p in positions if p not in held_positions(idx, frames, grouped=True)]  # groups given whole
+        torch.testing.assert_close(cond.reference[:, :, whole], encode(real)[:, :, whole], atol=1e-5, rtol=0)
+        moved = encode(other_past)
+        others = sorted({latent_index(f) for f in elsewhere})
+        assert not others or (moved[:, :, others] - target[:, :, others]).abs().max() > 1e-2  # the rest did move
+        torch.testing.assert_close(cond.reference[:, :, positions], moved[:, :, positions], atol=1e-5, rtol=0)
         out = denoise(Flow(_Oracle(target)), None, cond, torch.zeros(1, 1, 8), torch.ones(1, 1, dtype=torch.bool),
                       steps=4, cfg_scale=1.0)
         torch.testing.assert_close(out, target, atol=1e-4, rtol=0)
         pixels, truth = vae.decode(out), vae.decode(target)
     assert pixels.shape[2] == frames  # the requested length, not a group more per given clip
-    idx = sorted(spec)
     torch.testing.assert_close(pixels[:, :, idx], truth[:, :, idx], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("task, exact", [("image_to_video", [0]), ("extend_forward", [0, 1, 2]),
+                                         ("extend_backward", []), ("transition", [0, 1])])
+def test_the_plain_causal_encoder_is_exact_only_at_the_start(vaes, task, exact):
+    """Without the grouped encoder, frames at the start (image-to-video, extend forward, a transition's first
+    clip) still get exactly their in-clip latents (<= 1e-5); frames after the start get the latents of a clip
+    whose unknown frames hold given ones (``context_clip``), which differ from their latents in the real clip
+    (> 1e-2): a plain causal latent depends on the frames before it, and those are generated."""
+    vae = vaes["plain"]
+    frames, idx, holds = TASKS_IN_PLACE[task]
+    real = _clip(frames, 1)
+
+    def encode(x):
+        return vae.encode(x).mode()
+
+    with torch.no_grad():
+        given = {p: real[:, :, p] for p in idx}
+        cond = given_condition(given, frames, encode)
+        target = encode(_full_clip(real, holds))
+        held = encode(context_clip(given, frames)[0])
+    positions = _given(cond)
+    late = [p for p in positions if p not in exact]
+    assert held_positions(idx, frames, grouped=False) == late
+    torch.testing.assert_close(cond.reference[:, :, positions], held[:, :, positions], atol=1e-5, rtol=0)
+    torch.testing.assert_close(cond.reference[:, :, exact], target[:, :, exact], atol=1e-5, rtol=0)
+    assert (cond.reference[:, :, late] - target[:, :, late]).abs().max() > 1e-2 if late else True
+
+
+def test_held_positions_name_the_latents_pinned_in_held_frames():
+    held = {task: (held_positions(idx, frames, grouped=True), held_positions(idx, frames))
+            for task, (frames, idx, _) in TASKS_IN_PLACE.items()}
+    assert held == {"image_to_video": ([], []), "extend_forward": ([], []), "extend_backward": ([], [3, 4]),
+                    "keyframes": ([], [2, 4]), "transition": ([], [4, 5]), "interpolation": ([4], [4]),
+                    "keyframes_mid_group": ([2, 3], [2, 3])}
+    assert held_positions([], 17) == [] and held_positions(range(17), 17) == []
+
+
+def test_the_pipeline_pins_in_clip_latents_with_a_grouped_vae(vaes, tmp_path):
+    """Through ``TextToVideo`` (export, load, ``build_condition``): a grouped VAE's flag survives the pipeline
+    folder, and extend backward pins the first 8 frames of ``video_b`` to their latents (scaled) inside a clip
+    where they close the output, whatever comes before them."""
+    from model.dit import DiT, dit_config
+    from model.pipeline import TextToVideo, export_pipeline
+    from model.text import TextConfig
+
+    torch.manual_seed(0)
+    dit = DiT(dit_config("tiny", latent_channels=16, text_dim=384))
+    folder = export_pipeline(tmp_path / "pipeline", dit, vaes["grouped"], TextConfig(max_length=32),
+                             latent_scale=0.7, latent_shift=0.1)
+    pipe = TextToVideo.from_pretrained(folder)
+    assert pipe.vae.cfg.grouped_encoder
+    video_b = ((_clip(9, 3)[0].permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()  # (9, 32, 32, 3)
+    cond = pipe.build_condition(13, (32, 32), video_b=video_b)
+    assert _given(cond) == [2, 3]  # output frames 5-12: video_b's first 8 (2 groups); latent frames 0-1 generated
+    for before in (video_b[[0] * 5], 255 - video_b[4::-1]):  # a still of its first frame, or anything else
+        want = pipe.encode(np.concatenate([before, video_b[:8]]), (32, 32))  # (1, C, 4, 4, 4), scaled
+        torch.testing.assert_close(cond.reference[:, :, 2:], want[:, :, 2:], atol=1e-5, rtol=0)
 
 
 def test_given_frames_of_a_request_fill_exactly_their_frames():
@@ -324,3 +393,21 @@ def test_edit_strength_zero_keeps_small_stays_near_one_ignores_the_input():
         edit(video, 1.5)
     with pytest.raises(ValueError, match="strength"):
         edit(video, -0.1)
+
+
+def test_generate_notes_the_latent_frames_pinned_in_held_frames(capsys):
+    """``tessera generate`` says which latent frames are pinned in held frames: with a plain causal VAE, every
+    latent of an extend-backward clip (frame 0 is generated); with a grouped one, none (no note), but a lone
+    keyframe's group; an edit gives no frame and gets no note."""
+    from model.vae import PRESETS
+    from pipelines.generate import _note_held
+
+    clip = np.zeros((17, 4, 4, 3), np.uint8)
+    _note_held(PRESETS["tiny"], 17, None, None, clip, None, None)
+    assert "latent frames [1, 2, 3, 4]" in capsys.readouterr().err
+    _note_held(PRESETS["tiny-grouped"], 17, None, None, clip, None, None)
+    assert capsys.readouterr().err == ""
+    _note_held(PRESETS["tiny-grouped"], 17, clip[0], None, None, {6: clip[0]}, None)
+    assert "latent frames [2]" in capsys.readouterr().err
+    _note_held(PRESETS["tiny"], 17, None, clip, None, None, 0.5)
+    assert capsys.readouterr().err == ""

@@ -257,3 +257,36 @@ def test_lpips_loads_from_local_safetensors(tmp_path) -> None:
     save_file(state, str(path))
     with pytest.raises(KeyError):
         LPIPS(path)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-f4c8"])
+def test_grouped_encoder_sees_only_its_own_group(preset: str) -> None:
+    """``grouped_encoder``: latent frame j >= 1 depends only on frames 4j-3 .. 4j. Changing every frame before a
+    group leaves its latent unchanged (bit for bit), changing one of its frames changes it; the group encoded
+    after any frame 0 gives the same latent; chunked == whole; the autograd path == the inference path; the
+    same weights load into either setting (the option adds no parameter)."""
+    plain = _random_vae(preset, seed=3)
+    vae = VideoVAE(dataclasses.replace(plain.cfg, grouped_encoder=True)).eval()
+    vae.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 3, 17, 32, 32, generator=torch.Generator().manual_seed(0))
+    past = x.clone()
+    past[:, :, :9] = torch.randn(1, 3, 9, 32, 32, generator=torch.Generator().manual_seed(1))  # groups 0-2
+    own = x.clone()
+    own[:, :, 10] += 1.0  # group 3 (frames 9-12)
+    with torch.no_grad():
+        z = vae.encode(x).mean  # (1, C, 5, h, w)
+        z_past, z_own = vae.encode(past).mean, vae.encode(own).mean
+        alone = vae.encode(torch.cat([past[:, :, :1], x[:, :, 9:13]], dim=2)).mean  # group 3 right after frame 0
+        chunked = vae.encode_chunked(x, chunk_frames=4).mean
+        z_plain = plain.encode(x).mean
+    assert torch.equal(z[:, :, 3:], z_past[:, :, 3:]) and (z[:, :, 2] - z_past[:, :, 2]).abs().max() > 1e-3
+    assert torch.equal(z[:, :, [0, 1, 2, 4]], z_own[:, :, [0, 1, 2, 4]])
+    assert (z[:, :, 3] - z_own[:, :, 3]).abs().max() > 1e-4
+    torch.testing.assert_close(alone[:, :, 1], z[:, :, 3], rtol=0, atol=1e-5)
+    torch.testing.assert_close(chunked, z, rtol=0, atol=1e-5)
+    torch.testing.assert_close(vae.encode(x).mean, z, rtol=0, atol=1e-5)  # autograd on: the plain path
+    torch.testing.assert_close(z[:, :, 0], z_plain[:, :, 0], rtol=0, atol=1e-5)  # frame 0 is encoded as before
+    assert (z[:, :, 1:] - z_plain[:, :, 1:]).abs().max() > 1e-3  # later groups lose their past
+    assert PRESETS["tiny-grouped"] == dataclasses.replace(PRESETS["tiny"], grouped_encoder=True)
+    with pytest.raises(ValueError, match="grouped_encoder"):
+        VideoVAE(dataclasses.replace(PRESETS["tiny"], time_down=(False, False, False), grouped_encoder=True))
