@@ -30,13 +30,7 @@ from model.flow import Flow, denoise
 C, H, W = 4, 4, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors run fastest on one thread; restore the setting for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors run fastest on one thread (tests/conftest.py)
 
 
 def _video(t: int, seed: int = 0, b: int = 2) -> torch.Tensor:
