@@ -82,6 +82,7 @@ class SceneConfig:
     dissolve_min_path: float = 0.6  # end-to-end difference / summed per-pixel path over the window
     dissolve_min_change: float = 0.12  # min spread of the log brightness ratio of the two ends (not re-exposure)
     dissolve_max_step: float = 0.45  # max alpha increase between consecutive frames (rules out hard cuts)
+    dissolve_settle: float = 0.6  # the frames just outside a window change at most this share of its mean step
     wipe_min_diff: float = 7.0  # mean |end - start| a wipe or slide must bridge
     wipe_max_error: float = 0.35  # max mean error of a split-screen model of a wipe/slide frame, share of that
 
@@ -335,7 +336,11 @@ class SceneSplitter:
         cfg, cap, ring, d = self.cfg, self._cap, self._ring, self._d
         if self._kind[b] != _NONE or self._kind[b + 1] != _NONE:
             return
-        settled = max(d[b + 1: min(last, b + 2) + 1])
+        after = d[b + 1: min(last, b + 2) + 1]
+        settled, calm = max(after), min(after)  # calm: the lesser of 2 (a duplicated frame moves by 0)
+        later = d[b + 3: min(last, b + 4) + 1]
+        if later and calm > 0.5 and min(later) < 0.25 * calm:
+            return  # the change dies out 2 frames on (a wipe's edge crossing a last, flat strip): end later
         if settled > 0.25 * cfg.dissolve_min_diff:  # the incoming shot is settled after b
             return
         # Wipes and slides: the burst of change that ends at b, from the last still frame before it.
@@ -372,6 +377,8 @@ class SceneSplitter:
                 continue  # the outgoing shot holds still before the window
             if max(d[a + 1: b + 1]) > 0.6 * diff:
                 continue  # one step makes most of the change: a cut, not a blend
+            if max(calm, min(d[max(1, a - 1): a + 1], default=0.0)) > cfg.dissolve_settle * path / n:
+                continue  # the change goes on past an end at the window's pace: the window cuts a transition
             if not self._clear(a, b):
                 continue
             span = self._fit(a, b, last, float(diff))
@@ -432,6 +439,14 @@ class SceneSplitter:
             return None  # the same picture with another exposure
         lo = a + max(1, int(np.floor(m0)) + 1)  # first frame after the last clean frame of the outgoing shot
         hi = a + min(b - a, int(np.ceil(m1)))  # first clean frame of the incoming shot
+        # A rise that is no straight line (a soft-edged wipe: the edge crosses parts of the picture that change
+        # by different amounts) starts before and ends after the fitted line: frames clearly off 0 (1) by more
+        # than the jitter of the still frames around the window are transition frames too.
+        jitter = max(np.abs(alpha_all[:pre]).max(initial=0.0), np.abs(alpha_all[pre + b - a + 1:] - 1).max(initial=0.0))
+        tau = max(0.05, 3.0 * float(jitter))
+        inner = np.nonzero((alpha[1:-1] > tau) & (alpha[1:-1] < 1 - tau))[0]
+        if len(inner):
+            lo, hi = min(lo, a + 1 + int(inner[0])), max(hi, a + 2 + int(inner[-1]))
         return (lo, hi) if hi > lo else None
 
     def _split_screen(self, a: int, b: int, diff: float) -> tuple[int, int] | None:

@@ -127,6 +127,27 @@ def test_each_gradual_transition_is_one_boundary_with_its_span(kind, n):
     assert abs(first - 50) <= 1 and abs(last - (50 + n - 1)) <= 1, (first, last)
 
 
+@pytest.mark.parametrize("kind,n", [("dissolve", 20), ("wipe", 16)])
+def test_span_is_exact_when_the_incoming_shot_repeats_frames_or_the_wipe_ends_on_a_flat_strip(kind, n):
+    """A doubled-frame shot after a dissolve moves by 0 every other frame (its end must still be found); a wipe
+    whose last fifth hardly changes must not end where the change slows down (it ended 6 frames early)."""
+    a, b = _shot(13, 50 + n), _shot(14, 50 + 2 * n)
+    if kind == "dissolve":
+        b = [b[i] for i in bench.time_pattern("doubled", len(b))]
+    else:
+        b = [f.copy() for f in b]
+        for f, g in zip(b, a[50:] + a[-1:] * len(b)):
+            f[:, -SIZE[0] // 5:] = (g[:, -SIZE[0] // 5:].astype(np.int16) + 6).clip(0, 255).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    middle = bench.transition(kind, n, a[50:], b[:n], rng)
+    frames = a[:50] + middle + b[n:]
+    scenes = _scenes(frames)
+    assert len(scenes) == 2, [(s.start, s.end) for s in scenes]
+    (first, last), = _gaps(scenes)
+    slack = 2 if kind == "wipe" else 1  # the wipe's flat strip: within the default clip margin (2), not +-1
+    assert abs(first - 50) <= 1 and abs(last - (50 + n - 1)) <= slack, (first, last)
+
+
 def test_hard_cut_and_low_contrast_cut_are_exact():
     a, b = _shot(10, 50), _shot(11, 50)
     assert _gaps(_scenes(a + b)) == [(50, 49)]
