@@ -138,18 +138,30 @@ def _window_lengths(max_len: int) -> list[int]:
     return out
 
 
-def _split_models(A: np.ndarray, B: np.ndarray):
-    """Per model, whether it is a slide, and (offsets, H, W, 3) pictures of ``A`` and ``B`` side by side: wipes
-    (both still) and slides (both moving) in the four directions, the edge at every thumbnail column (row) offset."""
+_SPLIT_MODELS = (  # (name, is a slide, edge moves along the columns)
+    ("wipe right", False, True), ("wipe left", False, True), ("wipe down", False, False), ("wipe up", False, False),
+    ("push left", True, True), ("push right", True, True), ("push up", True, False), ("push down", True, False))
+
+
+def _split_model(A: np.ndarray, B: np.ndarray, m: int) -> np.ndarray:
+    """(offsets, H, W, 3) pictures of ``A`` and ``B`` side by side for model ``m`` of ``_SPLIT_MODELS``: wipes (both
+    still) and slides (both moving) in the four directions, the edge at every thumbnail column (row) offset."""
     h, w = A.shape[:2]
-    yield False, np.stack([np.concatenate([B[:, :o], A[:, o:]], axis=1) for o in range(w + 1)])  # wipe right
-    yield False, np.stack([np.concatenate([A[:, : w - o], B[:, w - o:]], axis=1) for o in range(w + 1)])  # left
-    yield False, np.stack([np.concatenate([B[:o], A[o:]], axis=0) for o in range(h + 1)])  # wipe down
-    yield False, np.stack([np.concatenate([A[: h - o], B[h - o:]], axis=0) for o in range(h + 1)])  # wipe up
-    yield True, np.stack([np.concatenate([A[:, o:], B[:, :o]], axis=1) for o in range(w + 1)])  # push left
-    yield True, np.stack([np.concatenate([B[:, w - o:], A[:, : w - o]], axis=1) for o in range(w + 1)])  # right
-    yield True, np.stack([np.concatenate([A[o:], B[:o]], axis=0) for o in range(h + 1)])  # push up
-    yield True, np.stack([np.concatenate([B[h - o:], A[: h - o]], axis=0) for o in range(h + 1)])  # push down
+    if m == 0:
+        return np.stack([np.concatenate([B[:, :o], A[:, o:]], axis=1) for o in range(w + 1)])
+    if m == 1:
+        return np.stack([np.concatenate([A[:, : w - o], B[:, w - o:]], axis=1) for o in range(w + 1)])
+    if m == 2:
+        return np.stack([np.concatenate([B[:o], A[o:]], axis=0) for o in range(h + 1)])
+    if m == 3:
+        return np.stack([np.concatenate([A[: h - o], B[h - o:]], axis=0) for o in range(h + 1)])
+    if m == 4:
+        return np.stack([np.concatenate([A[:, o:], B[:, :o]], axis=1) for o in range(w + 1)])
+    if m == 5:
+        return np.stack([np.concatenate([B[:, w - o:], A[:, : w - o]], axis=1) for o in range(w + 1)])
+    if m == 6:
+        return np.stack([np.concatenate([A[o:], B[:o]], axis=0) for o in range(h + 1)])
+    return np.stack([np.concatenate([B[h - o:], A[: h - o]], axis=0) for o in range(h + 1)])
 
 
 class SceneSplitter:
@@ -181,9 +193,8 @@ class SceneSplitter:
         self._lengths = _window_lengths(int(round(cfg.dissolve_max_s * self.fps)) + 2)
         self._cap = max(self._lengths[-1] + _LAG + 4, 16)
         self._ring = np.zeros((self._cap,) + THUMB[::-1] + (3,), np.float32)
-        self._path = np.zeros((self._cap,) + THUMB[::-1] + (3,), np.float32)  # cumulative per-pixel |steps|
-        self._step = np.zeros(THUMB[::-1] + (3,), np.float32)  # scratch: |thumb i - thumb i-1|
-        self._inv_size = 1.0 / self._step.size
+        self._cum: list[float] = []  # prefix sums of _d
+        self._inv_size = 1.0 / (THUMB[0] * THUMB[1] * 3)
         self._free_from = 0  # dissolve windows start at or after this frame
         self.fade_max = max(1, int(round(cfg.fade_max_s * self.fps)))
         self.flash_max = max(1, int(round(cfg.flash_max_s * self.fps)))
@@ -212,22 +223,21 @@ class SceneSplitter:
             raise RuntimeError("push() after finish()")
         i = len(self._pts)
         cap = self._cap
+        thumb = np.ascontiguousarray(thumb, dtype=np.float32)
         self._pts.append(float(pts_s))
         self._kind.append(_NONE)
-        if i:
-            step = self._step
-            np.subtract(thumb, self._ring[(i - 1) % cap], out=step)
-            np.abs(step, out=step)
-            np.add(self._path[(i - 1) % cap], step, out=self._path[i % cap])
-            self._d.append(float(step.sum()) * self._inv_size)  # .sum() * 1/n: no np.mean wrapper per frame
+        if i:  # cv2.norm: the L1 distance in one call (this runs for every frame of every video)
+            d = cv2.norm(thumb, self._ring[(i - 1) % cap], cv2.NORM_L1) * self._inv_size
+            self._d.append(d)
+            self._cum.append(self._cum[-1] + d)
         else:
             self._d.append(0.0)
+            self._cum.append(0.0)
         self._ring[i % cap] = thumb
-        luma = thumb[..., 0]
-        level = float(luma.sum()) * 3.0 * self._inv_size
+        level = cv2.sumElems(thumb)[0] * 3.0 * self._inv_size  # mean luma
         self._level.append(level)
         solid = 1 if level <= self.cfg.black_level else 2 if level >= self.cfg.white_level else 0
-        if solid and float(np.abs(luma - level).mean()) > self.cfg.solid_spread:
+        if solid and float(np.abs(thumb[..., 0] - level).mean()) > self.cfg.solid_spread:
             solid = 0
         self._solid.append(solid)
         if self.cfg.fades:
@@ -336,15 +346,18 @@ class SceneSplitter:
         cfg, cap, ring, d = self.cfg, self._cap, self._ring, self._d
         if self._kind[b] != _NONE or self._kind[b + 1] != _NONE:
             return
-        after = d[b + 1: min(last, b + 2) + 1]
-        settled, calm = max(after), min(after)  # calm: the lesser of 2 (a duplicated frame moves by 0)
-        later = d[b + 3: min(last, b + 4) + 1]
-        if later and calm > 0.5 and min(later) < 0.25 * calm:
-            return  # the change dies out 2 frames on (a wipe's edge crossing a last, flat strip): end later
+        # settled / calm: the larger / lesser step of the 2 frames after b (a duplicated frame moves by 0)
+        settled = calm = d[b + 1]
+        if b + 2 <= last:
+            settled, calm = max(calm, d[b + 2]), min(calm, d[b + 2])
         if settled > 0.25 * cfg.dissolve_min_diff:  # the incoming shot is settled after b
             return
-        # Wipes and slides: the burst of change that ends at b, from the last still frame before it.
+        if b + 3 <= last and calm > 0.5 and min(d[b + 3: min(last, b + 4) + 1]) < 0.25 * calm:
+            return  # the change dies out 2 frames on (a wipe's edge crossing a last, flat strip): end later
         still, longest = max(0.5, 1.5 * settled), self._lengths[-1]
+        if self._cum[b] - self._cum[max(self._free_from, b - longest)] < min(cfg.wipe_min_diff, cfg.dissolve_min_diff):
+            return  # no window ending at b changed enough: every pixel's end-to-end change is <= its path
+        # Wipes and slides: the burst of change that ends at b, from the last still frame before it.
         a = b
         while a > self._free_from and b - a <= longest and d[a] > still:
             a -= 1
@@ -354,34 +367,40 @@ class SceneSplitter:
             if span is not None:
                 self._mark(span)
                 return
-        # Dissolves: windows of every length ending at b.
-        lengths = self._lengths
-        if b - lengths[-1] < self._free_from:
-            lengths = [n for n in lengths if b - n >= self._free_from]
-            if not lengths:
-                return
-        if float((self._path[b % cap] - self._path[(b - lengths[-1]) % cap]).sum()) * self._inv_size < \
-                cfg.dissolve_min_diff:
-            return  # no window ending at b changed enough: every pixel's end-to-end change is <= its path
-        flat, paths_flat = ring.reshape(cap, -1), self._path.reshape(cap, -1)
-        starts = (b - np.asarray(lengths)) % cap
-        diffs = np.abs(flat[starts] - flat[b % cap]).sum(axis=1) * self._inv_size
-        if diffs.max() < cfg.dissolve_min_diff:
-            return
-        paths = (paths_flat[b % cap] - paths_flat[starts]).sum(axis=1) * self._inv_size
-        for n, diff, path in zip(lengths, diffs, paths):
+        # Dissolves: windows of every length ending at b. The summed per-pixel path over a..b is the sum of the
+        # mean steps d (a prefix sum), and every pixel's end-to-end change is at most its path: the tests that
+        # need no picture come first, and the end-to-end differences are computed only for windows that pass them.
+        cum, min_diff, settle = self._cum, cfg.dissolve_min_diff, cfg.dissolve_settle
+        keep, free, moving, end = [], self._free_from, 0.25 * min_diff, cum[b]
+        top, top_from = 0.0, b + 1  # the largest step of the window: max(d[top_from:b + 1])
+        for n in self._lengths:
             a = b - n
-            if diff < cfg.dissolve_min_diff or diff < cfg.dissolve_min_path * path:
+            if a < free:
+                break
+            path = end - cum[a]
+            if path < min_diff or d[a] > moving:
+                continue  # too little change, or the outgoing shot does not hold still before the window
+            top, top_from = max(top, *d[a + 1: top_from]), a + 1
+            if top > 0.6 * path:
+                continue  # one step makes most of the change (the end-to-end change is at most the path)
+            before = d[a] if a < 2 else min(d[a - 1], d[a])
+            if (calm if calm > before else before) * n > settle * path:
+                continue  # the change goes on past an end at the window's pace: the window cuts a transition
+            keep.append((n, path))
+        if not keep:
+            return
+        flat = ring.reshape(cap, -1)
+        starts = [(b - n) % cap for n, _ in keep]
+        diffs = np.abs(flat[starts] - flat[b % cap]).sum(axis=1) * self._inv_size
+        for (n, path), diff in zip(keep, diffs.tolist()):
+            a = b - n
+            if diff < min_diff or diff < cfg.dissolve_min_path * path:
                 continue
-            if a > 0 and d[a] > 0.25 * cfg.dissolve_min_diff:
-                continue  # the outgoing shot holds still before the window
             if max(d[a + 1: b + 1]) > 0.6 * diff:
                 continue  # one step makes most of the change: a cut, not a blend
-            if max(calm, min(d[max(1, a - 1): a + 1], default=0.0)) > cfg.dissolve_settle * path / n:
-                continue  # the change goes on past an end at the window's pace: the window cuts a transition
             if not self._clear(a, b):
                 continue
-            span = self._fit(a, b, last, float(diff))
+            span = self._fit(a, b, last, diff)
             if span is not None:
                 self._mark(span)
                 return
@@ -458,12 +477,22 @@ class SceneSplitter:
         if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < 0.5:
             return None  # most of the picture stays: an object moved in or out, no other shot came in
         mids = self._ring[np.arange(a + 1, b) % cap]  # (k, H, W, 3)
-        for push, comps in _split_models(A, B):
+        # Mean over rows (columns) of each picture: the error of these profiles is a lower bound of the error of
+        # the pictures (|sum| <= sum of ||) for a model whose edge moves along the columns (rows), at a 32nd of
+        # the cost; only models whose bound fits are checked on the pictures.
+        profiles = {axis: (A.mean(axis=axis, keepdims=True), B.mean(axis=axis, keepdims=True),
+                           mids.mean(axis=axis + 1, keepdims=True)) for axis in (0, 1)}
+        for m, (_, push, along_columns) in enumerate(_SPLIT_MODELS):
+            limit = self.cfg.wipe_max_error * (0.85 if push else 1.0) * diff  # a pan is a push without a seam
+            pa, pb, pm = profiles[0 if along_columns else 1]
+            bound = np.abs(pm[:, None] - _split_model(pa, pb, m)[None]).mean(axis=(2, 3, 4))
+            if bound.min(axis=1).max() > limit:
+                continue
+            comps = _split_model(A, B, m)
             err = np.abs(mids[:, None] - comps[None]).mean(axis=(2, 3, 4))  # (k, offsets)
             best = err.argmin(axis=1)
-            limit = self.cfg.wipe_max_error * (0.85 if push else 1.0)  # a pan is a push without a seam: stricter
             full = comps.shape[0] - 1
-            if err[np.arange(len(best)), best].max() > limit * diff or np.any(np.diff(best) < 0):
+            if err[np.arange(len(best)), best].max() > limit or np.any(np.diff(best) < 0):
                 continue
             moving = np.nonzero((best > 0) & (best < full))[0]  # frames with the edge inside the picture
             if len(moving) < max(1, len(best) // 2):
