@@ -82,6 +82,7 @@ class SceneConfig:
     dissolve_min_path: float = 0.6  # end-to-end difference / summed per-pixel path over the window
     dissolve_min_change: float = 0.12  # min spread of the log brightness ratio of the two ends (not re-exposure)
     dissolve_max_step: float = 0.45  # max alpha increase between consecutive frames (rules out hard cuts)
+    dissolve_max_residual: float = 0.2  # ... frames between ends of like brightness: max off-blend error / diff
     dissolve_settle: float = 0.6  # the frames just outside a window change at most this share of its mean step
     wipe_min_diff: float = 7.0  # mean |end - start| a wipe or slide must bridge
     wipe_max_error: float = 0.35  # max mean error of a split-screen model of a wipe/slide frame, share of that
@@ -122,11 +123,13 @@ def rgb_thumbnail(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(small, cv2.COLOR_RGB2YUV).astype(np.float32)
 
 
-def _relighting_spread(x: np.ndarray, y: np.ndarray) -> float:
-    """Median absolute deviation of the per-pixel log luma ratio ``y / x``: near 0 when ``y`` is ``x`` with other
-    exposure (a fade, an exposure drift), large when ``y`` shows other content."""
+def _relighting(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Median and median absolute deviation of the per-pixel log luma ratio ``y / x``: a spread near 0 when ``y``
+    is ``x`` with other exposure (a fade, an exposure drift; the median is then the log gain), large when ``y``
+    shows other content over most of the picture."""
     ratio = np.log((y[..., 0] + 8.0) / (x[..., 0] + 8.0))
-    return float(np.median(np.abs(ratio - np.median(ratio))))
+    median = float(np.median(ratio))
+    return median, float(np.median(np.abs(ratio - median)))
 
 
 def _window_lengths(max_len: int) -> list[int]:
@@ -358,8 +361,9 @@ class SceneSplitter:
         if self._cum[b] - self._cum[max(self._free_from, b - longest)] < min(cfg.wipe_min_diff, cfg.dissolve_min_diff):
             return  # no window ending at b changed enough: every pixel's end-to-end change is <= its path
         # Wipes and slides: the burst of change that ends at b, from the last still frame before it.
-        a = b
-        while a > self._free_from and b - a <= longest and d[a] > still:
+        a, burst = b, 0.0  # burst: sum of d[a + 1 .. b]; a still frame also moves less than half the burst's pace
+        while a > self._free_from and b - a <= longest and (d[a] > still or 2 * d[a] * (b - a) > burst > 0):
+            burst += d[a]
             a -= 1
         if 3 <= b - a <= longest and d[a] <= still and self._clear(a, b):
             diff = float(np.abs(ring[b % cap] - ring[a % cap]).mean())
@@ -453,9 +457,17 @@ class SceneSplitter:
         m0, m1 = -icpt / slope, (1.0 - icpt) / slope  # where the fitted rise is 0 and 1 (window offsets)
         if m0 < -0.5 or m1 > (b - a) + 0.5:
             return None
-        if _relighting_spread(window[pre].reshape(THUMB[1], THUMB[0], 3),
-                              window[pre + b - a].reshape(THUMB[1], THUMB[0], 3)) < cfg.dissolve_min_change:
-            return None  # the same picture with another exposure
+        gain, spread = _relighting(window[pre].reshape(THUMB[1], THUMB[0], 3),
+                                   window[pre + b - a].reshape(THUMB[1], THUMB[0], 3))
+        if spread < cfg.dissolve_min_change:
+            # Most of the picture keeps its brightness ratio: the same picture with another exposure, unless the
+            # gain is ~1 (most of it does not change: two shots of one backdrop) and every frame in between is a
+            # blend of the ends (a subject moving in one shot is not: it stands between its two places).
+            if abs(gain) > 0.05 or b - a < 2:
+                return None
+            blend = np.abs(window[pre + 1: pre + b - a] - x0 - alpha[1:-1, None] * delta).mean(axis=1)
+            if blend.max() > cfg.dissolve_max_residual * diff:
+                return None
         lo = a + max(1, int(np.floor(m0)) + 1)  # first frame after the last clean frame of the outgoing shot
         hi = a + min(b - a, int(np.ceil(m1)))  # first clean frame of the incoming shot
         # A rise that is no straight line (a soft-edged wipe: the edge crosses parts of the picture that change

@@ -148,6 +148,21 @@ def test_span_is_exact_when_the_incoming_shot_repeats_frames_or_the_wipe_ends_on
     assert abs(first - 50) <= 1 and abs(last - (50 + n - 1)) <= slack, (first, last)
 
 
+def test_dissolve_between_two_shots_of_one_backdrop_is_found():
+    """Two shots that differ in 40 % of the picture (a signer in front of one backdrop): most pixels keep their
+    brightness, so the ends look like one picture re-exposed by the median, yet every frame is a blend."""
+    a, other = _shot(15, 90), _shot(16, 90)
+    b = [f.copy() for f in a]
+    for f, g in zip(b, other):
+        f[:, : int(SIZE[0] * 0.4)] = g[:, : int(SIZE[0] * 0.4)]
+    n = 20
+    middle = bench.transition("dissolve", n, a[40:], b[40:], np.random.default_rng(0))
+    scenes = _scenes(a[:40] + middle + b[40 + n:])
+    assert len(scenes) == 2, [(s.start, s.end) for s in scenes]
+    (first, last), = _gaps(scenes)
+    assert abs(first - 40) <= 1 and abs(last - (40 + n - 1)) <= 1, (first, last)
+
+
 def test_hard_cut_and_low_contrast_cut_are_exact():
     a, b = _shot(10, 50), _shot(11, 50)
     assert _gaps(_scenes(a + b)) == [(50, 49)]
