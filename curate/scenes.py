@@ -83,6 +83,7 @@ class SceneConfig:
     dissolve_min_change: float = 0.12  # min spread of the log brightness ratio of the two ends (not re-exposure)
     dissolve_max_step: float = 0.45  # max alpha increase between consecutive frames (rules out hard cuts)
     dissolve_max_residual: float = 0.2  # ... frames between ends of like brightness: max off-blend error / diff
+    dissolve_max_blend: float = 0.35  # above this off-blend error / diff, only a wipe or slide model can explain it
     dissolve_settle: float = 0.6  # the frames just outside a window change at most this share of its mean step
     wipe_min_diff: float = 7.0  # mean |end - start| a wipe or slide must bridge
     wipe_max_error: float = 0.35  # max mean error of a split-screen model of a wipe/slide frame, share of that
@@ -457,17 +458,19 @@ class SceneSplitter:
         m0, m1 = -icpt / slope, (1.0 - icpt) / slope  # where the fitted rise is 0 and 1 (window offsets)
         if m0 < -0.5 or m1 > (b - a) + 0.5:
             return None
+        # how far each frame in between is from the blend of the ends at its alpha, share of the ends' difference
+        blend = float(np.abs(window[pre + 1: pre + b - a] - x0 - alpha[1:-1, None] * delta).mean(axis=1).max()) / diff
         gain, spread = _relighting(window[pre].reshape(THUMB[1], THUMB[0], 3),
                                    window[pre + b - a].reshape(THUMB[1], THUMB[0], 3))
         if spread < cfg.dissolve_min_change:
             # Most of the picture keeps its brightness ratio: the same picture with another exposure, unless the
             # gain is ~1 (most of it does not change: two shots of one backdrop) and every frame in between is a
             # blend of the ends (a subject moving in one shot is not: it stands between its two places).
-            if abs(gain) > 0.05 or b - a < 2:
+            if abs(gain) > 0.05 or blend > cfg.dissolve_max_residual:
                 return None
-            blend = np.abs(window[pre + 1: pre + b - a] - x0 - alpha[1:-1, None] * delta).mean(axis=1)
-            if blend.max() > cfg.dissolve_max_residual * diff:
-                return None
+        if blend > cfg.dissolve_max_blend:
+            # no blend: a wipe or slide (frames a and b side by side) or a zoom (neither)
+            return self._split_screen(a, b, diff)
         lo = a + max(1, int(np.floor(m0)) + 1)  # first frame after the last clean frame of the outgoing shot
         hi = a + min(b - a, int(np.ceil(m1)))  # first clean frame of the incoming shot
         # A rise that is no straight line (a soft-edged wipe: the edge crosses parts of the picture that change
