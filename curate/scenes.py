@@ -358,13 +358,14 @@ class SceneSplitter:
             return
         if b + 3 <= last and calm > 0.5 and min(d[b + 3: min(last, b + 4) + 1]) < 0.25 * calm:
             return  # the change dies out 2 frames on (a wipe's edge crossing a last, flat strip): end later
+        if b + 2 <= last and d[b + 1] > 0.3 and d[b + 2] < 0.25 * d[b + 1]:
+            return  # ... or 1 frame on: frame b + 1 still changes and is the better end
         still, longest = max(0.5, 1.5 * settled), self._lengths[-1]
         if self._cum[b] - self._cum[max(self._free_from, b - longest)] < min(cfg.wipe_min_diff, cfg.dissolve_min_diff):
             return  # no window ending at b changed enough: every pixel's end-to-end change is <= its path
         # Wipes and slides: the burst of change that ends at b, from the last still frame before it.
-        a, burst = b, 0.0  # burst: sum of d[a + 1 .. b]; a still frame also moves less than half the burst's pace
-        while a > self._free_from and b - a <= longest and (d[a] > still or 2 * d[a] * (b - a) > burst > 0):
-            burst += d[a]
+        a = b - 1 if d[b] <= still < d[b - 1] else b  # a burst may end with one small step (a soft edge leaving)
+        while a > self._free_from and b - a <= longest and d[a] > still:
             a -= 1
         if 3 <= b - a <= longest and d[a] <= still and self._clear(a, b):
             diff = float(np.abs(ring[b % cap] - ring[a % cap]).mean())
@@ -512,7 +513,15 @@ class SceneSplitter:
             moving = np.nonzero((best > 0) & (best < full))[0]  # frames with the edge inside the picture
             if len(moving) < max(1, len(best) // 2):
                 continue
-            return a + 1 + int(moving[0]), a + 2 + int(moving[-1])
+            # A soft edge still shows a strip of the other shot less than a thumbnail column wide: next to the
+            # moving frames, a frame that differs from frame b (a) by more than 3 % of the ends' difference is a
+            # transition frame too, where that shot holds still.
+            lo, hi, d = int(moving[0]), int(moving[-1]), self._d
+            while d[b + 1] < 0.3 and hi + 1 < len(best) and err[hi + 1, full] > 0.03 * diff:
+                hi += 1
+            while d[a] < 0.3 and lo > 0 and err[lo - 1, 0] > 0.03 * diff:
+                lo -= 1
+            return a + 1 + lo, a + 2 + hi
         return None
 
     # ------------------------------------------------------------------------------------------ scenes
