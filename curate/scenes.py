@@ -86,6 +86,7 @@ class SceneConfig:
     dissolve_max_blend: float = 0.35  # above this off-blend error / diff, only a wipe or slide model can explain it
     dissolve_settle: float = 0.6  # the frames just outside a window change at most this share of its mean step
     wipe_min_diff: float = 7.0  # mean |end - start| a wipe or slide must bridge
+    wipe_min_changed: float = 0.5  # share of thumbnail cells a wipe or slide must change by > 12 levels
     wipe_max_error: float = 0.35  # max mean error of a split-screen model of a wipe/slide frame, share of that
 
     def __post_init__(self) -> None:
@@ -490,7 +491,7 @@ class SceneSplitter:
         the last one out)."""
         cap = self._cap
         A, B = self._ring[a % cap], self._ring[b % cap]
-        if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < 0.5:
+        if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < self.cfg.wipe_min_changed:
             return None  # most of the picture stays: an object moved in or out, no other shot came in
         mids = self._ring[np.arange(a + 1, b) % cap]  # (k, H, W, 3)
         # Mean over rows (columns) of each picture: the error of these profiles is a lower bound of the error of
