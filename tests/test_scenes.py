@@ -139,3 +139,15 @@ def test_real_videos_match_ground_truth(shared_data, ground_truth):
         misses += len(set(cuts) - set(found))
         false += len(set(found) - set(cuts))
     assert hits == 8 and misses == 0 and false == 0, (hits, misses, false)
+
+
+def test_wipe_errors_equal_the_split_screen_pictures():
+    """The running-sum wipe errors are the mean |frame - model| of the pictures ``_split_model`` builds."""
+    from curate.scenes import _split_model, _wipe_errors
+
+    rng = np.random.default_rng(0)
+    A, B = (rng.random((18, 32, 3)) * 255).astype(np.float32), (rng.random((18, 32, 3)) * 255).astype(np.float32)
+    mids = (rng.random((5, 18, 32, 3)) * 255).astype(np.float32)
+    for m in range(4):
+        want = np.abs(mids[:, None] - _split_model(A, B, m)[None]).mean(axis=(2, 3, 4))
+        np.testing.assert_allclose(_wipe_errors(mids, A, B, m), want, rtol=1e-5, atol=1e-3)
