@@ -23,16 +23,21 @@ beyond O(frames) scalars. Decisions come a few frames late (``_LAG``), when the 
   directions. The transition frames are those whose best edge lies inside the picture; the edge must move one way,
   every frame must fit within ``wipe_max_error`` of the ends' difference, and at least half of the picture must
   change (an object crossing a still shot is no wipe). A whip pan fits the slide model, so slides are held to a
-  stricter fit.
+  stricter fit. A window end waits while the change dies out a frame or two later (a soft edge leaving the
+  picture), and where the shots hold still, frames next to the moving edge that still differ from an end are
+  transition frames too.
 * **dissolves**: for windows ``[a, b]`` whose ends differ like a cut (``dissolve_min_diff``), every frame in between
   is projected onto the line between the ends (``alpha``). A dissolve moves each pixel once from its start value
   to its end value, so the summed per-pixel path over the window is close to the end-to-end difference (``path
   efficiency`` >= ``dissolve_min_path``); camera motion and whip pans move pixel values back and forth (low
   efficiency). ``alpha`` must rise with no step like a cut, the frames just before ``a`` must sit at alpha ~0 and
-  those after ``b`` at ~1 (else the window cuts through the transition: this makes spans exact, where the
-  previous detector ended 2-3 frames early), and the two ends must show other content (not one picture
-  re-exposed). The transition frames are those where a line fitted to the rise of ``alpha`` lies strictly
-  between 0 and 1.
+  those after ``b`` at ~1, and the frames just outside the window must change less than ``dissolve_settle`` of
+  the window's mean step (else the window cuts through the transition: this makes spans exact, where the
+  previous detector ended 2-3 frames early). The two ends must show other content (not one picture re-exposed;
+  ends of like brightness over most of the picture pass when every frame between is a blend of them: two shots
+  of one backdrop). Frames that are no blend of the ends (``dissolve_max_blend``: a zoom, a wipe) pass only as a
+  wipe or slide. The transition frames are those where a line fitted to the rise of ``alpha`` lies strictly
+  between 0 and 1, widened to the frames clearly off both ends (a rise that is no straight line).
 
 Transition frames belong to no scene; a scene is a maximal run of non-transition frames between hard cuts.
 """
