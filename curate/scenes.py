@@ -165,28 +165,29 @@ def _split_model(A: np.ndarray, B: np.ndarray, m: int) -> np.ndarray:
         return np.stack([np.concatenate([B[:o], A[o:]], axis=0) for o in range(h + 1)])
     if m == 3:
         return np.stack([np.concatenate([A[: h - o], B[h - o:]], axis=0) for o in range(h + 1)])
-    if m == 4:
-        return np.stack([np.concatenate([A[:, o:], B[:, :o]], axis=1) for o in range(w + 1)])
-    if m == 5:
-        return np.stack([np.concatenate([B[:, w - o:], A[:, : w - o]], axis=1) for o in range(w + 1)])
-    if m == 6:
-        return np.stack([np.concatenate([A[o:], B[:o]], axis=0) for o in range(h + 1)])
-    return np.stack([np.concatenate([B[h - o:], A[: h - o]], axis=0) for o in range(h + 1)])
+    # slides: windows sliding over the two pictures side by side, [A B] (push left: A[:, o:] then B[:, :o]), [B A]
+    # (push right: B[:, w - o:] then A[:, :w - o]), and the same along the rows (push up, push down)
+    axis = 1 if m in (4, 5) else 0
+    n = A.shape[axis]
+    both = np.concatenate([A, B] if m in (4, 6) else [B, A], axis=axis)
+    offsets = np.arange(n + 1) if m in (4, 6) else n - np.arange(n + 1)
+    out = np.take(both, offsets[:, None] + np.arange(n)[None, :], axis=axis)
+    return out.transpose(1, 0, 2, 3) if axis == 1 else out
 
 
-def _wipe_errors(mids: np.ndarray, A: np.ndarray, B: np.ndarray, m: int) -> np.ndarray:
-    """(k, offsets) mean |frame - model| of wipe model ``m`` (0-3 of ``_SPLIT_MODELS``) for every frame of ``mids``
-    and edge offset, from per-column (row) errors against ``A`` and ``B`` and their running sums: the same numbers
-    as comparing with ``_split_model(A, B, m)``, at a 30th of the cost."""
-    axis = (1, 3) if m < 2 else (2, 3)  # sum over rows and channels (columns and channels)
-    to_a, to_b = np.abs(mids - A).sum(axis=axis), np.abs(mids - B).sum(axis=axis)  # (k, W) or (k, H)
-    zero = np.zeros((len(mids), 1), np.float32)
-    cum_a, cum_b = np.hstack([zero, np.cumsum(to_a, axis=1)]), np.hstack([zero, np.cumsum(to_b, axis=1)])
-    if m % 2 == 0:  # B before the edge at offset o, A after it
-        err = cum_b + (cum_a[:, -1:] - cum_a)
-    else:  # A before the edge at (length - o), B after it
-        err = (cum_a + (cum_b[:, -1:] - cum_b))[:, ::-1]
-    return err / A.size
+def _wipe_errors(mids: np.ndarray, A: np.ndarray, B: np.ndarray) -> list[np.ndarray]:
+    """Per wipe model (0-3 of ``_SPLIT_MODELS``), (k, offsets) mean |frame - model| for every frame of ``mids`` and
+    edge offset, from per-column (row) errors against ``A`` and ``B`` and their running sums: the same numbers as
+    comparing with ``_split_model(A, B, m)``, at a 30th of the cost."""
+    to_a, to_b = np.abs(mids - A), np.abs(mids - B)
+    out = []
+    for axis in ((1, 3), (2, 3)):  # sum over rows and channels (an edge along the columns), then the converse
+        ca, cb = to_a.sum(axis=axis), to_b.sum(axis=axis)  # (k, W) or (k, H)
+        zero = np.zeros((len(mids), 1), np.float32)
+        cum_a, cum_b = np.hstack([zero, np.cumsum(ca, axis=1)]), np.hstack([zero, np.cumsum(cb, axis=1)])
+        out.append((cum_b + (cum_a[:, -1:] - cum_a)) / A.size)  # B before the edge at offset o, A after it
+        out.append((cum_a + (cum_b[:, -1:] - cum_b))[:, ::-1] / A.size)  # A before the edge at length - o, B after
+    return [out[0], out[1], out[2], out[3]]
 
 
 class SceneSplitter:
@@ -530,16 +531,20 @@ class SceneSplitter:
                 return x.reshape(lead + (3, h // 3, w, 3)).mean(axis=-3)
             return x.reshape(lead + (h, 4, w // 4, 3)).mean(axis=-2)
 
+        wipes = _wipe_errors(mids, A, B)
+        banded = {}
         for m, (_, push, along_columns) in enumerate(_SPLIT_MODELS):
             limit = self.cfg.wipe_max_error * (0.85 if push else 1.0) * diff  # a pan is a push without a seam
             if push:
-                pa, pb, pm = bands(A, along_columns), bands(B, along_columns), bands(mids, along_columns)
+                if along_columns not in banded:
+                    banded[along_columns] = tuple(bands(x, along_columns) for x in (A, B, mids))
+                pa, pb, pm = banded[along_columns]
                 bound = np.abs(pm[:, None] - _split_model(pa, pb, m)[None]).mean(axis=(2, 3, 4))
                 if bound.min(axis=1).max() > limit:
                     continue
                 err = np.abs(mids[:, None] - _split_model(A, B, m)[None]).mean(axis=(2, 3, 4))  # (k, offsets)
             else:
-                err = _wipe_errors(mids, A, B, m)
+                err = wipes[m]
             best = err.argmin(axis=1)
             full = err.shape[1] - 1
             if err[np.arange(len(best)), best].max() > limit or np.any(np.diff(best) < 0):

@@ -142,12 +142,23 @@ def test_real_videos_match_ground_truth(shared_data, ground_truth):
 
 
 def test_wipe_errors_equal_the_split_screen_pictures():
-    """The running-sum wipe errors are the mean |frame - model| of the pictures ``_split_model`` builds."""
+    """Slide models are the two pictures side by side at every offset; the running-sum wipe errors are the mean
+    |frame - model| of the wipe pictures ``_split_model`` builds."""
     from curate.scenes import _split_model, _wipe_errors
 
     rng = np.random.default_rng(0)
     A, B = (rng.random((18, 32, 3)) * 255).astype(np.float32), (rng.random((18, 32, 3)) * 255).astype(np.float32)
     mids = (rng.random((5, 18, 32, 3)) * 255).astype(np.float32)
-    for m in range(4):
+    h, w = A.shape[:2]
+    slides = {4: lambda o: np.concatenate([A[:, o:], B[:, :o]], axis=1),  # push left
+              5: lambda o: np.concatenate([B[:, w - o:], A[:, : w - o]], axis=1),  # push right
+              6: lambda o: np.concatenate([A[o:], B[:o]], axis=0),  # push up
+              7: lambda o: np.concatenate([B[h - o:], A[: h - o]], axis=0)}  # push down
+    for m, picture in slides.items():
+        models = _split_model(A, B, m)
+        assert len(models) == (w if m < 6 else h) + 1
+        for o in (0, 1, 7, len(models) - 1):
+            np.testing.assert_array_equal(models[o], picture(o))
+    for m, got in enumerate(_wipe_errors(mids, A, B)):
         want = np.abs(mids[:, None] - _split_model(A, B, m)[None]).mean(axis=(2, 3, 4))
-        np.testing.assert_allclose(_wipe_errors(mids, A, B, m), want, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
