@@ -89,7 +89,8 @@ class SceneConfig:
     dissolve_max_step: float = 0.45  # max alpha increase between consecutive frames (rules out hard cuts)
     dissolve_max_residual: float = 0.2  # ... frames between ends of like brightness: max off-blend error / diff
     dissolve_max_blend: float = 0.35  # above this off-blend error / diff, only a wipe or slide model can explain it
-    dissolve_settle: float = 0.6  # the frames just outside a window change at most this share of its mean step
+    dissolve_settle: float = 0.6  # the frames just outside a window (both sides summed) change at most this share
+    # of its mean step
     wipe_min_diff: float = 7.0  # mean |end - start| a wipe or slide must bridge
     wipe_min_changed: float = 0.5  # share of thumbnail cells a wipe or slide must change by > 12 levels
     wipe_max_error: float = 0.35  # max mean error of a split-screen model of a wipe/slide frame, share of that
@@ -413,8 +414,8 @@ class SceneSplitter:
             if top > 0.6 * path:
                 continue  # one step makes most of the change (the end-to-end change is at most the path)
             before = d[a] if a < 2 else min(d[a - 1], d[a])
-            if (calm if calm > before else before) * n > settle * path:
-                continue  # the change goes on past an end at the window's pace: the window cuts a transition
+            if (calm + before) * n > settle * path:
+                continue  # the change goes on past the ends at the window's pace: the window cuts a transition
             keep.append((n, path))
         if not keep:
             return
