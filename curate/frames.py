@@ -260,6 +260,15 @@ _PLANAR = {"yuv420p": (16.0, 219.0, 224.0), "yuv422p": (16.0, 219.0, 224.0), "yu
            "yuvj420p": (0.0, 255.0, 255.0), "yuvj422p": (0.0, 255.0, 255.0), "yuvj444p": (0.0, 255.0, 255.0)}
 
 
+def _full_range(off: float, yr: float, cr: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel gain and offset to full range: Y' = (Y - off) * 255 / yr, C' = (C - 128) * 255 / cr + 128."""
+    gain = np.array([255.0 / yr, 255.0 / cr, 255.0 / cr], np.float32)
+    return gain, np.array([-off, -128.0, -128.0], np.float32) * gain + np.array([0.0, 128.0, 128.0], np.float32)
+
+
+_PLANAR_GAIN = {name: _full_range(*levels) for name, levels in _PLANAR.items()}
+
+
 def _plane_thumb(plane, w: int, h: int, size: tuple[int, int]) -> np.ndarray:
     """Area-mean thumbnail of one 8-bit plane; a big plane is first sampled every ``step`` pixels (each thumbnail
     cell still averages >= 16 samples), which makes the resize ~``step**2`` times cheaper."""
@@ -295,17 +304,15 @@ def iter_thumbs(path, cfg: DecodeConfig = DecodeConfig(), rotation: int | None =
                 if rot is None:
                     rot = display_rotation(frame, stream)
                 coded = (size[1], size[0]) if rot in (90, 270) else size
-                fmt = _PLANAR.get(frame.format.name)
+                fmt = _PLANAR_GAIN.get(frame.format.name)
                 if fmt is not None:
-                    off, yr, cr = fmt
-                    w, h = frame.width, frame.height
-                    cw, ch = frame.planes[1].width, frame.planes[1].height
-                    planes = (_plane_thumb(frame.planes[0], w, h, coded), _plane_thumb(frame.planes[1], cw, ch, coded),
-                              _plane_thumb(frame.planes[2], cw, ch, coded))
-                    # to full range: Y' = (Y - off) * 255 / yr, C' = (C - 128) * 255 / cr + 128, in one pass
-                    gain = np.array([255.0 / yr, 255.0 / cr, 255.0 / cr], np.float32)
-                    thumb = cv2.merge(planes).astype(np.float32) * gain + (
-                        np.array([-off, -128.0, -128.0], np.float32) * gain + np.array([0.0, 128.0, 128.0], np.float32))
+                    gain, offset = fmt
+                    y, u, v = frame.planes
+                    w, h, cw, ch = frame.width, frame.height, u.width, u.height
+                    thumb = cv2.merge((_plane_thumb(y, w, h, coded), _plane_thumb(u, cw, ch, coded),
+                                       _plane_thumb(v, cw, ch, coded))).astype(np.float32)
+                    thumb *= gain  # to full range, in place
+                    thumb += offset
                 else:
                     rgb = frame.to_ndarray(width=coded[0] * 2, height=coded[1] * 2, format="rgb24")
                     small = cv2.resize(rgb, coded, interpolation=cv2.INTER_AREA)

@@ -23,16 +23,21 @@ beyond O(frames) scalars. Decisions come a few frames late (``_LAG``), when the 
   directions. The transition frames are those whose best edge lies inside the picture; the edge must move one way,
   every frame must fit within ``wipe_max_error`` of the ends' difference, and at least half of the picture must
   change (an object crossing a still shot is no wipe). A whip pan fits the slide model, so slides are held to a
-  stricter fit.
+  stricter fit. A window end waits while the change dies out a frame or two later (a soft edge leaving the
+  picture), and where the shots hold still, frames next to the moving edge that still differ from an end are
+  transition frames too.
 * **dissolves**: for windows ``[a, b]`` whose ends differ like a cut (``dissolve_min_diff``), every frame in between
   is projected onto the line between the ends (``alpha``). A dissolve moves each pixel once from its start value
   to its end value, so the summed per-pixel path over the window is close to the end-to-end difference (``path
   efficiency`` >= ``dissolve_min_path``); camera motion and whip pans move pixel values back and forth (low
   efficiency). ``alpha`` must rise with no step like a cut, the frames just before ``a`` must sit at alpha ~0 and
-  those after ``b`` at ~1 (else the window cuts through the transition: this makes spans exact, where the
-  previous detector ended 2-3 frames early), and the two ends must show other content (not one picture
-  re-exposed). The transition frames are those where a line fitted to the rise of ``alpha`` lies strictly
-  between 0 and 1.
+  those after ``b`` at ~1, and the frames just outside the window must change less than ``dissolve_settle`` of
+  the window's mean step (else the window cuts through the transition: this makes spans exact, where the
+  previous detector ended 2-3 frames early). The two ends must show other content (not one picture re-exposed;
+  ends of like brightness over most of the picture pass when every frame between is a blend of them: two shots
+  of one backdrop). Frames that are no blend of the ends (``dissolve_max_blend``: a zoom, a wipe) pass only as a
+  wipe or slide. The transition frames are those where a line fitted to the rise of ``alpha`` lies strictly
+  between 0 and 1, widened to the frames clearly off both ends (a rise that is no straight line).
 
 Transition frames belong to no scene; a scene is a maximal run of non-transition frames between hard cuts.
 """
@@ -82,7 +87,12 @@ class SceneConfig:
     dissolve_min_path: float = 0.6  # end-to-end difference / summed per-pixel path over the window
     dissolve_min_change: float = 0.12  # min spread of the log brightness ratio of the two ends (not re-exposure)
     dissolve_max_step: float = 0.45  # max alpha increase between consecutive frames (rules out hard cuts)
+    dissolve_max_residual: float = 0.2  # ... frames between ends of like brightness: max off-blend error / diff
+    dissolve_max_blend: float = 0.35  # above this off-blend error / diff, only a wipe or slide model can explain it
+    dissolve_settle: float = 0.6  # the frames just outside a window (both sides summed) change at most this share
+    # of its mean step
     wipe_min_diff: float = 7.0  # mean |end - start| a wipe or slide must bridge
+    wipe_min_changed: float = 0.5  # share of thumbnail cells a wipe or slide must change by > 12 levels
     wipe_max_error: float = 0.35  # max mean error of a split-screen model of a wipe/slide frame, share of that
 
     def __post_init__(self) -> None:
@@ -121,11 +131,13 @@ def rgb_thumbnail(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(small, cv2.COLOR_RGB2YUV).astype(np.float32)
 
 
-def _relighting_spread(x: np.ndarray, y: np.ndarray) -> float:
-    """Median absolute deviation of the per-pixel log luma ratio ``y / x``: near 0 when ``y`` is ``x`` with other
-    exposure (a fade, an exposure drift), large when ``y`` shows other content."""
+def _relighting(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Median and median absolute deviation of the per-pixel log luma ratio ``y / x``: a spread near 0 when ``y``
+    is ``x`` with other exposure (a fade, an exposure drift; the median is then the log gain), large when ``y``
+    shows other content over most of the picture."""
     ratio = np.log((y[..., 0] + 8.0) / (x[..., 0] + 8.0))
-    return float(np.median(np.abs(ratio - np.median(ratio))))
+    median = float(np.median(ratio))
+    return median, float(np.median(np.abs(ratio - median)))
 
 
 def _window_lengths(max_len: int) -> list[int]:
@@ -137,18 +149,46 @@ def _window_lengths(max_len: int) -> list[int]:
     return out
 
 
-def _split_models(A: np.ndarray, B: np.ndarray):
-    """Per model, whether it is a slide, and (offsets, H, W, 3) pictures of ``A`` and ``B`` side by side: wipes
-    (both still) and slides (both moving) in the four directions, the edge at every thumbnail column (row) offset."""
+_SPLIT_MODELS = (  # (name, is a slide, edge moves along the columns)
+    ("wipe right", False, True), ("wipe left", False, True), ("wipe down", False, False), ("wipe up", False, False),
+    ("push left", True, True), ("push right", True, True), ("push up", True, False), ("push down", True, False))
+
+
+def _split_model(A: np.ndarray, B: np.ndarray, m: int) -> np.ndarray:
+    """(offsets, H, W, 3) pictures of ``A`` and ``B`` side by side for model ``m`` of ``_SPLIT_MODELS``: wipes (both
+    still) and slides (both moving) in the four directions, the edge at every thumbnail column (row) offset."""
     h, w = A.shape[:2]
-    yield False, np.stack([np.concatenate([B[:, :o], A[:, o:]], axis=1) for o in range(w + 1)])  # wipe right
-    yield False, np.stack([np.concatenate([A[:, : w - o], B[:, w - o:]], axis=1) for o in range(w + 1)])  # left
-    yield False, np.stack([np.concatenate([B[:o], A[o:]], axis=0) for o in range(h + 1)])  # wipe down
-    yield False, np.stack([np.concatenate([A[: h - o], B[h - o:]], axis=0) for o in range(h + 1)])  # wipe up
-    yield True, np.stack([np.concatenate([A[:, o:], B[:, :o]], axis=1) for o in range(w + 1)])  # push left
-    yield True, np.stack([np.concatenate([B[:, w - o:], A[:, : w - o]], axis=1) for o in range(w + 1)])  # right
-    yield True, np.stack([np.concatenate([A[o:], B[:o]], axis=0) for o in range(h + 1)])  # push up
-    yield True, np.stack([np.concatenate([B[h - o:], A[: h - o]], axis=0) for o in range(h + 1)])  # push down
+    if m == 0:
+        return np.stack([np.concatenate([B[:, :o], A[:, o:]], axis=1) for o in range(w + 1)])
+    if m == 1:
+        return np.stack([np.concatenate([A[:, : w - o], B[:, w - o:]], axis=1) for o in range(w + 1)])
+    if m == 2:
+        return np.stack([np.concatenate([B[:o], A[o:]], axis=0) for o in range(h + 1)])
+    if m == 3:
+        return np.stack([np.concatenate([A[: h - o], B[h - o:]], axis=0) for o in range(h + 1)])
+    # slides: windows sliding over the two pictures side by side, [A B] (push left: A[:, o:] then B[:, :o]), [B A]
+    # (push right: B[:, w - o:] then A[:, :w - o]), and the same along the rows (push up, push down)
+    axis = 1 if m in (4, 5) else 0
+    n = A.shape[axis]
+    both = np.concatenate([A, B] if m in (4, 6) else [B, A], axis=axis)
+    offsets = np.arange(n + 1) if m in (4, 6) else n - np.arange(n + 1)
+    out = np.take(both, offsets[:, None] + np.arange(n)[None, :], axis=axis)
+    return out.transpose(1, 0, 2, 3) if axis == 1 else out
+
+
+def _wipe_errors(mids: np.ndarray, A: np.ndarray, B: np.ndarray) -> list[np.ndarray]:
+    """Per wipe model (0-3 of ``_SPLIT_MODELS``), (k, offsets) mean |frame - model| for every frame of ``mids`` and
+    edge offset, from per-column (row) errors against ``A`` and ``B`` and their running sums: the same numbers as
+    comparing with ``_split_model(A, B, m)``, at a 30th of the cost."""
+    to_a, to_b = np.abs(mids - A), np.abs(mids - B)
+    out = []
+    for axis in ((1, 3), (2, 3)):  # sum over rows and channels (an edge along the columns), then the converse
+        ca, cb = to_a.sum(axis=axis), to_b.sum(axis=axis)  # (k, W) or (k, H)
+        zero = np.zeros((len(mids), 1), np.float32)
+        cum_a, cum_b = np.hstack([zero, np.cumsum(ca, axis=1)]), np.hstack([zero, np.cumsum(cb, axis=1)])
+        out.append((cum_b + (cum_a[:, -1:] - cum_a)) / A.size)  # B before the edge at offset o, A after it
+        out.append((cum_a + (cum_b[:, -1:] - cum_b))[:, ::-1] / A.size)  # A before the edge at length - o, B after
+    return [out[0], out[1], out[2], out[3]]
 
 
 class SceneSplitter:
@@ -180,9 +220,8 @@ class SceneSplitter:
         self._lengths = _window_lengths(int(round(cfg.dissolve_max_s * self.fps)) + 2)
         self._cap = max(self._lengths[-1] + _LAG + 4, 16)
         self._ring = np.zeros((self._cap,) + THUMB[::-1] + (3,), np.float32)
-        self._path = np.zeros((self._cap,) + THUMB[::-1] + (3,), np.float32)  # cumulative per-pixel |steps|
-        self._step = np.zeros(THUMB[::-1] + (3,), np.float32)  # scratch: |thumb i - thumb i-1|
-        self._inv_size = 1.0 / self._step.size
+        self._cum: list[float] = []  # prefix sums of _d
+        self._inv_size = 1.0 / (THUMB[0] * THUMB[1] * 3)
         self._free_from = 0  # dissolve windows start at or after this frame
         self.fade_max = max(1, int(round(cfg.fade_max_s * self.fps)))
         self.flash_max = max(1, int(round(cfg.flash_max_s * self.fps)))
@@ -211,22 +250,21 @@ class SceneSplitter:
             raise RuntimeError("push() after finish()")
         i = len(self._pts)
         cap = self._cap
+        thumb = np.ascontiguousarray(thumb, dtype=np.float32)
         self._pts.append(float(pts_s))
         self._kind.append(_NONE)
-        if i:
-            step = self._step
-            np.subtract(thumb, self._ring[(i - 1) % cap], out=step)
-            np.abs(step, out=step)
-            np.add(self._path[(i - 1) % cap], step, out=self._path[i % cap])
-            self._d.append(float(step.sum()) * self._inv_size)  # .sum() * 1/n: no np.mean wrapper per frame
+        if i:  # cv2.norm: the L1 distance in one call (this runs for every frame of every video)
+            d = cv2.norm(thumb, self._ring[(i - 1) % cap], cv2.NORM_L1) * self._inv_size
+            self._d.append(d)
+            self._cum.append(self._cum[-1] + d)
         else:
             self._d.append(0.0)
+            self._cum.append(0.0)
         self._ring[i % cap] = thumb
-        luma = thumb[..., 0]
-        level = float(luma.sum()) * 3.0 * self._inv_size
+        level = cv2.sumElems(thumb)[0] * 3.0 * self._inv_size  # mean luma
         self._level.append(level)
         solid = 1 if level <= self.cfg.black_level else 2 if level >= self.cfg.white_level else 0
-        if solid and float(np.abs(luma - level).mean()) > self.cfg.solid_spread:
+        if solid and float(np.abs(thumb[..., 0] - level).mean()) > self.cfg.solid_spread:
             solid = 0
         self._solid.append(solid)
         if self.cfg.fades:
@@ -294,6 +332,7 @@ class SceneSplitter:
                 j -= 1
             self._run_out = j  # last clean frame before the run
 
+    _split_tried = -1  # the last window end b for which a non-blend window was tried as a split screen
     _ramp_in: tuple[int, float] | None = None  # (first frame of the ramp out of a solid run, solid level)
     _run_out = -1
     _run_start = -1
@@ -335,12 +374,21 @@ class SceneSplitter:
         cfg, cap, ring, d = self.cfg, self._cap, self._ring, self._d
         if self._kind[b] != _NONE or self._kind[b + 1] != _NONE:
             return
-        settled = max(d[b + 1: min(last, b + 2) + 1])
+        # settled / calm: the larger / lesser step of the 2 frames after b (a duplicated frame moves by 0)
+        settled = calm = d[b + 1]
+        if b + 2 <= last:
+            settled, calm = max(calm, d[b + 2]), min(calm, d[b + 2])
         if settled > 0.25 * cfg.dissolve_min_diff:  # the incoming shot is settled after b
             return
-        # Wipes and slides: the burst of change that ends at b, from the last still frame before it.
+        if b + 3 <= last and calm > 0.5 and min(d[b + 3: min(last, b + 4) + 1]) < 0.25 * calm:
+            return  # the change dies out 2 frames on (a wipe's edge crossing a last, flat strip): end later
+        if b + 2 <= last and d[b + 1] > 0.3 and d[b + 2] < 0.25 * d[b + 1]:
+            return  # ... or 1 frame on: frame b + 1 still changes and is the better end
         still, longest = max(0.5, 1.5 * settled), self._lengths[-1]
-        a = b
+        if self._cum[b] - self._cum[max(self._free_from, b - longest)] < min(cfg.wipe_min_diff, cfg.dissolve_min_diff):
+            return  # no window ending at b changed enough: every pixel's end-to-end change is <= its path
+        # Wipes and slides: the burst of change that ends at b, from the last still frame before it.
+        a = b - 1 if d[b] <= still < d[b - 1] else b  # a burst may end with one small step (a soft edge leaving)
         while a > self._free_from and b - a <= longest and d[a] > still:
             a -= 1
         if 3 <= b - a <= longest and d[a] <= still and self._clear(a, b):
@@ -349,32 +397,40 @@ class SceneSplitter:
             if span is not None:
                 self._mark(span)
                 return
-        # Dissolves: windows of every length ending at b.
-        lengths = self._lengths
-        if b - lengths[-1] < self._free_from:
-            lengths = [n for n in lengths if b - n >= self._free_from]
-            if not lengths:
-                return
-        if float((self._path[b % cap] - self._path[(b - lengths[-1]) % cap]).sum()) * self._inv_size < \
-                cfg.dissolve_min_diff:
-            return  # no window ending at b changed enough: every pixel's end-to-end change is <= its path
-        flat, paths_flat = ring.reshape(cap, -1), self._path.reshape(cap, -1)
-        starts = (b - np.asarray(lengths)) % cap
-        diffs = np.abs(flat[starts] - flat[b % cap]).sum(axis=1) * self._inv_size
-        if diffs.max() < cfg.dissolve_min_diff:
-            return
-        paths = (paths_flat[b % cap] - paths_flat[starts]).sum(axis=1) * self._inv_size
-        for n, diff, path in zip(lengths, diffs, paths):
+        # Dissolves: windows of every length ending at b. The summed per-pixel path over a..b is the sum of the
+        # mean steps d (a prefix sum), and every pixel's end-to-end change is at most its path: the tests that
+        # need no picture come first, and the end-to-end differences are computed only for windows that pass them.
+        cum, min_diff, settle = self._cum, cfg.dissolve_min_diff, cfg.dissolve_settle
+        keep, free, moving, end = [], self._free_from, 0.25 * min_diff, cum[b]
+        top, top_from = 0.0, b + 1  # the largest step of the window: max(d[top_from:b + 1])
+        for n in self._lengths:
             a = b - n
-            if diff < cfg.dissolve_min_diff or diff < cfg.dissolve_min_path * path:
+            if a < free:
+                break
+            path = end - cum[a]
+            if path < min_diff or d[a] > moving:
+                continue  # too little change, or the outgoing shot does not hold still before the window
+            top, top_from = max(top, *d[a + 1: top_from]), a + 1
+            if top > 0.6 * path:
+                continue  # one step makes most of the change (the end-to-end change is at most the path)
+            before = d[a] if a < 2 else min(d[a - 1], d[a])
+            if (calm + before) * n > settle * path:
+                continue  # the change goes on past the ends at the window's pace: the window cuts a transition
+            keep.append((n, path))
+        if not keep:
+            return
+        flat = ring.reshape(cap, -1)
+        starts = [(b - n) % cap for n, _ in keep]
+        diffs = np.abs(flat[starts] - flat[b % cap]).sum(axis=1) * self._inv_size
+        for (n, path), diff in zip(keep, diffs.tolist()):
+            a = b - n
+            if diff < min_diff or diff < cfg.dissolve_min_path * path:
                 continue
-            if a > 0 and d[a] > 0.25 * cfg.dissolve_min_diff:
-                continue  # the outgoing shot holds still before the window
             if max(d[a + 1: b + 1]) > 0.6 * diff:
                 continue  # one step makes most of the change: a cut, not a blend
             if not self._clear(a, b):
                 continue
-            span = self._fit(a, b, last, float(diff))
+            span = self._fit(a, b, last, diff)
             if span is not None:
                 self._mark(span)
                 return
@@ -427,11 +483,33 @@ class SceneSplitter:
         m0, m1 = -icpt / slope, (1.0 - icpt) / slope  # where the fitted rise is 0 and 1 (window offsets)
         if m0 < -0.5 or m1 > (b - a) + 0.5:
             return None
-        if _relighting_spread(window[pre].reshape(THUMB[1], THUMB[0], 3),
-                              window[pre + b - a].reshape(THUMB[1], THUMB[0], 3)) < cfg.dissolve_min_change:
-            return None  # the same picture with another exposure
+        # how far each frame in between is from the blend of the ends at its alpha, share of the ends' difference
+        blend = float(np.abs(window[pre + 1: pre + b - a] - x0 - alpha[1:-1, None] * delta).mean(axis=1).max()) / diff
+        gain, spread = _relighting(window[pre].reshape(THUMB[1], THUMB[0], 3),
+                                   window[pre + b - a].reshape(THUMB[1], THUMB[0], 3))
+        if spread < cfg.dissolve_min_change:
+            # Most of the picture keeps its brightness ratio: the same picture with another exposure, unless the
+            # gain is ~1 (most of it does not change: two shots of one backdrop) and every frame in between is a
+            # blend of the ends (a subject moving in one shot is not: it stands between its two places).
+            if abs(gain) > 0.05 or blend > cfg.dissolve_max_residual:
+                return None
+        if blend > cfg.dissolve_max_blend:
+            # no blend: a wipe or slide (frames a and b side by side) or a zoom (neither); the split-screen
+            # models are tried for the shortest such window ending at b only (they cost ~100 dissolve tests)
+            if self._split_tried == b:
+                return None
+            self._split_tried = b
+            return self._split_screen(a, b, diff)
         lo = a + max(1, int(np.floor(m0)) + 1)  # first frame after the last clean frame of the outgoing shot
         hi = a + min(b - a, int(np.ceil(m1)))  # first clean frame of the incoming shot
+        # A rise that is no straight line (a soft-edged wipe: the edge crosses parts of the picture that change
+        # by different amounts) starts before and ends after the fitted line: frames clearly off 0 (1) by more
+        # than the jitter of the still frames around the window are transition frames too.
+        jitter = max(np.abs(alpha_all[:pre]).max(initial=0.0), np.abs(alpha_all[pre + b - a + 1:] - 1).max(initial=0.0))
+        tau = max(0.05, 3.0 * float(jitter))
+        inner = np.nonzero((alpha[1:-1] > tau) & (alpha[1:-1] < 1 - tau))[0]
+        if len(inner):
+            lo, hi = min(lo, a + 1 + int(inner[0])), max(hi, a + 2 + int(inner[-1]))
         return (lo, hi) if hi > lo else None
 
     def _split_screen(self, a: int, b: int, diff: float) -> tuple[int, int] | None:
@@ -440,20 +518,50 @@ class SceneSplitter:
         the last one out)."""
         cap = self._cap
         A, B = self._ring[a % cap], self._ring[b % cap]
-        if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < 0.5:
+        if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < self.cfg.wipe_min_changed:
             return None  # most of the picture stays: an object moved in or out, no other shot came in
         mids = self._ring[np.arange(a + 1, b) % cap]  # (k, H, W, 3)
-        for push, comps in _split_models(A, B):
-            err = np.abs(mids[:, None] - comps[None]).mean(axis=(2, 3, 4))  # (k, offsets)
+        # Means over bands of 6 rows (8 columns) of each picture: the error of these is a lower bound of the error
+        # of the pictures (|sum| <= sum of ||) for a slide whose edge moves along the columns (rows), at a 6th
+        # (8th) of the cost; only slides whose bound fits are checked on the pictures.
+        h, w = A.shape[:2]
+
+        def bands(x, along_columns):
+            lead = x.shape[:-3]
+            if along_columns:
+                return x.reshape(lead + (3, h // 3, w, 3)).mean(axis=-3)
+            return x.reshape(lead + (h, 4, w // 4, 3)).mean(axis=-2)
+
+        wipes = _wipe_errors(mids, A, B)
+        banded = {}
+        for m, (_, push, along_columns) in enumerate(_SPLIT_MODELS):
+            limit = self.cfg.wipe_max_error * (0.85 if push else 1.0) * diff  # a pan is a push without a seam
+            if push:
+                if along_columns not in banded:
+                    banded[along_columns] = tuple(bands(x, along_columns) for x in (A, B, mids))
+                pa, pb, pm = banded[along_columns]
+                bound = np.abs(pm[:, None] - _split_model(pa, pb, m)[None]).mean(axis=(2, 3, 4))
+                if bound.min(axis=1).max() > limit:
+                    continue
+                err = np.abs(mids[:, None] - _split_model(A, B, m)[None]).mean(axis=(2, 3, 4))  # (k, offsets)
+            else:
+                err = wipes[m]
             best = err.argmin(axis=1)
-            limit = self.cfg.wipe_max_error * (0.85 if push else 1.0)  # a pan is a push without a seam: stricter
-            full = comps.shape[0] - 1
-            if err[np.arange(len(best)), best].max() > limit * diff or np.any(np.diff(best) < 0):
+            full = err.shape[1] - 1
+            if err[np.arange(len(best)), best].max() > limit or np.any(np.diff(best) < 0):
                 continue
             moving = np.nonzero((best > 0) & (best < full))[0]  # frames with the edge inside the picture
             if len(moving) < max(1, len(best) // 2):
                 continue
-            return a + 1 + int(moving[0]), a + 2 + int(moving[-1])
+            # A soft edge still shows a strip of the other shot less than a thumbnail column wide: next to the
+            # moving frames, a frame that differs from frame b (a) by more than 3 % of the ends' difference is a
+            # transition frame too, where that shot holds still.
+            lo, hi, d = int(moving[0]), int(moving[-1]), self._d
+            while d[b + 1] < 0.3 and hi + 1 < len(best) and err[hi + 1, full] > 0.03 * diff:
+                hi += 1
+            while d[a] < 0.3 and lo > 0 and err[lo - 1, 0] > 0.03 * diff:
+                lo -= 1
+            return a + 1 + lo, a + 2 + hi
         return None
 
     # ------------------------------------------------------------------------------------------ scenes

@@ -80,8 +80,8 @@ def test_detect_scenes_takes_frames_or_tuples_and_streams(mixed):
     for f in frames:
         splitter.push(f.rgb, f.pts_s)
     held = sum(v.nbytes for v in vars(splitter).values() if isinstance(v, np.ndarray))
-    # thumbnail ring + per-pixel path ring + one scratch thumbnail, whatever the input length
-    assert held == 2 * splitter._ring.nbytes + 32 * 18 * 3 * 4 < (2 * 64 + 1) * 32 * 18 * 3 * 4
+    # the thumbnail ring only, whatever the input length
+    assert held == splitter._ring.nbytes < 64 * 32 * 18 * 3 * 4
     assert not any(isinstance(v, list) and v and isinstance(v[0], np.ndarray) for v in vars(splitter).values())
 
 
@@ -139,3 +139,26 @@ def test_real_videos_match_ground_truth(shared_data, ground_truth):
         misses += len(set(cuts) - set(found))
         false += len(set(found) - set(cuts))
     assert hits == 8 and misses == 0 and false == 0, (hits, misses, false)
+
+
+def test_wipe_errors_equal_the_split_screen_pictures():
+    """Slide models are the two pictures side by side at every offset; the running-sum wipe errors are the mean
+    |frame - model| of the wipe pictures ``_split_model`` builds."""
+    from curate.scenes import _split_model, _wipe_errors
+
+    rng = np.random.default_rng(0)
+    A, B = (rng.random((18, 32, 3)) * 255).astype(np.float32), (rng.random((18, 32, 3)) * 255).astype(np.float32)
+    mids = (rng.random((5, 18, 32, 3)) * 255).astype(np.float32)
+    h, w = A.shape[:2]
+    slides = {4: lambda o: np.concatenate([A[:, o:], B[:, :o]], axis=1),  # push left
+              5: lambda o: np.concatenate([B[:, w - o:], A[:, : w - o]], axis=1),  # push right
+              6: lambda o: np.concatenate([A[o:], B[:o]], axis=0),  # push up
+              7: lambda o: np.concatenate([B[h - o:], A[: h - o]], axis=0)}  # push down
+    for m, picture in slides.items():
+        models = _split_model(A, B, m)
+        assert len(models) == (w if m < 6 else h) + 1
+        for o in (0, 1, 7, len(models) - 1):
+            np.testing.assert_array_equal(models[o], picture(o))
+    for m, got in enumerate(_wipe_errors(mids, A, B)):
+        want = np.abs(mids[:, None] - _split_model(A, B, m)[None]).mean(axis=(2, 3, 4))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
