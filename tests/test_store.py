@@ -28,7 +28,7 @@ def test_changed_config_refused_then_overwrite_wipes(tmp_path):
         BuildState.open(tmp_path, "fp2", {"x": 2, "clips": {"min_s": 3.0, "max_s": 9}})
     BuildState.open(tmp_path, "fp2", {"x": 2}, overwrite=True)
     assert not (tmp_path / "clips").exists()
-    assert s.root == tmp_path
+    assert s.root.local_path() == tmp_path
 
 
 def test_mark_done_requires_its_files(tmp_path):
