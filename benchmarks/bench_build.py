@@ -42,8 +42,8 @@ sys.path.insert(0, str(REPO))
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _tree_cpu_s() -> float:
-    """CPU seconds (user + system, reaped children included) of this process and all its descendants."""
+def _tree_cpu() -> dict[int, float]:
+    """CPU seconds (user + system) of this process and each of its descendants, by pid."""
     stats = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -53,17 +53,18 @@ def _tree_cpu_s() -> float:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        # after the command name: state ppid ... utime(12) stime(13) cutime(14) cstime(15), 0-based from state
-        stats[int(d)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+        # after the command name: state(0) ppid(1) ... utime(11) stime(12), 0-based from state
+        stats[int(d)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK)
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in stats.items():
         children.setdefault(ppid, []).append(pid)
-    total, todo = 0, [os.getpid()]
+    out, todo = {}, [os.getpid()]
     while todo:
         pid = todo.pop()
-        total += stats.get(pid, (0, 0))[1]
+        if pid in stats:
+            out[pid] = stats[pid][1]
         todo += children.get(pid, [])
-    return total / _TICK
+    return out
 
 
 def _machine_busy_s() -> float:
@@ -75,17 +76,36 @@ def _machine_busy_s() -> float:
 
 
 class Span:
-    """Wall, our CPU, the others' CPU and the CPU left for us over a ``with`` block."""
+    """Wall, our CPU, the others' CPU and the CPU left for us over a ``with`` block.
+
+    Our CPU is sampled every 0.25 s per process (Ray starts and ends actor processes within a span; a process
+    that ends loses at most its last 0.25 s), so it is a slight undercount."""
 
     def __enter__(self):
+        import threading
+
         self.load = os.getloadavg()[0]
-        self.t0, self.ours0, self.busy0 = time.perf_counter(), _tree_cpu_s(), _machine_busy_s()
+        self.first = _tree_cpu()
+        self.last = dict(self.first)
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(0.25):
+                self.last.update(_tree_cpu())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self.t0, self.busy0 = time.perf_counter(), _machine_busy_s()
+        self._thread.start()
         return self
 
     def __exit__(self, *exc):
         self.wall = time.perf_counter() - self.t0
-        self.ours = _tree_cpu_s() - self.ours0
-        self.others = max(0.0, _machine_busy_s() - self.busy0 - self.ours)
+        busy = _machine_busy_s() - self.busy0
+        self._stop.set()
+        self._thread.join()
+        self.last.update(_tree_cpu())
+        self.ours = sum(v - self.first.get(pid, 0.0) for pid, v in self.last.items())
+        self.others = max(0.0, busy - self.ours)
         self.left = max(1e-6, (os.cpu_count() or 1) * self.wall - self.others)
 
     def row(self) -> dict:

@@ -113,8 +113,9 @@ class DataRoot:
     """
 
     def __init__(self, spec: "str | os.PathLike | DataRoot"):
-        if isinstance(spec, DataRoot):
-            spec = spec.uri
+        if isinstance(spec, DataRoot):  # the same root: share its filesystem object
+            self.local, self.uri, self.fs, self.base = spec.local, spec.uri, spec.fs, spec.base
+            return
         self.local = not is_uri(str(spec))
         if self.local:
             self.uri = os.path.abspath(spec)
@@ -141,7 +142,7 @@ class DataRoot:
     def local_path(self, rel: str = "") -> Path:
         if not self.local:
             raise ValueError(f"{self.uri} is not a local folder")
-        return Path(self.uri) / rel if rel else Path(self.uri)
+        return Path(self.uri) / _rel(rel) if rel else Path(self.uri)
 
     # -- reading ---------------------------------------------------------------------------------------------
     def info(self, rel: str) -> pafs.FileInfo:
@@ -157,7 +158,7 @@ class DataRoot:
     def read_bytes(self, rel: str) -> bytes:
         """The file's bytes; FileNotFoundError when absent (on every filesystem)."""
         if self.local:
-            return (Path(self.uri) / rel).read_bytes()
+            return (Path(self.uri) / _rel(rel)).read_bytes()
         try:
             with self.fs.open_input_stream(self.path(rel)) as f:
                 return f.read()
@@ -195,12 +196,29 @@ class DataRoot:
             return list(pool.map(self.read_json, rels))
 
     # -- writing ---------------------------------------------------------------------------------------------
+    def _again(self, fn, attempts: int = 4):
+        """``fn()``, tried again after a storage error a retry can fix (a busy server's 5xx, a dropped
+        connection): every write here is idempotent, a whole object under one name."""
+        for k in range(attempts):
+            try:
+                return fn()
+            except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError):
+                raise
+            except OSError:
+                if k == attempts - 1:
+                    raise
+                time.sleep(0.5 * 2 ** k)
+
     def write_bytes(self, rel: str, data: bytes) -> None:
         if self.local:
-            atomic_write_bytes(Path(self.uri) / rel, data)
+            atomic_write_bytes(Path(self.uri) / _rel(rel), data)
             return
-        with self.fs.open_output_stream(self.path(rel)) as f:  # the object exists once the upload completes
-            f.write(data)
+
+        def put():
+            with self.fs.open_output_stream(self.path(rel)) as f:  # the object exists once the upload completes
+                f.write(data)
+
+        self._again(put)
 
     def write_json(self, rel: str, obj) -> None:
         self.write_bytes(rel, _json_bytes(obj))
@@ -208,7 +226,7 @@ class DataRoot:
     def write_table(self, rel: str, table: pa.Table, *, row_group_size: int | None = None,
                     compression: str = "zstd") -> None:
         if self.local:
-            atomic_write_table(Path(self.uri) / rel, table, row_group_size=row_group_size, compression=compression)
+            atomic_write_table(Path(self.uri) / _rel(rel), table, row_group_size=row_group_size, compression=compression)
             return
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression=compression, row_group_size=row_group_size)
@@ -219,13 +237,17 @@ class DataRoot:
         under a temp name (an upload cut short leaves only that name) and a server-side copy to ``rel``."""
         if self.local:
             _publishable(str(local))
-            os.replace(local, Path(self.uri) / rel)
+            os.replace(local, Path(self.uri) / _rel(rel))
             return
         parent, name = PurePosixPath(_rel(rel)).parent, PurePosixPath(rel).name
         tmp = f"{parent}/.{name}.tmp" if str(parent) != "." else f".{name}.tmp"
-        with open(local, "rb") as src, self.fs.open_output_stream(self.path(tmp)) as dst:
-            shutil.copyfileobj(src, dst, length=8 << 20)
-        self.fs.copy_file(self.path(tmp), self.path(rel))
+
+        def upload():
+            with open(local, "rb") as src, self.fs.open_output_stream(self.path(tmp)) as dst:
+                shutil.copyfileobj(src, dst, length=8 << 20)
+
+        self._again(upload)
+        self._again(lambda: self.fs.copy_file(self.path(tmp), self.path(rel)))
         self.delete(tmp)
         os.unlink(local)
 
@@ -238,7 +260,7 @@ class DataRoot:
         came before the other's PUT landed can also believe it won: callers keep a second check downstream.
         """
         if self.local:
-            path = Path(self.uri) / rel
+            path = Path(self.uri) / _rel(rel)
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -269,7 +291,7 @@ class DataRoot:
     def delete_tree(self, rel: str) -> None:
         """Remove a folder (every object under the prefix) and everything in it; absent is fine."""
         if self.local:
-            p = Path(self.uri) / rel
+            p = Path(self.uri) / _rel(rel)
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():

@@ -28,7 +28,7 @@ from curate.filter import FilterSpec
 from curate.frames import DecodeConfig
 from curate.inputs import InputItem, resolve_inputs
 from curate.probe import ProbeLimits
-from curate.remote import is_uri
+from curate.remote import is_uri, refuse_credentials
 from curate.scenes import SceneConfig
 from curate.schema import SCHEMA_VERSION
 from curate.split import SampleConfig, SplitConfig
@@ -305,6 +305,11 @@ def build(cfg: BuildConfig) -> dict:
     holds the output, or when the output cannot be written (full, read-only); what finished is kept and the
     same command resumes.
     """
+    try:
+        for spec in [cfg.output] + ([cfg.input] if isinstance(cfg.input, str) else list(cfg.input)):
+            refuse_credentials(str(spec))
+    except ValueError as exc:
+        raise BuildStopped(f"{exc}", 2) from None
     if is_uri(cfg.output) and cfg.store_media == "path":
         raise BuildStopped(f"--output {cfg.output}: --store-media path needs a local --output (on object storage "
                            "the MP4s stay inside the shards: one object per shard, not one per clip)", 2)

@@ -70,6 +70,9 @@ def start(root: Path, buckets: tuple[str, ...] = ("videos",)):
                                        endpoint_override=f"127.0.0.1:{ports['s3']}", allow_bucket_creation=True)
                 for b in buckets:
                     fs.create_dir(b)
+                    with fs.open_output_stream(f"{b}/.warm-up") as f:  # the first write grows the volumes
+                        f.write(b"x")
+                    fs.delete_file(f"{b}/.warm-up")
                 break
             except OSError:
                 time.sleep(1)

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pytest
 
 import s3server
+from curate.inputs import resolve_inputs
 from curate.synth import render_samples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +44,67 @@ def _build(inputs: str, out: str, env: dict, ray_tmp: str | None = None, *extra:
         env["RAY_TMPDIR"] = ray_tmp  # Ray's session folder (its logs included) where the test can read it all
     return subprocess.run([sys.executable, "-m", "pipelines.cli", "build", "--input", inputs, "--output", out,
                            "--quiet", *extra], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+
+
+class _Crash(Exception):
+    pass
+
+
+def _republish(out: str, items, crash_at: int | None = None) -> list[str]:
+    """Publish ``out`` again over ``items`` (3 rows a shard: other shards); with ``crash_at``, die at that step."""
+    from curate.store import BuildState, DataRoot
+    from pipelines import publish
+    from pipelines.build import BuildConfig
+
+    steps: list[str] = []
+
+    def hook(name):
+        steps.append(name)
+        if crash_at is not None and len(steps) - 1 == crash_at:
+            raise _Crash(name)
+
+    cfg = BuildConfig(input="unused", output=out, progress=False, rows_per_file=3)
+    fp = DataRoot(out).read_json("config.json")["fingerprint"]
+    publish.CRASH_HOOK = hook
+    try:
+        summary = publish.finalize(BuildState(out), cfg, fp, items=items, skipped=0, graph_wall_s=0.0)
+        summary["wall_s"] = 0.0
+        publish.write_summary_and_manifest(BuildState(out), summary, cfg, fp)
+    finally:
+        publish.CRASH_HOOK = None
+    return steps
+
+
+def _copy(fs, src: str, dst: str) -> None:
+    for key, data in s3server.objects(fs, src.split("/")[0]).items():
+        if key.startswith(src + "/"):
+            with fs.open_output_stream(dst + key[len(src):]) as f:
+                f.write(data)
+
+
+def _crash_every_publish_step(fs, out: str, items) -> None:
+    """A re-publish on object storage killed after each of its steps: readers see the old dataset or the new
+    one, whole and verified, never a mix; the next publish finishes and collects the old shards."""
+    from curate.store import DataRoot
+
+    old = sorted(_clips(out))
+    dry = out.rstrip("/") + "-dry"
+    _copy(fs, out[5:].rstrip("/"), dry[5:])
+    steps = _republish(dry, items)
+    new = sorted(_clips(dry))
+    assert new and set(new) < set(old)
+    assert {"shard", "failures", "selection", "summary", "manifest", "collect"} <= set(steps)
+    for i, step in enumerate(steps):
+        crashed = f"{out.rstrip('/')}-crash-{i}"
+        _copy(fs, out[5:].rstrip("/"), crashed[5:])
+        with pytest.raises(_Crash):
+            _republish(crashed, items, crash_at=i)
+        assert sorted(_clips(crashed)) in (old, new), f"crash after step {i} ({step}): a mix"
+        _republish(crashed, items)
+        assert sorted(_clips(crashed)) == new
+        root = DataRoot(crashed)
+        listed = {s["path"] for s in root.read_json("_manifest.json")["shards"]}
+        assert set(root.list("clips")) == listed, "old shards not collected"
 
 
 def _clips(root) -> dict[str, str]:
@@ -90,6 +152,8 @@ def test_build_from_s3_to_s3(s3, tmp_path, monkeypatch):
     assert manifest["generation"] == 2 and sorted(_clips(out)) == sorted(remote)
     assert json.loads(s3server.objects(s3["fs"], "datasets")["datasets/run1/summary.json"])["inputs"][
         "resumed_skipped"] == 2
+
+    _crash_every_publish_step(s3["fs"], out, [i for i in resolve_inputs("s3://videos/in")][1:])
 
     # the credentials reach no object, no file of the build or of Ray's session (its logs), and no output line
     secret = s3server.SECRET.encode()
@@ -171,11 +235,32 @@ def test_lease_and_claims_on_object_storage(s3_env):
     assert root.list("t") == []
 
 
-def test_an_unusable_output_uri_ends_in_one_line(s3_env, tmp_path):
-    """A bucket that does not exist (or refuses us) stops the build before any work, in one line, naming it."""
+def test_an_unusable_output_uri_ends_in_one_line(s3_env, tmp_path, monkeypatch):
+    """Credentials the store refuses stop the build before any work, in one line that names the output and not
+    the secret."""
     from pipelines.build import BuildConfig, BuildStopped, build
 
-    with pytest.raises(BuildStopped, match=r"cannot use --output s3://no-such-bucket/d: ") as stopped:
-        build(BuildConfig(input=str(tmp_path), output="s3://no-such-bucket/d", progress=False))
+    wrong = "wrong-secret-never-logged-987654"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
+    with pytest.raises(BuildStopped, match=r"cannot use --output s3://datasets/refused: ") as stopped:
+        build(BuildConfig(input=str(tmp_path), output="s3://datasets/refused", progress=False))
     assert stopped.value.exit_code == 1 and "\n" not in str(stopped.value)
-    assert s3server.SECRET not in str(stopped.value)
+    assert wrong not in str(stopped.value) and s3server.SECRET not in str(stopped.value)
+
+
+def test_credentials_in_a_uri_are_refused_without_repeating_them(tmp_path):
+    from curate.remote import refuse_credentials
+    from pipelines.build import BuildConfig, BuildStopped, build
+
+    for uri in ("s3://AKIAX:sekrit-123@bucket/d", "s3://bucket/d?secret_key=sekrit-123&region=x",
+                "gs://user@bucket/d"):
+        with pytest.raises(ValueError, match="credentials in it is refused") as refused:
+            refuse_credentials(uri)
+        assert "sekrit-123" not in str(refused.value)
+    refuse_credentials("s3://bucket/d?region=us-east-1")  # other parameters are fine
+    with pytest.raises(BuildStopped, match="credentials") as stopped:
+        build(BuildConfig(input=str(tmp_path), output="s3://AKIAX:sekrit-123@bucket/d", progress=False))
+    assert stopped.value.exit_code == 2 and "sekrit-123" not in str(stopped.value)
+    with pytest.raises(BuildStopped, match="credentials"):
+        build(BuildConfig(input="s3://AKIAX:sekrit-123@bucket/in", output=str(tmp_path / "o"), progress=False))
+    assert not (tmp_path / "o").exists()
