@@ -16,7 +16,10 @@ measured span also records, from ``/proc``, the CPU seconds of this process tree
 workers, the sandboxes) and of the whole machine. The CPU the others used is the machine's minus ours; what was
 left for us is ``CPUs x wall - others``. The CPU-based ratio divides what was left during the slowest stage
 alone by what was left during the pipeline: it equals the wall ratio on an idle machine, and does not reward or
-punish a run for its neighbours' load changing between the two measurements.
+punish a run for its neighbours' load changing between the two measurements. On a machine kept saturated by
+others it reduces to our own CPU seconds, i.e. to the slowest stage's share of the pipeline's work, a bound the
+wall ratio cannot beat when every stage shares the same cores. The same samples count the split actors running
+a task; their mean in the pipeline over their mean alone says whether the heaviest stage waited on the others.
 
     .venv/bin/python benchmarks/bench_build.py                      # the real videos in ../shared/data, 3 runs
     .venv/bin/python benchmarks/bench_build.py --input DIR --repeat 1
@@ -42,9 +45,13 @@ sys.path.insert(0, str(REPO))
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _tree_cpu() -> dict[int, float]:
-    """CPU seconds (user + system) of this process and each of its descendants, by pid."""
-    stats = {}
+_SPLIT_ACTOR = b"ray::MapWorker(FlatMap(SplitFlatMap))"
+
+
+def _tree_cpu() -> tuple[dict[int, float], int, int]:
+    """CPU seconds (user + system) of this process and each of its descendants, by pid; and how many of them
+    are split actors, and how many of those are running a task (Ray titles the process ``....submit`` then)."""
+    stats, split, busy = {}, 0, 0
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -63,8 +70,16 @@ def _tree_cpu() -> dict[int, float]:
         pid = todo.pop()
         if pid in stats:
             out[pid] = stats[pid][1]
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    title = f.read()
+            except OSError:
+                title = b""
+            if title.startswith(_SPLIT_ACTOR):
+                split += 1
+                busy += b".submit" in title
         todo += children.get(pid, [])
-    return out
+    return out, split, busy
 
 
 def _machine_busy_s() -> float:
@@ -79,19 +94,25 @@ class Span:
     """Wall, our CPU, the others' CPU and the CPU left for us over a ``with`` block.
 
     Our CPU is sampled every 0.25 s per process (Ray starts and ends actor processes within a span; a process
-    that ends loses at most its last 0.25 s), so it is a slight undercount."""
+    that ends loses at most its last 0.25 s), so it is a slight undercount. The same samples count the split
+    actors running a task: ``split_busy`` is their mean over the samples where split actors exist, a measure of
+    whether the heaviest stage had work that no neighbour's load can shift much."""
 
     def __enter__(self):
         import threading
 
         self.load = os.getloadavg()[0]
-        self.first = _tree_cpu()
+        self.first = _tree_cpu()[0]
         self.last = dict(self.first)
+        self.busy_samples: list[int] = []
         self._stop = threading.Event()
 
         def sample():
             while not self._stop.wait(0.25):
-                self.last.update(_tree_cpu())
+                cpu, split, busy = _tree_cpu()
+                self.last.update(cpu)
+                if split:
+                    self.busy_samples.append(busy)
 
         self._thread = threading.Thread(target=sample, daemon=True)
         self.t0, self.busy0 = time.perf_counter(), _machine_busy_s()
@@ -103,14 +124,15 @@ class Span:
         busy = _machine_busy_s() - self.busy0
         self._stop.set()
         self._thread.join()
-        self.last.update(_tree_cpu())
+        self.last.update(_tree_cpu()[0])
+        self.split_busy = sum(self.busy_samples) / len(self.busy_samples) if self.busy_samples else 0.0
         self.ours = sum(v - self.first.get(pid, 0.0) for pid, v in self.last.items())
         self.others = max(0.0, busy - self.ours)
         self.left = max(1e-6, (os.cpu_count() or 1) * self.wall - self.others)
 
     def row(self) -> dict:
         return {"wall_s": self.wall, "cpu_ours_s": self.ours, "cpu_others_s": self.others, "cpu_left_s": self.left,
-                "load_1min_at_start": self.load}
+                "split_busy": self.split_busy, "load_1min_at_start": self.load}
 
 
 def _stage_alone(ray, name, ds, fn):
@@ -136,7 +158,7 @@ def main(argv=None) -> int:
              object_store_memory=2_000_000_000)
     runs = [_one_run(ray, a.input, work / f"run-{i}") for i in range(a.repeat)]
     out = {"runs": runs}
-    for key, what in (("ratio", "wall clock"), ("cpu_ratio", "CPU left for us")):
+    for key, what in (("ratio", "wall clock"), ("cpu_ratio", "CPU left for us"), ("busy_ratio", "split actors busy")):
         each = [r[key] for r in runs]
         median = statistics.median(each)
         print(f"\npipeline / slowest stage alone ({what}) over {len(runs)} runs: median {median:.2f} "
@@ -199,18 +221,20 @@ def _one_run(ray, input_spec: str, work: Path) -> dict:
     print(f"inputs: {len(items)} ({summary['inputs']['accepted']} accepted), {src_s:.1f} s of source video, "
           f"{summary['clips']['published']} clips\n")
     print(f"| {'run':<22} | {'wall s':>8} | {'source s / wall s':>18} | {'our CPU s':>9} | {'others CPU s':>12} "
-          f"| {'CPU left s':>10} | {'load':>5} |")
-    print(f"|{'-' * 24}|{'-' * 10}|{'-' * 20}|{'-' * 11}|{'-' * 14}|{'-' * 12}|{'-' * 7}|")
+          f"| {'CPU left s':>10} | {'split busy':>10} | {'load':>5} |")
+    print(f"|{'-' * 24}|{'-' * 10}|{'-' * 20}|{'-' * 11}|{'-' * 14}|{'-' * 12}|{'-' * 12}|{'-' * 7}|")
     for name, sp in rows_out:
         print(f"| {name:<22} | {sp.wall:8.1f} | {src_s / sp.wall:18.2f} | {sp.ours:9.1f} | {sp.others:12.1f} "
-              f"| {sp.left:10.1f} | {sp.load:5.1f} |")
+              f"| {sp.left:10.1f} | {sp.split_busy:10.2f} | {sp.load:5.1f} |")
     ratio = slowest.wall / full.wall
     cpu_ratio = slowest.left / full.left
-    print(f"\npipeline / slowest stage alone ({slowest_name}): wall {ratio:.2f}, CPU left {cpu_ratio:.2f}  "
-          f"(target >= 0.8)")
+    split_alone = dict(alone)["split"]
+    busy_ratio = full.split_busy / split_alone.split_busy if split_alone.split_busy else 0.0
+    print(f"\npipeline / slowest stage alone ({slowest_name}): wall {ratio:.2f}, CPU left {cpu_ratio:.2f}; split "
+          f"actors busy, pipeline / alone: {busy_ratio:.2f}  (target >= 0.8)")
     print("time per stage inside the pipeline (worker-seconds):", json.dumps(summary["time_per_stage_s"]))
     return {"pipeline": full.row(), "source_s": src_s, "alone": {k: sp.row() for k, sp in alone},
-            "slowest": slowest_name, "ratio": ratio, "cpu_ratio": cpu_ratio, "pools": str(n),
+            "slowest": slowest_name, "ratio": ratio, "cpu_ratio": cpu_ratio, "busy_ratio": busy_ratio, "pools": str(n),
             "time_per_stage_s": summary["time_per_stage_s"]}
 
 
