@@ -89,6 +89,18 @@ def start(root: Path, buckets: tuple[str, ...] = ("videos",)):
         log.close()
 
 
+def short_tmp_dir(prefix: str):
+    """Yields a folder under /tmp with a short name (Ray's socket paths inside it must fit 107 bytes), removed
+    afterwards; Ray's session files (its logs included) go there through ``RAY_TMPDIR``."""
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def objects(fs, bucket: str) -> dict[str, bytes]:
     """Every object of ``bucket``: key -> bytes."""
     import pyarrow.fs as pafs

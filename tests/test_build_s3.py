@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     yield from s3server.start(tmp_path_factory.mktemp("seaweed"), buckets=("videos", "datasets"))
+
+
+@pytest.fixture
+def ray_tmp():
+    yield from s3server.short_tmp_dir("tr-")
 
 
 @pytest.fixture
@@ -115,7 +119,7 @@ def _clips(root) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_build_from_s3_to_s3(s3, tmp_path, monkeypatch):
+def test_build_from_s3_to_s3(s3, tmp_path, monkeypatch, ray_tmp):
     videos = tmp_path / "videos"
     render_samples(videos, n_videos=2, seed=11)
     for p in sorted(videos.glob("*.mp4")):
@@ -124,7 +128,6 @@ def test_build_from_s3_to_s3(s3, tmp_path, monkeypatch):
     with s3["fs"].open_output_stream("videos/in/notes.txt") as f:  # not a video: not an input
         f.write(b"x")
 
-    ray_tmp = tempfile.mkdtemp(prefix="tr-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     out = "s3://datasets/run1/"
     run = _build("s3://videos/in", out, s3["env"], ray_tmp)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -64,8 +63,13 @@ def s3(tmp_path_factory):
     yield from s3server.start(tmp_path_factory.mktemp("seaweed"), buckets=("videos", "datasets"))
 
 
+@pytest.fixture
+def ray_tmp():
+    yield from s3server.short_tmp_dir("tc-")
+
+
 @pytest.mark.slow
-def test_build_on_two_node_cluster(tmp_path, s3, monkeypatch):
+def test_build_on_two_node_cluster(tmp_path, s3, monkeypatch, ray_tmp):
     if not RAY.exists():
         pytest.skip(f"ray CLI not found next to {sys.executable}")
     videos = tmp_path / "videos"
@@ -73,7 +77,6 @@ def test_build_on_two_node_cluster(tmp_path, s3, monkeypatch):
     for p in sorted(videos.glob("*.mp4")):
         with s3["fs"].open_output_stream(f"videos/cluster/{p.name}") as f:
             f.write(p.read_bytes())
-    ray_tmp = tempfile.mkdtemp(prefix="tc-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     extra = dict(s3["env"], RAY_TMPDIR=ray_tmp)  # every node's own credentials; every session file in ray_tmp
     port = _free_port()
     address = f"{NODE_IP}:{port}"
