@@ -26,14 +26,31 @@ def is_uri(spec) -> bool:
     return isinstance(spec, str) and bool(_URI.match(spec)) and not spec.startswith("file://")
 
 
+_SECRET_QUERY = re.compile(r"(^|&)(access_key|secret_key|session_token|password|token)=", re.IGNORECASE)
+
+
+def refuse_credentials(uri: str) -> None:
+    """Raise ValueError when ``uri`` carries credentials (``s3://KEY:SECRET@bucket``, ``?secret_key=``): a command
+    line is seen by every user of the host and kept in shell history and logs. The message does not repeat it."""
+    if not is_uri(uri):
+        return
+    parsed = urlparse(uri)
+    if parsed.password or parsed.username or _SECRET_QUERY.search(parsed.query):
+        raise ValueError(f"a {parsed.scheme}:// URI with credentials in it is refused (not repeated here): give them "
+                         "through the standard variables or a profile (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                         "AWS_PROFILE; GOOGLE_APPLICATION_CREDENTIALS)")
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path inside it)`` for ``uri``. pyarrow's own filesystems first (S3, GCS, HDFS), then any
     fsspec protocol through pyarrow's adapter."""
+    refuse_credentials(uri)
     parsed = urlparse(uri)
     if parsed.scheme == "s3" and os.environ.get("AWS_ENDPOINT_URL"):
         endpoint = urlparse(os.environ["AWS_ENDPOINT_URL"])
         fs = pafs.S3FileSystem(endpoint_override=endpoint.netloc or endpoint.path, scheme=endpoint.scheme or "https",
-                               region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION"))
+                               region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION"),
+                               retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=6))
         return fs, (parsed.netloc + parsed.path).rstrip("/")
     try:
         return pafs.FileSystem.from_uri(uri)

@@ -28,11 +28,11 @@ from curate.filter import FilterSpec
 from curate.frames import DecodeConfig
 from curate.inputs import InputItem, resolve_inputs
 from curate.probe import ProbeLimits
-from curate.remote import is_uri
+from curate.remote import is_uri, refuse_credentials
 from curate.scenes import SceneConfig
 from curate.schema import SCHEMA_VERSION
 from curate.split import SampleConfig, SplitConfig
-from curate.store import BuildState, Lease, OutputLocked, fingerprint
+from curate.store import BuildState, DataRoot, Lease, OutputLocked, fingerprint
 from pipelines import publish
 if TYPE_CHECKING:  # the caption stack loads only when --caption is used
     from caption.expand import ExpandConfig
@@ -45,7 +45,7 @@ VERSION = "0.1.0"
 
 @dataclass(frozen=True)
 class Resources:
-    """Resource hints per stage. Concurrency ``None`` means: derived from the cluster's CPUs."""
+    """Resource hints per stage. Concurrency ``None`` means: derived from the cluster's CPUs (:func:`pool_sizes`)."""
 
     # Logical CPUs Ray reserves per actor. They are sized so that one actor of EVERY stage fits on a 2-CPU
     # machine at once (0.1 + 2 x 0.5 + 3 x 0.25 + 0.1 < 2): a stage whose actor cannot be placed stalls the
@@ -176,23 +176,51 @@ def _absorb_restart_warning(ray) -> None:
     ray.kill(actor)
 
 
+@dataclass(frozen=True)
+class Pools:
+    """Actors per stage (each scorer gets ``score``)."""
+
+    probe: int
+    split: int
+    score: int
+    write: int
+
+
+def pool_sizes(cpus: float, res: Resources, other_cpus: float = 0.0) -> Pools:
+    """Fixed actor pools whose logical CPUs add up to at most ``cpus`` (``other_cpus``: stages added beside
+    these, the caption stages), the split stage taking what the others leave.
+
+    Fixed, not autoscaling: Ray Data reserves each operator's minimum (one actor of an autoscaling pool) and lets
+    a pool grow only within its share of what is left, so in the whole graph on 2 CPUs the split pool could not
+    add its second actor (0.5 CPU) while the same pool alone used both: the pipeline ran its heaviest stage on
+    half the machine. A fixed pool's actors are all reserved up front."""
+    probe = max(1, int(cpus // 16))
+    score = res.score_concurrency or max(1, int(cpus // 8))
+    write = max(1, int(cpus // 32))
+    rest = cpus - other_cpus - probe * res.probe_cpus - 3 * score * res.score_cpus - write * res.write_cpus
+    split = res.split_concurrency or max(1, int(rest // res.split_cpus))
+    return Pools(probe=probe, split=split, score=score, write=write)
+
+
 def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: str):
     """The recipe. Returns a dataset of small 'written' rows, one per staged row."""
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1)))
     res = cfg.resources
     Pool = ray.data.ActorPoolStrategy  # every stage is a callable class: a pool of actors, each set up once
-    n_split = res.split_concurrency or max(1, cpus)
-    n_score = res.score_concurrency or max(1, cpus // 2)
+    n = pool_sizes(cpus, res, _caption_cpus(cfg))
     items = [{"key": it.key, "uri": it.uri, "path": it.path, "reject_reason": it.reject_reason,
               "reject_message": it.message} for it in todo]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4096)))
     ds = ds.map(ProbeStage, fn_constructor_kwargs={"limits": cfg.limits,                  # 1. probe (1:1)
                                                    "claims_dir": str(state.content_claims())},
-                compute=Pool(min_size=1, max_size=n_split), num_cpus=res.probe_cpus)
+                compute=Pool(size=n.probe), num_cpus=res.probe_cpus)
     on_gpu = cfg.device == "cuda"
+    # one input in flight per split actor: a video queued behind another on a busy actor while a second actor
+    # sits idle would stretch the end of the stream
     ds = ds.flat_map(SplitFlatMap, fn_constructor_kwargs={"cfg": cfg.split_config()},     # 2. scenes -> clips (1:N)
-                     compute=Pool(min_size=1, max_size=n_split), num_cpus=res.split_cpus,
-                     num_gpus=res.split_gpus if on_gpu else None)
+                     compute=Pool(size=min(n.split, _fits_gpus(ray, res.split_gpus)) if on_gpu else n.split,
+                                  max_tasks_in_flight_per_actor=1),  # a fixed pool reserves every actor: GPUs too
+                     num_cpus=res.split_cpus, num_gpus=res.split_gpus if on_gpu else None)
     scorers = [("basic", {"device": cfg.device} if on_gpu else {})]                      # 3. scores (add columns)
     if cfg.ocr:
         scorers.append(("ocr", {}))
@@ -204,12 +232,13 @@ def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: 
         # an input's rows back until later inputs fill the batch, and done markers would land in bursts
         ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"name": name, "kwargs": kwargs},
                             batch_size=res.score_batch_size if gpus else None, batch_format="pyarrow",
-                            compute=Pool(min_size=1, max_size=n_score),
+                            compute=Pool(size=min(n.score, _fits_gpus(ray, gpus)) if gpus else n.score),
                             num_cpus=res.score_cpus, num_gpus=gpus or None)
     if cfg.caption is not None:                                                          # 4. captions (adds columns)
         from caption.expand import ExpandConfig
 
-        cache, progress = str(state.state / "caption_cache.sqlite"), str(state.state / "progress")
+        local = _local_state(state, fp)
+        cache, progress = str(local / "caption_cache.sqlite"), str(local / "progress")
         vlm = replace(cfg.caption, cache_path=cfg.caption.cache_path or cache, progress_dir=progress)
         expand = cfg.expand or ExpandConfig(backend="off")
         expand = replace(expand, cache_path=expand.cache_path or cache, progress_dir=progress)
@@ -218,11 +247,11 @@ def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: 
         ds = add_caption_stages(ds, vlm, expand, None, use_gpu=bool(ray.cluster_resources().get("GPU", 0)),
                                 batch_size=res.score_batch_size, for_build=True)
     ds = ds.map_batches(StageWriter,                                                      # 5. stage shards
-                        fn_constructor_kwargs={"root": str(state.root), "fingerprint": fp,
+                        fn_constructor_kwargs={"root": state.root.uri, "fingerprint": fp,
                                                "store_media": cfg.store_media},
                         # one block at a time: waiting for 64 rows would hold finished inputs back (the bar, done
                         # markers and so resume would advance in bursts, often only at the very end)
-                        batch_size=None, batch_format="pyarrow", compute=Pool(size=1), num_cpus=res.write_cpus)
+                        batch_size=None, batch_format="pyarrow", compute=Pool(size=n.write), num_cpus=res.write_cpus)
     return ds
 
 
@@ -242,6 +271,33 @@ def _resolve_device(ray, cfg: BuildConfig) -> BuildConfig:
         return cfg
     print(f"[build] --device cuda: {why}; decoding and scoring on CPUs instead (same results)", flush=True)
     return replace(cfg, device="cpu")
+
+
+def _fits_gpus(ray, per_actor: float) -> int:
+    """How many actors of ``per_actor`` GPUs the cluster holds (at least 1: Ray waits for one to fit)."""
+    return max(1, int(ray.cluster_resources().get("GPU", 0) // per_actor))
+
+
+def _caption_cpus(cfg: BuildConfig) -> float:
+    """Logical CPUs of the caption stages' actors (one captioner, one expander), 0 without captions."""
+    if cfg.caption is None:
+        return 0.0
+    from pipelines.caption import _actor_cpus
+
+    return _actor_cpus(cfg.caption.backend) + _actor_cpus(cfg.expand.backend if cfg.expand else "off")
+
+
+def _local_state(state: BuildState, fp: str) -> Path:
+    """A local folder for state that must be a local file (the caption cache is SQLite, the progress files are
+    polled): ``_state`` itself for a local output, a per-fingerprint temp folder on each host for a URI one (a
+    cache miss there costs one request again, nothing else)."""
+    if state.root.local:
+        return state.root.local_path(state.state)
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / f"tessera-state-{fp}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 class BuildStopped(RuntimeError):
@@ -273,28 +329,40 @@ def build(cfg: BuildConfig) -> dict:
     holds the output, or when the output cannot be written (full, read-only); what finished is kept and the
     same command resumes.
     """
-    if is_uri(cfg.output):
-        raise BuildStopped(f"--output {cfg.output}: a dataset is written to a local or mounted path for now "
-                           "(inputs can be object-storage URIs)", 2)
-    cfg = replace(cfg, output=os.path.abspath(cfg.output))  # workers on other nodes must not resolve it themselves
+    try:
+        for spec in [cfg.output] + ([cfg.input] if isinstance(cfg.input, str) else list(cfg.input)):
+            refuse_credentials(str(spec))
+    except ValueError as exc:
+        raise BuildStopped(f"{exc}", 2) from None
+    if is_uri(cfg.output) and cfg.store_media == "path":
+        raise BuildStopped(f"--output {cfg.output}: --store-media path needs a local --output (on object storage "
+                           "the MP4s stay inside the shards: one object per shard, not one per clip)", 2)
+    # workers on other nodes must not resolve a relative path themselves; a URI is the same on every node
+    cfg = replace(cfg, output=cfg.output.rstrip("/") if is_uri(cfg.output) else os.path.abspath(cfg.output))
     if cfg.caption is not None:  # a caption or expand backend that cannot work fails here, before any input
         from pipelines.caption import check_config
 
         check_config(cfg.caption, cfg.expand, flags=("--caption-", "--expand-"))
-    out = Path(cfg.output)
+    out = DataRoot(cfg.output)
     resume = "run the same command again to resume"
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        if out.local:
+            out.local_path().mkdir(parents=True, exist_ok=True)
         with Lease(out):
             return _build(cfg, out)
     except OutputLocked as exc:
         raise BuildStopped(f"{exc}", 3) from None
     except KeyboardInterrupt:
-        done = len(list((out / "_state" / "done").glob("*.json")))
-        raise BuildStopped(f"interrupted: {done} inputs are done and kept in {out / '_state'}; {resume}",
+        state = BuildState(out)
+        done = len(state.done_keys())
+        raise BuildStopped(f"interrupted: {done} inputs are done and kept in {out.show(state.state)}; {resume}",
                            130) from None
     except Exception as exc:
         err = _disk_error(exc)
+        if err is None and isinstance(exc, OSError) and not out.local:  # the object store refused or is unreachable
+            reason = (exc.strerror or str(exc)).splitlines()[0][:300]
+            raise BuildStopped(f"cannot use --output {out}: {reason}; inputs finished so far are kept: fix the "
+                               f"storage or its credentials, then {resume}", 1) from None
         if err is None:
             raise
         raise BuildStopped(f"cannot write {err.filename or out}: {_DISK_ERRORS[err.errno]} ({err.strerror}); "
@@ -302,7 +370,7 @@ def build(cfg: BuildConfig) -> dict:
                            1) from None
 
 
-def _build(cfg: BuildConfig, out: Path) -> dict:
+def _build(cfg: BuildConfig, out: DataRoot) -> dict:
     t_start = time.time()
     fp_config = cfg.fingerprinted()
     fp = fingerprint(fp_config)
@@ -314,11 +382,10 @@ def _build(cfg: BuildConfig, out: Path) -> dict:
     except FileNotFoundError as exc:
         raise BuildStopped(str(exc), 2) from None
     retry = {r["key"] for r in state.done_records() if r.get("caption_failed")}  # their failed captions are retried
-    todo = [it for it in items if not state.is_done(it.key) or it.key in retry]
+    done = state.done_keys()
+    todo = [it for it in items if it.key not in done or it.key in retry]
     skipped = len(items) - len(todo)
-    for it in todo:
-        state.marker_path(it.key).unlink(missing_ok=True)
-        state.reset_input(it.key)
+    state.reset_inputs({it.key for it in todo})
     _say(cfg, f"[build] {len(items)} inputs, {skipped} already done (resumed), {len(todo)} to process "
               f"-> {out}  (fingerprint {fp})")
 
@@ -330,7 +397,7 @@ def _build(cfg: BuildConfig, out: Path) -> dict:
         if cfg.caption is not None and cfg.progress:  # what the caption/expand requests wait on, on stderr
             from pipelines.caption import ProgressPrinter
 
-            with ProgressPrinter(state.state / "progress"):
+            with ProgressPrinter(_local_state(state, fp) / "progress"):
                 _drive(ds, todo, state, cfg)
         else:
             _drive(ds, todo, state, cfg)

@@ -40,7 +40,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.media import MEDIA_COLUMNS
-from curate.store import atomic_write_json, atomic_write_table, open_dataset, sha256_file
+from curate.remote import is_uri
+from curate.store import (atomic_write_json, atomic_write_table, open_dataset, parquet_file, read_table,
+                          sha256_file)
 from model.buckets import BucketConfig
 from model.text import TextConfig
 from train.data import read_selection
@@ -85,10 +87,10 @@ def vae_id(path: str | Path) -> str:
 
 
 def _read_shard(path: Path, use_selection: bool, keep: dict[str, bool] | None) -> pa.Table:
-    names = pq.ParquetFile(path).schema_arrow.names
+    names = parquet_file(path).schema_arrow.names  # path: a local file or a URI
     cols = [c for c in META_COLUMNS + MEDIA_COLUMNS if c in names] + [f"caption_{k}" for k in CAPTION_KINDS
                                                                       if f"caption_{k}" in names]
-    table = pq.read_table(path, columns=cols)
+    table = read_table(path, columns=cols)
     if use_selection and keep is not None:
         mask = pa.array([bool(keep.get(c, False)) for c in table.column("clip_id").to_pylist()])
         table = table.filter(mask)
@@ -101,10 +103,11 @@ def main(cfg: CacheLatentsConfig) -> dict:
 
     import ray
 
-    src, dst = Path(cfg.input), Path(cfg.output)
-    shards = open_dataset(src).shards
+    src, dst = (cfg.input if is_uri(cfg.input) else Path(cfg.input)), Path(cfg.output)  # input: a folder or URI
+    sources = {Path(str(s)).name: s for s in open_dataset(src).shards}  # shard file name -> its path or URI
+    shards = [Path(name) for name in sources]
     if not shards:
-        raise FileNotFoundError(f"no clip shards in {src / 'clips'}")
+        raise FileNotFoundError(f"no clip shards in {src}/clips")
     if cfg.overwrite and dst.exists():
         shutil.rmtree(dst)
     done_dir = dst / "_state" / "done"
@@ -130,7 +133,7 @@ def main(cfg: CacheLatentsConfig) -> dict:
         if marker.is_file() and (dst / "latents" / shard.name).is_file():
             counts["shards_done_before"] += 1
             continue
-        table = _read_shard(shard, cfg.use_selection, keep)
+        table = _read_shard(sources[shard.name], cfg.use_selection, keep)
         rows: dict = {name: [] for name in LATENT_SCHEMA.names}
         statuses: dict[str, int] = {}
         if table.num_rows:

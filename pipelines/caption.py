@@ -47,7 +47,8 @@ from caption.frames import FrameConfig, make_frame_prep_fn
 from caption.sources import SourceConfig
 from caption.vlm import CaptionClipCheck, Captioner, VLMConfig, make_needs_frames
 from curate.schema import CLIP_SCHEMA, FAILURE_SCHEMA
-from curate.store import open_dataset, sha256_file
+from curate.remote import is_uri
+from curate.store import open_dataset, read_optional_table, read_table, sha256_file
 
 log = logging.getLogger(__name__)
 EXIT_PARTIAL = 3  # `tessera caption`: some rows failed (their previous captions kept); re-run to retry them
@@ -397,17 +398,16 @@ def main(cfg: CaptionPipelineConfig) -> dict:
     Raises ``ChatSetupError`` (before any clip is read) when a backend cannot work; ``summary["complete"]`` is
     False when some row failed.
     """
-    import pyarrow.parquet as pq
     import ray
 
     from curate.store import atomic_write_json, atomic_write_table
 
-    src, dst = Path(cfg.input), Path(cfg.output)
-    if src.resolve() == dst.resolve():
+    src, dst = (cfg.input if is_uri(cfg.input) else Path(cfg.input)), Path(cfg.output)  # input: a folder or URI
+    if not is_uri(cfg.input) and src.resolve() == dst.resolve():
         raise ChatSetupError("--output must differ from --input (input shards are never modified)")
     shards = open_dataset(src).shards
     if not shards:
-        raise ChatSetupError(f"no shards in {src / 'clips'}")
+        raise ChatSetupError(f"no shards in {src}/clips")
     check_config(cfg.vlm, cfg.expand, probe=cfg.probe)
     cfg = resolve(cfg)
     (dst / "clips").mkdir(parents=True, exist_ok=True)
@@ -427,7 +427,7 @@ def main(cfg: CaptionPipelineConfig) -> dict:
     with progress or _Nothing():
         for start in range(0, len(shards), cfg.shards_per_run):  # one Ray dataset (one set of actors) per group
             group = shards[start:start + cfg.shards_per_run]
-            tables = [pq.read_table(shard) for shard in group]
+            tables = [read_table(shard) for shard in group]
             tagged = [t.append_column("_shard", pa.array(np.full(t.num_rows, k), pa.int32()))
                       .append_column("_row", pa.array(np.arange(t.num_rows), pa.int64()))
                       for k, t in enumerate(tables)]
@@ -443,7 +443,8 @@ def main(cfg: CaptionPipelineConfig) -> dict:
                 shard_ids = block.column("_shard").to_numpy()
                 for k in np.unique(shard_ids):
                     parts[k].append(block.filter(pa.array(shard_ids == k)))
-            for k, (shard, table) in enumerate(zip(group, tables)):
+            for k, (source, table) in enumerate(zip(group, tables)):
+                shard = Path(Path(source).name)  # the shard's file name (source: a path or a URI)
                 blocks = [b for b in parts[k] if b.num_rows]
                 if not blocks:
                     raise RuntimeError(f"{shard.name}: no rows came back")
@@ -462,8 +463,9 @@ def main(cfg: CaptionPipelineConfig) -> dict:
                 manifest.append({"path": f"clips/{shard.name}", "rows": out.num_rows,
                                  "sha256": sha256_file(dst / "clips" / shard.name)})
     _write_failures(src, dst, failures)
-    if (src / "selection.parquet").is_file():
-        atomic_write_table(dst / "selection.parquet", pq.read_table(src / "selection.parquet"))
+    selection = read_optional_table(src, "selection.parquet")
+    if selection is not None:
+        atomic_write_table(dst / "selection.parquet", selection)
     summary = {"counts": counts, "seconds": round(time.time() - t0, 2), "shards": len(shards),
                "vlm_backend": cfg.vlm.backend, "expand_backend": cfg.expand.backend, **status_counts(statuses)}
     for r in statuses:  # flat status counts too: "caption_status:ok", "expand_status:error:url", ...
@@ -487,13 +489,11 @@ class _Nothing:
         return None
 
 
-def _write_failures(src: Path, dst: Path, failures: list[dict]) -> None:
+def _write_failures(src, dst: Path, failures: list[dict]) -> None:
     """``OUTPUT/failures.parquet``: the input's failures, then this run's caption and expand failures."""
-    import pyarrow.parquet as pq
-
     from curate.store import atomic_write_table
 
-    tables = [pq.read_table(src / "failures.parquet")] if (src / "failures.parquet").is_file() else []
+    tables = [t for t in [read_optional_table(src, "failures.parquet")] if t is not None]
     if tables:
         tables[0] = tables[0].filter(pc.invert(pc.is_in(tables[0].column("stage"), pa.array(["caption", "expand"]))))
     tables.append(pa.Table.from_pylist(failures, schema=FAILURE_SCHEMA))

@@ -214,7 +214,7 @@ def _run_filter(a) -> int:
     from curate.store import open_dataset
     from pipelines.publish import read_light, run_filters
 
-    root = Path(a.dataset)
+    root = a.dataset  # a folder or a dataset URI (s3://...)
     manifest = open_dataset(root).manifest
     table = read_light(root, manifest["shards"])
     spec = FilterSpec(expressions=tuple(a.where))

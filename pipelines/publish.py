@@ -9,6 +9,9 @@ new publish writes new names (or finds an identical file already there). Order: 
 config, summary, then ``_manifest.json`` replaced atomically (its ``generation`` one higher), and only then the
 shards no manifest lists any more are deleted. A crash at any step leaves the old manifest with all its shards,
 or the new one with all of its: readers (``curate.store.open_dataset``) see one dataset or the other.
+
+Everything goes through the dataset's filesystem (``curate.store.DataRoot``): a local folder, or object storage
+by URI, where each file is one PUT (atomic per object) and a shard is uploaded under a temp name, then copied.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import tempfile
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,7 +30,7 @@ import pyarrow.parquet as pq
 from curate.dedup import dedup_methods, find_duplicates
 from curate.filter import apply_filters, keep_rates
 from curate.schema import CLIP_SCHEMA, FAILURE_SCHEMA, SCHEMA_VERSION, validate
-from curate.store import MANIFEST, BuildState, atomic_write_json, atomic_write_table, sha256_file, shard_record
+from curate.store import MANIFEST, BuildState, DataRoot, sha256_file, shard_record
 
 # Test hook: called with the name of each publish step once it is done ("shard", "failures", "selection", "config",
 # "summary", "manifest", "collect"); a test makes it raise to stand for a crash at that point.
@@ -43,8 +47,8 @@ _DEDUP_COLUMNS = ["clip_id", "source_uri", "content_id", "start_frame", "clip_em
 LIGHT_COLUMNS = [n for n in CLIP_SCHEMA.names if n not in ("clip_mp4",)]
 
 
-def _read(root: Path, files: list[str], columns: list[str] | None = None) -> pa.Table:
-    tables = [pq.read_table(root / f, columns=columns) for f in files]
+def _read(root: DataRoot, files: list[str], columns: list[str] | None = None) -> pa.Table:
+    tables = [root.read_table(f, columns=columns) for f in files]
     return pa.concat_tables(tables) if tables else None
 
 
@@ -100,7 +104,7 @@ def finalize(state: BuildState, cfg, fp: str, *, items, skipped: int, graph_wall
         fail_tables.append(pa.Table.from_pylist(failure_rows(captions), schema=FAILURE_SCHEMA))
     failures = pa.concat_tables(fail_tables) if fail_tables else FAILURE_SCHEMA.empty_table()
     failures = failures.sort_by([("source_uri", "ascending"), ("clip_id", "ascending")])
-    atomic_write_table(root / "failures.parquet", failures)
+    root.write_table("failures.parquet", failures)
     _step("failures")
 
     # 5. filter selection over the published light columns (thresholds can be changed later: `tessera filter`).
@@ -121,7 +125,7 @@ def finalize(state: BuildState, cfg, fp: str, *, items, skipped: int, graph_wall
     # clips that were not published; a failed caption's clip is published and counted under "caption"
     lost = failures.filter(pc.invert(pc.is_in(failures.column("stage"), pa.array(["caption", "expand"]))))
     summary = {
-        "dataset": str(root), "fingerprint": fp, "schema_version": SCHEMA_VERSION,
+        "dataset": root.uri, "fingerprint": fp, "schema_version": SCHEMA_VERSION,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "inputs": {"total": len(wanted), "accepted": outcomes["accepted"], "rejected": outcomes["rejected"],
                    "failed": outcomes["failed"], "incomplete": missing, "resumed_skipped": skipped},
@@ -150,11 +154,15 @@ def finalize(state: BuildState, cfg, fp: str, *, items, skipped: int, graph_wall
     return summary
 
 
-def _publish(root: Path, accepted: list[dict], clip_files: dict, dup_of: dict, method: dict,
+def _publish(root: DataRoot, accepted: list[dict], clip_files: dict, dup_of: dict, method: dict,
              rows_per_file: int, row_group_size: int) -> list[dict]:
-    """Write the clip shards under content-named files; returns their manifest entries. Deletes nothing."""
-    out_dir = root / "clips"
-    out_dir.mkdir(exist_ok=True)
+    """Write the clip shards under content-named files; returns their manifest entries. Deletes nothing.
+
+    Each shard is written to a local temp file first (its name needs its hash), then placed whole
+    (:meth:`DataRoot.put_file`)."""
+    if root.local:
+        root.local_path("clips").mkdir(exist_ok=True)
+    scratch = root.local_path("clips") if root.local else None  # same disk: the placing is a rename
     shards: list[dict] = []
     writer = None
     tmp_path = None
@@ -166,12 +174,12 @@ def _publish(root: Path, accepted: list[dict], clip_files: dict, dup_of: dict, m
             return
         writer.close()
         digest = sha256_file(tmp_path)
-        final = out_dir / f"part-{len(shards):05d}-{digest[:12]}.parquet"
-        if final.exists() and final.stat().st_size == tmp_path.stat().st_size and sha256_file(final) == digest:
-            tmp_path.unlink()  # the same bytes are already published under this name: leave that file alone
+        final = f"clips/part-{len(shards):05d}-{digest[:12]}.parquet"
+        if root.size(final) == os.path.getsize(tmp_path) and root.sha256(final) == digest:
+            os.unlink(tmp_path)  # the same bytes are already published under this name: leave that file alone
         else:
-            os.replace(tmp_path, final)
-        shards.append(shard_record(root, str(final.relative_to(root)), rows_in_file))
+            root.put_file(final, tmp_path)
+        shards.append({"path": final, "rows": rows_in_file, "bytes": root.size(final), "sha256": digest})
         writer, tmp_path, rows_in_file = None, None, 0
         _step("shard")
 
@@ -189,7 +197,9 @@ def _publish(root: Path, accepted: list[dict], clip_files: dict, dup_of: dict, m
         start = 0
         while start < t.num_rows:
             if writer is None:
-                tmp_path = out_dir / f".part-{len(shards):05d}.parquet.tmp"
+                fd, tmp_path = tempfile.mkstemp(prefix=f".part-{len(shards):05d}-", suffix=".parquet.tmp",
+                                                dir=scratch)
+                os.close(fd)
                 writer = pq.ParquetWriter(tmp_path, CLIP_SCHEMA, compression="zstd")
             take = min(rows_per_file - rows_in_file, t.num_rows - start)
             writer.write_table(t.slice(start, take), row_group_size=row_group_size)
@@ -201,42 +211,46 @@ def _publish(root: Path, accepted: list[dict], clip_files: dict, dup_of: dict, m
     return shards
 
 
-def collect_old_shards(root: Path, shards: list[dict]) -> int:
+def collect_old_shards(root: DataRoot, shards: list[dict]) -> int:
     """After the manifest is replaced: delete clip shards it does not list (earlier publishes, temp files)."""
-    keep = {Path(s["path"]).name for s in shards}
+    keep = {PurePosixPath(s["path"]).name for s in shards}
     n = 0
-    for p in sorted((root / "clips").glob("*")):
-        if p.is_file() and p.name not in keep and (p.name.startswith("part-") or p.name.endswith(".tmp")):
-            p.unlink()
+    for rel in root.list("clips"):
+        name = PurePosixPath(rel).name
+        if rel.count("/") == 1 and name not in keep and (name.startswith(("part-", ".part-")) or name.endswith(".tmp")):
+            root.delete(rel)
             n += 1
             _step("collect")
     return n
 
 
-def _generation(root: Path) -> int:
+def _generation(root: DataRoot) -> int:
     try:
-        return int(json.loads((root / MANIFEST).read_text()).get("generation", 0))
+        return int(root.read_json(MANIFEST).get("generation", 0))
     except (OSError, ValueError, AttributeError):
         return 0
 
-def _caption_rows(root: Path, shards: list[dict]) -> list[dict]:
+
+def _caption_rows(root: DataRoot, shards: list[dict]) -> list[dict]:
     """The caption status columns of the published clips (for the summary and failures.parquet)."""
     cols = ["clip_id", "source_uri", "content_id", "caption_short", "caption_dense", "caption_status",
             "caption_error", "caption_expanded", "expand_status", "expand_error"]
-    return [r for s in shards for r in pq.read_table(root / s["path"], columns=cols).to_pylist()]
+    return [r for s in shards for r in root.read_table(s["path"], columns=cols).to_pylist()]
 
 
-def read_light(root: Path, shards: list[dict]) -> pa.Table:
-    files = [root / s["path"] for s in shards]
-    if not files:
+def read_light(root, shards: list[dict]) -> pa.Table:
+    """The light columns of ``shards`` (manifest entries) of the dataset at ``root`` (a path, URI or DataRoot)."""
+    root = DataRoot(root)
+    if not shards:
         return CLIP_SCHEMA.empty_table().select(LIGHT_COLUMNS)
-    return pa.concat_tables([pq.read_table(f, columns=LIGHT_COLUMNS) for f in files])
+    return pa.concat_tables([root.read_table(s["path"], columns=LIGHT_COLUMNS) for s in shards])
 
 
-def run_filters(root: Path, table: pa.Table, spec) -> dict:
-    """Compute ``selection.parquet`` from the light clip columns; returns keep rates."""
+def run_filters(root, table: pa.Table, spec) -> dict:
+    """Compute ``selection.parquet`` (in the dataset at ``root``, any filesystem) from the light clip columns;
+    returns keep rates."""
     selection = apply_filters(table, spec)
-    atomic_write_table(root / "selection.parquet", selection)
+    DataRoot(root).write_table("selection.parquet", selection)
     kept = int(pc.sum(selection.column("keep")).as_py() or 0) if selection.num_rows else 0
     return {"kept": kept, "rates": keep_rates(selection)}
 
@@ -284,13 +298,13 @@ def write_summary_and_manifest(state: BuildState, summary: dict, cfg, fp: str) -
     """The last steps of a publish: config, summary, the manifest (atomic rename), then old shards go."""
     root = state.root
     shards = summary.pop("_shards")
-    atomic_write_json(root / "config.json", {"fingerprint": fp, "config": cfg.fingerprinted(),
-                                             "filters": json.loads(json.dumps(cfg.filters, default=_asdict))})
+    root.write_json("config.json", {"fingerprint": fp, "config": cfg.fingerprinted(),
+                                    "filters": json.loads(json.dumps(cfg.filters, default=_asdict))})
     _step("config")
-    atomic_write_json(root / "summary.json", summary)
+    root.write_json("summary.json", summary)
     _step("summary")
     failures = shard_record(root, "failures.parquet", summary["failures_rows"])
-    atomic_write_json(root / MANIFEST, {
+    root.write_json(MANIFEST, {
         "format": "tessera-clips", "schema_version": SCHEMA_VERSION, "fingerprint": fp,
         "generation": _generation(root) + 1, "created_at": summary["created_at"], "shards": shards,
         "rows": sum(s["rows"] for s in shards),

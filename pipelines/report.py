@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curate.media import clip_media
-from curate.store import atomic_write_bytes, open_dataset
+from curate.remote import is_uri
+from curate.store import atomic_write_bytes, open_dataset, parquet_file, read_table
 from pipelines.report_figures import (  # noqa: F401 - PRIMARY and _hist are part of this module's surface
     ACCENT, MUTED, PRIMARY, _bool_bars, _caption_lengths, _count_bars, _fps, _hist, _keep_figure, _resolution, _values,
 )
@@ -108,24 +108,23 @@ def load_dataset(root: Path) -> Dataset:
     manifest, shard_paths = opened.manifest, opened.shards
     tables = []
     for i, path in enumerate(shard_paths):
-        schema = pq.read_schema(path)
+        schema = parquet_file(path).schema_arrow  # path: a local file or a URI
         light = [f.name for f in schema if not any(t(f.type) for t in HEAVY_TYPES)]
-        t = pq.read_table(path, columns=light)
+        t = read_table(path, columns=light)
         tables.append(t.append_column("_shard", pa.array(np.full(t.num_rows, i, np.int32))))
     clips = (pa.concat_tables(tables, promote_options="permissive") if tables
              else pa.table({"clip_id": pa.array([], pa.string())}))
     notes = []
-    summary_path = root / "summary.json"
-    if not summary_path.is_file() and manifest.get("source"):  # a captioned copy: its build summary is upstream
+    summary = opened.data.read_json("summary.json") if opened.data.is_file("summary.json") else {}
+    if not summary and manifest.get("source"):  # a captioned copy: its build summary is upstream
         upstream = Path(manifest["source"]) / "summary.json"
         if upstream.is_file():
-            summary_path = upstream
+            summary = json.loads(upstream.read_text())
             notes.append(f"build numbers are from the source dataset {upstream.parent}")
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     if not summary:
         notes.append("no summary.json: input counts and time per stage are unavailable")
-    selection = pq.read_table(root / "selection.parquet") if (root / "selection.parquet").is_file() else None
-    failures = pq.read_table(opened.table_path("failures")) if opened.table_path("failures") else None
+    selection = opened.read_side_table("selection")
+    failures = opened.read_side_table("failures")
     return Dataset(root, manifest, clips, shard_paths, selection, failures, summary, notes)
 
 
@@ -228,7 +227,7 @@ def _media(data: Dataset, ids: list[str]) -> dict[str, bytes | Path | Exception]
     for cid in ids:
         by_shard.setdefault(shard_of[cid], []).append(cid)
     for s, cids in by_shard.items():
-        pf = pq.ParquetFile(data.shard_paths[s])
+        pf = parquet_file(data.shard_paths[s])
         names = [n for n in ("clip_mp4", "clip_path") if n in pf.schema_arrow.names]
         wanted = set(cids)
         for g in range(pf.num_row_groups):  # only row groups holding a sampled clip have their media read
@@ -645,7 +644,9 @@ def _section_duplicates(data: Dataset, cfg: ReportConfig, out: Path) -> str:
 def main(cfg: ReportConfig) -> dict:
     """Write ``index.html`` and its PNGs for ``cfg.dataset``; returns what was written (paths, counts, notes)."""
     t0 = time.time()
-    root = Path(cfg.dataset)
+    if is_uri(cfg.dataset) and not cfg.output:
+        raise ValueError(f"{cfg.dataset} is on object storage: pass --out DIR for the report's local folder")
+    root = cfg.dataset if is_uri(cfg.dataset) else Path(cfg.dataset)
     data = load_dataset(root)
     out = Path(cfg.output) if cfg.output else root / "report"
     (out / "sheets").mkdir(parents=True, exist_ok=True)
@@ -675,9 +676,10 @@ def main(cfg: ReportConfig) -> dict:
         _section_times(figs, data.summary),
         sheets["html"],
     ]
-    title = f"Tessera dataset report: {root.resolve().name}"
+    shown = cfg.dataset.rstrip("/") if is_uri(cfg.dataset) else str(Path(cfg.dataset).resolve())
+    title = f"Tessera dataset report: {shown.rsplit('/', 1)[-1]}"
     s = data.summary
-    sub = (f'{_e(root.resolve())} &middot; built {_e(s.get("created_at", "-"))} &middot; fingerprint '
+    sub = (f'{_e(shown)} &middot; built {_e(s.get("created_at", "-"))} &middot; fingerprint '
            f'{_e(s.get("fingerprint") or data.manifest.get("fingerprint", "-"))} &middot; report '
            f'{time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}')
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
@@ -753,6 +755,8 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=ReportConfig.frames_per_clip, help="frames per contact sheet")
     ap.add_argument("--seed", type=int, default=ReportConfig.seed, help="which clips are sampled")
     a = ap.parse_args(argv)
+    if is_uri(a.dataset) and not a.out:
+        ap.error(f"{a.dataset} is on object storage: pass --out DIR for the report's local folder")
     res = main(ReportConfig(dataset=a.dataset, output=a.out, sample_clips=a.clips, frames_per_clip=a.frames,
                             seed=a.seed))
     print(f"[report] {res['clips']} clips, {len(res['figures'])} figures, {res['sheets']} contact sheets "

@@ -14,7 +14,6 @@ import json
 import time
 from contextlib import contextmanager
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +23,7 @@ from curate.remote import is_uri, local_copy
 from curate.sandbox import Sandbox, SandboxCrashed, SandboxError, SandboxTimeout
 from curate.schema import CLIP_SCHEMA, FAILURE_SCHEMA, SCHEMA_VERSION, validate
 from curate.split import SPLIT_KEYS, SplitConfig, SplitStage, status_row
-from curate.store import atomic_write_bytes, atomic_write_table, claim_content
+from curate.store import DataRoot, claim_content
 
 # Write errors that no retry can fix: the writer reports them as data (a ``stop`` cell) and the driver ends the
 # build with one line, instead of Ray aborting the dataset with a traceback per actor.
@@ -179,7 +178,7 @@ class StageWriter:
     input row so the driver can count what landed and mark inputs done."""
 
     def __init__(self, root: str, fingerprint: str, store_media: str):
-        self.root = Path(root)
+        self.root = DataRoot(root)  # a local path or a URI: the staged files go through its filesystem
         self.fingerprint = fingerprint
         self.store_media = store_media
 
@@ -194,10 +193,11 @@ class StageWriter:
         try:
             self._write(by_key, file_of)
         except OSError as exc:  # full, read-only: every later write fails too; the driver stops the build
-            if exc.errno not in STOP_ERRNOS:
+            if exc.errno not in STOP_ERRNOS and self.root.local:
                 raise
-            stop = json.dumps({"errno": exc.errno, "strerror": exc.strerror,
-                               "filename": exc.filename and str(exc.filename)})
+            # object storage: pyarrow has already retried (its S3 client retries throttling and 5xx)
+            stop = json.dumps({"errno": exc.errno, "strerror": exc.strerror or str(exc).splitlines()[0][:300],
+                               "filename": str(exc.filename) if exc.filename else self.root.uri})
         dt = (time.perf_counter() - t0) / max(1, len(rows))
         out = {
             "key": [r["key"] for r in rows],
@@ -221,19 +221,18 @@ class StageWriter:
         for key, group in by_key.items():
             clips = [r for r in group if r["row_kind"] == "clip"]
             fails = [r for r in group if r["row_kind"] != "clip"]
-            staging = self.root / "_state" / "staging" / key[:2] / key
+            staging = f"_state/staging/{key[:2]}/{key}"
             if clips:
-                name = _group_name([r["clip_id"] for r in clips])
-                path = staging / f"clips-{name}.parquet"
-                atomic_write_table(path, self._clip_table(clips))
+                path = f"{staging}/clips-{_group_name([r['clip_id'] for r in clips])}.parquet"
+                self.root.write_table(path, self._clip_table(clips))
                 for r in clips:
-                    file_of[id(r)] = str(path.relative_to(self.root))
+                    file_of[id(r)] = path
             if fails:
                 name = _group_name([f"{r['clip_id']}:{r['reason']}" for r in fails])
-                path = staging / f"failures-{name}.parquet"
-                atomic_write_table(path, _failure_table(fails))
+                path = f"{staging}/failures-{name}.parquet"
+                self.root.write_table(path, _failure_table(fails))
                 for r in fails:
-                    file_of[id(r)] = str(path.relative_to(self.root))
+                    file_of[id(r)] = path
 
     def _clip_table(self, clips: list[dict]) -> pa.Table:
         records = []
@@ -242,9 +241,9 @@ class StageWriter:
             mp4 = r["clip_mp4"]
             rec["clip_sha256"] = hashlib.sha256(mp4).hexdigest()
             if self.store_media == "path":
-                rel = Path("media") / r["clip_id"][:2] / f"{r['clip_id']}.mp4"
-                atomic_write_bytes(self.root / rel, mp4)
-                rec["clip_path"], rec["clip_mp4"] = str(rel), None
+                rel = f"media/{r['clip_id'][:2]}/{r['clip_id']}.mp4"
+                self.root.write_bytes(rel, mp4)
+                rec["clip_path"], rec["clip_mp4"] = rel, None
             rec["build_fingerprint"] = self.fingerprint
             rec["schema_version"] = SCHEMA_VERSION
             records.append(rec)

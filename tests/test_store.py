@@ -28,7 +28,7 @@ def test_changed_config_refused_then_overwrite_wipes(tmp_path):
         BuildState.open(tmp_path, "fp2", {"x": 2, "clips": {"min_s": 3.0, "max_s": 9}})
     BuildState.open(tmp_path, "fp2", {"x": 2}, overwrite=True)
     assert not (tmp_path / "clips").exists()
-    assert s.root == tmp_path
+    assert s.root.local_path() == tmp_path
 
 
 def test_mark_done_requires_its_files(tmp_path):
@@ -172,3 +172,31 @@ def test_lease_takeover_never_removes_a_fresh_lease(tmp_path, monkeypatch):
         Lease(tmp_path, stale_after_s=60).acquire()
     assert json.loads((tmp_path / LEASE).read_text())["token"] == "fresh"
     assert [p.name for p in tmp_path.iterdir()] == [LEASE]
+
+
+def test_data_root_on_a_local_disk(tmp_path):
+    """The filesystem layer every stage writes through: whole files, listing, exclusive create, names kept
+    inside the root."""
+    from curate.store import DataRoot, read_optional_table
+
+    root = DataRoot(tmp_path / "ds")
+    assert root.local and root.uri == str(tmp_path / "ds")
+    root.write_json("a/b.json", {"x": 1})
+    root.write_table("t/p.parquet", pa.table({"a": [1, 2]}))
+    assert root.read_json("a/b.json") == {"x": 1} and root.read_table("t/p.parquet").num_rows == 2
+    assert root.list() == ["a/b.json", "t/p.parquet"] and root.list("nope") == []
+    assert read_optional_table(root, "t/p.parquet").num_rows == 2 and read_optional_table(root, "x.parquet") is None
+    assert root.create_new("lock", b"me") and not root.create_new("lock", b"you")
+    assert root.read_bytes("lock") == b"me"
+    scratch = tmp_path / "scratch.bin"
+    scratch.write_bytes(b"shard")
+    root.put_file("t/q.bin", scratch)
+    assert root.read_bytes("t/q.bin") == b"shard" and not scratch.exists()
+    assert root.sha256("t/q.bin") == __import__("hashlib").sha256(b"shard").hexdigest()
+    root.delete_tree("t")
+    root.delete("a/missing.json")  # absent: fine
+    assert root.list() == ["a/b.json", "lock"]
+    with pytest.raises(DatasetError, match="outside"):
+        root.path("../escape")
+    with pytest.raises(FileNotFoundError):
+        root.read_bytes("a/none.json")

@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from curate.media import clip_media, decode_frames, media_columns, resize_crop
-from curate.store import open_dataset
+from curate.store import open_dataset, parquet_file, read_optional_table
 
 
 @dataclass(frozen=True)
@@ -81,25 +81,23 @@ def is_heldout(clip_id: str, holdout_pct: float) -> bool:
 
 def read_selection(root: str | Path) -> dict[str, bool] | None:
     """``{clip_id: keep}`` of a dataset's ``selection.parquet`` (the filter's decision), or None without one."""
-    root = Path(root)
-    sel = root / "selection.parquet"
-    if not sel.is_file():
+    t = read_optional_table(root, "selection.parquet", ["clip_id", "keep"])  # root: a path or a dataset URI
+    if t is None:
         return None
-    t = pq.read_table(sel, columns=["clip_id", "keep"])
     return dict(zip(t.column("clip_id").to_pylist(), t.column("keep").to_pylist()))
 
 
 def scan_clips(cfg: ClipDataConfig) -> tuple[list[tuple[Path, int]], list[_Clip]]:
     """Row groups of ``clips/*.parquet`` and the eligible clips in them (metadata columns only)."""
-    root = Path(cfg.root)
+    root = cfg.root
     files = open_dataset(root).shards
     if not files:
-        raise FileNotFoundError(f"no clip shards under {root / 'clips'}")
+        raise FileNotFoundError(f"no clip shards under {root}/clips")
     keep = read_selection(root) if cfg.use_selection else None
     units: list[tuple[Path, int]] = []
     clips: list[_Clip] = []
     for path in files:
-        pf = pq.ParquetFile(path)
+        pf = parquet_file(path)
         for rg in range(pf.num_row_groups):
             t = pf.read_row_group(rg, columns=["clip_id", "num_frames"])
             unit = len(units)
@@ -176,7 +174,7 @@ class ClipBatches(IterableDataset):
     def _media(self, unit: int, cache: dict) -> pa.Table:
         if cache.get("unit") != unit:
             path, rg = self.units[unit]
-            pf = pq.ParquetFile(path)
+            pf = parquet_file(path)
             cols = media_columns(pf.schema_arrow.names)
             cache.clear()
             cache.update(unit=unit, table=pf.read_row_group(rg, columns=cols))

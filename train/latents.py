@@ -43,7 +43,8 @@ import pyarrow.parquet as pq
 import torch
 
 from curate.media import MEDIA_COLUMNS, clip_media, decode_frames, media_columns, resize_crop, table_media
-from curate.store import open_dataset
+from curate.remote import is_uri
+from curate.store import open_dataset, parquet_file, read_table
 from model.buckets import Bucket, BucketConfig, assign_bucket, make_buckets
 from model.checkpoint import load_vae
 from model.text import TextConfig, TextEncoder, pad_embeddings
@@ -308,7 +309,7 @@ class ClipSource:
 
     def __init__(self, data_root: str | Path, vae_path: str | Path, text: TextConfig, buckets: BucketConfig,
                  device: torch.device):
-        self.root = Path(data_root)
+        self.root = data_root if is_uri(str(data_root)) else Path(data_root)  # a folder or a dataset URI
         self.vae = load_vae(vae_path, device)
         self.text = TextEncoder(text)
         self.buckets = make_buckets(dataclasses.replace(buckets, vae_stride=self.vae.cfg.stride))
@@ -322,10 +323,10 @@ class ClipSource:
         c = self.vae.cfg.z_channels
         keep = read_selection(self.root)  # the dataset's filter decision, as the cache applies it
         for path in open_dataset(self.root).shards:
-            names = pq.ParquetFile(path).schema_arrow.names
+            names = parquet_file(path).schema_arrow.names
             cols = [n for n in ("clip_id", "width", "height", "num_frames", "source_uri", "scene_index")
                     + tuple(f"caption_{k}" for k in CAPTION_KINDS) if n in names]
-            for i, r in enumerate(pq.read_table(path, columns=cols).to_pylist()):
+            for i, r in enumerate(read_table(path, columns=cols).to_pylist()):
                 b = bucket_for(self.buckets, r["num_frames"], r["height"], r["width"])
                 if b is None or (keep is not None and not keep.get(r["clip_id"], False)):
                     continue
@@ -337,7 +338,7 @@ class ClipSource:
 
     def _read_media(self, file: str, row_group: int | None = None) -> list[bytes | Path]:
         """Each row's media (MP4 bytes or a file under the dataset) of a shard, or of one of its row groups."""
-        f = pq.ParquetFile(file)
+        f = parquet_file(file)
         cols = media_columns(f.schema_arrow.names)
         return table_media(f.read(columns=cols) if row_group is None else f.read_row_group(row_group, columns=cols),
                            self.root)
