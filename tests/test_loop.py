@@ -185,6 +185,23 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
     assert cli(["--pipeline", summary["pipeline"], "--device", "cpu", "--limit", "1", "--solver", "rk4"]) == 2
 
 
+def test_cpu_profile_trains_by_steps_at_sizes_its_models_accept():
+    """The demo's profile: no clock anywhere (a busy machine takes longer and learns the same), and every size is
+    one the VAE preset and the DiT patch accept, so the demo cannot fail on a shape after minutes of work."""
+    from model.vae import PRESETS
+    from pipelines.eval_text import MIN_SIZE
+    from pipelines.loop import LEARN_FLOORS, PROFILES
+
+    cpu = PROFILES["cpu"]
+    assert cpu.vae_time_s == cpu.dit_time_s == cpu.dit_stop_after_s == 0 and cpu.vae_steps > 0 and cpu.dit_steps > 0
+    vae = PRESETS[cpu.vae_preset]
+    assert cpu.size % (vae.spatial_factor * cpu.dit_patch[1]) == 0 and cpu.dit_patch[1] == cpu.dit_patch[2]
+    for frames in (cpu.frames, cpu.vae_frames or cpu.frames):
+        assert (frames - 1) % vae.time_factor == 0
+    assert (cpu.eval_size or cpu.size) >= MIN_SIZE  # the detector's smallest trusted size
+    assert set(LEARN_FLOORS["cpu"]) == {"vae_round_trip_color", "generated_color"}
+
+
 def test_run_text_loop_set_overrides_any_loop_field():
     from pipelines.loop import PROFILES
 
