@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", action="append", default=[],
                    help="NAME (f4c4-9f, f4c4-17f-edge) or NAME=preset:frames:batch:edge_weight; repeatable "
                         "(default: f4c4-9f)")
+    p.add_argument("--presets", default="", help="shorthand: one recipe per VAE preset named here (comma-separated), "
+                                                  "each on 9-frame clips, batch 16, no edge loss")
     p.add_argument("--seconds", type=float, default=150.0, help="training budget per recipe")
     p.add_argument("--clips", type=int, default=4096)
     p.add_argument("--corpus", default="", help="an existing shot corpus (else one is written to WORK/corpus)")
@@ -135,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         made = write_shot_corpus(corpus, a.clips, size=a.size, frames=17, seed=a.seed)
         print(f"[probe] {name}; corpus {made['clips']} clips in {made['seconds']} s", flush=True)
     rows = []
-    for label, r in (parse_recipe(x) for x in (a.recipe or ["f4c4-9f"])):
+    recipes = [parse_recipe(x) for x in a.recipe]
+    recipes += [(name, {"preset": name, "frames": 9, "batch": 16, "edge": 0.0}) for name in a.presets.split(",") if name]
+    for label, r in recipes or [parse_recipe("f4c4-9f")]:
         cfg = PRESETS[r["preset"]]
         t0 = time.time()
         res = train_vae(TrainVAEConfig(
@@ -146,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             ckpt_every=100000, keep_last=1, resume=False))
         train_s = time.time() - t0
         c = ceiling(work / label / "checkpoints", a.size, 17, device, a.limit, a.workers)
-        rows.append({"recipe": label, **r, "stride": list(cfg.stride), "steps": res["step"],
+        rows.append({"recipe": label, **r, "stride": list(cfg.stride),
+                     "latent_dims_per_16px": cfg.z_channels * (16 // cfg.spatial_factor) ** 2, "steps": res["step"],
                      "train_s": round(train_s, 1), **c})
         table = ["| recipe | preset | frames | batch | edge | steps | PSNR (dB) | split | colour | shape | shape, "
                  "frames 0-4 | shape, late half | motion |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

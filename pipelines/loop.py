@@ -154,11 +154,13 @@ def _label(value) -> str:
 
 PROFILES: dict[str, LoopConfig] = {
     # the demo on a 2-core CPU: trained by steps, not by the clock, so a busy machine takes longer and learns the
-    # same. An idle 2-core machine did 443 VAE steps in 152 s and 4,092 DiT steps in 156 s at these sizes
-    # (benchmarks/RESULTS.md, 2026-12-02), so this is ~3.5 + 2.5 minutes of training there (eval-text on 4 seen
-    # and 4 held-out shots, each of another colour-shape pair, 16 prompts each: ~1.5 min)
-    "cpu": LoopConfig(vae=replace(LOOP_VAE, steps=600, batch_size=2, lr=1e-3), dit=replace(LOOP_DIT, steps=4000),
-                      eval=replace(LOOP_EVAL, limit=4)),
+    # same. The GPU profile's recipe at the demo's size: the 4x-spatial VAE (tiny-f4c8, 0.1 M parameters) on 9-frame
+    # clips and 4x4 DiT patches (16 tokens per latent frame). One run on a loaded 2-core machine each
+    # (benchmarks/RESULTS.md, 2026-12-05): colour read through the VAE round trip 0.25 against 0.19 with "tiny",
+    # seen colour 0.14 against 0.00, 12.2 min against 13.6; both far under the aim (0.8). eval-text: 4 seen and 4
+    # held-out shots, 16 prompts each
+    "cpu": LoopConfig(vae_frames=9, vae=replace(LOOP_VAE, preset="tiny-f4c8", steps=600, batch_size=2, lr=1e-3),
+                      dit=replace(LOOP_DIT, steps=4000, patch=(1, 4, 4)), eval=replace(LOOP_EVAL, limit=4)),
     # seconds: the loop's plumbing (tests, a quick look), nothing learned
     # (eval-text at 64 px, where its detector reads every shape: one seen and one held-out shot, 4 phrasings x 4 seeds)
     "smoke": LoopConfig(size=32, vae=replace(LOOP_VAE, steps=6, batch_size=2),

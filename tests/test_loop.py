@@ -184,6 +184,24 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
     assert cli(["--pipeline", summary["pipeline"], "--device", "cpu", "--limit", "1", "--solver", "rk4"]) == 2
 
 
+def test_cpu_profile_trains_by_steps_at_sizes_its_models_accept():
+    """The demo's profile: no clock anywhere (a busy machine takes longer and learns the same), and every size is
+    one the VAE preset and the DiT patch accept, so the demo cannot fail on a shape after minutes of work."""
+    from model.vae import PRESETS
+    from pipelines.eval_text import MIN_SIZE
+    from pipelines.loop import LEARN_FLOORS, PROFILES
+
+    cpu = PROFILES["cpu"]
+    assert cpu.vae.time_budget_s == cpu.dit.time_budget_s == cpu.dit_stop_after_s == 0
+    assert cpu.vae.steps > 0 and cpu.dit.steps > 0
+    vae = PRESETS[cpu.vae.preset]
+    assert cpu.size % (vae.spatial_factor * cpu.dit.patch[1]) == 0 and cpu.dit.patch[1] == cpu.dit.patch[2]
+    for frames in (cpu.frames, cpu.vae_frames or cpu.frames):
+        assert (frames - 1) % vae.time_factor == 0
+    assert (cpu.eval.size or cpu.size) >= MIN_SIZE  # the detector's smallest trusted size
+    assert set(LEARN_FLOORS["cpu"]) == {"vae_round_trip_color", "generated_color"}
+
+
 def test_run_text_loop_set_overrides_any_loop_field():
     from pipelines.loop import PROFILES, override
 
@@ -221,8 +239,11 @@ def test_vae_ceiling_probe_trains_each_preset_and_tables_it(tmp_path):
     assert [r["preset"] for r in got["rows"]] == ["tiny", "tiny-f4c8", "tiny-f4c8-late"]
     assert [r["stride"] for r in got["rows"]] == [[4, 8, 8], [4, 4, 4], [4, 4, 4]]
     assert [r["latent_dims_per_16px"] for r in got["rows"]] == [64, 128, 128]
-    assert all(r["n"] == 3 and r["steps"] >= 1 and 0 <= r["shape"] <= 1 for r in got["rows"])
-    assert (tmp_path / "out" / "probe.md").read_text().count("| tiny") == 3
+    # --limit 3: 3 shots of each split (seen, held-out) x eval-text's 4 seeds, read as eval-text reads them
+    assert all(r["n"] == 24 and r["steps"] >= 1 for r in got["rows"])
+    assert all(0 <= r[split][k] <= 1 for r in got["rows"] for split in ("seen", "heldout")
+               for k in ("color", "shape", "motion", "shape_early", "shape_late"))
+    assert (tmp_path / "out" / "probe.md").read_text().count("\n| tiny") == 6  # a line per recipe and split
     # latent scale per channel and per latent frame: 17 frames -> 5 latent frames, z channels 16 and 8
     assert [len(r["latents"]["channel_std"]) for r in got["rows"]] == [16, 8, 8]
     assert all(len(r["latents"]["frame_std"]) == 5 and r["latents"]["channel_std_spread"] >= 1 for r in got["rows"])

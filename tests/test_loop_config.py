@@ -1,6 +1,7 @@
 """``pipelines.loop.LoopConfig``: every profile gives exactly the VAE, DiT and eval-text configs it gave before the
 loop nested those configs (``RECORDED``: the values the flat LoopConfig of commit 7668ec9 produced, as literals, with
-one deliberate change since: the gpu profile's eval in batches of 64 and its DiT stopping at 480 s, not 515), and
+deliberate changes since: the gpu profile's eval in batches of 64 and its DiT stopping at 480 s, not 515; the cpu
+profile's 4x-spatial VAE on 9-frame clips and 4x4 DiT patches), and
 overrides reach every field by its nested name or its old flat one."""
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ RECORDED = {
             batch_size=2, betas=(0.9, 0.99), bf16=True, ckpt_every=600, data_root='DATA', device='auto',
             disc_channels=64, disc_lr=0.0001, disc_start=5000, disc_weight=0.0, ema_decay=0.99, grad_clip=1.0,
             holdout_pct=0.0, image_prob=0.1, keep_last=1, kl_weight=1e-06, log_every=12, lpips_path='',
-            lpips_weight=0.1, lr=0.001, num_frames=(17,), num_workers=0, preset='tiny', preview_every=600,
+            lpips_weight=0.1, lr=0.001, num_frames=(9,), num_workers=0, preset='tiny-f4c8', preview_every=600,
             resolutions=((64, 64),), resume=False, run_dir='OUT/vae', seed=0, steps=600, time_budget_s=0.0,
             warmup_steps=30, weight_decay=0.0),
         'dit': dict(
@@ -57,7 +58,7 @@ RECORDED = {
             caption_mix=(('short', 1.0),), checkpointing=False, ckpt_every=4000, compile=False, cooldown=0.0,
             data_root='DATA', depth=0, device='auto', ema_decay=0.99, export=True, grad_clip=1.0, heads=0, hidden=0,
             keep_last=1, latent_scale=0.0, latent_shift=0.0, latents='', log_every=40, logit_mean=0.0, logit_std=1.0,
-            lr=0.0005, max_batch=32, pack=False, pack_attention='auto', pack_tokens=0, parallel='ddp', patch=(1, 2, 2),
+            lr=0.0005, max_batch=32, pack=False, pack_attention='auto', pack_tokens=0, parallel='ddp', patch=(1, 4, 4),
             pooled_text=False, prefetch=-1, preset='tiny', profile_from=50, profile_steps=0, resume=False,
             run_dir='OUT/dit', sample_cfg=5.0, sample_every=4000, sample_fps=8, sample_frames=17, sample_prompts=('p1',
             'p2'), sample_seeds=(0,), sample_size=(64, 64), sample_steps=20, seed=0, shift=True, steps=4000,

@@ -224,6 +224,16 @@ def test_posterior() -> None:
     assert torch.allclose(DiagonalGaussian(moments).kl(), torch.full((2,), 0.5 * 16))
 
 
+def test_fresh_posterior_is_narrow() -> None:
+    """A new VAE's latents are mostly signal: posterior std well under the mean's scale, in every preset shape."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 5, 16, 16) * 2 - 1
+    for preset in ("tiny", "tiny-f4c8"):
+        post = build_vae(preset).encode(x)
+        assert post.std.mean() < 0.1  # a zero logvar bias gave ~1
+        assert post.mean.abs().mean() > 5 * post.std.mean()
+
+
 def test_psnr_ssim_known_values() -> None:
     x = torch.rand(2, 3, 2, 24, 24) * 2 - 1
     assert torch.isinf(psnr(x, x)).all()
