@@ -80,7 +80,8 @@ def hamming(a: str, b: str) -> int:
 SIG_MODEL = "grey32x8/registered-sequence"
 SIG_FRAMES = 8  # thumbnails per clip, evenly spread over the sampled frames
 SIG_SIDE = 32  # stored thumbnail side (the aspect ratio is not kept: copies keep it, so both sides squash alike)
-_CMP_SIDE = 16  # side of the compared window
+_CMP_SIDE = 32  # side of the compared window (the stored side: a crop window is read at full detail)
+_REG_SIDE = 16  # side at which windows are registered and blocked (cheap; the mean thumbnail is smooth)
 _SHIFTS = np.arange(-3.0, 4.0)  # time offsets tried, in thumbnails (an overlapping window starts later)
 _MIN_OVERLAP = 5  # thumbnails that must overlap at a time offset
 _NOISE = 0.01  # motion noise floor per compared value: still clips differ in coding noise only
@@ -108,12 +109,12 @@ def _stack(sig: bytes) -> np.ndarray:
     return cv2.GaussianBlur(t, (0, 0), 0.7).transpose(2, 0, 1).copy()
 
 
-def _resample(start: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """Linear-interpolation matrices ``(m, _CMP_SIDE, SIG_SIDE)`` reading ``_CMP_SIDE`` pixel centres evenly over
+def _resample(start: np.ndarray, length: np.ndarray, side: int = _CMP_SIDE) -> np.ndarray:
+    """Linear-interpolation matrices ``(m, side, SIG_SIDE)`` reading ``side`` pixel centres evenly over
     ``[start, start + length)`` of a ``SIG_SIDE`` axis, one per entry of ``start``/``length`` (unit coordinates;
     the edge pixels repeat outside)."""
     start, length = np.atleast_1d(start)[:, None], np.atleast_1d(length)[:, None]  # (m, 1)
-    x = (start + (np.arange(_CMP_SIDE) + 0.5) * length / _CMP_SIDE) * SIG_SIDE - 0.5  # (m, side)
+    x = (start + (np.arange(side) + 0.5) * length / side) * SIG_SIDE - 0.5  # (m, side)
     x = np.clip(x, 0, SIG_SIDE - 1)
     return np.maximum(0, 1 - np.abs(x[:, :, None] - np.arange(SIG_SIDE))).astype(np.float32)  # triangle kernel
 
@@ -124,12 +125,12 @@ def _normalise(w: np.ndarray) -> np.ndarray:
     return w / np.maximum(w.std(axis=-1, keepdims=True), 1.0)
 
 
-def _windows(image: np.ndarray, params: np.ndarray) -> np.ndarray:
+def _windows(image: np.ndarray, params: np.ndarray, side: int = _REG_SIDE) -> np.ndarray:
     """Square windows ``params`` ``(m, 3)`` = (side z as a share of the frame, centre y, centre x; unit
-    coordinates) of one ``(SIG_SIDE, SIG_SIDE)`` image, resampled to ``_CMP_SIDE``: ``(m, _CMP_SIDE**2)``."""
+    coordinates) of one ``(SIG_SIDE, SIG_SIDE)`` image, resampled to ``side``: ``(m, side**2)``."""
     z, cy, cx = params[:, 0], params[:, 1], params[:, 2]
-    rows = np.einsum("mij,jk->mik", _resample(cy - z / 2, z), image)  # plain loops: tiny, no BLAS threads
-    w = np.einsum("mik,mlk->mil", rows, _resample(cx - z / 2, z))
+    rows = np.einsum("mij,jk->mik", _resample(cy - z / 2, z, side), image)  # plain loops: tiny, no BLAS threads
+    w = np.einsum("mik,mlk->mil", rows, _resample(cx - z / 2, z, side))
     return _normalise(w.reshape(len(params), -1))
 
 
@@ -237,7 +238,7 @@ def _pair_score(sa: np.ndarray, sb: np.ndarray, weights: tuple[float, float]) ->
 
 
 def _coarse_windows(stacks: list[np.ndarray]) -> np.ndarray:
-    """Each clip's mean thumbnail in every ``_COARSE`` window: ``(n, windows, _CMP_SIDE**2)``, unit std."""
+    """Each clip's mean thumbnail in every ``_COARSE`` window: ``(n, windows, _REG_SIDE**2)``, unit std."""
     return np.stack([_windows(s.mean(axis=0), _COARSE) for s in stacks])
 
 
@@ -281,8 +282,8 @@ class DedupThresholds:
     """When two clips count as near-duplicates (see the module docstring)."""
 
     cosine: float = 0.95  # CLIP image-embedding cosine similarity, inclusive
-    sequence_appearance: float = 0.137  # sequence signatures: aligned-thumbnail mean squared difference, inclusive
-    sequence_motion: float = 0.38  # sequence signatures: frame-to-frame change mismatch (0-1), inclusive
+    sequence_appearance: float = 0.134  # sequence signatures: aligned-thumbnail mean squared difference, inclusive
+    sequence_motion: float = 0.353  # sequence signatures: frame-to-frame change mismatch (0-1), inclusive
     sequence_block: float = 0.7  # sequence signatures: pairs whose mean thumbnails differ more are not compared
     hamming: int = 8  # pHash bit differences out of 64, inclusive
     chunk_bytes: int = 1 << 28  # memory cap for one block of a similarity / distance matrix
