@@ -246,19 +246,21 @@ def _sequence_candidates(win: np.ndarray, max_cost: float, chunk_bytes: int) -> 
     """Pairs ``(i, j)``, ``i < j``, whose mean thumbnails match in some coarse window (one clip's whole frame
     against a window of the other) within ``max_cost`` (mean squared difference): int64 ``(E, 2)``.
 
-    One chunked matrix multiply: every clip's whole frame against every clip's windows.
+    Chunked matrix multiplies: every clip's whole frame against every clip's windows, both ways.
     """
     n, w, d = win.shape
     full = win[:, 0]  # (n, d)
     keys = win.reshape(n * w, d)
-    step = max(1, min(n, chunk_bytes // max(1, 4 * n * w)))
-    best = np.empty((n, n), np.float32)
+    step = max(1, min(n, chunk_bytes // max(1, 8 * n * w)))
+    found = []
     for s in range(0, n, step):
-        dots = (full[s : s + step] @ keys.T).reshape(-1, n, w).max(axis=2)  # (c, n)
-        best[s : s + step] = 2 - 2 * dots / d
-    best = np.minimum(best, best.T)  # either clip may be the crop
-    i, j = np.nonzero(np.triu(best <= max_cost, k=1))
-    return np.stack([i, j], axis=1).astype(np.int64)
+        fwd = (full[s : s + step] @ keys.T).reshape(-1, n, w).max(axis=2)  # (c, n): these frames in others' windows
+        rev = (win[s : s + step].reshape(-1, d) @ full.T).reshape(-1, w, n).max(axis=1)  # others' frames in these
+        i, j = np.nonzero(2 - 2 * np.maximum(fwd, rev) / d <= max_cost)
+        i = i + s
+        keep = j > i
+        found.append(np.stack([i[keep], j[keep]], axis=1))
+    return np.concatenate(found).astype(np.int64) if found else np.empty((0, 2), np.int64)
 
 
 def _sequence_edges(sigs: list[bytes], rows: np.ndarray, threshold: "DedupThresholds") -> np.ndarray:

@@ -333,3 +333,16 @@ def test_find_duplicates_sequence_rule_before_hash_and_after_embedding():
     assert dedup_methods(emb, 4, sigs) == ["clip-embedding", "clip-embedding", "sequence", "phash"]
     with pytest.raises(ValueError):
         find_duplicates(ids, signatures=sigs[:2])
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 28, 64])  # 64: one-row blocks
+def test_sequence_blocking_finds_a_match_in_either_direction(chunk_bytes):
+    """Clip 9's frame equals a window of clip 2 (9 is a crop of 2), 5 equals 3: found whatever the chunking."""
+    from curate.dedup import _sequence_candidates
+
+    rng = np.random.default_rng(0)
+    win = rng.normal(size=(37, 28, 64)).astype(np.float32)
+    win[5] = win[3]
+    win[9, 0] = win[2, 4]
+    win = (win - win.mean(-1, keepdims=True)) / win.std(-1, keepdims=True)
+    assert _sequence_candidates(win, 0.5, chunk_bytes).tolist() == [[2, 9], [3, 5]]
