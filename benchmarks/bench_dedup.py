@@ -1,23 +1,24 @@
-"""Near-duplicate benchmark: does the default dedup (no CLIP: the perceptual hash) call the right pairs?
+"""Near-duplicate benchmark: does the default dedup without CLIP call the right pairs?
 
 Labelled clips, built from ``../shared/data`` and synthetic renders:
 
-- *originals*: one clip per ASL video (20 words, one signer, one backdrop), windows of the three Intel
-  static-camera videos taken far apart, shots of the PySceneDetect videos (between their annotated cuts), and
-  synthetic shots (``curate.synth``);
-- *copies* of each original, the positives: a re-encode at low quality (crf 35), a centre crop (85 %) scaled
-  back, a half-size resize, a 2x speed-up (every other frame) and an overlapping window (the original is the
-  first 80 % of the frames, the copy the last 80 %).
+- *originals*: one clip per ASL video (20 words; a few signers, each in front of one backdrop), windows of the
+  three Intel static-camera videos taken far apart, shots of the PySceneDetect videos (between their annotated
+  cuts), and synthetic shots (``curate.synth``);
+- *copies* of each original, the positives (amounts drawn per original, see :func:`variants`): a re-encode at
+  low quality (crf 35), a crop of 75-92 % of the side anywhere in the frame scaled back, a half-size resize, a
+  speed change (2x, 1.5x or 0.5x) and an overlapping window of the same shot (70-85 % of the shot each).
 
-Every pair of clips from one original is a duplicate; every other pair is not (the hard ones: two ASL words,
-two windows of one static camera, two shots of one film). Each clip goes through the build's path (H.264 bytes
--> ``curate.split.sample_clip_frames`` -> the signature), and each method decides every pair. Tuning material
-and test material are split by source: thresholds are chosen on ``synth`` + ``intel`` (the highest precision
-at recall >= 0.9, then the highest recall), the table reports both splits, and the headline is the test split
-(``asl`` + ``pysd``). Methods: ``mean`` is ``curate.dedup``'s pHash of the temporal-mean luma (the default);
-the others are candidates computed here.
+Every pair of clips from one original is a duplicate; every other pair is not (the hard ones: two ASL words of
+one signer, two windows of one static camera, two shots of one scene or film). Each clip goes through the
+build's path (H.264 bytes -> ``curate.split.sample_clip_frames`` -> the signature). Tuning material and test
+material are split by source: thresholds are chosen on ``synth`` + ``intel`` (the highest precision at recall
+>= 0.9, then the highest recall), the table reports both splits, and the headline is the test split (``asl`` +
+``pysd``). Rules: ``phash`` is the old default (pHash of the temporal-mean luma, Hamming <= 8); ``sequence``
+is the new default (``curate.dedup.sequence_signature``: registered grey-thumbnail sequences), at the shipped
+``DedupThresholds`` and at the limits this run tunes. Everything is seeded: one run gives the scores.
 
-    python benchmarks/bench_dedup.py [--out results.json]     # prints the table (~5 min on 2 loaded cores)
+    python benchmarks/bench_dedup.py [--out results.json]     # prints the table (~6 min on 2 loaded cores)
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import argparse
 import io
 import itertools
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 
 from curate import synth  # noqa: E402
-from curate.dedup import hamming, phash_frames, phash_image  # noqa: E402
+from curate import dedup  # noqa: E402
+from curate.dedup import hamming, phash_frames  # noqa: E402
 from curate.split import SampleConfig, sample_clip_frames  # noqa: E402
 
 SHORT_SIDE = 240  # originals are decoded at this short side (the build samples at 160)
@@ -110,60 +111,45 @@ def originals(n_synth: int) -> list[dict]:
     return out
 
 
-def variants(o: dict) -> dict[str, bytes]:
-    """The original (its first 80 % of frames) and its copies, as MP4 bytes."""
+def variants(o: dict, rng: np.random.Generator) -> dict[str, bytes]:
+    """The original and its copies, as MP4 bytes. The amounts are drawn per original from ``rng``:
+
+    - the original is the first ``overlap`` share of the shot's frames, ``overlap`` in [0.7, 0.85];
+    - ``window`` is the last ``overlap`` share (so it shares ``2 - 1 / overlap`` of its frames with the original);
+    - ``crop`` keeps a window of 75-92 % of the side at a random place (not only the centre), scaled back;
+    - ``speed`` plays the original at 2x, 1.5x (frames dropped) or 0.5x (each frame twice);
+    - ``reencode`` is libx264 at crf 35, ``resize`` half the size.
+    """
     f, fps = o["frames"], o["fps"]
     n = len(f)
-    head, tail = f[: max(2, int(0.8 * n))], f[int(0.2 * n):]
+    overlap = float(rng.uniform(0.7, 0.85))
+    head, tail = f[: max(2, round(overlap * n))], f[n - max(2, round(overlap * n)):]
     h, w = head.shape[1:3]
-    ch, cw = int(h * 0.85) // 2 * 2, int(w * 0.85) // 2 * 2
-    y, x = (h - ch) // 2, (w - cw) // 2
+    frac = float(rng.uniform(0.75, 0.92))
+    ch, cw = int(h * frac) // 2 * 2, int(w * frac) // 2 * 2
+    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     crop = np.stack([cv2.resize(g[y: y + ch, x: x + cw], (w, h), interpolation=cv2.INTER_AREA) for g in head])
     half = np.stack([cv2.resize(g, (w // 4 * 2, h // 4 * 2), interpolation=cv2.INTER_AREA) for g in head])
+    factor = float(rng.choice([2.0, 1.5, 0.5]))
+    fast = head[np.arange(0, len(head), factor).astype(int)]
     return {"original": encode(head, fps), "reencode": encode(head, fps, crf=35), "crop": encode(crop, fps),
-            "resize": encode(half, fps), "speed": encode(head[::2], fps), "window": encode(tail, fps)}
+            "resize": encode(half, fps), "speed": encode(fast, fps), "window": encode(tail, fps)}
 
 
-# ---- signatures: each returns something ``distance`` takes ------------------------------------------------
+# ---- the two rules compared -----------------------------------------------------------------------------
 
 
-def _gray(frames: np.ndarray) -> np.ndarray:
-    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).astype(np.float32) for f in frames])
-
-
-def sig_mean(frames: np.ndarray) -> str:
-    return phash_frames(frames)  # curate.dedup's default
-
-
-def sig_motion(frames: np.ndarray) -> tuple[str, str | None]:
-    """The default hash plus a pHash of where the clip moves (temporal std of luma); None for a still clip."""
-    g = _gray(frames)
-    std = g.std(axis=0)
-    return phash_frames(frames), (f"{phash_image(std):016x}" if std.mean() >= 1.5 else None)
-
-
-def sig_frames(frames: np.ndarray) -> list[str]:
-    """A pHash per sampled pair (the first frame of each), in time order."""
-    return [f"{phash_image(g):016x}" for g in _gray(frames[::2])]
-
-
-def dist_mean(a, b) -> float:
-    return hamming(a, b)
-
-
-def dist_motion(a, b) -> float:
-    if (a[1] is None) != (b[1] is None):
-        return 64.0  # a still clip and a moving one
-    return max(hamming(a[0], b[0]), hamming(a[1], b[1]) if a[1] else 0)
-
-
-def dist_frames(a, b) -> float:
-    """Median over a's frames of the nearest of b's frames (order-free: copies may be faster or shifted)."""
-    return float(np.median([min(hamming(x, y) for y in b) for x in a] + [min(hamming(x, y) for y in a) for x in b]))
-
-
-METHODS = {"mean": (sig_mean, dist_mean), "mean+motion": (sig_motion, dist_motion),
-           "frames": (sig_frames, dist_frames)}
+def sequence_pairs(frames: list[np.ndarray], idx: list[int], th: dedup.DedupThresholds) -> dict:
+    """(appearance, motion) of every pair of ``idx`` that the sequence rule compares (the build's blocking:
+    mean thumbnails within ``th.sequence_block``); pairs left out are absent (never duplicates)."""
+    stacks = [dedup._stack(dedup.sequence_signature(frames[i])) for i in idx]
+    cand = dedup._sequence_candidates(dedup._coarse_windows(stacks), th.sequence_block, th.chunk_bytes)
+    weights = (th.sequence_appearance, th.sequence_motion)
+    out = {}
+    for i, j in cand:
+        _, app, mot = dedup._pair(stacks[i], stacks[j], weights)
+        out[idx[i], idx[j]] = (app, mot)
+    return out
 
 
 def scores(pairs: list[tuple[float, bool]], t: float) -> tuple[float, float, int, int]:
@@ -175,12 +161,33 @@ def scores(pairs: list[tuple[float, bool]], t: float) -> tuple[float, float, int
 
 def choose(pairs: list[tuple[float, bool]]) -> float:
     """The threshold with the highest precision at recall >= 0.9 (ties: higher recall); else the best F1."""
-    grid = sorted({d for d, _ in pairs})
-    ok = [(scores(pairs, t)[0], scores(pairs, t)[1], t) for t in grid if scores(pairs, t)[1] >= 0.9]
-    if ok:
-        return max(ok)[2]
-    f1 = [(2 * p * r / (p + r) if p + r else 0, t) for t in grid for p, r, *_ in [scores(pairs, t)]]
-    return max(f1)[1]
+    d = np.array([p[0] for p in pairs], float)
+    y = np.array([p[1] for p in pairs], bool)
+    o = np.argsort(d, kind="stable")
+    d, y = d[o], y[o]
+    last = np.r_[d[1:] != d[:-1], True]  # the end of each run of equal distances: one candidate threshold
+    tp, fp, th = np.cumsum(y)[last], np.cumsum(~y)[last], d[last]
+    prec, rec = tp / np.maximum(tp + fp, 1), tp / max(int(y.sum()), 1)
+    ok = rec >= 0.9
+    if ok.any():
+        return float(th[ok][np.lexsort((rec[ok], prec[ok]))[-1]])
+    return float(th[np.argmax(2 * prec * rec / np.maximum(prec + rec, 1e-9))])
+
+
+def choose2(pairs: list[tuple[float, float, bool]]) -> tuple[float, float]:
+    """Two limits (a, b), a pair a duplicate when both values are within them: the highest precision at
+    recall >= 0.9 (ties: higher recall) over a grid of the positives' quantiles."""
+    v = np.array([(p[0], p[1]) for p in pairs], float)
+    y = np.array([p[2] for p in pairs], bool)
+    best = None
+    for a in np.unique(np.quantile(v[y, 0], np.linspace(0.5, 1, 51))):
+        for b in np.unique(np.quantile(v[y, 1], np.linspace(0.5, 1, 51))):
+            call = (v[:, 0] <= a) & (v[:, 1] <= b)
+            tp, fp = int((call & y).sum()), int((call & ~y).sum())
+            p, r = tp / max(tp + fp, 1), tp / max(int(y.sum()), 1)
+            if r >= 0.9 and (best is None or (p, r) > best[:2]):
+                best = (p, r, float(a), float(b))
+    return (best[2], best[3]) if best else (float(v[y, 0].max()), float(v[y, 1].max()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,53 +201,81 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     clips = []  # (source, original index, variant, sampled frames)
     for k, o in enumerate(originals(a.synth)):
-        for v, mp4 in variants(o).items():
+        for v, mp4 in variants(o, np.random.default_rng(1000 + k)).items():
             frames, _ = sample_clip_frames(mp4, SampleConfig())
             clips.append((o["source"], k, o["name"], v, frames))
     print(f"[dedup-bench] {len(clips)} clips from {len({c[1] for c in clips})} originals in "
           f"{time.time() - t0:.0f} s", flush=True)
     result = {"clips": len(clips), "methods": {}}
     rows = []
-    for name, (sig, dist) in METHODS.items():
-        times = []
-        for _ in range(3):  # signature time per clip, median of 3 passes
-            t = time.perf_counter()
-            sigs = [sig(c[4]) for c in clips]
-            times.append((time.perf_counter() - t) / len(clips) * 1e3)
-        split_pairs = {}
-        for group in (TUNING, TEST):
-            idx = [i for i, c in enumerate(clips) if c[0] in group]
-            split_pairs[group] = [(dist(sigs[i], sigs[j]), clips[i][1] == clips[j][1])
-                                  for i, j in itertools.combinations(idx, 2)]
-        default = {"mean": 8}.get(name)
-        t = choose(split_pairs[TUNING])
-        entry = {"threshold": t, "ms_per_clip": statistics.median(times), "ms_spread": [min(times), max(times)]}
-        for label, group in (("tuning", TUNING), ("test", TEST)):
-            p, r, tp, fp = scores(split_pairs[group], t)
-            entry[label] = {"precision": p, "recall": r, "tp": tp, "fp": fp,
-                            "positives": sum(y for _, y in split_pairs[group]), "pairs": len(split_pairs[group])}
-            rows.append((name, f"{t:g}", label, p, r, tp, fp, entry[label]["positives"], entry["ms_per_clip"]))
-        if default is not None:  # the shipped threshold, as it is
-            for label, group in (("tuning", TUNING), ("test", TEST)):
-                p, r, tp, fp = scores(split_pairs[group], default)
-                entry[f"{label}_at_default_{default}"] = {"precision": p, "recall": r, "tp": tp, "fp": fp}
-                rows.append((name, f"{default} (shipped)", label, p, r, tp, fp,
-                             entry[label]["positives"], entry["ms_per_clip"]))
-        # the false positives on the test split, by source pair, so a reader sees which calls go wrong
-        idx = [i for i, c in enumerate(clips) if c[0] in TEST]
-        wrong = [f"{clips[i][2]}/{clips[i][3]} ~ {clips[j][2]}/{clips[j][3]}"
-                 for i, j in itertools.combinations(idx, 2)
-                 if clips[i][1] != clips[j][1] and dist(sigs[i], sigs[j]) <= t]
-        entry["test_false_positives"] = wrong[:40]
+    groups = {"tuning": TUNING, "test": TEST}
+    idx = {label: [i for i, c in enumerate(clips) if c[0] in g] for label, g in groups.items()}
+    truth = {label: {(i, j): clips[i][1] == clips[j][1] for i, j in itertools.combinations(ix, 2)}
+             for label, ix in idx.items()}
+
+    def score_calls(label: str, called: set) -> dict:
+        y = truth[label]
+        tp = sum(1 for k in called if y[k])
+        fp = len(called) - tp
+        pos = sum(y.values())
+        return {"precision": tp / (tp + fp) if tp + fp else 1.0, "recall": tp / pos if pos else 1.0, "tp": tp,
+                "fp": fp, "positives": pos, "pairs": len(y)}
+
+    # the old default: pHash of the temporal-mean luma, Hamming distance
+    t = time.perf_counter()
+    hashes = [phash_frames(c[4]) for c in clips]
+    ms = (time.perf_counter() - t) / len(clips) * 1e3
+    tuned = choose([(hamming(hashes[i], hashes[j]), y) for (i, j), y in truth["tuning"].items()])
+    for name, lim in (("phash (old default)", 8), ("phash, tuned", tuned)):
+        entry = {"threshold": lim, "signature_ms_per_clip": ms}
+        for label in groups:
+            called = {k for k in truth[label] if hamming(hashes[k[0]], hashes[k[1]]) <= lim}
+            entry[label] = score_calls(label, called)
         result["methods"][name] = entry
+
+    # the new default: registered grey-thumbnail sequences (curate.dedup.sequence_signature / _sequence_edges)
+    th = dedup.DedupThresholds()
+    t = time.perf_counter()
+    for c in clips:
+        dedup.sequence_signature(c[4])
+    sig_ms = (time.perf_counter() - t) / len(clips) * 1e3
+    values, pair_s = {}, {}
+    for label in groups:
+        t = time.perf_counter()
+        values[label] = sequence_pairs([c[4] for c in clips], idx[label], th)
+        pair_s[label] = (time.perf_counter() - t, len(values[label]))
+    tune = [(v[0], v[1], truth["tuning"][k]) for k, v in values["tuning"].items()]
+    tune += [(9.0, 9.0, True)] * sum(1 for k, y in truth["tuning"].items() if y and k not in values["tuning"])
+    lim_a, lim_m = choose2(tune)
+    for name, (la, lm) in (("sequence (new default)", (th.sequence_appearance, th.sequence_motion)),
+                           ("sequence, tuned here", (lim_a, lim_m))):
+        entry = {"threshold": [la, lm], "signature_ms_per_clip": sig_ms,
+                 "compare": {k: {"seconds": v[0], "pairs_compared": v[1]} for k, v in pair_s.items()}}
+        for label in groups:
+            called = {k for k, (va, vm) in values[label].items() if va <= la and vm <= lm}
+            entry[label] = score_calls(label, called)
+        if name.startswith("sequence (new"):
+            entry["test_false_positives"] = sorted(
+                f"{clips[i][2]}/{clips[i][3]} ~ {clips[j][2]}/{clips[j][3]}" for (i, j), (va, vm) in
+                values["test"].items() if va <= la and vm <= lm and not truth["test"][i, j])[:40]
+        result["methods"][name] = entry
+
     print("\n| method | threshold | split | precision | recall | TP | FP | positives | signature ms/clip |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, t, label, p, r, tp, fp, pos, ms in rows:
-        print(f"| {name} | {t} | {label} | {p:.3f} | {r:.3f} | {tp} | {fp} | {pos} | {ms:.2f} |")
-    base = result["methods"]["mean"]["test"]
     for name, e in result["methods"].items():
-        print(f"{name}: test precision x{e['test']['precision'] / max(base['precision'], 1e-9):.2f}, recall "
-              f"x{e['test']['recall'] / max(base['recall'], 1e-9):.2f} vs mean at its tuned threshold")
+        lim = e["threshold"]
+        lim = f"{lim:g}" if not isinstance(lim, list) else f"app {lim[0]:.3g}, motion {lim[1]:.3g}"
+        for label in groups:
+            r = e[label]
+            print(f"| {name} | {lim} | {label} | {r['precision']:.3f} | {r['recall']:.3f} | {r['tp']} | {r['fp']} | "
+                  f"{r['positives']} | {e['signature_ms_per_clip']:.2f} |")
+    base = result["methods"]["phash (old default)"]["test"]
+    new_ = result["methods"]["sequence (new default)"]["test"]
+    print(f"sequence vs phash on the test split: precision x{new_['precision'] / max(base['precision'], 1e-9):.2f}, "
+          f"recall x{new_['recall'] / max(base['recall'], 1e-9):.2f}")
+    for label, (sec, k) in pair_s.items():
+        print(f"sequence compare ({label}): {k} candidate pairs of {len(truth[label])}, {sec:.1f} s "
+              f"({sec / max(k, 1) * 1e3:.1f} ms per compared pair)")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(result, indent=1))

@@ -1,21 +1,30 @@
-"""Near-duplicate clips: a perceptual hash per clip, and global grouping on CLIP embeddings or hashes.
+"""Near-duplicate clips: per-clip signatures, and global grouping on CLIP embeddings, sequences or hashes.
 
 Two clips are near-duplicates when
 
 - both have a CLIP embedding and their cosine similarity is at least ``DedupThresholds.cosine``, or
-- otherwise (one or both lack an embedding) both have a pHash and the Hamming distance is at most
-  ``DedupThresholds.hamming``.
+- otherwise both have a sequence signature (:func:`sequence_signature`: 8 grey 32x32 thumbnails over the clip)
+  and :func:`sequence_distance` finds them alike: one clip's whole frame is registered onto a window of the
+  other (a crop of 70-100 % of the side, anywhere), the thumbnails are aligned in time (an offset of up to 3 of
+  8 thumbnails: a window of the same shot that starts later), and both the aligned appearance (mean squared
+  difference, at most ``sequence_appearance``) and the aligned frame-to-frame change (at most
+  ``sequence_motion``) agree. The motion term tells one signer's different words apart (same person, same
+  backdrop, different movement), which a whole-clip hash cannot; or
+- otherwise both have a pHash (of the temporal-mean luma) within ``DedupThresholds.hamming`` bits.
 
 Grouping is greedy "leader" clustering in a fixed priority order (highest ``quality`` first when given, then
 ``clip_id`` ascending): the first unassigned clip becomes a representative and claims every unassigned clip
 similar to it. Every duplicate is therefore directly similar to its representative (no chains A~B~C
 merging A and C), and the result depends only on the inputs, not on their order.
 
-Scale: clips with an identical embedding (or hash) collapse into one node first, so mass copies cost nothing.
-Embeddings are compared by an exact chunked matrix multiply (O(n^2 d) flops in BLAS, O(chunk * n)
-memory; ~1 s for 5,000 x 512 on 2 cores, GPU/ANN territory beyond ~10^5 clips). Hashes are blocked by
-pigeonhole bands: split the 64 bits into ``hamming + 1`` bands; two hashes within distance ``hamming`` agree
-exactly on at least one band, so comparing only clips that share a band value finds every pair (no misses).
+Scale: clips with an identical embedding (signature, hash) collapse into one node first, so mass copies cost
+nothing. Embeddings are compared by an exact chunked matrix multiply (O(n^2 d) flops in BLAS, O(chunk * n)
+memory; ~1 s for 5,000 x 512 on 2 cores, GPU/ANN territory beyond ~10^5 clips). Sequence signatures are
+blocked by one chunked matrix multiply of each clip's mean thumbnail against 28 coarse windows of every other
+(pairs further apart than ``sequence_block`` are never compared), then each remaining pair costs ~10 ms in
+numpy (registration and time alignment). Hashes are blocked by pigeonhole bands: split the 64 bits into
+``hamming + 1`` bands; two hashes within distance ``hamming`` agree exactly on at least one band, so comparing
+only clips that share a band value finds every pair (no misses).
 """
 
 from __future__ import annotations
@@ -65,6 +74,207 @@ def hamming(a: str, b: str) -> int:
 
 
 # -------------------------------------------------------------------------------------------------------------
+# sequence signature: registered grey thumbnails over time
+# -------------------------------------------------------------------------------------------------------------
+
+SIG_MODEL = "grey32x8/registered-sequence"
+SIG_FRAMES = 8  # thumbnails per clip, evenly spread over the sampled frames
+SIG_SIDE = 32  # stored thumbnail side (the aspect ratio is not kept: copies keep it, so both sides squash alike)
+_CMP_SIDE = 32  # side of the compared window (the stored side: a crop window is read at full detail)
+_REG_SIDE = 16  # side at which windows are registered and blocked (cheap; the mean thumbnail is smooth)
+_SHIFTS = np.arange(-3.0, 4.0)  # time offsets tried, in thumbnails (an overlapping window starts later)
+_MIN_OVERLAP = 5  # thumbnails that must overlap at a time offset
+_NOISE = 0.01  # motion noise floor per compared value: still clips differ in coding noise only
+
+
+def sequence_signature(frames: np.ndarray) -> bytes:
+    """``SIG_FRAMES`` grey ``SIG_SIDE`` x ``SIG_SIDE`` thumbnails of a clip's sampled frames ``(K, H, W, 3)`` uint8.
+
+    The thumbnails are taken evenly over the K frames (the build's sampler spreads them over the clip, so a copy
+    played faster or slower is sampled at the same moments of the action). Returns ``SIG_FRAMES * SIG_SIDE**2``
+    bytes (uint8, row-major per thumbnail, thumbnails in time order).
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise ValueError(f"frames must be (K>=1, H, W, 3), got {frames.shape}")
+    pick = np.round(np.linspace(0, len(frames) - 1, SIG_FRAMES)).astype(int)
+    thumbs = [cv2.resize(cv2.cvtColor(frames[i], cv2.COLOR_RGB2GRAY), (SIG_SIDE, SIG_SIDE),
+                         interpolation=cv2.INTER_AREA) for i in pick]
+    return np.stack(thumbs).astype(np.uint8).tobytes()
+
+
+def _stack(sig: bytes) -> np.ndarray:
+    """A signature as float32 ``(SIG_FRAMES, SIG_SIDE, SIG_SIDE)``, lightly blurred for resampling."""
+    t = np.frombuffer(sig, np.uint8).reshape(SIG_FRAMES, SIG_SIDE, SIG_SIDE).transpose(1, 2, 0).astype(np.float32)
+    return cv2.GaussianBlur(t, (0, 0), 0.7).transpose(2, 0, 1).copy()
+
+
+def _resample(start: np.ndarray, length: np.ndarray, side: int = _CMP_SIDE) -> np.ndarray:
+    """Linear-interpolation matrices ``(m, side, SIG_SIDE)`` reading ``side`` pixel centres evenly over
+    ``[start, start + length)`` of a ``SIG_SIDE`` axis, one per entry of ``start``/``length`` (unit coordinates;
+    the edge pixels repeat outside)."""
+    start, length = np.atleast_1d(start)[:, None], np.atleast_1d(length)[:, None]  # (m, 1)
+    x = (start + (np.arange(side) + 0.5) * length / side) * SIG_SIDE - 0.5  # (m, side)
+    x = np.clip(x, 0, SIG_SIDE - 1)
+    return np.maximum(0, 1 - np.abs(x[:, :, None] - np.arange(SIG_SIDE))).astype(np.float32)  # triangle kernel
+
+
+def _normalise(w: np.ndarray) -> np.ndarray:
+    """Each row of ``(..., d)`` at zero mean and unit std (std floored at 1 grey level: flat stays flat)."""
+    w = w - w.mean(axis=-1, keepdims=True)
+    return w / np.maximum(w.std(axis=-1, keepdims=True), 1.0)
+
+
+def _windows(image: np.ndarray, params: np.ndarray, side: int = _REG_SIDE) -> np.ndarray:
+    """Square windows ``params`` ``(m, 3)`` = (side z as a share of the frame, centre y, centre x; unit
+    coordinates) of one ``(SIG_SIDE, SIG_SIDE)`` image, resampled to ``side``: ``(m, side**2)``."""
+    z, cy, cx = params[:, 0], params[:, 1], params[:, 2]
+    rows = np.einsum("mij,jk->mik", _resample(cy - z / 2, z, side), image)  # plain loops: tiny, no BLAS threads
+    w = np.einsum("mik,mlk->mil", rows, _resample(cx - z / 2, z, side))
+    return _normalise(w.reshape(len(params), -1))
+
+
+def _window(stack: np.ndarray, z: float, cy: float, cx: float) -> np.ndarray:
+    """One window (see :func:`_windows`) of every thumbnail of a ``(frames, SIG_SIDE, SIG_SIDE)`` stack:
+    ``(frames, _CMP_SIDE**2)``."""
+    ry, rx = _resample(np.float64(cy - z / 2), np.float64(z))[0], _resample(np.float64(cx - z / 2), np.float64(z))[0]
+    return _normalise((ry @ stack @ rx.T).reshape(len(stack), -1))
+
+
+def _clamp(p: np.ndarray) -> np.ndarray:
+    """Windows ``(m, 3)`` moved inside the frame: side 60-100 %, centre at least half a side from each edge."""
+    z = np.clip(p[:, 0], 0.6, 1.0)
+    return np.stack([z, np.clip(p[:, 1], z / 2, 1 - z / 2), np.clip(p[:, 2], z / 2, 1 - z / 2)], axis=1)
+
+
+# the coarse windows: the whole frame, and 90 / 80 / 70 % of the side at the centre, edges and corners
+_COARSE = _clamp(np.array([(1.0, 0.5, 0.5)] + [(z, 0.5 + dy * (1 - z) / 2, 0.5 + dx * (1 - z) / 2)
+                                               for z in (0.9, 0.8, 0.7) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]))
+_LOCAL = np.array([(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-2, -1, 0, 1, 2) for dx in (-2, -1, 0, 1, 2)], float)
+
+
+def _register(full: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """The window ``(z, cy, cx)`` of ``other`` (a stack) that best shows ``full`` (its whole frame), matched on the
+    clips' mean thumbnails: the best of ``_COARSE``, then two rounds of a local grid around it."""
+    target = _windows(full.mean(axis=0), _COARSE[:1])[0]
+    mean = other.mean(axis=0)
+    best = _COARSE
+    for step in (None, 0.025, 0.01):
+        cand = best if step is None else _clamp(best + _LOCAL * step)
+        cost = ((_windows(mean, cand) - target) ** 2).mean(axis=1)
+        best = cand[int(np.argmin(cost))][None]
+    return best[0]
+
+
+def _time_warps(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every offset of ``_SHIFTS``: the matrix reading a ``k``-step sequence at times ``i + delta`` (linear in
+    between) ``(offsets, k, k)``, and which of those times exist ``(offsets, k)``."""
+    x = np.arange(k)[None, :] + _SHIFTS[:, None]  # (offsets, k)
+    ok = (x >= -1e-6) & (x <= k - 1 + 1e-6)
+    x = np.clip(x, 0, k - 1)
+    lo = np.floor(x).astype(int)
+    hi = np.minimum(lo + 1, k - 1)
+    f = x - lo
+    m = np.zeros((len(_SHIFTS), k, k), np.float32)
+    rows = np.arange(k)[None, :].repeat(len(_SHIFTS), 0)
+    offs = np.arange(len(_SHIFTS))[:, None].repeat(k, 1)
+    np.add.at(m, (offs, rows, lo), 1 - f)
+    np.add.at(m, (offs, rows, hi), f)
+    return m, ok
+
+
+_WARPS = _time_warps(SIG_FRAMES)
+
+
+def _compare(a: np.ndarray, b: np.ndarray, weights: tuple[float, float]) -> tuple[float, float, float]:
+    """(score, appearance, motion) of two window sequences ``(frames, d)`` at their best time offset.
+
+    appearance: mean squared difference of the aligned thumbnails (each at zero mean, unit std; 0 = equal,
+    2 = unrelated). motion: squared difference of the aligned frame-to-frame changes over their energy plus a
+    noise floor (0 = the same movement or both still, 1 = unrelated movement). score = the larger of the two
+    over their ``weights`` (a pair is a duplicate at score <= 1).
+    """
+    warp, ok = _WARPS
+    y = np.einsum("oij,jd->oid", warp, b)  # (offsets, frames, d): b read at i + delta
+    y = (y - y.mean(axis=2, keepdims=True)) / np.maximum(y.std(axis=2, keepdims=True), 1e-3)
+    okf = ok.astype(np.float32)
+    n_ok = okf.sum(axis=1)
+    app = (((a[None] - y) ** 2).mean(axis=2) * okf).sum(axis=1) / np.maximum(n_ok, 1)
+    pair_ok = okf[:, 1:] * okf[:, :-1]  # (offsets, frames - 1): both ends of a change exist
+    dx, dy = np.diff(a, axis=0)[None], np.diff(y, axis=1)
+    num = (((dx - dy) ** 2).sum(axis=2) * pair_ok).sum(axis=1)
+    den = (((dx**2).sum(axis=2) + (dy**2).sum(axis=2)) * pair_ok).sum(axis=1)
+    mot = num / (den + _NOISE * a.shape[1] * np.maximum(pair_ok.sum(axis=1), 1))
+    score = np.maximum(app / weights[0], mot / weights[1])
+    score[n_ok < min(_MIN_OVERLAP, len(b))] = np.inf
+    i = int(np.argmin(score))
+    return float(score[i]), float(app[i]), float(mot[i])
+
+
+def sequence_distance(sig_a: bytes, sig_b: bytes, weights: tuple[float, float] | None = None
+                      ) -> tuple[float, float, float]:
+    """(score, appearance, motion) of two clips' :func:`sequence_signature` s; a duplicate at score <= 1.
+
+    ``weights``: the appearance and motion limits, default ``DedupThresholds()``'s.
+
+    Each clip's whole frame is registered onto a window of the other (a crop of 70-100 % of the side, anywhere
+    in the frame), both directions are tried and the better kept; the time offset is searched in whole thumbnails.
+    """
+    if weights is None:
+        weights = (DedupThresholds.sequence_appearance, DedupThresholds.sequence_motion)
+    return _pair(_stack(sig_a), _stack(sig_b), weights)
+
+
+def _pair(sa: np.ndarray, sb: np.ndarray, weights: tuple[float, float]) -> tuple[float, float, float]:
+    best = (np.inf, np.inf, np.inf)
+    for full, other in ((sa, sb), (sb, sa)):
+        win = _window(other, *_register(full, other))
+        best = min(best, _compare(_window(full, 1.0, 0.5, 0.5), win, weights))
+    return best
+
+
+def _pair_score(sa: np.ndarray, sb: np.ndarray, weights: tuple[float, float]) -> float:
+    return _pair(sa, sb, weights)[0]
+
+
+def _coarse_windows(stacks: list[np.ndarray]) -> np.ndarray:
+    """Each clip's mean thumbnail in every ``_COARSE`` window: ``(n, windows, _REG_SIDE**2)``, unit std."""
+    return np.stack([_windows(s.mean(axis=0), _COARSE) for s in stacks])
+
+
+def _sequence_candidates(win: np.ndarray, max_cost: float, chunk_bytes: int) -> np.ndarray:
+    """Pairs ``(i, j)``, ``i < j``, whose mean thumbnails match in some coarse window (one clip's whole frame
+    against a window of the other) within ``max_cost`` (mean squared difference): int64 ``(E, 2)``.
+
+    Chunked matrix multiplies: every clip's whole frame against every clip's windows, both ways.
+    """
+    n, w, d = win.shape
+    full = win[:, 0]  # (n, d)
+    keys = win.reshape(n * w, d)
+    step = max(1, min(n, chunk_bytes // max(1, 8 * n * w)))
+    found = []
+    for s in range(0, n, step):
+        fwd = (full[s : s + step] @ keys.T).reshape(-1, n, w).max(axis=2)  # (c, n): these frames in others' windows
+        rev = (win[s : s + step].reshape(-1, d) @ full.T).reshape(-1, w, n).max(axis=1)  # others' frames in these
+        i, j = np.nonzero(2 - 2 * np.maximum(fwd, rev) / d <= max_cost)
+        i = i + s
+        keep = j > i
+        found.append(np.stack([i[keep], j[keep]], axis=1))
+    return np.concatenate(found).astype(np.int64) if found else np.empty((0, 2), np.int64)
+
+
+def _sequence_edges(sigs: list[bytes], rows: np.ndarray, threshold: "DedupThresholds") -> np.ndarray:
+    """Pairs ``(i, j)``, ``i < j`` (indices into ``rows``' space), that :func:`sequence_distance` calls
+    duplicates under ``threshold``: int64 ``(E, 2)``."""
+    stacks = [_stack(sg) for sg in sigs]
+    cand = _sequence_candidates(_coarse_windows(stacks), threshold.sequence_block, threshold.chunk_bytes)
+    weights = (threshold.sequence_appearance, threshold.sequence_motion)
+    keep = [k for k, (i, j) in enumerate(cand) if _pair_score(stacks[i], stacks[j], weights) <= 1.0]
+    e = cand[keep]
+    return np.stack([rows[e[:, 0]], rows[e[:, 1]]], axis=1) if len(e) else np.empty((0, 2), np.int64)
+
+
+# -------------------------------------------------------------------------------------------------------------
 # similarity graph
 # -------------------------------------------------------------------------------------------------------------
 
@@ -74,6 +284,9 @@ class DedupThresholds:
     """When two clips count as near-duplicates (see the module docstring)."""
 
     cosine: float = 0.95  # CLIP image-embedding cosine similarity, inclusive
+    sequence_appearance: float = 0.134  # sequence signatures: aligned-thumbnail mean squared difference, inclusive
+    sequence_motion: float = 0.353  # sequence signatures: frame-to-frame change mismatch (0-1), inclusive
+    sequence_block: float = 0.7  # sequence signatures: pairs whose mean thumbnails differ more are not compared
     hamming: int = 8  # pHash bit differences out of 64, inclusive
     chunk_bytes: int = 1 << 28  # memory cap for one block of a similarity / distance matrix
 
@@ -147,27 +360,39 @@ def _parse_hashes(phashes, n: int) -> tuple[np.ndarray, np.ndarray]:
     return has, codes
 
 
-def _signals(n: int, embeddings, phashes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(has_embedding (n,), embeddings (m, d) of those, has_hash (n,), codes (n,) uint64)."""
-    has_e, emb = _parse_embeddings(embeddings, n)
-    has_h, codes = _parse_hashes(phashes, n)
-    return has_e, emb, has_h, codes
+def _parse_signatures(signatures, n: int) -> tuple[np.ndarray, list]:
+    """(has (n,) bool, the signatures with None where absent) from a list of :func:`sequence_signature` bytes."""
+    if signatures is None:
+        return np.zeros(n, bool), [None] * n
+    sigs = list(signatures)
+    if len(sigs) != n:
+        raise ValueError(f"{len(sigs)} signatures for {n} clips")
+    size = SIG_FRAMES * SIG_SIDE * SIG_SIDE
+    has = np.array([isinstance(g, (bytes, bytearray)) and len(g) == size for g in sigs], dtype=bool)
+    return has, [bytes(g) if ok else None for g, ok in zip(sigs, has)]
 
 
 def similarity_edges(has_e: np.ndarray, emb: np.ndarray, has_h: np.ndarray, codes: np.ndarray,
-                     threshold: DedupThresholds = DedupThresholds()) -> np.ndarray:
+                     threshold: DedupThresholds = DedupThresholds(), has_s: np.ndarray | None = None,
+                     sigs: list | None = None) -> np.ndarray:
     """All near-duplicate pairs ``(i, j)``, ``i < j``, int64 ``(E, 2)``, under the rule of the module docstring.
 
-    ``emb`` holds the rows of the items with ``has_e`` (in item order); ``codes`` one entry per item.
+    ``emb`` holds the rows of the items with ``has_e`` (in item order); ``codes`` and ``sigs`` one entry per item.
     """
+    has_s = np.zeros(len(has_e), bool) if has_s is None else has_s
     parts = []
     rows_e = np.flatnonzero(has_e)
     if rows_e.size >= 2:
         parts.append(_embedding_edges(emb, rows_e, threshold.cosine, threshold.chunk_bytes))
-    rows_h = np.flatnonzero(has_h)
-    if rows_h.size >= 2 and not has_e[rows_h].all():
-        e = _hash_edges(codes[rows_h], rows_h, threshold.hamming, threshold.chunk_bytes)
+    rows_s = np.flatnonzero(has_s)
+    if rows_s.size >= 2 and not has_e[rows_s].all():
+        e = _sequence_edges([sigs[i] for i in rows_s], rows_s, threshold)
         parts.append(e[~(has_e[e[:, 0]] & has_e[e[:, 1]])])  # the embedding rule decides those pairs
+    rows_h = np.flatnonzero(has_h)
+    if rows_h.size >= 2 and not (has_e | has_s)[rows_h].all():
+        e = _hash_edges(codes[rows_h], rows_h, threshold.hamming, threshold.chunk_bytes)
+        decided = (has_e[e[:, 0]] & has_e[e[:, 1]]) | (has_s[e[:, 0]] & has_s[e[:, 1]])
+        parts.append(e[~decided])  # the embedding or the sequence rule decides those pairs
     return np.concatenate(parts) if parts else np.empty((0, 2), np.int64)
 
 
@@ -186,8 +411,10 @@ def priority_order(clip_ids: Sequence[str], quality: Sequence[float | None] | No
     return sorted(range(len(clip_ids)), key=key)
 
 
-def _nodes(n: int, has_e: np.ndarray, emb_rows: list[bytes], has_h: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Node id per clip: clips with an identical embedding (or, without one, an identical hash) share a node.
+def _nodes(n: int, has_e: np.ndarray, emb_rows: list[bytes], has_h: np.ndarray, codes: np.ndarray,
+           has_s: np.ndarray, sigs: list) -> np.ndarray:
+    """Node id per clip: clips with an identical embedding (or, without one, an identical sequence signature, or
+    without both, an identical hash) share a node.
 
     Identical items are mutually similar, so grouping runs on nodes: a thousand copies of one clip (or of a
     black frame) cost one node instead of half a million edges. Clips with neither signal stay alone.
@@ -198,6 +425,8 @@ def _nodes(n: int, has_e: np.ndarray, emb_rows: list[bytes], has_h: np.ndarray, 
     for i in range(n):
         if has_e[i]:
             k = ("e", next(e_iter))
+        elif has_s[i]:
+            k = ("s", sigs[i])
         elif has_h[i]:
             k = ("h", int(codes[i]))
         else:
@@ -239,6 +468,7 @@ def find_duplicates(
     phashes: Sequence[str | None] | None = None,
     threshold: DedupThresholds = DedupThresholds(),
     quality: Sequence[float | None] | None = None,
+    signatures: Sequence[bytes | None] | None = None,
 ) -> dict[str, str | None]:
     """Map every clip id to the id of the clip it duplicates (``None`` for the clips kept).
 
@@ -246,6 +476,7 @@ def find_duplicates(
         clip_ids: unique ids, one per clip.
         embeddings: ``(n, d)`` array or a list of vectors / None (clips without an embedding).
         phashes: 16-hex-digit hashes or None, one per clip.
+        signatures: :func:`sequence_signature` bytes or None, one per clip.
         threshold: similarity thresholds (see :class:`DedupThresholds`).
         quality: optional score per clip; the highest-scoring clip of a group is kept (ties: smallest id).
     """
@@ -255,18 +486,22 @@ def find_duplicates(
     n = len(ids)
     if n == 0:
         return {}
-    has_e, emb, has_h, codes = _signals(n, embeddings, phashes)
-    node = _nodes(n, has_e, [r.tobytes() for r in emb], has_h, codes)
+    has_e, emb = _parse_embeddings(embeddings, n)
+    has_h, codes = _parse_hashes(phashes, n)
+    has_s, sigs = _parse_signatures(signatures, n)
+    node = _nodes(n, has_e, [r.tobytes() for r in emb], has_h, codes, has_s, sigs)
     _, first = np.unique(node, return_index=True)  # (nodes,) first clip of each node stands for it
     sub_e = np.flatnonzero(has_e[first])
     emb_rank = np.cumsum(has_e) - 1  # row of clip i in emb
     edges = similarity_edges(has_e[first], emb[emb_rank[first[sub_e]]] if sub_e.size else emb, has_h[first],
-                             codes[first], threshold)  # fmt: skip
+                             codes[first], threshold, has_s[first], [sigs[i] for i in first])  # fmt: skip
     rep = group_greedy(node, edges, priority_order(ids, quality))
     return {cid: (None if rep[i] == i else ids[rep[i]]) for i, cid in enumerate(ids)}
 
 
-def dedup_methods(embeddings, n: int) -> list[str]:
-    """The ``dedup_method`` column: ``clip-embedding`` where a clip has an embedding, else ``phash``."""
-    has, _ = _parse_embeddings(embeddings, n)
-    return ["clip-embedding" if h else "phash" for h in has]
+def dedup_methods(embeddings, n: int, signatures=None) -> list[str]:
+    """The ``dedup_method`` column: ``clip-embedding`` where a clip has an embedding, else ``sequence`` where it
+    has a sequence signature, else ``phash``."""
+    has_e, _ = _parse_embeddings(embeddings, n)
+    has_s, _ = _parse_signatures(signatures, n)
+    return ["clip-embedding" if e else "sequence" if q else "phash" for e, q in zip(has_e, has_s)]

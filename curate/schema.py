@@ -13,7 +13,7 @@ import hashlib
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.1"  # 1.1: caption columns joined the clip table
+SCHEMA_VERSION = "1.2"  # 1.1: caption columns joined the clip table; 1.2: dedup_sig
 
 # ---------------------------------------------------------------------------------------------------------
 # clip table
@@ -78,11 +78,12 @@ _SCORES = [
     pa.field("ocr_model", pa.string()),
     pa.field("ocr_status", pa.string()),
     pa.field("phash", pa.string()),
+    pa.field("dedup_sig", pa.binary()),  # curate.dedup.sequence_signature: 8 grey 32x32 thumbnails (8 KiB)
 ]
 
 _BOOKKEEPING = [
     pa.field("duplicate_of", pa.string()),  # clip_id of the kept near-duplicate, null when this one is kept
-    pa.field("dedup_method", pa.string()),  # clip-embedding | phash
+    pa.field("dedup_method", pa.string()),  # clip-embedding | sequence | phash
     pa.field("build_fingerprint", pa.string(), nullable=False),
     pa.field("schema_version", pa.string(), nullable=False),
 ]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from curate.dedup import phash_frames
+from curate.dedup import phash_frames, sequence_signature
 import pyarrow as pa
 
 from curate.framepack import batch_column, is_empty_blob, unpack_frames, with_columns
@@ -185,11 +185,12 @@ def score_motion(frames: np.ndarray, pts: np.ndarray, fps: float, cfg: ScoreConf
 
 SCORE_COLUMNS = (
     "sharpness", "sharpness_model", "luma_mean", "luma_std", "black_share", "exposure_model",
-    "motion_mean", "motion_p90", "motion_static", "motion_jitter", "motion_model", "phash", "scores_status",
+    "motion_mean", "motion_p90", "motion_static", "motion_jitter", "motion_model", "phash", "dedup_sig",
+    "scores_status",
 )  # fmt: skip
 _FLOAT32 = ("sharpness", "luma_mean", "luma_std", "black_share", "motion_mean", "motion_p90")
 SCORE_TYPES = {c: pa.float32() if c in _FLOAT32 else pa.string() for c in SCORE_COLUMNS}
-SCORE_TYPES.update(motion_static=pa.bool_(), motion_jitter=pa.bool_())
+SCORE_TYPES.update(motion_static=pa.bool_(), motion_jitter=pa.bool_(), dedup_sig=pa.binary())
 
 
 def score_clip(frames: np.ndarray, pts: np.ndarray, fps: float, cfg: ScoreConfig = ScoreConfig()) -> dict:
@@ -199,6 +200,7 @@ def score_clip(frames: np.ndarray, pts: np.ndarray, fps: float, cfg: ScoreConfig
     out.update(score_exposure(frames, cfg))
     out.update(score_motion(frames, pts, fps, cfg))
     out["phash"] = phash_frames(frames)
+    out["dedup_sig"] = sequence_signature(frames)
     for k in _FLOAT32:  # store what float32 holds, so a re-read gives the same number
         if out[k] is not None:
             out[k] = float(np.float32(out[k]))

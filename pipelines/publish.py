@@ -42,7 +42,8 @@ def _step(name: str) -> None:
         CRASH_HOOK(name)
 
 
-_DEDUP_COLUMNS = ["clip_id", "source_uri", "content_id", "start_frame", "clip_embedding", "phash", "sharpness"]
+_DEDUP_COLUMNS = ["clip_id", "source_uri", "content_id", "start_frame", "clip_embedding", "phash", "dedup_sig",
+                  "sharpness"]
 # Everything but the media: what filters, reports and dedup read.
 LIGHT_COLUMNS = [n for n in CLIP_SCHEMA.names if n not in ("clip_mp4",)]
 
@@ -85,9 +86,10 @@ def finalize(state: BuildState, cfg, fp: str, *, items, skipped: int, graph_wall
         ids = light.column("clip_id").to_pylist()
         embeddings = light.column("clip_embedding").to_pylist()
         # the sharpest copy of a group is kept (ties: the smallest id), so the choice is deterministic
+        sigs = light.column("dedup_sig").to_pylist()
         dup_of = find_duplicates(ids, embeddings=embeddings, phashes=light.column("phash").to_pylist(),
-                                 threshold=cfg.dedup, quality=light.column("sharpness").to_pylist())
-        method = dict(zip(ids, dedup_methods(embeddings, len(ids))))
+                                 threshold=cfg.dedup, quality=light.column("sharpness").to_pylist(), signatures=sigs)
+        method = dict(zip(ids, dedup_methods(embeddings, len(ids), sigs)))
 
     # 3. publish the clip table in a fixed order, rolling files at rows_per_file.
     shards = _publish(root, accepted, clip_files, dup_of, method, cfg.rows_per_file, cfg.row_group_size)

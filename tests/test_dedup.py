@@ -10,11 +10,15 @@ import numpy as np
 import pytest
 
 from curate.dedup import (
+    SIG_FRAMES,
+    SIG_SIDE,
     DedupThresholds,
     dedup_methods,
     find_duplicates,
     hamming,
     phash_frames,
+    sequence_distance,
+    sequence_signature,
 )
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -234,8 +238,8 @@ def test_bad_inputs_raise():
 
 
 def test_dedup_benchmark_scores_pairs_and_picks_the_threshold_on_tuning_pairs():
-    """benchmarks/bench_dedup.py's own logic (its data needs ../shared): pairwise precision/recall and the rule
-    that picks a threshold (highest precision at recall >= 0.9)."""
+    """benchmarks/bench_dedup.py's own logic (its data needs ../shared): the rules that pick thresholds (highest
+    precision at recall >= 0.9), for one value and for two."""
     import importlib.util
     from pathlib import Path
 
@@ -244,9 +248,101 @@ def test_dedup_benchmark_scores_pairs_and_picks_the_threshold_on_tuning_pairs():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     pairs = [(0, True), (2, True), (3, False), (5, True), (9, False), (12, True)]
-    assert bench.scores(pairs, 5) == (0.75, 0.75, 3, 1)
-    assert bench.scores(pairs, 12)[1] == 1.0 and bench.choose(pairs) == 12  # the only threshold with recall >= 0.9
-    still = ("0" * 16, None)
-    assert bench.dist_motion(still, ("0" * 16, "f" * 16)) == 64  # a still clip is never a moving clip's copy
-    assert bench.dist_motion(still, still) == 0
-    assert bench.dist_frames(["0" * 16, "f" * 16], ["f" * 16]) == 0.0  # order-free: the nearest frame counts
+    assert bench.choose(pairs) == 12  # the only threshold with recall >= 0.9
+    assert bench.choose([(0, True)] * 8 + [(1, False), (2, True)]) == 2  # 8 of 9 at 0: recall 0.89, not enough
+    two = [(0.0, 0.0, True)] * 18 + [(0.05, 0.5, False)] * 5 + [(0.1, 0.1, True)] * 2 + [(0.5, 0.05, False)] * 5
+    a, b = bench.choose2(two)
+    assert a >= 0.1 and b >= 0.1 and a < 0.5 and b < 0.5  # both limits pass the positives and stop the negatives
+
+
+# ---------------------------------------------------------------------------------------------- sequence rule
+
+
+def moving_clip(seed: int, k: int = 16, h: int = 120, w: int = 160, path=None) -> np.ndarray:
+    """A textured still backdrop with a bright blob moving along ``path`` (k positions in unit coordinates)."""
+    rng = np.random.default_rng(seed)
+    bg = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 4.0)
+    bg = cv2.normalize(bg, None, 40, 200, cv2.NORM_MINMAX)
+    path = path if path is not None else [(0.3 + 0.4 * t, 0.5) for t in np.linspace(0, 1, k)]
+    out = []
+    for y, x in path:
+        f = bg.copy()
+        cv2.circle(f, (int(x * w), int(y * h)), h // 8, (255, 255, 255), -1)
+        out.append(f)
+    return np.stack(out)
+
+
+def crop(frames: np.ndarray, frac: float, oy: float, ox: float) -> np.ndarray:
+    h, w = frames.shape[1:3]
+    ch, cw = int(h * frac), int(w * frac)
+    y, x = int(oy * (h - ch)), int(ox * (w - cw))
+    return np.stack([cv2.resize(f[y : y + ch, x : x + cw], (w, h), interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def test_sequence_signature_format():
+    f = moving_clip(0)
+    sig = sequence_signature(f)
+    assert isinstance(sig, bytes) and len(sig) == SIG_FRAMES * SIG_SIDE**2
+    assert sequence_signature(f.copy()) == sig
+    with pytest.raises(ValueError):
+        sequence_signature(f[..., 0])
+
+
+def test_sequence_rule_keeps_copies_and_tells_actions_apart():
+    """Same backdrop: a copy (re-encoded, cropped off-centre, resized, faster, a later window) is a duplicate;
+    the blob moving another way over the same backdrop (same scene, different action) is not."""
+    th = DedupThresholds()
+    lim = (th.sequence_appearance, th.sequence_motion)
+    k = 20
+    right = [(0.5, 0.2 + 0.6 * t) for t in np.linspace(0, 1, k)]
+    base = moving_clip(0, path=right)
+    sig = sequence_signature(base[:16])
+    copies = {
+        "reencode": reencode(base[:16]),
+        "crop": crop(base[:16], 0.8, 0.2, 0.9),
+        "resize": np.stack([cv2.resize(f, (80, 60), interpolation=cv2.INTER_AREA) for f in base[:16]]),
+        "faster": base[:16][::2],
+        "window": base[4:20],
+    }
+    for name, c in copies.items():
+        score, app, mot = sequence_distance(sig, sequence_signature(c), lim)
+        assert score <= 1.0, (name, app, mot)
+    down = moving_clip(0, k=16, path=[(0.2 + 0.6 * t, 0.5) for t in np.linspace(0, 1, 16)])  # same backdrop
+    assert sequence_distance(sig, sequence_signature(down), lim)[0] > 1.0
+    assert sequence_distance(sig, sequence_signature(moving_clip(7, path=right[:16])), lim)[0] > 1.0  # other scene
+
+
+def test_find_duplicates_sequence_rule_before_hash_and_after_embedding():
+    k = 16
+    right = [(0.5, 0.2 + 0.6 * t) for t in np.linspace(0, 1, k)]
+    down = [(0.2 + 0.6 * t, 0.5) for t in np.linspace(0, 1, k)]
+    a, b = moving_clip(0, path=right), moving_clip(0, path=down)  # one backdrop, two actions
+    ids = ["a", "a2", "b", "c"]
+    frames = [a, reencode(a), b, a]
+    sigs = [sequence_signature(f) for f in frames]
+    hashes = [phash_frames(f) for f in frames]
+    assert hamming(hashes[0], hashes[2]) <= DedupThresholds().hamming  # the pHash alone would merge a and b
+    res = find_duplicates(ids, phashes=hashes, signatures=sigs)
+    assert res == {"a": None, "a2": "a", "b": None, "c": "a"}
+    sigs[3] = None  # c has no signature: the hash decides for c
+    res = find_duplicates(ids, phashes=hashes, signatures=sigs)
+    assert res["c"] == "a" and res["b"] is None
+    emb = [np.ones(4), np.array([1.0, 0, 0, 0]), None, None]  # a and a2 both embedded and far apart: not dups
+    res = find_duplicates(ids, embeddings=emb, phashes=hashes, signatures=sigs)
+    assert res["a2"] is None
+    assert dedup_methods(emb, 4, sigs) == ["clip-embedding", "clip-embedding", "sequence", "phash"]
+    with pytest.raises(ValueError):
+        find_duplicates(ids, signatures=sigs[:2])
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 28, 64])  # 64: one-row blocks
+def test_sequence_blocking_finds_a_match_in_either_direction(chunk_bytes):
+    """Clip 9's frame equals a window of clip 2 (9 is a crop of 2), 5 equals 3: found whatever the chunking."""
+    from curate.dedup import _sequence_candidates
+
+    rng = np.random.default_rng(0)
+    win = rng.normal(size=(37, 28, 64)).astype(np.float32)
+    win[5] = win[3]
+    win[9, 0] = win[2, 4]
+    win = (win - win.mean(-1, keepdims=True)) / win.std(-1, keepdims=True)
+    assert _sequence_candidates(win, 0.5, chunk_bytes).tolist() == [[2, 9], [3, 5]]
