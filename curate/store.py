@@ -34,7 +34,14 @@ os.umask(_UMASK)
 
 
 def _publishable(tmp: str) -> None:
-    """mkstemp creates 0600 files; give them the mode a plain open() would (0666 minus the umask)."""
+    """Ready a finished temp file for its rename: its bytes on disk (fsync, so a manifest renamed into place after
+    it never lists a file a power cut could leave empty), and the mode a plain open() would give (mkstemp creates
+    0600 files; 0666 minus the umask)."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)
 
 
