@@ -606,23 +606,32 @@ def _write_video(src, path: Path) -> None:
 
 
 def _section_duplicates(data: Dataset, cfg: ReportConfig, out: Path) -> str:
-    """Each near-duplicate beside the clip it duplicates, with their perceptual-hash distance, playable."""
+    """Each near-duplicate beside the clip it duplicates, playable, with the distance of the rule that paired them
+    (the sequence rule's score, or the pHash's Hamming distance)."""
     clips = data.clips
     if "duplicate_of" not in clips.column_names:
         return ""
-    rows = {r["clip_id"]: r for r in clips.select([c for c in ("clip_id", "duplicate_of", "phash", "dedup_method",
-                                                               "source_uri") if c in clips.column_names]).to_pylist()}
+    rows = {r["clip_id"]: r for r in clips.select([c for c in ("clip_id", "duplicate_of", "phash", "dedup_sig",
+                                                               "dedup_method", "source_uri")
+                                                   if c in clips.column_names]).to_pylist()}
     pairs = sorted((cid, r["duplicate_of"]) for cid, r in rows.items() if r.get("duplicate_of"))
     if not pairs:
         return '<h2>Near-duplicates</h2><p class="sub">No clip was marked a near-duplicate.</p>'
     shown = pairs[: cfg.duplicate_pairs]
     media = _media(data, sorted({c for p in shown for c in p if c in rows}))
-    from curate.dedup import hamming
+    from curate.dedup import hamming, sequence_distance
 
     cards = []
     for k, (cid, partner) in enumerate(shown):
         a, b = rows[cid], rows.get(partner, {})
-        dist = hamming(a["phash"], b["phash"]) if a.get("phash") and b.get("phash") else None
+        if a.get("dedup_method") == "sequence" and a.get("dedup_sig") and b.get("dedup_sig"):
+            score, look, motion = sequence_distance(a["dedup_sig"], b["dedup_sig"])
+            what = (f"sequence distance {score:.2f} (a duplicate at <= 1; appearance {look:.3f}, "
+                    f"motion {motion:.3f})")
+        elif a.get("phash") and b.get("phash"):
+            what = f"phash Hamming distance {hamming(a['phash'], b['phash'])} of 64"
+        else:
+            what = "distance not recorded"
         cells = []
         for side, (x, label) in enumerate(((cid, "duplicate"), (partner, "kept"))):
             src = media.get(x)
@@ -633,7 +642,6 @@ def _section_duplicates(data: Dataset, cfg: ReportConfig, out: Path) -> str:
                 body = f'<video controls muted preload="metadata" src="{_e(name)}"></video>'
             cells.append(f'<div>{body}<div class="meta"><b>{label}</b> {_e(x)} &middot; '
                          f'{_e(os.path.basename((rows.get(x) or {}).get("source_uri") or ""))}</div></div>')
-        what = f"phash Hamming distance {dist} of 64" if dist is not None else "distance not recorded"
         cards.append(f'<div class="sheet"><div class="pair">{"".join(cells)}</div><div class="meta">'
                      f'{_e(what)} &middot; method {_e(a.get("dedup_method") or "-")}</div></div>')
     more = f" (first {len(shown)} of {len(pairs)})" if len(pairs) > len(shown) else ""
