@@ -407,12 +407,20 @@ def _guarded(name: str, run) -> int:
     """``run()``, with a user's error as one line on stderr and status 2."""
     try:
         result = run()
-    except USER_ERRORS as exc:
-        if os.environ.get("TESSERA_DEBUG"):
+    except Exception as exc:  # noqa: BLE001 - sorted below: a user's error is one line, anything else re-raised
+        if os.environ.get("TESSERA_DEBUG") or not _user_error(exc):
             raise
         print(f"tessera {name}: error: {exc}", file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0
+
+
+def _user_error(exc: Exception) -> bool:
+    """A bad input, a missing or unreadable file, an unreachable server, a dataset whose files do not match its
+    manifest, or object storage refusing a read: things a user fixes, not bugs. (``curate.store`` is only looked up
+    when it is already imported, so ``--help`` stays free of pyarrow.)"""
+    store = sys.modules.get("curate.store")
+    return isinstance(exc, USER_ERRORS + (OSError,)) or (store is not None and isinstance(exc, store.DatasetError))
 
 
 def _run_delegated(name: str, runner, argv: list[str]) -> int:

@@ -151,6 +151,24 @@ def test_a_missing_dataset_is_one_line_and_status_2(argv, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and err.startswith(f"tessera {argv[0]}: error:") and missing in err, err
 
 
+@pytest.mark.parametrize("command", ["filter", "report"])
+def test_a_shard_that_no_longer_matches_its_manifest_is_one_line_and_status_2(command, tmp_path, capsys):
+    """A dataset whose shard was cut short after publish: the readers' manifest check refuses it, and the CLI says
+    so in one line (no traceback)."""
+    import pyarrow as pa
+
+    from curate.store import atomic_write_table, write_manifest
+
+    shard = tmp_path / "clips" / "part-00000.parquet"
+    atomic_write_table(shard, pa.table({"clip_id": ["a", "b"]}))
+    write_manifest(tmp_path, [shard])
+    shard.write_bytes(shard.read_bytes()[:-7])
+    argv = [command, str(tmp_path)] + (["--out", str(tmp_path / "report")] if command == "report" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"tessera {command}: error:") and "bytes" in err, err
+
+
 def test_generate_help_needs_no_torch_and_shows_the_pipeline_defaults():
     """generate reads model.pipeline.Defaults from its source for --help: the same values as the import, and no
     torch in a fresh interpreter that only builds the help."""
