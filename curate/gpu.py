@@ -214,8 +214,9 @@ def sharpness_t(y) -> float:
 
 def score_clip_torch(frames, pts: np.ndarray, fps: float, cfg: ScoreConfig = ScoreConfig()) -> dict:
     """:func:`curate.scores.score_clip` for a ``(K, H, W, 3)`` uint8 tensor on any device: resize, luma, sharpness
-    and exposure in torch; motion (Farneback) and the pHash on the CPU from the small frames."""
-    from curate.dedup import phash_frames
+    and exposure in torch; motion (Farneback) and the pHash on the CPU from the small frames, the near-duplicate
+    signature from the frames as given."""
+    from curate.dedup import phash_frames, sequence_signature
 
     small = to_analysis_size_t(frames, cfg.short_side)
     y = luma_t(small).double()  # (K, h, w)
@@ -227,6 +228,8 @@ def score_clip_torch(frames, pts: np.ndarray, fps: float, cfg: ScoreConfig = Sco
     small_np = small.cpu().numpy()
     out.update(score_motion(small_np, pts, fps, cfg))
     out["phash"] = phash_frames(small_np)
+    # the near-duplicate signature from the frames as given, as score_clip takes it (8 grey 32x32 thumbnails)
+    out["dedup_sig"] = sequence_signature(frames.cpu().numpy() if hasattr(frames, "cpu") else np.asarray(frames))
     for k in ("sharpness", "luma_mean", "luma_std", "black_share", "motion_mean", "motion_p90"):
         if out[k] is not None:
             out[k] = float(np.float32(out[k]))

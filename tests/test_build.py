@@ -279,10 +279,18 @@ def test_a_locked_output_is_refused_in_one_line(corpus, tmp_path):
 
 
 def test_sigint_says_what_was_kept(ray_local, corpus, tmp_path):
+    """SIGINT once two inputs are done, with ten more three-shot videos still to split (the corpus alone can
+    finish between the second done marker and the signal on an idle machine)."""
     from curate.store import LEASE
 
+    more = [tmp_path / "videos" / f"more_{i:02d}.mp4" for i in range(10)]
+    more[0].parent.mkdir()
+    for i, path in enumerate(more):
+        _program_video(path, seed=100 + i)
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("".join(f"{p}\n" for p in [*corpus["good"], *more]))
     out = tmp_path / "interrupted"
-    proc = _start_build(corpus["videos"], out)
+    proc = _start_build(listing, out)
     _wait_done(proc, out, 2)
     proc.send_signal(signal.SIGINT)  # at once: most inputs are still to do
     _, err = proc.communicate(timeout=120)

@@ -112,7 +112,7 @@ def test_torch_scores_equal_numpy_scores():
     assert set(got) == set(want)
     for k in ("sharpness", "luma_mean", "luma_std", "black_share"):
         assert got[k] == pytest.approx(want[k], rel=1e-4), k
-    for k in ("motion_mean", "motion_p90", "motion_static", "motion_jitter", "phash", "sharpness_model",
+    for k in ("motion_mean", "motion_p90", "motion_static", "motion_jitter", "phash", "dedup_sig", "sharpness_model",
               "exposure_model", "motion_model"):
         assert got[k] == want[k], k
     assert want["black_share"] == pytest.approx(1 / 12)  # the dark frame is seen by both
