@@ -234,7 +234,7 @@ def test_shot_corpus_columns_have_the_build_types(tmp_path):
 def test_vae_ceiling_probe_trains_each_preset_and_tables_it(tmp_path):
     mod = _benchmark("probe_vae_ceiling")
     assert mod.main(["--out", str(tmp_path / "out"), "--presets", "tiny,tiny-f4c8,tiny-f4c8-late", "--seconds", "0.5", "--clips",
-                     "6", "--size", "32", "--limit", "3"]) == 0
+                     "6", "--size", "32", "--limit", "3", "--workers", "0"]) == 0
     got = json.loads((tmp_path / "out" / "probe.json").read_text())
     assert [r["preset"] for r in got["rows"]] == ["tiny", "tiny-f4c8", "tiny-f4c8-late"]
     assert [r["stride"] for r in got["rows"]] == [[4, 8, 8], [4, 4, 4], [4, 4, 4]]
