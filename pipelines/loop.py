@@ -159,7 +159,8 @@ PROFILES: dict[str, LoopConfig] = {
     # (benchmarks/RESULTS.md, 2026-12-05): colour read through the VAE round trip 0.25 against 0.19 with "tiny",
     # seen colour 0.14 against 0.00, 12.2 min against 13.6; both far under the aim (0.8). eval-text: 4 seen and 4
     # held-out shots, 16 prompts each
-    "cpu": LoopConfig(vae_frames=9, vae=replace(LOOP_VAE, preset="tiny-f4c8", steps=600, batch_size=2, lr=1e-3),
+    "cpu": LoopConfig(vae_frames=9, vae=replace(LOOP_VAE, preset="tiny-f4c8-dc-grouped", steps=600, batch_size=2,
+                                                lr=1e-3),
                       dit=replace(LOOP_DIT, steps=4000, patch=(1, 4, 4)), eval=replace(LOOP_EVAL, limit=4)),
     # seconds: the loop's plumbing (tests, a quick look), nothing learned
     # (eval-text at 64 px, where its detector reads every shape: one seen and one held-out shot, 4 phrasings x 4 seeds)

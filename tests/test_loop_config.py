@@ -50,7 +50,7 @@ RECORDED = {
             batch_size=2, betas=(0.9, 0.99), bf16=True, ckpt_every=600, data_root='DATA', device='auto',
             disc_channels=64, disc_lr=0.0001, disc_start=5000, disc_weight=0.0, ema_decay=0.99, grad_clip=1.0,
             holdout_pct=0.0, image_prob=0.1, keep_last=1, kl_weight=1e-06, log_every=12, lpips_path='',
-            lpips_weight=0.1, lr=0.001, num_frames=(9,), num_workers=0, preset='tiny-f4c8', preview_every=600,
+            lpips_weight=0.1, lr=0.001, num_frames=(9,), num_workers=0, preset='tiny-f4c8-dc-grouped', preview_every=600,
             resolutions=((64, 64),), resume=False, run_dir='OUT/vae', seed=0, steps=600, time_budget_s=0.0,
             warmup_steps=30, weight_decay=0.0),
         'dit': dict(

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from model.metrics import LPIPS, psnr, ssim
-from model.vae import PRESETS, CausalCache, DiagonalGaussian, Upsample, VideoVAE, build_vae
+from model.vae import PRESETS, CausalCache, DiagonalGaussian, Downsample, Upsample, VideoVAE, build_vae
 
 torch.set_num_threads(1)
 
@@ -269,7 +269,7 @@ def test_lpips_loads_from_local_safetensors(tmp_path) -> None:
         LPIPS(path)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-f4c8"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny-f4c8", "tiny-f4c8-dc"])
 def test_grouped_encoder_sees_only_its_own_group(preset: str) -> None:
     """``grouped_encoder``: latent frame j >= 1 depends only on frames 4j-3 .. 4j. Changing every frame before a
     group leaves its latent unchanged (bit for bit), changing one of its frames changes it; the group encoded
@@ -300,3 +300,59 @@ def test_grouped_encoder_sees_only_its_own_group(preset: str) -> None:
     assert PRESETS["tiny-grouped"] == dataclasses.replace(PRESETS["tiny"], grouped_encoder=True)
     with pytest.raises(ValueError, match="grouped_encoder"):
         VideoVAE(dataclasses.replace(PRESETS["tiny"], time_down=(False, False, False), grouped_encoder=True))
+
+
+def test_shortcut_blocks_are_means_and_spreads() -> None:
+    """``VAEConfig.shortcuts``: with its convolutions zeroed, a Downsample is the 2x2 means of each frame and the
+    causal pair means in time (frame 0 alone, then frames (1, 2), (3, 4), ...; a later chunk pairs its own frames
+    from the first); an Upsample is each channel spread back over its 2x2 block (channels repeated to fit) with
+    every frame but frame 0 doubled."""
+    x = torch.randn(1, 4, 5, 8, 8)
+    down = Downsample(4, time=True, shortcut=True)
+    up = Upsample(4, 2, time=True, shortcut=True)
+    with torch.no_grad():
+        for m in (*down.modules(), *up.modules()):
+            if isinstance(m, torch.nn.Conv3d):
+                m.weight.zero_()
+                m.bias.zero_()
+        pooled = torch.nn.functional.avg_pool3d(x, (1, 2, 2))  # (1, 4, 5, 4, 4)
+        want = torch.cat([pooled[:, :, :1], (pooled[:, :, 1::2] + pooled[:, :, 2::2]) / 2], dim=2)
+        torch.testing.assert_close(down(x, None), want, rtol=0, atol=1e-6)
+        cache = CausalCache()
+        first, later = down(x, cache), down(x[:, :, 1:], cache)  # a second chunk of 4 frames
+        torch.testing.assert_close(first, want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(later, want[:, :, 1:], rtol=0, atol=1e-6)
+        z = torch.randn(1, 4, 3, 2, 2)
+        y = up(z, None)  # (1, 2, 5, 4, 4): 4 channels -> 8 = 2 x 2x2, so each channel fills one pixel of a block
+        assert y.shape == (1, 2, 5, 4, 4)
+        spread = torch.nn.functional.pixel_shuffle(z.repeat_interleave(2, dim=1).transpose(1, 2)[0], 2)  # (3, 2, 4, 4)
+        frames = spread.transpose(0, 1)[:, [0, 1, 1, 2, 2]]  # frame 0 once, every later frame twice
+        torch.testing.assert_close(y[0], frames, rtol=0, atol=1e-6)
+
+
+def test_shortcut_vae_keeps_every_invariant() -> None:
+    """The DC-AE shortcuts keep the VAE causal and exact in chunks: image == first frame, encoder and decoder
+    causality, chunked == whole both ways, the autograd path == the inference path; a preset with them differs
+    from the one without (the shortcut is not a no-op) and has the same parameters."""
+    m = _random_vae("tiny-f4c8-dc", seed=2)
+    plain = VideoVAE(dataclasses.replace(m.cfg, shortcuts=False)).eval()
+    plain.load_state_dict(m.state_dict())
+    x = torch.randn(1, 3, 17, 16, 24, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        z = m.encode(x).mean  # (1, 8, 5, 4, 6)
+        assert z.shape == (1, 8, 5, 4, 6) and (z - plain.encode(x).mean).abs().max() > 1e-2
+        torch.testing.assert_close(m.encode(x[:, :, :1]).mean, z[:, :, :1], rtol=0, atol=1e-5)
+        torch.testing.assert_close(m.encode_chunked(x, chunk_frames=4).mean, z, rtol=0, atol=1e-5)
+        torch.testing.assert_close(m.decode_chunked(z, chunk_latents=1), m.decode(z), rtol=0, atol=1e-5)
+        x2 = x.clone()
+        x2[:, :, 9] += 1.0  # first seen by latent frame 3
+        z2 = m.encode(x2).mean
+        assert torch.equal(z[:, :, :3], z2[:, :, :3]) and (z[:, :, 3] - z2[:, :, 3]).abs().max() > 1e-4
+        zz = z.clone()
+        zz[:, :, 2] += 1.0  # latent 2 decodes to frames 5..8
+        y, y2 = m.decode(z), m.decode(zz)
+        assert torch.equal(y[:, :, :5], y2[:, :, :5]) and (y[:, :, 5] - y2[:, :, 5]).abs().max() > 1e-4
+    torch.testing.assert_close(m.encode(x).mean.detach(), z, rtol=0, atol=1e-5)
+    torch.testing.assert_close(m.decode(z).detach(), y, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="cannot map"):
+        VideoVAE(dataclasses.replace(PRESETS["tiny-f4c8-dc"], channels=(8, 12, 16)))  # 12 -> 4 x 8: refused
