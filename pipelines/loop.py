@@ -154,11 +154,10 @@ def _label(value) -> str:
 
 PROFILES: dict[str, LoopConfig] = {
     # the demo on a 2-core CPU: trained by steps, not by the clock, so a busy machine takes longer and learns the
-    # same. The GPU profile's recipe at the demo's size: the 4x-spatial VAE (tiny-f4c8, 0.1 M parameters) on 9-frame
-    # clips and 4x4 DiT patches (16 tokens per latent frame). One run on a loaded 2-core machine each
-    # (benchmarks/RESULTS.md, 2026-12-05): colour read through the VAE round trip 0.25 against 0.19 with "tiny",
-    # seen colour 0.14 against 0.00, 12.2 min against 13.6; both far under the aim (0.8). eval-text: 4 seen and 4
-    # held-out shots, 16 prompts each
+    # same. The 4x-spatial VAE with DC-AE shortcuts and a grouped encoder (tiny-f4c8-dc-grouped, 0.1 M parameters)
+    # on 9-frame clips, 4x4 DiT patches (16 tokens per latent frame). benchmarks/RESULTS.md, 2026-12-05: after 600
+    # steps on the demo's clips its round trip keeps colour 1.00 on the eval's seen prompts, where tiny-f4c8 without
+    # the shortcuts kept 0.25 (0.61 after 1200). eval-text: 4 seen and 4 held-out shots, 16 prompts each
     "cpu": LoopConfig(vae_frames=9, vae=replace(LOOP_VAE, preset="tiny-f4c8-dc-grouped", steps=600, batch_size=2,
                                                 lr=1e-3),
                       dit=replace(LOOP_DIT, steps=4000, patch=(1, 4, 4)), eval=replace(LOOP_EVAL, limit=4)),
