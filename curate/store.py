@@ -570,6 +570,7 @@ def open_dataset(root, *, verify_sha256: bool = False) -> PublishedDataset:
 # ---------------------------------------------------------------------------------------------------------
 
 LEASE = "_lease.json"
+CANDIDATES = "_lease.d"  # object storage: one candidate per build taking the lease (``Lease``)
 
 
 class OutputLocked(RuntimeError):
@@ -592,9 +593,13 @@ class Lease:
     A second build into the same output is refused, naming the holder. A lease is stale, and taken over, when
     its pid is dead on this host or its heartbeat is older than ``stale_after_s`` (a holder on another host
     that died). On a local disk, taking over renames the stale file first, so of two builds that both found it
-    stale, one wins. On object storage the lease is created with :meth:`DataRoot.create_new` (look, PUT, read
-    back after a second), and every heartbeat reads it back first: a holder that finds another token stops
-    beating and never writes over the new holder.
+    stale, one wins. Object storage has no create-if-absent, so there builds hold an election that needs only
+    read-after-write and list-after-write consistency (S3, GCS and SeaweedFS give both): each writes a candidate
+    under its own name (``_lease.d/TOKEN.json``), then lists the candidates, and wins only if its own is the one
+    live candidate; of two racers the later lister always sees the earlier one's candidate, so at most one wins
+    (both may lose: they withdraw and try again after a random pause). The winner keeps its candidate and mirrors
+    it to ``_lease.json`` (what a person and a newcomer read); its heartbeat refreshes both and stops, never
+    writing again, once its candidate is gone (taken over as stale).
     """
 
     def __init__(self, root, stale_after_s: float = 120.0, settle_s: float = 1.0):
@@ -631,26 +636,60 @@ class Lease:
             f"(heartbeat {age:.0f} s ago); wait for it to finish or stop it (a lease without a "
             f"heartbeat for {self.stale_after_s:.0f} s is taken over)")
 
+    def _candidates(self) -> dict[str, dict]:
+        """Object storage: every candidate of the election, ``{token: record}`` (a torn one reads as ``{}``)."""
+        rels = self.data.list(CANDIDATES)
+        out = {}
+        for rel in rels:
+            try:
+                out[PurePosixPath(rel).stem] = self.data.read_json(rel)
+            except FileNotFoundError:
+                continue  # withdrawn between the list and the read
+            except ValueError:
+                out[PurePosixPath(rel).stem] = {}
+        return out
+
+    def _acquire_remote(self, attempts: int = 8) -> "Lease":
+        import random
+
+        mine = f"{CANDIDATES}/{self.me['token']}.json"
+        for _ in range(attempts):
+            held = self._read()
+            if held and held.get("token") != self.me["token"] and not self._stale(held):
+                raise self._refuse(held)
+            others = {t: r for t, r in self._candidates().items() if t != self.me["token"]}
+            for token, record in others.items():
+                if self._stale(record):
+                    self.data.delete(f"{CANDIDATES}/{token}.json")  # a dead holder's or racer's: gone for good
+            if not any(not self._stale(r) for r in others.values()):
+                record = dict(self.me, started=time.time(), heartbeat=time.time())
+                self.data.write_json(mine, record)
+                rivals = [r for t, r in self._candidates().items() if t != self.me["token"] and not self._stale(r)]
+                if not rivals:  # ours was the one live candidate when we looked: we hold the output
+                    self.data.write_json(LEASE, record)
+                    self._start_heartbeat()
+                    return self
+                self.data.delete(mine)  # a racer (or a holder we did not see yet): withdraw
+            time.sleep(random.uniform(0.2, 1.0) * self.settle_s)
+        held = self._read() or next((r for r in self._candidates().values() if r), None)
+        if held and not self._stale(held):
+            raise self._refuse(held)
+        raise OutputLocked(f"{self.data}: could not take the lease ({self.path}) after {attempts} tries")
+
     def acquire(self) -> "Lease":
-        if self.data.local:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.data.local:
+            return self._acquire_remote()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             record = dict(self.me, started=time.time(), heartbeat=time.time())
-            if self.data.create_new(LEASE, json.dumps(record).encode(), settle_s=self.settle_s):
+            if self.data.create_new(LEASE, json.dumps(record).encode()):  # O_EXCL
                 self._start_heartbeat()
                 return self
             held = self._read()
             if held is None:
                 continue  # released between our two looks
-            if held.get("token") == self.me["token"]:  # object storage: our PUT landed after a racer's look
-                self._start_heartbeat()
-                return self
             if not self._stale(held):
                 raise self._refuse(held)
-            if not self.data.local:  # stale: remove it and race for a new one (create_new picks one winner)
-                if (self._read() or {}).get("token") == held.get("token"):
-                    self.data.delete(LEASE)
-                continue
             aside = self.path.with_name(f"{LEASE}.stale-{self.me['token']}")
             try:  # stale: move it aside, then create ours with O_EXCL
                 os.replace(self.path, aside)
@@ -673,13 +712,19 @@ class Lease:
 
         self._stop = threading.Event()
 
+        mine = f"{CANDIDATES}/{self.me['token']}.json"
+
         def beat():
             while not self._stop.wait(self.stale_after_s / 4):
                 try:
                     held = self._read()
                     if not held or held.get("token") != self.me["token"]:
                         return  # taken over (we looked dead): never write over the new holder
+                    if not self.data.local and not self.data.is_file(mine):
+                        return  # our candidate was removed as stale: the lease is someone else's now
                     held["heartbeat"] = time.time()
+                    if not self.data.local:
+                        self.data.write_json(mine, held)
                     self.data.write_json(LEASE, held)
                 except OSError:
                     pass  # a full or read-only disk, a storage hiccup: the build itself reports lasting ones
@@ -694,6 +739,8 @@ class Lease:
         held = self._read()
         if held and held.get("token") == self.me["token"]:
             self.data.delete(LEASE)
+        if not self.data.local:
+            self.data.delete(f"{CANDIDATES}/{self.me['token']}.json")
 
     def __enter__(self) -> "Lease":
         return self.acquire()
