@@ -3,8 +3,9 @@
 Runs, on a local Ray with all of this machine's CPUs:
 
 1. the full ``tessera build`` over the inputs (fresh output folder);
-2. each stage ALONE over the materialised output of the stage before it (probe, split, each scorer, the
-   staging writer), with the same actor-pool settings the pipeline uses.
+2. each stage ALONE over the materialised output of the stage before it (probe, split, the scorers, the
+   staging writer: the list ``pipelines.build.stages`` returns, which the pipeline chains), with the same actor
+   pools, batch sizes and resources.
 
 Throughput is source seconds (sum of the accepted inputs' durations) per wall second. A streaming pipeline on a
 machine this small cannot beat its slowest stage; the target is pipeline / slowest-stage-alone >= 0.8 in every
@@ -176,7 +177,7 @@ def main(argv=None) -> int:
 def _one_run(ray, input_spec: str, work: Path) -> dict:
     from curate.inputs import resolve_inputs
     from pipelines.build import BuildConfig, build, pool_sizes
-    from pipelines.stages import ProbeStage, ScoreStage, SplitFlatMap, StageWriter
+    from pipelines.build import stages as build_stages
 
     cfg = BuildConfig(input=input_spec, output=str(work / "full"), progress=False)
 
@@ -186,29 +187,14 @@ def _one_run(ray, input_spec: str, work: Path) -> dict:
     full_wall = full.wall
     src_s = summary["source_seconds_accepted"]
 
-    # 2. each stage alone, fed the previous stage's materialised output
+    # 2. each stage alone, fed the previous stage's materialised output: the pipeline's own stages
+    # (pipelines/build.py `stages`), with its pools, batch sizes and resources
     items = resolve_inputs(input_spec)
     rows = [{"key": it.key, "uri": it.uri, "path": it.path, "reject_reason": it.reject_reason,
              "reject_message": it.message} for it in items]
-    res = cfg.resources
-    n = pool_sizes(float(ray.cluster_resources()["CPU"]), res)  # the pools pipelines/build.py gives its stages
-    Pool = ray.data.ActorPoolStrategy  # as pipelines/build.py builds its stages (scorers: one block per call)
+    n = pool_sizes(float(ray.cluster_resources()["CPU"]), cfg.resources)
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).materialize()
-    stages = [
-        ("probe", lambda d: d.map(ProbeStage, fn_constructor_kwargs={"limits": cfg.limits},
-                                  compute=Pool(size=n.probe), num_cpus=res.probe_cpus)),
-        ("split", lambda d: d.flat_map(SplitFlatMap, fn_constructor_kwargs={"cfg": cfg.split_config()},
-                                       compute=Pool(size=n.split, max_tasks_in_flight_per_actor=1),
-                                       num_cpus=res.split_cpus)),
-    ]
-    for name, kwargs in (("basic", {}), ("ocr", {}), ("clip", {"checkpoint": None})):
-        stages.append((f"score:{name}", lambda d, s=name, k=kwargs: d.map_batches(
-            ScoreStage, fn_constructor_kwargs={"name": s, "kwargs": k}, batch_size=None,
-            batch_format="pyarrow", compute=Pool(size=n.score), num_cpus=res.score_cpus)))
-    stage_root = work / "writer"
-    stages.append(("write", lambda d: d.map_batches(
-        StageWriter, fn_constructor_kwargs={"root": str(stage_root), "fingerprint": "bench", "store_media": "bytes"},
-        batch_size=None, batch_format="pyarrow", compute=Pool(size=n.write), num_cpus=res.write_cpus)))
+    stages = build_stages(ray, cfg, claims_dir=None, stage_root=str(work / "writer"), fp="bench")
     alone = []
     for name, fn in stages:
         ds, span = _stage_alone(ray, name, ds, fn)
