@@ -136,6 +136,28 @@ class Span:
                 "split_busy": self.split_busy, "load_1min_at_start": self.load}
 
 
+def _blocked(ds) -> list[dict]:
+    """Per operator of the pipeline's graph, from Ray Data's own counters (``Dataset._get_stats_summary``, a
+    private API: empty when it changes): seconds its task submission was held back by backpressure, and seconds
+    its finished outputs waited for room downstream."""
+    def walk(s):
+        for p in s.parents:
+            yield from walk(p)
+        yield s
+
+    try:
+        out = []
+        for s in walk(ds._get_stats_summary()):
+            m = s.extra_metrics
+            for op in s.operators_stats:
+                out.append({"operator": op.operator_name,
+                            "submission_backpressure_s": float(m.get("task_submission_backpressure_time") or 0.0),
+                            "output_backpressure_s": float(m.get("task_output_backpressure_time_s") or 0.0)})
+        return out
+    except Exception:  # a Ray version without these counters: the table says so
+        return []
+
+
 def _stage_alone(ray, name, ds, fn):
     with Span() as span:
         out = fn(ds).materialize()
@@ -181,9 +203,22 @@ def _one_run(ray, input_spec: str, work: Path) -> dict:
 
     cfg = BuildConfig(input=input_spec, output=str(work / "full"), progress=False)
 
-    # 1. the whole pipeline
-    with Span() as full:
-        summary = build(cfg)
+    # 1. the whole pipeline (its graph kept, to read Ray Data's backpressure counters afterwards)
+    import pipelines.build as build_module
+
+    graphs, drive = [], build_module._drive
+
+    def keep_graph(ds, *args, **kwargs):
+        graphs.append(ds)
+        return drive(ds, *args, **kwargs)
+
+    build_module._drive = keep_graph
+    try:
+        with Span() as full:
+            summary = build(cfg)
+    finally:
+        build_module._drive = drive
+    blocked = _blocked(graphs[0]) if graphs else []
     full_wall = full.wall
     src_s = summary["source_seconds_accepted"]
 
@@ -219,9 +254,12 @@ def _one_run(ray, input_spec: str, work: Path) -> dict:
     print(f"\npipeline / slowest stage alone ({slowest_name}): wall {ratio:.2f}, CPU left {cpu_ratio:.2f}; split "
           f"actors busy, pipeline / alone: {busy_ratio:.2f}  (target >= 0.8)")
     print("time per stage inside the pipeline (worker-seconds):", json.dumps(summary["time_per_stage_s"]))
+    print("time blocked inside the pipeline (Ray Data backpressure, s): " + (", ".join(
+        f"{b['operator']} submit {b['submission_backpressure_s']:.1f} / output {b['output_backpressure_s']:.1f}"
+        for b in blocked) or "unavailable"))
     return {"pipeline": full.row(), "source_s": src_s, "alone": {k: sp.row() for k, sp in alone},
             "slowest": slowest_name, "ratio": ratio, "cpu_ratio": cpu_ratio, "busy_ratio": busy_ratio, "pools": str(n),
-            "time_per_stage_s": summary["time_per_stage_s"]}
+            "time_per_stage_s": summary["time_per_stage_s"], "blocked": blocked}
 
 
 if __name__ == "__main__":
