@@ -22,8 +22,12 @@ others it reduces to our own CPU seconds, i.e. to the slowest stage's share of t
 wall ratio cannot beat when every stage shares the same cores. The same samples count the split actors running
 a task; their mean in the pipeline over their mean alone says whether the heaviest stage waited on the others.
 
+Ray Data's own counters say, per operator of the pipeline, how long backpressure held its task submission or
+its outputs back: near zero means no stage was held back by a slower one downstream.
+
     .venv/bin/python benchmarks/bench_build.py                      # the real videos in ../shared/data, 3 runs
     .venv/bin/python benchmarks/bench_build.py --input DIR --repeat 1
+    .venv/bin/python benchmarks/bench_build.py --repeat 1 --workdir RUNDIR --json run.json  # keeps the datasets
 """
 
 from __future__ import annotations
