@@ -3,7 +3,7 @@
 The Ray Data graph (streaming; each stage is a Ray-free function or class from ``curate/``)::
 
     inputs ─► probe (1:1) ─► split: decode, scenes, cut clips (1:N, sandboxed) ─► basic scores ─► OCR ─► CLIP
-           ─► stage shards per input (+ done marker, driver side)
+           (one actor stage on CPUs) ─► stage shards per input (+ done marker, driver side)
     then, on the driver: dedup (embeddings only) ─► publish clips/part-NNNNN.parquet ─► filter ─► summary
            ─► _manifest.json (last)
 
