@@ -3,8 +3,9 @@
 Runs, on a local Ray with all of this machine's CPUs:
 
 1. the full ``tessera build`` over the inputs (fresh output folder);
-2. each stage ALONE over the materialised output of the stage before it (probe, split, each scorer, the
-   staging writer), with the same actor-pool settings the pipeline uses.
+2. each stage ALONE over the materialised output of the stage before it (probe, split, the scorers, the
+   staging writer: the list ``pipelines.build.stages`` returns, which the pipeline chains), with the same actor
+   pools, batch sizes and resources.
 
 Throughput is source seconds (sum of the accepted inputs' durations) per wall second. A streaming pipeline on a
 machine this small cannot beat its slowest stage; the target is pipeline / slowest-stage-alone >= 0.8 in every
@@ -21,8 +22,12 @@ others it reduces to our own CPU seconds, i.e. to the slowest stage's share of t
 wall ratio cannot beat when every stage shares the same cores. The same samples count the split actors running
 a task; their mean in the pipeline over their mean alone says whether the heaviest stage waited on the others.
 
+Ray Data's own counters say, per operator of the pipeline, how long backpressure held its task submission or
+its outputs back: near zero means no stage was held back by a slower one downstream.
+
     .venv/bin/python benchmarks/bench_build.py                      # the real videos in ../shared/data, 3 runs
     .venv/bin/python benchmarks/bench_build.py --input DIR --repeat 1
+    .venv/bin/python benchmarks/bench_build.py --repeat 1 --workdir RUNDIR --json run.json  # keeps the datasets
 """
 
 from __future__ import annotations
@@ -135,6 +140,28 @@ class Span:
                 "split_busy": self.split_busy, "load_1min_at_start": self.load}
 
 
+def _blocked(ds) -> list[dict]:
+    """Per operator of the pipeline's graph, from Ray Data's own counters (``Dataset._get_stats_summary``, a
+    private API: empty when it changes): seconds its task submission was held back by backpressure, and seconds
+    its finished outputs waited for room downstream."""
+    def walk(s):
+        for p in s.parents:
+            yield from walk(p)
+        yield s
+
+    try:
+        out = []
+        for s in walk(ds._get_stats_summary()):
+            m = s.extra_metrics
+            for op in s.operators_stats:
+                out.append({"operator": op.operator_name,
+                            "submission_backpressure_s": float(m.get("task_submission_backpressure_time") or 0.0),
+                            "output_backpressure_s": float(m.get("task_output_backpressure_time_s") or 0.0)})
+        return out
+    except Exception:  # a Ray version without these counters: the table says so
+        return []
+
+
 def _stage_alone(ray, name, ds, fn):
     with Span() as span:
         out = fn(ds).materialize()
@@ -176,39 +203,37 @@ def main(argv=None) -> int:
 def _one_run(ray, input_spec: str, work: Path) -> dict:
     from curate.inputs import resolve_inputs
     from pipelines.build import BuildConfig, build, pool_sizes
-    from pipelines.stages import ProbeStage, ScoreStage, SplitFlatMap, StageWriter
+    from pipelines.build import stages as build_stages
 
     cfg = BuildConfig(input=input_spec, output=str(work / "full"), progress=False)
 
-    # 1. the whole pipeline
-    with Span() as full:
-        summary = build(cfg)
+    # 1. the whole pipeline (its graph kept, to read Ray Data's backpressure counters afterwards)
+    import pipelines.build as build_module
+
+    graphs, drive = [], build_module._drive
+
+    def keep_graph(ds, *args, **kwargs):
+        graphs.append(ds)
+        return drive(ds, *args, **kwargs)
+
+    build_module._drive = keep_graph
+    try:
+        with Span() as full:
+            summary = build(cfg)
+    finally:
+        build_module._drive = drive
+    blocked = _blocked(graphs[0]) if graphs else []
     full_wall = full.wall
     src_s = summary["source_seconds_accepted"]
 
-    # 2. each stage alone, fed the previous stage's materialised output
+    # 2. each stage alone, fed the previous stage's materialised output: the pipeline's own stages
+    # (pipelines/build.py `stages`), with its pools, batch sizes and resources
     items = resolve_inputs(input_spec)
     rows = [{"key": it.key, "uri": it.uri, "path": it.path, "reject_reason": it.reject_reason,
              "reject_message": it.message} for it in items]
-    res = cfg.resources
-    n = pool_sizes(float(ray.cluster_resources()["CPU"]), res)  # the pools pipelines/build.py gives its stages
-    Pool = ray.data.ActorPoolStrategy  # as pipelines/build.py builds its stages (scorers: one block per call)
+    n = pool_sizes(float(ray.cluster_resources()["CPU"]), cfg.resources)
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).materialize()
-    stages = [
-        ("probe", lambda d: d.map(ProbeStage, fn_constructor_kwargs={"limits": cfg.limits},
-                                  compute=Pool(size=n.probe), num_cpus=res.probe_cpus)),
-        ("split", lambda d: d.flat_map(SplitFlatMap, fn_constructor_kwargs={"cfg": cfg.split_config()},
-                                       compute=Pool(size=n.split, max_tasks_in_flight_per_actor=1),
-                                       num_cpus=res.split_cpus)),
-    ]
-    for name, kwargs in (("basic", {}), ("ocr", {}), ("clip", {"checkpoint": None})):
-        stages.append((f"score:{name}", lambda d, s=name, k=kwargs: d.map_batches(
-            ScoreStage, fn_constructor_kwargs={"name": s, "kwargs": k}, batch_size=None,
-            batch_format="pyarrow", compute=Pool(size=n.score), num_cpus=res.score_cpus)))
-    stage_root = work / "writer"
-    stages.append(("write", lambda d: d.map_batches(
-        StageWriter, fn_constructor_kwargs={"root": str(stage_root), "fingerprint": "bench", "store_media": "bytes"},
-        batch_size=None, batch_format="pyarrow", compute=Pool(size=n.write), num_cpus=res.write_cpus)))
+    stages = build_stages(ray, cfg, claims_dir=None, stage_root=str(work / "writer"), fp="bench")
     alone = []
     for name, fn in stages:
         ds, span = _stage_alone(ray, name, ds, fn)
@@ -233,9 +258,12 @@ def _one_run(ray, input_spec: str, work: Path) -> dict:
     print(f"\npipeline / slowest stage alone ({slowest_name}): wall {ratio:.2f}, CPU left {cpu_ratio:.2f}; split "
           f"actors busy, pipeline / alone: {busy_ratio:.2f}  (target >= 0.8)")
     print("time per stage inside the pipeline (worker-seconds):", json.dumps(summary["time_per_stage_s"]))
+    print("time blocked inside the pipeline (Ray Data backpressure, s): " + (", ".join(
+        f"{b['operator']} submit {b['submission_backpressure_s']:.1f} / output {b['output_backpressure_s']:.1f}"
+        for b in blocked) or "unavailable"))
     return {"pipeline": full.row(), "source_s": src_s, "alone": {k: sp.row() for k, sp in alone},
             "slowest": slowest_name, "ratio": ratio, "cpu_ratio": cpu_ratio, "busy_ratio": busy_ratio, "pools": str(n),
-            "time_per_stage_s": summary["time_per_stage_s"]}
+            "time_per_stage_s": summary["time_per_stage_s"], "blocked": blocked}
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 The Ray Data graph (streaming; each stage is a Ray-free function or class from ``curate/``)::
 
     inputs ─► probe (1:1) ─► split: decode, scenes, cut clips (1:N, sandboxed) ─► basic scores ─► OCR ─► CLIP
-           ─► stage shards per input (+ done marker, driver side)
+           (one actor stage on CPUs) ─► stage shards per input (+ done marker, driver side)
     then, on the driver: dedup (embeddings only) ─► publish clips/part-NNNNN.parquet ─► filter ─► summary
            ─► _manifest.json (last)
 
@@ -19,8 +19,9 @@ import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from curate.clips import ClipConfig
 from curate.dedup import DedupThresholds
@@ -30,7 +31,7 @@ from curate.inputs import InputItem, resolve_inputs
 from curate.probe import ProbeLimits
 from curate.remote import is_uri, refuse_credentials
 from curate.scenes import SceneConfig
-from curate.schema import SCHEMA_VERSION
+from curate.schema import SCHEMA_VERSION, TRANSIENT_COLUMNS
 from curate.split import SampleConfig, SplitConfig
 from curate.store import BuildState, DataRoot, Lease, OutputLocked, fingerprint
 from pipelines import publish
@@ -48,8 +49,9 @@ class Resources:
     """Resource hints per stage. Concurrency ``None`` means: derived from the cluster's CPUs (:func:`pool_sizes`)."""
 
     # Logical CPUs Ray reserves per actor. They are sized so that one actor of EVERY stage fits on a 2-CPU
-    # machine at once (0.1 + 2 x 0.5 + 3 x 0.25 + 0.1 < 2): a stage whose actor cannot be placed stalls the
-    # whole stream. The split stage (decode + detect + encode) is the heavy one and gets the most actors.
+    # machine at once (0.1 + 2 x 0.5 + 3 x 0.25 + 0.1 < 2; the scorers that share an actor reserve 0.25 each): a
+    # stage whose actor cannot be placed stalls the whole stream. The split stage (decode + detect + encode) is
+    # the heavy one and gets the most actors.
     probe_cpus: float = 0.1
     split_cpus: float = 0.5
     split_concurrency: int | None = None
@@ -178,7 +180,7 @@ def _absorb_restart_warning(ray) -> None:
 
 @dataclass(frozen=True)
 class Pools:
-    """Actors per stage (each scorer gets ``score``)."""
+    """Actors per stage (each score stage gets ``score``; an actor of it reserves ``score_cpus`` per scorer)."""
 
     probe: int
     split: int
@@ -204,55 +206,88 @@ def pool_sizes(cpus: float, res: Resources, other_cpus: float = 0.0) -> Pools:
 
 def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: str):
     """The recipe. Returns a dataset of small 'written' rows, one per staged row."""
+    items = [{"key": it.key, "uri": it.uri, "path": it.path, "reject_reason": it.reject_reason,
+              "reject_message": it.message} for it in todo]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4096)))
+    caption = None
+    if cfg.caption is not None:
+        caption = partial(_add_captions, cfg=cfg, local=_local_state(state, fp), use_gpu=bool(
+            ray.cluster_resources().get("GPU", 0)))
+    for _, add in stages(ray, cfg, claims_dir=str(state.content_claims()), stage_root=state.root.uri, fp=fp,
+                         caption=caption):
+        ds = add(ds)
+    return ds
+
+
+def stages(ray, cfg: BuildConfig, *, claims_dir: str | None, stage_root: str, fp: str,
+           caption: Callable | None = None) -> list[tuple[str, Callable]]:
+    """The build's stages in order, as ``(name, dataset -> dataset)``: the graph chains them, and
+    ``benchmarks/bench_build.py`` runs each alone with exactly these pools, batch sizes and resources."""
     cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1)))
     res = cfg.resources
     Pool = ray.data.ActorPoolStrategy  # every stage is a callable class: a pool of actors, each set up once
     n = pool_sizes(cpus, res, _caption_cpus(cfg))
-    items = [{"key": it.key, "uri": it.uri, "path": it.path, "reject_reason": it.reject_reason,
-              "reject_message": it.message} for it in todo]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4096)))
-    ds = ds.map(ProbeStage, fn_constructor_kwargs={"limits": cfg.limits,                  # 1. probe (1:1)
-                                                   "claims_dir": str(state.content_claims())},
-                compute=Pool(size=n.probe), num_cpus=res.probe_cpus)
     on_gpu = cfg.device == "cuda"
+    out = [("probe", lambda ds: ds.map(                                                   # 1. probe (1:1)
+        ProbeStage, fn_constructor_kwargs={"limits": cfg.limits, "claims_dir": claims_dir},
+        compute=Pool(size=n.probe), num_cpus=res.probe_cpus))]
     # one input in flight per split actor: a video queued behind another on a busy actor while a second actor
     # sits idle would stretch the end of the stream
-    ds = ds.flat_map(SplitFlatMap, fn_constructor_kwargs={"cfg": cfg.split_config()},     # 2. scenes -> clips (1:N)
-                     compute=Pool(size=min(n.split, _fits_gpus(ray, res.split_gpus)) if on_gpu else n.split,
-                                  max_tasks_in_flight_per_actor=1),  # a fixed pool reserves every actor: GPUs too
-                     num_cpus=res.split_cpus, num_gpus=res.split_gpus if on_gpu else None)
-    scorers = [("basic", {"device": cfg.device} if on_gpu else {})]                      # 3. scores (add columns)
-    if cfg.ocr:
-        scorers.append(("ocr", {}))
-    scorers.append(("clip", {"checkpoint": cfg.clip_checkpoint, "model_name": cfg.clip_model_name,
-                             "aesthetic_head": cfg.aesthetic_head}))
-    for name, kwargs in scorers:
-        gpus = res.clip_gpus if name == "clip" else res.score_gpus if on_gpu and name == "basic" else 0
+    out.append(("split", lambda ds: ds.flat_map(                                          # 2. scenes -> clips (1:N)
+        SplitFlatMap, fn_constructor_kwargs={"cfg": cfg.split_config()},
+        compute=Pool(size=min(n.split, _fits_gpus(ray, res.split_gpus)) if on_gpu else n.split,
+                     max_tasks_in_flight_per_actor=1),  # a fixed pool reserves every actor: GPUs too
+        num_cpus=res.split_cpus, num_gpus=res.split_gpus if on_gpu else None)))
+    groups = _score_groups(cfg)                                                           # 3. scores (add columns)
+    for k, (gpus, scorers) in enumerate(groups):
         # on CPUs, one block (one input's clips, as the split stage emits them) per call: a batch size would hold
         # an input's rows back until later inputs fill the batch, and done markers would land in bursts
-        ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"name": name, "kwargs": kwargs},
-                            batch_size=res.score_batch_size if gpus else None, batch_format="pyarrow",
-                            compute=Pool(size=min(n.score, _fits_gpus(ray, gpus)) if gpus else n.score),
-                            num_cpus=res.score_cpus, num_gpus=gpus or None)
-    if cfg.caption is not None:                                                          # 4. captions (adds columns)
-        from caption.expand import ExpandConfig
+        drop = TRANSIENT_COLUMNS if k == len(groups) - 1 else ()  # the sampled frames end with the last scorer
+        out.append(("score:" + "+".join(name for name, _ in scorers), lambda ds, gpus=gpus, scorers=scorers,
+                    drop=drop: ds.map_batches(
+            ScoreStage, fn_constructor_kwargs={"scorers": scorers, "drop": drop},
+            batch_size=res.score_batch_size if gpus else None, batch_format="pyarrow",
+            compute=Pool(size=min(n.score, _fits_gpus(ray, gpus)) if gpus else n.score),
+            num_cpus=res.score_cpus * len(scorers), num_gpus=gpus or None)))
+    if caption is not None:                                                               # 4. captions (adds columns)
+        out.append(("caption", caption))
+    out.append(("write", lambda ds: ds.map_batches(                                      # 5. stage shards
+        StageWriter, fn_constructor_kwargs={"root": stage_root, "fingerprint": fp, "store_media": cfg.store_media},
+        # one block at a time: waiting for 64 rows would hold finished inputs back (the bar, done markers and so
+        # resume would advance in bursts, often only at the very end)
+        batch_size=None, batch_format="pyarrow", compute=Pool(size=n.write), num_cpus=res.write_cpus)))
+    return out
 
-        local = _local_state(state, fp)
-        cache, progress = str(local / "caption_cache.sqlite"), str(local / "progress")
-        vlm = replace(cfg.caption, cache_path=cfg.caption.cache_path or cache, progress_dir=progress)
-        expand = cfg.expand or ExpandConfig(backend="off")
-        expand = replace(expand, cache_path=expand.cache_path or cache, progress_dir=progress)
-        from pipelines.caption import add_caption_stages  # the same stages as `tessera caption`
 
-        ds = add_caption_stages(ds, vlm, expand, None, use_gpu=bool(ray.cluster_resources().get("GPU", 0)),
-                                batch_size=res.score_batch_size, for_build=True)
-    ds = ds.map_batches(StageWriter,                                                      # 5. stage shards
-                        fn_constructor_kwargs={"root": state.root.uri, "fingerprint": fp,
-                                               "store_media": cfg.store_media},
-                        # one block at a time: waiting for 64 rows would hold finished inputs back (the bar, done
-                        # markers and so resume would advance in bursts, often only at the very end)
-                        batch_size=None, batch_format="pyarrow", compute=Pool(size=n.write), num_cpus=res.write_cpus)
-    return ds
+def _score_groups(cfg: BuildConfig) -> list[tuple[float, list[tuple[str, dict]]]]:
+    """The scorers in order, grouped into one actor stage per run of scorers with the same GPU share: on CPUs
+    all of them run in one actor; with GPUs, a GPU scorer gets its own pool of GPU actors."""
+    res, on_gpu = cfg.resources, cfg.device == "cuda"
+    scorers = [("basic", {"device": cfg.device} if on_gpu else {}, res.score_gpus if on_gpu else 0.0)]
+    if cfg.ocr:
+        scorers.append(("ocr", {}, 0.0))
+    scorers.append(("clip", {"checkpoint": cfg.clip_checkpoint, "model_name": cfg.clip_model_name,
+                             "aesthetic_head": cfg.aesthetic_head}, res.clip_gpus))
+    groups: list[tuple[float, list[tuple[str, dict]]]] = []
+    for name, kwargs, gpus in scorers:
+        if groups and groups[-1][0] == gpus:
+            groups[-1][1].append((name, kwargs))
+        else:
+            groups.append((gpus, [(name, kwargs)]))
+    return groups
+
+
+def _add_captions(ds, *, cfg: BuildConfig, local: Path, use_gpu: bool):
+    """The caption stages of ``tessera caption``, with the build's caches and progress files."""
+    from caption.expand import ExpandConfig
+    from pipelines.caption import add_caption_stages  # the same stages as `tessera caption`
+
+    cache, progress = str(local / "caption_cache.sqlite"), str(local / "progress")
+    vlm = replace(cfg.caption, cache_path=cfg.caption.cache_path or cache, progress_dir=progress)
+    expand = cfg.expand or ExpandConfig(backend="off")
+    expand = replace(expand, cache_path=expand.cache_path or cache, progress_dir=progress)
+    return add_caption_stages(ds, vlm, expand, None, use_gpu=use_gpu, batch_size=cfg.resources.score_batch_size,
+                              for_build=True)
 
 
 def _resolve_device(ray, cfg: BuildConfig) -> BuildConfig:

@@ -89,6 +89,18 @@ def start(root: Path, buckets: tuple[str, ...] = ("videos",)):
         log.close()
 
 
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """One server per test module, with the buckets ``videos`` and ``datasets`` (import it into the module)."""
+    yield from start(tmp_path_factory.mktemp("seaweed"), buckets=("videos", "datasets"))
+
+
+@pytest.fixture
+def ray_tmp():
+    """A short temp folder for Ray's session files (``RAY_TMPDIR``), so a test can read every log it wrote."""
+    yield from short_tmp_dir("tr-")
+
+
 def short_tmp_dir(prefix: str):
     """Yields a folder under /tmp with a short name (Ray's socket paths inside it must fit 107 bytes), removed
     afterwards; Ray's session files (its logs included) go there through ``RAY_TMPDIR``."""

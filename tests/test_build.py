@@ -418,3 +418,42 @@ def test_publish_crash_at_every_step_leaves_old_or_new(built, corpus, tmp_path):
         assert _published_ids(out) == new
         listed = {Path(s["path"]).name for s in json.loads((out / "_manifest.json").read_text())["shards"]}
         assert {p.name for p in (out / "clips").iterdir()} == listed, "old shards not collected"
+
+
+def test_scorers_share_one_stage_with_the_columns_of_three():
+    """On CPUs the three scorers run in one actor stage: the columns (and values) it adds equal those of the
+    scorers run one stage each, the sampled frames are gone after it, and a status row passes through; a scorer
+    with a GPU share gets its own stage."""
+    import dataclasses
+
+    import numpy as np
+    import pyarrow as pa
+
+    from curate.framepack import pack_frames
+    from pipelines.build import BuildConfig, Resources, _score_groups
+    from pipelines.stages import ScoreStage
+
+    frames = np.stack(media.pattern_frames(16, 96, 64))  # 8 pairs of (frame, next frame), as the split samples
+    table = pa.table({"key": ["k", "k"], "row_kind": ["clip", "status"],
+                      "frames": pa.array([pack_frames(frames), None], pa.binary()),
+                      "frames_pts": [[i / 24 for i in range(16)], None], "fps": [24.0, None]})
+    scorers = [("basic", {}), ("ocr", {}), ("clip", {"checkpoint": None})]
+    fused = ScoreStage(scorers, drop=("frames", "frames_pts"))(table)
+    chained = table
+    for s in scorers:
+        chained = ScoreStage([s])(chained)
+    assert "frames" not in fused.column_names and "frames_pts" not in fused.column_names
+    assert {"t_score_basic", "t_score_ocr", "t_score_clip", "sharpness", "text_coverage", "clip_status"} <= set(
+        fused.column_names)
+    for name in fused.column_names:
+        if not name.startswith("t_"):
+            assert fused.column(name).to_pylist() == chained.column(name).to_pylist(), name
+    assert fused.column("scores_status").to_pylist() == ["ok", "skipped"]
+    assert fused.column("clip_status").to_pylist() == ["no-model", "skipped"]
+
+    cfg = BuildConfig(input="x", output="y")
+    assert [[n for n, _ in g] for _, g in _score_groups(cfg)] == [["basic", "ocr", "clip"]]
+    gpu = dataclasses.replace(cfg, resources=Resources(clip_gpus=0.5))
+    assert [(gpus, [n for n, _ in g]) for gpus, g in _score_groups(gpu)] == [(0.0, ["basic", "ocr"]), (0.5, ["clip"])]
+    cuda = dataclasses.replace(cfg, device="cuda", ocr=False)
+    assert [[n for n, _ in g] for _, g in _score_groups(cuda)] == [["basic"], ["clip"]]

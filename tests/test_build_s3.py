@@ -18,20 +18,11 @@ import pyarrow as pa
 import pytest
 
 import s3server
+from s3server import ray_tmp, s3  # noqa: F401 (fixtures: one loopback S3 server per module)
 from curate.inputs import resolve_inputs
 from curate.synth import render_samples
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    yield from s3server.start(tmp_path_factory.mktemp("seaweed"), buckets=("videos", "datasets"))
-
-
-@pytest.fixture
-def ray_tmp():
-    yield from s3server.short_tmp_dir("tr-")
 
 
 @pytest.fixture
@@ -165,6 +156,57 @@ def test_build_from_s3_to_s3(s3, tmp_path, monkeypatch, ray_tmp):
     assert Path(ray_tmp, "ray").is_dir() and not s3server.files_containing(Path(ray_tmp), secret)
     for r in (run, again):
         assert s3server.SECRET not in r.stdout + r.stderr
+
+
+def _profile_env(tmp_path: Path, s3: dict, secret: str) -> dict:
+    """An environment whose only S3 credentials are a named profile in temp AWS files (the endpoint and region
+    stay variables, as a user of an S3-compatible server sets them)."""
+    aws = tmp_path / "aws"
+    aws.mkdir(exist_ok=True)
+    (aws / "credentials").write_text(f"[tessera-ci]\naws_access_key_id = {s3server.KEY}\n"
+                                     f"aws_secret_access_key = {secret}\n")
+    (aws / "config").write_text("[profile tessera-ci]\nregion = us-east-1\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_PROFILE="tessera-ci", AWS_SHARED_CREDENTIALS_FILE=str(aws / "credentials"),
+               AWS_CONFIG_FILE=str(aws / "config"), AWS_ENDPOINT_URL=s3["env"]["AWS_ENDPOINT_URL"],
+               AWS_DEFAULT_REGION="us-east-1", TESSERA_OBJECT_STORE_BYTES="300000000")
+    return env
+
+
+@pytest.mark.slow
+def test_credentials_from_a_profile(s3, tmp_path, ray_tmp):
+    """``AWS_PROFILE`` with a temp credentials/config file and no key variables: the build writes the dataset
+    with the profile's keys, and the secret appears in no output line, object, or file of the build or of Ray's
+    session; the same profile with a wrong secret is refused in one line (so the profile is what was read)."""
+    videos = tmp_path / "videos"
+    render_samples(videos, n_videos=1, seed=5)
+    for p in sorted(videos.glob("*.mp4")):
+        with s3["fs"].open_output_stream(f"videos/profile/{p.name}") as f:
+            f.write(p.read_bytes())
+
+    def build(out: str, env: dict) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipelines.cli", "build", "--input", "s3://videos/profile",
+                               "--output", out, "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                              env=dict(env, RAY_TMPDIR=ray_tmp))
+
+    run = build("s3://datasets/profile", _profile_env(tmp_path, s3, s3server.SECRET))
+    assert run.returncode == 0, run.stderr[-3000:]
+    stored = s3server.objects(s3["fs"], "datasets")
+    summary = json.loads(stored["datasets/profile/summary.json"])
+    assert summary["inputs"]["accepted"] == 1 and summary["clips"]["published"] > 0
+
+    wrong = "wrong-" + s3server.SECRET[::-1]
+    refused = build("s3://datasets/profile-wrong", _profile_env(tmp_path, s3, wrong))
+    assert refused.returncode != 0
+    assert "cannot use --output s3://datasets/profile-wrong" in refused.stderr + refused.stdout
+    assert "Traceback" not in refused.stderr
+
+    secret = s3server.SECRET.encode()
+    for r in (run, refused):
+        assert s3server.SECRET not in r.stdout + r.stderr and wrong not in r.stdout + r.stderr
+    assert not [k for k, v in s3server.objects(s3["fs"], "datasets").items() if secret in v]
+    assert not s3server.files_containing(tmp_path, secret)  # the profile file now holds the wrong secret
+    assert Path(ray_tmp, "ray").is_dir() and not s3server.files_containing(Path(ray_tmp), secret)
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import s3server
+from s3server import ray_tmp, s3  # noqa: F401 (fixtures: one loopback S3 server per module)
 from curate.synth import render_samples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,16 +57,6 @@ def _published(root, column: str) -> list[str]:
     from curate.store import open_dataset
 
     return sorted(open_dataset(root, verify_sha256=True).read([column]).column(column).to_pylist())
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    yield from s3server.start(tmp_path_factory.mktemp("seaweed"), buckets=("videos", "datasets"))
-
-
-@pytest.fixture
-def ray_tmp():
-    yield from s3server.short_tmp_dir("tc-")
 
 
 @pytest.mark.slow
