@@ -8,17 +8,16 @@ import time
 
 import pytest
 
-import s3server
 
 
-@pytest.fixture(scope="module")
-def s3_env(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    for server in s3server.start(tmp_path_factory.mktemp("seaweed"), buckets=("datasets",)):
-        for k, v in server["env"].items():
-            mp.setenv(k, v)
-        yield server
-    mp.undo()
+from s3server import s3  # noqa: F401,E402 (fixture: one loopback S3 server per module)
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch):  # noqa: F811
+    for k, v in s3["env"].items():
+        monkeypatch.setenv(k, v)
+    return s3
 
 
 @pytest.mark.parametrize("round_", range(3))
