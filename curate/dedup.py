@@ -6,10 +6,13 @@ Two clips are near-duplicates when
 - otherwise both have a sequence signature (:func:`sequence_signature`: 8 grey 32x32 thumbnails over the clip)
   and :func:`sequence_distance` finds them alike: one clip's whole frame is registered onto a window of the
   other (a crop of 70-100 % of the side, anywhere), the thumbnails are aligned in time (an offset of up to 3 of
-  8 thumbnails: a window of the same shot that starts later), and both the aligned appearance (mean squared
-  difference, at most ``sequence_appearance``) and the aligned frame-to-frame change (at most
-  ``sequence_motion``) agree. The motion term tells one signer's different words apart (same person, same
-  backdrop, different movement), which a whole-clip hash cannot; or
+  8 thumbnails: a window of the same shot that starts later), and at one offset both the aligned appearance
+  (mean squared difference, at most ``sequence_appearance``) and the aligned frame-to-frame change agree. The
+  change is compared in each cell of a 4 x 4 grid and the worst cell counts (at most ``sequence_motion``): one
+  signer's different words (same person, same backdrop, hands moving elsewhere or otherwise) differ in a few
+  cells, which a whole-frame measure averaged away. A static scene that only changes in the part outside the
+  overlap (an empty car park, then a car arriving in the last third) still matches, as a later window of the
+  empty shot would; or
 - otherwise both have a pHash (of the temporal-mean luma) within ``DedupThresholds.hamming`` bits.
 
 Grouping is greedy "leader" clustering in a fixed priority order (highest ``quality`` first when given, then
@@ -21,7 +24,7 @@ Scale: clips with an identical embedding (signature, hash) collapse into one nod
 nothing. Embeddings are compared by an exact chunked matrix multiply (O(n^2 d) flops in BLAS, O(chunk * n)
 memory; ~1 s for 5,000 x 512 on 2 cores, GPU/ANN territory beyond ~10^5 clips). Sequence signatures are
 blocked by one chunked matrix multiply of each clip's mean thumbnail against 28 coarse windows of every other
-(pairs further apart than ``sequence_block`` are never compared), then each remaining pair costs ~10 ms in
+(pairs further apart than ``sequence_block`` are never compared), then each remaining pair costs ~10-20 ms in
 numpy (registration and time alignment). Hashes are blocked by pigeonhole bands: split the 64 bits into
 ``hamming + 1`` bands; two hashes within distance ``hamming`` agree exactly on at least one band, so comparing
 only clips that share a band value finds every pair (no misses).
@@ -84,7 +87,9 @@ _CMP_SIDE = 32  # side of the compared window (the stored side: a crop window is
 _REG_SIDE = 16  # side at which windows are registered and blocked (cheap; the mean thumbnail is smooth)
 _SHIFTS = np.arange(-3.0, 4.0)  # time offsets tried, in thumbnails (an overlapping window starts later)
 _MIN_OVERLAP = 5  # thumbnails that must overlap at a time offset
-_NOISE = 0.01  # motion noise floor per compared value: still clips differ in coding noise only
+_CELLS = 4  # motion is compared in a 4 x 4 grid of cells over the compared window (8 x 8 pixels each)
+_POOL = 2  # frame changes are averaged over 2 x 2 pixels first: a registration error under a pixel cancels
+_NOISE = 0.0025  # motion noise floor per pooled value: still clips differ in coding noise only
 
 
 def sequence_signature(frames: np.ndarray) -> bytes:
@@ -186,13 +191,24 @@ def _time_warps(k: int) -> tuple[np.ndarray, np.ndarray]:
 _WARPS = _time_warps(SIG_FRAMES)
 
 
-def _compare(a: np.ndarray, b: np.ndarray, weights: tuple[float, float]) -> tuple[float, float, float]:
-    """(score, appearance, motion) of two window sequences ``(frames, d)`` at their best time offset.
+def _cells(d: np.ndarray) -> np.ndarray:
+    """Frame differences ``(..., _CMP_SIDE**2)`` averaged over ``_POOL`` x ``_POOL`` pixels and cut into a
+    ``_CELLS`` x ``_CELLS`` grid: ``(..., _CELLS**2, values per cell)``."""
+    p, c, sh = _CMP_SIDE // _POOL, _CMP_SIDE // _POOL // _CELLS, d.shape[:-1]
+    x = d.reshape(*sh, p, _POOL, p, _POOL).mean(axis=(-3, -1))
+    return np.moveaxis(x.reshape(*sh, _CELLS, c, _CELLS, c), -3, -2).reshape(*sh, _CELLS**2, c * c)
+
+
+def _terms(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(appearance, motion, overlap) of two window sequences ``(frames, d)`` at every time offset of ``_SHIFTS``,
+    each ``(offsets,)``: ``b`` is read at times ``i + delta`` against ``a`` at ``i``.
 
     appearance: mean squared difference of the aligned thumbnails (each at zero mean, unit std; 0 = equal,
-    2 = unrelated). motion: squared difference of the aligned frame-to-frame changes over their energy plus a
-    noise floor (0 = the same movement or both still, 1 = unrelated movement). score = the larger of the two
-    over their ``weights`` (a pair is a duplicate at score <= 1).
+    2 = unrelated). motion: in each cell of a ``_CELLS`` x ``_CELLS`` grid, the squared difference of the aligned
+    frame-to-frame changes (pooled over ``_POOL`` x ``_POOL`` pixels) over their energy plus a noise floor, and the
+    worst cell (0 = the same movement everywhere or still, 1 = unrelated movement somewhere, up to 2 = opposite).
+    Per cell, so a hand that moves differently in one part of the frame is not averaged away by a still rest.
+    overlap: how many aligned thumbnails exist.
     """
     warp, ok = _WARPS
     y = np.einsum("oij,jd->oid", warp, b)  # (offsets, frames, d): b read at i + delta
@@ -200,11 +216,18 @@ def _compare(a: np.ndarray, b: np.ndarray, weights: tuple[float, float]) -> tupl
     okf = ok.astype(np.float32)
     n_ok = okf.sum(axis=1)
     app = (((a[None] - y) ** 2).mean(axis=2) * okf).sum(axis=1) / np.maximum(n_ok, 1)
-    pair_ok = okf[:, 1:] * okf[:, :-1]  # (offsets, frames - 1): both ends of a change exist
-    dx, dy = np.diff(a, axis=0)[None], np.diff(y, axis=1)
-    num = (((dx - dy) ** 2).sum(axis=2) * pair_ok).sum(axis=1)
-    den = (((dx**2).sum(axis=2) + (dy**2).sum(axis=2)) * pair_ok).sum(axis=1)
-    mot = num / (den + _NOISE * a.shape[1] * np.maximum(pair_ok.sum(axis=1), 1))
+    pair_ok = (okf[:, 1:] * okf[:, :-1])[:, :, None]  # (offsets, frames - 1, 1): both ends of a change exist
+    cx, cy = _cells(np.diff(a, axis=0))[None], _cells(np.diff(y, axis=1))  # (offsets, frames - 1, cells, v)
+    num = (((cx - cy) ** 2).sum(axis=3) * pair_ok).sum(axis=1)  # (offsets, cells)
+    den = (((cx**2).sum(axis=3) + (cy**2).sum(axis=3)) * pair_ok).sum(axis=1)
+    floor = _NOISE * cx.shape[-1] * np.maximum(pair_ok.sum(axis=(1, 2)), 1)[:, None]
+    return app, (num / (den + floor)).max(axis=1), n_ok
+
+
+def _compare(a: np.ndarray, b: np.ndarray, weights: tuple[float, float]) -> tuple[float, float, float]:
+    """(score, appearance, motion) of two window sequences ``(frames, d)`` at their best time offset (see
+    :func:`_terms`); score = the larger of appearance and motion over their ``weights`` (a duplicate at <= 1)."""
+    app, mot, n_ok = _terms(a, b)
     score = np.maximum(app / weights[0], mot / weights[1])
     score[n_ok < min(_MIN_OVERLAP, len(b))] = np.inf
     i = int(np.argmin(score))
@@ -284,8 +307,8 @@ class DedupThresholds:
     """When two clips count as near-duplicates (see the module docstring)."""
 
     cosine: float = 0.95  # CLIP image-embedding cosine similarity, inclusive
-    sequence_appearance: float = 0.134  # sequence signatures: aligned-thumbnail mean squared difference, inclusive
-    sequence_motion: float = 0.353  # sequence signatures: frame-to-frame change mismatch (0-1), inclusive
+    sequence_appearance: float = 0.169  # sequence signatures: aligned-thumbnail mean squared difference, inclusive
+    sequence_motion: float = 0.685  # sequence signatures: worst cell's frame-to-frame change mismatch, inclusive
     sequence_block: float = 0.7  # sequence signatures: pairs whose mean thumbnails differ more are not compared
     hamming: int = 8  # pHash bit differences out of 64, inclusive
     chunk_bytes: int = 1 << 28  # memory cap for one block of a similarity / distance matrix

@@ -239,7 +239,7 @@ def test_bad_inputs_raise():
 
 def test_dedup_benchmark_scores_pairs_and_picks_the_threshold_on_tuning_pairs():
     """benchmarks/bench_dedup.py's own logic (its data needs ../shared): the rules that pick thresholds (highest
-    precision at recall >= 0.9), for one value and for two."""
+    precision at recall >= 0.9 for one value; for two, the highest recall at precision >= 0.95)."""
     import importlib.util
     from pathlib import Path
 
@@ -250,9 +250,22 @@ def test_dedup_benchmark_scores_pairs_and_picks_the_threshold_on_tuning_pairs():
     pairs = [(0, True), (2, True), (3, False), (5, True), (9, False), (12, True)]
     assert bench.choose(pairs) == 12  # the only threshold with recall >= 0.9
     assert bench.choose([(0, True)] * 8 + [(1, False), (2, True)]) == 2  # 8 of 9 at 0: recall 0.89, not enough
-    two = [(0.0, 0.0, True)] * 18 + [(0.05, 0.5, False)] * 5 + [(0.1, 0.1, True)] * 2 + [(0.5, 0.05, False)] * 5
-    a, b = bench.choose2(two)
+    # pairs as (rows, 2) tables: a pair is called when one row is within both limits
+    one = lambda a, b: np.array([[a, b], [np.inf, np.inf]])  # noqa: E731
+    two = [one(0.0, 0.0)] * 18 + [one(0.05, 0.5)] * 5 + [one(0.1, 0.1)] * 2 + [one(0.5, 0.05)] * 5
+    y = np.array([True] * 18 + [False] * 5 + [True] * 2 + [False] * 5)
+    a, b = bench.choose2(np.stack(two), y)
     assert a >= 0.1 and b >= 0.1 and a < 0.5 and b < 0.5  # both limits pass the positives and stop the negatives
+    # a positive whose values are only within limits on different rows is not called
+    split = np.array([[[0.0, 0.9], [0.9, 0.0]]])
+    assert not bench.called(split, (0.5, 0.5))[0] and bench.called(split, (0.9, 0.5))[0]
+    # 18 positives at 0, 2 at 0.1, a negative at 0.05: recall 1 at precision 0.952 beats recall 0.9 at 1
+    t = np.stack([one(0.0, 0.0)] * 18 + [one(0.1, 0.1)] * 2 + [one(0.05, 0.05)])
+    assert bench.called(t, bench.choose2(t, np.array([True] * 20 + [False]))).all()
+    # one more negative: precision 0.91 < 0.95 when all are called, so the limits stop at 0 (recall 0.9)
+    t = np.concatenate([t, t[-1:]])
+    hit = bench.called(t, bench.choose2(t, np.array([True] * 20 + [False] * 2)))
+    assert hit.tolist() == [True] * 18 + [False] * 4
 
 
 # ---------------------------------------------------------------------------------------------- sequence rule
@@ -346,3 +359,49 @@ def test_sequence_blocking_finds_a_match_in_either_direction(chunk_bytes):
     win[9, 0] = win[2, 4]
     win = (win - win.mean(-1, keepdims=True)) / win.std(-1, keepdims=True)
     assert _sequence_candidates(win, 0.5, chunk_bytes).tolist() == [[2, 9], [3, 5]]
+
+
+def signer(seed: int, hand, h: int = 120, w: int = 160) -> np.ndarray:
+    """One "signer" per seed: a textured still backdrop, a large light body drifting right (the same in every
+    clip of the seed) and a small dark hand at the positions ``hand`` (one per frame, unit coordinates)."""
+    rng = np.random.default_rng(seed)
+    bg = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 4.0)
+    bg = cv2.normalize(bg, None, 40, 200, cv2.NORM_MINMAX)
+    out = []
+    for i, (y, x) in enumerate(hand):
+        f = bg.copy()
+        s = i / max(len(hand) - 1, 1)
+        cv2.circle(f, (int((0.35 + 0.3 * s) * w), int(0.6 * h)), h // 4, (230, 230, 230), -1)
+        cv2.circle(f, (int(x * w), int(y * h)), h // 14, (20, 20, 20), -1)
+        out.append(f)
+    return np.stack(out)
+
+
+def test_sequence_rule_tells_one_signers_gestures_apart_and_keeps_a_cropped_faster_reencoded_copy():
+    """Same backdrop, same large movement, a small hand that waves sideways in one clip and nods up and down in
+    the other: the appearance matches (the hand stays within a few pixels), the motion of the hand's cell does
+    not, so the pair is not a duplicate. A whole-frame motion measure is dominated by the shared body movement
+    and calls it one. A copy of the waving clip that is cropped off-centre, twice as fast and re-encoded stays a
+    duplicate."""
+    th = DedupThresholds()
+    lim = (th.sequence_appearance, th.sequence_motion)
+    t = np.linspace(0, 1, 16)
+    wave = sequence_signature(signer(1, [(0.2, 0.8 + 0.04 * np.sin(2 * np.pi * s)) for s in t]))
+    nod = sequence_signature(signer(1, [(0.2 + 0.04 * np.sin(2 * np.pi * s), 0.8) for s in t]))
+    score, app, mot = sequence_distance(wave, nod, lim)
+    assert app <= th.sequence_appearance and mot > th.sequence_motion and score > 1.0
+    long = signer(1, [(0.2, 0.8 + 0.04 * np.sin(2 * np.pi * s)) for s in np.linspace(0, 1, 32)])
+    copy = reencode(crop(long[::2], 0.8, 0.3, 0.7))  # 32 frames played at 2x: 16, cropped, crf 35
+    assert sequence_distance(wave, sequence_signature(copy), lim)[0] <= 1.0
+    slow = reencode(crop(np.repeat(long[::4], 2, axis=0), 0.85, 0.9, 0.1))  # each frame twice (0.5x)
+    assert sequence_distance(wave, sequence_signature(slow), lim)[0] <= 1.0
+
+
+def test_sequence_rule_empty_scene_against_an_object_arriving():
+    """A still scene against the same scene with an object entering from the left at 40 % of the clip: not a
+    duplicate (the arrival falls inside every allowed time alignment). The same scene re-encoded is one."""
+    empty = moving_clip(5, path=[(0.5, -1.0)] * 16)  # the blob outside the frame
+    arriving = moving_clip(5, path=[(0.5, -1.0)] * 6 + [(0.5, x) for x in np.linspace(-0.1, 0.5, 10)])
+    sig = sequence_signature(empty)
+    assert sequence_distance(sig, sequence_signature(arriving))[0] > 1.0
+    assert sequence_distance(sig, sequence_signature(reencode(empty)))[0] <= 1.0
