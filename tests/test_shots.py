@@ -221,6 +221,34 @@ def test_purity_guard_completes_a_wipe_between_panning_shots_that_the_detector_e
     assert _dirty(len(frames), [(0, 60), (60 + n, len(frames))], scenes) == (1, 0)
 
 
+def test_split_stage_reports_a_scene_the_purity_guard_empties(tmp_path):
+    """A cut, then a 3-s scene holding a wipe over a third of the picture: the first scene gives its clip, the second
+    no clean part of 2 s, so it becomes a rejected status row of its own (counted, not lost)."""
+    from curate.split import SplitConfig, analyse_and_cut
+
+    a, c, other = _shot(21, 80), _shot(15, 100), _shot(40, 100)
+    d = [f.copy() for f in c]
+    for f, g in zip(d, other):
+        f[:, : int(SIZE[0] * 0.35)] = g[:, : int(SIZE[0] * 0.35)]
+    n = 12
+    frames = a + c[:40] + bench.transition("wipe", n, c[40:], d[40:], np.random.default_rng(0)) + d[40 + n: 92]
+    path = tmp_path / "wipe.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+        for f in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(stream.encode(None))
+    probe = {"key": "k", "source_uri": str(path), "content_id": "c" * 64, "fps_avg": 30.0, "rotation": 0}
+    rows = analyse_and_cut(str(path), probe, SplitConfig())
+    assert [(r["row_kind"], r["outcome"], r["reason"]) for r in rows] == [("status", "rejected", "transition-suspect"),
+                                                                          ("clip", "accepted", None)]
+    assert rows[0]["clip_id"] and all(r["expected_rows"] == 2 for r in rows)
+    assert (rows[1]["start_frame"], rows[1]["end_frame"]) == (0, 78)
+    unguarded = analyse_and_cut(str(path), probe, SplitConfig(scenes=SceneConfig(guard=False)))
+    assert [r["row_kind"] for r in unguarded] == ["clip", "clip"]
+
+
 def test_purity_guard_settings_are_in_the_build_fingerprint():
     from pipelines.build import BuildConfig
     from curate.store import fingerprint
