@@ -211,6 +211,22 @@ def test_purity_guard_keeps_clips_clear_of_a_wipe_over_a_third_of_the_picture():
     assert _dirty(len(frames), [(0, 70), (70 + n, 160)], scenes) == (1, 0)
 
 
+def test_purity_guard_keeps_clips_clear_of_a_slide_the_detector_misses():
+    """The same two shots of one backdrop joined by a slide: the picture moves as a whole, with a seam between the
+    two shots that a pan does not show."""
+    a, other = _shot(16, 160), _shot(41, 160)
+    b = [f.copy() for f in a]
+    for f, g in zip(b, other):
+        f[:, : int(SIZE[0] * 0.35)] = g[:, : int(SIZE[0] * 0.35)]
+    n = 14
+    frames = a[:70] + bench.transition("slide", n, a[70:], b[70:], np.random.default_rng(1)) + b[70 + n:]
+    scenes = _scenes(frames)
+    assert [(s.start, s.end) for s in scenes] == [(0, 160)]  # the detector misses it
+    ((lo, hi),) = scenes[0].suspect
+    assert abs(lo - 70) <= 1 and abs(hi - (70 + n)) <= 1, (lo, hi)
+    assert _dirty(len(frames), [(0, 70), (70 + n, 160)], scenes) == (1, 0)
+
+
 def test_purity_guard_completes_a_wipe_between_panning_shots_that_the_detector_ends_early():
     """Both shots pan: the detector's span ends 3 frames early (past the clip margin); the guard's span does not."""
     n = 20
