@@ -264,6 +264,7 @@ class SceneSplitter:
         self._inv_size = 1.0 / (THUMB[0] * THUMB[1] * 3)
         self._free_from = 0  # dissolve windows start at or after this frame
         self._suspect: list[tuple[int, int]] = []  # the guard's spans [lo, hi), ascending
+        self._seams_of: dict[int, list] = {}  # frame -> its _seams, for frames still in the ring
         self.fade_max = max(1, int(round(cfg.fade_max_s * self.fps)))
         self.flash_max = max(1, int(round(cfg.flash_max_s * self.fps)))
         self._finished = False
@@ -650,10 +651,8 @@ class SceneSplitter:
             if diff >= cfg.guard_min_efficiency * path and _edge_may_fit(ring[a % cap], ring[b % cap], *probes,
                                                                          diff, cfg):
                 span = _still_edge_fit(ring[np.arange(a, b + 1) % cap], diff, cfg)
-            # slides: only where no transition was detected, the picture moves every frame, and a probe shows a seam
-            moves = max(at, key=d.__getitem__)  # the probe that moves more: inside the run if either is
-            if (span is None and not any(inner) and d[moves] >= 0.15 * diff
-                    and _seam_fits(ring[moves % cap], ring[a % cap], ring[b % cap], diff, cfg)):
+            # slides: only where no transition was detected
+            if span is None and not any(inner) and self._slide_may_fit(a, b, at, diff):
                 span = _slide_fit(ring[np.arange(a, b + 1) % cap], diff, cfg)
             if span is None:
                 continue
@@ -662,6 +661,20 @@ class SceneSplitter:
                 lo, hi = min(lo, suspect[-1][0]), max(hi, suspect[-1][1])
                 suspect.pop()
             suspect.append((lo, hi))
+
+    def _slide_may_fit(self, a: int, b: int, probes: tuple[int, int], diff: float) -> bool:
+        """The probe that moves more (inside the run if either is) moves by at least 0.15 of the ends' difference
+        (a slide moves the picture every frame) and passes :func:`_seam_fits`."""
+        cap, ring = self._cap, self._ring
+        moves = max(probes, key=self._d.__getitem__)
+        if self._d[moves] < 0.15 * diff:
+            return False
+        seams = self._seams_of.get(moves)
+        if seams is None:  # once per frame: windows of several lengths and ends share probes
+            if len(self._seams_of) > cap:
+                self._seams_of = {i: v for i, v in self._seams_of.items() if i > moves - cap}
+            seams = self._seams_of[moves] = _seams(ring[moves % cap], self.cfg)
+        return bool(seams) and _seam_fits(ring[moves % cap], seams, ring[a % cap], ring[b % cap], diff, self.cfg)
 
     # ------------------------------------------------------------------------------------------ scenes
 
@@ -733,16 +746,24 @@ def _steps(frame: np.ndarray, along_columns: bool) -> np.ndarray:
     return np.abs(np.diff(y, axis=1 if along_columns else 0)).mean(axis=0 if along_columns else 1)
 
 
-def _seam_fits(probe: np.ndarray, A: np.ndarray, B: np.ndarray, diff: float, cfg: SceneConfig) -> bool:
-    """A necessary condition of :func:`_slide_fit` for a frame of the run: its largest step between neighbouring
-    columns (rows) stands out (``guard_min_seam`` times the median step: two pictures side by side show one, a
-    panned or blurred picture none), and the frame is ``A`` pushed out by ``B`` with the seam there."""
-    h, w = A.shape[:2]
+def _seams(frame: np.ndarray, cfg: SceneConfig) -> list[tuple[bool, int]]:
+    """(along the columns?, position) of the largest step between neighbouring columns and between neighbouring rows
+    of ``frame``, where that step stands out: ``guard_min_seam`` times the median step (two pictures side by side
+    show one; a panned or blurred picture none). Columns (rows) before the position come from one picture."""
+    out = []
     for along_columns in (True, False):
-        steps = _steps(probe, along_columns)
-        if steps.max() < cfg.guard_min_seam * (np.median(steps) + 1e-3):
-            continue
-        at = int(steps.argmax()) + 1  # the seam: columns (rows) before it come from one picture, after it the other
+        steps = _steps(frame, along_columns)
+        if steps.max() >= cfg.guard_min_seam * (np.median(steps) + 1e-3):
+            out.append((along_columns, int(steps.argmax()) + 1))
+    return out
+
+
+def _seam_fits(probe: np.ndarray, seams: list[tuple[bool, int]], A: np.ndarray, B: np.ndarray, diff: float,
+               cfg: SceneConfig) -> bool:
+    """A necessary condition of :func:`_slide_fit` for a frame of the run: it shows a seam (``_seams(probe)``) and
+    is ``A`` pushed out by ``B`` with the seam there."""
+    h, w = A.shape[:2]
+    for along_columns, at in seams:
         n, axis = (w, 1) if along_columns else (h, 0)
         pushes = (np.concatenate([A.take(range(n - at, n), axis), B.take(range(n - at), axis)], axis=axis),
                   np.concatenate([B.take(range(n - at, n), axis), A.take(range(n - at), axis)], axis=axis))
