@@ -693,15 +693,6 @@ class SceneSplitter:
         return sorted(self._cuts)
 
 
-def _still_edge_span(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[int, int] | None:
-    """The purity guard's test on ``frames`` (the window ``a..b``, ends included; ``diff`` = mean |b - a|): offsets
-    ``[lo, hi)`` of the frames where a still straight edge between the two ends is inside the picture, or None."""
-    k = len(frames) - 2
-    if not _edge_may_fit(frames[0], frames[-1], frames[1 + k // 3], frames[1 + 2 * k // 3], diff, cfg):
-        return None
-    return _still_edge_fit(frames, diff, cfg)
-
-
 def _edge_may_fit(A: np.ndarray, B: np.ndarray, p1: np.ndarray, p2: np.ndarray, diff: float,
                   cfg: SceneConfig) -> bool:
     """Necessary conditions of :func:`_still_edge_fit`, at a 10th of its cost, on the ends and two probes: the
@@ -722,7 +713,11 @@ def _edge_may_fit(A: np.ndarray, B: np.ndarray, p1: np.ndarray, p2: np.ndarray, 
 
 
 def _still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[int, int] | None:
-    """The still-edge model of :func:`_still_edge_span`, without its quick necessary conditions."""
+    """The purity guard's wipe test on ``frames`` (the window ``a..b``, ends included; ``diff`` = mean |b - a|):
+    offsets ``[lo, hi)`` of the frames where frames ``a`` and ``b`` side by side with a straight still edge explain
+    every frame within ``guard_max_error`` (the edge moving one way across at least 60 % of the picture, inside it
+    for at least 3 frames and half the window), or None. :func:`_edge_may_fit` runs first (its quick necessary
+    conditions include the share of the picture that changes)."""
     A, B = frames[0], frames[-1]
     mids = frames[1:-1]
     best_score, out = cfg.guard_max_error, None
