@@ -18,7 +18,9 @@ CPU-seconds over the part's files, with the min-max spread; F1 is deterministic 
 
 Scoring is ``benchmarks.shots.score``: cuts +-1 frame, gradual transitions by overlap, one match per transition.
 ``dirty clips``: clips planned by ``curate.clips.plan_clips`` (default ``ClipConfig``) from a method's scenes that
-hold a transition frame or two shots' frames (CLI scenes carry no transition spans: each is a scene start).
+hold a transition frame or two shots' frames (CLI scenes carry no transition spans: each is a scene start);
+``clean``: the other clips (the yield). ``ours-unguarded``: the clips of ours' scenes planned without the clip
+purity guard's suspect spans (``Scene.suspect``), so the guard's effect on dirty clips and yield is read from one run.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -51,6 +53,7 @@ from curate.frames import iter_thumbs  # noqa: E402
 from curate.scenes import Scene, SceneConfig, SceneSplitter  # noqa: E402
 
 CLI = Path(sys.executable).with_name("scenedetect")
+UNGUARDED = "ours-unguarded"
 
 _PREVIOUS = r"""
 import json, os, sys
@@ -162,6 +165,7 @@ def main(args: argparse.Namespace) -> None:
     counts: dict[str, Counter] = {m: Counter() for m in methods}
     dirty: Counter = Counter()
     clips: Counter = Counter()
+    rejected: dict[str, list] = {m: [] for m in methods}
     for run in range(args.runs):
         cpu, frames = Counter(), Counter()
         for k, truth in enumerate(truths):
@@ -178,9 +182,13 @@ def main(args: argparse.Namespace) -> None:
                 frames[m] += r["frames"]
                 if run == 0:
                     counts[m].update(score.match(truth, score.boundaries(r["scenes"])))
-                    spans = plan_clips(r["scenes"], ClipConfig(), fps)
+                    spans = plan_clips(r["scenes"], ClipConfig(), fps, rejected=rejected[m])
                     dirty[m] += score.dirty_spans(truth, spans)
                     clips[m] += len(spans)
+                    if m == "ours":  # the same scenes without the purity guard's suspect spans
+                        bare = plan_clips([replace(s, suspect=()) for s in r["scenes"]], ClipConfig(), fps)
+                        dirty[UNGUARDED] += score.dirty_spans(truth, bare)
+                        clips[UNGUARDED] += len(bare)
         for m in methods:
             speed[m].append(frames[m] / cpu[m])
         print(f"run {run + 1}: " + "  ".join(f"{m} {speed[m][-1]:.0f} f/cpu-s" for m in methods), flush=True)
@@ -189,7 +197,7 @@ def main(args: argparse.Namespace) -> None:
           f"(+ synthetic), seed {args.seed}, {args.runs} runs, {datetime.date.today()}, {platform.processor() or ''}"
           f" {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     ref = statistics.median(speed["cli-adaptive"])
-    print(f"{'method':<15}{'F1 cut':>8}{'F1 grad':>8}{'exact':>7}{'FP neg':>7}{'dirty':>8}"
+    print(f"{'method':<15}{'F1 cut':>8}{'F1 grad':>8}{'exact':>7}{'FP neg':>7}{'dirty':>8}{'clean':>6}"
           f"{'frames/CPU-s (min-max)':>26}{'x cli-adaptive':>16}")
     for m in methods:
         c = counts[m]
@@ -197,8 +205,11 @@ def main(args: argparse.Namespace) -> None:
         fp_neg = sum(v for key, v in c.items() if key.startswith("fp_on_"))
         med = statistics.median(speed[m])
         print(f"{m:<15}{score.f1(c, 'cut'):>8.3f}{score.f1(c, 'gradual'):>8.3f}{exact:>7}{fp_neg:>7}"
-              f"{dirty[m]:>4}/{clips[m]:<3}{med:>12.0f} ({min(speed[m]):.0f}-{max(speed[m]):.0f}){'':>3}"
-              f"{med / ref:>12.2f}")
+              f"{dirty[m]:>4}/{clips[m]:<3}{clips[m] - dirty[m]:>6}{med:>12.0f} ({min(speed[m]):.0f}-"
+              f"{max(speed[m]):.0f}){'':>3}{med / ref:>12.2f}")
+    print(f"{UNGUARDED:<15}{'(the scenes of ours, clips planned without the purity guard)':<44}"
+          f"{dirty[UNGUARDED]:>4}/{clips[UNGUARDED]:<3}{clips[UNGUARDED] - dirty[UNGUARDED]:>6}")
+    print(f"ours: {len(rejected['ours'])} scenes whose clips the purity guard dropped (reported as rejected)")
     for m in methods:
         neg = {k[6:]: v for k, v in counts[m].items() if k.startswith("fp_on_")}
         print(f"{m}: counts {dict(sorted((k, v) for k, v in counts[m].items() if not k.startswith('fp_on_')))}"

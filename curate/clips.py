@@ -6,6 +6,10 @@ the clip; the file's own first and last frames need no margin), becomes one clip
 least ``min_s``; a scene longer than ``max_s`` is split into the fewest equal windows that each last at most
 ``max_s`` (so no tiny leftover: every window lasts more than ``max_s / 2``, which is why ``max_s >= 2 * min_s``).
 Durations come from PTS when the analysis pass's PTS array is given, never from frame counts alone.
+A scene's ``suspect`` spans (the scene stage's clip purity guard: a wipe-like change inside the scene) split it
+like a detected transition: the parts on either side, each less ``margin_frames`` at the suspect edge (``cut_in``
+/ ``cut_out`` = ``suspect``), are planned as above. A scene that gave a clip without its suspect spans and gives
+none with them is reported in ``rejected`` (the caller counts it): a doubtful clip is dropped, not published.
 
 Cutting (``cut_clips``): frames are selected by PTS, matched against the PTS of every decoded frame recorded by
 the analysis pass (``curate.frames.iter_frames``, same origin: the stream's start time), so a clip holds exactly
@@ -31,7 +35,7 @@ import io
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Sequence
 
@@ -107,47 +111,87 @@ class CutResult:
 # ------------------------------------------------------------------------------------------ planning
 
 
+@dataclass(frozen=True)
+class RejectedClip:
+    """Frames ``[start, end)`` of scene ``scene_index`` that would have given clips and gave none, and why."""
+
+    start: int
+    end: int
+    scene_index: int
+    reason: str  # "transition-suspect": the purity guard's spans leave no part long enough
+
+
 def plan_clips(
-    scenes: Sequence[Scene], cfg: ClipConfig, fps: float, pts: np.ndarray | None = None
+    scenes: Sequence[Scene], cfg: ClipConfig, fps: float, pts: np.ndarray | None = None,
+    rejected: list[RejectedClip] | None = None,
 ) -> list[ClipSpan]:
     """Clip spans for ``scenes`` (see module doc). ``pts`` (seconds of every decoded frame) makes window
-    boundaries and durations exact on VFR input; without it, times inside a scene are interpolated at ``fps``."""
+    boundaries and durations exact on VFR input; without it, times inside a scene are interpolated at ``fps``.
+    ``rejected``, when given, receives a :class:`RejectedClip` per scene the purity guard's spans emptied."""
     spans: list[ClipSpan] = []
     for k, scene in enumerate(scenes):
-        start = scene.start + cfg.trim_frames + (cfg.margin_frames if scene.cut_in != "start" else 0)
-        end = scene.end - cfg.trim_frames - (cfg.margin_frames if scene.cut_out != "end" else 0)
-        if end - start < 1:
+        if not scene.suspect:
+            spans += _plan_scene(scene, k, 0, cfg, fps, pts)
             continue
+        parts, edge, cut_in = [], scene.start, scene.cut_in
+        for lo, hi in sorted(scene.suspect):
+            parts.append((edge, lo, cut_in, "suspect"))
+            edge, cut_in = max(edge, hi), "suspect"
+        parts.append((edge, scene.end, cut_in, scene.cut_out))
+        before = len(spans)
+        for a, b, c_in, c_out in parts:
+            if b > a:
+                part = replace(scene, start=a, end=b, cut_in=c_in, cut_out=c_out, suspect=(),
+                               start_s=_time(scene, a, fps, pts), end_s=_time(scene, b, fps, pts))
+                spans += _plan_scene(part, k, len(spans) - before, cfg, fps, pts)
+        if len(spans) == before and rejected is not None and _plan_scene(scene, k, 0, cfg, fps, pts):
+            rejected.append(RejectedClip(scene.start, scene.end, k, "transition-suspect"))
+    return spans
 
-        def time_of(i: int, scene: Scene = scene) -> float:
-            if pts is not None and i < len(pts):
-                return float(pts[i])
-            if i == scene.end:
-                return scene.end_s
-            return scene.start_s + (i - scene.start) / fps
 
-        duration = time_of(end) - time_of(start)
-        if duration < cfg.min_s - 1e-6:
-            continue
-        n = max(1, math.ceil(duration / cfg.max_s - 1e-9))
-        while True:
-            edges = np.rint(np.linspace(start, end, n + 1)).astype(int)
-            if all(time_of(b) - time_of(a) <= cfg.max_s + 1e-6 for a, b in zip(edges[:-1], edges[1:])):
-                break
-            n += 1  # VFR: equal frame counts can exceed max_s; one more window
-        for w, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
-            spans.append(
-                ClipSpan(
-                    start=int(a),
-                    end=int(b),
-                    start_s=time_of(int(a)),
-                    end_s=time_of(int(b)),
-                    scene_index=k,
-                    window_index=w,
-                    cut_in=scene.cut_in if w == 0 else "window",
-                    cut_out=scene.cut_out if w == n - 1 else "window",
-                )
+def _time(scene: Scene, i: int, fps: float, pts: np.ndarray | None) -> float:
+    if pts is not None and i < len(pts):
+        return float(pts[i])
+    if i == scene.end:
+        return scene.end_s
+    return scene.start_s + (i - scene.start) / fps
+
+
+def _plan_scene(
+    scene: Scene, k: int, first_window: int, cfg: ClipConfig, fps: float, pts: np.ndarray | None
+) -> list[ClipSpan]:
+    """The clips of one scene (no suspect spans), windows numbered from ``first_window``."""
+    spans: list[ClipSpan] = []
+    start = scene.start + cfg.trim_frames + (cfg.margin_frames if scene.cut_in != "start" else 0)
+    end = scene.end - cfg.trim_frames - (cfg.margin_frames if scene.cut_out != "end" else 0)
+    if end - start < 1:
+        return spans
+
+    def time_of(i: int) -> float:
+        return _time(scene, i, fps, pts)
+
+    duration = time_of(end) - time_of(start)
+    if duration < cfg.min_s - 1e-6:
+        return spans
+    n = max(1, math.ceil(duration / cfg.max_s - 1e-9))
+    while True:
+        edges = np.rint(np.linspace(start, end, n + 1)).astype(int)
+        if all(time_of(b) - time_of(a) <= cfg.max_s + 1e-6 for a, b in zip(edges[:-1], edges[1:])):
+            break
+        n += 1  # VFR: equal frame counts can exceed max_s; one more window
+    for w, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        spans.append(
+            ClipSpan(
+                start=int(a),
+                end=int(b),
+                start_s=time_of(int(a)),
+                end_s=time_of(int(b)),
+                scene_index=k,
+                window_index=first_window + w,
+                cut_in=scene.cut_in if w == 0 else "window",
+                cut_out=scene.cut_out if w == n - 1 else "window",
             )
+        )
     return spans
 
 

@@ -2,7 +2,7 @@
 
 Every frame becomes a 32x18 YUV thumbnail (float32, full range): from the decoder's own planes without an RGB
 conversion (``curate.frames.iter_thumbs``, the split stage's path) or from an RGB frame (``push``). A ring of the
-last ~2.3 s of thumbnails and a few scalars per frame are all the state: memory does not grow with the video
+last ~3.2 s of thumbnails and a few scalars per frame are all the state: memory does not grow with the video
 beyond O(frames) scalars. Decisions come a few frames late (``_LAG``), when the frames after a candidate are in.
 
 * **hard cuts** (``detector="shots"``, the default): ``d[i]`` = mean |thumb i - thumb i-1|. Frame ``i`` starts a
@@ -40,6 +40,23 @@ beyond O(frames) scalars. Decisions come a few frames late (``_LAG``), when the 
   between 0 and 1, widened to the frames clearly off both ends (a rise that is no straight line).
 
 Transition frames belong to no scene; a scene is a maximal run of non-transition frames between hard cuts.
+
+* **clip purity guard** (``guard``): a second, looser wipe and slide test that changes no scene and no boundary,
+  only the clips planned from a scene (``Scene.suspect``, read by ``curate.clips.plan_clips``, which keeps clips
+  clear of these spans). For every other frame ``b`` and windows ``[a, b]`` of 0.2-0.8 s ending a dissolve
+  window's length before the detector's decisions (so every transition it finds around them is marked), with no
+  hard cut inside, frames ``a`` and ``b`` of shots, and no still frames needed around the window (the detector
+  above needs them: a wipe into or out of a shot that moves by itself is missed there). The ends must differ
+  (``wipe_min_diff``) over at least ``guard_min_changed`` of the picture. *Wipes*: most of the summed per-pixel
+  path is the end-to-end change (``guard_min_efficiency``: camera motion moves pixels back and forth), and the
+  frames in between are frames ``a`` and ``b`` side by side with a straight still edge that moves one way across
+  at least 60 % of the picture, each within ``guard_max_error`` of the ends' difference. *Slides* (where no
+  transition was detected): frame ``b`` pushes frame ``a`` out, each frame within ``guard_slide_max_error``, and
+  the seam between them stands out (``guard_min_seam`` times the median step between neighbouring columns or rows:
+  a pan fits the same model without a seam). In both, the edge is inside the picture for at least 3 frames and
+  half the window; those frames, one more on each side, are suspect. A window may hold frames the detector marked
+  when the change goes on past them (a span found too short is completed here). A whip pan, a zoom or a flash
+  moves or blends the whole picture at once and fits neither model. Cost: ~0.03 ms a frame on the benchmark.
 """
 
 from __future__ import annotations
@@ -94,6 +111,13 @@ class SceneConfig:
     wipe_min_diff: float = 7.0  # mean |end - start| a wipe or slide must bridge
     wipe_min_changed: float = 0.5  # share of thumbnail cells a wipe or slide must change by > 12 levels
     wipe_max_error: float = 0.35  # max mean error of a split-screen model of a wipe/slide frame, share of that
+    guard: bool = True  # clip purity guard: mark wipe-like spans inside scenes as suspect (clips keep clear)
+    guard_max_s: float = 0.8  # longest window the guard tries
+    guard_max_error: float = 0.15  # max mean error of the guard's still-edge model, share of the ends' difference
+    guard_min_changed: float = 0.3  # share of thumbnail cells the two ends must differ in by > 12 levels
+    guard_min_efficiency: float = 0.5  # end-to-end difference / summed mean steps over the window (wipes)
+    guard_slide_max_error: float = 0.25  # max mean error of the guard's slide model, share of the ends' difference
+    guard_min_seam: float = 2.5  # a slide's seam: its step / the median step between neighbouring columns (rows)
 
     def __post_init__(self) -> None:
         if self.detector not in ("shots", "adaptive", "content"):
@@ -115,6 +139,7 @@ class Scene:
     end_s: float
     cut_in: str
     cut_out: str
+    suspect: tuple[tuple[int, int], ...] = ()  # frames [lo, hi) inside the scene the purity guard flagged
 
     @property
     def num_frames(self) -> int:
@@ -147,6 +172,15 @@ def _window_lengths(max_len: int) -> list[int]:
         out.append(length)
         length = max(length + 1, int(length * 1.12))
     return out
+
+
+def _guard_lengths(shortest: int, longest: int) -> list[int]:
+    """Window lengths ``b - a`` the purity guard tries, ``shortest`` to ``longest``, ~40 % apart."""
+    out, length = [], shortest
+    while length < longest:
+        out.append(length)
+        length = max(length + 1, int(length * 1.4))
+    return out + [max(shortest, longest)]
 
 
 _SPLIT_MODELS = (  # (name, is a slide, edge moves along the columns)
@@ -218,11 +252,19 @@ class SceneSplitter:
         self._cuts: set[int] = set()
         self._cut_list: list[int] = []  # our cuts, ascending
         self._lengths = _window_lengths(int(round(cfg.dissolve_max_s * self.fps)) + 2)
-        self._cap = max(self._lengths[-1] + _LAG + 4, 16)
+        self._guard_lengths = _guard_lengths(max(4, int(round(0.2 * self.fps))),
+                                             min(self._lengths[-1], int(round(cfg.guard_max_s * self.fps))))
+        # the guard looks at windows ending this many frames before the dissolve decisions: every transition the
+        # detector finds around them is marked by then
+        self._guard_delay = self._lengths[-1] + 2
+        self._guard_next = 1  # the next window end the guard looks at
+        self._cap = max(self._lengths[-1] + _LAG + 4, self._guard_delay + self._guard_lengths[-1] + _LAG + 2, 16)
         self._ring = np.zeros((self._cap,) + THUMB[::-1] + (3,), np.float32)
         self._cum: list[float] = []  # prefix sums of _d
         self._inv_size = 1.0 / (THUMB[0] * THUMB[1] * 3)
         self._free_from = 0  # dissolve windows start at or after this frame
+        self._suspect: list[tuple[int, int]] = []  # the guard's spans [lo, hi), ascending
+        self._seams_of: dict[int, list] = {}  # frame -> its _seams, for frames still in the ring
         self.fade_max = max(1, int(round(cfg.fade_max_s * self.fps)))
         self.flash_max = max(1, int(round(cfg.flash_max_s * self.fps)))
         self._finished = False
@@ -279,6 +321,9 @@ class SceneSplitter:
             self._check_cut(i, last)
         if self.cfg.dissolves and i + 1 <= last:
             self._update_dissolves(i, last)
+        while self.cfg.guard and self._guard_next <= i - self._guard_delay:
+            self._update_guard(self._guard_next)
+            self._guard_next += 2  # every other window end: a wipe passes in windows of several ends and lengths
 
     def finish(self) -> list[Scene]:
         """Flush the pending decisions and return the scenes (transition frames excluded, short scenes dropped)."""
@@ -286,13 +331,16 @@ class SceneSplitter:
             n = len(self._pts)
             for i in range(max(1, n - _LAG), n):
                 self._decide(i, n - 1)
+            while self.cfg.guard and self._guard_next < n:
+                self._update_guard(self._guard_next)
+                self._guard_next += 2
             self._finished = True
             if self._psd is not None and n:
                 from scenedetect import FrameTimecode
 
                 for cut in self._psd.post_process(FrameTimecode(n - 1, self.fps)):
                     self._cuts.add(int(cut.frame_num))
-        return assemble_scenes(self._pts, self._kind, self._cuts, self.min_scene_frames, self.fps)
+        return assemble_scenes(self._pts, self._kind, self._cuts, self.min_scene_frames, self.fps, self._suspect)
 
     # ---------------------------------------------------------------------------------------- hard cuts
 
@@ -564,6 +612,70 @@ class SceneSplitter:
             return a + 1 + lo, a + 2 + hi
         return None
 
+    # ---------------------------------------------------------------------------------- clip purity guard
+
+    def _update_guard(self, b: int) -> None:
+        """Try the guard's windows ending at ``b``; spans found join the last suspect span when they overlap or
+        touch it (one wipe passes in several windows, each seeing part of it). Windows that end or start on a
+        transition frame are skipped: frames a and b must belong to shots."""
+        cfg, cap, ring, cum, d, kind = self.cfg, self._cap, self._ring, self._cum, self._d, self._kind
+        suspect = self._suspect
+        if kind[b]:
+            return
+        for n in self._guard_lengths:
+            a = b - n
+            if a < 0:
+                break
+            if kind[a]:
+                continue
+            path = cum[b] - cum[a]
+            if path < cfg.wipe_min_diff:
+                continue  # the end-to-end change is at most the path
+            diff = cv2.norm(ring[a % cap], ring[b % cap], cv2.NORM_L1) * self._inv_size
+            if diff < cfg.wipe_min_diff:
+                continue
+            k = bisect.bisect_right(self._cut_list, a)
+            if k < len(self._cut_list) and self._cut_list[k] <= b:
+                continue  # a hard cut inside: the window spans two scenes
+            inner = self._kind[a + 1: b]
+            if any(inner):  # a detected transition [lo, hi) inside: skip the window when the change stops at
+                # both of its ends (the steps just outside it are under 0.3 of its mean step); else it may be short
+                lo, hi = b - len(inner.lstrip(b"\0")), a + 1 + len(inner.rstrip(b"\0"))
+                pace = 0.3 * (cum[hi] - cum[lo]) / (hi - lo)
+                if d[lo - 1] < pace and d[hi + 1] < pace:
+                    continue
+            k = n - 1
+            at = a + 1 + k // 3, a + 1 + 2 * k // 3
+            probes = ring[at[0] % cap], ring[at[1] % cap]
+            span = None
+            if diff >= cfg.guard_min_efficiency * path and _edge_may_fit(ring[a % cap], ring[b % cap], *probes,
+                                                                         diff, cfg):
+                span = _still_edge_fit(ring[np.arange(a, b + 1) % cap], diff, cfg)
+            # slides: only where no transition was detected
+            if span is None and not any(inner) and self._slide_may_fit(a, b, at, diff):
+                span = _slide_fit(ring[np.arange(a, b + 1) % cap], diff, cfg)
+            if span is None:
+                continue
+            lo, hi = a + span[0] - 1, a + span[1] + 1  # a soft edge shows a frame before and after the model
+            if suspect and lo <= suspect[-1][1]:
+                lo, hi = min(lo, suspect[-1][0]), max(hi, suspect[-1][1])
+                suspect.pop()
+            suspect.append((lo, hi))
+
+    def _slide_may_fit(self, a: int, b: int, probes: tuple[int, int], diff: float) -> bool:
+        """The probe that moves more (inside the run if either is) moves by at least 0.15 of the ends' difference
+        (a slide moves the picture every frame) and passes :func:`_seam_fits`."""
+        cap, ring = self._cap, self._ring
+        moves = max(probes, key=self._d.__getitem__)
+        if self._d[moves] < 0.15 * diff:
+            return False
+        seams = self._seams_of.get(moves)
+        if seams is None:  # once per frame: windows of several lengths and ends share probes
+            if len(self._seams_of) > cap:
+                self._seams_of = {i: v for i, v in self._seams_of.items() if i > moves - cap}
+            seams = self._seams_of[moves] = _seams(ring[moves % cap], self.cfg)
+        return bool(seams) and _seam_fits(ring[moves % cap], seams, ring[a % cap], ring[b % cap], diff, self.cfg)
+
     # ------------------------------------------------------------------------------------------ scenes
 
     def marks(self) -> tuple[bytes, set[int]]:
@@ -581,9 +693,115 @@ class SceneSplitter:
         return sorted(self._cuts)
 
 
-def assemble_scenes(pts, kind, cuts, min_scene_frames: int, fps: float) -> list[Scene]:
+def _edge_may_fit(A: np.ndarray, B: np.ndarray, p1: np.ndarray, p2: np.ndarray, diff: float,
+                  cfg: SceneConfig) -> bool:
+    """Necessary conditions of :func:`_still_edge_fit`, at a 10th of its cost, on the ends and two probes: the
+    frames a third and two thirds in (of ``k`` frames between the ends: offsets ``1 + k // 3``, ``1 + 2 * k // 3``).
+    The edge is inside the picture over a run of at least half the frames, which holds one of the probes."""
+    limit = cfg.guard_max_error * diff
+    bound = limit * A.size
+    for probe in (p1, p2):  # each value at the end it is nearer: a lower bound of a frame's model error
+        if sum(cv2.sumElems(cv2.min(cv2.absdiff(probe, A), cv2.absdiff(probe, B)))) > bound:
+            return False
+    if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < cfg.guard_min_changed:
+        return False  # most of the picture stays: an object moved, no other shot came in
+    for err in _wipe_errors(np.stack([p1, p2]), A, B):  # both probes fit one model, its edge moving one way and
+        edge, full = err.argmin(axis=1), err.shape[1] - 1  # inside the picture in one of them
+        if float(err.min(axis=1).max()) <= limit and edge[0] <= edge[1] and (0 < edge[0] < full or 0 < edge[1] < full):
+            return True
+    return False
+
+
+def _still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[int, int] | None:
+    """The purity guard's wipe test on ``frames`` (the window ``a..b``, ends included; ``diff`` = mean |b - a|):
+    offsets ``[lo, hi)`` of the frames where frames ``a`` and ``b`` side by side with a straight still edge explain
+    every frame within ``guard_max_error`` (the edge moving one way across at least 60 % of the picture, inside it
+    for at least 3 frames and half the window), or None. :func:`_edge_may_fit` runs first (its quick necessary
+    conditions include the share of the picture that changes)."""
+    A, B = frames[0], frames[-1]
+    mids = frames[1:-1]
+    best_score, out = cfg.guard_max_error, None
+    for err in _wipe_errors(mids, A, B):
+        edge = err.argmin(axis=1)
+        full = err.shape[1] - 1
+        if np.any(np.diff(edge) < 0) or edge[-1] - edge[0] < 0.6 * full:
+            continue  # the edge must move one way, across most of the picture
+        moving = np.nonzero((edge > 0) & (edge < full))[0]
+        if len(moving) < max(3, len(edge) // 2):
+            continue
+        score = float(err[np.arange(len(edge)), edge].max()) / diff
+        if score <= best_score:
+            best_score, out = score, (1 + int(moving[0]), 2 + int(moving[-1]))
+    return out
+
+
+def _steps(frame: np.ndarray, along_columns: bool) -> np.ndarray:
+    """Mean |luma difference| between neighbouring thumbnail columns (rows) of ``frame``."""
+    y = frame[..., 0]
+    return np.abs(np.diff(y, axis=1 if along_columns else 0)).mean(axis=0 if along_columns else 1)
+
+
+def _seams(frame: np.ndarray, cfg: SceneConfig) -> list[tuple[bool, int]]:
+    """(along the columns?, position) of the largest step between neighbouring columns and between neighbouring rows
+    of ``frame``, where that step stands out: ``guard_min_seam`` times the median step (two pictures side by side
+    show one; a panned or blurred picture none). Columns (rows) before the position come from one picture."""
+    out = []
+    for along_columns in (True, False):
+        steps = _steps(frame, along_columns)
+        if steps.max() >= cfg.guard_min_seam * (np.median(steps) + 1e-3):
+            out.append((along_columns, int(steps.argmax()) + 1))
+    return out
+
+
+def _seam_fits(probe: np.ndarray, seams: list[tuple[bool, int]], A: np.ndarray, B: np.ndarray, diff: float,
+               cfg: SceneConfig) -> bool:
+    """A necessary condition of :func:`_slide_fit` for a frame of the run: it shows a seam (``_seams(probe)``) and
+    is ``A`` pushed out by ``B`` with the seam there."""
+    h, w = A.shape[:2]
+    for along_columns, at in seams:
+        n, axis = (w, 1) if along_columns else (h, 0)
+        pushes = (np.concatenate([A.take(range(n - at, n), axis), B.take(range(n - at), axis)], axis=axis),
+                  np.concatenate([B.take(range(n - at, n), axis), A.take(range(n - at), axis)], axis=axis))
+        if min(float(np.abs(probe - x).mean()) for x in pushes) <= cfg.guard_slide_max_error * diff:
+            return True
+    return False
+
+
+def _slide_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[int, int] | None:
+    """The purity guard's slide test on ``frames`` (the window ``a..b``, ends included): offsets ``[lo, hi)`` of the
+    frames where frame ``b`` pushes frame ``a`` out with a straight seam that moves one way across at least 60 % of
+    the picture, each frame within ``guard_slide_max_error`` of the ends' difference, and the seam stands out in
+    those frames (median over them of the step at the seam >= ``guard_min_seam`` times the median step: a pan,
+    which fits the same model, has no seam)."""
+    A, B = frames[0], frames[-1]
+    if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < cfg.guard_min_changed:
+        return None
+    mids = frames[1:-1]
+    for m in range(4, 8):
+        err = np.abs(mids[:, None] - _split_model(A, B, m)[None]).mean(axis=(2, 3, 4))  # (k, offsets)
+        edge, full = err.argmin(axis=1), err.shape[1] - 1
+        if np.any(np.diff(edge) < 0) or edge[-1] - edge[0] < 0.6 * full:
+            continue
+        moving = np.nonzero((edge > 0) & (edge < full))[0]
+        if len(moving) < max(3, len(edge) // 2):
+            continue
+        if float(err[np.arange(len(edge)), edge].max()) > cfg.guard_slide_max_error * diff:
+            continue
+        along_columns = m in (4, 5)
+        seams = []
+        for j in moving:  # push left / up: the seam at (length - offset); push right / down: at the offset
+            at = full - int(edge[j]) if m in (4, 6) else int(edge[j])
+            steps = _steps(mids[j], along_columns)
+            seams.append(steps[at - 1] / (np.median(steps) + 1e-3))
+        if float(np.median(seams)) >= cfg.guard_min_seam:
+            return 1 + int(moving[0]), 2 + int(moving[-1])
+    return None
+
+
+def assemble_scenes(pts, kind, cuts, min_scene_frames: int, fps: float, suspect=()) -> list[Scene]:
     """Scenes from per-frame marks: maximal runs of frames whose ``kind`` is 0 (no transition), split at every
-    index in ``cuts``; runs shorter than ``min_scene_frames`` are dropped. ``pts`` gives the times (s)."""
+    index in ``cuts``; runs shorter than ``min_scene_frames`` are dropped. ``pts`` gives the times (s). ``suspect``:
+    the guard's spans ``[lo, hi)``; each scene carries the parts of those inside it."""
     n = len(pts)
     if n == 0:
         return []
@@ -597,7 +815,8 @@ def assemble_scenes(pts, kind, cuts, min_scene_frames: int, fps: float) -> list[
             if i - start >= min_scene_frames:
                 end_s = end_of_stream if i == n else pts[i]
                 cut_in = "start" if start == 0 else (_KIND_NAME[kind[start - 1]] if kind[start - 1] else "cut")
-                scenes.append(Scene(start, i, float(pts[start]), float(end_s), cut_in, cut_out))
+                inside = tuple((max(lo, start), min(hi, i)) for lo, hi in suspect if lo < i and hi > start)
+                scenes.append(Scene(start, i, float(pts[start]), float(end_s), cut_in, cut_out, inside))
             start = None
         if start is None and i < n and not is_transition:
             start = i

@@ -132,13 +132,16 @@ def analyse_and_cut(path: str, probe_row: dict, cfg: SplitConfig) -> list[dict]:
             pts.append(frame.pts_s)
     scenes = splitter.finish()
     pts = np.asarray(pts, dtype=np.float64)
-    spans = plan_clips(scenes, cfg.clips, fps, pts)
+    rejected = []  # scenes whose clips the scene stage's purity guard dropped: one status row each
+    spans = plan_clips(scenes, cfg.clips, fps, pts, rejected=rejected)
+    why = f"a wipe-like change inside leaves no clean part >= {cfg.clips.min_s} s"
     if not spans:
-        reason = "no-frames" if len(pts) == 0 else "no-usable-scenes"
-        return [status_row(probe_row, "rejected", "split", reason,
-                           message=f"{len(scenes)} scenes, none >= {cfg.clips.min_s} s")]
+        reason = "no-frames" if len(pts) == 0 else "transition-suspect" if rejected else "no-usable-scenes"
+        message = f"{len(rejected)} scenes: {why}" if rejected else f"{len(scenes)} scenes, none >= {cfg.clips.min_s} s"
+        return [status_row(probe_row, "rejected", "split", reason, message=message)]
     results = cut_clips(path, spans, pts, cfg.clips, rotation=int(probe_row.get("rotation") or 0))
-    rows = []
+    rows = [status_row(probe_row, "rejected", "split", r.reason, message=f"scene frames {r.start}-{r.end}: {why}",
+                       clip=make_clip_id(probe_row["content_id"], r.start, r.end)) for r in rejected]
     for span, res in zip(spans, results):
         cid = make_clip_id(probe_row["content_id"], span.start, span.end)
         if isinstance(res, Exception):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import av
 import numpy as np
 import pytest
 
 from curate import synth
-from curate.clips import ClipConfig, ClipSpan, _even_size, cut_clip, cut_clips, plan_clips
+from curate.clips import ClipConfig, ClipSpan, RejectedClip, _even_size, cut_clip, cut_clips, plan_clips
 from curate.frames import DecodeConfig, iter_frames
 from curate.scenes import Scene, SceneConfig, SceneSplitter
 from curate.synth import Shot, Transition
@@ -61,6 +62,29 @@ def test_margin_keeps_clips_clear_of_detected_boundaries_not_of_the_file_ends():
     assert [(s.start, s.end) for s in spans] == [(1, 94), (106, 194), (216, 299)]
     with pytest.raises(ValueError):
         ClipConfig(margin_frames=-1)
+
+
+def test_suspect_spans_split_a_scene_and_a_scene_they_empty_is_reported():
+    """The purity guard's spans cut a scene like a detected transition (margin on both sides); a scene left with
+    no part long enough is reported as rejected, and scenes without spans plan as before."""
+    cfg = ClipConfig(min_s=1.0, max_s=15.0)  # default margin: 2 frames
+    split = replace(_scene(0, 200, cut_in="start", cut_out="cut"), suspect=((90, 100),))
+    rejected: list[RejectedClip] = []
+    spans = plan_clips([split], cfg, 24.0, rejected=rejected)
+    assert [(s.start, s.end, s.cut_in, s.cut_out) for s in spans] == [(0, 88, "start", "suspect"),
+                                                                        (102, 198, "suspect", "cut")]
+    assert [s.window_index for s in spans] == [0, 1] and all(s.scene_index == 0 for s in spans)
+    assert spans[1].start_s == pytest.approx(102 / 24.0) and spans[0].end_s == pytest.approx(88 / 24.0)
+    assert rejected == []
+    # a 60-frame scene (2.5 s) split in its middle: neither side reaches min_s = 2 s, the scene is reported
+    short = replace(_scene(300, 360), suspect=((325, 335),))
+    plain = _scene(400, 460)
+    spans = plan_clips([short, plain], ClipConfig(min_s=2.0, max_s=15.0, margin_frames=0), 24.0, rejected=rejected)
+    assert [(s.start, s.end, s.scene_index) for s in spans] == [(400, 460, 1)]
+    assert rejected == [RejectedClip(300, 360, 0, "transition-suspect")]
+    # without the spans the same scene gives its clip
+    assert len(plan_clips([replace(short, suspect=())], ClipConfig(min_s=2.0, max_s=15.0, margin_frames=0),
+                          24.0)) == 1
 
 
 def test_plan_uses_pts_on_vfr():

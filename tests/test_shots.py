@@ -7,6 +7,7 @@ with the benchmark's own transition and effect generators (``benchmarks.shots.bu
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import av
@@ -16,6 +17,7 @@ import pytest
 
 from benchmarks.shots import build as bench
 from benchmarks.shots import score
+from curate.clips import ClipConfig, plan_clips
 from curate.frames import iter_thumbs
 from curate.scenes import SceneConfig, SceneSplitter
 from curate.synth import Shot, render_clip
@@ -52,14 +54,14 @@ def _gaps(scenes) -> list[tuple[int, int]]:
 
 def test_static_shot_with_a_moving_object_is_one_scene():
     frames = _shot(1, 90)
-    assert [(s.start, s.end) for s in _scenes(frames)] == [(0, 90)]
+    assert [(s.start, s.end, s.suspect) for s in _scenes(frames)] == [(0, 90, ())]  # no suspect span either
 
 
 def test_camera_flash_is_no_cut():
     for length in (1, 2, 3):
         frames = _shot(2, 90)
         bench.flash(frames, 40, length)
-        assert [(s.start, s.end) for s in _scenes(frames)] == [(0, 90)], length
+        assert [(s.start, s.end, s.suspect) for s in _scenes(frames)] == [(0, 90, ())], length
 
 
 @pytest.mark.parametrize("pattern", ["pulldown", "doubled"])
@@ -67,7 +69,7 @@ def test_duplicated_frames_give_no_cut_and_the_real_cut_is_exact(pattern):
     a, b = _shot(3, 60), _shot(4, 60)
     idx = bench.time_pattern(pattern, 50)
     frames = [a[i] for i in idx] + [b[i] for i in idx]
-    assert [(s.start, s.end) for s in _scenes(frames)] == [(0, 50), (50, 100)]
+    assert [(s.start, s.end, s.suspect) for s in _scenes(frames)] == [(0, 50, ()), (50, 100, ())]
 
 
 def _big(seed: int, n: int) -> list[np.ndarray]:
@@ -84,7 +86,7 @@ def test_whip_pan_is_no_cut():
         if 25 <= k < 34:
             img = cv2.blur(img, (31, 1))
         frames.append(img)
-    assert [(s.start, s.end) for s in _scenes(frames)] == [(0, 60)]
+    assert [(s.start, s.end, s.suspect) for s in _scenes(frames)] == [(0, 60, ())]
 
 
 def test_fast_zoom_is_no_cut():
@@ -93,7 +95,17 @@ def test_fast_zoom_is_no_cut():
     big = _big(6, 60)
     frames = [bench._cover(f, SIZE, 1.0 - 0.45 * min(1.0, max(0.0, (k - 25) / 10)), 0.5, 0.5)
               for k, f in enumerate(big)]
-    assert [(s.start, s.end) for s in _scenes(frames)] == [(0, 60)]
+    assert [(s.start, s.end, s.suspect) for s in _scenes(frames)] == [(0, 60, ())]
+
+
+def _pan(seed: int, n: int, speed: float) -> list[np.ndarray]:
+    """A steady pan across a textured scene: every pixel moves every frame, one way."""
+    return [bench._cover(f, SIZE, 0.5, 0.25 + speed * k, 0.5) for k, f in enumerate(_big(seed, n))]
+
+
+@pytest.mark.parametrize("speed", [0.003, 0.008])
+def test_steady_pan_is_one_scene_with_no_suspect_span(speed):
+    assert [(s.start, s.end, s.suspect) for s in _scenes(_pan(31, 60, speed))] == [(0, 60, ())]
 
 
 def test_low_bitrate_file_is_one_scene(tmp_path):
@@ -108,7 +120,7 @@ def test_low_bitrate_file_is_one_scene(tmp_path):
     splitter = SceneSplitter(SceneConfig(), FPS)
     for _, pts, thumb in iter_thumbs(path):
         splitter.push_thumb(thumb, pts)
-    assert [(s.start, s.end) for s in splitter.finish()] == [(0, 90)]
+    assert [(s.start, s.end, s.suspect) for s in splitter.finish()] == [(0, 90, ())]
 
 
 # ---------------------------------------------------------------------------------------- transitions
@@ -171,6 +183,96 @@ def test_hard_cut_and_low_contrast_cut_are_exact():
     frames = [bench._cover(f, SIZE, 0.9, 0.45, 0.5) for f in big[:50]]
     frames += [bench._cover(f, SIZE, 0.6, 0.6, 0.5) for f in big[50:]]
     assert _gaps(_scenes(frames)) == [(50, 49)]
+
+
+# ------------------------------------------------------------------------------------------ purity guard
+
+
+def _dirty(frames_n: int, shots: list[tuple[int, int]], scenes) -> tuple[int, int]:
+    """Dirty clips planned (default ClipConfig) from ``scenes`` without and with their suspect spans."""
+    truth = {"frames": frames_n, "shots": [{"start": a, "end": b} for a, b in shots]}
+    bare = plan_clips([replace(s, suspect=()) for s in scenes], ClipConfig(), FPS)
+    return score.dirty_spans(truth, bare), score.dirty_spans(truth, plan_clips(scenes, ClipConfig(), FPS))
+
+
+def test_purity_guard_keeps_clips_clear_of_a_wipe_over_a_third_of_the_picture():
+    """Two shots of one backdrop that differ in the left 35 % (the detector's wipe test asks for half the
+    picture): the wipe stays inside the one scene, and the guard's suspect span keeps the clips clear of it."""
+    a, other = _shot(15, 160), _shot(40, 160)
+    b = [f.copy() for f in a]
+    for f, g in zip(b, other):
+        f[:, : int(SIZE[0] * 0.35)] = g[:, : int(SIZE[0] * 0.35)]
+    n = 12
+    frames = a[:70] + bench.transition("wipe", n, a[70:], b[70:], np.random.default_rng(0)) + b[70 + n:]
+    scenes = _scenes(frames)
+    assert [(s.start, s.end) for s in scenes] == [(0, 160)]  # the detector misses it
+    ((lo, hi),) = scenes[0].suspect
+    assert abs(lo - 70) <= 1 and abs(hi - (70 + n)) <= 1, (lo, hi)
+    assert _dirty(len(frames), [(0, 70), (70 + n, 160)], scenes) == (1, 0)
+
+
+def test_purity_guard_keeps_clips_clear_of_a_slide_the_detector_misses():
+    """The same two shots of one backdrop joined by a slide: the picture moves as a whole, with a seam between the
+    two shots that a pan does not show."""
+    a, other = _shot(16, 160), _shot(41, 160)
+    b = [f.copy() for f in a]
+    for f, g in zip(b, other):
+        f[:, : int(SIZE[0] * 0.35)] = g[:, : int(SIZE[0] * 0.35)]
+    n = 14
+    frames = a[:70] + bench.transition("slide", n, a[70:], b[70:], np.random.default_rng(1)) + b[70 + n:]
+    scenes = _scenes(frames)
+    assert [(s.start, s.end) for s in scenes] == [(0, 160)]  # the detector misses it
+    ((lo, hi),) = scenes[0].suspect
+    assert abs(lo - 70) <= 1 and abs(hi - (70 + n)) <= 1, (lo, hi)
+    assert _dirty(len(frames), [(0, 70), (70 + n, 160)], scenes) == (1, 0)
+
+
+def test_purity_guard_completes_a_wipe_between_panning_shots_that_the_detector_ends_early():
+    """Both shots pan: the detector's span ends 3 frames early (past the clip margin); the guard's span does not."""
+    n = 20
+    a, b = _pan(31, 60 + n, 0.004), _pan(32, 80, -0.004)
+    frames = a[:60] + bench.transition("wipe", n, a[60:], b[:n], np.random.default_rng(1)) + b[n:]
+    scenes = _scenes(frames)
+    assert len(scenes) == 2 and scenes[1].suspect, [(s.start, s.end, s.suspect) for s in scenes]
+    assert _dirty(len(frames), [(0, 60), (60 + n, len(frames))], scenes) == (1, 0)
+
+
+def test_split_stage_reports_a_scene_the_purity_guard_empties(tmp_path):
+    """A cut, then a 3-s scene holding a wipe over a third of the picture: the first scene gives its clip, the second
+    no clean part of 2 s, so it becomes a rejected status row of its own (counted, not lost)."""
+    from curate.split import SplitConfig, analyse_and_cut
+
+    a, c, other = _shot(21, 80), _shot(15, 100), _shot(40, 100)
+    d = [f.copy() for f in c]
+    for f, g in zip(d, other):
+        f[:, : int(SIZE[0] * 0.35)] = g[:, : int(SIZE[0] * 0.35)]
+    n = 12
+    frames = a + c[:40] + bench.transition("wipe", n, c[40:], d[40:], np.random.default_rng(0)) + d[40 + n: 92]
+    path = tmp_path / "wipe.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+        for f in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(stream.encode(None))
+    probe = {"key": "k", "source_uri": str(path), "content_id": "c" * 64, "fps_avg": 30.0, "rotation": 0}
+    rows = analyse_and_cut(str(path), probe, SplitConfig())
+    assert [(r["row_kind"], r["outcome"], r["reason"]) for r in rows] == [("status", "rejected", "transition-suspect"),
+                                                                          ("clip", "accepted", None)]
+    assert rows[0]["clip_id"] and all(r["expected_rows"] == 2 for r in rows)
+    assert (rows[1]["start_frame"], rows[1]["end_frame"]) == (0, 78)
+    unguarded = analyse_and_cut(str(path), probe, SplitConfig(scenes=SceneConfig(guard=False)))
+    assert [r["row_kind"] for r in unguarded] == ["clip", "clip"]
+
+
+def test_purity_guard_settings_are_in_the_build_fingerprint():
+    from pipelines.build import BuildConfig
+    from curate.store import fingerprint
+
+    def fp(**kw):
+        return fingerprint(BuildConfig(input="in", output="out", scenes=SceneConfig(**kw)).fingerprinted())
+
+    assert len({fp(), fp(guard=False), fp(guard_max_error=0.2)}) == 3
 
 
 def test_score_matches_each_transition_once():
