@@ -310,3 +310,15 @@ def test_one_packed_clip_without_padding_is_the_unpacked_forward(checkpointing):
         a(x, t, text, mask, packed=layout)
     with pytest.raises(ValueError, match="packed clips"):
         a(pack_tokens([x[0]], layout, cfg.patch), t.repeat(2), text, mask, packed=layout)
+
+
+def test_a_dit_narrower_than_its_patch_is_named():
+    """``narrow_output``: a DiT whose width is under the latent values per patch (8 channels x 4x4 = 128 > 64) is
+    named with both numbers, since its velocity spans only ``hidden`` directions of each patch; 2x2 patches (32)
+    or a width of 128 pass."""
+    from model.dit import dit_config, narrow_output
+
+    note = narrow_output(dit_config("tiny", latent_channels=8, patch=(1, 4, 4)))
+    assert note is not None and "(64)" in note and "= 128" in note
+    assert narrow_output(dit_config("tiny", latent_channels=8, patch=(1, 2, 2))) is None
+    assert narrow_output(dit_config("tiny", latent_channels=8, patch=(1, 4, 4), hidden=128)) is None

@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from curate.media import contact_sheet, save_media
 from model.buckets import BucketConfig
 from model.checkpoint import latest_checkpoint, load_checkpoint, load_vae, save_checkpoint
-from model.dit import DiT, DiTConfig, dit_config
+from model.dit import DiT, DiTConfig, dit_config, narrow_output
 from model.ema import EMA
 from model.conditioning import TaskMix
 from model.flow import Flow, FlowConfig
@@ -398,6 +398,8 @@ def main(cfg: TrainDiTConfig) -> dict:
               f"latent shapes, {plan.per_epoch} batches/epoch, start step {start}, world {info.world} "
               f"({'fsdp' if dit.fsdp else 'ddp' if info.world > 1 else 'single'}), "
               f"training for {limits(cfg.steps, budget)}" + (f"\n{packer.describe()}" if packer else ""), flush=True)
+        if note := narrow_output(dit_cfg):
+            print(f"[dit] WARNING: {note}", flush=True)
     progress = Progress("dit", start, cfg.steps, budget, enabled=info.is_main)
     profiler = (StepProfiler(run_dir / "profile", max(start, cfg.profile_from), cfg.profile_steps, device)
                 if cfg.profile_steps > 0 and info.is_main else None)
