@@ -105,8 +105,8 @@ def narrow_output(cfg: DiTConfig) -> str | None:
     if cfg.hidden >= values:
         return None
     return (f"the DiT's width ({cfg.hidden}) is under the latent values per patch ({cfg.latent_channels} channels x "
-            f"{'x'.join(map(str, cfg.patch))} = {values}): its velocity spans only {cfg.hidden} of {values} directions, "
-            "and the rest of every patch keeps its noise; use smaller patches or a wider model")
+            f"{'x'.join(map(str, cfg.patch))} = {values}): its velocity spans only {cfg.hidden} of {values} "
+            "directions, and the rest of every patch keeps its noise; use smaller patches or a wider model")
 
 
 def dit_config(preset: str, **overrides) -> DiTConfig:

@@ -174,10 +174,12 @@ PROFILES: dict[str, LoopConfig] = {
     # phrasings, 4 seeds) in batches of 64 with the DiT under bf16 autocast (768 took 40 s on a shared H100,
     # 2026-12-05), so the DiT steps until 480 s after the loop began, whatever the VAE and the encoding took.
     # A VAE trained on 17-frame clips with an edge loss (vae.edge_weight) was tried on 2026-12-05 and not adopted:
-    # in 150 s on a shared H100 it kept shape no better (RESULTS.md)
+    # in 150 s on a shared H100 it kept shape no better (RESULTS.md). The VAE's encoder is grouped (since
+    # 2026-12-05), so given frames anywhere in a clip are pinned to their exact in-clip latents; its cost at this
+    # size was measured once (one seed, 400 steps on an H100: 22.01 against 22.27 dB), at 64 px over 3 seeds -0.06 dB
     "gpu": LoopConfig(size=128, vae_frames=9, dit_stop_after_s=480, num_workers=8,
-                      vae=replace(LOOP_VAE, preset="small-f4c4", steps=20000, batch_size=16, lr=8e-4, ema_decay=0.999,
-                                  warmup_steps=50, time_budget_s=150),
+                      vae=replace(LOOP_VAE, preset="small-f4c4-grouped", steps=20000, batch_size=16, lr=8e-4,
+                                  ema_decay=0.999, warmup_steps=50, time_budget_s=150),
                       dit=replace(LOOP_DIT, preset="B", patch=(1, 4, 4), pooled_text=True, time_shift=3.0, compile=True,
                                   steps=100000, lr=4e-4, ema_decay=0.999, warmup_steps=100, time_budget_s=0,
                                   t_uniform=0.3, cooldown=0.2, task_mix=(0.85, 0.05, 0.03, 0.02, 0.03, 0.02),

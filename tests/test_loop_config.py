@@ -102,7 +102,7 @@ RECORDED = {
             batch_size=16, betas=(0.9, 0.99), bf16=True, ckpt_every=20000, data_root='DATA', device='auto',
             disc_channels=64, disc_lr=0.0001, disc_start=5000, disc_weight=0.0, ema_decay=0.999, grad_clip=1.0,
             holdout_pct=0.0, image_prob=0.1, keep_last=1, kl_weight=1e-06, log_every=10, lpips_path='',
-            lpips_weight=0.1, lr=0.0008, num_frames=(9,), num_workers=8, preset='small-f4c4', preview_every=20000,
+            lpips_weight=0.1, lr=0.0008, num_frames=(9,), num_workers=8, preset='small-f4c4-grouped', preview_every=20000,
             resolutions=((128, 128),), resume=False, run_dir='OUT/vae', seed=0, steps=20000, time_budget_s=150,
             warmup_steps=50, weight_decay=0.0),
         'dit': dict(
