@@ -155,12 +155,14 @@ def _label(value) -> str:
 PROFILES: dict[str, LoopConfig] = {
     # the demo on a 2-core CPU: trained by steps, not by the clock, so a busy machine takes longer and learns the
     # same. The 4x-spatial VAE with DC-AE shortcuts and a grouped encoder (tiny-f4c8-dc-grouped, 0.1 M parameters)
-    # on 9-frame clips, 4x4 DiT patches (16 tokens per latent frame). benchmarks/RESULTS.md, 2026-12-05: after 600
-    # steps on the demo's clips its round trip keeps colour 1.00 on the eval's seen prompts, where tiny-f4c8 without
-    # the shortcuts kept 0.25 (0.61 after 1200). eval-text: 4 seen and 4 held-out shots, 16 prompts each
+    # on 9-frame clips; 2x2 DiT patches (32 latent values per token, under the tiny DiT's width of 64: with 4x4
+    # patches, 128 values, half of every patch kept its noise, model.dit.narrow_output). benchmarks/RESULTS.md,
+    # 2026-12-05: after 600 steps on the demo's clips the VAE's round trip keeps colour 1.00 on the eval's seen
+    # prompts (tiny-f4c8 without the shortcuts: 0.25); the DiT's loss ends at 0.25 against 0.71 with 4x4 patches,
+    # and its clips still read ~0 (colour and background mixed). eval-text: 4 seen and 4 held-out shots
     "cpu": LoopConfig(vae_frames=9, vae=replace(LOOP_VAE, preset="tiny-f4c8-dc-grouped", steps=600, batch_size=2,
                                                 lr=1e-3),
-                      dit=replace(LOOP_DIT, steps=4000, patch=(1, 4, 4)), eval=replace(LOOP_EVAL, limit=4)),
+                      dit=replace(LOOP_DIT, steps=4000, patch=(1, 2, 2)), eval=replace(LOOP_EVAL, limit=4)),
     # seconds: the loop's plumbing (tests, a quick look), nothing learned
     # (eval-text at 64 px, where its detector reads every shape: one seen and one held-out shot, 4 phrasings x 4 seeds)
     "smoke": LoopConfig(size=32, vae=replace(LOOP_VAE, steps=6, batch_size=2),

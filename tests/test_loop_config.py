@@ -58,7 +58,7 @@ RECORDED = {
             caption_mix=(('short', 1.0),), checkpointing=False, ckpt_every=4000, compile=False, cooldown=0.0,
             data_root='DATA', depth=0, device='auto', ema_decay=0.99, export=True, grad_clip=1.0, heads=0, hidden=0,
             keep_last=1, latent_scale=0.0, latent_shift=0.0, latents='', log_every=40, logit_mean=0.0, logit_std=1.0,
-            lr=0.0005, max_batch=32, pack=False, pack_attention='auto', pack_tokens=0, parallel='ddp', patch=(1, 4, 4),
+            lr=0.0005, max_batch=32, pack=False, pack_attention='auto', pack_tokens=0, parallel='ddp', patch=(1, 2, 2),
             pooled_text=False, prefetch=-1, preset='tiny', profile_from=50, profile_steps=0, resume=False,
             run_dir='OUT/dit', sample_cfg=5.0, sample_every=4000, sample_fps=8, sample_frames=17, sample_prompts=('p1',
             'p2'), sample_seeds=(0,), sample_size=(64, 64), sample_steps=20, seed=0, shift=True, steps=4000,
