@@ -68,6 +68,11 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from curate.split_screen import (SPLIT_MODELS as _SPLIT_MODELS, edge_may_fit as _edge_may_fit,
+                                 seam_fits as _seam_fits, seams as _seams, slide_fit as _slide_fit,
+                                 split_model as _split_model, still_edge_fit as _still_edge_fit,
+                                 wipe_errors as _wipe_errors)
+
 # Per-frame transition kinds (codes in SceneSplitter._kind).
 _NONE, _FADE, _DISSOLVE = 0, 1, 2
 _KIND_NAME = {_FADE: "fade", _DISSOLVE: "dissolve"}
@@ -181,48 +186,6 @@ def _guard_lengths(shortest: int, longest: int) -> list[int]:
         out.append(length)
         length = max(length + 1, int(length * 1.4))
     return out + [max(shortest, longest)]
-
-
-_SPLIT_MODELS = (  # (name, is a slide, edge moves along the columns)
-    ("wipe right", False, True), ("wipe left", False, True), ("wipe down", False, False), ("wipe up", False, False),
-    ("push left", True, True), ("push right", True, True), ("push up", True, False), ("push down", True, False))
-
-
-def _split_model(A: np.ndarray, B: np.ndarray, m: int) -> np.ndarray:
-    """(offsets, H, W, 3) pictures of ``A`` and ``B`` side by side for model ``m`` of ``_SPLIT_MODELS``: wipes (both
-    still) and slides (both moving) in the four directions, the edge at every thumbnail column (row) offset."""
-    h, w = A.shape[:2]
-    if m == 0:
-        return np.stack([np.concatenate([B[:, :o], A[:, o:]], axis=1) for o in range(w + 1)])
-    if m == 1:
-        return np.stack([np.concatenate([A[:, : w - o], B[:, w - o:]], axis=1) for o in range(w + 1)])
-    if m == 2:
-        return np.stack([np.concatenate([B[:o], A[o:]], axis=0) for o in range(h + 1)])
-    if m == 3:
-        return np.stack([np.concatenate([A[: h - o], B[h - o:]], axis=0) for o in range(h + 1)])
-    # slides: windows sliding over the two pictures side by side, [A B] (push left: A[:, o:] then B[:, :o]), [B A]
-    # (push right: B[:, w - o:] then A[:, :w - o]), and the same along the rows (push up, push down)
-    axis = 1 if m in (4, 5) else 0
-    n = A.shape[axis]
-    both = np.concatenate([A, B] if m in (4, 6) else [B, A], axis=axis)
-    offsets = np.arange(n + 1) if m in (4, 6) else n - np.arange(n + 1)
-    out = np.take(both, offsets[:, None] + np.arange(n)[None, :], axis=axis)
-    return out.transpose(1, 0, 2, 3) if axis == 1 else out
-
-
-def _wipe_errors(mids: np.ndarray, A: np.ndarray, B: np.ndarray) -> list[np.ndarray]:
-    """Per wipe model (0-3 of ``_SPLIT_MODELS``), (k, offsets) mean |frame - model| for every frame of ``mids`` and
-    edge offset, from per-column (row) errors against ``A`` and ``B`` and their running sums: the same numbers as
-    comparing with ``_split_model(A, B, m)``, at a 30th of the cost."""
-    to_a, to_b = np.abs(mids - A), np.abs(mids - B)
-    out = []
-    for axis in ((1, 3), (2, 3)):  # sum over rows and channels (an edge along the columns), then the converse
-        ca, cb = to_a.sum(axis=axis), to_b.sum(axis=axis)  # (k, W) or (k, H)
-        zero = np.zeros((len(mids), 1), np.float32)
-        cum_a, cum_b = np.hstack([zero, np.cumsum(ca, axis=1)]), np.hstack([zero, np.cumsum(cb, axis=1)])
-        out.append((cum_b + (cum_a[:, -1:] - cum_a)) / A.size)  # B before the edge at offset o, A after it
-        out.append((cum_a + (cum_b[:, -1:] - cum_b))[:, ::-1] / A.size)  # A before the edge at length - o, B after
-    return [out[0], out[1], out[2], out[3]]
 
 
 class SceneSplitter:
@@ -691,111 +654,6 @@ class SceneSplitter:
     def hard_cuts(self) -> list[int]:
         """Hard-cut positions (first frame of the new shot)."""
         return sorted(self._cuts)
-
-
-def _edge_may_fit(A: np.ndarray, B: np.ndarray, p1: np.ndarray, p2: np.ndarray, diff: float,
-                  cfg: SceneConfig) -> bool:
-    """Necessary conditions of :func:`_still_edge_fit`, at a 10th of its cost, on the ends and two probes: the
-    frames a third and two thirds in (of ``k`` frames between the ends: offsets ``1 + k // 3``, ``1 + 2 * k // 3``).
-    The edge is inside the picture over a run of at least half the frames, which holds one of the probes."""
-    limit = cfg.guard_max_error * diff
-    bound = limit * A.size
-    for probe in (p1, p2):  # each value at the end it is nearer: a lower bound of a frame's model error
-        if sum(cv2.sumElems(cv2.min(cv2.absdiff(probe, A), cv2.absdiff(probe, B)))) > bound:
-            return False
-    if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < cfg.guard_min_changed:
-        return False  # most of the picture stays: an object moved, no other shot came in
-    for err in _wipe_errors(np.stack([p1, p2]), A, B):  # both probes fit one model, its edge moving one way and
-        edge, full = err.argmin(axis=1), err.shape[1] - 1  # inside the picture in one of them
-        if float(err.min(axis=1).max()) <= limit and edge[0] <= edge[1] and (0 < edge[0] < full or 0 < edge[1] < full):
-            return True
-    return False
-
-
-def _still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[int, int] | None:
-    """The purity guard's wipe test on ``frames`` (the window ``a..b``, ends included; ``diff`` = mean |b - a|):
-    offsets ``[lo, hi)`` of the frames where frames ``a`` and ``b`` side by side with a straight still edge explain
-    every frame within ``guard_max_error`` (the edge moving one way across at least 60 % of the picture, inside it
-    for at least 3 frames and half the window), or None. :func:`_edge_may_fit` runs first (its quick necessary
-    conditions include the share of the picture that changes)."""
-    A, B = frames[0], frames[-1]
-    mids = frames[1:-1]
-    best_score, out = cfg.guard_max_error, None
-    for err in _wipe_errors(mids, A, B):
-        edge = err.argmin(axis=1)
-        full = err.shape[1] - 1
-        if np.any(np.diff(edge) < 0) or edge[-1] - edge[0] < 0.6 * full:
-            continue  # the edge must move one way, across most of the picture
-        moving = np.nonzero((edge > 0) & (edge < full))[0]
-        if len(moving) < max(3, len(edge) // 2):
-            continue
-        score = float(err[np.arange(len(edge)), edge].max()) / diff
-        if score <= best_score:
-            best_score, out = score, (1 + int(moving[0]), 2 + int(moving[-1]))
-    return out
-
-
-def _steps(frame: np.ndarray, along_columns: bool) -> np.ndarray:
-    """Mean |luma difference| between neighbouring thumbnail columns (rows) of ``frame``."""
-    y = frame[..., 0]
-    return np.abs(np.diff(y, axis=1 if along_columns else 0)).mean(axis=0 if along_columns else 1)
-
-
-def _seams(frame: np.ndarray, cfg: SceneConfig) -> list[tuple[bool, int]]:
-    """(along the columns?, position) of the largest step between neighbouring columns and between neighbouring rows
-    of ``frame``, where that step stands out: ``guard_min_seam`` times the median step (two pictures side by side
-    show one; a panned or blurred picture none). Columns (rows) before the position come from one picture."""
-    out = []
-    for along_columns in (True, False):
-        steps = _steps(frame, along_columns)
-        if steps.max() >= cfg.guard_min_seam * (np.median(steps) + 1e-3):
-            out.append((along_columns, int(steps.argmax()) + 1))
-    return out
-
-
-def _seam_fits(probe: np.ndarray, seams: list[tuple[bool, int]], A: np.ndarray, B: np.ndarray, diff: float,
-               cfg: SceneConfig) -> bool:
-    """A necessary condition of :func:`_slide_fit` for a frame of the run: it shows a seam (``_seams(probe)``) and
-    is ``A`` pushed out by ``B`` with the seam there."""
-    h, w = A.shape[:2]
-    for along_columns, at in seams:
-        n, axis = (w, 1) if along_columns else (h, 0)
-        pushes = (np.concatenate([A.take(range(n - at, n), axis), B.take(range(n - at), axis)], axis=axis),
-                  np.concatenate([B.take(range(n - at, n), axis), A.take(range(n - at), axis)], axis=axis))
-        if min(float(np.abs(probe - x).mean()) for x in pushes) <= cfg.guard_slide_max_error * diff:
-            return True
-    return False
-
-
-def _slide_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[int, int] | None:
-    """The purity guard's slide test on ``frames`` (the window ``a..b``, ends included): offsets ``[lo, hi)`` of the
-    frames where frame ``b`` pushes frame ``a`` out with a straight seam that moves one way across at least 60 % of
-    the picture, each frame within ``guard_slide_max_error`` of the ends' difference, and the seam stands out in
-    those frames (median over them of the step at the seam >= ``guard_min_seam`` times the median step: a pan,
-    which fits the same model, has no seam)."""
-    A, B = frames[0], frames[-1]
-    if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < cfg.guard_min_changed:
-        return None
-    mids = frames[1:-1]
-    for m in range(4, 8):
-        err = np.abs(mids[:, None] - _split_model(A, B, m)[None]).mean(axis=(2, 3, 4))  # (k, offsets)
-        edge, full = err.argmin(axis=1), err.shape[1] - 1
-        if np.any(np.diff(edge) < 0) or edge[-1] - edge[0] < 0.6 * full:
-            continue
-        moving = np.nonzero((edge > 0) & (edge < full))[0]
-        if len(moving) < max(3, len(edge) // 2):
-            continue
-        if float(err[np.arange(len(edge)), edge].max()) > cfg.guard_slide_max_error * diff:
-            continue
-        along_columns = m in (4, 5)
-        seams = []
-        for j in moving:  # push left / up: the seam at (length - offset); push right / down: at the offset
-            at = full - int(edge[j]) if m in (4, 6) else int(edge[j])
-            steps = _steps(mids[j], along_columns)
-            seams.append(steps[at - 1] / (np.median(steps) + 1e-3))
-        if float(np.median(seams)) >= cfg.guard_min_seam:
-            return 1 + int(moving[0]), 2 + int(moving[-1])
-    return None
 
 
 def assemble_scenes(pts, kind, cuts, min_scene_frames: int, fps: float, suspect=()) -> list[Scene]:
