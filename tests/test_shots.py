@@ -195,13 +195,19 @@ def _dirty(frames_n: int, shots: list[tuple[int, int]], scenes) -> tuple[int, in
     return score.dirty_spans(truth, bare), score.dirty_spans(truth, plan_clips(scenes, ClipConfig(), FPS))
 
 
-def test_purity_guard_keeps_clips_clear_of_a_wipe_over_a_third_of_the_picture():
-    """Two shots of one backdrop that differ in the left 35 % (the detector's wipe test asks for half the
-    picture): the wipe stays inside the one scene, and the guard's suspect span keeps the clips clear of it."""
-    a, other = _shot(15, 160), _shot(40, 160)
+def _one_backdrop(seed_a: int, seed_b: int) -> tuple[list, list]:
+    """Two 160-frame shots of one backdrop that differ in the left 35 % of the picture (shot ``seed_b`` there)."""
+    a, other = _shot(seed_a, 160), _shot(seed_b, 160)
     b = [f.copy() for f in a]
     for f, g in zip(b, other):
         f[:, : int(SIZE[0] * 0.35)] = g[:, : int(SIZE[0] * 0.35)]
+    return a, b
+
+
+def test_purity_guard_keeps_clips_clear_of_a_wipe_over_a_third_of_the_picture():
+    """Two shots of one backdrop that differ in the left 35 % (the detector's wipe test asks for half the
+    picture): the wipe stays inside the one scene, and the guard's suspect span keeps the clips clear of it."""
+    a, b = _one_backdrop(15, 40)
     n = 12
     frames = a[:70] + bench.transition("wipe", n, a[70:], b[70:], np.random.default_rng(0)) + b[70 + n:]
     scenes = _scenes(frames)
@@ -214,10 +220,7 @@ def test_purity_guard_keeps_clips_clear_of_a_wipe_over_a_third_of_the_picture():
 def test_purity_guard_keeps_clips_clear_of_a_slide_the_detector_misses():
     """The same two shots of one backdrop joined by a slide: the picture moves as a whole, with a seam between the
     two shots that a pan does not show."""
-    a, other = _shot(16, 160), _shot(41, 160)
-    b = [f.copy() for f in a]
-    for f, g in zip(b, other):
-        f[:, : int(SIZE[0] * 0.35)] = g[:, : int(SIZE[0] * 0.35)]
+    a, b = _one_backdrop(16, 41)
     n = 14
     frames = a[:70] + bench.transition("slide", n, a[70:], b[70:], np.random.default_rng(1)) + b[70 + n:]
     scenes = _scenes(frames)
