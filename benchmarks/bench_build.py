@@ -21,6 +21,9 @@ punish a run for its neighbours' load changing between the two measurements. On 
 others it reduces to our own CPU seconds, i.e. to the slowest stage's share of the pipeline's work, a bound the
 wall ratio cannot beat when every stage shares the same cores. The same samples count the split actors running
 a task; their mean in the pipeline over their mean alone says whether the heaviest stage waited on the others.
+The pipeline's CPU is also broken down by process kind (Ray's process title: each stage's actors, the stages'
+worker processes, this driver, Ray Data's own actors, Ray's daemons), in the table and the JSON
+(``cpu_by_process_s``), so that the CPU the pipeline spends beyond the slowest stage can be found.
 
 Ray Data's own counters say, per operator of the pipeline, how long backpressure held its task submission or
 its outputs back: near zero means no stage was held back by a slower one downstream.
@@ -53,6 +56,20 @@ _TICK = os.sysconf("SC_CLK_TCK")
 _SPLIT_ACTOR = b"ray::MapWorker(FlatMap(SplitFlatMap))"
 
 
+_TITLES: dict[int, str] = {}  # pid -> what the process is (Ray's process title), for the CPU breakdown
+
+
+def _title(cmdline: bytes) -> str:
+    """A process's kind from its command line: Ray's title up to the first ``(`` or space
+    (``ray::MapWorker(MapBatches(ScoreStage))`` stays whole), ``sandbox`` for a stage's worker process (multiprocessing)."""
+    head = cmdline.split(b"\0")[0].decode(errors="replace")
+    if not head or b"multiprocessing" in cmdline:
+        return "sandbox (a stage's worker process)"
+    if head.startswith("ray::"):
+        return head.split(".submit")[0].split(".__call__")[0]
+    return os.path.basename(head.split()[0])[:40]
+
+
 def _tree_cpu() -> tuple[dict[int, float], int, int]:
     """CPU seconds (user + system) of this process and each of its descendants, by pid; and how many of them
     are split actors, and how many of those are running a task (Ray titles the process ``....submit`` then)."""
@@ -80,6 +97,8 @@ def _tree_cpu() -> tuple[dict[int, float], int, int]:
                     title = f.read()
             except OSError:
                 title = b""
+            if title:
+                _TITLES[pid] = _title(title) if pid != os.getpid() else "driver (this process)"
             if title.startswith(_SPLIT_ACTOR):
                 split += 1
                 busy += b".submit" in title
@@ -132,12 +151,17 @@ class Span:
         self.last.update(_tree_cpu()[0])
         self.split_busy = sum(self.busy_samples) / len(self.busy_samples) if self.busy_samples else 0.0
         self.ours = sum(v - self.first.get(pid, 0.0) for pid, v in self.last.items())
+        self.by_kind: dict[str, float] = {}
+        for pid, v in self.last.items():
+            kind = _TITLES.get(pid, "other")
+            self.by_kind[kind] = self.by_kind.get(kind, 0.0) + v - self.first.get(pid, 0.0)
         self.others = max(0.0, busy - self.ours)
         self.left = max(1e-6, (os.cpu_count() or 1) * self.wall - self.others)
 
     def row(self) -> dict:
         return {"wall_s": self.wall, "cpu_ours_s": self.ours, "cpu_others_s": self.others, "cpu_left_s": self.left,
-                "split_busy": self.split_busy, "load_1min_at_start": self.load}
+                "split_busy": self.split_busy, "load_1min_at_start": self.load,
+                "cpu_by_process_s": {k: round(v, 2) for k, v in sorted(self.by_kind.items(), key=lambda kv: -kv[1])}}
 
 
 def _blocked(ds) -> list[dict]:
@@ -257,6 +281,8 @@ def _one_run(ray, input_spec: str, work: Path) -> dict:
     busy_ratio = full.split_busy / split_alone.split_busy if split_alone.split_busy else 0.0
     print(f"\npipeline / slowest stage alone ({slowest_name}): wall {ratio:.2f}, CPU left {cpu_ratio:.2f}; split "
           f"actors busy, pipeline / alone: {busy_ratio:.2f}  (target >= 0.8)")
+    print("our CPU-s inside the pipeline, by process: " + ", ".join(
+        f"{k} {v:.1f}" for k, v in sorted(full.by_kind.items(), key=lambda kv: -kv[1]) if v >= 0.05))
     print("time per stage inside the pipeline (worker-seconds):", json.dumps(summary["time_per_stage_s"]))
     print("time blocked inside the pipeline (Ray Data backpressure, s): " + (", ".join(
         f"{b['operator']} submit {b['submission_backpressure_s']:.1f} / output {b['output_backpressure_s']:.1f}"

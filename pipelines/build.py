@@ -3,7 +3,8 @@
 The Ray Data graph (streaming; each stage is a Ray-free function or class from ``curate/``)::
 
     inputs ─► probe (1:1) ─► split: decode, scenes, cut clips (1:N, sandboxed) ─► basic scores ─► OCR ─► CLIP
-           (one actor stage on CPUs) ─► stage shards per input (+ done marker, driver side)
+           ─► stage shards per input (+ done marker, driver side); on CPUs without captions the scorers and the
+           shard writer share one actor stage
     then, on the driver: dedup (embeddings only) ─► publish clips/part-NNNNN.parquet ─► filter ─► summary
            ─► _manifest.json (last)
 
@@ -138,7 +139,8 @@ def _init_ray(address: str | None):
     progress_log = logging.getLogger("ray.data._internal.progress")  # and so is its warning that we turned them off
     if not any(isinstance(f, _DropBarsOff) for f in progress_log.filters):
         progress_log.addFilter(_DropBarsOff())
-    if ray.is_initialized():
+    if ray.is_initialized():  # a caller's Ray (a script, the benchmark): its process still gets the line once
+        _absorb_restart_warning(ray)
         return ray
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -156,6 +158,9 @@ class _Absorber:
         pass
 
 
+_ABSORBED: set[str] = set()  # the Ray jobs (driver sessions) of this process whose line is spent
+
+
 def _absorb_restart_warning(ray) -> None:
     """Spend, out of sight, the one ``core_worker.cc ... E`` line Ray prints per process when an actor with
     restarts gets a constructor argument by reference (ray-project/ray#53727: a restart fails if that argument
@@ -163,8 +168,14 @@ def _absorb_restart_warning(ray) -> None:
     both references for as long as the operator runs, so its restarts find them: the line is a false alarm for
     this graph. It is logged once per process, at actor submission, from the submitting thread: one throwaway
     actor submitted while fd 2 points at /dev/null uses it up, and later real warnings of other kinds still show.
+    Done once per process and Ray session, whoever started Ray.
     """
     import sys
+
+    session = ray.get_runtime_context().get_job_id()
+    if session in _ABSORBED:
+        return
+    _ABSORBED.add(session)
 
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
@@ -239,23 +250,30 @@ def stages(ray, cfg: BuildConfig, *, claims_dir: str | None, stage_root: str, fp
                      max_tasks_in_flight_per_actor=1),  # a fixed pool reserves every actor: GPUs too
         num_cpus=res.split_cpus, num_gpus=res.split_gpus if on_gpu else None)))
     groups = _score_groups(cfg)                                                           # 3. scores (add columns)
+    write = {"root": stage_root, "fingerprint": fp, "store_media": cfg.store_media}
+    # 5. stage shards, in the last scorer's actor when that is a CPU one and no caption stage comes between: the
+    # writer's work is ~0.2 CPU-s per 40 clips, its own actor pool cost ~2 CPU-s (process, Ray Data per block)
+    fuse_write = caption is None and groups[-1][0] == 0.0
     for k, (gpus, scorers) in enumerate(groups):
         # on CPUs, one block (one input's clips, as the split stage emits them) per call: a batch size would hold
         # an input's rows back until later inputs fill the batch, and done markers would land in bursts
-        drop = TRANSIENT_COLUMNS if k == len(groups) - 1 else ()  # the sampled frames end with the last scorer
-        out.append(("score:" + "+".join(name for name, _ in scorers), lambda ds, gpus=gpus, scorers=scorers,
-                    drop=drop: ds.map_batches(
-            ScoreStage, fn_constructor_kwargs={"scorers": scorers, "drop": drop},
+        last = k == len(groups) - 1
+        drop = TRANSIENT_COLUMNS if last else ()  # the sampled frames end with the last scorer
+        kwargs = {"scorers": scorers, "drop": drop, "write": write if last and fuse_write else None}
+        name = "score:" + "+".join(name for name, _ in scorers) + ("+write" if kwargs["write"] else "")
+        out.append((name, lambda ds, gpus=gpus, n_scorers=len(scorers), kwargs=kwargs: ds.map_batches(
+            ScoreStage, fn_constructor_kwargs=kwargs,
             batch_size=res.score_batch_size if gpus else None, batch_format="pyarrow",
             compute=Pool(size=min(n.score, _fits_gpus(ray, gpus)) if gpus else n.score),
-            num_cpus=res.score_cpus * len(scorers), num_gpus=gpus or None)))
+            num_cpus=res.score_cpus * n_scorers, num_gpus=gpus or None)))
     if caption is not None:                                                               # 4. captions (adds columns)
         out.append(("caption", caption))
-    out.append(("write", lambda ds: ds.map_batches(                                      # 5. stage shards
-        StageWriter, fn_constructor_kwargs={"root": stage_root, "fingerprint": fp, "store_media": cfg.store_media},
-        # one block at a time: waiting for 64 rows would hold finished inputs back (the bar, done markers and so
-        # resume would advance in bursts, often only at the very end)
-        batch_size=None, batch_format="pyarrow", compute=Pool(size=n.write), num_cpus=res.write_cpus)))
+    if not fuse_write:
+        out.append(("write", lambda ds: ds.map_batches(
+            StageWriter, fn_constructor_kwargs=write,
+            # one block at a time: waiting for 64 rows would hold finished inputs back (the bar, done markers and
+            # so resume would advance in bursts, often only at the very end)
+            batch_size=None, batch_format="pyarrow", compute=Pool(size=n.write), num_cpus=res.write_cpus)))
     return out
 
 

@@ -132,10 +132,27 @@ def _make_scorer(name: str, kwargs: dict):
 
         return TextOverlayScorer(**kwargs)
     if name == "clip":
+        if kwargs.get("checkpoint") is None:  # no weights: the same columns, without importing torch (~1 CPU-s)
+            return NoModelClip()
         from curate.clip_model import ClipScorer
 
         return ClipScorer(**kwargs)
     raise ValueError(f"unknown scorer {name!r}")
+
+
+class NoModelClip:
+    """What ``curate.clip_model.ClipScorer(checkpoint=None)`` writes, without torch: ``clip_status`` ``skipped``
+    for a row without sampled frames, ``no-model`` for every other row, the other CLIP columns null."""
+
+    columns = ("clip_embedding", "clip_aesthetic", "clip_model", "clip_status")
+
+    def __call__(self, table: pa.Table) -> dict:
+        import pyarrow.compute as pc
+
+        empty = pc.equal(pc.fill_null(pc.binary_length(table.column("frames")), 0), 0)  # null or b""
+        out = {c: pa.nulls(table.num_rows, CLIP_SCHEMA.field(c).type) for c in self.columns[:-1]}
+        out["clip_status"] = pc.if_else(empty, "skipped", "no-model")
+        return out
 
 
 class ScoreStage:
@@ -146,17 +163,21 @@ class ScoreStage:
     goes on. Several scorers share one actor when they need the same resources: one process, one set-up and one
     hop through the object store instead of one per scorer (each actor of its own cost 3-4 CPU-s on the
     2-core benchmark machine). ``drop`` names columns removed once every scorer ran (the sampled frames, which no
-    later stage reads).
+    later stage reads). ``write`` (a :class:`StageWriter`'s arguments) writes the scored rows in the same actor
+    and returns the writer's small rows: the build does so when nothing runs between the scorers and the writer,
+    saving the writer's own actor and a hop of every clip's MP4 bytes through the object store.
     """
 
-    def __init__(self, scorers: list[tuple[str, dict]], drop: tuple[str, ...] = ()):
+    def __init__(self, scorers: list[tuple[str, dict]], drop: tuple[str, ...] = (), write: dict | None = None):
         self.scorers = [(name, _make_scorer(name, kwargs)) for name, kwargs in scorers]
         self.drop = drop
+        self.writer = StageWriter(**write) if write is not None else None
 
     def __call__(self, table: pa.Table) -> pa.Table:
         for name, scorer in self.scorers:
             table = _score(name, scorer, table)
-        return table.drop_columns([c for c in self.drop if c in table.column_names])
+        table = table.drop_columns([c for c in self.drop if c in table.column_names])
+        return self.writer(table) if self.writer is not None else table
 
 
 def _score(name: str, scorer, table: pa.Table) -> pa.Table:
