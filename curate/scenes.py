@@ -68,10 +68,10 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from curate.split_screen import (SPLIT_MODELS as _SPLIT_MODELS, edge_may_fit as _edge_may_fit,
-                                 seam_fits as _seam_fits, seams as _seams, slide_fit as _slide_fit,
-                                 split_model as _split_model, still_edge_fit as _still_edge_fit,
-                                 wipe_errors as _wipe_errors)
+from curate.split_screen import (SPLIT_MODELS as _SPLIT_MODELS, band_means as _band_means,
+                                 edge_may_fit as _edge_may_fit, push_may_fit as _push_may_fit, seam_fits as _seam_fits,
+                                 seams as _seams, slide_fit as _slide_fit, split_model as _split_model,
+                                 still_edge_fit as _still_edge_fit, wipe_errors as _wipe_errors)
 
 # Per-frame transition kinds (codes in SceneSplitter._kind).
 _NONE, _FADE, _DISSOLVE = 0, 1, 2
@@ -532,27 +532,14 @@ class SceneSplitter:
         if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < self.cfg.wipe_min_changed:
             return None  # most of the picture stays: an object moved in or out, no other shot came in
         mids = self._ring[np.arange(a + 1, b) % cap]  # (k, H, W, 3)
-        # Means over bands of 6 rows (8 columns) of each picture: the error of these is a lower bound of the error
-        # of the pictures (|sum| <= sum of ||) for a slide whose edge moves along the columns (rows), at a 6th
-        # (8th) of the cost; only slides whose bound fits are checked on the pictures.
-        h, w = A.shape[:2]
-
-        def bands(x, along_columns):
-            lead = x.shape[:-3]
-            if along_columns:
-                return x.reshape(lead + (3, h // 3, w, 3)).mean(axis=-3)
-            return x.reshape(lead + (h, 4, w // 4, 3)).mean(axis=-2)
-
         wipes = _wipe_errors(mids, A, B)
-        banded = {}
+        banded = {}  # band means of A, B and mids: slides are checked on the pictures only where their bound fits
         for m, (_, push, along_columns) in enumerate(_SPLIT_MODELS):
             limit = self.cfg.wipe_max_error * (0.85 if push else 1.0) * diff  # a pan is a push without a seam
             if push:
                 if along_columns not in banded:
-                    banded[along_columns] = tuple(bands(x, along_columns) for x in (A, B, mids))
-                pa, pb, pm = banded[along_columns]
-                bound = np.abs(pm[:, None] - _split_model(pa, pb, m)[None]).mean(axis=(2, 3, 4))
-                if bound.min(axis=1).max() > limit:
+                    banded[along_columns] = tuple(_band_means(x, along_columns) for x in (A, B, mids))
+                if not _push_may_fit(banded[along_columns], m, limit):
                     continue
                 err = np.abs(mids[:, None] - _split_model(A, B, m)[None]).mean(axis=(2, 3, 4))  # (k, offsets)
             else:
