@@ -69,9 +69,10 @@ import cv2
 import numpy as np
 
 from curate.split_screen import (SPLIT_MODELS as _SPLIT_MODELS, band_means as _band_means,
-                                 edge_may_fit as _edge_may_fit, push_may_fit as _push_may_fit, seam_fits as _seam_fits,
-                                 seams as _seams, slide_fit as _slide_fit, split_model as _split_model,
-                                 still_edge_fit as _still_edge_fit, wipe_errors as _wipe_errors)
+                                 edge_may_fit as _edge_may_fit, median as _median, push_may_fit as _push_may_fit,
+                                 seam_fits as _seam_fits, seams as _seams, slide_fit as _slide_fit,
+                                 split_model as _split_model, still_edge_fit as _still_edge_fit,
+                                 wipe_errors as _wipe_errors)
 
 # Per-frame transition kinds (codes in SceneSplitter._kind).
 _NONE, _FADE, _DISSOLVE = 0, 1, 2
@@ -166,8 +167,8 @@ def _relighting(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     is ``x`` with other exposure (a fade, an exposure drift; the median is then the log gain), large when ``y``
     shows other content over most of the picture."""
     ratio = np.log((y[..., 0] + 8.0) / (x[..., 0] + 8.0))
-    median = float(np.median(ratio))
-    return median, float(np.median(np.abs(ratio - median)))
+    middle = float(_median(ratio))
+    return middle, float(_median(np.abs(ratio - middle)))
 
 
 def _window_lengths(max_len: int) -> list[int]:
@@ -421,12 +422,12 @@ class SceneSplitter:
             path = end - cum[a]
             if path < min_diff or d[a] > moving:
                 continue  # too little change, or the outgoing shot does not hold still before the window
-            top, top_from = max(top, *d[a + 1: top_from]), a + 1
-            if top > 0.6 * path:
-                continue  # one step makes most of the change (the end-to-end change is at most the path)
             before = d[a] if a < 2 else min(d[a - 1], d[a])
             if (calm + before) * n > settle * path:
                 continue  # the change goes on past the ends at the window's pace: the window cuts a transition
+            top, top_from = max(top, *d[a + 1: top_from]), a + 1
+            if top > 0.6 * path:
+                continue  # one step makes most of the change (the end-to-end change is at most the path)
             keep.append((n, path))
         if not keep:
             return
