@@ -2,12 +2,14 @@
 
 Usage:
     .venv/bin/python benchmarks/bench_scenes.py [--data ../shared/data] [--cache /tmp/tessera-shots] [--seed 0]
-        [--videos 4] [--runs 3] [--part test] [--no-previous]
+        [--videos 4] [--runs 3] [--part test] [--no-previous] [--previous-ref main] [--previous-reader rgb|thumbs]
 
 Methods, run interleaved (every run visits every file and runs the methods in a rotating order):
     ours            ``curate.frames.iter_thumbs`` + ``curate.scenes.SceneSplitter`` (defaults), in-process.
     ours-previous   git main's scene stage (``iter_frames`` + ``SceneSplitter`` of main's ``curate/``, extracted
-                    with ``git archive``), in a child process that times itself.
+                    with ``git archive``), in a child process that times itself. ``--previous-ref`` picks another
+                    commit; ``--previous-reader thumbs`` runs it through ``iter_thumbs`` + ``push_thumb`` (the
+                    build's path, as ours), so the same run gives ours before and after a change.
     cli-adaptive /  ``scenedetect -i FILE detect-adaptive|detect-content list-scenes -n`` (its default OpenCV
     cli-content     backend and automatic downscale).
 Speed is frames per CPU-second (user + system, all threads): ours from ``os.times`` of this process around the
@@ -57,18 +59,24 @@ UNGUARDED = "ours-unguarded"
 
 _PREVIOUS = r"""
 import json, os, sys
-from curate.frames import iter_frames
+from curate.frames import iter_frames, iter_thumbs
 from curate.scenes import SceneConfig, SceneSplitter
-path, fps = sys.argv[1], float(sys.argv[2])
+path, fps, thumbs = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "thumbs"
 t0 = os.times()
 splitter, pts = SceneSplitter(SceneConfig(), fps), []
-for f in iter_frames(path):
-    splitter.push(f.rgb, f.pts_s)
-    pts.append(f.pts_s)
+if thumbs:
+    for _, pts_s, thumb in iter_thumbs(path):
+        splitter.push_thumb(thumb, pts_s)
+        pts.append(pts_s)
+else:
+    for f in iter_frames(path):
+        splitter.push(f.rgb, f.pts_s)
+        pts.append(f.pts_s)
 scenes = splitter.finish()
 t1 = os.times()
 print(json.dumps({"cpu": t1.user - t0.user + t1.system - t0.system, "frames": len(pts),
-                  "scenes": [[s.start, s.end, s.start_s, s.end_s, s.cut_in, s.cut_out] for s in scenes]}))
+                  "scenes": [[s.start, s.end, s.start_s, s.end_s, s.cut_in, s.cut_out,
+                              [list(x) for x in getattr(s, "suspect", ())]] for s in scenes]}))
 """
 
 
@@ -92,14 +100,15 @@ def run_ours(path: str, fps: float) -> dict:
     return {"cpu": _cpu() - c0, "frames": n, "scenes": scenes}
 
 
-def run_previous(path: str, fps: float, prev_root: Path) -> dict:
+def run_previous(path: str, fps: float, prev_root: Path, reader: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(prev_root))
-    proc = subprocess.run([sys.executable, "-c", _PREVIOUS, os.path.abspath(path), str(fps)], capture_output=True,
-                          text=True, env=env, cwd=prev_root)  # cwd: `-c` puts it first on sys.path
+    proc = subprocess.run([sys.executable, "-c", _PREVIOUS, os.path.abspath(path), str(fps), reader],
+                          capture_output=True, text=True, env=env, cwd=prev_root)  # cwd: `-c` puts it first on sys.path
     if proc.returncode != 0:
         raise RuntimeError(f"previous detector failed on {path}: {proc.stderr[-500:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"cpu": out["cpu"], "frames": out["frames"], "scenes": [Scene(*s) for s in out["scenes"]]}
+    scenes = [Scene(*s[:6], suspect=tuple(tuple(x) for x in s[6])) for s in out["scenes"]]  # with the guard's spans
+    return {"cpu": out["cpu"], "frames": out["frames"], "scenes": scenes}
 
 
 _ROW = re.compile(r"^\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*(\d+):(\d+):([\d.]+)\s*\|")
@@ -139,9 +148,12 @@ def _tiny_video(path: Path) -> str:
     return str(path)
 
 
-def _previous_root(cache: Path) -> tuple[Path, str]:
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "main"], capture_output=True, text=True,
-                            check=True).stdout.strip()
+def _previous_root(cache: Path, ref: str) -> tuple[Path, str]:
+    proc = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"bench_scenes: --previous-ref {ref!r} is not a commit of this repository")
+    commit = proc.stdout.strip()
     root = cache / f"previous-{commit[:12]}"
     if not root.exists():
         root.mkdir(parents=True)
@@ -158,9 +170,9 @@ def main(args: argparse.Namespace) -> None:
     methods = ["ours", "cli-adaptive", "cli-content"]
     prev_root = None
     if not args.no_previous:
-        prev_root, commit = _previous_root(cache)
+        prev_root, commit = _previous_root(cache, args.previous_ref)
         methods.insert(1, "ours-previous")
-        print(f"ours-previous = git main {commit[:12]}")
+        print(f"ours-previous = git {args.previous_ref} {commit[:12]}, {args.previous_reader} reader")
     speed: dict[str, list[float]] = {m: [] for m in methods}
     counts: dict[str, Counter] = {m: Counter() for m in methods}
     dirty: Counter = Counter()
@@ -175,7 +187,7 @@ def main(args: argparse.Namespace) -> None:
                 if m == "ours":
                     r = run_ours(truth["path"], fps)
                 elif m == "ours-previous":
-                    r = run_previous(truth["path"], fps, prev_root)
+                    r = run_previous(truth["path"], fps, prev_root, args.previous_reader)
                 else:
                     r = run_cli(truth["path"], m.replace("cli-", "detect-"), fps, truth["frames"], tiny)
                 cpu[m] += r["cpu"]
@@ -225,4 +237,8 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--part", choices=["dev", "test"], default="test")
     parser.add_argument("--no-previous", action="store_true", help="skip git main's detector")
+    parser.add_argument("--previous-ref", default="main", help="the commit ours-previous runs (default main)")
+    parser.add_argument("--previous-reader", choices=["rgb", "thumbs"], default="rgb",
+                        help="ours-previous reads RGB frames (iter_frames, as the bench always ran it) or "
+                             "thumbnails (iter_thumbs, the build's path): a before/after of ours in one run")
     main(parser.parse_args())

@@ -267,6 +267,10 @@ def _full_range(off: float, yr: float, cr: float) -> tuple[np.ndarray, np.ndarra
 
 
 _PLANAR_GAIN = {name: _full_range(*levels) for name, levels in _PLANAR.items()}
+# ... as (256, 1, 3) float32 look-up tables: cv2.LUT of the uint8 thumbnail gives the same float32 values as
+# converting it and applying gain and offset (the same two float32 operations per entry), in one call
+_PLANAR_LUT = {name: np.arange(256, dtype=np.float32).reshape(256, 1, 1) * gain + offset
+               for name, (gain, offset) in _PLANAR_GAIN.items()}
 
 
 def _plane_thumb(plane, w: int, h: int, size: tuple[int, int]) -> np.ndarray:
@@ -304,15 +308,12 @@ def iter_thumbs(path, cfg: DecodeConfig = DecodeConfig(), rotation: int | None =
                 if rot is None:
                     rot = display_rotation(frame, stream)
                 coded = (size[1], size[0]) if rot in (90, 270) else size
-                fmt = _PLANAR_GAIN.get(frame.format.name)
-                if fmt is not None:
-                    gain, offset = fmt
+                lut = _PLANAR_LUT.get(frame.format.name)
+                if lut is not None:
                     y, u, v = frame.planes
                     w, h, cw, ch = frame.width, frame.height, u.width, u.height
-                    thumb = cv2.merge((_plane_thumb(y, w, h, coded), _plane_thumb(u, cw, ch, coded),
-                                       _plane_thumb(v, cw, ch, coded))).astype(np.float32)
-                    thumb *= gain  # to full range, in place
-                    thumb += offset
+                    thumb = cv2.LUT(cv2.merge((_plane_thumb(y, w, h, coded), _plane_thumb(u, cw, ch, coded),
+                                               _plane_thumb(v, cw, ch, coded))), lut)  # to full range, float32
                 else:
                     rgb = frame.to_ndarray(width=coded[0] * 2, height=coded[1] * 2, format="rgb24")
                     small = cv2.resize(rgb, coded, interpolation=cv2.INTER_AREA)

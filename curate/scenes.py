@@ -68,7 +68,8 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from curate.split_screen import (SPLIT_MODELS as _SPLIT_MODELS, edge_may_fit as _edge_may_fit,
+from curate.split_screen import (SPLIT_MODELS as _SPLIT_MODELS, band_means as _band_means,
+                                 edge_may_fit as _edge_may_fit, median as _median, push_may_fit as _push_may_fit,
                                  seam_fits as _seam_fits, seams as _seams, slide_fit as _slide_fit,
                                  split_model as _split_model, still_edge_fit as _still_edge_fit,
                                  wipe_errors as _wipe_errors)
@@ -166,8 +167,8 @@ def _relighting(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     is ``x`` with other exposure (a fade, an exposure drift; the median is then the log gain), large when ``y``
     shows other content over most of the picture."""
     ratio = np.log((y[..., 0] + 8.0) / (x[..., 0] + 8.0))
-    median = float(np.median(ratio))
-    return median, float(np.median(np.abs(ratio - median)))
+    middle = float(_median(ratio))
+    return middle, float(_median(np.abs(ratio - middle)))
 
 
 def _window_lengths(max_len: int) -> list[int]:
@@ -421,12 +422,12 @@ class SceneSplitter:
             path = end - cum[a]
             if path < min_diff or d[a] > moving:
                 continue  # too little change, or the outgoing shot does not hold still before the window
-            top, top_from = max(top, *d[a + 1: top_from]), a + 1
-            if top > 0.6 * path:
-                continue  # one step makes most of the change (the end-to-end change is at most the path)
             before = d[a] if a < 2 else min(d[a - 1], d[a])
             if (calm + before) * n > settle * path:
                 continue  # the change goes on past the ends at the window's pace: the window cuts a transition
+            top, top_from = max(top, *d[a + 1: top_from]), a + 1
+            if top > 0.6 * path:
+                continue  # one step makes most of the change (the end-to-end change is at most the path)
             keep.append((n, path))
         if not keep:
             return
@@ -532,27 +533,14 @@ class SceneSplitter:
         if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < self.cfg.wipe_min_changed:
             return None  # most of the picture stays: an object moved in or out, no other shot came in
         mids = self._ring[np.arange(a + 1, b) % cap]  # (k, H, W, 3)
-        # Means over bands of 6 rows (8 columns) of each picture: the error of these is a lower bound of the error
-        # of the pictures (|sum| <= sum of ||) for a slide whose edge moves along the columns (rows), at a 6th
-        # (8th) of the cost; only slides whose bound fits are checked on the pictures.
-        h, w = A.shape[:2]
-
-        def bands(x, along_columns):
-            lead = x.shape[:-3]
-            if along_columns:
-                return x.reshape(lead + (3, h // 3, w, 3)).mean(axis=-3)
-            return x.reshape(lead + (h, 4, w // 4, 3)).mean(axis=-2)
-
         wipes = _wipe_errors(mids, A, B)
-        banded = {}
+        banded = {}  # band means of A, B and mids: slides are checked on the pictures only where their bound fits
         for m, (_, push, along_columns) in enumerate(_SPLIT_MODELS):
             limit = self.cfg.wipe_max_error * (0.85 if push else 1.0) * diff  # a pan is a push without a seam
             if push:
                 if along_columns not in banded:
-                    banded[along_columns] = tuple(bands(x, along_columns) for x in (A, B, mids))
-                pa, pb, pm = banded[along_columns]
-                bound = np.abs(pm[:, None] - _split_model(pa, pb, m)[None]).mean(axis=(2, 3, 4))
-                if bound.min(axis=1).max() > limit:
+                    banded[along_columns] = tuple(_band_means(x, along_columns) for x in (A, B, mids))
+                if not _push_may_fit(banded[along_columns], m, limit):
                     continue
                 err = np.abs(mids[:, None] - _split_model(A, B, m)[None]).mean(axis=(2, 3, 4))  # (k, offsets)
             else:

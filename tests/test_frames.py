@@ -192,3 +192,38 @@ def test_real_rotated_portrait_same_for_both_backends(shared_data):
 def test_real_non_square_pixels_made_square(shared_data):
     f = next(iter_frames(shared_data / "pyscenedetect/issue-195-aspect-ratio.mp4", DecodeConfig()))
     assert f.rgb.shape == (160, 284, 3)  # 704x576 with 16:11 pixels displays as 1024x576
+
+
+def test_iter_thumbs_full_range_yuv_from_the_planes(tmp_path):
+    """Thumbnails of a limited-range 4:2:0 video: the area mean of each plane, luma 16..235 and chroma 16..240
+    stretched to 0..255 (black 0, white 255, grey chroma 128)."""
+    import av
+
+    from curate.frames import iter_thumbs
+
+    path = str(tmp_path / "levels.mp4")
+    with av.open(path, "w") as out:
+        s = out.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 128, 72, "yuv420p"
+        s.options = {"qp": "0"}
+        for level in (0, 255, 128):
+            frame = av.VideoFrame.from_ndarray(np.full((72, 128, 3), level, np.uint8), format="rgb24")
+            out.mux(s.encode(frame))
+        out.mux(s.encode(None))
+    thumbs = [t for _, _, t in iter_thumbs(path, size=(32, 18))]
+    assert len(thumbs) == 3 and all(t.shape == (18, 32, 3) and t.dtype == np.float32 for t in thumbs)
+    black, white, grey = (t.mean(axis=(0, 1)) for t in thumbs)
+    np.testing.assert_allclose(black, [0.0, 128.0, 128.0], atol=2.5)
+    np.testing.assert_allclose(white, [255.0, 128.0, 128.0], atol=2.5)
+    np.testing.assert_allclose(grey, [128.0, 128.0, 128.0], atol=2.5)
+    with av.open(path) as c:  # every value is (plane mean - offset) * gain in float32, per channel
+        frame = next(iter(c.decode(video=0)))
+        y = frame.to_ndarray()[:72]  # yuv420p as one (H * 3 / 2, W) array: the luma plane first
+    want = (np.float32(_area(y)) - np.float32(16.0)) * np.float32(255.0 / 219.0)
+    np.testing.assert_allclose(thumbs[0][..., 0], want, atol=1e-4)
+
+
+def _area(plane):
+    import cv2
+
+    return cv2.resize(plane, (32, 18), interpolation=cv2.INTER_AREA).astype(np.float32)

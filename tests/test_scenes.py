@@ -163,3 +163,38 @@ def test_wipe_errors_equal_the_split_screen_pictures():
     for m, got in enumerate(_wipe_errors(mids, A, B)):
         want = np.abs(mids[:, None] - _split_model(A, B, m)[None]).mean(axis=(2, 3, 4))
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+
+
+def test_banded_bound_never_exceeds_the_slide_error_and_rules_out_only_misfits():
+    """The slide pre-test (band means of the pictures) is a lower bound of every frame's error at every offset, so
+    ``push_may_fit`` drops a model only when some frame fits it at no offset within the limit."""
+    from curate.split_screen import band_means, push_may_fit, split_model
+
+    rng = np.random.default_rng(1)
+    A, B = (rng.random((18, 32, 3)) * 255).astype(np.float32), (rng.random((18, 32, 3)) * 255).astype(np.float32)
+    slid = split_model(A, B, 4)[[3, 9, 15, 21, 27]]  # a push left, 5 frames of it, with noise
+    mids = (slid + rng.normal(0, 4, slid.shape)).astype(np.float32)
+    for m in (4, 5, 6, 7):
+        along_columns = m in (4, 5)
+        banded = tuple(band_means(x, along_columns) for x in (A, B, mids))
+        assert banded[2].shape == ((5, 3, 32, 3) if along_columns else (5, 18, 4, 3))
+        bound = np.abs(banded[2][:, None] - split_model(banded[0], banded[1], m)[None]).mean(axis=(2, 3, 4))
+        err = np.abs(mids[:, None] - split_model(A, B, m)[None]).mean(axis=(2, 3, 4))
+        assert np.all(bound <= err + 1e-3)
+        worst = float(err.min(axis=1).max())  # the error the split-screen tests hold against their limit
+        for limit in (0.5 * worst, 0.999 * worst, worst, 1.5 * worst):
+            if not push_may_fit(banded, m, limit):
+                assert worst > limit
+    # the true slide passes at a limit its noise fits; the reversed direction does not
+    assert push_may_fit(tuple(band_means(x, True) for x in (A, B, mids)), 4, 5.0)
+    assert not push_may_fit(tuple(band_means(x, True) for x in (A, B, mids)), 5, 5.0)
+
+
+def test_median_is_numpys():
+    from curate.split_screen import median
+
+    rng = np.random.default_rng(2)
+    for n in (1, 2, 17, 31, 576, 577):
+        x = (rng.random(n) * 100).astype(np.float32)
+        assert median(x) == np.median(x)
+    assert median(np.array([[3.0, 1.0], [2.0, 9.0]], np.float32)) == 2.5
