@@ -22,6 +22,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -624,6 +626,18 @@ def phrase(shot: Shot, phrasing: str = "train") -> str:
     raise ValueError(f"phrasing {phrasing!r} is not one of {PHRASINGS}")
 
 
+_CAPTION_PAIR = re.compile(r"^an? (\w+) (\w+) ")
+
+
+def caption_pair(caption: str | None) -> tuple[str, str] | None:
+    """The (colour, shape) a training caption (``Shot.caption``: "a red circle moves left over ...") names, or None
+    for any other text (a user's own footage, an empty caption)."""
+    m = _CAPTION_PAIR.match(caption or "")
+    if not m or m.group(1) not in COLORS or m.group(2) not in SHAPES:
+        return None
+    return m.group(1), m.group(2)
+
+
 def random_shot(rng: np.random.Generator, triple: tuple[str, str, str], num_frames: int) -> Shot:
     """A shot of a (colour, shape, motion) triple over a random texture whose colour differs from the shape's."""
     color, shape, motion = triple
@@ -638,20 +652,25 @@ def render_clip(shot: Shot, size: tuple[int, int] = (128, 128), seed: int = 0) -
 
 
 def eval_prompts(split: ComboSplit, per_triple: int = 1, seed: int = 0, heldout_repeat: int = 1, seeds: int = 4,
-                 phrasings: tuple[str, ...] = PHRASINGS, seen_motions: int = 0) -> list[dict]:
+                 phrasings: tuple[str, ...] = PHRASINGS, seen_motions: int = 0,
+                 seen_pairs: Collection[tuple[str, str]] | None = None) -> list[dict]:
     """Prompts of the eval. Every held-out triple and the seen triples (all of them, or with ``seen_motions`` > 0
     that many motions per seen pair, taken in turn so each motion is asked equally often) get ``per_triple``
     shots (random textures; held-out triples ``heldout_repeat`` times as many); every shot is asked in each of
     ``phrasings`` with ``seeds`` generation seeds. A row: the prompt text, its ``phrasing``, the attributes, a
     ``heldout`` flag, ``shot`` (an id shared by the shot's phrasings and seeds), ``seed_index`` (0 .. seeds - 1)
     and ``seed`` (the generation noise, and the render of the same shot that validates the detector).
-    Deterministic from ``seed``; the seen rows do not depend on ``heldout_repeat``."""
+    ``seen_pairs``: the colour-shape pairs the training clips actually showed; the seen group is then only those
+    of the split's seen pairs (a small corpus shows few of them: a pair training may show but did not is no test
+    of memory). The held-out rows do not depend on it. Deterministic from ``seed``; the seen rows do not depend
+    on ``heldout_repeat``."""
     if seeds < 1 or not phrasings:
         raise ValueError("need at least one seed and one phrasing")
     for p in phrasings:
         if p not in PHRASINGS:
             raise ValueError(f"phrasing {p!r} is not one of {PHRASINGS}")
     rng = np.random.default_rng([seed, 29])
+    shown = None if seen_pairs is None else {tuple(p) for p in seen_pairs}
     out, shot_id = [], 0
     for heldout in (False, True):
         triples = split.triples(heldout)
@@ -664,6 +683,8 @@ def eval_prompts(split: ComboSplit, per_triple: int = 1, seed: int = 0, heldout_
             for _ in range(per_triple * (heldout_repeat if heldout else 1)):
                 shot = random_shot(rng, triple, 17)
                 noise = [int(v) for v in rng.integers(1 << 30, size=seeds)]
+                if not heldout and shown is not None and triple[:2] not in shown:
+                    continue  # drawn all the same, so every other row stays what it is without seen_pairs
                 for phrasing in phrasings:
                     for k, value in enumerate(noise):
                         out.append({"prompt": phrase(shot, phrasing), "phrasing": phrasing, "color": shot.color,

@@ -60,6 +60,9 @@ class EvalTextConfig:
     seeds: int = 4  # generation seeds per prompt
     phrasings: tuple[str, ...] = synth.PHRASINGS  # prompt wordings (synth.PHRASINGS); "train" is the captions'
     seen_motions: int = 1  # motions asked per seen colour-shape pair (0: all); held-out pairs get every motion
+    seen: str = "shown"  # the seen group: "shown" = the split's seen pairs the training clips showed (the loop
+    # records them in pipeline.json; without that record, as "split"), "split" = every pair the split lets training
+    # show, shown or not
     expand: bool = False  # also generate from every prompt rewritten by the prompt expander (caption.expand)
     expand_backend: str = "openai"  # the expander's backend: openai (OpenAI-compatible server) | transformers | off
     expand_model: str = ""  # the expander's model (transformers: a local folder; openai: overrides the server's)
@@ -338,16 +341,39 @@ def expand_rows(rows: list[dict], cfg: EvalTextConfig) -> list[dict]:
              "expand_status": done[r["prompt"]].status} for r in rows]
 
 
-def select_prompts(cfg: EvalTextConfig, split: synth.ComboSplit) -> list[dict]:
-    """The prompt rows of this run. ``limit``: N shots of each group, with all their phrasings and seeds, taken
-    one per colour-shape pair in turn (so a quick look still sees N different pairs)."""
+def seen_pairs(cfg: EvalTextConfig, meta: dict, split: synth.ComboSplit) -> tuple[list[tuple[str, str]] | None, str]:
+    """(the pairs of the seen group, or None for all the split's seen pairs; a line saying which). ``shown``: the
+    pairs the training loop recorded (``shown_pairs`` in pipeline.json: the kept clips' captions), those the split
+    counts as seen; none recorded, or none of them seen, falls back to the split."""
+    if cfg.seen not in ("shown", "split"):
+        raise ValueError(f"seen {cfg.seen!r}: give shown or split")
+    recorded = (meta.get("extra") or {}).get("shown_pairs")
+    if cfg.seen == "split" or recorded is None:
+        why = "asked" if cfg.seen == "split" else "the pipeline records no training pairs"
+        return None, f"seen = every colour-shape pair the split lets training show ({why})"
+    pairs = [(c, s) for c, s, _ in recorded if not split.is_heldout(c, s)]
+    everyone = {(c, s) for c, s, _ in split.triples(False)}
+    if not pairs:
+        return None, ("seen = every pair the split lets training show (no training caption names a colour-shape "
+                      "pair of the corpus)")
+    return pairs, (f"seen = the {len(pairs)} colour-shape pairs the training clips showed (of the {len(everyone)} "
+                   "the split lets training show)")
+
+
+def select_prompts(cfg: EvalTextConfig, split: synth.ComboSplit,
+                   shown: list[tuple[str, str]] | None = None) -> list[dict]:
+    """The prompt rows of this run (seen rows only of the ``shown`` pairs, when given). ``limit``: N shots of each
+    group, with all their phrasings and seeds, taken one per colour-shape pair in turn, the pairs taken one per
+    colour in turn (so a quick look still sees N different pairs, of as many colours as it can)."""
     rows = synth.eval_prompts(split, cfg.per_triple, cfg.prompt_seed, cfg.heldout_repeat, seeds=cfg.seeds,
-                              phrasings=tuple(cfg.phrasings), seen_motions=cfg.seen_motions)
+                              phrasings=tuple(cfg.phrasings), seen_motions=cfg.seen_motions, seen_pairs=shown)
     if cfg.limit:
         keep = set()
         for flag in (False, True):
             shots = list(dict.fromkeys((r["shot"], (r["color"], r["shape"])) for r in rows if r["heldout"] == flag))
             pairs = list(dict.fromkeys(pair for _, pair in shots))
+            nth = {pair: sum(q[0] == pair[0] for q in pairs[:i]) for i, pair in enumerate(pairs)}
+            pairs.sort(key=lambda pair: (nth[pair], split.colors.index(pair[0])))  # colours in turn
             rank = {shot: sum(p == pair for _, p in shots[:i]) for i, (shot, pair) in enumerate(shots)}
             order = sorted(shots, key=lambda sp: (rank[sp[0]], pairs.index(sp[1])))
             keep |= {shot for shot, _ in order[: cfg.limit]}
@@ -372,7 +398,9 @@ def main(cfg: EvalTextConfig) -> dict:
     if size < MIN_SIZE:
         print(f"[eval-text] warning: {size} px is below {MIN_SIZE} px, where the detector confuses shapes; the "
               "detector ceiling below says by how much", file=sys.stderr, flush=True)
-    prompts = select_prompts(cfg, split)
+    pairs_shown, seen_note = seen_pairs(cfg, meta, split)
+    prompts = select_prompts(cfg, split, pairs_shown)
+    print(f"[eval-text] {seen_note}", flush=True)
     if cfg.expand:
         prompts += expand_rows(prompts, cfg)
     pipe = TextToVideo.from_pretrained(cfg.pipeline, device=device)
@@ -446,13 +474,14 @@ def main(cfg: EvalTextConfig) -> dict:
     phrasing_tables = by_phrasing(rows)
     gain = expansion_gain(rows) if cfg.expand else {}
     result = {"pipeline": str(cfg.pipeline), "config": dataclasses.asdict(cfg), "size": size,
-              "time_shift": pipe.time_shift, "split": split.to_dict(), "seconds": round(time.time() - t0, 1),
+              "time_shift": pipe.time_shift, "split": split.to_dict(), "seen_group": seen_note,
+              "seen_pairs": pairs_shown, "seconds": round(time.time() - t0, 1),
               "detector_ceiling": {"render": tables["render"], "vae_round_trip": tables["vae"]},
               "accuracy": tables["generated"], "by_phrasing": phrasing_tables, "expansion": gain,
               "constant_baseline": baseline, "confusion": confusions,
               "shape_by_window": shape_by_window(ceiling + raw), "ground_truth": ceiling, "prompts": rows}
     (out / "results.json").write_text(json.dumps(result, indent=1))
-    md = markdown({"ground-truth render": tables["render"], "render through the VAE": tables["vae"],
+    md = f"{seen_note[0].upper()}{seen_note[1:]}.\n\n" + markdown({"ground-truth render": tables["render"], "render through the VAE": tables["vae"],
                    "best constant answer (prompt-blind)": baseline, "**generated**": tables["generated"]})
     md += "\nGenerated, by phrasing (\"train\" is the training captions' wording):\n\n"
     md += markdown(phrasing_tables, first="phrasing")
@@ -508,6 +537,9 @@ def cli(argv: list[str] | None = None) -> int:
                         "sde:ETA (0 < ETA <= 1: that share of the posterior noise)")
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda")
     p.add_argument("--limit", type=int, default=0, help="first N shots per group only (quick look)")
+    p.add_argument("--seen", choices=("shown", "split"), default=d.seen,
+                   help="the seen group: the colour-shape pairs the training clips showed, as the training loop "
+                        "recorded them (shown), or every pair the split lets training show (split)")
     p.add_argument("--batch", type=int, default=d.batch, help="prompts per network call (generation and VAE)")
     p.add_argument("--workers", type=int, default=d.workers,
                    help="detector processes running beside the generation (-1: up to 8 on a GPU, 0 on the CPU)")
@@ -518,7 +550,7 @@ def cli(argv: list[str] | None = None) -> int:
                          seen_motions=a.seen_motions, expand=a.expand, expand_backend=a.expand_backend,
                          expand_model=a.expand_model, prompt_seed=a.prompt_seed, frames=a.frames, size=a.size,
                          steps=a.steps, cfg=a.cfg, sample_shift=a.sample_shift, solver=a.solver, device=a.device,
-                         limit=a.limit, batch=a.batch, workers=a.workers)
+                         limit=a.limit, batch=a.batch, workers=a.workers, seen=a.seen)
     try:
         main(cfg)
     except (FileNotFoundError, ValueError) as exc:

@@ -159,10 +159,16 @@ PROFILES: dict[str, LoopConfig] = {
     # patches, 128 values, half of every patch kept its noise, model.dit.narrow_output). benchmarks/RESULTS.md,
     # 2026-12-05: after 600 steps on the demo's clips the VAE's round trip keeps colour 1.00 on the eval's seen
     # prompts (tiny-f4c8 without the shortcuts: 0.25); the DiT's loss ends at 0.25 against 0.71 with 4x4 patches,
-    # and its clips still read ~0 (colour and background mixed). eval-text: 4 seen and 4 held-out shots
+    # and its clips still read ~0 (colour and background mixed). The DiT recipe of the GPU profile at the tiny size
+    # (pooled text, 3x time shift, mostly text-to-video, lr 1e-3) costs the same steps and, replayed on one H100 in
+    # fp32 from the same VAE and data (benchmarks/bench_demo_dit.py, 3 seeds, 12 seen shots), read seen colour 0.17
+    # (0.06-0.18) against 0.06 (0.03-0.06); models 10-80x the compute reached ~0.5 (RESULTS.md, 2026-12-05).
+    # eval-text: 4 seen (colour-shape pairs the training clips showed) and 4 held-out shots
     "cpu": LoopConfig(vae_frames=9, vae=replace(LOOP_VAE, preset="tiny-f4c8-dc-grouped", steps=600, batch_size=2,
                                                 lr=1e-3),
-                      dit=replace(LOOP_DIT, steps=4000, patch=(1, 2, 2)), eval=replace(LOOP_EVAL, limit=4)),
+                      dit=replace(LOOP_DIT, steps=4000, patch=(1, 2, 2), pooled_text=True, time_shift=3.0, lr=1e-3,
+                                  task_mix=(0.85, 0.05, 0.03, 0.02, 0.03, 0.02)),
+                      eval=replace(LOOP_EVAL, limit=4)),
     # seconds: the loop's plumbing (tests, a quick look), nothing learned
     # (eval-text at 64 px, where its detector reads every shape: one seen and one held-out shot, 4 phrasings x 4 seeds)
     "smoke": LoopConfig(size=32, vae=replace(LOOP_VAE, steps=6, batch_size=2),
@@ -444,6 +450,23 @@ def _record_in_pipeline(pipeline: Path, extra: dict) -> None:
     atomic_write_bytes(meta_path, json.dumps(meta, indent=1, default=str).encode())
 
 
+def shown_pairs(dataset: str) -> list[list]:
+    """``[[colour, shape, clips], ...]``: the colour-shape pairs the captions of a dataset's kept clips name (the
+    clips the DiT trains on; ``curate.synth.caption_pair``), most shown first. eval-text asks its seen prompts of
+    these only: a small corpus shows few of the pairs the split allows."""
+    from curate.store import open_dataset, parquet_file
+    from train.data import read_selection
+
+    keep, counts = read_selection(dataset), {}
+    for path in open_dataset(dataset).shards:
+        t = parquet_file(path).read(columns=["clip_id", "caption_short"])
+        for cid, caption in zip(t.column("clip_id").to_pylist(), t.column("caption_short").to_pylist()):
+            pair = synth.caption_pair(caption) if keep is None or keep.get(cid, False) else None
+            if pair:
+                counts[pair] = counts.get(pair, 0) + 1
+    return [[c, s, n] for (c, s), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
 def _last_step(ckpt_dir: Path) -> int | None:
     """The step of the newest ``step-*`` checkpoint in a folder (None when the names say nothing)."""
     steps = [int(m.group(1)) for p in ckpt_dir.iterdir() if (m := re.search(r"(\d+)", p.name))]
@@ -531,7 +554,8 @@ def run(cfg: LoopConfig) -> dict:
     dit = train_dit(dit_train_config(cfg, vae_run, out / "dit", tuple(held), t_start))
     times["dit_s"] = round(time.time() - t, 1)
     pipeline = out / "dit" / "pipeline"
-    _record_in_pipeline(pipeline, {"combo_split": split.to_dict(), "train_size": cfg.size})
+    _record_in_pipeline(pipeline, {"combo_split": split.to_dict(), "train_size": cfg.size,
+                                   "shown_pairs": shown_pairs(cfg.dataset)})
     summary["dit"] = {"steps": dit["step"], "first_loss": dit["losses"][0] if dit["losses"] else None,
                       "last_loss": float(np.mean(dit["losses"][-10:])) if dit["losses"] else None,
                       "seconds": dit["seconds"], "encode_seconds": dit["encode_seconds"],

@@ -17,6 +17,7 @@ from pipelines.eval_text import (
     accuracy_table,
     by_phrasing,
     expansion_gain,
+    seen_pairs,
     select_prompts,
     spread,
 )
@@ -49,6 +50,34 @@ def test_prompts_cover_every_colour_and_shape_held_out_with_four_seeds_per_promp
     assert len({r["shot"] for r in quick}) == 4 and len({(r["color"], r["shape"]) for r in quick}) == 4
     with pytest.raises(ValueError, match="phrasing"):
         select_prompts(EvalTextConfig(phrasings=("shouting",)), split)
+
+
+def test_seen_group_is_the_pairs_the_training_clips_showed():
+    """A small corpus shows few of the pairs the split allows: the seen group asks only those the loop recorded
+    (a pair the split allows but no clip showed is no test of memory), the rows of those pairs and every held-out
+    row stay what they are without the record, and a quick look (limit) takes its seen shots of different
+    colours in turn instead of the first colour's pairs."""
+    split = synth.ComboSplit.default(0)
+    allowed = sorted({(c, s) for c, s, _ in split.triples(False)})
+    shown = [allowed[0], allowed[7], allowed[20]]
+    meta = {"extra": {"shown_pairs": [[c, s, 3] for c, s in shown] + [[*split.heldout[0], 1]]}}
+    pairs, note = seen_pairs(EvalTextConfig(), meta, split)
+    assert pairs == shown and "3 colour-shape pairs the training clips showed" in note  # a held-out record is ignored
+    assert seen_pairs(EvalTextConfig(seen="split"), meta, split)[0] is None
+    assert seen_pairs(EvalTextConfig(), {"extra": {}}, split)[0] is None  # no record: the split, said so
+    everything = select_prompts(EvalTextConfig(), split)
+    only = select_prompts(EvalTextConfig(), split, pairs)
+    assert {(r["color"], r["shape"]) for r in only if not r["heldout"]} == set(shown)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "shot"} for r in rows]  # noqa: E731 (ids renumber)
+    assert strip(r for r in only if r["heldout"]) == strip(r for r in everything if r["heldout"])
+    assert strip(r for r in only if not r["heldout"]) == strip(
+        r for r in everything if not r["heldout"] and (r["color"], r["shape"]) in set(shown))
+    quick = [r for r in select_prompts(EvalTextConfig(limit=4), split) if not r["heldout"]]
+    assert len({r["color"] for r in quick}) == 4  # before: the first colour's four pairs
+    assert synth.caption_pair("an orange circle grows over a purple checkered background") == ("orange", "circle")
+    assert synth.caption_pair("a dog runs on a beach") is None and synth.caption_pair(None) is None
+    with pytest.raises(ValueError, match="seen"):
+        seen_pairs(EvalTextConfig(seen="all"), meta, split)
 
 
 def _rows(accuracies: dict[int, list[bool]], heldout: bool = True) -> list[dict]:

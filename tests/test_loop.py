@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,9 @@ def test_loop_trains_generates_evaluates_and_reports(tmp_path, vae_preset, patch
     meta = read_pipeline_config(summary["pipeline"])
     assert ComboSplit.from_dict(meta["extra"]["combo_split"]) == ComboSplit.default(cfg.split_seed)
     assert meta["extra"]["train_size"] == 32
+    captions = [c for f in sorted((tmp_path / "corpus" / "clips").glob("*.parquet"))
+                for c in pq.read_table(f, columns=["caption_short"]).column("caption_short").to_pylist()]
+    assert {(c, s): n for c, s, n in meta["extra"]["shown_pairs"]} == Counter(map(synth.caption_pair, captions))  # per clip
     frames = TextToVideo.from_pretrained(summary["pipeline"])("a red star moves left", frames=9, size=(32, 32), steps=2)
     assert frames.shape == (9, 32, 32, 3)
     # 1 seen + 1 held-out shot, 4 phrasings x 4 seeds each, at 64 px; the detector reads every ground-truth render

@@ -1,7 +1,7 @@
 """``pipelines.loop.LoopConfig``: every profile gives exactly the VAE, DiT and eval-text configs it gave before the
 loop nested those configs (``RECORDED``: the values the flat LoopConfig of commit 7668ec9 produced, as literals, with
 deliberate changes since: the gpu profile's eval in batches of 64 and its DiT stopping at 480 s, not 515; the cpu
-profile's 4x-spatial VAE on 9-frame clips and 4x4 DiT patches), and
+profile's 4x-spatial VAE on 9-frame clips, 2x2 DiT patches and the GPU profile's DiT recipe; eval-text's seen group), and
 overrides reach every field by its nested name or its old flat one."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ RECORDED = {
         'eval': dict(
             batch=16, cfg=5.0, device='auto', expand=False, expand_backend='openai', expand_model='', frames=17,
             heldout_repeat=1, limit=0, out='OUT/eval-text', per_triple=1, phrasings=('train', 'reordered', 'synonyms',
-            'distractor'), pipeline='OUT/dit/pipeline', prompt_seed=0, sample_shift=-1.0, seeds=4, seen_motions=1,
+            'distractor'), pipeline='OUT/dit/pipeline', prompt_seed=0, sample_shift=-1.0, seeds=4, seen='shown', seen_motions=1,
             size=64, solver='euler', split='', split_seed=0, steps=20, workers=-1),
     },
     'cpu': {
@@ -58,17 +58,17 @@ RECORDED = {
             caption_mix=(('short', 1.0),), checkpointing=False, ckpt_every=4000, compile=False, cooldown=0.0,
             data_root='DATA', depth=0, device='auto', ema_decay=0.99, export=True, grad_clip=1.0, heads=0, hidden=0,
             keep_last=1, latent_scale=0.0, latent_shift=0.0, latents='', log_every=40, logit_mean=0.0, logit_std=1.0,
-            lr=0.0005, max_batch=32, pack=False, pack_attention='auto', pack_tokens=0, parallel='ddp', patch=(1, 2, 2),
-            pooled_text=False, prefetch=-1, preset='tiny', profile_from=50, profile_steps=0, resume=False,
+            lr=0.001, max_batch=32, pack=False, pack_attention='auto', pack_tokens=0, parallel='ddp', patch=(1, 2, 2),
+            pooled_text=True, prefetch=-1, preset='tiny', profile_from=50, profile_steps=0, resume=False,
             run_dir='OUT/dit', sample_cfg=5.0, sample_every=4000, sample_fps=8, sample_frames=17, sample_prompts=('p1',
             'p2'), sample_seeds=(0,), sample_size=(64, 64), sample_steps=20, seed=0, shift=True, steps=4000,
-            stop_at=0.0, t_uniform=0.0, task_mix=(0.5, 0.15, 0.1, 0.05, 0.1, 0.1), text_max_length=256,
-            text_path='TEXT', time_budget_s=0.0, time_shift=1.0, token_budget=4096, vae='OUT/vae/checkpoints',
+            stop_at=0.0, t_uniform=0.0, task_mix=(0.85, 0.05, 0.03, 0.02, 0.03, 0.02), text_max_length=256,
+            text_path='TEXT', time_budget_s=0.0, time_shift=3.0, token_budget=4096, vae='OUT/vae/checkpoints',
             warmup_steps=200, weight_decay=0.0),
         'eval': dict(
             batch=16, cfg=5.0, device='auto', expand=False, expand_backend='openai', expand_model='', frames=17,
             heldout_repeat=1, limit=4, out='OUT/eval-text', per_triple=1, phrasings=('train', 'reordered', 'synonyms',
-            'distractor'), pipeline='OUT/dit/pipeline', prompt_seed=0, sample_shift=-1.0, seeds=4, seen_motions=1,
+            'distractor'), pipeline='OUT/dit/pipeline', prompt_seed=0, sample_shift=-1.0, seeds=4, seen='shown', seen_motions=1,
             size=64, solver='euler', split='', split_seed=0, steps=20, workers=-1),
     },
     'smoke': {
@@ -94,7 +94,7 @@ RECORDED = {
         'eval': dict(
             batch=16, cfg=5.0, device='auto', expand=False, expand_backend='openai', expand_model='', frames=17,
             heldout_repeat=1, limit=1, out='OUT/eval-text', per_triple=1, phrasings=('train', 'reordered', 'synonyms',
-            'distractor'), pipeline='OUT/dit/pipeline', prompt_seed=0, sample_shift=-1.0, seeds=4, seen_motions=1,
+            'distractor'), pipeline='OUT/dit/pipeline', prompt_seed=0, sample_shift=-1.0, seeds=4, seen='shown', seen_motions=1,
             size=64, solver='euler', split='', split_seed=0, steps=3, workers=-1),
     },
     'gpu': {
@@ -120,7 +120,7 @@ RECORDED = {
         'eval': dict(
             batch=64, cfg=5.0, device='auto', expand=False, expand_backend='openai', expand_model='', frames=17,
             heldout_repeat=1, limit=0, out='OUT/eval-text', per_triple=1, phrasings=('train', 'reordered', 'synonyms',
-            'distractor'), pipeline='OUT/dit/pipeline', prompt_seed=0, sample_shift=-1.0, seeds=4, seen_motions=1,
+            'distractor'), pipeline='OUT/dit/pipeline', prompt_seed=0, sample_shift=-1.0, seeds=4, seen='shown', seen_motions=1,
             size=128, solver='euler', split='', split_seed=0, steps=20, workers=-1),
     },
 
