@@ -607,7 +607,7 @@ class SceneSplitter:
                 span = _slide_fit(ring[np.arange(a, b + 1) % cap], diff, cfg)
             if span is None:
                 continue
-            lo, hi = a + span[0] - 1, a + span[1] + 1  # a soft edge shows a frame before and after the model
+            lo, hi = max(0, a + span[0] - 1), a + span[1] + 1  # a soft edge shows a frame before and after
             if suspect and lo <= suspect[-1][1]:
                 lo, hi = min(lo, suspect[-1][0]), max(hi, suspect[-1][1])
                 suspect.pop()

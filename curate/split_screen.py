@@ -129,8 +129,9 @@ def still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[i
     """The purity guard's wipe test on ``frames`` (the window ``a..b``, ends included; ``diff`` = mean |b - a|):
     offsets ``[lo, hi)`` of the frames where frames ``a`` and ``b`` side by side with a straight still edge explain
     every frame within ``guard_max_error`` (the edge moving one way across at least 60 % of the picture, inside it
-    for at least 3 frames and half the window), or None. :func:`edge_may_fit` runs first (its quick necessary
-    conditions include the share of the picture that changes)."""
+    for at least 3 frames and half the window), or None. Where the edge is still inside next to an end of the
+    window, the span reaches on past it at the edge's pace (``_beyond``: offsets below 1 or past ``len(frames) - 1``).
+    :func:`edge_may_fit` runs first (its quick necessary conditions include the share of the picture that changes)."""
     A, B = frames[0], frames[-1]
     mids = frames[1:-1]
     best_score, out = cfg.guard_max_error, None
@@ -144,8 +145,23 @@ def still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[i
             continue
         score = float(err[np.arange(len(edge)), edge].max()) / diff
         if score <= best_score:
-            best_score, out = score, (1 + int(moving[0]), 2 + int(moving[-1]))
+            best_score, out = score, (1 + int(moving[0]) - _beyond(edge, moving, 0, full),
+                                      2 + int(moving[-1]) + _beyond(edge, moving, len(edge) - 1, full))
     return out
+
+
+def _beyond(edge: np.ndarray, moving: np.ndarray, side: int, full: int) -> int:
+    """Frames past the window's end ``side`` (0: first frame between the ends, else the last) whose edge is still
+    inside the picture, at the edge's mean pace over ``moving``: 0 unless the edge is inside next to that end, where
+    the end frame itself is still a transition frame (the shot on the far side moves, so the model fits the window
+    only up to a frame that is not yet clean) and the wipe goes on past it. At most ``len(moving)`` frames."""
+    if len(moving) < 2 or int(moving[0 if side == 0 else -1]) != side:
+        return 0
+    pace = float(edge[moving[-1]] - edge[moving[0]]) / float(moving[-1] - moving[0])
+    if pace <= 0:
+        return 0
+    left = float(edge[moving[0]]) if side == 0 else float(full - edge[moving[-1]])
+    return min(len(moving), max(0, int(np.ceil(left / pace)) - 1))  # frames t >= 1 with t * pace < left
 
 
 def neighbour_steps(frame: np.ndarray, along_columns: bool) -> np.ndarray:

@@ -198,3 +198,22 @@ def test_median_is_numpys():
         x = (rng.random(n) * 100).astype(np.float32)
         assert median(x) == np.median(x)
     assert median(np.array([[3.0, 1.0], [2.0, 9.0]], np.float32)) == 2.5
+
+
+def test_guard_wipe_span_reaches_past_a_window_that_ends_mid_wipe():
+    """A wipe down, one row a frame, over still shots: on the whole wipe the guard's still-edge fit gives exactly the
+    frames with the edge inside; on a window ending at frame 14 (edge still 4 rows from the border), the span goes
+    on at the edge's pace to frame 17, the last frame before the edge leaves; a window holding the whole wipe is not
+    extended."""
+    from curate.split_screen import still_edge_fit
+
+    rng = np.random.default_rng(3)
+    A, B = (rng.random((18, 32, 3)) * 255).astype(np.float32), (rng.random((18, 32, 3)) * 255).astype(np.float32)
+    frames = np.stack([np.concatenate([B[:k], A[k:]], axis=0) for k in range(19)] + [B, B])  # edge at row k
+    diff = float(np.abs(B - A).mean())
+    cfg = SceneConfig()
+    assert still_edge_fit(frames, diff, cfg) == (1, 18)  # rows 1..17 of B shown: frames 1..17
+    window = frames[:15]  # ends at frame 14, still a transition frame
+    assert still_edge_fit(window, float(np.abs(window[-1] - A).mean()), cfg) == (1, 18)
+    late = frames[6:]  # starts at frame 6 (edge at row 6): the span reaches back to frame 1 (offset -5)
+    assert still_edge_fit(late, float(np.abs(late[-1] - late[0]).mean()), cfg) == (-5, 12)
