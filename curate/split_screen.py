@@ -182,10 +182,22 @@ def seams(frame: np.ndarray, cfg: SceneConfig) -> list[tuple[bool, int]]:
     return out
 
 
+def drift_allowance(n: int, diff: float, drift: tuple[float, float]) -> np.ndarray:
+    """How far frames ``1..n-1`` of a window ``a..b`` (``n = b - a``) may differ from a split-screen model of its end
+    frames because the two shots move by themselves: ``drift`` = the mean steps of the outgoing shot before ``a``
+    and of the incoming shot after ``b``. Frame ``j`` shows the outgoing shot ``j`` frames after ``a`` over about
+    ``1 - j / n`` of the picture and the incoming one ``n - j`` frames before ``b`` over the rest; each part drifts
+    by its steps summed, at most the ends' difference ``diff``. Zeros when both shots hold still."""
+    j = np.arange(1, n, dtype=np.float64)
+    share = j / n
+    return (1 - share) * np.minimum(j * drift[0], diff) + share * np.minimum((n - j) * drift[1], diff)
+
+
 def seam_fits(probe: np.ndarray, seams: list[tuple[bool, int]], A: np.ndarray, B: np.ndarray, diff: float,
-               cfg: SceneConfig) -> bool:
+               cfg: SceneConfig, slack: float = 0.0) -> bool:
     """A necessary condition of :func:`slide_fit` for a frame of the run: it shows a seam (``seams(probe)``) and
-    is ``A`` pushed out by ``B`` with the seam there."""
+    is ``A`` pushed out by ``B`` with the seam there, within ``guard_slide_max_error`` of ``diff`` plus ``slack``
+    (the probe's :func:`drift_allowance`)."""
     h, w = A.shape[:2]
     for along_columns, at in seams:
         if along_columns:
@@ -193,27 +205,29 @@ def seam_fits(probe: np.ndarray, seams: list[tuple[bool, int]], A: np.ndarray, B
                       np.concatenate([B[:, w - at:], A[:, : w - at]], axis=1))
         else:
             pushes = (np.concatenate([A[h - at:], B[: h - at]]), np.concatenate([B[h - at:], A[: h - at]]))
-        if min(float(np.abs(probe - x).mean()) for x in pushes) <= cfg.guard_slide_max_error * diff:
+        if min(float(np.abs(probe - x).mean()) for x in pushes) <= cfg.guard_slide_max_error * diff + slack:
             return True
     return False
 
 
-def slide_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[int, int] | None:
+def slide_fit(frames: np.ndarray, diff: float, cfg: SceneConfig,
+              drift: tuple[float, float] = (0.0, 0.0)) -> tuple[int, int] | None:
     """The purity guard's slide test on ``frames`` (the window ``a..b``, ends included): offsets ``[lo, hi)`` of the
     frames where frame ``b`` pushes frame ``a`` out with a straight seam that moves one way across at least 60 % of
-    the picture, each frame within ``guard_slide_max_error`` of the ends' difference, and the seam stands out in
-    those frames (median over them of the step at the seam >= ``guard_min_seam`` times the median step: a pan,
+    the picture, each frame within ``guard_slide_max_error`` of the ends' difference plus its
+    :func:`drift_allowance` (``drift``: the shots' own mean steps, outgoing and incoming), and the seam stands out
+    in those frames (median over them of the step at the seam >= ``guard_min_seam`` times the median step: a pan,
     which fits the same model, has no seam)."""
     A, B = frames[0], frames[-1]
     if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < cfg.guard_min_changed:
         return None
     mids = frames[1:-1]
-    limit, banded = cfg.guard_slide_max_error * diff, {}
+    limit, banded = cfg.guard_slide_max_error * diff + drift_allowance(len(frames) - 1, diff, drift), {}
     for m in range(4, 8):
         along_columns = m in (4, 5)
         if along_columns not in banded:
             banded[along_columns] = tuple(band_means(x, along_columns) for x in (A, B, mids))
-        if not push_may_fit(banded[along_columns], m, limit):
+        if not push_may_fit(banded[along_columns], m, float(limit.max())):
             continue  # a frame fits no offset: the test below would drop this model too
         err = np.abs(mids[:, None] - split_model(A, B, m)[None]).mean(axis=(2, 3, 4))  # (k, offsets)
         edge, full = err.argmin(axis=1), err.shape[1] - 1
@@ -222,7 +236,7 @@ def slide_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[int, i
         moving = np.nonzero((edge > 0) & (edge < full))[0]
         if len(moving) < max(3, len(edge) // 2):
             continue
-        if float(err[np.arange(len(edge)), edge].max()) > limit:
+        if np.any(err[np.arange(len(edge)), edge] > limit):
             continue
         ratios = []
         for j in moving:  # push left / up: the seam at (length - offset); push right / down: at the offset
