@@ -50,13 +50,17 @@ Transition frames belong to no scene; a scene is a maximal run of non-transition
   (``wipe_min_diff``) over at least ``guard_min_changed`` of the picture. *Wipes*: most of the summed per-pixel
   path is the end-to-end change (``guard_min_efficiency``: camera motion moves pixels back and forth), and the
   frames in between are frames ``a`` and ``b`` side by side with a straight still edge that moves one way across
-  at least 60 % of the picture, each within ``guard_max_error`` of the ends' difference. *Slides* (where no
-  transition was detected): frame ``b`` pushes frame ``a`` out, each frame within ``guard_slide_max_error``, and
-  the seam between them stands out (``guard_min_seam`` times the median step between neighbouring columns or rows:
-  a pan fits the same model without a seam). In both, the edge is inside the picture for at least 3 frames and
-  half the window; those frames, one more on each side, are suspect. A window may hold frames the detector marked
-  when the change goes on past them (a span found too short is completed here). A whip pan, a zoom or a flash
-  moves or blends the whole picture at once and fits neither model. Cost: ~0.03 ms a frame on the benchmark.
+  at least 60 % of the picture, each within ``guard_max_error`` of the ends' difference; where the edge is still
+  inside next to an end of the window (the shot beyond it moves, so the model holds only up to a frame that is not
+  yet clean), the span goes on past that end at the edge's pace. *Slides* (where no transition was detected):
+  frame ``b`` pushes frame ``a`` out, each frame within ``guard_slide_max_error`` plus what the two shots' own
+  motion can change in it (their steps just outside the window, where well under the window's pace, summed over
+  the frames from each end), and the seam between them stands out (``guard_min_seam`` times the median step
+  between neighbouring columns or rows: a pan fits the same model without a seam). In both, the edge is inside the
+  picture for at least 3 frames and half the window; those frames, one more on each side, are suspect. A window
+  may hold frames the detector marked when the change goes on past them (a span found too short is completed
+  here). A whip pan, a zoom or a flash moves or blends the whole picture at once and fits neither model. Cost:
+  ~0.03 ms a frame on the benchmark.
 """
 
 from __future__ import annotations
@@ -69,10 +73,10 @@ import cv2
 import numpy as np
 
 from curate.split_screen import (SPLIT_MODELS as _SPLIT_MODELS, band_means as _band_means,
-                                 edge_may_fit as _edge_may_fit, median as _median, push_may_fit as _push_may_fit,
-                                 seam_fits as _seam_fits, seams as _seams, slide_fit as _slide_fit,
-                                 split_model as _split_model, still_edge_fit as _still_edge_fit,
-                                 wipe_errors as _wipe_errors)
+                                 drift_allowance as _drift_allowance, edge_may_fit as _edge_may_fit,
+                                 median as _median, push_may_fit as _push_may_fit, seam_fits as _seam_fits,
+                                 seams as _seams, slide_fit as _slide_fit, split_model as _split_model,
+                                 still_edge_fit as _still_edge_fit, wipe_errors as _wipe_errors)
 
 # Per-frame transition kinds (codes in SceneSplitter._kind).
 _NONE, _FADE, _DISSOLVE = 0, 1, 2
@@ -123,7 +127,7 @@ class SceneConfig:
     guard_min_changed: float = 0.3  # share of thumbnail cells the two ends must differ in by > 12 levels
     guard_min_efficiency: float = 0.5  # end-to-end difference / summed mean steps over the window (wipes)
     guard_slide_max_error: float = 0.25  # max mean error of the guard's slide model, share of the ends' difference
-    guard_min_seam: float = 2.5  # a slide's seam: its step / the median step between neighbouring columns (rows)
+    guard_min_seam: float = 2.4  # a slide's seam: its step / the median step between neighbouring columns (rows)
 
     def __post_init__(self) -> None:
         if self.detector not in ("shots", "adaptive", "content"):
@@ -602,20 +606,27 @@ class SceneSplitter:
             if diff >= cfg.guard_min_efficiency * path and _edge_may_fit(ring[a % cap], ring[b % cap], *probes,
                                                                          diff, cfg):
                 span = _still_edge_fit(ring[np.arange(a, b + 1) % cap], diff, cfg)
-            # slides: only where no transition was detected
-            if span is None and not any(inner) and self._slide_may_fit(a, b, at, diff):
-                span = _slide_fit(ring[np.arange(a, b + 1) % cap], diff, cfg)
+            # slides: only where no transition was detected; the shots' own steps just outside the window (the
+            # lesser of two) loosen the fit where they move, and only where they are well under the window's mean
+            # step (else the window starts or ends inside the motion: a zoom, a whip pan)
+            if span is None and not any(inner):
+                pace = 0.3 * path / n
+                drift = tuple(x if x <= pace else 0.0
+                              for x in (min(d[max(0, a - 1)], d[a]), min(d[b + 1: b + 3], default=0.0)))
+                if self._slide_may_fit(a, b, at, diff, drift):
+                    span = _slide_fit(ring[np.arange(a, b + 1) % cap], diff, cfg, drift)
             if span is None:
                 continue
-            lo, hi = a + span[0] - 1, a + span[1] + 1  # a soft edge shows a frame before and after the model
+            lo, hi = max(0, a + span[0] - 1), a + span[1] + 1  # a soft edge shows a frame before and after
             if suspect and lo <= suspect[-1][1]:
                 lo, hi = min(lo, suspect[-1][0]), max(hi, suspect[-1][1])
                 suspect.pop()
             suspect.append((lo, hi))
 
-    def _slide_may_fit(self, a: int, b: int, probes: tuple[int, int], diff: float) -> bool:
+    def _slide_may_fit(self, a: int, b: int, probes: tuple[int, int], diff: float,
+                       drift: tuple[float, float]) -> bool:
         """The probe that moves more (inside the run if either is) moves by at least 0.15 of the ends' difference
-        (a slide moves the picture every frame) and passes :func:`_seam_fits`."""
+        (a slide moves the picture every frame) and passes :func:`_seam_fits` (with its drift allowance)."""
         cap, ring = self._cap, self._ring
         moves = max(probes, key=self._d.__getitem__)
         if self._d[moves] < 0.15 * diff:
@@ -625,7 +636,10 @@ class SceneSplitter:
             if len(self._seams_of) > cap:
                 self._seams_of = {i: v for i, v in self._seams_of.items() if i > moves - cap}
             seams = self._seams_of[moves] = _seams(ring[moves % cap], self.cfg)
-        return bool(seams) and _seam_fits(ring[moves % cap], seams, ring[a % cap], ring[b % cap], diff, self.cfg)
+        if not seams:
+            return False
+        slack = float(_drift_allowance(b - a, diff, drift)[moves - a - 1])
+        return _seam_fits(ring[moves % cap], seams, ring[a % cap], ring[b % cap], diff, self.cfg, slack)
 
     # ------------------------------------------------------------------------------------------ scenes
 

@@ -129,8 +129,9 @@ def still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[i
     """The purity guard's wipe test on ``frames`` (the window ``a..b``, ends included; ``diff`` = mean |b - a|):
     offsets ``[lo, hi)`` of the frames where frames ``a`` and ``b`` side by side with a straight still edge explain
     every frame within ``guard_max_error`` (the edge moving one way across at least 60 % of the picture, inside it
-    for at least 3 frames and half the window), or None. :func:`edge_may_fit` runs first (its quick necessary
-    conditions include the share of the picture that changes)."""
+    for at least 3 frames and half the window), or None. Where the edge is still inside next to an end of the
+    window, the span reaches on past it at the edge's pace (``_beyond``: offsets below 1 or past ``len(frames) - 1``).
+    :func:`edge_may_fit` runs first (its quick necessary conditions include the share of the picture that changes)."""
     A, B = frames[0], frames[-1]
     mids = frames[1:-1]
     best_score, out = cfg.guard_max_error, None
@@ -144,8 +145,23 @@ def still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[i
             continue
         score = float(err[np.arange(len(edge)), edge].max()) / diff
         if score <= best_score:
-            best_score, out = score, (1 + int(moving[0]), 2 + int(moving[-1]))
+            best_score, out = score, (1 + int(moving[0]) - _beyond(edge, moving, 0, full),
+                                      2 + int(moving[-1]) + _beyond(edge, moving, len(edge) - 1, full))
     return out
+
+
+def _beyond(edge: np.ndarray, moving: np.ndarray, side: int, full: int) -> int:
+    """Frames past the window's end ``side`` (0: first frame between the ends, else the last) whose edge is still
+    inside the picture, at the edge's mean pace over ``moving``: 0 unless the edge is inside next to that end, where
+    the end frame itself is still a transition frame (the shot on the far side moves, so the model fits the window
+    only up to a frame that is not yet clean) and the wipe goes on past it. At most ``len(moving)`` frames."""
+    if len(moving) < 2 or int(moving[0 if side == 0 else -1]) != side:
+        return 0
+    pace = float(edge[moving[-1]] - edge[moving[0]]) / float(moving[-1] - moving[0])
+    if pace <= 0:
+        return 0
+    left = float(edge[moving[0]]) if side == 0 else float(full - edge[moving[-1]])
+    return min(len(moving), max(0, int(np.ceil(left / pace)) - 1))  # frames t >= 1 with t * pace < left
 
 
 def neighbour_steps(frame: np.ndarray, along_columns: bool) -> np.ndarray:
@@ -166,10 +182,22 @@ def seams(frame: np.ndarray, cfg: SceneConfig) -> list[tuple[bool, int]]:
     return out
 
 
+def drift_allowance(n: int, diff: float, drift: tuple[float, float]) -> np.ndarray:
+    """How far frames ``1..n-1`` of a window ``a..b`` (``n = b - a``) may differ from a split-screen model of its end
+    frames because the two shots move by themselves: ``drift`` = the mean steps of the outgoing shot before ``a``
+    and of the incoming shot after ``b``. Frame ``j`` shows the outgoing shot ``j`` frames after ``a`` over about
+    ``1 - j / n`` of the picture and the incoming one ``n - j`` frames before ``b`` over the rest; each part drifts
+    by its steps summed, at most the ends' difference ``diff``. Zeros when both shots hold still."""
+    j = np.arange(1, n, dtype=np.float64)
+    share = j / n
+    return (1 - share) * np.minimum(j * drift[0], diff) + share * np.minimum((n - j) * drift[1], diff)
+
+
 def seam_fits(probe: np.ndarray, seams: list[tuple[bool, int]], A: np.ndarray, B: np.ndarray, diff: float,
-               cfg: SceneConfig) -> bool:
+               cfg: SceneConfig, slack: float = 0.0) -> bool:
     """A necessary condition of :func:`slide_fit` for a frame of the run: it shows a seam (``seams(probe)``) and
-    is ``A`` pushed out by ``B`` with the seam there."""
+    is ``A`` pushed out by ``B`` with the seam there, within ``guard_slide_max_error`` of ``diff`` plus ``slack``
+    (the probe's :func:`drift_allowance`)."""
     h, w = A.shape[:2]
     for along_columns, at in seams:
         if along_columns:
@@ -177,27 +205,29 @@ def seam_fits(probe: np.ndarray, seams: list[tuple[bool, int]], A: np.ndarray, B
                       np.concatenate([B[:, w - at:], A[:, : w - at]], axis=1))
         else:
             pushes = (np.concatenate([A[h - at:], B[: h - at]]), np.concatenate([B[h - at:], A[: h - at]]))
-        if min(float(np.abs(probe - x).mean()) for x in pushes) <= cfg.guard_slide_max_error * diff:
+        if min(float(np.abs(probe - x).mean()) for x in pushes) <= cfg.guard_slide_max_error * diff + slack:
             return True
     return False
 
 
-def slide_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[int, int] | None:
+def slide_fit(frames: np.ndarray, diff: float, cfg: SceneConfig,
+              drift: tuple[float, float] = (0.0, 0.0)) -> tuple[int, int] | None:
     """The purity guard's slide test on ``frames`` (the window ``a..b``, ends included): offsets ``[lo, hi)`` of the
     frames where frame ``b`` pushes frame ``a`` out with a straight seam that moves one way across at least 60 % of
-    the picture, each frame within ``guard_slide_max_error`` of the ends' difference, and the seam stands out in
-    those frames (median over them of the step at the seam >= ``guard_min_seam`` times the median step: a pan,
+    the picture, each frame within ``guard_slide_max_error`` of the ends' difference plus its
+    :func:`drift_allowance` (``drift``: the shots' own mean steps, outgoing and incoming), and the seam stands out
+    in those frames (median over them of the step at the seam >= ``guard_min_seam`` times the median step: a pan,
     which fits the same model, has no seam)."""
     A, B = frames[0], frames[-1]
     if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < cfg.guard_min_changed:
         return None
     mids = frames[1:-1]
-    limit, banded = cfg.guard_slide_max_error * diff, {}
+    limit, banded = cfg.guard_slide_max_error * diff + drift_allowance(len(frames) - 1, diff, drift), {}
     for m in range(4, 8):
         along_columns = m in (4, 5)
         if along_columns not in banded:
             banded[along_columns] = tuple(band_means(x, along_columns) for x in (A, B, mids))
-        if not push_may_fit(banded[along_columns], m, limit):
+        if not push_may_fit(banded[along_columns], m, float(limit.max())):
             continue  # a frame fits no offset: the test below would drop this model too
         err = np.abs(mids[:, None] - split_model(A, B, m)[None]).mean(axis=(2, 3, 4))  # (k, offsets)
         edge, full = err.argmin(axis=1), err.shape[1] - 1
@@ -206,7 +236,7 @@ def slide_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[int, i
         moving = np.nonzero((edge > 0) & (edge < full))[0]
         if len(moving) < max(3, len(edge) // 2):
             continue
-        if float(err[np.arange(len(edge)), edge].max()) > limit:
+        if np.any(err[np.arange(len(edge)), edge] > limit):
             continue
         ratios = []
         for j in moving:  # push left / up: the seam at (length - offset); push right / down: at the offset

@@ -198,3 +198,57 @@ def test_median_is_numpys():
         x = (rng.random(n) * 100).astype(np.float32)
         assert median(x) == np.median(x)
     assert median(np.array([[3.0, 1.0], [2.0, 9.0]], np.float32)) == 2.5
+
+
+def test_guard_wipe_span_reaches_past_a_window_that_ends_mid_wipe():
+    """A wipe down, one row a frame, over still shots: on the whole wipe the guard's still-edge fit gives exactly the
+    frames with the edge inside; on a window ending at frame 14 (edge still 4 rows from the border), the span goes
+    on at the edge's pace to frame 17, the last frame before the edge leaves; a window holding the whole wipe is not
+    extended."""
+    from curate.split_screen import still_edge_fit
+
+    rng = np.random.default_rng(3)
+    A, B = (rng.random((18, 32, 3)) * 255).astype(np.float32), (rng.random((18, 32, 3)) * 255).astype(np.float32)
+    frames = np.stack([np.concatenate([B[:k], A[k:]], axis=0) for k in range(19)] + [B, B])  # edge at row k
+    diff = float(np.abs(B - A).mean())
+    cfg = SceneConfig()
+    assert still_edge_fit(frames, diff, cfg) == (1, 18)  # rows 1..17 of B shown: frames 1..17
+    window = frames[:15]  # ends at frame 14, still a transition frame
+    assert still_edge_fit(window, float(np.abs(window[-1] - A).mean()), cfg) == (1, 18)
+    late = frames[6:]  # starts at frame 6 (edge at row 6): the span reaches back to frame 1 (offset -5)
+    assert still_edge_fit(late, float(np.abs(late[-1] - late[0]).mean()), cfg) == (-5, 12)
+
+
+def _smooth(rng, h: int, w: int, level: float, amp: float) -> np.ndarray:
+    import cv2
+
+    x = cv2.GaussianBlur(rng.normal(0, 1, (h, w, 3)).astype(np.float32), (0, 0), 2.0)
+    return (level + amp * x / x.std()).astype(np.float32)
+
+
+def test_guard_slide_between_moving_shots_fits_within_their_drift_and_a_pan_does_not():
+    """A push left over 20 frames while both shots change by themselves (~3 levels a frame): the end frames' model
+    misses the middle frames by more than ``guard_slide_max_error``, so the plain test finds nothing; with the
+    shots' steps as drift it gives the slide's frames. A pan over one picture changing the same way, with no seam,
+    fits neither. The allowance is 0 for still shots and never more than the ends' difference."""
+    from curate.split_screen import drift_allowance, slide_fit, split_model
+
+    rng = np.random.default_rng(4)
+    h, w, n = 18, 32, 20
+    A0, B0 = _smooth(rng, h, w, 90, 30), _smooth(rng, h, w, 150, 30)
+    fa, fb = _smooth(rng, h, w, 0, 1), _smooth(rng, h, w, 0, 1)
+    A = [A0 + 4.0 * t * fa for t in range(n + 1)]
+    B = [B0 + 4.0 * (t - n) * fb for t in range(n + 1)]
+    frames = np.stack([A[0]] + [split_model(A[t], B[t], 4)[round(t * w / n)] for t in range(1, n)] + [B[n]])
+    diff = float(np.abs(frames[-1] - frames[0]).mean())
+    step = float(np.abs(A[1] - A[0]).mean())
+    cfg = SceneConfig()
+    assert slide_fit(frames, diff, cfg) is None
+    assert slide_fit(frames, diff, cfg, (step, step)) == (1, 20)
+    P = _smooth(rng, h, 2 * w, 120, 40)
+    pan = np.stack([P[:, round(t * w / n): round(t * w / n) + w] + 4.0 * t * fa for t in range(n + 1)])
+    pan_diff = float(np.abs(pan[-1] - pan[0]).mean())
+    assert slide_fit(pan, pan_diff, cfg, (step, step)) is None
+    assert not drift_allowance(n, diff, (0.0, 0.0)).any()
+    big = drift_allowance(n, diff, (50.0, 50.0))
+    assert big.shape == (n - 1,) and big.max() <= diff + 1e-6 and big.min() > 0
