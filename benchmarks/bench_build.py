@@ -202,11 +202,10 @@ def main(argv=None) -> int:
     if a.repeat < 1:
         ap.error("--repeat must be >= 1")
 
-    import ray
+    from pipelines.ray_session import start_ray
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="tessera-bench-"))
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             object_store_memory=2_000_000_000)
+    ray = start_ray("local", num_cpus=os.cpu_count(), object_store_bytes=2_000_000_000)  # this host, always
     runs = [_one_run(ray, a.input, work / f"run-{i}") for i in range(a.repeat)]
     out = {"runs": runs}
     for key, what in (("ratio", "wall clock"), ("cpu_ratio", "CPU left for us"), ("busy_ratio", "split actors busy")):

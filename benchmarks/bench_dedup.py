@@ -195,13 +195,13 @@ def pair_tables(stacks: list[np.ndarray], idx: list[int], th: dedup.DedupThresho
     directions and at every time offset (inf where fewer than ``_MIN_OVERLAP`` thumbnails overlap). A rule calls
     a pair a duplicate when some row is within all its limits, which is what ``curate.dedup._pair`` decides at
     its best offset. Pairs left out are absent (never duplicates)."""
-    st = [stacks[i] for i in idx]
-    cand = dedup._sequence_candidates(dedup._coarse_windows(st), th.sequence_block, th.chunk_bytes)
+    st = [dedup._Prepared(stacks[i]) for i in idx]
+    cand = dedup._sequence_candidates(np.stack([p.coarse for p in st]), th.sequence_block, th.chunk_bytes)
     out = {}
     for i, j in cand:
         rows = []
         for full, other in ((st[i], st[j]), (st[j], st[i])):
-            a, b = dedup._window(full, 1.0, 0.5, 0.5), dedup._window(other, *dedup._register(full, other))
+            a, b = full.whole, dedup._window(other.stack, *dedup._register(full, other))
             app, mot, n_ok = dedup._terms(a, b)
             t = np.stack([app, global_motion(a, b), mot], axis=1)
             t[n_ok < dedup._MIN_OVERLAP] = np.inf

@@ -134,8 +134,10 @@ def _windows(image: np.ndarray, params: np.ndarray, side: int = _REG_SIDE) -> np
     """Square windows ``params`` ``(m, 3)`` = (side z as a share of the frame, centre y, centre x; unit
     coordinates) of one ``(SIG_SIDE, SIG_SIDE)`` image, resampled to ``side``: ``(m, side**2)``."""
     z, cy, cx = params[:, 0], params[:, 1], params[:, 2]
-    rows = np.einsum("mij,jk->mik", _resample(cy - z / 2, z, side), image)  # plain loops: tiny, no BLAS threads
-    w = np.einsum("mik,mlk->mil", rows, _resample(cx - z / 2, z, side))
+    # the rows read once per distinct (top, height): a local grid of 75 windows has at most 15
+    spans, which = np.unique(np.stack([cy - z / 2, z], axis=1), axis=0, return_inverse=True)
+    rows = np.einsum("mij,jk->mik", _resample(spans[:, 0], spans[:, 1], side), image)  # plain loops: tiny, no BLAS
+    w = np.einsum("mik,mlk->mil", rows[which.reshape(-1)], _resample(cx - z / 2, z, side))
     return _normalise(w.reshape(len(params), -1))
 
 
@@ -158,15 +160,32 @@ _COARSE = _clamp(np.array([(1.0, 0.5, 0.5)] + [(z, 0.5 + dy * (1 - z) / 2, 0.5 +
 _LOCAL = np.array([(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-2, -1, 0, 1, 2) for dx in (-2, -1, 0, 1, 2)], float)
 
 
-def _register(full: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """The window ``(z, cy, cx)`` of ``other`` (a stack) that best shows ``full`` (its whole frame), matched on the
-    clips' mean thumbnails: the best of ``_COARSE``, then two rounds of a local grid around it."""
-    target = _windows(full.mean(axis=0), _COARSE[:1])[0]
-    mean = other.mean(axis=0)
+class _Prepared:
+    """One clip's signature made ready for all of its pairs: the stack, its mean thumbnail in every ``_COARSE``
+    window (the first is the whole frame) and, when first asked for, the whole-frame window sequence."""
+
+    def __init__(self, stack: np.ndarray):
+        self.stack = stack
+        self.mean = stack.mean(axis=0)
+        self.coarse = _windows(self.mean, _COARSE)
+        self._whole: np.ndarray | None = None
+
+    @property
+    def whole(self) -> np.ndarray:
+        if self._whole is None:
+            self._whole = _window(self.stack, 1.0, 0.5, 0.5)
+        return self._whole
+
+
+def _register(full: _Prepared, other: _Prepared) -> np.ndarray:
+    """The window ``(z, cy, cx)`` of ``other`` that best shows ``full`` (its whole frame), matched on the clips'
+    mean thumbnails: the best of ``_COARSE``, then two rounds of a local grid around it."""
+    target = full.coarse[0]
     best = _COARSE
     for step in (None, 0.025, 0.01):
         cand = best if step is None else _clamp(best + _LOCAL * step)
-        cost = ((_windows(mean, cand) - target) ** 2).mean(axis=1)
+        wins = other.coarse if step is None else _windows(other.mean, cand)
+        cost = ((wins - target) ** 2).mean(axis=1)
         best = cand[int(np.argmin(cost))][None]
     return best[0]
 
@@ -245,24 +264,22 @@ def sequence_distance(sig_a: bytes, sig_b: bytes, weights: tuple[float, float] |
     """
     if weights is None:
         weights = (DedupThresholds.sequence_appearance, DedupThresholds.sequence_motion)
-    return _pair(_stack(sig_a), _stack(sig_b), weights)
+    return _pair(_Prepared(_stack(sig_a)), _Prepared(_stack(sig_b)), weights)
 
 
-def _pair(sa: np.ndarray, sb: np.ndarray, weights: tuple[float, float]) -> tuple[float, float, float]:
-    best = (np.inf, np.inf, np.inf)
-    for full, other in ((sa, sb), (sb, sa)):
-        win = _window(other, *_register(full, other))
-        best = min(best, _compare(_window(full, 1.0, 0.5, 0.5), win, weights))
-    return best
+def _directions(a: _Prepared, b: _Prepared, weights: tuple[float, float]):
+    """(score, appearance, motion) with ``a``'s whole frame registered onto ``b``, then the other way round."""
+    for full, other in ((a, b), (b, a)):
+        yield _compare(full.whole, _window(other.stack, *_register(full, other)), weights)
 
 
-def _pair_score(sa: np.ndarray, sb: np.ndarray, weights: tuple[float, float]) -> float:
-    return _pair(sa, sb, weights)[0]
+def _pair(a: _Prepared, b: _Prepared, weights: tuple[float, float]) -> tuple[float, float, float]:
+    return min(_directions(a, b, weights))
 
 
-def _coarse_windows(stacks: list[np.ndarray]) -> np.ndarray:
-    """Each clip's mean thumbnail in every ``_COARSE`` window: ``(n, windows, _REG_SIDE**2)``, unit std."""
-    return np.stack([_windows(s.mean(axis=0), _COARSE) for s in stacks])
+def _alike(a: _Prepared, b: _Prepared, weights: tuple[float, float]) -> bool:
+    """``_pair(a, b)[0] <= 1``, without the second direction when the first already says so."""
+    return any(score <= 1.0 for score, _, _ in _directions(a, b, weights))
 
 
 def _sequence_candidates(win: np.ndarray, max_cost: float, chunk_bytes: int) -> np.ndarray:
@@ -289,10 +306,10 @@ def _sequence_candidates(win: np.ndarray, max_cost: float, chunk_bytes: int) -> 
 def _sequence_edges(sigs: list[bytes], rows: np.ndarray, threshold: "DedupThresholds") -> np.ndarray:
     """Pairs ``(i, j)``, ``i < j`` (indices into ``rows``' space), that :func:`sequence_distance` calls
     duplicates under ``threshold``: int64 ``(E, 2)``."""
-    stacks = [_stack(sg) for sg in sigs]
-    cand = _sequence_candidates(_coarse_windows(stacks), threshold.sequence_block, threshold.chunk_bytes)
+    clips = [_Prepared(_stack(sg)) for sg in sigs]
+    cand = _sequence_candidates(np.stack([c.coarse for c in clips]), threshold.sequence_block, threshold.chunk_bytes)
     weights = (threshold.sequence_appearance, threshold.sequence_motion)
-    keep = [k for k, (i, j) in enumerate(cand) if _pair_score(stacks[i], stacks[j], weights) <= 1.0]
+    keep = [k for k, (i, j) in enumerate(cand) if _alike(clips[i], clips[j], weights)]
     e = cand[keep]
     return np.stack([rows[e[:, 0]], rows[e[:, 1]]], axis=1) if len(e) else np.empty((0, 2), np.int64)
 

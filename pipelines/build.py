@@ -127,10 +127,12 @@ class _DropBarsOff:
 
 
 def _init_ray(address: str | None):
-    import ray
+    """Start or join Ray (``pipelines.ray_session``) with the build's logging: our own bar, Ray's quiet."""
+    import logging
+
     import ray.data
 
-    import logging
+    from pipelines.ray_session import start_ray
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own tqdm bar counts videos; Ray's per-operator logs are noise here
@@ -139,54 +141,8 @@ def _init_ray(address: str | None):
     progress_log = logging.getLogger("ray.data._internal.progress")  # and so is its warning that we turned them off
     if not any(isinstance(f, _DropBarsOff) for f in progress_log.filters):
         progress_log.addFilter(_DropBarsOff())
-    if ray.is_initialized():  # a caller's Ray (a script, the benchmark): its process still gets the line once
-        _absorb_restart_warning(ray)
-        return ray
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        # "local": always a fresh local instance, never a cluster someone left running on this machine
-        ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                 object_store_memory=int(os.environ.get("TESSERA_OBJECT_STORE_BYTES", 1_000_000_000)))
-    _absorb_restart_warning(ray)
-    return ray
-
-
-class _Absorber:
-    def __init__(self, arg):
-        pass
-
-
-_ABSORBED: set[str] = set()  # the Ray jobs (driver sessions) of this process whose line is spent
-
-
-def _absorb_restart_warning(ray) -> None:
-    """Spend, out of sight, the one ``core_worker.cc ... E`` line Ray prints per process when an actor with
-    restarts gets a constructor argument by reference (ray-project/ray#53727: a restart fails if that argument
-    is gone by then). Ray Data passes every actor-pool worker its transformer and context that way, and keeps
-    both references for as long as the operator runs, so its restarts find them: the line is a false alarm for
-    this graph. It is logged once per process, at actor submission, from the submitting thread: one throwaway
-    actor submitted while fd 2 points at /dev/null uses it up, and later real warnings of other kinds still show.
-    Done once per process and Ray session, whoever started Ray.
-    """
-    import sys
-
-    session = ray.get_runtime_context().get_job_id()
-    if session in _ABSORBED:
-        return
-    _ABSORBED.add(session)
-
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        actor = ray.remote(num_cpus=0, max_restarts=1)(_Absorber).remote(ray.put(0))
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-    ray.kill(actor)
+    store = os.environ.get("TESSERA_OBJECT_STORE_BYTES")  # a local Ray's object store; 1 GB unless set
+    return start_ray(address, object_store_bytes=int(store) if store else 1_000_000_000)
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,8 @@ def main(cfg: CacheLatentsConfig) -> dict:
 
     import ray
 
+    from pipelines.ray_session import start_ray
+
     src, dst = (cfg.input if is_uri(cfg.input) else Path(cfg.input)), Path(cfg.output)  # input: a folder or URI
     sources = {Path(str(s)).name: s for s in open_dataset(src).shards}  # shard file name -> its path or URI
     shards = [Path(name) for name in sources]
@@ -123,9 +125,7 @@ def main(cfg: CacheLatentsConfig) -> dict:
     atomic_write_json(config_path, resolved)
     keep = read_selection(src) if cfg.use_selection else None
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, object_store_memory=cfg.object_store_bytes,
-                 log_to_driver=False)
+    start_ray(None, num_cpus=cfg.num_cpus, object_store_bytes=cfg.object_store_bytes)  # $RAY_ADDRESS or local
     gpu = {"num_gpus": 1} if ray.cluster_resources().get("GPU", 0) > 0 else {}
     t0, counts = time.time(), {"shards_done_before": 0, "shards_encoded": 0, "clips": 0}
     for shard in shards:

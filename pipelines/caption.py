@@ -66,7 +66,7 @@ class CaptionPipelineConfig:
     expander_concurrency: int = 1
     batch_size: int = 8
     shards_per_run: int = 16  # shards captioned by one Ray dataset; the driver holds one group's output
-    ray_address: str = "local"  # "local" starts a private Ray; "auto" joins a running cluster
+    ray_address: str | None = None  # None: $RAY_ADDRESS, else a private Ray; "auto" joins a running cluster
     num_cpus: int | None = None  # for ray.init when no Ray session is running
     object_store_bytes: int | None = None
     clip_model: str | None = None  # open_clip checkpoint: adds caption_clip_sim + caption_mismatch
@@ -401,6 +401,7 @@ def main(cfg: CaptionPipelineConfig) -> dict:
     import ray
 
     from curate.store import atomic_write_json, atomic_write_table
+    from pipelines.ray_session import start_ray
 
     src, dst = (cfg.input if is_uri(cfg.input) else Path(cfg.input)), Path(cfg.output)  # input: a folder or URI
     if not is_uri(cfg.input) and src.resolve() == dst.resolve():
@@ -413,9 +414,7 @@ def main(cfg: CaptionPipelineConfig) -> dict:
     (dst / "clips").mkdir(parents=True, exist_ok=True)
     (dst / "_manifest.json").unlink(missing_ok=True)  # published again only when this run completes
     atomic_write_json(dst / "caption_config.json", public_dict(cfg))
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray_address, num_cpus=cfg.num_cpus, include_dashboard=False,
-                 object_store_memory=cfg.object_store_bytes, log_to_driver=False)
+    start_ray(cfg.ray_address, num_cpus=cfg.num_cpus, object_store_bytes=cfg.object_store_bytes)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0
@@ -582,7 +581,8 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--captioners", type=int, default=1, help="captioner actors (one GPU each when GPUs exist)")
     ap.add_argument("--expanders", type=int, default=1)
     ap.add_argument("--num-cpus", type=int, default=None)
-    ap.add_argument("--ray-address", default="local", help='"local" (private Ray) or "auto" (join a cluster)')
+    ap.add_argument("--ray-address", default=None,
+                    help='cluster address or "auto" (default: $RAY_ADDRESS, else "local", a private Ray)')
     ap.add_argument("--cache", default=None, help="cache file (default OUTPUT/_state/caption_cache.sqlite)")
     ap.add_argument("--clip-model", default=None, help="open_clip checkpoint for the caption/clip agreement check")
     ap.add_argument("--clip-arch", default="ViT-B-32")

@@ -140,3 +140,32 @@ def test_a_changed_config_is_refused(cached):
     _, cfg, _ = cached
     with pytest.raises(ValueError, match="another config"):
         main(dataclasses.replace(cfg, buckets=dataclasses.replace(BUCKETS, frames=(1, 5))))
+
+
+class _Stop(BaseException):
+    """Raised by the recording ``ray.init``: the test needs the call, not a Ray."""
+
+
+@pytest.mark.parametrize("env, want", [(None, {"address": "local", "num_cpus": 1}),
+                                       ("10.1.2.3:6379", {"address": "10.1.2.3:6379"})])
+def test_ray_is_private_unless_ray_address_names_a_cluster(tmp_path, monkeypatch, env, want):
+    """Without ``$RAY_ADDRESS`` a private Ray, never the cluster a ``ray start`` (live or crashed) left named in
+    /tmp/ray; with it, that cluster, joined without local sizes (Ray refuses ``num_cpus`` there)."""
+    import ray
+
+    calls = []
+
+    def init(**kwargs):
+        calls.append(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if env:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    write_captioned_dataset(tmp_path / "data")
+    with pytest.raises(_Stop):
+        main(CacheLatentsConfig(input=str(tmp_path / "data"), vae=str(tmp_path / "vae"), output=str(tmp_path / "o"),
+                                num_cpus=1))
+    assert len(calls) == 1 and {k: calls[0].get(k) for k in ("address", "num_cpus")} == {"num_cpus": None} | want
