@@ -155,9 +155,11 @@ class Pools:
     write: int
 
 
-def pool_sizes(cpus: float, res: Resources, other_cpus: float = 0.0) -> Pools:
+def pool_sizes(cpus: float, res: Resources, other_cpus: float = 0.0, inputs: int | None = None) -> Pools:
     """Fixed actor pools whose logical CPUs add up to at most ``cpus`` (``other_cpus``: stages added beside
-    these, the caption stages), the split stage taking what the others leave.
+    these, the caption stages), the split stage taking what the others leave. With ``inputs`` (the videos this
+    run processes), no pool has more actors than inputs: an actor that can never get a video still costs a
+    process start and its reservation, and Ray Data warns about it.
 
     Fixed, not autoscaling: Ray Data reserves each operator's minimum (one actor of an autoscaling pool) and lets
     a pool grow only within its share of what is left, so in the whole graph on 2 CPUs the split pool could not
@@ -168,6 +170,8 @@ def pool_sizes(cpus: float, res: Resources, other_cpus: float = 0.0) -> Pools:
     write = max(1, int(cpus // 32))
     rest = cpus - other_cpus - probe * res.probe_cpus - 3 * score * res.score_cpus - write * res.write_cpus
     split = res.split_concurrency or max(1, int(rest // res.split_cpus))
+    if inputs is not None:
+        probe, split, score, write = (max(1, min(k, inputs)) for k in (probe, split, score, write))
     return Pools(probe=probe, split=split, score=score, write=write)
 
 
@@ -181,19 +185,19 @@ def _graph(ray, todo: list[InputItem], cfg: BuildConfig, state: BuildState, fp: 
         caption = partial(_add_captions, cfg=cfg, local=_local_state(state, fp), use_gpu=bool(
             ray.cluster_resources().get("GPU", 0)))
     for _, add in stages(ray, cfg, claims_dir=str(state.content_claims()), stage_root=state.root.uri, fp=fp,
-                         caption=caption):
+                         caption=caption, inputs=len(items)):
         ds = add(ds)
     return ds
 
 
 def stages(ray, cfg: BuildConfig, *, claims_dir: str | None, stage_root: str, fp: str,
-           caption: Callable | None = None) -> list[tuple[str, Callable]]:
+           caption: Callable | None = None, inputs: int | None = None) -> list[tuple[str, Callable]]:
     """The build's stages in order, as ``(name, dataset -> dataset)``: the graph chains them, and
     ``benchmarks/bench_build.py`` runs each alone with exactly these pools, batch sizes and resources."""
     cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1)))
     res = cfg.resources
     Pool = ray.data.ActorPoolStrategy  # every stage is a callable class: a pool of actors, each set up once
-    n = pool_sizes(cpus, res, _caption_cpus(cfg))
+    n = pool_sizes(cpus, res, _caption_cpus(cfg), inputs)
     on_gpu = cfg.device == "cuda"
     out = [("probe", lambda ds: ds.map(                                                   # 1. probe (1:1)
         ProbeStage, fn_constructor_kwargs={"limits": cfg.limits, "claims_dir": claims_dir},

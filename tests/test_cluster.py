@@ -151,3 +151,6 @@ def test_fixed_pools_fit_the_cluster():
             assert n.split >= n.score and n.split * res.split_cpus >= 0.5 * (cpus - other) - 1, (cpus, n)
     assert pool_sizes(2, res, other_cpus=0.5).split == 1  # captions on 2 CPUs: room kept for them
     assert pool_sizes(2, Resources(split_concurrency=5)).split == 5  # an explicit hint wins
+    one = pool_sizes(64, res, inputs=1)  # one video: one actor per stage, never an idle one
+    assert (one.probe, one.split, one.score, one.write) == (1, 1, 1, 1)
+    assert pool_sizes(64, res, inputs=3).split == 3 and pool_sizes(2, res, inputs=500) == pool_sizes(2, res)
