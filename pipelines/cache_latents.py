@@ -69,6 +69,7 @@ class CacheLatentsConfig:
     actor_cpus: float = 1.0  # CPUs each actor reserves (keep the sum below the cluster's, or reads starve)
     chunk_frames: int = 16  # temporal chunk of the VAE encoder (exact; bounds memory)
     num_cpus: int | None = None  # for ray.init when no Ray session is running
+    address: str | None = None  # a Ray cluster to join (None: $RAY_ADDRESS, else a private local Ray)
     object_store_bytes: int | None = None
     overwrite: bool = False
 
@@ -119,13 +120,14 @@ def main(cfg: CacheLatentsConfig) -> dict:
     config_path = dst / "cache_config.json"
     if config_path.is_file():
         old = json.loads(config_path.read_text())
-        ignore = ("overwrite", "num_cpus", "object_store_bytes", "vae_concurrency", "text_concurrency", "batch_size")
+        ignore = ("overwrite", "num_cpus", "address", "object_store_bytes", "vae_concurrency", "text_concurrency",
+                  "batch_size")
         if {k: v for k, v in old.items() if k not in ignore} != {k: v for k, v in resolved.items() if k not in ignore}:
             raise ValueError(f"{dst} was cached with another config; pass --overwrite to start over")
     atomic_write_json(config_path, resolved)
     keep = read_selection(src) if cfg.use_selection else None
 
-    start_ray(None, num_cpus=cfg.num_cpus, object_store_bytes=cfg.object_store_bytes)  # $RAY_ADDRESS or local
+    start_ray(cfg.address, num_cpus=cfg.num_cpus, object_store_bytes=cfg.object_store_bytes)  # else $RAY_ADDRESS
     gpu = {"num_gpus": 1} if ray.cluster_resources().get("GPU", 0) > 0 else {}
     t0, counts = time.time(), {"shards_done_before": 0, "shards_encoded": 0, "clips": 0}
     for shard in shards:
@@ -208,7 +210,10 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--vae-concurrency", type=int, default=1)
     p.add_argument("--text-concurrency", type=int, default=1)
-    p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the private local Ray (not used when joining)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join, e.g. auto or 10.0.0.5:6379 (default: $RAY_ADDRESS, else a private local "
+                        "Ray that never joins a cluster a `ray start` left behind)")
     p.add_argument("--overwrite", action="store_true", help="delete OUTPUT and start over")
     a = p.parse_args(argv)
     buckets = BucketConfig(areas=tuple(int(x) for x in a.areas.split(",")),
@@ -217,7 +222,7 @@ def cli(argv: list[str] | None = None) -> int:
                              text=TextConfig(path=a.text_encoder, max_length=a.max_text_tokens),
                              use_selection=not a.all_clips, batch_size=a.batch_size,
                              vae_concurrency=a.vae_concurrency, text_concurrency=a.text_concurrency,
-                             num_cpus=a.num_cpus, overwrite=a.overwrite)
+                             num_cpus=a.num_cpus, overwrite=a.overwrite, address=a.address)
     summary = main(cfg)
     print(json.dumps(summary, indent=2))
     return 0

@@ -20,6 +20,23 @@ def resolve_address(address: str | None) -> str:
     return address or os.environ.get("RAY_ADDRESS") or LOCAL
 
 
+class _DropAuthEnabledNotice:
+    """Logging filter: drops Ray's notice that a local Ray it starts uses token authentication (the safe default;
+    its text only says how to turn it off). The warning that authentication is *disabled* still shows."""
+
+    def filter(self, record) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+def quiet_auth_notice() -> None:
+    """Install :class:`_DropAuthEnabledNotice` on Ray's authentication logger (once)."""
+    import logging
+
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _DropAuthEnabledNotice) for f in log.filters):
+        log.addFilter(_DropAuthEnabledNotice())
+
+
 def start_ray(address: str | None = None, *, num_cpus: int | None = None, object_store_bytes: int | None = None):
     """Start or join Ray once per process and return the ``ray`` module.
 
@@ -30,6 +47,7 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, object
     import ray
 
     if not ray.is_initialized():
+        quiet_auth_notice()
         target = resolve_address(address)
         if target == LOCAL:
             ray.init(address=LOCAL, num_cpus=num_cpus, object_store_memory=object_store_bytes,

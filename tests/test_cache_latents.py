@@ -146,11 +146,13 @@ class _Stop(BaseException):
     """Raised by the recording ``ray.init``: the test needs the call, not a Ray."""
 
 
-@pytest.mark.parametrize("env, want", [(None, {"address": "local", "num_cpus": 1}),
-                                       ("10.1.2.3:6379", {"address": "10.1.2.3:6379"})])
-def test_ray_is_private_unless_ray_address_names_a_cluster(tmp_path, monkeypatch, env, want):
+@pytest.mark.parametrize("env, address, want", [(None, None, {"address": "local", "num_cpus": 1}),
+                                                ("10.1.2.3:6379", None, {"address": "10.1.2.3:6379"}),
+                                                ("10.1.2.3:6379", "auto", {"address": "auto"})])
+def test_ray_is_private_unless_ray_address_names_a_cluster(tmp_path, monkeypatch, env, address, want):
     """Without ``$RAY_ADDRESS`` a private Ray, never the cluster a ``ray start`` (live or crashed) left named in
-    /tmp/ray; with it, that cluster, joined without local sizes (Ray refuses ``num_cpus`` there)."""
+    /tmp/ray; with it, that cluster, joined without local sizes (Ray refuses ``num_cpus`` there); ``--address``
+    wins over both."""
     import ray
 
     calls = []
@@ -167,5 +169,5 @@ def test_ray_is_private_unless_ray_address_names_a_cluster(tmp_path, monkeypatch
     write_captioned_dataset(tmp_path / "data")
     with pytest.raises(_Stop):
         main(CacheLatentsConfig(input=str(tmp_path / "data"), vae=str(tmp_path / "vae"), output=str(tmp_path / "o"),
-                                num_cpus=1))
+                                num_cpus=1, address=address))
     assert len(calls) == 1 and {k: calls[0].get(k) for k in ("address", "num_cpus")} == {"num_cpus": None} | want

@@ -100,3 +100,23 @@ def test_a_dead_cluster_left_by_ray_start_does_not_hang_the_start():
         assert words[0] == "ADDRESS" and not words[1].endswith(":9") and float(words[3]) == 1.0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_the_auth_enabled_notice_is_dropped_and_the_disabled_warning_kept(caplog):
+    """A private local Ray uses token authentication by default and Ray says so on every start, with how to turn
+    it off: dropped. Its warning that authentication is off (anyone on the network can run code) still shows."""
+    import logging
+
+    from ray._private.authentication import authentication_token_setup as setup
+
+    from pipelines.ray_session import quiet_auth_notice
+
+    quiet_auth_notice()
+    quiet_auth_notice()  # once is enough; twice adds nothing
+    log = logging.getLogger(setup.__name__)
+    assert sum(type(f).__name__ == "_DropAuthEnabledNotice" for f in log.filters) == 1
+    with caplog.at_level(logging.WARNING, logger=setup.__name__):
+        setup._warn_token_auth_enabled()
+        setup._warn_token_auth_disabled()
+    messages = [r.getMessage() for r in caplog.records if r.name == setup.__name__]
+    assert len(messages) == 1 and messages[0].startswith("Token authentication is disabled")
