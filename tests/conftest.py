@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import RayInitStopped
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -70,3 +72,20 @@ def ray_data_log() -> LogRecords:
     logger.addHandler(handler)
     yield records
     logger.removeHandler(handler)
+
+
+@pytest.fixture
+def init_calls(monkeypatch) -> list[dict]:
+    """``ray.init``'s keyword arguments, one dict per call; the call then raises :class:`RayInitStopped`. No Ray
+    runs in this process meanwhile, and ``$RAY_ADDRESS`` is unset (a test sets it when it needs it)."""
+    ray = pytest.importorskip("ray")
+    calls: list[dict] = []
+
+    def init(*args, **kwargs):
+        calls.append(kwargs)
+        raise RayInitStopped
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return calls

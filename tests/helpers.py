@@ -110,3 +110,7 @@ def export_tiny_pipeline(path: str | Path, text_length: int = 32, nudge: float =
             for p in list(dit.parameters()) + list(vae.parameters()):
                 p.add_(nudge * torch.randn_like(p))
     return export_pipeline(path, dit, vae, TextConfig(max_length=text_length), latent_scale, latent_shift, extra)
+
+
+class RayInitStopped(BaseException):
+    """Raised by the recording ``ray.init`` of the ``init_calls`` fixture: a test that needs the call, not a Ray."""

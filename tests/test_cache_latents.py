@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from curate.media import encode_mp4
+from helpers import RayInitStopped
 from curate.store import write_manifest
 from helpers import synthetic_frames
 from model.buckets import BucketConfig, make_buckets
@@ -142,32 +143,18 @@ def test_a_changed_config_is_refused(cached):
         main(dataclasses.replace(cfg, buckets=dataclasses.replace(BUCKETS, frames=(1, 5))))
 
 
-class _Stop(BaseException):
-    """Raised by the recording ``ray.init``: the test needs the call, not a Ray."""
-
-
 @pytest.mark.parametrize("env, address, want", [(None, None, {"address": "local", "num_cpus": 1}),
                                                 ("10.1.2.3:6379", None, {"address": "10.1.2.3:6379"}),
                                                 ("10.1.2.3:6379", "auto", {"address": "auto"})])
-def test_ray_is_private_unless_ray_address_names_a_cluster(tmp_path, monkeypatch, env, address, want):
+def test_ray_is_private_unless_ray_address_names_a_cluster(tmp_path, monkeypatch, init_calls, env, address, want):
     """Without ``$RAY_ADDRESS`` a private Ray, never the cluster a ``ray start`` (live or crashed) left named in
     /tmp/ray; with it, that cluster, joined without local sizes (Ray refuses ``num_cpus`` there); ``--address``
     wins over both."""
-    import ray
-
-    calls = []
-
-    def init(**kwargs):
-        calls.append(kwargs)
-        raise _Stop
-
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", init)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    calls = init_calls
     if env:
         monkeypatch.setenv("RAY_ADDRESS", env)
     write_captioned_dataset(tmp_path / "data")
-    with pytest.raises(_Stop):
+    with pytest.raises(RayInitStopped):
         main(CacheLatentsConfig(input=str(tmp_path / "data"), vae=str(tmp_path / "vae"), output=str(tmp_path / "o"),
                                 num_cpus=1, address=address))
     assert len(calls) == 1 and {k: calls[0].get(k) for k in ("address", "num_cpus")} == {"num_cpus": None} | want

@@ -14,6 +14,7 @@ import pytest
 from caption.expand import ExpandConfig, OpenAIEndpoint
 from caption.frames import FrameConfig
 from caption.vlm import VLMConfig
+from helpers import RayInitStopped
 from curate.store import write_manifest
 from openai_server import FakeOpenAIServer, write_clip_shards
 from pipelines.caption import CaptionPipelineConfig, cli, main
@@ -183,31 +184,18 @@ def test_caption_cli_without_expand_options_or_a_model_fails_before_work(tmp_pat
         assert len(server.seen) == 1 and server.seen[0].probe  # the 404 probe; static checks come before probes
 
 
-class _Stop(BaseException):
-    """Raised by the recording ``ray.init``: the test needs the call, not a Ray."""
-
-
 @pytest.mark.parametrize("flags, env, want", [([], None, {"address": "local", "num_cpus": 2}),
                                               ([], "10.1.2.3:6379", {"address": "10.1.2.3:6379"}),
                                               (["--ray-address", "auto"], None, {"address": "auto"})])
-def test_ray_is_private_unless_a_cluster_is_named(tmp_path, monkeypatch, flags, env, want):
+def test_ray_is_private_unless_a_cluster_is_named(tmp_path, monkeypatch, init_calls, flags, env, want):
     """No ``--ray-address`` and no ``$RAY_ADDRESS``: a private Ray, never the cluster a ``ray start`` (live or
     crashed) left named in /tmp/ray; a named cluster is joined without local sizes (Ray refuses ``num_cpus``)."""
-    ray = pytest.importorskip("ray")
-    calls = []
-
-    def init(**kwargs):
-        calls.append(kwargs)
-        raise _Stop
-
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", init)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    calls = init_calls
     if env:
         monkeypatch.setenv("RAY_ADDRESS", env)
     src = tmp_path / "in"
     write_clip_shards(str(src), ["red"])
-    with pytest.raises(_Stop):
+    with pytest.raises(RayInitStopped):
         cli(["--input", str(src), "--output", str(tmp_path / "out"), "--backend", "source", "--expand-backend", "off",
              "--num-cpus", "2", *flags])
     assert len(calls) == 1 and {k: calls[0].get(k) for k in ("address", "num_cpus")} == {"num_cpus": None} | want

@@ -14,31 +14,13 @@ from pathlib import Path
 import pytest
 
 import pipelines.ray_session as ray_session
+from helpers import RayInitStopped
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-class _Stop(BaseException):
-    """Raised by the recording ``ray.init``: these tests need the call, not a Ray."""
-
-
-@pytest.fixture
-def init_calls(monkeypatch):
-    ray = pytest.importorskip("ray")
-    calls: list[dict] = []
-
-    def init(*args, **kwargs):
-        calls.append(kwargs)
-        raise _Stop
-
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", init)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return calls
-
-
 def test_no_address_starts_a_private_ray_sized_as_asked(init_calls):
-    with pytest.raises(_Stop):
+    with pytest.raises(RayInitStopped):
         ray_session.start_ray(None, num_cpus=3, object_store_bytes=123_000_000)
     assert init_calls == [{"address": "local", "num_cpus": 3, "object_store_memory": 123_000_000,
                            "include_dashboard": False, "log_to_driver": False}]
@@ -48,7 +30,7 @@ def test_no_address_starts_a_private_ray_sized_as_asked(init_calls):
 def test_a_named_cluster_is_joined_without_local_sizes(init_calls, monkeypatch, capsys, address, env):
     if env:
         monkeypatch.setenv("RAY_ADDRESS", env)
-    with pytest.raises(_Stop):
+    with pytest.raises(RayInitStopped):
         ray_session.start_ray(address, num_cpus=2, object_store_bytes=10**9)
     assert init_calls == [{"address": address or env, "log_to_driver": False}]  # ray.init refuses num_cpus here
     assert "num_cpus=2 is not used" in capsys.readouterr().err
@@ -56,7 +38,7 @@ def test_a_named_cluster_is_joined_without_local_sizes(init_calls, monkeypatch, 
 
 def test_ray_address_local_means_a_private_ray(init_calls, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "local")
-    with pytest.raises(_Stop):
+    with pytest.raises(RayInitStopped):
         ray_session.start_ray(None)
     assert init_calls[0]["address"] == "local"
 
