@@ -303,15 +303,83 @@ def _sequence_candidates(win: np.ndarray, max_cost: float, chunk_bytes: int) -> 
     return np.concatenate(found).astype(np.int64) if found else np.empty((0, 2), np.int64)
 
 
-def _sequence_edges(sigs: list[bytes], rows: np.ndarray, threshold: "DedupThresholds") -> np.ndarray:
+def _sequence_edges(sigs: list[bytes], rows: np.ndarray, threshold: "DedupThresholds",
+                    memo: "SequenceMemo | None" = None) -> np.ndarray:
     """Pairs ``(i, j)``, ``i < j`` (indices into ``rows``' space), that :func:`sequence_distance` calls
-    duplicates under ``threshold``: int64 ``(E, 2)``."""
-    clips = [_Prepared(_stack(sg)) for sg in sigs]
-    cand = _sequence_candidates(np.stack([c.coarse for c in clips]), threshold.sequence_block, threshold.chunk_bytes)
+    duplicates under ``threshold``: int64 ``(E, 2)``. ``memo``: pair decisions made earlier (see
+    :class:`SequenceMemo`); the candidates are still blocked here, so a memo can only save work."""
     weights = (threshold.sequence_appearance, threshold.sequence_motion)
-    keep = [k for k, (i, j) in enumerate(cand) if _alike(clips[i], clips[j], weights)]
+    if memo is not None and memo.weights != weights:
+        memo = None  # made under other thresholds: of no use
+    clips = [memo.prepared(sg) if memo is not None else _Prepared(_stack(sg)) for sg in sigs]
+    cand = _sequence_candidates(np.stack([c.coarse for c in clips]), threshold.sequence_block, threshold.chunk_bytes)
+    if memo is not None:
+        keep = [k for k, (i, j) in enumerate(cand) if memo.alike(sigs[i], sigs[j])]
+    else:
+        keep = [k for k, (i, j) in enumerate(cand) if _alike(clips[i], clips[j], weights)]
     e = cand[keep]
     return np.stack([rows[e[:, 0]], rows[e[:, 1]]], axis=1) if len(e) else np.empty((0, 2), np.int64)
+
+
+class SequenceMemo:
+    """The sequence rule's pair decisions, made as clips arrive and reused by :func:`find_duplicates`.
+
+    A build's driver adds each finished input's signatures while the other inputs are still being cut, so the
+    pair comparisons (~10-20 ms each) overlap the stream instead of running after it, when the cluster has
+    nothing left to do. Whether two clips are alike depends only on their two signatures and the weights, so a
+    memo cannot change a result: :func:`find_duplicates` still blocks its own candidates over all clips and asks
+    the memo only for those pairs; a pair the memo lacks (a clip of an earlier, resumed run) is compared there.
+    Memory: one prepared signature (~40 kB) per clip, as :func:`find_duplicates` holds anyway.
+    """
+
+    def __init__(self, threshold: "DedupThresholds | None" = None):
+        threshold = threshold or DedupThresholds()
+        self.weights = (threshold.sequence_appearance, threshold.sequence_motion)
+        self.block = threshold.sequence_block
+        self._prepared: dict[bytes, _Prepared] = {}
+        self._decided: dict[tuple[bytes, bytes], bool] = {}
+        self.compared = 0  # pairs compared here (not answered from the memo)
+
+    def prepared(self, sig: bytes) -> _Prepared:
+        p = self._prepared.get(sig)
+        if p is None:
+            p = self._prepared[sig] = _Prepared(_stack(sig))
+        return p
+
+    def alike(self, a: bytes, b: bytes) -> bool:
+        """``_alike`` of two signatures (symmetric: both registration directions are tried), from the memo when
+        it was decided before."""
+        key = (a, b) if a <= b else (b, a)
+        got = self._decided.get(key)
+        if got is None:
+            got = self._decided[key] = _alike(self.prepared(key[0]), self.prepared(key[1]), self.weights)
+            self.compared += 1
+        return got
+
+    def add(self, signatures: Sequence[bytes | None]) -> int:
+        """Decide every pair of a new signature with one seen before (or another new one) that the blocking of
+        :func:`find_duplicates` would compare. Returns how many pairs were compared."""
+        size = SIG_FRAMES * SIG_SIDE * SIG_SIDE
+        new = list(dict.fromkeys(bytes(g) for g in signatures
+                                 if isinstance(g, (bytes, bytearray)) and len(g) == size and bytes(g) not in
+                                 self._prepared))
+        if not new:
+            return 0
+        old = list(self._prepared)
+        for g in new:
+            self.prepared(g)
+        every = old + new
+        win = np.stack([self._prepared[g].coarse for g in every])  # (n, windows, d)
+        n_old, d = len(old), win.shape[-1]
+        full = win[:, 0]
+        fwd = (full[n_old:] @ win.reshape(-1, d).T).reshape(len(new), len(every), -1).max(axis=2)
+        rev = (win[n_old:].reshape(-1, d) @ full.T).reshape(len(new), -1, len(every)).max(axis=1)
+        near = 2 - 2 * np.maximum(fwd, rev) / d <= self.block  # (new, every): the blocking of find_duplicates
+        before = self.compared
+        for i, j in zip(*np.nonzero(near)):
+            if j < n_old + i:  # each pair once, never a clip with itself
+                self.alike(new[i], every[j])
+        return self.compared - before
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -414,10 +482,11 @@ def _parse_signatures(signatures, n: int) -> tuple[np.ndarray, list]:
 
 def similarity_edges(has_e: np.ndarray, emb: np.ndarray, has_h: np.ndarray, codes: np.ndarray,
                      threshold: DedupThresholds = DedupThresholds(), has_s: np.ndarray | None = None,
-                     sigs: list | None = None) -> np.ndarray:
+                     sigs: list | None = None, memo: SequenceMemo | None = None) -> np.ndarray:
     """All near-duplicate pairs ``(i, j)``, ``i < j``, int64 ``(E, 2)``, under the rule of the module docstring.
 
-    ``emb`` holds the rows of the items with ``has_e`` (in item order); ``codes`` and ``sigs`` one entry per item.
+    ``emb`` holds the rows of the items with ``has_e`` (in item order); ``codes`` and ``sigs`` one entry per item;
+    ``memo``: sequence-pair decisions made earlier (:class:`SequenceMemo`).
     """
     has_s = np.zeros(len(has_e), bool) if has_s is None else has_s
     parts = []
@@ -426,7 +495,7 @@ def similarity_edges(has_e: np.ndarray, emb: np.ndarray, has_h: np.ndarray, code
         parts.append(_embedding_edges(emb, rows_e, threshold.cosine, threshold.chunk_bytes))
     rows_s = np.flatnonzero(has_s)
     if rows_s.size >= 2 and not has_e[rows_s].all():
-        e = _sequence_edges([sigs[i] for i in rows_s], rows_s, threshold)
+        e = _sequence_edges([sigs[i] for i in rows_s], rows_s, threshold, memo)
         parts.append(e[~(has_e[e[:, 0]] & has_e[e[:, 1]])])  # the embedding rule decides those pairs
     rows_h = np.flatnonzero(has_h)
     if rows_h.size >= 2 and not (has_e | has_s)[rows_h].all():
@@ -509,6 +578,7 @@ def find_duplicates(
     threshold: DedupThresholds = DedupThresholds(),
     quality: Sequence[float | None] | None = None,
     signatures: Sequence[bytes | None] | None = None,
+    memo: SequenceMemo | None = None,
 ) -> dict[str, str | None]:
     """Map every clip id to the id of the clip it duplicates (``None`` for the clips kept).
 
@@ -519,6 +589,8 @@ def find_duplicates(
         signatures: :func:`sequence_signature` bytes or None, one per clip.
         threshold: similarity thresholds (see :class:`DedupThresholds`).
         quality: optional score per clip; the highest-scoring clip of a group is kept (ties: smallest id).
+        memo: sequence-pair decisions made while the clips arrived (:class:`SequenceMemo`); same result, less
+            work here.
     """
     ids = list(clip_ids)
     if len(set(ids)) != len(ids):
@@ -534,7 +606,7 @@ def find_duplicates(
     sub_e = np.flatnonzero(has_e[first])
     emb_rank = np.cumsum(has_e) - 1  # row of clip i in emb
     edges = similarity_edges(has_e[first], emb[emb_rank[first[sub_e]]] if sub_e.size else emb, has_h[first],
-                             codes[first], threshold, has_s[first], [sigs[i] for i in first])  # fmt: skip
+                             codes[first], threshold, has_s[first], [sigs[i] for i in first], memo)  # fmt: skip
     rep = group_greedy(node, edges, priority_order(ids, quality))
     return {cid: (None if rep[i] == i else ids[rep[i]]) for i, cid in enumerate(ids)}
 

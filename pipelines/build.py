@@ -4,8 +4,9 @@ The Ray Data graph (streaming; each stage is a Ray-free function or class from `
 
     inputs ─► probe (1:1) ─► split: decode, scenes, cut clips (1:N, sandboxed) ─► basic scores ─► OCR ─► CLIP
            ─► stage shards per input (+ done marker, driver side); on CPUs without captions the scorers and the
-           shard writer share one actor stage
-    then, on the driver: dedup (embeddings only) ─► publish clips/part-NNNNN.parquet ─► filter ─► summary
+           shard writer share one actor stage; meanwhile the driver compares each done input's clips with the
+           earlier ones for dedup (``curate.dedup.SequenceMemo``)
+    then, on the driver: dedup (looks those pairs up) ─► publish clips/part-NNNNN.parquet ─► filter ─► summary
            ─► _manifest.json (last)
 
 It runs on a local Ray by default and unchanged on a cluster (``RAY_ADDRESS`` or ``--address``). A killed run
@@ -16,16 +17,17 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable
 
 from curate.clips import ClipConfig
-from curate.dedup import DedupThresholds
+from curate.dedup import DedupThresholds, SequenceMemo
 from curate.filter import FilterSpec
 from curate.frames import DecodeConfig
 from curate.inputs import InputItem, resolve_inputs
@@ -128,8 +130,6 @@ class _DropBarsOff:
 
 def _init_ray(address: str | None):
     """Start or join Ray (``pipelines.ray_session``) with the build's logging: our own bar, Ray's quiet."""
-    import logging
-
     import ray.data
 
     from pipelines.ray_session import start_ray
@@ -403,6 +403,7 @@ def _build(cfg: BuildConfig, out: DataRoot) -> dict:
               f"-> {out}  (fingerprint {fp})")
 
     t_graph = time.time()
+    memo = SequenceMemo(cfg.dedup)  # dedup's pair comparisons, made while the stream runs
     if todo:
         ray = _init_ray(cfg.address)
         cfg = _resolve_device(ray, cfg)
@@ -411,21 +412,24 @@ def _build(cfg: BuildConfig, out: DataRoot) -> dict:
             from pipelines.caption import ProgressPrinter
 
             with ProgressPrinter(_local_state(state, fp) / "progress"):
-                _drive(ds, todo, state, cfg)
+                _drive(ds, todo, state, cfg, memo)
         else:
-            _drive(ds, todo, state, cfg)
+            _drive(ds, todo, state, cfg, memo)
     t_graph = time.time() - t_graph
 
     _say(cfg, "[build] dedup, publish, filter")
-    summary = publish.finalize(state, cfg, fp, items=items, skipped=skipped, graph_wall_s=t_graph)
+    summary = publish.finalize(state, cfg, fp, items=items, skipped=skipped, graph_wall_s=t_graph, memo=memo)
     summary["wall_s"] = round(time.time() - t_start, 3)
     publish.write_summary_and_manifest(state, summary, cfg, fp)
     _say(cfg, publish.format_summary(summary))
     return summary
 
 
-def _drive(ds, todo: list[InputItem], state: BuildState, cfg: BuildConfig) -> None:
-    """Consume the graph's output on the driver and write each input's done marker once all its rows landed."""
+def _drive(ds, todo: list[InputItem], state: BuildState, cfg: BuildConfig,
+           memo: SequenceMemo | None = None) -> None:
+    """Consume the graph's output on the driver and write each input's done marker once all its rows landed; with
+    ``memo``, compare each finished input's clips with the earlier ones for dedup meanwhile (the driver is idle
+    between inputs, and publish then only looks the answers up)."""
     seen: dict[str, list] = defaultdict(list)
     expected: dict[str, int] = {}
     pending = {it.key for it in todo}
@@ -453,6 +457,8 @@ def _drive(ds, todo: list[InputItem], state: BuildState, cfg: BuildConfig) -> No
                     "times": {c: sum(r.get(c) or 0.0 for r in rows) for c in TIMING_COLUMNS},
                 })
                 pending.discard(key)
+                if memo is not None and clips:
+                    _remember(memo, state, files)
                 if bar is not None:
                     bar.update(1)
     if bar is not None:
@@ -460,6 +466,19 @@ def _drive(ds, todo: list[InputItem], state: BuildState, cfg: BuildConfig) -> No
     if pending:  # the graph ended without every row of an input: say so, never hide it
         raise RuntimeError(f"{len(pending)} inputs did not complete (rows missing from the stream); "
                            "re-run the same command to resume them")
+
+
+def _remember(memo: SequenceMemo, state: BuildState, files: list[str]) -> None:
+    """Add the sequence signatures of an input's staged clips without a CLIP embedding (those with one are
+    compared by embedding) to ``memo``. Only a head start: whatever fails here, publish compares itself."""
+    try:
+        for f in files:
+            if PurePosixPath(f).name.startswith("clips-"):
+                t = state.root.read_table(f, columns=["dedup_sig", "clip_embedding"])
+                no_embedding = t.column("clip_embedding").is_null().to_pylist()
+                memo.add([g for g, none in zip(t.column("dedup_sig").to_pylist(), no_embedding) if none])
+    except Exception as exc:  # noqa: BLE001 - an optimisation must never stop a build
+        logging.getLogger(__name__).debug("dedup head start skipped: %s", exc)
 
 
 def _progress(cfg: BuildConfig, total: int):

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.dedup import dedup_methods, find_duplicates
+from curate.dedup import SequenceMemo, dedup_methods, find_duplicates
 from curate.filter import apply_filters, keep_rates
 from curate.schema import CLIP_SCHEMA, FAILURE_SCHEMA, SCHEMA_VERSION, validate
 from curate.store import MANIFEST, BuildState, DataRoot, sha256_file, shard_record
@@ -53,7 +53,10 @@ def _read(root: DataRoot, files: list[str], columns: list[str] | None = None) ->
     return pa.concat_tables(tables) if tables else None
 
 
-def finalize(state: BuildState, cfg, fp: str, *, items, skipped: int, graph_wall_s: float) -> dict:
+def finalize(state: BuildState, cfg, fp: str, *, items, skipped: int, graph_wall_s: float,
+             memo: SequenceMemo | None = None) -> dict:
+    """Dedup, publish, failures, filters and the summary numbers of a build whose inputs are done. ``memo``:
+    dedup's pair decisions made while the inputs streamed in (:class:`curate.dedup.SequenceMemo`)."""
     root = state.root
     wanted = {it.key for it in items}
     records = [r for r in state.done_records() if r["key"] in wanted]
@@ -81,6 +84,7 @@ def finalize(state: BuildState, cfg, fp: str, *, items, skipped: int, graph_wall
     light = _read(root, [f for fs in clip_files.values() for f in fs], _DEDUP_COLUMNS)
     dup_of: dict[str, str | None] = {}
     method: dict[str, str] = {}
+    ahead = memo.compared if memo is not None else 0  # sequence pairs compared while the inputs streamed in
     if light is not None and light.num_rows:
         light = light.sort_by([("source_uri", "ascending"), ("start_frame", "ascending")])
         ids = light.column("clip_id").to_pylist()
@@ -88,7 +92,8 @@ def finalize(state: BuildState, cfg, fp: str, *, items, skipped: int, graph_wall
         # the sharpest copy of a group is kept (ties: the smallest id), so the choice is deterministic
         sigs = light.column("dedup_sig").to_pylist()
         dup_of = find_duplicates(ids, embeddings=embeddings, phashes=light.column("phash").to_pylist(),
-                                 threshold=cfg.dedup, quality=light.column("sharpness").to_pylist(), signatures=sigs)
+                                 threshold=cfg.dedup, quality=light.column("sharpness").to_pylist(), signatures=sigs,
+                                 memo=memo)
         method = dict(zip(ids, dedup_methods(embeddings, len(ids), sigs)))
 
     # 3. publish the clip table in a fixed order, rolling files at rows_per_file.
@@ -134,7 +139,9 @@ def finalize(state: BuildState, cfg, fp: str, *, items, skipped: int, graph_wall
         "clips": {"published": n_clips, "failed": int(pc.sum(pc.is_valid(lost.column("clip_id"))).as_py() or 0),
                   "duplicates": sum(1 for v in dup_of.values() if v),
                   "kept_after_filters": selection["kept"] if selection else 0,
-                  "dedup_method": dict(Counter(method.values()))},
+                  "dedup_method": dict(Counter(method.values())),
+                  "dedup_pairs_compared": {"while_streaming": ahead,
+                                           "at_publish": (memo.compared - ahead) if memo is not None else None}},
         "source_seconds_accepted": round(src_s, 3),
         "filters": selection["rates"] if selection else {},
         "failures_by_reason": dict(Counter(failures.column("reason").to_pylist()).most_common()),

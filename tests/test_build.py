@@ -128,6 +128,26 @@ def test_every_input_accounted_for(built, corpus):
     assert stages["publish"]["clips"] == summary["clips"]["published"]
 
 
+def test_dedup_pairs_are_compared_while_the_stream_runs(ray_local, corpus, tmp_path):
+    """A re-encoded copy of a video (other bytes, same shots) is a near-duplicate at every clip. The driver
+    compares each finished input's clips with the earlier ones while later inputs are still cut: publish, which
+    runs when the cluster has nothing else to do, finds every pair decided, and the groups are the same."""
+    import av
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(corpus["good"][0], videos / "a.mp4")
+    with av.open(str(corpus["good"][0])) as src:
+        frames = [f.to_ndarray(format="rgb24") for f in src.decode(video=0)]
+    media.write_video(videos / "a_reencoded.mp4", frames, 24.0, codec_options={"crf": "32"})
+    summary = _build(videos, tmp_path / "out")
+    clips = summary["clips"]
+    assert summary["inputs"]["accepted"] == 2 and clips["published"] >= 4
+    assert clips["duplicates"] == clips["published"] // 2  # each clip of one copy points at the other's
+    assert clips["dedup_pairs_compared"]["while_streaming"] > 0
+    assert clips["dedup_pairs_compared"]["at_publish"] == 0
+
+
 def test_bad_inputs_get_their_reason(built, corpus):
     out, _ = built
     failures = pq.read_table(out / "failures.parquet").to_pylist()

@@ -405,3 +405,45 @@ def test_sequence_rule_empty_scene_against_an_object_arriving():
     sig = sequence_signature(empty)
     assert sequence_distance(sig, sequence_signature(arriving))[0] > 1.0
     assert sequence_distance(sig, sequence_signature(reencode(empty)))[0] <= 1.0
+
+
+def test_sequence_memo_decides_the_pairs_ahead_and_changes_no_result(monkeypatch):
+    """The build's driver adds each finished input's signatures to a SequenceMemo while the stream runs; publish
+    then gets the same groups with no pair left to compare, and a memo that missed clips (a resumed run) only
+    leaves those pairs to publish."""
+    import curate.dedup as dedup
+
+    k = 16
+    right = [(0.5, 0.2 + 0.6 * t) for t in np.linspace(0, 1, k)]
+    down = [(0.2 + 0.6 * t, 0.5) for t in np.linspace(0, 1, k)]
+    a, b = moving_clip(0, path=right), moving_clip(0, path=down)
+    frames = [a, reencode(a), b, reencode(b, crf=30), moving_clip(3, path=right), a]
+    ids = ["a", "a2", "b", "b2", "other", "a3"]
+    sigs = [sequence_signature(f) for f in frames]
+    sigs[5] = sigs[0]  # an identical copy: one node
+    quality = [0.5, 0.9, 0.1, 0.2, 0.3, 0.4]
+    calls = []
+    real = dedup._alike
+    monkeypatch.setattr(dedup, "_alike", lambda *args: calls.append(1) or real(*args))
+    plain = find_duplicates(ids, signatures=sigs, quality=quality)
+    batch_calls = len(calls)
+    assert plain == {"a": "a2", "a2": None, "b": "b2", "b2": None, "other": None, "a3": "a2"} and batch_calls >= 2
+
+    memo = dedup.SequenceMemo()
+    calls.clear()
+    for part in (sigs[:2], sigs[2:4], sigs[4:]):  # inputs finishing one after another
+        memo.add(part)
+    ahead = len(calls)
+    calls.clear()
+    assert find_duplicates(ids, signatures=sigs, quality=quality, memo=memo) == plain
+    assert calls == [] and ahead >= batch_calls  # every pair publish compares was decided ahead
+
+    partial = dedup.SequenceMemo()
+    partial.add(sigs[:3])
+    calls.clear()
+    assert find_duplicates(ids, signatures=sigs, quality=quality, memo=partial) == plain
+    assert 0 < len(calls) < batch_calls  # only pairs with a clip the memo never saw
+    other = dedup.SequenceMemo(DedupThresholds(sequence_motion=0.1))  # made under other weights: not used
+    other.add(sigs)
+    calls.clear()
+    assert find_duplicates(ids, signatures=sigs, quality=quality, memo=other) == plain and len(calls) == batch_calls
