@@ -329,15 +329,19 @@ class SequenceMemo:
     nothing left to do. Whether two clips are alike depends only on their two signatures and the weights, so a
     memo cannot change a result: :func:`find_duplicates` still blocks its own candidates over all clips and asks
     the memo only for those pairs; a pair the memo lacks (a clip of an earlier, resumed run) is compared there.
-    Memory: one prepared signature (~40 kB) per clip, as :func:`find_duplicates` holds anyway.
+    Memory: one prepared signature per clip (~100 kB), as :func:`find_duplicates` holds anyway, and its coarse
+    windows once more (~30 kB) in one growing array, so adding an input costs O(clips so far), not a re-stack.
     """
 
     def __init__(self, threshold: "DedupThresholds | None" = None):
         threshold = threshold or DedupThresholds()
         self.weights = (threshold.sequence_appearance, threshold.sequence_motion)
-        self.block = threshold.sequence_block
+        self.block, self.chunk_bytes = threshold.sequence_block, threshold.chunk_bytes
         self._prepared: dict[bytes, _Prepared] = {}
         self._decided: dict[tuple[bytes, bytes], bool] = {}
+        self._order: list[bytes] = []  # signatures in the order they were added, rows of _win
+        self._seen: set[bytes] = set()
+        self._win = np.empty((0, len(_COARSE), _REG_SIDE**2), np.float32)
         self.compared = 0  # pairs compared here (not answered from the memo)
 
     def prepared(self, sig: bytes) -> _Prepared:
@@ -357,28 +361,34 @@ class SequenceMemo:
         return got
 
     def add(self, signatures: Sequence[bytes | None]) -> int:
-        """Decide every pair of a new signature with one seen before (or another new one) that the blocking of
+        """Decide every pair of a new signature with one added before (or another new one) that the blocking of
         :func:`find_duplicates` would compare. Returns how many pairs were compared."""
         size = SIG_FRAMES * SIG_SIDE * SIG_SIDE
-        new = list(dict.fromkeys(bytes(g) for g in signatures
-                                 if isinstance(g, (bytes, bytearray)) and len(g) == size and bytes(g) not in
-                                 self._prepared))
+        new = list(dict.fromkeys(bytes(g) for g in signatures if isinstance(g, (bytes, bytearray)) and len(g) == size))
+        new = [g for g in new if g not in self._seen]
         if not new:
             return 0
-        old = list(self._prepared)
-        for g in new:
-            self.prepared(g)
-        every = old + new
-        win = np.stack([self._prepared[g].coarse for g in every])  # (n, windows, d)
-        n_old, d = len(old), win.shape[-1]
-        full = win[:, 0]
-        fwd = (full[n_old:] @ win.reshape(-1, d).T).reshape(len(new), len(every), -1).max(axis=2)
-        rev = (win[n_old:].reshape(-1, d) @ full.T).reshape(len(new), -1, len(every)).max(axis=1)
-        near = 2 - 2 * np.maximum(fwd, rev) / d <= self.block  # (new, every): the blocking of find_duplicates
+        n_old = len(self._order)
+        n = n_old + len(new)
+        if n > len(self._win):  # grow by doubling: amortised O(1) per clip
+            grown = np.empty((max(n, 2 * len(self._win)), *self._win.shape[1:]), np.float32)
+            grown[:n_old] = self._win[:n_old]
+            self._win = grown
+        for k, g in enumerate(new):
+            self._win[n_old + k] = self.prepared(g).coarse
+        self._order += new
+        self._seen.update(new)
+        win, d = self._win[:n], self._win.shape[-1]
+        mine, mine_full = win[n_old:], win[n_old:, 0]
         before = self.compared
-        for i, j in zip(*np.nonzero(near)):
-            if j < n_old + i:  # each pair once, never a clip with itself
-                self.alike(new[i], every[j])
+        step = max(1, self.chunk_bytes // max(1, 8 * len(new) * win.shape[1]))
+        for s in range(0, n, step):  # the same test as _sequence_candidates, new clips against a chunk of all
+            other = win[s : s + step]
+            fwd = (mine_full @ other.reshape(-1, d).T).reshape(len(new), len(other), -1).max(axis=2)
+            rev = (mine.reshape(-1, d) @ other[:, 0].T).reshape(len(new), -1, len(other)).max(axis=1)
+            for i, j in zip(*np.nonzero(2 - 2 * np.maximum(fwd, rev) / d <= self.block)):
+                if s + j < n_old + i:  # each pair once, never a clip with itself
+                    self.alike(new[i], self._order[s + j])
         return self.compared - before
 
 

@@ -407,7 +407,8 @@ def test_sequence_rule_empty_scene_against_an_object_arriving():
     assert sequence_distance(sig, sequence_signature(reencode(empty)))[0] <= 1.0
 
 
-def test_sequence_memo_decides_the_pairs_ahead_and_changes_no_result(monkeypatch):
+@pytest.mark.parametrize("chunk_bytes", [1 << 28, 64])  # 64: the memo's blocking one clip at a time
+def test_sequence_memo_decides_the_pairs_ahead_and_changes_no_result(monkeypatch, chunk_bytes):
     """The build's driver adds each finished input's signatures to a SequenceMemo while the stream runs; publish
     then gets the same groups with no pair left to compare, and a memo that missed clips (a resumed run) only
     leaves those pairs to publish."""
@@ -429,7 +430,7 @@ def test_sequence_memo_decides_the_pairs_ahead_and_changes_no_result(monkeypatch
     batch_calls = len(calls)
     assert plain == {"a": "a2", "a2": None, "b": "b2", "b2": None, "other": None, "a3": "a2"} and batch_calls >= 2
 
-    memo = dedup.SequenceMemo()
+    memo = dedup.SequenceMemo(DedupThresholds(chunk_bytes=chunk_bytes))
     calls.clear()
     for part in (sigs[:2], sigs[2:4], sigs[4:]):  # inputs finishing one after another
         memo.add(part)
