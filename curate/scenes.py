@@ -61,6 +61,19 @@ Transition frames belong to no scene; a scene is a maximal run of non-transition
   may hold frames the detector marked when the change goes on past them (a span found too short is completed
   here). A whip pan, a zoom or a flash moves or blends the whole picture at once and fits neither model. Cost:
   ~0.03 ms a frame on the benchmark.
+* **edge guard** (``cut_edges``, ``transition_edges``): also suspect spans only. A gradual transition the tests
+  above reject (shots moving during a dissolve, an alpha that rises with a step) can be reported as a hard cut at
+  its largest step, with blended frames left on both sides; a transition found too short leaves blended frames
+  next to its span. For every hard cut at ``c`` (frame ``c - 1`` and ``c`` are the two sides) and every edge of a
+  detected transition (the other side is the transition frame, or the first clean frame after it, that differs
+  most from the clean frame at the edge: the next shot, or a fade's solid frame), frames are walked away from the
+  edge, up to ``cut_edge_max_s``: a frame still holds the other side while the step into it from the frame beyond
+  moves it towards the other side's picture by at least ``cut_edge_min_progress`` of the step's mean absolute
+  length and ``cut_edge_min_step`` of the edge's jump (0.5 levels at least). A blend fading out moves every pixel
+  one way, towards the other picture; a shot's own motion (a pan, a zoom) moves pixels towards and away from an
+  unrelated picture alike, so a hard cut between moving shots marks nothing. A frame that repeats the one beyond
+  it (a duplicated frame) takes the verdict of the next step out. The walk stops at another cut or a transition
+  frame. The frames that hold the other side are suspect; scene bounds and cuts do not change.
 """
 
 from __future__ import annotations
@@ -128,6 +141,12 @@ class SceneConfig:
     guard_min_efficiency: float = 0.5  # end-to-end difference / summed mean steps over the window (wipes)
     guard_slide_max_error: float = 0.25  # max mean error of the guard's slide model, share of the ends' difference
     guard_min_seam: float = 2.4  # a slide's seam: its step / the median step between neighbouring columns (rows)
+    cut_edges: bool = True  # cut-edge guard: frames next to a hard cut that still hold the other shot are suspect
+    transition_edges: bool = True  # ... and frames next to a detected transition that still hold its other side
+    cut_edge_max_s: float = 0.5  # longest run of such frames looked for on each side of a cut or transition
+    cut_edge_min_progress: float = 0.5  # a frame holds the other shot when the step into it (from the frame beyond)
+    # moves it towards the other side's frame next to the cut by at least this share of the step's length ...
+    cut_edge_min_step: float = 0.03  # ... and by at least this share of the cut's jump (and 0.5 levels)
 
     def __post_init__(self) -> None:
         if self.detector not in ("shots", "adaptive", "content"):
@@ -226,7 +245,13 @@ class SceneSplitter:
         # detector finds around them is marked by then
         self._guard_delay = self._lengths[-1] + 2
         self._guard_next = 1  # the next window end the guard looks at
-        self._cap = max(self._lengths[-1] + _LAG + 4, self._guard_delay + self._guard_lengths[-1] + _LAG + 2, 16)
+        self._edge_max = max(1, int(round(cfg.cut_edge_max_s * self.fps)))
+        self._edge_pending: list[int] = []  # hard cuts whose edges wait for the frames after them
+        self._edge_spans: list[tuple[int, int]] = []  # the cut-edge guard's spans [lo, hi)
+        # transition edges are looked at once no later decision can mark frames next to them
+        self._edge_delay = self._guard_delay + _LAG + 2
+        self._cap = max(self._lengths[-1] + _LAG + 4, self._guard_delay + self._guard_lengths[-1] + _LAG + 2,
+                        self._edge_delay + self._edge_max + 4, 16)
         self._ring = np.zeros((self._cap,) + THUMB[::-1] + (3,), np.float32)
         self._cum: list[float] = []  # prefix sums of _d
         self._inv_size = 1.0 / (THUMB[0] * THUMB[1] * 3)
@@ -280,6 +305,10 @@ class SceneSplitter:
         if self.cfg.fades:
             self._update_fades(i)
         self._decide(i - _LAG, i)
+        while self._edge_pending and self._edge_pending[0] + self._edge_max + 1 <= i:
+            self._check_cut_edges(self._edge_pending.pop(0), i)
+        if self.cfg.transition_edges and i - self._edge_delay >= 1:
+            self._check_transition_edge(i - self._edge_delay, i)
 
     def _decide(self, i: int, last: int) -> None:
         """Decisions that waited for frames up to ``last``: a cut at ``i``, a window ending at ``i``."""
@@ -302,13 +331,19 @@ class SceneSplitter:
             while self.cfg.guard and self._guard_next < n:
                 self._update_guard(self._guard_next)
                 self._guard_next += 2
+            while self._edge_pending:
+                self._check_cut_edges(self._edge_pending.pop(0), n - 1)
+            if self.cfg.transition_edges:
+                for e in range(max(1, n - self._edge_delay), n):
+                    self._check_transition_edge(e, n - 1)
             self._finished = True
             if self._psd is not None and n:
                 from scenedetect import FrameTimecode
 
                 for cut in self._psd.post_process(FrameTimecode(n - 1, self.fps)):
                     self._cuts.add(int(cut.frame_num))
-        return assemble_scenes(self._pts, self._kind, self._cuts, self.min_scene_frames, self.fps, self._suspect)
+        return assemble_scenes(self._pts, self._kind, self._cuts, self.min_scene_frames, self.fps,
+                               sorted(self._suspect + self._edge_spans))
 
     # ---------------------------------------------------------------------------------------- hard cuts
 
@@ -326,6 +361,70 @@ class SceneSplitter:
                 return  # the picture came back: a flash or a one-frame glitch
         self._cuts.add(i)
         self._cut_list.append(i)  # in order: decisions come frame by frame
+        if self.cfg.cut_edges:
+            self._edge_pending.append(i)
+
+    def _check_transition_edge(self, e: int, last: int) -> None:
+        """Frame ``e`` starts (ends) a detected transition: the blend test of :meth:`_check_cut_edges` on the side
+        before (after) it, towards the transition frame (or the first clean frame after it) that differs most from
+        the clean frame next to ``e`` (the other shot, or the solid frame of a fade)."""
+        kind, cap, ring, inv = self._kind, self._cap, self._ring, self._inv_size
+        if kind[e] and not kind[e - 1] and e - 1 not in self._cuts:
+            near, other = e - 1, range(e, last + 1)
+        elif kind[e - 1] and not kind[e] and e not in self._cuts:
+            near, other = e, range(e - 1, max(0, last - cap + 1) - 1, -1)
+        else:
+            return
+        best, ref = -1.0, None
+        for k in other:
+            dist = cv2.norm(ring[k % cap], ring[near % cap], cv2.NORM_L1) * inv
+            if dist > best:
+                best, ref = dist, ring[k % cap]
+            if not kind[k]:
+                break  # the first clean frame past the transition
+        if near == e - 1:
+            self._check_cut_edges(e, last, after=False, ref=ref, jump=best)
+        else:
+            self._check_cut_edges(e, last, before=False, ref=ref, jump=best)
+
+    def _check_cut_edges(self, c: int, last: int, before: bool = True, after: bool = True,
+                         ref: np.ndarray | None = None, jump: float | None = None) -> None:
+        """Mark as suspect the frames next to hard cut ``c`` that still hold the other shot: walking away from the
+        cut, a frame is a blend while the step into it from the frame beyond moves it towards the other side's
+        frame next to the cut (``cut_edge_min_progress`` of the step's length, at least ``cut_edge_min_step`` of
+        the cut's jump). A blend fading out moves every pixel one way; a shot's own motion moves pixels towards
+        and away from an unrelated picture alike. Frames that repeat the one beyond (a duplicated frame) take the
+        verdict of the next step out. ``ref`` / ``jump``: the other side's picture and its distance (a transition's
+        edge), else frames ``c`` / ``c - 1`` and ``d[c]``."""
+        cfg, cap, ring, d, kind, cuts = self.cfg, self._cap, self._ring, self._d, self._kind, self._cuts
+        floor = max(0.5, cfg.cut_edge_min_step * (d[c] if jump is None else jump))
+        inv = self._inv_size
+
+        def walk(first: int, way: int, ref: np.ndarray) -> int:
+            """The last frame (from ``first``, stepping ``way``) that is a blend, or ``first - way``."""
+            mark, f, near = first - way, first, None
+            while abs(f - first) < self._edge_max and 0 <= f + way <= last and not kind[f] and not kind[f + way]:
+                beyond = f + way
+                if (f in cuts and f != c) or (beyond in cuts):
+                    break  # another cut: the frames beyond belong to another shot
+                step = d[f] if way < 0 else d[beyond]  # |frame f - frame beyond|
+                if step >= 0.3 * floor:
+                    if near is None:
+                        near = cv2.norm(ring[f % cap], ref, cv2.NORM_L1) * inv
+                    far = cv2.norm(ring[beyond % cap], ref, cv2.NORM_L1) * inv
+                    progress = far - near
+                    if progress < cfg.cut_edge_min_progress * step or progress < floor:
+                        break
+                    mark, near = f, far
+                f = beyond
+            return mark
+
+        lo = walk(c - 1, -1, ring[c % cap] if ref is None else ref) if c >= 2 and before else c
+        hi = walk(c, 1, ring[(c - 1) % cap] if ref is None else ref) + 1 if after else c
+        if lo < c:
+            self._edge_spans.append((lo, c))
+        if hi > c:
+            self._edge_spans.append((c, hi))
 
     # -------------------------------------------------------------------------------------------- fades
 
