@@ -275,6 +275,22 @@ def test_cut_edge_guard_marks_nothing_at_a_hard_cut_between_pans(speed):
     assert [(s.start, s.end, s.suspect) for s in _scenes(a + b)] == [(0, 60, ()), (60, 130, ())]
 
 
+def test_purity_guard_keeps_clips_clear_of_a_dissolve_between_pans_the_detector_misses():
+    """A 20-frame dissolve between two shots panning the same way: the pans' own steps make the summed path too long
+    for the detector's dissolve test (no still frames around it either), so the dissolve stays inside one scene;
+    the guard's looser dissolve test (alpha rising with no step, every frame near the blend) marks it."""
+    n = 20
+    a, b = _pan(31, 60 + n, 0.008), _pan(32, 80 + n, 0.008)
+    frames = a[:60] + bench.transition("dissolve", n, a[60:], b[:n], np.random.default_rng(0)) + b[n: 80 + n]
+    shots = [(0, 60), (60 + n, len(frames))]
+    scenes = _scenes(frames)
+    assert [(s.start, s.end) for s in scenes] == [(0, 160)]  # the detector misses it
+    assert (60, 60 + n) in scenes[0].suspect
+    assert _dirty(len(frames), shots, scenes) == (1, 0)
+    without = _scenes(frames, SceneConfig(guard_dissolve_min_path=0))
+    assert _dirty(len(frames), shots, without) == (1, 1)
+
+
 def test_split_stage_reports_a_scene_the_purity_guard_empties(tmp_path):
     """A cut, then a 3-s scene holding a wipe over a third of the picture: the first scene gives its clip, the second
     no clean part of 2 s, so it becomes a rejected status row of its own (counted, not lost)."""
@@ -310,7 +326,8 @@ def test_purity_guard_settings_are_in_the_build_fingerprint():
     def fp(**kw):
         return fingerprint(BuildConfig(input="in", output="out", scenes=SceneConfig(**kw)).fingerprinted())
 
-    assert len({fp(), fp(guard=False), fp(guard_max_error=0.2), fp(cut_edges=False)}) == 4
+    assert len({fp(), fp(guard=False), fp(guard_max_error=0.2), fp(cut_edges=False),
+                fp(guard_dissolve_min_path=0)}) == 5
 
 
 def test_score_matches_each_transition_once():
