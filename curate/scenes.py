@@ -41,12 +41,12 @@ beyond O(frames) scalars. Decisions come a few frames late (``_LAG``), when the 
 
 Transition frames belong to no scene; a scene is a maximal run of non-transition frames between hard cuts.
 
-* **clip purity guard** (``guard``): a second, looser wipe and slide test that changes no scene and no boundary,
-  only the clips planned from a scene (``Scene.suspect``, read by ``curate.clips.plan_clips``, which keeps clips
-  clear of these spans). For every other frame ``b`` and windows ``[a, b]`` of 0.2-0.8 s ending a dissolve
-  window's length before the detector's decisions (so every transition it finds around them is marked), with no
-  hard cut inside, frames ``a`` and ``b`` of shots, and no still frames needed around the window (the detector
-  above needs them: a wipe into or out of a shot that moves by itself is missed there). The ends must differ
+* **clip purity guard** (``guard``): a second, looser wipe, slide and dissolve test that changes no scene and no
+  boundary, only the clips planned from a scene (``Scene.suspect``, read by ``curate.clips.plan_clips``, which keeps
+  clips clear of these spans). For every other frame ``b`` and windows ``[a, b]`` of 0.2 s to ``guard_max_s``
+  ending a dissolve window's length before the detector's decisions (so every transition it finds around them is
+  marked), with no hard cut inside, frames ``a`` and ``b`` of shots, and no still frames needed around the window
+  (the detector above needs them: a wipe into or out of a shot that moves by itself is missed there). The ends must differ
   (``wipe_min_diff``) over at least ``guard_min_changed`` of the picture. *Wipes*: most of the summed per-pixel
   path is the end-to-end change (``guard_min_efficiency``: camera motion moves pixels back and forth), and the
   frames in between are frames ``a`` and ``b`` side by side with a straight still edge that moves one way across
@@ -141,7 +141,7 @@ class SceneConfig:
     wipe_min_changed: float = 0.5  # share of thumbnail cells a wipe or slide must change by > 12 levels
     wipe_max_error: float = 0.35  # max mean error of a split-screen model of a wipe/slide frame, share of that
     guard: bool = True  # clip purity guard: mark wipe-like spans inside scenes as suspect (clips keep clear)
-    guard_max_s: float = 0.8  # longest window the guard tries
+    guard_max_s: float = 1.1  # longest window the guard tries
     guard_max_error: float = 0.15  # max mean error of the guard's still-edge model, share of the ends' difference
     guard_min_changed: float = 0.3  # share of thumbnail cells the two ends must differ in by > 12 levels
     guard_min_efficiency: float = 0.5  # end-to-end difference / summed mean steps over the window (wipes)
