@@ -46,11 +46,12 @@ Transition frames belong to no scene; a scene is a maximal run of non-transition
   clips clear of these spans). For every other frame ``b`` and windows ``[a, b]`` of 0.2 s to ``guard_max_s``
   ending a dissolve window's length before the detector's decisions (so every transition it finds around them is
   marked), with no hard cut inside, frames ``a`` and ``b`` of shots, and no still frames needed around the window
-  (the detector above needs them: a wipe into or out of a shot that moves by itself is missed there). The ends must differ
-  (``wipe_min_diff``) over at least ``guard_min_changed`` of the picture. *Wipes*: most of the summed per-pixel
-  path is the end-to-end change (``guard_min_efficiency``: camera motion moves pixels back and forth), and the
-  frames in between are frames ``a`` and ``b`` side by side with a straight still edge that moves one way across
-  at least 60 % of the picture, each within ``guard_max_error`` of the ends' difference; where the edge is still
+  (the detector above needs them: a wipe into or out of a shot that moves by itself is missed there). For wipes
+  and slides the ends must differ (``wipe_min_diff``) over at least ``guard_min_changed`` of the picture.
+  *Wipes*: most of the summed per-pixel path is the end-to-end change (``guard_min_efficiency``: camera motion
+  moves pixels back and forth), and the frames in between are frames ``a`` and ``b`` side by side with a straight
+  still edge that moves one way across at least 60 % of the picture, each within ``guard_max_error`` of the ends'
+  difference; where the edge is still
   inside next to an end of the window (the shot beyond it moves, so the model holds only up to a frame that is not
   yet clean), the span goes on past that end at the edge's pace. *Slides* (where no transition was detected):
   frame ``b`` pushes frame ``a`` out, each frame within ``guard_slide_max_error`` plus what the two shots' own
