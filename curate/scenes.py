@@ -43,10 +43,11 @@ Transition frames belong to no scene; a scene is a maximal run of non-transition
 
 * **clip purity guard** (``guard``): a second, looser wipe, slide and dissolve test that changes no scene and no
   boundary, only the clips planned from a scene (``Scene.suspect``, read by ``curate.clips.plan_clips``, which keeps
-  clips clear of these spans). For every other frame ``b`` and windows ``[a, b]`` of 0.2 s to ``guard_max_s``
-  ending a dissolve window's length before the detector's decisions (so every transition it finds around them is
-  marked), with no hard cut inside, frames ``a`` and ``b`` of shots, and no still frames needed around the window
-  (the detector above needs them: a wipe into or out of a shot that moves by itself is missed there). For wipes
+  clips clear of these spans). For every other frame ``b`` and windows ``[a, b]`` from 0.2 s to ``guard_max_s``
+  (wipes, slides) or ``guard_dissolve_max_s`` (dissolves) ending a dissolve window's length before the detector's
+  decisions (so every transition it finds around them is marked), with no hard cut inside, frames ``a`` and ``b``
+  of shots, and no still frames needed around the window (the detector above needs them: a wipe into or out of a
+  shot that moves by itself is missed there). For wipes
   and slides the ends must differ (``wipe_min_diff``) over at least ``guard_min_changed`` of the picture.
   *Wipes*: most of the summed per-pixel path is the end-to-end change (``guard_min_efficiency``: camera motion
   moves pixels back and forth), and the frames in between are frames ``a`` and ``b`` side by side with a straight
@@ -142,12 +143,13 @@ class SceneConfig:
     wipe_min_changed: float = 0.5  # share of thumbnail cells a wipe or slide must change by > 12 levels
     wipe_max_error: float = 0.35  # max mean error of a split-screen model of a wipe/slide frame, share of that
     guard: bool = True  # clip purity guard: mark wipe-like spans inside scenes as suspect (clips keep clear)
-    guard_max_s: float = 1.1  # longest window the guard tries
+    guard_max_s: float = 0.8  # longest window the guard's wipe and slide tests try
     guard_max_error: float = 0.15  # max mean error of the guard's still-edge model, share of the ends' difference
     guard_min_changed: float = 0.3  # share of thumbnail cells the two ends must differ in by > 12 levels
     guard_min_efficiency: float = 0.5  # end-to-end difference / summed mean steps over the window (wipes)
     guard_slide_max_error: float = 0.25  # max mean error of the guard's slide model, share of the ends' difference
     guard_min_seam: float = 2.4  # a slide's seam: its step / the median step between neighbouring columns (rows)
+    guard_dissolve_max_s: float = 1.1  # longest window the guard's dissolve test tries
     guard_dissolve_min_path: float = 0.4  # guard's dissolve test: end-to-end difference / summed steps (0: off)
     guard_dissolve_max_residual: float = 0.25  # ... every frame within this share of the ends' difference of a blend
     cut_edges: bool = True  # cut-edge guard: frames next to a hard cut that still hold the other shot are suspect
@@ -248,8 +250,12 @@ class SceneSplitter:
         self._cuts: set[int] = set()
         self._cut_list: list[int] = []  # our cuts, ascending
         self._lengths = _window_lengths(int(round(cfg.dissolve_max_s * self.fps)) + 2)
-        self._guard_lengths = _guard_lengths(max(4, int(round(0.2 * self.fps))),
-                                             min(self._lengths[-1], int(round(cfg.guard_max_s * self.fps))))
+        shortest, cap_len = max(4, int(round(0.2 * self.fps))), self._lengths[-1]
+        self._guard_split_max = min(cap_len, int(round(cfg.guard_max_s * self.fps)))  # wipe and slide windows
+        self._guard_blend_max = min(cap_len, int(round(cfg.guard_dissolve_max_s * self.fps)))  # dissolve windows
+        self._guard_lengths = _guard_lengths(shortest, self._guard_split_max)
+        if cfg.guard_dissolve_min_path > 0 and self._guard_blend_max > self._guard_lengths[-1]:
+            self._guard_lengths += _guard_lengths(self._guard_lengths[-1], self._guard_blend_max)[1:]
         # the guard looks at windows ending this many frames before the dissolve decisions: every transition the
         # detector finds around them is marked by then
         self._guard_delay = self._lengths[-1] + 2
@@ -710,21 +716,21 @@ class SceneSplitter:
             k = n - 1
             at = a + 1 + k // 3, a + 1 + 2 * k // 3
             probes = ring[at[0] % cap], ring[at[1] % cap]
-            span = None
-            if diff >= cfg.guard_min_efficiency * path and _edge_may_fit(ring[a % cap], ring[b % cap], *probes,
-                                                                         diff, cfg):
+            span, split = None, n <= self._guard_split_max
+            if split and diff >= cfg.guard_min_efficiency * path and _edge_may_fit(ring[a % cap], ring[b % cap],
+                                                                                   *probes, diff, cfg):
                 span = _still_edge_fit(ring[np.arange(a, b + 1) % cap], diff, cfg)
             # slides: only where no transition was detected; the shots' own steps just outside the window (the
             # lesser of two) loosen the fit where they move, and only where they are well under the window's mean
             # step (else the window starts or ends inside the motion: a zoom, a whip pan)
-            if span is None and not any(inner):
+            if span is None and split and not any(inner):
                 pace = 0.3 * path / n
                 drift = tuple(x if x <= pace else 0.0
                               for x in (min(d[max(0, a - 1)], d[a]), min(d[b + 1: b + 3], default=0.0)))
                 if self._slide_may_fit(a, b, at, diff, drift):
                     span = _slide_fit(ring[np.arange(a, b + 1) % cap], diff, cfg, drift)
-            if (span is None and not any(inner) and cfg.guard_dissolve_min_path > 0 and diff >= cfg.dissolve_min_diff
-                    and diff >= cfg.guard_dissolve_min_path * path):
+            if (span is None and not any(inner) and cfg.guard_dissolve_min_path > 0 and n <= self._guard_blend_max
+                    and diff >= cfg.dissolve_min_diff and diff >= cfg.guard_dissolve_min_path * path):
                 span = self._guard_dissolve(a, b, diff)
             if span is None:
                 continue

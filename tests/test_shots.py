@@ -327,7 +327,7 @@ def test_purity_guard_settings_are_in_the_build_fingerprint():
         return fingerprint(BuildConfig(input="in", output="out", scenes=SceneConfig(**kw)).fingerprinted())
 
     assert len({fp(), fp(guard=False), fp(guard_max_error=0.2), fp(cut_edges=False),
-                fp(guard_dissolve_min_path=0)}) == 5
+                fp(guard_dissolve_min_path=0), fp(guard_dissolve_max_s=0.8)}) == 6
 
 
 def test_score_matches_each_transition_once():
