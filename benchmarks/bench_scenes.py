@@ -165,7 +165,7 @@ def _previous_root(cache: Path, ref: str) -> tuple[Path, str]:
 
 def main(args: argparse.Namespace) -> None:
     cache = Path(args.cache)
-    truths = build(Path(args.data), cache, seed=args.seed, videos=args.videos)[args.part]
+    truths = build(Path(args.data), cache, seed=args.seed, videos=args.videos, parts=(args.part,))[args.part]
     tiny = _tiny_video(cache / "tiny.mp4")
     methods = ["ours", "cli-adaptive", "cli-content"]
     prev_root = None

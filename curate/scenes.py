@@ -41,16 +41,18 @@ beyond O(frames) scalars. Decisions come a few frames late (``_LAG``), when the 
 
 Transition frames belong to no scene; a scene is a maximal run of non-transition frames between hard cuts.
 
-* **clip purity guard** (``guard``): a second, looser wipe and slide test that changes no scene and no boundary,
-  only the clips planned from a scene (``Scene.suspect``, read by ``curate.clips.plan_clips``, which keeps clips
-  clear of these spans). For every other frame ``b`` and windows ``[a, b]`` of 0.2-0.8 s ending a dissolve
-  window's length before the detector's decisions (so every transition it finds around them is marked), with no
-  hard cut inside, frames ``a`` and ``b`` of shots, and no still frames needed around the window (the detector
-  above needs them: a wipe into or out of a shot that moves by itself is missed there). The ends must differ
-  (``wipe_min_diff``) over at least ``guard_min_changed`` of the picture. *Wipes*: most of the summed per-pixel
-  path is the end-to-end change (``guard_min_efficiency``: camera motion moves pixels back and forth), and the
-  frames in between are frames ``a`` and ``b`` side by side with a straight still edge that moves one way across
-  at least 60 % of the picture, each within ``guard_max_error`` of the ends' difference; where the edge is still
+* **clip purity guard** (``guard``): a second, looser wipe, slide and dissolve test that changes no scene and no
+  boundary, only the clips planned from a scene (``Scene.suspect``, read by ``curate.clips.plan_clips``, which keeps
+  clips clear of these spans). For every other frame ``b`` and windows ``[a, b]`` from 0.2 s to ``guard_max_s``
+  (wipes, slides) or ``guard_dissolve_max_s`` (dissolves) ending a dissolve window's length before the detector's
+  decisions (so every transition it finds around them is marked), with no hard cut inside, frames ``a`` and ``b``
+  of shots, and no still frames needed around the window (the detector above needs them: a wipe into or out of a
+  shot that moves by itself is missed there). For wipes
+  and slides the ends must differ (``wipe_min_diff``) over at least ``guard_min_changed`` of the picture.
+  *Wipes*: most of the summed per-pixel path is the end-to-end change (``guard_min_efficiency``: camera motion
+  moves pixels back and forth), and the frames in between are frames ``a`` and ``b`` side by side with a straight
+  still edge that moves one way across at least 60 % of the picture, each within ``guard_max_error`` of the ends'
+  difference; where the edge is still
   inside next to an end of the window (the shot beyond it moves, so the model holds only up to a frame that is not
   yet clean), the span goes on past that end at the edge's pace. *Slides* (where no transition was detected):
   frame ``b`` pushes frame ``a`` out, each frame within ``guard_slide_max_error`` plus what the two shots' own
@@ -59,8 +61,27 @@ Transition frames belong to no scene; a scene is a maximal run of non-transition
   between neighbouring columns or rows: a pan fits the same model without a seam). In both, the edge is inside the
   picture for at least 3 frames and half the window; those frames, one more on each side, are suspect. A window
   may hold frames the detector marked when the change goes on past them (a span found too short is completed
-  here). A whip pan, a zoom or a flash moves or blends the whole picture at once and fits neither model. Cost:
-  ~0.03 ms a frame on the benchmark.
+  here). A whip pan, a zoom or a flash moves or blends the whole picture at once and fits neither model.
+  *Dissolves* (where no transition was detected and no wipe or slide fits): the ends differ like a dissolve's
+  (``dissolve_min_diff``, the detector's brightness-ratio test), the end-to-end difference is at least
+  ``guard_dissolve_min_path`` of the summed steps (looser than the detector's: shots that move during the dissolve
+  lengthen the path, and no still frames are asked for around the window), ``alpha`` rises with no step like a cut
+  and every frame lies within ``guard_dissolve_max_residual`` of the blend of the ends at its alpha (a pan or a
+  zoom is no blend of its ends over a window this long); the frames at alpha 0.1-0.9 are the span. Cost of the
+  guard with the edge guard below: ~0.03 ms a frame on the benchmark's dev part (the rest of the detector ~0.02).
+* **edge guard** (``cut_edges``, ``transition_edges``): also suspect spans only. A gradual transition the tests
+  above reject (shots moving during a dissolve, an alpha that rises with a step) can be reported as a hard cut at
+  its largest step, with blended frames left on both sides; a transition found too short leaves blended frames
+  next to its span. For every hard cut at ``c`` (frame ``c - 1`` and ``c`` are the two sides) and every edge of a
+  detected transition (the other side is the transition frame, or the first clean frame after it, that differs
+  most from the clean frame at the edge: the next shot, or a fade's solid frame), frames are walked away from the
+  edge, up to ``cut_edge_max_s``: a frame still holds the other side while the step into it from the frame beyond
+  moves it towards the other side's picture by at least ``cut_edge_min_progress`` of the step's mean absolute
+  length and ``cut_edge_min_step`` of the edge's jump (0.5 levels at least). A blend fading out moves every pixel
+  one way, towards the other picture; a shot's own motion (a pan, a zoom) moves pixels towards and away from an
+  unrelated picture alike, so a hard cut between moving shots marks nothing. A frame that repeats the one beyond
+  it (a duplicated frame) takes the verdict of the next step out. The walk stops at another cut or a transition
+  frame. The frames that hold the other side are suspect; scene bounds and cuts do not change.
 """
 
 from __future__ import annotations
@@ -122,12 +143,21 @@ class SceneConfig:
     wipe_min_changed: float = 0.5  # share of thumbnail cells a wipe or slide must change by > 12 levels
     wipe_max_error: float = 0.35  # max mean error of a split-screen model of a wipe/slide frame, share of that
     guard: bool = True  # clip purity guard: mark wipe-like spans inside scenes as suspect (clips keep clear)
-    guard_max_s: float = 0.8  # longest window the guard tries
+    guard_max_s: float = 0.8  # longest window the guard's wipe and slide tests try
     guard_max_error: float = 0.15  # max mean error of the guard's still-edge model, share of the ends' difference
     guard_min_changed: float = 0.3  # share of thumbnail cells the two ends must differ in by > 12 levels
     guard_min_efficiency: float = 0.5  # end-to-end difference / summed mean steps over the window (wipes)
     guard_slide_max_error: float = 0.25  # max mean error of the guard's slide model, share of the ends' difference
     guard_min_seam: float = 2.4  # a slide's seam: its step / the median step between neighbouring columns (rows)
+    guard_dissolve_max_s: float = 1.1  # longest window the guard's dissolve test tries
+    guard_dissolve_min_path: float = 0.4  # guard's dissolve test: end-to-end difference / summed steps (0: off)
+    guard_dissolve_max_residual: float = 0.25  # ... every frame within this share of the ends' difference of a blend
+    cut_edges: bool = True  # cut-edge guard: frames next to a hard cut that still hold the other shot are suspect
+    transition_edges: bool = True  # ... and frames next to a detected transition that still hold its other side
+    cut_edge_max_s: float = 0.5  # longest run of such frames looked for on each side of a cut or transition
+    cut_edge_min_progress: float = 0.5  # a frame holds the other shot when the step into it (from the frame beyond)
+    # moves it towards the other side's frame next to the cut by at least this share of the step's length ...
+    cut_edge_min_step: float = 0.03  # ... and by at least this share of the cut's jump (and 0.5 levels)
 
     def __post_init__(self) -> None:
         if self.detector not in ("shots", "adaptive", "content"):
@@ -220,13 +250,23 @@ class SceneSplitter:
         self._cuts: set[int] = set()
         self._cut_list: list[int] = []  # our cuts, ascending
         self._lengths = _window_lengths(int(round(cfg.dissolve_max_s * self.fps)) + 2)
-        self._guard_lengths = _guard_lengths(max(4, int(round(0.2 * self.fps))),
-                                             min(self._lengths[-1], int(round(cfg.guard_max_s * self.fps))))
+        shortest, cap_len = max(4, int(round(0.2 * self.fps))), self._lengths[-1]
+        self._guard_split_max = min(cap_len, int(round(cfg.guard_max_s * self.fps)))  # wipe and slide windows
+        self._guard_blend_max = min(cap_len, int(round(cfg.guard_dissolve_max_s * self.fps)))  # dissolve windows
+        self._guard_lengths = _guard_lengths(shortest, self._guard_split_max)
+        if cfg.guard_dissolve_min_path > 0 and self._guard_blend_max > self._guard_lengths[-1]:
+            self._guard_lengths += _guard_lengths(self._guard_lengths[-1], self._guard_blend_max)[1:]
         # the guard looks at windows ending this many frames before the dissolve decisions: every transition the
         # detector finds around them is marked by then
         self._guard_delay = self._lengths[-1] + 2
         self._guard_next = 1  # the next window end the guard looks at
-        self._cap = max(self._lengths[-1] + _LAG + 4, self._guard_delay + self._guard_lengths[-1] + _LAG + 2, 16)
+        self._edge_max = max(1, int(round(cfg.cut_edge_max_s * self.fps)))
+        self._edge_pending: list[int] = []  # hard cuts whose edges wait for the frames after them
+        self._edge_spans: list[tuple[int, int]] = []  # the cut-edge guard's spans [lo, hi)
+        # transition edges are looked at once no later decision can mark frames next to them
+        self._edge_delay = self._guard_delay + _LAG + 2
+        self._cap = max(self._lengths[-1] + _LAG + 4, self._guard_delay + self._guard_lengths[-1] + _LAG + 2,
+                        self._edge_delay + self._edge_max + 4, 16)
         self._ring = np.zeros((self._cap,) + THUMB[::-1] + (3,), np.float32)
         self._cum: list[float] = []  # prefix sums of _d
         self._inv_size = 1.0 / (THUMB[0] * THUMB[1] * 3)
@@ -280,6 +320,10 @@ class SceneSplitter:
         if self.cfg.fades:
             self._update_fades(i)
         self._decide(i - _LAG, i)
+        while self._edge_pending and self._edge_pending[0] + self._edge_max + 1 <= i:
+            self._check_cut_edges(self._edge_pending.pop(0), i)
+        if self.cfg.transition_edges and i - self._edge_delay >= 1:
+            self._check_transition_edge(i - self._edge_delay, i)
 
     def _decide(self, i: int, last: int) -> None:
         """Decisions that waited for frames up to ``last``: a cut at ``i``, a window ending at ``i``."""
@@ -302,13 +346,19 @@ class SceneSplitter:
             while self.cfg.guard and self._guard_next < n:
                 self._update_guard(self._guard_next)
                 self._guard_next += 2
+            while self._edge_pending:
+                self._check_cut_edges(self._edge_pending.pop(0), n - 1)
+            if self.cfg.transition_edges:
+                for e in range(max(1, n - self._edge_delay), n):
+                    self._check_transition_edge(e, n - 1)
             self._finished = True
             if self._psd is not None and n:
                 from scenedetect import FrameTimecode
 
                 for cut in self._psd.post_process(FrameTimecode(n - 1, self.fps)):
                     self._cuts.add(int(cut.frame_num))
-        return assemble_scenes(self._pts, self._kind, self._cuts, self.min_scene_frames, self.fps, self._suspect)
+        return assemble_scenes(self._pts, self._kind, self._cuts, self.min_scene_frames, self.fps,
+                               sorted(self._suspect + self._edge_spans))
 
     # ---------------------------------------------------------------------------------------- hard cuts
 
@@ -326,6 +376,70 @@ class SceneSplitter:
                 return  # the picture came back: a flash or a one-frame glitch
         self._cuts.add(i)
         self._cut_list.append(i)  # in order: decisions come frame by frame
+        if self.cfg.cut_edges:
+            self._edge_pending.append(i)
+
+    def _check_transition_edge(self, e: int, last: int) -> None:
+        """Frame ``e`` starts (ends) a detected transition: the blend test of :meth:`_check_cut_edges` on the side
+        before (after) it, towards the transition frame (or the first clean frame after it) that differs most from
+        the clean frame next to ``e`` (the other shot, or the solid frame of a fade)."""
+        kind, cap, ring, inv = self._kind, self._cap, self._ring, self._inv_size
+        if kind[e] and not kind[e - 1] and e - 1 not in self._cuts:
+            near, other = e - 1, range(e, last + 1)
+        elif kind[e - 1] and not kind[e] and e not in self._cuts:
+            near, other = e, range(e - 1, max(0, last - cap + 1) - 1, -1)
+        else:
+            return
+        best, ref = -1.0, None
+        for k in other:
+            dist = cv2.norm(ring[k % cap], ring[near % cap], cv2.NORM_L1) * inv
+            if dist > best:
+                best, ref = dist, ring[k % cap]
+            if not kind[k]:
+                break  # the first clean frame past the transition
+        if near == e - 1:
+            self._check_cut_edges(e, last, after=False, ref=ref, jump=best)
+        else:
+            self._check_cut_edges(e, last, before=False, ref=ref, jump=best)
+
+    def _check_cut_edges(self, c: int, last: int, before: bool = True, after: bool = True,
+                         ref: np.ndarray | None = None, jump: float | None = None) -> None:
+        """Mark as suspect the frames next to hard cut ``c`` that still hold the other shot: walking away from the
+        cut, a frame is a blend while the step into it from the frame beyond moves it towards the other side's
+        frame next to the cut (``cut_edge_min_progress`` of the step's length, at least ``cut_edge_min_step`` of
+        the cut's jump). A blend fading out moves every pixel one way; a shot's own motion moves pixels towards
+        and away from an unrelated picture alike. Frames that repeat the one beyond (a duplicated frame) take the
+        verdict of the next step out. ``ref`` / ``jump``: the other side's picture and its distance (a transition's
+        edge), else frames ``c`` / ``c - 1`` and ``d[c]``."""
+        cfg, cap, ring, d, kind, cuts = self.cfg, self._cap, self._ring, self._d, self._kind, self._cuts
+        floor = max(0.5, cfg.cut_edge_min_step * (d[c] if jump is None else jump))
+        inv = self._inv_size
+
+        def walk(first: int, way: int, ref: np.ndarray) -> int:
+            """The last frame (from ``first``, stepping ``way``) that is a blend, or ``first - way``."""
+            mark, f, near = first - way, first, None
+            while abs(f - first) < self._edge_max and 0 <= f + way <= last and not kind[f] and not kind[f + way]:
+                beyond = f + way
+                if (f in cuts and f != c) or (beyond in cuts):
+                    break  # another cut: the frames beyond belong to another shot
+                step = d[f] if way < 0 else d[beyond]  # |frame f - frame beyond|
+                if step >= 0.3 * floor:
+                    if near is None:
+                        near = cv2.norm(ring[f % cap], ref, cv2.NORM_L1) * inv
+                    far = cv2.norm(ring[beyond % cap], ref, cv2.NORM_L1) * inv
+                    progress = far - near
+                    if progress < cfg.cut_edge_min_progress * step or progress < floor:
+                        break
+                    mark, near = f, far
+                f = beyond
+            return mark
+
+        lo = walk(c - 1, -1, ring[c % cap] if ref is None else ref) if c >= 2 and before else c
+        hi = walk(c, 1, ring[(c - 1) % cap] if ref is None else ref) + 1 if after else c
+        if lo < c:
+            self._edge_spans.append((lo, c))
+        if hi > c:
+            self._edge_spans.append((c, hi))
 
     # -------------------------------------------------------------------------------------------- fades
 
@@ -602,19 +716,22 @@ class SceneSplitter:
             k = n - 1
             at = a + 1 + k // 3, a + 1 + 2 * k // 3
             probes = ring[at[0] % cap], ring[at[1] % cap]
-            span = None
-            if diff >= cfg.guard_min_efficiency * path and _edge_may_fit(ring[a % cap], ring[b % cap], *probes,
-                                                                         diff, cfg):
+            span, split = None, n <= self._guard_split_max
+            if split and diff >= cfg.guard_min_efficiency * path and _edge_may_fit(ring[a % cap], ring[b % cap],
+                                                                                   *probes, diff, cfg):
                 span = _still_edge_fit(ring[np.arange(a, b + 1) % cap], diff, cfg)
             # slides: only where no transition was detected; the shots' own steps just outside the window (the
             # lesser of two) loosen the fit where they move, and only where they are well under the window's mean
             # step (else the window starts or ends inside the motion: a zoom, a whip pan)
-            if span is None and not any(inner):
+            if span is None and split and not any(inner):
                 pace = 0.3 * path / n
                 drift = tuple(x if x <= pace else 0.0
                               for x in (min(d[max(0, a - 1)], d[a]), min(d[b + 1: b + 3], default=0.0)))
                 if self._slide_may_fit(a, b, at, diff, drift):
                     span = _slide_fit(ring[np.arange(a, b + 1) % cap], diff, cfg, drift)
+            if (span is None and not any(inner) and cfg.guard_dissolve_min_path > 0 and n <= self._guard_blend_max
+                    and diff >= cfg.dissolve_min_diff and diff >= cfg.guard_dissolve_min_path * path):
+                span = self._guard_dissolve(a, b, diff)
             if span is None:
                 continue
             lo, hi = max(0, a + span[0] - 1), a + span[1] + 1  # a soft edge shows a frame before and after
@@ -622,6 +739,31 @@ class SceneSplitter:
                 lo, hi = min(lo, suspect[-1][0]), max(hi, suspect[-1][1])
                 suspect.pop()
             suspect.append((lo, hi))
+
+    def _guard_dissolve(self, a: int, b: int, diff: float) -> tuple[int, int] | None:
+        """The guard's looser dissolve test: window offsets ``[lo, hi)`` of the frames at alpha 0.1-0.9 when frames
+        ``a..b`` blend frame ``a`` into ``b`` (alpha rising with no step, every frame within
+        ``guard_dissolve_max_residual`` of the blend at its alpha, ends that differ in content)."""
+        cfg, cap = self.cfg, self._cap
+        window = self._ring[np.arange(a, b + 1) % cap].reshape(b - a + 1, -1)
+        x0, delta = window[0], window[-1] - window[0]
+        norm = float(delta @ delta)
+        if norm <= 0:
+            return None
+        alpha = (window - x0) @ delta / norm
+        steps = np.diff(alpha)
+        if steps.max() > cfg.dissolve_max_step or steps.min() < -0.1:
+            return None
+        resid = float(np.abs(window[1:-1] - x0 - alpha[1:-1, None] * delta).mean(axis=1).max()) / diff
+        if resid > cfg.guard_dissolve_max_residual:
+            return None
+        _, spread = _relighting(window[0].reshape(THUMB[1], THUMB[0], 3), window[-1].reshape(THUMB[1], THUMB[0], 3))
+        if spread < cfg.dissolve_min_change:
+            return None
+        inner = np.nonzero((alpha > 0.1) & (alpha < 0.9))[0]
+        if len(inner) < 3:
+            return None
+        return int(inner[0]), int(inner[-1]) + 1
 
     def _slide_may_fit(self, a: int, b: int, probes: tuple[int, int], diff: float,
                        drift: tuple[float, float]) -> bool:

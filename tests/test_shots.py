@@ -240,6 +240,57 @@ def test_purity_guard_completes_a_wipe_between_panning_shots_that_the_detector_e
     assert _dirty(len(frames), [(0, 60), (60 + n, len(frames))], scenes) == (1, 0)
 
 
+def _stepped_dissolve(a: list, b: list, n: int, step_at: int, jump: float) -> list:
+    """n frames blending ``a`` into ``b`` whose alpha rises 1 / (n + 1) a frame but jumps by ``jump`` at frame
+    ``step_at`` (an edit whose dissolve was cut short): the jump reads as a hard cut."""
+    out = []
+    for k in range(n):
+        alpha = (k + 1) / (n + 1) * (1 - jump) + (jump if k >= step_at else 0.0)
+        out.append((a[k].astype(np.float32) * (1 - alpha) + b[k].astype(np.float32) * alpha).astype(np.uint8))
+    return out
+
+
+@pytest.mark.parametrize("moving", [False, True])
+def test_cut_edge_guard_keeps_clips_clear_of_a_dissolve_read_as_a_hard_cut(moving):
+    """A 10-frame dissolve whose alpha jumps by 0.5 in its middle (still shots with a moving object, or two pans):
+    the detector reports a hard cut at the jump and scenes that hold the blended frames; the cut-edge guard marks
+    exactly those frames on both sides, so no clip holds one. Without it, both clips next to the cut are dirty."""
+    n = 10
+    a, b = (_pan(31, 60 + n, 0.004), _pan(32, 80, -0.004)) if moving else (_shot(21, 70), _shot(15, 80))
+    frames = a[:60] + _stepped_dissolve(a[60:], b[:n], n, 5, 0.5) + b[n:]
+    shots = [(0, 60), (60 + n, len(frames))]
+    scenes = _scenes(frames)
+    assert _gaps(scenes) == [(65, 64)]  # a hard cut at the jump: no scene boundary moves
+    assert [s.suspect for s in scenes] == [((60, 65),), ((65, 70),)]
+    assert _dirty(len(frames), shots, scenes) == (2, 0)
+    unguarded = _scenes(frames, SceneConfig(cut_edges=False))
+    assert [(s.start, s.end, s.suspect) for s in unguarded] == [(0, 65, ()), (65, 140, ())]
+
+
+@pytest.mark.parametrize("speed", [0.004, 0.008])
+def test_cut_edge_guard_marks_nothing_at_a_hard_cut_between_pans(speed):
+    """Two shots panning opposite ways, joined by a hard cut: every frame next to the cut moves, none towards the
+    other shot, so no suspect span (the clips lose only the margin)."""
+    a, b = _pan(31, 60, speed), _pan(32, 70, -speed)
+    assert [(s.start, s.end, s.suspect) for s in _scenes(a + b)] == [(0, 60, ()), (60, 130, ())]
+
+
+def test_purity_guard_keeps_clips_clear_of_a_dissolve_between_pans_the_detector_misses():
+    """A 20-frame dissolve between two shots panning the same way: the pans' own steps make the summed path too long
+    for the detector's dissolve test (no still frames around it either), so the dissolve stays inside one scene;
+    the guard's looser dissolve test (alpha rising with no step, every frame near the blend) marks it."""
+    n = 20
+    a, b = _pan(31, 60 + n, 0.008), _pan(32, 80 + n, 0.008)
+    frames = a[:60] + bench.transition("dissolve", n, a[60:], b[:n], np.random.default_rng(0)) + b[n: 80 + n]
+    shots = [(0, 60), (60 + n, len(frames))]
+    scenes = _scenes(frames)
+    assert [(s.start, s.end) for s in scenes] == [(0, 160)]  # the detector misses it
+    assert (60, 60 + n) in scenes[0].suspect
+    assert _dirty(len(frames), shots, scenes) == (1, 0)
+    without = _scenes(frames, SceneConfig(guard_dissolve_min_path=0))
+    assert _dirty(len(frames), shots, without) == (1, 1)
+
+
 def test_split_stage_reports_a_scene_the_purity_guard_empties(tmp_path):
     """A cut, then a 3-s scene holding a wipe over a third of the picture: the first scene gives its clip, the second
     no clean part of 2 s, so it becomes a rejected status row of its own (counted, not lost)."""
@@ -275,7 +326,8 @@ def test_purity_guard_settings_are_in_the_build_fingerprint():
     def fp(**kw):
         return fingerprint(BuildConfig(input="in", output="out", scenes=SceneConfig(**kw)).fingerprinted())
 
-    assert len({fp(), fp(guard=False), fp(guard_max_error=0.2)}) == 3
+    assert len({fp(), fp(guard=False), fp(guard_max_error=0.2), fp(cut_edges=False),
+                fp(guard_dissolve_min_path=0), fp(guard_dissolve_max_s=0.8)}) == 6
 
 
 def test_score_matches_each_transition_once():

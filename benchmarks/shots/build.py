@@ -331,15 +331,18 @@ def _encode(path: Path, frames: list[np.ndarray], crf: int, gop: int) -> None:
         out.mux(stream.encode(None))
 
 
-def build(data: Path, out_dir: Path, seed: int = 0, videos: int = 4) -> dict[str, list[dict]]:
-    """Build (or reuse) ``videos`` videos per part under ``out_dir/seed{seed}-v{VERSION}``; return the truths."""
+def build(data: Path, out_dir: Path, seed: int = 0, videos: int = 4,
+          parts: tuple[str, ...] = ("dev", "test")) -> dict[str, list[dict]]:
+    """Build (or reuse) ``videos`` videos of each of ``parts`` under ``out_dir/seed{seed}-v{VERSION}``; return the
+    truths of every part the index holds. A part already built with at least ``videos`` videos is not touched (the
+    other part is not built when it is not asked for: tuning on dev never needs the test videos)."""
     root = Path(out_dir) / f"seed{seed}-v{VERSION}"
     index = root / "truth.json"
-    if index.exists():
-        truths = json.loads(index.read_text())
-        if all(len(truths.get(p, [])) >= videos for p in ("dev", "test")):
-            return {p: [dict(t, path=str(root / t["file"])) for t in truths[p][:videos]] for p in truths}
-    root.mkdir(parents=True, exist_ok=True)
-    truths = {p: [build_video(Path(data), p, k, seed, root) for k in range(videos)] for p in ("dev", "test")}
-    index.write_text(json.dumps(truths, indent=1))
-    return {p: [dict(t, path=str(root / t["file"])) for t in truths[p]] for p in truths}
+    truths = json.loads(index.read_text()) if index.exists() else {}
+    missing = [p for p in parts if len(truths.get(p, [])) < videos]
+    if missing:
+        root.mkdir(parents=True, exist_ok=True)
+        for p in missing:
+            truths[p] = [build_video(Path(data), p, k, seed, root) for k in range(videos)]
+        index.write_text(json.dumps(truths, indent=1))
+    return {p: [dict(t, path=str(root / t["file"])) for t in v[:videos]] for p, v in truths.items()}
