@@ -62,7 +62,6 @@ class Resources:
     score_concurrency: int | None = None
     write_cpus: float = 0.1
     score_batch_size: int = 8
-    score_threads: int = 2  # a CPU scorer actor scores a batch's clips in this many threads (see ScoreStage)
     clip_gpus: float = 0.0  # >0 puts the CLIP scorer on GPUs
     split_gpus: float = 0.125  # --device cuda: GPU share of a split actor (8 NVDEC decoders per GPU)
     score_gpus: float = 0.0625  # --device cuda: GPU share of a basic-score actor
@@ -220,8 +219,7 @@ def stages(ray, cfg: BuildConfig, *, claims_dir: str | None, stage_root: str, fp
         # an input's rows back until later inputs fill the batch, and done markers would land in bursts
         last = k == len(groups) - 1
         drop = TRANSIENT_COLUMNS if last else ()  # the sampled frames end with the last scorer
-        kwargs = {"scorers": scorers, "drop": drop, "write": write if last and fuse_write else None,
-                  "threads": 1 if gpus else res.score_threads}
+        kwargs = {"scorers": scorers, "drop": drop, "write": write if last and fuse_write else None}
         name = "score:" + "+".join(name for name, _ in scorers) + ("+write" if kwargs["write"] else "")
         out.append((name, lambda ds, gpus=gpus, n_scorers=len(scorers), kwargs=kwargs: ds.map_batches(
             ScoreStage, fn_constructor_kwargs=kwargs,

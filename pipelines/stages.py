@@ -166,43 +166,18 @@ class ScoreStage:
     later stage reads). ``write`` (a :class:`StageWriter`'s arguments) writes the scored rows in the same actor
     and returns the writer's small rows: the build does so when nothing runs between the scorers and the writer,
     saving the writer's own actor and a hop of every clip's MP4 bytes through the object store.
-
-    ``threads`` > 1 scores a batch's rows in that many threads (every ``threads``-th row each, same results, same
-    order): the CPU scorers' work is in OpenCV and ONNX Runtime, which release the GIL. A batch is one input's
-    clips, so without it the clips of the last input to finish splitting are scored one by one on one core while
-    the others have nothing left to do.
     """
 
-    def __init__(self, scorers: list[tuple[str, dict]], drop: tuple[str, ...] = (), write: dict | None = None,
-                 threads: int = 1):
+    def __init__(self, scorers: list[tuple[str, dict]], drop: tuple[str, ...] = (), write: dict | None = None):
         self.scorers = [(name, _make_scorer(name, kwargs)) for name, kwargs in scorers]
         self.drop = drop
         self.writer = StageWriter(**write) if write is not None else None
-        self.threads = max(1, int(threads))
-        self._pool = None
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        table = self._scored(table)
-        table = table.drop_columns([c for c in self.drop if c in table.column_names])
-        return self.writer(table) if self.writer is not None else table
-
-    def _chain(self, table: pa.Table) -> pa.Table:
         for name, scorer in self.scorers:
             table = _score(name, scorer, table)
-        return table
-
-    def _scored(self, table: pa.Table) -> pa.Table:
-        k = min(self.threads, table.num_rows)
-        if k <= 1:
-            return self._chain(table)
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="score")
-        parts = [np.arange(i, table.num_rows, k) for i in range(k)]  # interleaved: a batch's rows cost alike
-        scored = list(self._pool.map(lambda rows: self._chain(table.take(rows)), parts))
-        back = np.argsort(np.concatenate(parts), kind="stable")  # the batch's own row order
-        return pa.concat_tables(scored, promote_options="default").take(back)
+        table = table.drop_columns([c for c in self.drop if c in table.column_names])
+        return self.writer(table) if self.writer is not None else table
 
 
 def _score(name: str, scorer, table: pa.Table) -> pa.Table:

@@ -479,38 +479,6 @@ def test_scorers_share_one_stage_with_the_columns_of_three():
     assert [[n for n, _ in g] for _, g in _score_groups(cuda)] == [["basic"], ["clip"]]
 
 
-def test_threaded_scoring_gives_the_rows_of_one_thread_in_order():
-    """A CPU scorer actor scores a batch's rows in two threads: every column of every row, and the row order,
-    equal one thread's, with clips, status rows and a clip whose frames cannot be read mixed in the batch."""
-    import numpy as np
-    import pyarrow as pa
-
-    from curate.framepack import pack_frames
-    from pipelines.build import Resources
-    from pipelines.stages import ScoreStage
-
-    clips = [np.stack(media.pattern_frames(16, 96, 64))[:, :, ::-1].copy(), np.stack(media.pattern_frames(16, 64, 96)),
-             np.stack(media.pattern_frames(8, 96, 96))]
-    blobs = [pack_frames(clips[0]), None, pack_frames(clips[1]), b"not an npy", pack_frames(clips[2])]
-    n = len(blobs)
-    table = pa.table({"key": [f"k{i}" for i in range(n)], "row_kind": ["clip", "status", "clip", "clip", "clip"],
-                      "frames": pa.array(blobs, pa.binary()),
-                      "frames_pts": [[i / 24 for i in range(16)], None, [i / 24 for i in range(16)],
-                                     [i / 24 for i in range(16)], [i / 24 for i in range(8)]],
-                      "fps": [24.0, None, 24.0, 24.0, 24.0]})
-    scorers = [("basic", {}), ("ocr", {}), ("clip", {"checkpoint": None})]
-    one = ScoreStage(scorers, drop=("frames",))(table)
-    stage = ScoreStage(scorers, drop=("frames",), threads=2)
-    two = stage(table)
-    assert stage._pool is not None  # the batch really went through the threads
-    assert two.column_names == one.column_names and two.num_rows == n
-    for name in one.column_names:
-        if not name.startswith("t_"):
-            assert two.column(name).to_pylist() == one.column(name).to_pylist(), name
-    assert two.column("scores_status").to_pylist() == ["ok", "skipped", "ok", "error:ValueError", "ok"]
-    assert Resources().score_threads == 2
-
-
 def test_no_model_clip_writes_what_the_clip_scorer_writes():
     """Without a checkpoint the build's CLIP stand-in (no torch import) adds exactly the columns, types and
     values ``ClipScorer(checkpoint=None)`` adds: ``no-model`` with frames, ``skipped`` without (null or empty)."""
