@@ -82,6 +82,12 @@ Transition frames belong to no scene; a scene is a maximal run of non-transition
   unrelated picture alike, so a hard cut between moving shots marks nothing. A frame that repeats the one beyond
   it (a duplicated frame) takes the verdict of the next step out. The walk stops at another cut or a transition
   frame. The frames that hold the other side are suspect; scene bounds and cuts do not change.
+* **weak-cut guard** (``weak_cut_min_diff``): also suspect spans only. A jump below ``cut_min_diff`` but at least
+  ``weak_cut_min_diff`` that passes the hard-cut tests above (``cut_ratio`` against its neighbours, no return of
+  the picture) is a low-contrast cut (a new shot of the same backdrop) when the change is sharp: of the thumbnail
+  values that change by more than 4 levels, at least ``weak_cut_min_sharp`` change by more than 8 (an object
+  replaced). A keyframe of a low-bitrate stream requantises the whole picture a little at once: an isolated jump
+  too, but spread thin. Its two frames are suspect.
 """
 
 from __future__ import annotations
@@ -158,6 +164,8 @@ class SceneConfig:
     cut_edge_min_progress: float = 0.5  # a frame holds the other shot when the step into it (from the frame beyond)
     # moves it towards the other side's frame next to the cut by at least this share of the step's length ...
     cut_edge_min_step: float = 0.03  # ... and by at least this share of the cut's jump (and 0.5 levels)
+    weak_cut_min_diff: float = 1.0  # weak-cut guard: an isolated jump below cut_min_diff but at least this (0: off)
+    weak_cut_min_sharp: float = 0.8  # ... whose changed cells (> 4 levels) mostly change by > 8 levels
 
     def __post_init__(self) -> None:
         if self.detector not in ("shots", "adaptive", "content"):
@@ -365,7 +373,8 @@ class SceneSplitter:
     def _check_cut(self, i: int, last: int) -> None:
         cfg, d = self.cfg, self._d
         jump = d[i]
-        if jump < cfg.cut_min_diff:
+        weak = jump < cfg.cut_min_diff
+        if weak and (cfg.weak_cut_min_diff <= 0 or jump < cfg.weak_cut_min_diff):
             return
         around = d[max(1, i - 3): i] + d[i + 1: min(last, i + 3) + 1]
         if around and jump < cfg.cut_ratio * max(around):
@@ -374,6 +383,12 @@ class SceneSplitter:
         for k in range(i + 1, min(last, i + 4) + 1):
             if float(np.abs(self._ring[k % self._cap] - before).mean()) < cfg.flash_return * jump:
                 return  # the picture came back: a flash or a one-frame glitch
+        if weak:  # a low-contrast cut, or a keyframe's requantisation (small changes spread over the picture)
+            step = np.abs(self._ring[i % self._cap] - before)
+            changed = int(np.count_nonzero(step > 4.0))
+            if changed and np.count_nonzero(step > 8.0) >= cfg.weak_cut_min_sharp * changed:
+                self._edge_spans.append((i - 1, i + 1))  # suspect only: no cut, no scene bound moves
+            return
         self._cuts.add(i)
         self._cut_list.append(i)  # in order: decisions come frame by frame
         if self.cfg.cut_edges:

@@ -275,6 +275,32 @@ def test_cut_edge_guard_marks_nothing_at_a_hard_cut_between_pans(speed):
     assert [(s.start, s.end, s.suspect) for s in _scenes(a + b)] == [(0, 60, ()), (60, 130, ())]
 
 
+def _still(frame: np.ndarray, n: int, rng) -> list[np.ndarray]:
+    """``n`` copies of ``frame`` with +-1 level of noise each (a still shot through a camera)."""
+    return [np.clip(frame.astype(np.int16) + rng.integers(-1, 2, frame.shape), 0, 255).astype(np.uint8)
+            for _ in range(n)]
+
+
+def test_weak_cut_guard_keeps_clips_clear_of_a_low_contrast_cut_between_still_shots():
+    """Two still shots of one backdrop, one object replaced: the jump (~3 levels) is below ``cut_min_diff``, so the
+    detector sees one scene; the weak-cut guard marks the two frames at the jump, so no clip holds both shots.
+    Without it the one clip is dirty. The same jump spread thin over the picture (a brightness step of 5 levels,
+    as a low-bitrate keyframe requantises a still picture) is marked nowhere."""
+    rng = np.random.default_rng(0)
+    a = _shot(21, 1)[0]
+    b = a.copy()
+    b[40:70, 80:116] = (200, 60, 200)
+    frames = _still(a, 80, rng) + _still(b, 80, rng)
+    scenes = _scenes(frames)
+    assert [(s.start, s.end, s.suspect) for s in scenes] == [(0, 160, ((79, 81),))]  # no scene bound moves
+    assert _dirty(160, [(0, 80), (80, 160)], scenes) == (1, 0)
+    without = _scenes(frames, SceneConfig(weak_cut_min_diff=0))
+    assert _dirty(160, [(0, 80), (80, 160)], without) == (1, 1)
+    brighter = np.clip(a.astype(np.int16) + 5, 0, 255).astype(np.uint8)
+    assert [(s.start, s.end, s.suspect) for s in _scenes(_still(a, 80, rng) + _still(brighter, 80, rng))] == [
+        (0, 160, ())]
+
+
 def test_purity_guard_keeps_clips_clear_of_a_dissolve_between_pans_the_detector_misses():
     """A 20-frame dissolve between two shots panning the same way: the pans' own steps make the summed path too long
     for the detector's dissolve test (no still frames around it either), so the dissolve stays inside one scene;
@@ -327,7 +353,8 @@ def test_purity_guard_settings_are_in_the_build_fingerprint():
         return fingerprint(BuildConfig(input="in", output="out", scenes=SceneConfig(**kw)).fingerprinted())
 
     assert len({fp(), fp(guard=False), fp(guard_max_error=0.2), fp(cut_edges=False),
-                fp(guard_dissolve_min_path=0), fp(guard_dissolve_max_s=0.8)}) == 6
+                fp(guard_dissolve_min_path=0), fp(guard_dissolve_max_s=0.8), fp(weak_cut_min_diff=0),
+                fp(weak_cut_min_sharp=0.5)}) == 8
 
 
 def test_score_matches_each_transition_once():
