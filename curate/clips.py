@@ -290,6 +290,9 @@ class _Encoder:
             out = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
         out.pts = frame.pts - self.t0
         out.time_base = frame.time_base
+        # a decoded frame carries the source's picture type, which libx264 obeys: an intra-only source (MJPEG,
+        # ProRes, DNxHD) would give a clip of nothing but keyframes. x264 picks the types (the first is an IDR)
+        out.pict_type = av.video.frame.PictureType.NONE
         self.out.mux(self.stream.encode(out))
         self.count += 1
 

@@ -149,6 +149,27 @@ def test_copy_when_keyframe_aligned_else_reencode(tmp_path):
     assert forced.method == "reencode" and forced.num_frames == 40
 
 
+def test_an_intra_only_source_gives_a_clip_with_one_keyframe(tmp_path):
+    """Every frame of an MJPEG (ProRes, DNxHD) source is an intra picture, and a decoded frame carries its type;
+    libx264 obeys a frame's type, so passed on it would make every frame of the clip a keyframe (~3.5x the bytes
+    here). The encoder picks the types: one IDR, then predicted frames, the same pictures."""
+    import media
+
+    path = tmp_path / "intra.avi"
+    media.write_video(path, media.pattern_frames(90, 320, 240), 30.0, codec="mjpeg", pix_fmt="yuvj420p")
+    with av.open(str(path)) as c:
+        assert all(p.is_keyframe for p in c.demux(video=0) if p.size)  # the source: intra only
+    pts = np.arange(90) / 30.0
+    res = cut_clip(path, ClipSpan(0, 80, 0.0, pts[80], 0, 0), pts, ClipConfig())
+    assert res.method == "reencode" and res.num_frames == 80
+    with av.open(io.BytesIO(res.mp4)) as c:
+        keys = [p.is_keyframe for p in c.demux(video=0) if p.size]
+    assert len(keys) == 80 and keys[0] and sum(keys) == 1
+    frames, _ = _decode(res.mp4)
+    source = [f.rgb for f in iter_frames(path, DecodeConfig(short_side=240))]
+    assert min(_psnr(a.astype(np.float64), b.astype(np.float64)) for a, b in zip(frames, source)) > 30
+
+
 def test_pipeline_clips_never_hold_another_shot(tmp_path):
     """detect -> plan -> cut on a render with every transition kind; each clip frame is matched back to the
     rendered truth (nearest frame) and to its shot's colours."""
