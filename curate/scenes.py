@@ -99,15 +99,13 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from curate.scene_list import _DISSOLVE, _FADE, _NONE, Scene, assemble_scenes  # noqa: F401 (re-exported)
 from curate.split_screen import (SPLIT_MODELS as _SPLIT_MODELS, band_means as _band_means,
                                  drift_allowance as _drift_allowance, edge_may_fit as _edge_may_fit,
                                  median as _median, push_may_fit as _push_may_fit, seam_fits as _seam_fits,
                                  seams as _seams, slide_fit as _slide_fit, split_model as _split_model,
                                  still_edge_fit as _still_edge_fit, wipe_errors as _wipe_errors)
 
-# Per-frame transition kinds (codes in SceneSplitter._kind).
-_NONE, _FADE, _DISSOLVE = 0, 1, 2
-_KIND_NAME = {_FADE: "fade", _DISSOLVE: "dissolve"}
 _LAG = 5  # frames a decision waits for (cut: 3 neighbours and the 4-frame flash return; windows: 1 settled frame)
 THUMB = (32, 18)  # (W, H) of the analysis thumbnail
 
@@ -170,32 +168,6 @@ class SceneConfig:
     def __post_init__(self) -> None:
         if self.detector not in ("shots", "adaptive", "content"):
             raise ValueError(f"detector must be 'shots', 'adaptive' or 'content', not {self.detector!r}")
-
-
-@dataclass(frozen=True)
-class Scene:
-    """Frames ``[start, end)`` (decoded-frame indices) of one shot.
-
-    ``start_s`` is the PTS of frame ``start``; ``end_s`` the PTS of frame ``end`` (the first frame after the
-    scene, even when that is a transition frame) or the end of the stream. ``cut_in`` / ``cut_out`` say how the
-    scene begins and ends: ``start``, ``end``, ``cut``, ``fade`` or ``dissolve``.
-    """
-
-    start: int
-    end: int
-    start_s: float
-    end_s: float
-    cut_in: str
-    cut_out: str
-    suspect: tuple[tuple[int, int], ...] = ()  # frames [lo, hi) inside the scene the purity guard flagged
-
-    @property
-    def num_frames(self) -> int:
-        return self.end - self.start
-
-    @property
-    def duration_s(self) -> float:
-        return self.end_s - self.start_s
 
 
 def rgb_thumbnail(rgb: np.ndarray) -> np.ndarray:
@@ -813,31 +785,6 @@ class SceneSplitter:
     def hard_cuts(self) -> list[int]:
         """Hard-cut positions (first frame of the new shot)."""
         return sorted(self._cuts)
-
-
-def assemble_scenes(pts, kind, cuts, min_scene_frames: int, fps: float, suspect=()) -> list[Scene]:
-    """Scenes from per-frame marks: maximal runs of frames whose ``kind`` is 0 (no transition), split at every
-    index in ``cuts``; runs shorter than ``min_scene_frames`` are dropped. ``pts`` gives the times (s). ``suspect``:
-    the guard's spans ``[lo, hi)``; each scene carries the parts of those inside it."""
-    n = len(pts)
-    if n == 0:
-        return []
-    end_of_stream = pts[-1] + (pts[-1] - pts[-2] if n > 1 else 1.0 / fps)
-    scenes: list[Scene] = []
-    start = None
-    for i in range(n + 1):
-        is_transition = i < n and kind[i] != _NONE
-        if start is not None and (i == n or is_transition or i in cuts):
-            cut_out = "end" if i == n else (_KIND_NAME[kind[i]] if is_transition else "cut")
-            if i - start >= min_scene_frames:
-                end_s = end_of_stream if i == n else pts[i]
-                cut_in = "start" if start == 0 else (_KIND_NAME[kind[start - 1]] if kind[start - 1] else "cut")
-                inside = tuple((max(lo, start), min(hi, i)) for lo, hi in suspect if lo < i and hi > start)
-                scenes.append(Scene(start, i, float(pts[start]), float(end_s), cut_in, cut_out, inside))
-            start = None
-        if start is None and i < n and not is_transition:
-            start = i
-    return scenes
 
 
 def detect_scenes(frames: Iterable, cfg: SceneConfig, fps: float) -> list[Scene]:
