@@ -3,9 +3,11 @@
 Runs, on a local Ray with all of this machine's CPUs:
 
 1. the full ``tessera build`` over the inputs (fresh output folder);
-2. each stage ALONE over the materialised output of the stage before it (probe, split, the scorers, the
-   staging writer: the list ``pipelines.build.stages`` returns, which the pipeline chains), with the same actor
-   pools, batch sizes and resources.
+2. each stage ALONE over the materialised output of the stage before it (the list ``pipelines.build.stages``
+   returns, which the pipeline chains), with the same actor pools, batch sizes and resources. On CPUs that is
+   probe, then split with the scorers and the staging writer in its actors (``split+score:...+write``); with
+   ``Resources(score_in_split=False)``, a caption stage or a GPU scorer, the scorers and the writer are stages
+   of their own.
 
 Throughput is source seconds (sum of the accepted inputs' durations) per wall second. A streaming pipeline on a
 machine this small cannot beat its slowest stage; the target is pipeline / slowest-stage-alone >= 0.8 in every
@@ -39,6 +41,7 @@ its outputs back: near zero means no stage was held back by a slower one downstr
     .venv/bin/python benchmarks/bench_build.py                      # the real videos in ../shared/data, 3 runs
     .venv/bin/python benchmarks/bench_build.py --input DIR --repeat 1
     .venv/bin/python benchmarks/bench_build.py --repeat 1 --workdir RUNDIR --json run.json  # keeps the datasets
+    .venv/bin/python benchmarks/bench_build.py --separate-scorers   # scorers and writer in pools of their own
 """
 
 from __future__ import annotations
@@ -206,6 +209,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir, removed)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--repeat", type=int, default=3, help="runs of (pipeline, every stage alone); median reported")
+    ap.add_argument("--separate-scorers", action="store_true",
+                    help="the scorers and the writer in actor pools of their own (Resources(score_in_split=False)), "
+                         "not in the split actors: the layout before they were merged, for a before/after")
     a = ap.parse_args(argv)
     if a.repeat < 1:
         ap.error("--repeat must be >= 1")
@@ -215,8 +221,12 @@ def main(argv=None) -> int:
     work = Path(a.workdir or tempfile.mkdtemp(prefix="tessera-bench-"))
     ray = start_ray("local", num_cpus=os.cpu_count(), object_store_bytes=2_000_000_000)  # this host, always
     _warm_up(ray)
-    runs = [_one_run(ray, a.input, work / f"run-{i}") for i in range(a.repeat)]
-    out = {"runs": runs}
+    runs = [_one_run(ray, a.input, work / f"run-{i}", a.separate_scorers) for i in range(a.repeat)]
+    out = {"runs": runs, "separate_scorers": a.separate_scorers}
+    each = [r["source_s"] / r["pipeline"]["wall_s"] for r in runs]
+    print(f"\npipeline throughput, source s per wall s, over {len(runs)} runs: median {statistics.median(each):.2f} "
+          f"(range {min(each):.2f}-{max(each):.2f}; each: {', '.join(f'{r:.2f}' for r in each)})")
+    out["median_throughput"] = statistics.median(each)
     for key, what in (("ratio", "wall clock"), ("cpu_ratio", "CPU left for us"), ("busy_ratio", "split actors busy"),
                       ("cpu_bound_ratio", "bound: the pipeline's CPU-s over all CPUs"),
                       ("graph_ratio", "the streaming graph alone, without start and publish")):
@@ -249,12 +259,13 @@ def _warm_up(ray) -> None:
     print(f"Ray Data warm-up (untimed): {span.wall:.1f} s wall, {span.ours:.1f} CPU-s")
 
 
-def _one_run(ray, input_spec: str, work: Path) -> dict:
+def _one_run(ray, input_spec: str, work: Path, separate_scorers: bool = False) -> dict:
     from curate.inputs import resolve_inputs
-    from pipelines.build import BuildConfig, build, pool_sizes
+    from pipelines.build import BuildConfig, Resources, build, pool_sizes
     from pipelines.build import stages as build_stages
 
-    cfg = BuildConfig(input=input_spec, output=str(work / "full"), progress=False)
+    cfg = BuildConfig(input=input_spec, output=str(work / "full"), progress=False,
+                      resources=Resources(score_in_split=not separate_scorers))
 
     # 1. the whole pipeline (its graph kept, to read Ray Data's backpressure counters afterwards)
     import pipelines.build as build_module
@@ -302,7 +313,7 @@ def _one_run(ray, input_spec: str, work: Path) -> dict:
               f"| {sp.left:10.1f} | {sp.split_busy:10.2f} | {sp.load:5.1f} |")
     ratio = slowest.wall / full.wall
     cpu_ratio = slowest.left / full.left
-    split_alone = dict(alone)["split"]
+    split_alone = next(sp for name, sp in alone if name.split("+")[0] == "split")  # "split", or fused with the scorers
     busy_ratio = full.split_busy / split_alone.split_busy if split_alone.split_busy else 0.0
     # what the wall ratio would be if the pipeline kept every CPU busy from start to end: its CPU-seconds spread
     # over all cores. Below the wall ratio's target, the stages' own work, not their waiting, is what is left

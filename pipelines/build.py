@@ -62,6 +62,7 @@ class Resources:
     score_concurrency: int | None = None
     write_cpus: float = 0.1
     score_batch_size: int = 8
+    score_in_split: bool = True  # on CPUs, run the scorers and the writer in the split actors (no pools of their own)
     clip_gpus: float = 0.0  # >0 puts the CLIP scorer on GPUs
     split_gpus: float = 0.125  # --device cuda: GPU share of a split actor (8 NVDEC decoders per GPU)
     score_gpus: float = 0.0625  # --device cuda: GPU share of a basic-score actor
@@ -204,17 +205,23 @@ def stages(ray, cfg: BuildConfig, *, claims_dir: str | None, stage_root: str, fp
         compute=Pool(size=n.probe), num_cpus=res.probe_cpus))]
     # one input in flight per split actor: a video queued behind another on a busy actor while a second actor
     # sits idle would stretch the end of the stream
-    out.append(("split", lambda ds: ds.flat_map(                                          # 2. scenes -> clips (1:N)
-        SplitFlatMap, fn_constructor_kwargs={"cfg": cfg.split_config()},
-        compute=Pool(size=min(n.split, _fits_gpus(ray, res.split_gpus)) if on_gpu else n.split,
-                     max_tasks_in_flight_per_actor=1),  # a fixed pool reserves every actor: GPUs too
-        num_cpus=res.split_cpus, num_gpus=res.split_gpus if on_gpu else None)))
-    groups = _score_groups(cfg)                                                           # 3. scores (add columns)
+    groups = _score_groups(cfg)
     write = {"root": stage_root, "fingerprint": fp, "store_media": cfg.store_media}
     # 5. stage shards, in the last scorer's actor when that is a CPU one and no caption stage comes between: the
     # writer's work is ~0.2 CPU-s per 40 clips, its own actor pool cost ~2 CPU-s (process, Ray Data per block)
     fuse_write = caption is None and groups[-1][0] == 0.0
-    for k, (gpus, scorers) in enumerate(groups):
+    # ... and, on CPUs with one scorer group, the scorers and the writer in the split actors (SplitFlatMap)
+    fused = fuse_write and not on_gpu and len(groups) == 1 and res.score_in_split
+    score_kwargs = {"scorers": groups[0][1], "drop": TRANSIENT_COLUMNS, "write": write} if fused else None
+    split_name = "split+score:" + "+".join(name for name, _ in groups[0][1]) + "+write" if fused else "split"
+    out.append((split_name, lambda ds: ds.flat_map(                                       # 2. scenes -> clips (1:N)
+        SplitFlatMap, fn_constructor_kwargs={"cfg": cfg.split_config(), "score": score_kwargs},
+        compute=Pool(size=min(n.split, _fits_gpus(ray, res.split_gpus)) if on_gpu else n.split,
+                     max_tasks_in_flight_per_actor=1),  # a fixed pool reserves every actor: GPUs too
+        num_cpus=res.split_cpus, num_gpus=res.split_gpus if on_gpu else None)))
+    if fused:
+        return out
+    for k, (gpus, scorers) in enumerate(groups):                                          # 3. scores (add columns)
         # on CPUs, one block (one input's clips, as the split stage emits them) per call: a batch size would hold
         # an input's rows back until later inputs fill the batch, and done markers would land in bursts
         last = k == len(groups) - 1

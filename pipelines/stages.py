@@ -97,10 +97,19 @@ def _json_default(obj):
 
 
 class SplitFlatMap:
-    """``flat_map``: a probe record -> clip rows (or one status row)."""
+    """``flat_map``: a probe record -> clip rows (or one status row).
 
-    def __init__(self, cfg: SplitConfig):
+    ``score`` (a :class:`ScoreStage`'s arguments): the input's rows also go through the scorers and the staging
+    writer in this actor, and the writer's small rows come out. The build does so on CPUs when no caption stage
+    or GPU scorer comes between: on a machine whose cores the split stage keeps busy, a scorer actor of its own
+    costs its process, its set-up and one hop of every clip's sampled frames and MP4 bytes through the object
+    store, and its work competes for the same cores anyway. Scores, staged files and rows are those of the
+    separate stages (tested).
+    """
+
+    def __init__(self, cfg: SplitConfig, score: dict | None = None):
         self.stage = SplitStage(cfg)
+        self.score = ScoreStage(**score) if score is not None else None
 
     def __call__(self, item: dict) -> list[dict]:
         probe_row = json.loads(item["probe_json"])
@@ -115,7 +124,11 @@ class SplitFlatMap:
         for r in rows:
             r["t_probe"] = 0.0
         rows[0]["t_probe"] = probe_row.get("t_probe", 0.0)
-        return rows
+        if self.score is None:
+            return rows
+        # outside the try above: a scorer never raises for a row, and a write error must stop the build as the
+        # writer's own stage would, not become this input's split failure
+        return self.score(pa.Table.from_pylist(rows)).to_pylist()
 
 
 def _make_scorer(name: str, kwargs: dict):

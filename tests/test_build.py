@@ -544,11 +544,68 @@ def test_writer_shares_the_last_cpu_scorer_actor(tmp_path):
     fake = SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0},
                            data=SimpleNamespace(ActorPoolStrategy=lambda **kw: kw))
     names = lambda cfg, **kw: [n for n, _ in stages(fake, cfg, claims_dir=None, stage_root="r", fp="f", **kw)]
-    cfg = BuildConfig(input="x", output="y")
+    cfg = BuildConfig(input="x", output="y", resources=Resources(score_in_split=False))
     assert names(cfg) == ["probe", "split", "score:basic+ocr+clip+write"]
     assert names(cfg, caption=lambda ds: ds) == ["probe", "split", "score:basic+ocr+clip", "caption", "write"]
     gpu = dataclasses.replace(cfg, resources=Resources(clip_gpus=0.5))
     assert names(gpu) == ["probe", "split", "score:basic+ocr", "score:clip", "write"]
+    # the default on CPUs: scorers and writer in the split actors, unless a caption stage or a GPU scorer follows
+    assert names(BuildConfig(input="x", output="y")) == ["probe", "split+score:basic+ocr+clip+write"]
+    assert names(BuildConfig(input="x", output="y"), caption=lambda ds: ds)[1] == "split"
+    assert names(gpu)[1] == "split"
+
+
+def test_scorers_in_the_split_actor_stage_what_separate_stages_stage(tmp_path):
+    """``SplitFlatMap(score=...)`` (the default build on CPUs) returns the rows, and stages the files, that the
+    split stage followed by the scorer-and-writer stage does: for a video that gives clips and for one that fails
+    (a status row). A write error still raises (the build stops on it) instead of becoming a split failure."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curate.probe import ProbeLimits
+    from curate.schema import TRANSIENT_COLUMNS
+    from pipelines.build import BuildConfig
+    from pipelines.stages import ProbeStage, ScoreStage, SplitFlatMap
+
+    videos = tmp_path / "in"
+    videos.mkdir()
+    good = media.write_video(videos / "two.mp4", media.pattern_frames(60, 96, 64)
+                             + [255 - f for f in media.pattern_frames(60, 96, 64)], 24.0)
+    bad = media.make_corrupt_middle(videos)
+    cfg = BuildConfig(input=str(videos), output=str(tmp_path / "out"))
+    scorers = [("basic", {}), ("ocr", {}), ("clip", {"checkpoint": None})]
+    write = {"fingerprint": "fp", "store_media": "bytes"}
+    probe = ProbeStage(ProbeLimits())
+    plain = SplitFlatMap(cfg.split_config())
+    fused = SplitFlatMap(cfg.split_config(), score={"scorers": scorers, "drop": TRANSIENT_COLUMNS,
+                                                    "write": dict(write, root=str(tmp_path / "a"))})
+    apart = ScoreStage(scorers, drop=TRANSIENT_COLUMNS, write=dict(write, root=str(tmp_path / "b")))
+    kinds = []
+    for video in (good, bad):
+        item = probe({"key": video.stem, "uri": video.as_uri(), "path": str(video), "reject_reason": None,
+                      "reject_message": None})
+        ours, theirs = fused(item), apart(pa.Table.from_pylist(plain(item))).to_pylist()
+        kinds.append([r["row_kind"] for r in ours])
+        assert len(ours) == len(theirs)
+        for a, b in zip(ours, theirs):
+            assert {k: v for k, v in a.items() if not k.startswith("t_")} == {
+                k: v for k, v in b.items() if not k.startswith("t_")}
+    assert kinds[0].count("clip") >= 2 and kinds[1] and "clip" not in kinds[1], kinds
+    staged = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.parquet"))
+    assert len(staged) >= 2 and staged == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.parquet"))
+    for rel in staged:
+        a, b = pq.read_table(tmp_path / "a" / rel), pq.read_table(tmp_path / "b" / rel)
+        assert a.drop_columns([c for c in a.column_names if c.startswith("t_")]).equals(
+            b.drop_columns([c for c in b.column_names if c.startswith("t_")])), rel
+
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the staging folder should be")
+    broken = SplitFlatMap(cfg.split_config(), score={"scorers": scorers, "drop": TRANSIENT_COLUMNS,
+                                                     "write": dict(write, root=str(blocked))})
+    item = probe({"key": good.stem, "uri": good.as_uri(), "path": str(good), "reject_reason": None,
+                  "reject_message": None})
+    with pytest.raises(OSError):
+        broken(item)
 
 
 _RESTART_ACTOR = """
