@@ -275,10 +275,16 @@ _PLANAR_LUT = {name: np.arange(256, dtype=np.float32).reshape(256, 1, 1) * gain 
 
 def _plane_thumb(plane, w: int, h: int, size: tuple[int, int]) -> np.ndarray:
     """Area-mean thumbnail of one 8-bit plane; a big plane is first sampled every ``step`` pixels (each thumbnail
-    cell still averages >= 16 samples), which makes the resize ~``step**2`` times cheaper."""
+    cell still averages >= 16 samples), which makes the resize ~``step**2`` times cheaper. The sampling is
+    ``arr[::step, ::step]``; where ``step`` divides both sides, OpenCV's nearest-neighbour resize by ``1 / step``
+    reads the same pixels (``k * step``) without numpy's copy of the strided view (~2 % of the scene stage)."""
     arr = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:h, :w]
     step = max(1, min(w // (size[0] * 4), h // (size[1] * 4)))
-    return cv2.resize(arr[::step, ::step], size, interpolation=cv2.INTER_AREA)
+    if step > 1 and w % step == 0 and h % step == 0:
+        arr = cv2.resize(arr, (w // step, h // step), interpolation=cv2.INTER_NEAREST)
+    elif step > 1:
+        arr = arr[::step, ::step]
+    return cv2.resize(arr, size, interpolation=cv2.INTER_AREA)
 
 
 def iter_thumbs(path, cfg: DecodeConfig = DecodeConfig(), rotation: int | None = None,

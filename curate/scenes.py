@@ -564,8 +564,7 @@ class SceneSplitter:
 
     def _mark(self, span: tuple[int, int]) -> None:
         lo, hi = span
-        for m in range(lo, hi):
-            self._kind[m] = _DISSOLVE
+        self._kind[lo:hi] = bytes([_DISSOLVE]) * (hi - lo)
         self._free_from = hi
 
     def _fit(self, a: int, b: int, last: int, diff: float) -> tuple[int, int] | None:
@@ -602,6 +601,8 @@ class SceneSplitter:
             return None
         # how far each frame in between is from the blend of the ends at its alpha, share of the ends' difference
         blend = float(np.abs(window[pre + 1: pre + b - a] - x0 - alpha[1:-1, None] * delta).mean(axis=1).max()) / diff
+        if blend > cfg.dissolve_max_blend and self._split_tried == b:
+            return None  # no blend, and the split-screen models were tried for b: None whatever the relighting
         gain, spread = _relighting(window[pre].reshape(THUMB[1], THUMB[0], 3),
                                    window[pre + b - a].reshape(THUMB[1], THUMB[0], 3))
         if spread < cfg.dissolve_min_change:
@@ -792,9 +793,6 @@ def detect_scenes(frames: Iterable, cfg: SceneConfig, fps: float) -> list[Scene]
     or ``(pts_s, rgb)`` tuples."""
     splitter = SceneSplitter(cfg, fps)
     for item in frames:
-        if hasattr(item, "rgb"):
-            splitter.push(item.rgb, item.pts_s)
-        else:
-            pts_s, rgb = item
-            splitter.push(rgb, pts_s)
+        pts_s, rgb = (item.pts_s, item.rgb) if hasattr(item, "rgb") else item
+        splitter.push(rgb, pts_s)
     return splitter.finish()

@@ -227,3 +227,20 @@ def _area(plane):
     import cv2
 
     return cv2.resize(plane, (32, 18), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+@pytest.mark.parametrize("w,h", [(640, 360), (1280, 720), (1920, 1080), (642, 362), (853, 480), (320, 180)])
+def test_plane_thumb_samples_every_step_th_pixel_at_any_size(w, h):
+    """The thumbnail of a plane is the area mean of its every ``step``-th pixel, whether the sampling takes
+    OpenCV's nearest-neighbour path (``step`` divides both sides) or the strided view (it does not)."""
+    import av
+    import cv2
+
+    from curate.frames import _plane_thumb
+
+    rng = np.random.default_rng(w * h)
+    grey = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    plane = av.VideoFrame.from_ndarray(grey, format="gray").planes[0]
+    step = max(1, min(w // 128, h // 72))
+    want = cv2.resize(np.ascontiguousarray(grey[::step, ::step]), (32, 18), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(_plane_thumb(plane, w, h, (32, 18)), want)
