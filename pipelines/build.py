@@ -210,8 +210,10 @@ def stages(ray, cfg: BuildConfig, *, claims_dir: str | None, stage_root: str, fp
     # 5. stage shards, in the last scorer's actor when that is a CPU one and no caption stage comes between: the
     # writer's work is ~0.2 CPU-s per 40 clips, its own actor pool cost ~2 CPU-s (process, Ray Data per block)
     fuse_write = caption is None and groups[-1][0] == 0.0
-    # ... and, on CPUs with one scorer group, the scorers and the writer in the split actors (SplitFlatMap)
-    fused = fuse_write and not on_gpu and len(groups) == 1 and res.score_in_split
+    # ... and, on CPUs with one scorer group and no CLIP model, the scorers and the writer in the split actors
+    # (SplitFlatMap; the OCR session adds ~120 MB to each). A CLIP model keeps a pool of its own: one copy per
+    # split actor would cost its memory (and its set-up) as many times as there are split actors
+    fused = fuse_write and not on_gpu and len(groups) == 1 and cfg.clip_checkpoint is None and res.score_in_split
     score_kwargs = {"scorers": groups[0][1], "drop": TRANSIENT_COLUMNS, "write": write} if fused else None
     split_name = "split+score:" + "+".join(name for name, _ in groups[0][1]) + "+write" if fused else "split"
     out.append((split_name, lambda ds: ds.flat_map(                                       # 2. scenes -> clips (1:N)

@@ -100,11 +100,11 @@ class SplitFlatMap:
     """``flat_map``: a probe record -> clip rows (or one status row).
 
     ``score`` (a :class:`ScoreStage`'s arguments): the input's rows also go through the scorers and the staging
-    writer in this actor, and the writer's small rows come out. The build does so on CPUs when no caption stage
-    or GPU scorer comes between: on a machine whose cores the split stage keeps busy, a scorer actor of its own
-    costs its process, its set-up and one hop of every clip's sampled frames and MP4 bytes through the object
-    store, and its work competes for the same cores anyway. Scores, staged files and rows are those of the
-    separate stages (tested).
+    writer in this actor, and the writer's small rows come out. The build does so on CPUs when no caption stage,
+    GPU scorer or CLIP model comes after the split: on a machine whose cores the split stage keeps busy, a
+    scorer actor of its own costs its process, its set-up and one hop of every clip's sampled frames and MP4
+    bytes through the object store, and its work competes for the same cores anyway. Scores, staged files and
+    rows are those of the separate stages (tested).
     """
 
     def __init__(self, cfg: SplitConfig, score: dict | None = None):

@@ -553,6 +553,8 @@ def test_writer_shares_the_last_cpu_scorer_actor(tmp_path):
     assert names(BuildConfig(input="x", output="y")) == ["probe", "split+score:basic+ocr+clip+write"]
     assert names(BuildConfig(input="x", output="y"), caption=lambda ds: ds)[1] == "split"
     assert names(gpu)[1] == "split"
+    assert names(BuildConfig(input="x", output="y", clip_checkpoint="ckpt.safetensors"))[1:] == [
+        "split", "score:basic+ocr+clip+write"]  # a CLIP model is not loaded once per split actor
 
 
 def test_scorers_in_the_split_actor_stage_what_separate_stages_stage(tmp_path):
@@ -592,7 +594,8 @@ def test_scorers_in_the_split_actor_stage_what_separate_stages_stage(tmp_path):
                 k: v for k, v in b.items() if not k.startswith("t_")}
     assert kinds[0].count("clip") >= 2 and kinds[1] and "clip" not in kinds[1], kinds
     staged = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.parquet"))
-    assert len(staged) >= 2 and staged == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.parquet"))
+    apart_staged = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.parquet"))
+    assert len(staged) >= 2 and staged == apart_staged
     for rel in staged:
         a, b = pq.read_table(tmp_path / "a" / rel), pq.read_table(tmp_path / "b" / rel)
         assert a.drop_columns([c for c in a.column_names if c.startswith("t_")]).equals(
