@@ -151,7 +151,7 @@ class SceneConfig:
     guard_max_error: float = 0.15  # max mean error of the guard's still-edge model, share of the ends' difference
     guard_min_changed: float = 0.3  # share of thumbnail cells the two ends must differ in by > 12 levels
     guard_min_efficiency: float = 0.5  # end-to-end difference / summed mean steps over the window (wipes)
-    guard_slide_max_error: float = 0.25  # max mean error of the guard's slide model, share of the ends' difference
+    guard_slide_max_error: float = 0.32  # max mean error of the guard's slide model, share of the ends' difference
     guard_min_seam: float = 2.4  # a slide's seam: its step / the median step between neighbouring columns (rows)
     guard_dissolve_max_s: float = 1.1  # longest window the guard's dissolve test tries
     guard_dissolve_min_path: float = 0.4  # guard's dissolve test: end-to-end difference / summed steps (0: off)

@@ -230,6 +230,22 @@ def test_purity_guard_keeps_clips_clear_of_a_slide_the_detector_misses():
     assert _dirty(len(frames), [(0, 70), (70 + n, 160)], scenes) == (1, 0)
 
 
+def test_purity_guard_keeps_clips_clear_of_a_slide_from_a_held_frame_into_a_pan_of_one_backdrop():
+    """An edit that holds the outgoing shot's last frame, then slides in a shot of the same backdrop that pans
+    slowly (two signers before one wall): the end frames' model misses the middle frames by more than a quarter of
+    the ends' difference, less than a third. At the default slide tolerance the clips are clean; at 0.25 one holds
+    the slide."""
+    n, speed = 18, 0.001
+    a, b = _pan(16, 160, speed), _pan(16, 160, speed)
+    for f, g in zip(b, _pan(41, 160, speed)):
+        f[:, : int(SIZE[0] * 0.35)] = g[:, : int(SIZE[0] * 0.35)]
+    a = [a[69]] * 70 + a[70:]
+    frames = a[:70] + bench.transition("slide", n, a[70:], b[70:], np.random.default_rng(1)) + b[70 + n:]
+    shots = [(0, 70), (70 + n, len(frames))]
+    assert _dirty(len(frames), shots, _scenes(frames))[1] == 0
+    assert _dirty(len(frames), shots, _scenes(frames, replace(SceneConfig(), guard_slide_max_error=0.25)))[1] == 1
+
+
 def test_purity_guard_completes_a_wipe_between_panning_shots_that_the_detector_ends_early():
     """Both shots pan: the detector's span ends 3 frames early (past the clip margin); the guard's span does not."""
     n = 20
