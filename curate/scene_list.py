@@ -42,10 +42,18 @@ class Scene:
 def assemble_scenes(pts, kind, cuts, min_scene_frames: int, fps: float, suspect=()) -> list[Scene]:
     """Scenes from per-frame marks: maximal runs of frames whose ``kind`` is 0 (no transition), split at every
     index in ``cuts``; runs shorter than ``min_scene_frames`` are dropped. ``pts`` gives the times (s). ``suspect``:
-    the guard's spans ``[lo, hi)``; each scene carries the parts of those inside it."""
+    the guard's spans ``[lo, hi)`` (several guards may flag overlapping spans: those that overlap or touch are
+    merged first); each scene carries the parts of those inside it."""
     n = len(pts)
     if n == 0:
         return []
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(suspect):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    suspect = merged
     end_of_stream = pts[-1] + (pts[-1] - pts[-2] if n > 1 else 1.0 / fps)
     scenes: list[Scene] = []
     start = None

@@ -252,3 +252,13 @@ def test_guard_slide_between_moving_shots_fits_within_their_drift_and_a_pan_does
     assert not drift_allowance(n, diff, (0.0, 0.0)).any()
     big = drift_allowance(n, diff, (50.0, 50.0))
     assert big.shape == (n - 1,) and big.max() <= diff + 1e-6 and big.min() > 0
+
+
+def test_suspect_spans_that_overlap_or_touch_are_merged_once_per_scene():
+    """Two guards may flag overlapping spans (a slide's, a transition edge's): a scene carries each stretch once,
+    cut to the scene's own frames, and spans apart stay apart."""
+    from curate.scene_list import assemble_scenes
+
+    pts = [i / 30 for i in range(100)]
+    scenes = assemble_scenes(pts, bytes(100), {50}, 5, 30.0, [(69, 76), (10, 20), (69, 85), (85, 88), (45, 55)])
+    assert [(s.start, s.end, s.suspect) for s in scenes] == [(0, 50, ((10, 20), (45, 50))), (50, 100, ((50, 55), (69, 88)))]
