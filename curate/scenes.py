@@ -153,6 +153,8 @@ class SceneConfig:
     guard_min_efficiency: float = 0.5  # end-to-end difference / summed mean steps over the window (wipes)
     guard_slide_max_error: float = 0.32  # max mean error of the guard's slide model, share of the ends' difference
     guard_min_seam: float = 2.4  # a slide's seam: its step / the median step between neighbouring columns (rows)
+    guard_seams: int = 3  # seam candidates per direction a slide's frame is tried at (its largest steps)
+    guard_hidden_edge: bool = True  # wipes whose edge hides where both shots agree: fit its pace (split_screen)
     guard_dissolve_max_s: float = 1.1  # longest window the guard's dissolve test tries
     guard_dissolve_min_path: float = 0.4  # guard's dissolve test: end-to-end difference / summed steps (0: off)
     guard_dissolve_max_residual: float = 0.25  # ... every frame within this share of the ends' difference of a blend

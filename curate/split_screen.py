@@ -131,7 +131,9 @@ def still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[i
     every frame within ``guard_max_error`` (the edge moving one way across at least 60 % of the picture, inside it
     for at least 3 frames and half the window), or None. Where the edge is still inside next to an end of the
     window, the span reaches on past it at the edge's pace (``_beyond``: offsets below 1 or past ``len(frames) - 1``).
-    :func:`edge_may_fit` runs first (its quick necessary conditions include the share of the picture that changes)."""
+    Where no model fits so, and ``guard_hidden_edge``, :func:`_steady_edge` tries an edge at one pace (hidden where
+    the two shots agree). :func:`edge_may_fit` runs first (its quick necessary conditions include the share of the
+    picture that changes)."""
     A, B = frames[0], frames[-1]
     mids = frames[1:-1]
     best_score, out = cfg.guard_max_error, None
@@ -147,7 +149,42 @@ def still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[i
         if score <= best_score:
             best_score, out = score, (1 + int(moving[0]) - _beyond(edge, moving, 0, full),
                                       2 + int(moving[-1]) + _beyond(edge, moving, len(edge) - 1, full))
+    if out is None and cfg.guard_hidden_edge:
+        for err in wipe_errors(mids, A, B):
+            found = _steady_edge(err, diff, cfg)
+            if found is not None and found[0] <= best_score:
+                best_score, out = found
     return out
+
+
+def _steady_edge(err: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[float, tuple[int, int]] | None:
+    """A wipe whose edge is hidden where the two pictures agree (two shots of one backdrop: any edge position
+    over the shared part fits a frame equally well). Per frame, the offsets whose error is within 2 % of the ends'
+    difference of its best form an interval; where that interval is narrow (at most a quarter of the picture) the
+    edge is seen. A line fitted through the seen edges (the edge moving at one pace, rising) must fit every frame
+    within ``guard_max_error`` with its edge where the line puts it, and cross at least 60 % of the picture in the
+    window; the frames where that line lies inside the picture are the span. (score, window offsets)."""
+    full = err.shape[1] - 1
+    ok = err <= err.min(axis=1, keepdims=True) + 0.02 * diff
+    offsets = np.arange(full + 1)
+    lo = np.where(ok, offsets, full + 1).min(axis=1)
+    hi = np.where(ok, offsets, -1).max(axis=1)
+    seen = np.nonzero((hi - lo <= full / 4) & (lo > 0) & (hi < full))[0]
+    if len(seen) < 3:
+        return None
+    t, y = seen.astype(np.float64), (lo[seen] + hi[seen]) / 2.0
+    pace, start = np.polyfit(t, y, 1)
+    if pace <= 0:
+        return None
+    line = pace * np.arange(len(err)) + start
+    at = np.clip(np.rint(line), 0, full).astype(int)
+    if at[-1] - at[0] < 0.6 * full:
+        return None
+    score = float(err[np.arange(len(err)), at].max()) / diff
+    inside = np.nonzero((line >= 0.5) & (line <= full - 0.5))[0]  # at least half a column (row) in
+    if score > cfg.guard_max_error or len(inside) < 3:
+        return None
+    return score, (1 + int(inside[0]), 2 + int(inside[-1]))
 
 
 def _beyond(edge: np.ndarray, moving: np.ndarray, side: int, full: int) -> int:
@@ -171,14 +208,16 @@ def neighbour_steps(frame: np.ndarray, along_columns: bool) -> np.ndarray:
 
 
 def seams(frame: np.ndarray, cfg: SceneConfig) -> list[tuple[bool, int]]:
-    """(along the columns?, position) of the largest step between neighbouring columns and between neighbouring rows
-    of ``frame``, where that step stands out: ``guard_min_seam`` times the median step (two pictures side by side
-    show one; a panned or blurred picture none). Columns (rows) before the position come from one picture."""
+    """(along the columns?, position) of the ``guard_seams`` largest steps between neighbouring columns and between
+    neighbouring rows of ``frame`` that stand out: ``guard_min_seam`` times the median step (two pictures side by
+    side show one; a panned or blurred picture none). Columns (rows) before the position come from one picture.
+    Not only the largest: where the two pictures share a backdrop (two signers before one wall), an edge of the
+    picture itself can be a larger step than the seam between them."""
     out = []
     for along_columns in (True, False):
         steps = neighbour_steps(frame, along_columns)
-        if steps.max() >= cfg.guard_min_seam * (median(steps) + 1e-3):
-            out.append((along_columns, int(steps.argmax()) + 1))
+        floor = cfg.guard_min_seam * (median(steps) + 1e-3)
+        out += [(along_columns, int(k) + 1) for k in np.argsort(-steps)[: cfg.guard_seams] if steps[k] >= floor]
     return out
 
 
@@ -214,10 +253,11 @@ def slide_fit(frames: np.ndarray, diff: float, cfg: SceneConfig,
               drift: tuple[float, float] = (0.0, 0.0)) -> tuple[int, int] | None:
     """The purity guard's slide test on ``frames`` (the window ``a..b``, ends included): offsets ``[lo, hi)`` of the
     frames where frame ``b`` pushes frame ``a`` out with a straight seam that moves one way across at least 60 % of
-    the picture, each frame within ``guard_slide_max_error`` of the ends' difference plus its
-    :func:`drift_allowance` (``drift``: the shots' own mean steps, outgoing and incoming), and the seam stands out
-    in those frames (median over them of the step at the seam >= ``guard_min_seam`` times the median step: a pan,
-    which fits the same model, has no seam)."""
+    the picture, never a third of it in one frame (a slide moves steadily; a pan of one textured picture can fit
+    the model with an edge that jumps from one side to the other), each frame within ``guard_slide_max_error`` of
+    the ends' difference plus its :func:`drift_allowance` (``drift``: the shots' own mean steps, outgoing and
+    incoming), and the seam stands out in those frames (median over them of the step at the seam >=
+    ``guard_min_seam`` times the median step: a pan, which fits the same model, has no seam)."""
     A, B = frames[0], frames[-1]
     if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < cfg.guard_min_changed:
         return None
@@ -231,8 +271,8 @@ def slide_fit(frames: np.ndarray, diff: float, cfg: SceneConfig,
             continue  # a frame fits no offset: the test below would drop this model too
         err = np.abs(mids[:, None] - split_model(A, B, m)[None]).mean(axis=(2, 3, 4))  # (k, offsets)
         edge, full = err.argmin(axis=1), err.shape[1] - 1
-        if np.any(np.diff(edge) < 0) or edge[-1] - edge[0] < 0.6 * full:
-            continue
+        if np.any(np.diff(edge) < 0) or edge[-1] - edge[0] < 0.6 * full or np.diff(edge).max() > full / 3:
+            continue  # one way across most of the picture, never a third of it in one frame (a slide is steady)
         moving = np.nonzero((edge > 0) & (edge < full))[0]
         if len(moving) < max(3, len(edge) // 2):
             continue

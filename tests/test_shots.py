@@ -230,23 +230,28 @@ def test_purity_guard_keeps_clips_clear_of_a_slide_the_detector_misses():
     assert _dirty(len(frames), [(0, 70), (70 + n, 160)], scenes) == (1, 0)
 
 
-def _held_slide(seed: int, n: int, speed: float) -> tuple[list, list]:
-    """An edit that holds the outgoing shot's last frame, then slides in (over ``n`` frames) a shot of the same
-    backdrop (the left 35 % differs: two signers before one wall) that pans at ``speed``; and its two shots."""
+def _held(kind: str, seed: int, n: int, speed: float = 0.0) -> tuple[list, list]:
+    """An edit that holds the outgoing shot's last frame, then brings in (a ``kind`` of ``n`` frames) a shot of the
+    same backdrop (the left 35 % differs: two signers before one wall) that pans at ``speed``; and its two shots."""
     a, b = _pan(seed, 160, speed), _pan(seed, 160, speed)
     for f, g in zip(b, _pan(seed + 25, 160, speed)):
         f[:, : int(SIZE[0] * 0.35)] = g[:, : int(SIZE[0] * 0.35)]
     a = [a[69]] * 70 + a[70:]
-    frames = a[:70] + bench.transition("slide", n, a[70:], b[70:], np.random.default_rng(1)) + b[70 + n:]
+    frames = a[:70] + bench.transition(kind, n, a[70:], b[70:], np.random.default_rng(1)) + b[70 + n:]
     return frames, [(0, 70), (70 + n, len(frames))]
 
 
-def test_purity_guard_keeps_clips_clear_of_a_slide_its_end_frames_model_misses_by_over_a_quarter():
-    """The end frames' model misses this slide's middle frames by more than a quarter of the ends' difference,
-    less than a third: clean at the default slide tolerance (0.32), one clip holds the slide at 0.25."""
-    frames, shots = _held_slide(20, 10, 0.0)
+@pytest.mark.parametrize("kind,seed,knob,off", [
+    ("slide", 20, "guard_slide_max_error", 0.25),  # its end frames' model misses by over a quarter, under a third
+    ("slide", 16, "guard_seams", 1),  # an edge of the shared backdrop is a larger step than the seam
+    ("wipe", 18, "guard_hidden_edge", False),  # the edge is seen only where the two pictures differ
+])
+def test_purity_guard_keeps_clips_clear_of_a_transition_between_shots_of_one_backdrop(kind, seed, knob, off):
+    """Wipes and slides between two shots of one backdrop out of a held frame: clean with the default guard, one
+    clip holds the transition with the one check that finds it turned back."""
+    frames, shots = _held(kind, seed, 10)
     assert _dirty(len(frames), shots, _scenes(frames))[1] == 0
-    assert _dirty(len(frames), shots, _scenes(frames, replace(SceneConfig(), guard_slide_max_error=0.25)))[1] == 1
+    assert _dirty(len(frames), shots, _scenes(frames, replace(SceneConfig(), **{knob: off})))[1] == 1
 
 
 def test_purity_guard_completes_a_wipe_between_panning_shots_that_the_detector_ends_early():
@@ -330,7 +335,7 @@ def test_purity_guard_keeps_clips_clear_of_a_dissolve_between_pans_the_detector_
     shots = [(0, 60), (60 + n, len(frames))]
     scenes = _scenes(frames)
     assert [(s.start, s.end) for s in scenes] == [(0, 160)]  # the detector misses it
-    assert (60, 60 + n) in scenes[0].suspect
+    assert scenes[0].suspect == ((60, 60 + n),)  # and nothing in the pan after it (no slide moves in jumps)
     assert _dirty(len(frames), shots, scenes) == (1, 0)
     without = _scenes(frames, SceneConfig(guard_dissolve_min_path=0))
     assert _dirty(len(frames), shots, without) == (1, 1)
