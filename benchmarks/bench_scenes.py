@@ -3,6 +3,7 @@
 Usage:
     .venv/bin/python benchmarks/bench_scenes.py [--data ../shared/data] [--cache /tmp/tessera-shots] [--seed 0]
         [--videos 4] [--runs 3] [--part test] [--no-previous] [--previous-ref main] [--previous-reader rgb|thumbs]
+        [--dirty]
 
 Methods, run interleaved (every run visits every file and runs the methods in a rotating order):
     ours            ``curate.frames.iter_thumbs`` + ``curate.scenes.SceneSplitter`` (defaults), in-process.
@@ -196,6 +197,10 @@ def main(args: argparse.Namespace) -> None:
                     counts[m].update(score.match(truth, score.boundaries(r["scenes"])))
                     spans = plan_clips(r["scenes"], ClipConfig(), fps, rejected=rejected[m])
                     dirty[m] += score.dirty_spans(truth, spans)
+                    if args.dirty and m == "ours":
+                        for d in score.dirty_details(truth, spans):
+                            print(f"dirty clip of ours: {Path(truth['path']).name} frames {d['span']}, "
+                                  f"transitions {d['transitions']}, shots of {d['shots']}")
                     clips[m] += len(spans)
                     if m == "ours":  # the same scenes without the purity guard's suspect spans
                         bare = plan_clips([replace(s, suspect=()) for s in r["scenes"]], ClipConfig(), fps)
@@ -236,6 +241,8 @@ if __name__ == "__main__":
     parser.add_argument("--videos", type=int, default=4, help="videos per part")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--part", choices=["dev", "test"], default="test")
+    parser.add_argument("--dirty", action="store_true",
+                        help="list each dirty clip of ours: its frames, the transitions it holds, its shots' sources")
     parser.add_argument("--no-previous", action="store_true", help="skip git main's detector")
     parser.add_argument("--previous-ref", default="main", help="the commit ours-previous runs (default main)")
     parser.add_argument("--previous-reader", choices=["rgb", "thumbs"], default="rgb",

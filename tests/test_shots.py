@@ -390,6 +390,18 @@ def test_score_matches_each_transition_once():
     assert score.f1(counts, "cut") == pytest.approx(2 / 3)
 
 
+def test_dirty_details_name_the_transition_and_the_shots_of_each_dirty_clip():
+    truth = {"transitions": [{"kind": "cut", "start": 40, "end": 40}, {"kind": "wipe", "start": 60, "end": 70}],
+             "shots": [{"start": 0, "end": 40, "source": "a.mp4"}, {"start": 40, "end": 60, "source": "b.mp4"},
+                       {"start": 70, "end": 100, "source": "c.mp4"}], "frames": 100}
+    spans = [SimpleNamespace(start=2, end=38), SimpleNamespace(start=30, end=50), SimpleNamespace(start=45, end=65),
+             SimpleNamespace(start=72, end=100)]
+    details = score.dirty_details(truth, spans)
+    assert len(details) == score.dirty_spans(truth, spans) == 2
+    assert details[0] == {"span": (30, 50), "transitions": [("cut", 40, 40)], "shots": ["a.mp4", "b.mp4"]}
+    assert details[1] == {"span": (45, 65), "transitions": [("wipe", 60, 70)], "shots": ["b.mp4"]}
+
+
 # ------------------------------------------------------------------------------------------------ build
 
 

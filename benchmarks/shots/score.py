@@ -72,6 +72,25 @@ def dirty_spans(truth: dict, spans) -> int:
     return bad
 
 
+def dirty_details(truth: dict, spans) -> list[dict]:
+    """For each dirty span of ``dirty_spans``: its frames, the truth's transitions it overlaps (kind, first frame,
+    end) and the sources of the shots it holds, to read why a clip is dirty."""
+    shot_of = [-1] * truth["frames"]
+    for k, s in enumerate(truth["shots"]):
+        for i in range(s["start"], s["end"]):
+            shot_of[i] = k
+    out = []
+    for s in spans:
+        owners = set(shot_of[s.start: s.end])
+        if len(owners) == 1 and -1 not in owners:
+            continue
+        out.append({"span": (s.start, s.end),
+                    "transitions": [(t["kind"], t["start"], t["end"]) for t in truth["transitions"]
+                                    if t["start"] < s.end and max(t["end"], t["start"] + 1) > s.start],
+                    "shots": [truth["shots"][k].get("source") for k in sorted(o for o in owners if o >= 0)]})
+    return out
+
+
 def f1(counts: dict, kind: str) -> float:
     tp, fp, fn = (counts.get(f"{x}_{kind}", 0) for x in ("tp", "fp", "fn"))
     return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
