@@ -61,21 +61,13 @@ def match(truth: dict, detected: list[tuple[int, int]]) -> dict:
 
 def dirty_spans(truth: dict, spans) -> int:
     """How many ``[start, end)`` spans hold a transition frame or frames of more than one shot."""
-    shot_of = [-1] * truth["frames"]
-    for k, s in enumerate(truth["shots"]):
-        for i in range(s["start"], s["end"]):
-            shot_of[i] = k
-    bad = 0
-    for s in spans:
-        owners = set(shot_of[s.start: s.end])
-        bad += len(owners) != 1 or -1 in owners
-    return bad
+    return len(dirty_details(truth, spans))
 
 
 def dirty_details(truth: dict, spans) -> list[dict]:
-    """For each dirty span of ``dirty_spans``: its frames, the truth's transitions it overlaps (kind, first frame,
-    end) and the sources of the shots it holds, to read why a clip is dirty."""
-    shot_of = [-1] * truth["frames"]
+    """For each span that holds a transition frame or frames of more than one shot: its frames, the truth's
+    transitions it overlaps (kind, first frame, end) and the sources of the shots it holds (why it is dirty)."""
+    shot_of = [-1] * truth["frames"]  # -1: a transition frame
     for k, s in enumerate(truth["shots"]):
         for i in range(s["start"], s["end"]):
             shot_of[i] = k
