@@ -77,7 +77,7 @@ def dirty_details(truth: dict, spans) -> list[dict]:
         if len(owners) == 1 and -1 not in owners:
             continue
         out.append({"span": (s.start, s.end),
-                    "transitions": [(t["kind"], t["start"], t["end"]) for t in truth["transitions"]
+                    "transitions": [(t["kind"], t["start"], t["end"]) for t in truth.get("transitions", ())
                                     if t["start"] < s.end and max(t["end"], t["start"] + 1) > s.start],
                     "shots": [truth["shots"][k].get("source") for k in sorted(o for o in owners if o >= 0)]})
     return out
