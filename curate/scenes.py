@@ -63,12 +63,17 @@ Transition frames belong to no scene; a scene is a maximal run of non-transition
   may hold frames the detector marked when the change goes on past them (a span found too short is completed
   here). A whip pan, a zoom or a flash moves or blends the whole picture at once and fits neither model.
   *Dissolves* (where no transition was detected and no wipe or slide fits): the ends differ like a dissolve's
-  (``dissolve_min_diff``, the detector's brightness-ratio test), the end-to-end difference is at least
-  ``guard_dissolve_min_path`` of the summed steps (looser than the detector's: shots that move during the dissolve
-  lengthen the path, and no still frames are asked for around the window), ``alpha`` rises with no step like a cut
-  and every frame lies within ``guard_dissolve_max_residual`` of the blend of the ends at its alpha (a pan or a
-  zoom is no blend of its ends over a window this long); the frames at alpha 0.1-0.9 are the span. Cost of the
-  guard with the edge guard below: ~0.03 ms a frame on the benchmark's dev part (the rest of the detector ~0.02).
+  (``dissolve_min_diff``, the detector's brightness-ratio test), or, for the low-contrast blends the detector leaves
+  (two people before one wall: ``guard_dissolve_min_diff`` at least, most cells keep their brightness), at least
+  ``guard_dissolve_min_share`` of the cells change otherwise than by one gain and no pan or zoom of one end
+  explains more than ``1 - guard_dissolve_min_unexplained`` of the change to the other (slow pans and fast zooms
+  change every cell at a steady pace, as such a blend does; ``split_screen.motion_residual``), the end-to-end
+  difference is at least ``guard_dissolve_min_path`` of the summed steps (looser than the detector's: shots that
+  move during the dissolve lengthen the path, and no still frames are asked for around the window), ``alpha``
+  rises with no step like a cut and every frame lies within ``guard_dissolve_max_residual`` of the blend of the
+  ends at its alpha (a pan or a zoom is no blend of its ends over a window this long); the frames at alpha 0.1-0.9
+  are the span. Cost of the guard with the edge guard below: ~0.03 ms a frame on the benchmark's dev part (the rest
+  of the detector ~0.02).
 * **edge guard** (``cut_edges``, ``transition_edges``): also suspect spans only. A gradual transition the tests
   above reject (shots moving during a dissolve, an alpha that rises with a step) can be reported as a hard cut at
   its largest step, with blended frames left on both sides; a transition found too short leaves blended frames
@@ -102,9 +107,10 @@ import numpy as np
 from curate.scene_list import _DISSOLVE, _FADE, _NONE, Scene, assemble_scenes  # noqa: F401 (re-exported)
 from curate.split_screen import (SPLIT_MODELS as _SPLIT_MODELS, band_means as _band_means,
                                  drift_allowance as _drift_allowance, edge_may_fit as _edge_may_fit,
-                                 median as _median, push_may_fit as _push_may_fit, seam_fits as _seam_fits,
-                                 seams as _seams, slide_fit as _slide_fit, split_model as _split_model,
-                                 still_edge_fit as _still_edge_fit, wipe_errors as _wipe_errors)
+                                 median as _median, motion_residual as _motion_residual, push_may_fit as _push_may_fit,
+                                 seam_fits as _seam_fits, seams as _seams, slide_fit as _slide_fit,
+                                 split_model as _split_model, still_edge_fit as _still_edge_fit,
+                                 unlike_share as _unlike_share, wipe_errors as _wipe_errors)
 
 _LAG = 5  # frames a decision waits for (cut: 3 neighbours and the 4-frame flash return; windows: 1 settled frame)
 THUMB = (32, 18)  # (W, H) of the analysis thumbnail
@@ -158,6 +164,9 @@ class SceneConfig:
     guard_dissolve_max_s: float = 1.1  # longest window the guard's dissolve test tries
     guard_dissolve_min_path: float = 0.4  # guard's dissolve test: end-to-end difference / summed steps (0: off)
     guard_dissolve_max_residual: float = 0.25  # ... every frame within this share of the ends' difference of a blend
+    guard_dissolve_min_diff: float = 8.0  # ... the ends differ by this much (mean |end - start|) at least
+    guard_dissolve_min_share: float = 0.3  # ... or this share of cells changes brightness unlike the rest (>0.15 log)
+    guard_dissolve_min_unexplained: float = 0.8  # ... and no pan or zoom explains more than 1 - this of the change
     cut_edges: bool = True  # cut-edge guard: frames next to a hard cut that still hold the other shot are suspect
     transition_edges: bool = True  # ... and frames next to a detected transition that still hold its other side
     cut_edge_max_s: float = 0.5  # longest run of such frames looked for on each side of a cut or transition
@@ -720,7 +729,7 @@ class SceneSplitter:
                 if self._slide_may_fit(a, b, at, diff, drift):
                     span = _slide_fit(ring[np.arange(a, b + 1) % cap], diff, cfg, drift)
             if (span is None and not any(inner) and cfg.guard_dissolve_min_path > 0 and n <= self._guard_blend_max
-                    and diff >= cfg.dissolve_min_diff and diff >= cfg.guard_dissolve_min_path * path):
+                    and diff >= cfg.guard_dissolve_min_diff and diff >= cfg.guard_dissolve_min_path * path):
                 span = self._guard_dissolve(a, b, diff)
             if span is None:
                 continue
@@ -747,9 +756,15 @@ class SceneSplitter:
         resid = float(np.abs(window[1:-1] - x0 - alpha[1:-1, None] * delta).mean(axis=1).max()) / diff
         if resid > cfg.guard_dissolve_max_residual:
             return None
-        _, spread = _relighting(window[0].reshape(THUMB[1], THUMB[0], 3), window[-1].reshape(THUMB[1], THUMB[0], 3))
-        if spread < cfg.dissolve_min_change:
-            return None
+        ends = window[0].reshape(THUMB[1], THUMB[0], 3), window[-1].reshape(THUMB[1], THUMB[0], 3)
+        gain, spread = _relighting(*ends)
+        if diff < cfg.dissolve_min_diff or spread < cfg.dissolve_min_change:  # the low-contrast blends the detector
+            # leaves (two people before one wall): a part of the picture changes otherwise than by a gain, and no
+            # camera motion explains the change (a slow pan or a zoom changes every cell at a steady pace too)
+            if spread < cfg.dissolve_min_change and _unlike_share(*ends, gain) < cfg.guard_dissolve_min_share:
+                return None
+            if _motion_residual(*ends) < cfg.guard_dissolve_min_unexplained:
+                return None
         inner = np.nonzero((alpha > 0.1) & (alpha < 0.9))[0]
         if len(inner) < 3:
             return None

@@ -286,3 +286,62 @@ def slide_fit(frames: np.ndarray, diff: float, cfg: SceneConfig,
         if float(np.median(ratios)) >= cfg.guard_min_seam:
             return 1 + int(moving[0]), 2 + int(moving[-1])
     return None
+
+
+
+def unlike_share(x: np.ndarray, y: np.ndarray, gain: float) -> float:
+    """Share of thumbnail cells whose log luma ratio ``y / x`` is over 0.15 from ``gain`` (the median log ratio):
+    the part of the picture that changes otherwise than by one exposure gain."""
+    ratio = np.log((y[..., 0] + 8.0) / (x[..., 0] + 8.0))
+    return float((np.abs(ratio - gain) > 0.15).mean())
+
+
+_ZOOMS = (1.06, 1.12, 1.2, 1.3, 1.42, 1.56, 1.72, 1.9)
+
+
+def motion_residual(x: np.ndarray, y: np.ndarray, reach: tuple[int, int] = (8, 4)) -> float:
+    """How much of the change from thumbnail ``x`` to ``y`` camera motion leaves unexplained: the least, over
+    translations of ``x`` by up to ``reach`` (columns, rows) cells and zooms in or out by up to 1.9x, of the mean
+    |luma difference| over the cells both views show, as a share of that difference without the motion (1: no
+    motion helps; near 0: ``y`` is ``x`` moved). Translations go by whole cells, then half a cell around the best;
+    zooms are about the centre, then a cell off it around the best. Slow pans and fast zooms change every thumbnail
+    cell at a steady pace, as a dissolve does; this tells them apart."""
+    lx, ly = np.ascontiguousarray(x[..., 0]), np.ascontiguousarray(y[..., 0])
+    h, w = lx.shape
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+
+    def unexplained(scale: float, dx: float, dy: float) -> float:
+        """Share left when ``y`` shows ``x`` zoomed by ``scale`` about the centre and moved by (dx, dy), over the
+        cells whose source lies inside ``x``, rounded inwards."""
+        moved = cv2.warpAffine(lx, np.float32([[scale, 0, (1 - scale) * cx + dx], [0, scale, (1 - scale) * cy + dy]]),
+                               (w, h), flags=cv2.INTER_LINEAR)
+        mx = int(np.ceil(max(0.0, cx * (1 - scale)) + abs(dx)))
+        my = int(np.ceil(max(0.0, cy * (1 - scale)) + abs(dy)))
+        if 2 * mx >= w - 2 or 2 * my >= h - 2:
+            return 1.0
+        inner = (slice(my, h - my), slice(mx, w - mx))
+        raw = cv2.norm(ly[inner], lx[inner], cv2.NORM_L1)
+        return cv2.norm(ly[inner], moved[inner], cv2.NORM_L1) / raw if raw > 0 else 1.0
+
+    best, at, raw = 1.0, (0, 0), {}
+    for dy in range(-reach[1], reach[1] + 1):
+        for dx in range(-reach[0], reach[0] + 1):
+            if not (dx or dy):
+                continue
+            mx, my = abs(dx), abs(dy)
+            seen = ly[my: h - my, mx: w - mx]
+            if (mx, my) not in raw:
+                raw[mx, my] = cv2.norm(seen, lx[my: h - my, mx: w - mx], cv2.NORM_L1)
+            if raw[mx, my] > 0:  # x moved by (dx, dy): y's cell p shows x's cell p - (dx, dy)
+                got = cv2.norm(seen, lx[my - dy: h - my - dy, mx - dx: w - mx - dx], cv2.NORM_L1) / raw[mx, my]
+                if got < best:
+                    best, at = got, (dx, dy)
+    for dy in (-0.5, 0.0, 0.5):
+        for dx in (-0.5, 0.0, 0.5):
+            if (dx or dy) and (at[0] + dx or at[1] + dy):
+                best = min(best, unexplained(1.0, at[0] + dx, at[1] + dy))
+    zoomed = {s: unexplained(s, 0.0, 0.0) for z in _ZOOMS for s in (z, 1.0 / z)}
+    scale = min(zoomed, key=zoomed.__getitem__)
+    best = min(best, zoomed[scale], *(unexplained(scale, dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                                      if dx or dy))
+    return float(best)

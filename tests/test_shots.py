@@ -19,7 +19,8 @@ from benchmarks.shots import build as bench
 from benchmarks.shots import score
 from curate.clips import ClipConfig, plan_clips
 from curate.frames import iter_thumbs
-from curate.scenes import SceneConfig, SceneSplitter
+from curate.scenes import SceneConfig, SceneSplitter, rgb_thumbnail
+from curate.split_screen import motion_residual
 from curate.synth import Shot, render_clip
 
 SIZE = (192, 108)
@@ -341,6 +342,50 @@ def test_purity_guard_keeps_clips_clear_of_a_dissolve_between_pans_the_detector_
     assert _dirty(len(frames), shots, without) == (1, 1)
 
 
+def test_purity_guard_keeps_clips_clear_of_a_low_contrast_dissolve_between_shots_of_one_backdrop():
+    """A 24-frame dissolve between two shots that differ in the left 40 % of the picture only (two people before
+    one wall): the ends differ by ~13 levels on average, under the detector's dissolve floor, and most cells keep
+    their brightness (the brightness-ratio spread is ~0, as for a re-exposure). The guard's low-contrast route
+    marks it: 30 % of the cells change otherwise than by one gain, and no pan or zoom explains the change."""
+    a, other = _shot(20, 160), _shot(45, 160)
+    b = [f.copy() for f in a]
+    for f, g in zip(b, other):
+        f[:, : int(SIZE[0] * 0.4)] = g[:, : int(SIZE[0] * 0.4)]
+    n = 24
+    frames = a[:70] + bench.transition("dissolve", n, a[70:], b[70:], np.random.default_rng(0)) + b[70 + n:]
+    shots = [(0, 70), (70 + n, 160)]
+    scenes = _scenes(frames)
+    assert [(s.start, s.end) for s in scenes] == [(0, 160)]  # the detector misses it
+    ((lo, hi),) = scenes[0].suspect
+    assert abs(lo - 70) <= 1 and abs(hi - (70 + n)) <= 1, (lo, hi)
+    assert _dirty(len(frames), shots, scenes) == (1, 0)
+    for off in ({"guard_dissolve_min_diff": 14.0}, {"guard_dissolve_min_share": 1.0}):
+        assert _dirty(len(frames), shots, _scenes(frames, replace(SceneConfig(), **off))) == (1, 1), off
+
+
+def test_low_contrast_dissolve_route_marks_no_pan_or_zoom():
+    """Slow pans and a fast zoom change every cell at a steady pace, as a low-contrast dissolve does: the motion
+    test (``curate.split_screen.motion_residual``) keeps them unmarked; without it each gets a suspect span."""
+    zoom = [bench._cover(f, SIZE, 1.0 - 0.45 * min(1.0, max(0.0, (k - 25) / 10)), 0.5, 0.5)
+            for k, f in enumerate(_big(6, 60))]
+    moving = [_pan(33, 90, 0.005), _pan(36, 90, 0.008), _pan(36, 90, 0.012), zoom]
+    no_motion_test = SceneConfig(guard_dissolve_min_unexplained=0.0)
+    for frames in moving:
+        assert [s.suspect for s in _scenes(frames)] == [()]
+        assert [s.suspect for s in _scenes(frames, no_motion_test)] != [()]
+
+
+def test_motion_residual_tells_camera_motion_from_other_content():
+    texture = _big(7, 1)[0]
+    base = rgb_thumbnail(bench._cover(texture, SIZE, 0.5, 0.4, 0.5))
+    panned = rgb_thumbnail(bench._cover(texture, SIZE, 0.5, 0.45, 0.52))
+    zoomed = rgb_thumbnail(bench._cover(texture, SIZE, 0.38, 0.4, 0.5))
+    other = rgb_thumbnail(bench._cover(_big(8, 1)[0], SIZE, 0.5, 0.4, 0.5))
+    assert motion_residual(base, panned) < 0.2
+    assert motion_residual(base, zoomed) < 0.2
+    assert motion_residual(base, other) > 0.6
+    assert motion_residual(base, base) == 1.0  # no change: nothing to explain
+
 def test_split_stage_reports_a_scene_the_purity_guard_empties(tmp_path):
     """A cut, then a 3-s scene holding a wipe over a third of the picture: the first scene gives its clip, the second
     no clean part of 2 s, so it becomes a rejected status row of its own (counted, not lost)."""
@@ -378,7 +423,8 @@ def test_purity_guard_settings_are_in_the_build_fingerprint():
 
     assert len({fp(), fp(guard=False), fp(guard_max_error=0.2), fp(cut_edges=False),
                 fp(guard_dissolve_min_path=0), fp(guard_dissolve_max_s=0.8), fp(weak_cut_min_diff=0),
-                fp(weak_cut_min_sharp=0.5)}) == 8
+                fp(weak_cut_min_sharp=0.5), fp(guard_dissolve_min_diff=14.0), fp(guard_dissolve_min_share=1.0),
+                fp(guard_dissolve_min_unexplained=0.0)}) == 11
 
 
 def test_score_matches_each_transition_once():
