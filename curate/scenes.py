@@ -48,17 +48,22 @@ Transition frames belong to no scene; a scene is a maximal run of non-transition
   decisions (so every transition it finds around them is marked), with no hard cut inside, frames ``a`` and ``b``
   of shots, and no still frames needed around the window (the detector above needs them: a wipe into or out of a
   shot that moves by itself is missed there). For wipes
-  and slides the ends must differ (``wipe_min_diff``) over at least ``guard_min_changed`` of the picture.
+  and slides the ends must differ (``wipe_min_diff``) over at least ``guard_min_changed`` of the picture (a slide:
+  ``guard_slide_min_changed``, as its frames move as a whole; a wipe: ``guard_low_changed`` where no pan or zoom
+  explains the change, ``guard_min_unexplained``, as between two people before one wall).
   *Wipes*: most of the summed per-pixel path is the end-to-end change (``guard_min_efficiency``: camera motion
   moves pixels back and forth), and the frames in between are frames ``a`` and ``b`` side by side with a straight
-  still edge that moves one way across at least 60 % of the picture, each within ``guard_max_error`` of the ends'
-  difference; where the edge is still
+  still edge that moves one way across at least 60 % of the picture, never a third of it in one frame, each within
+  ``guard_max_error`` of the ends' difference (where the ends differ in under ``guard_min_changed`` of the picture,
+  the cells within ``guard_wipe_band`` of the edge may show any blend of the two: a soft edge weighs much against
+  so small a difference); where the edge is still
   inside next to an end of the window (the shot beyond it moves, so the model holds only up to a frame that is not
   yet clean), the span goes on past that end at the edge's pace. *Slides* (where no transition was detected):
   frame ``b`` pushes frame ``a`` out, each frame within ``guard_slide_max_error`` plus what the two shots' own
   motion can change in it (their steps just outside the window, where well under the window's pace, summed over
   the frames from each end), and the seam between them stands out (``guard_min_seam`` times the median step
-  between neighbouring columns or rows: a pan fits the same model without a seam). In both, the edge is inside the
+  between neighbouring columns or rows, or ``guard_min_top_seam`` where it is one of the frame's two largest steps:
+  a pan fits the same model without a seam). In both, the edge is inside the
   picture for at least 3 frames and half the window; those frames, one more on each side, are suspect. A window
   may hold frames the detector marked when the change goes on past them (a span found too short is completed
   here). A whip pan, a zoom or a flash moves or blends the whole picture at once and fits neither model.
@@ -66,7 +71,7 @@ Transition frames belong to no scene; a scene is a maximal run of non-transition
   (``dissolve_min_diff``, the detector's brightness-ratio test), or, for the low-contrast blends the detector leaves
   (two people before one wall: ``guard_dissolve_min_diff`` at least, most cells keep their brightness), at least
   ``guard_dissolve_min_share`` of the cells change otherwise than by one gain and no pan or zoom of one end
-  explains more than ``1 - guard_dissolve_min_unexplained`` of the change to the other (slow pans and fast zooms
+  explains more than ``1 - guard_min_unexplained`` of the change to the other (slow pans and fast zooms
   change every cell at a steady pace, as such a blend does; ``split_screen.motion_residual``), the end-to-end
   difference is at least ``guard_dissolve_min_path`` of the summed steps (looser than the detector's: shots that
   move during the dissolve lengthen the path, and no still frames are asked for around the window), ``alpha``
@@ -154,11 +159,15 @@ class SceneConfig:
     wipe_max_error: float = 0.35  # max mean error of a split-screen model of a wipe/slide frame, share of that
     guard: bool = True  # clip purity guard: mark wipe-like spans inside scenes as suspect (clips keep clear)
     guard_max_s: float = 0.8  # longest window the guard's wipe and slide tests try
+    guard_wipe_band: float = 0.1  # the guard's wipe edge may be soft: any blend within this share of the picture
     guard_max_error: float = 0.15  # max mean error of the guard's still-edge model, share of the ends' difference
     guard_min_changed: float = 0.3  # share of thumbnail cells the two ends must differ in by > 12 levels
+    guard_low_changed: float = 0.2  # ... or this share, for a wipe no pan or zoom explains (guard_min_unexplained)
+    guard_slide_min_changed: float = 0.2  # ... for a slide (its frames move as a whole, however alike its ends)
     guard_min_efficiency: float = 0.5  # end-to-end difference / summed mean steps over the window (wipes)
     guard_slide_max_error: float = 0.32  # max mean error of the guard's slide model, share of the ends' difference
     guard_min_seam: float = 2.4  # a slide's seam: its step / the median step between neighbouring columns (rows)
+    guard_min_top_seam: float = 1.6  # ... or this, where the seam is one of the frame's 2 largest steps (80 % of frames)
     guard_seams: int = 3  # seam candidates per direction a slide's frame is tried at (its largest steps)
     guard_hidden_edge: bool = True  # wipes whose edge hides where both shots agree: fit its pace (split_screen)
     guard_dissolve_max_s: float = 1.1  # longest window the guard's dissolve test tries
@@ -166,7 +175,7 @@ class SceneConfig:
     guard_dissolve_max_residual: float = 0.25  # ... every frame within this share of the ends' difference of a blend
     guard_dissolve_min_diff: float = 8.0  # ... the ends differ by this much (mean |end - start|) at least
     guard_dissolve_min_share: float = 0.3  # ... or this share of cells changes brightness unlike the rest (>0.15 log)
-    guard_dissolve_min_unexplained: float = 0.8  # ... and no pan or zoom explains more than 1 - this of the change
+    guard_min_unexplained: float = 0.8  # ... and no pan or zoom explains more than 1 - this of the change
     cut_edges: bool = True  # cut-edge guard: frames next to a hard cut that still hold the other shot are suspect
     transition_edges: bool = True  # ... and frames next to a detected transition that still hold its other side
     cut_edge_max_s: float = 0.5  # longest run of such frames looked for on each side of a cut or transition
@@ -763,7 +772,7 @@ class SceneSplitter:
             # camera motion explains the change (a slow pan or a zoom changes every cell at a steady pace too)
             if spread < cfg.dissolve_min_change and _unlike_share(*ends, gain) < cfg.guard_dissolve_min_share:
                 return None
-            if _motion_residual(*ends) < cfg.guard_dissolve_min_unexplained:
+            if _motion_residual(*ends) < cfg.guard_min_unexplained:
                 return None
         inner = np.nonzero((alpha > 0.1) & (alpha < 0.9))[0]
         if len(inner) < 3:

@@ -87,22 +87,36 @@ def push_may_fit(banded: tuple[np.ndarray, np.ndarray, np.ndarray], m: int, limi
     return float(bound.min(axis=1).max()) <= over
 
 
-def wipe_errors(mids: np.ndarray, A: np.ndarray, B: np.ndarray) -> list[np.ndarray]:
+def wipe_errors(mids: np.ndarray, A: np.ndarray, B: np.ndarray, band: float = 0.0) -> list[np.ndarray]:
     """Per wipe model (0-3 of ``SPLIT_MODELS``), (k, offsets) mean |frame - model| for every frame of ``mids`` and
     edge offset, from per-column (row) errors against ``A`` and ``B`` and their running sums: the same numbers as
-    comparing with ``split_model(A, B, m)``, at a 30th of the cost."""
+    comparing with ``split_model(A, B, m)``, at a 30th of the cost. With ``band`` (a share of the picture), the
+    columns (rows) within that share of the edge on each side may show any blend of ``A`` and ``B`` (their error is
+    the distance to the nearest blend): a soft edge, or an edge between two thumbnail columns."""
     k, h, w = mids.shape[:3]
     to_a, to_b = np.abs(mids - A).reshape(k, h, w * 3), np.abs(mids - B).reshape(k, h, w * 3)
+    apart = np.abs(A - B).reshape(h, w * 3)
     # per column (rows summed first, then channels: a 5th of the cost of one reduction over both, which numpy runs
     # strided) and per row
-    sums = ((to_a.sum(axis=1).reshape(k, w, 3).sum(axis=2), to_b.sum(axis=1).reshape(k, w, 3).sum(axis=2)),
-            (to_a.sum(axis=2), to_b.sum(axis=2)))
+    sums = ((to_a.sum(axis=1).reshape(k, w, 3).sum(axis=2), to_b.sum(axis=1).reshape(k, w, 3).sum(axis=2),
+             apart.sum(axis=0).reshape(w, 3).sum(axis=1)),
+            (to_a.sum(axis=2), to_b.sum(axis=2), apart.sum(axis=1)))
     out = []
-    for ca, cb in sums:  # (k, W): an edge along the columns; then (k, H): along the rows
+    for ca, cb, cab in sums:  # (k, W): an edge along the columns; then (k, H): along the rows
         zero = np.zeros((len(mids), 1), np.float32)
         cum_a, cum_b = np.hstack([zero, np.cumsum(ca, axis=1)]), np.hstack([zero, np.cumsum(cb, axis=1)])
-        out.append((cum_b + (cum_a[:, -1:] - cum_a)) / A.size)  # B before the edge at offset o, A after it
-        out.append((cum_a + (cum_b[:, -1:] - cum_b))[:, ::-1] / A.size)  # A before the edge at length - o, B after
+        length = ca.shape[1]
+        wide = int(round(band * length))
+        if not wide:
+            out.append((cum_b + (cum_a[:, -1:] - cum_a)) / A.size)  # B before the edge at offset o, A after it
+            out.append((cum_a + (cum_b[:, -1:] - cum_b))[:, ::-1] / A.size)  # A before the edge at length - o, B after
+            continue
+        # a value's distance to the nearest blend of a and b: (|x - a| + |x - b| - |a - b|) / 2
+        cum_i = np.hstack([zero, np.cumsum(np.maximum(0.0, ca + cb - cab) / 2, axis=1)])
+        o = np.arange(length + 1)
+        lo, hi = np.maximum(0, o - wide), np.minimum(length, o + wide)
+        out.append((cum_b[:, lo] + cum_i[:, hi] - cum_i[:, lo] + cum_a[:, -1:] - cum_a[:, hi]) / A.size)
+        out.append((cum_a[:, lo] + cum_i[:, hi] - cum_i[:, lo] + cum_b[:, -1:] - cum_b[:, hi])[:, ::-1] / A.size)
     return [out[0], out[1], out[2], out[3]]
 
 
@@ -111,18 +125,35 @@ def edge_may_fit(A: np.ndarray, B: np.ndarray, p1: np.ndarray, p2: np.ndarray, d
     """Necessary conditions of :func:`still_edge_fit`, at a 10th of its cost, on the ends and two probes: the
     frames a third and two thirds in (of ``k`` frames between the ends: offsets ``1 + k // 3``, ``1 + 2 * k // 3``).
     The edge is inside the picture over a run of at least half the frames, which holds one of the probes."""
+    changed = float((np.abs(B - A).mean(axis=2) > 12.0).mean())
+    if changed < min(cfg.guard_min_changed, cfg.guard_low_changed):
+        return False  # most of the picture stays: an object moved, no other shot came in
+    band = _band(changed, cfg)
     limit = cfg.guard_max_error * diff
     bound = limit * A.size
-    for probe in (p1, p2):  # each value at the end it is nearer: a lower bound of a frame's model error
-        if sum(cv2.sumElems(cv2.min(cv2.absdiff(probe, A), cv2.absdiff(probe, B)))) > bound:
+    apart = cv2.norm(A, B, cv2.NORM_L1)
+    for probe in (p1, p2):  # a lower bound of a frame's model error: each value at the end it is nearer, or (a soft
+        # edge) its distance to the nearest blend of the ends, (|p - a| + |p - b| - |a - b|) / 2 summed
+        if band:
+            least = (cv2.norm(probe, A, cv2.NORM_L1) + cv2.norm(probe, B, cv2.NORM_L1) - apart) / 2
+        else:
+            least = sum(cv2.sumElems(cv2.min(cv2.absdiff(probe, A), cv2.absdiff(probe, B))))
+        if least > bound:
             return False
-    if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < cfg.guard_min_changed:
-        return False  # most of the picture stays: an object moved, no other shot came in
-    for err in wipe_errors(np.stack([p1, p2]), A, B):  # both probes fit one model, its edge moving one way and
+    for err in wipe_errors(np.stack([p1, p2]), A, B, band):  # both probes fit one model, its edge moving one way and
         edge, full = err.argmin(axis=1), err.shape[1] - 1  # inside the picture in one of them
         if float(err.min(axis=1).max()) <= limit and edge[0] <= edge[1] and (0 < edge[0] < full or 0 < edge[1] < full):
-            return True
+            # two shots of one backdrop differ in a part of the picture only; a slow pan changes little as well,
+            # and camera motion explains it
+            return changed >= cfg.guard_min_changed or motion_residual(A, B) >= cfg.guard_min_unexplained
     return False
+
+
+def _band(changed: float, cfg: SceneConfig) -> float:
+    """The soft-edge band of a wipe whose ends differ in ``changed`` of the picture: ``guard_wipe_band`` where that
+    is under ``guard_min_changed`` (two shots of one backdrop: the ends differ little, so a soft edge's blended
+    columns weigh much against their difference), else none."""
+    return cfg.guard_wipe_band if changed < cfg.guard_min_changed else 0.0
 
 
 def still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[int, int] | None:
@@ -136,12 +167,13 @@ def still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[i
     picture that changes)."""
     A, B = frames[0], frames[-1]
     mids = frames[1:-1]
+    band = _band(float((np.abs(B - A).mean(axis=2) > 12.0).mean()), cfg)
     best_score, out = cfg.guard_max_error, None
-    for err in wipe_errors(mids, A, B):
+    for err in wipe_errors(mids, A, B, band):
         edge = err.argmin(axis=1)
         full = err.shape[1] - 1
-        if np.any(np.diff(edge) < 0) or edge[-1] - edge[0] < 0.6 * full:
-            continue  # the edge must move one way, across most of the picture
+        if np.any(np.diff(edge) < 0) or edge[-1] - edge[0] < 0.6 * full or np.diff(edge).max() > full / 3:
+            continue  # the edge must move one way, across most of the picture, never a third of it in one frame
         moving = np.nonzero((edge > 0) & (edge < full))[0]
         if len(moving) < max(3, len(edge) // 2):
             continue
@@ -150,7 +182,7 @@ def still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[i
             best_score, out = score, (1 + int(moving[0]) - _beyond(edge, moving, 0, full),
                                       2 + int(moving[-1]) + _beyond(edge, moving, len(edge) - 1, full))
     if out is None and cfg.guard_hidden_edge:
-        for err in wipe_errors(mids, A, B):
+        for err in wipe_errors(mids, A, B, band):
             found = _steady_edge(err, diff, cfg)
             if found is not None and found[0] <= best_score:
                 best_score, out = found
@@ -216,8 +248,10 @@ def seams(frame: np.ndarray, cfg: SceneConfig) -> list[tuple[bool, int]]:
     out = []
     for along_columns in (True, False):
         steps = neighbour_steps(frame, along_columns)
-        floor = cfg.guard_min_seam * (median(steps) + 1e-3)
-        out += [(along_columns, int(k) + 1) for k in np.argsort(-steps)[: cfg.guard_seams] if steps[k] >= floor]
+        middle = median(steps) + 1e-3
+        out += [(along_columns, int(k) + 1) for rank, k in enumerate(np.argsort(-steps)[: cfg.guard_seams])
+                if steps[k] >= (cfg.guard_min_seam if rank >= 2 else min(cfg.guard_min_seam, cfg.guard_min_top_seam))
+                * middle]
     return out
 
 
@@ -259,7 +293,7 @@ def slide_fit(frames: np.ndarray, diff: float, cfg: SceneConfig,
     incoming), and the seam stands out in those frames (median over them of the step at the seam >=
     ``guard_min_seam`` times the median step: a pan, which fits the same model, has no seam)."""
     A, B = frames[0], frames[-1]
-    if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < cfg.guard_min_changed:
+    if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < cfg.guard_slide_min_changed:
         return None
     mids = frames[1:-1]
     limit, banded = cfg.guard_slide_max_error * diff + drift_allowance(len(frames) - 1, diff, drift), {}
@@ -278,12 +312,14 @@ def slide_fit(frames: np.ndarray, diff: float, cfg: SceneConfig,
             continue
         if np.any(err[np.arange(len(edge)), edge] > limit):
             continue
-        ratios = []
+        ratios, tops = [], 0
         for j in moving:  # push left / up: the seam at (length - offset); push right / down: at the offset
             at = full - int(edge[j]) if m in (4, 6) else int(edge[j])
             steps = neighbour_steps(mids[j], along_columns)
             ratios.append(steps[at - 1] / (median(steps) + 1e-3))
-        if float(np.median(ratios)) >= cfg.guard_min_seam:
+            tops += int(np.count_nonzero(steps > steps[at - 1]) < 2)
+        ratio = float(np.median(ratios))
+        if ratio >= cfg.guard_min_seam or (ratio >= cfg.guard_min_top_seam and tops >= 0.8 * len(moving)):
             return 1 + int(moving[0]), 2 + int(moving[-1])
     return None
 

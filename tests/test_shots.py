@@ -242,17 +242,18 @@ def _held(kind: str, seed: int, n: int, speed: float = 0.0) -> tuple[list, list]
     return frames, [(0, 70), (70 + n, len(frames))]
 
 
-@pytest.mark.parametrize("kind,seed,knob,off", [
-    ("slide", 20, "guard_slide_max_error", 0.25),  # its end frames' model misses by over a quarter, under a third
-    ("slide", 16, "guard_seams", 1),  # an edge of the shared backdrop is a larger step than the seam
-    ("wipe", 18, "guard_hidden_edge", False),  # the edge is seen only where the two pictures differ
+@pytest.mark.parametrize("kind,seed,off", [
+    ("slide", 20, {"guard_slide_max_error": 0.25}),  # its end frames' model misses by over a quarter, under a third
+    ("slide", 16, {"guard_seams": 1}),  # an edge of the shared backdrop is a larger step than the seam
+    # the edge is seen only where the two pictures differ; its soft band weighs much against their difference
+    ("wipe", 18, {"guard_hidden_edge": False, "guard_wipe_band": 0.0}),
 ])
-def test_purity_guard_keeps_clips_clear_of_a_transition_between_shots_of_one_backdrop(kind, seed, knob, off):
+def test_purity_guard_keeps_clips_clear_of_a_transition_between_shots_of_one_backdrop(kind, seed, off):
     """Wipes and slides between two shots of one backdrop out of a held frame: clean with the default guard, one
-    clip holds the transition with the one check that finds it turned back."""
+    clip holds the transition with the checks that find it turned back."""
     frames, shots = _held(kind, seed, 10)
     assert _dirty(len(frames), shots, _scenes(frames))[1] == 0
-    assert _dirty(len(frames), shots, _scenes(frames, replace(SceneConfig(), **{knob: off})))[1] == 1
+    assert _dirty(len(frames), shots, _scenes(frames, replace(SceneConfig(), **off)))[1] == 1
 
 
 def test_purity_guard_completes_a_wipe_between_panning_shots_that_the_detector_ends_early():
@@ -363,16 +364,63 @@ def test_purity_guard_keeps_clips_clear_of_a_low_contrast_dissolve_between_shots
         assert _dirty(len(frames), shots, _scenes(frames, replace(SceneConfig(), **off))) == (1, 1), off
 
 
+def _signers(data, outgoing: str, incoming: str, kind: str, direction_seed: int, n: int) -> tuple[list, list]:
+    """Two real ASL signer clips before one wall (benchmark development sources), each played forward then back
+    (longer shots, still moving), joined by a ``kind`` of ``n`` frames; and the two shots."""
+    def shot(name):
+        frames = [bench._cover(f, SIZE) for f in bench._decode_span(
+            data, f"intel-sample-videos/asl_gestures/{name}.mkv", 0, 200)]
+        return frames + frames[::-1]
+
+    a, b = shot(outgoing), shot(incoming)
+    cut = len(a) - n
+    frames = a[:cut] + bench.transition(kind, n, a[cut:], b[:n], np.random.default_rng(direction_seed)) + b[n:]
+    return frames, [(0, cut), (cut + n, len(frames))]
+
+
+@pytest.mark.parametrize("kind,off", [
+    ("slide", {"guard_slide_min_changed": 0.3}),  # the ends differ in under 30 % of the picture; every frame moves
+    ("wipe", {"guard_low_changed": 1.0}),  # ... no pan explains the change, and the edge is soft
+    ("wipe", {"guard_wipe_band": 0.0}),
+])
+def test_purity_guard_keeps_clips_clear_of_a_transition_between_two_signers_before_one_wall(shared_data, kind, off):
+    """Real footage, both signers moving: a push up and a wipe up (direction seed 4) of 10 frames. The two pictures
+    differ in about a quarter of the cells only; the default guard marks the transition, and turning back the
+    check that admits such ends leaves a clip holding it."""
+    frames, shots = _signers(shared_data, "thanks", "no", kind, 4, 10)
+    assert _dirty(len(frames), shots, _scenes(frames))[1] == 0
+    assert _dirty(len(frames), shots, _scenes(frames, replace(SceneConfig(), **off)))[1] == 1
+
+
 def test_low_contrast_dissolve_route_marks_no_pan_or_zoom():
     """Slow pans and a fast zoom change every cell at a steady pace, as a low-contrast dissolve does: the motion
     test (``curate.split_screen.motion_residual``) keeps them unmarked; without it each gets a suspect span."""
     zoom = [bench._cover(f, SIZE, 1.0 - 0.45 * min(1.0, max(0.0, (k - 25) / 10)), 0.5, 0.5)
             for k, f in enumerate(_big(6, 60))]
     moving = [_pan(33, 90, 0.005), _pan(36, 90, 0.008), _pan(36, 90, 0.012), zoom]
-    no_motion_test = SceneConfig(guard_dissolve_min_unexplained=0.0)
+    no_motion_test = SceneConfig(guard_min_unexplained=0.0)
     for frames in moving:
         assert [s.suspect for s in _scenes(frames)] == [()]
         assert [s.suspect for s in _scenes(frames, no_motion_test)] != [()]
+
+
+def test_wipe_errors_band_forgives_a_soft_edge_only():
+    """A frame of a soft wipe (a 3-column ramp from B to A at column 10): with no band the ramp's columns count
+    against the nearest hard edge; with a band of 0.1 (3 columns each side) the model fits it exactly. Without the
+    band the numbers equal the full comparison with ``split_model``; a frame of other content gains nothing."""
+    from curate.split_screen import split_model, wipe_errors
+
+    rng = np.random.default_rng(0)
+    A, B = (rng.uniform(0, 255, (18, 32, 3)).astype(np.float32) for _ in range(2))
+    ramp = np.clip((np.arange(32) - 9.0) / 3.0, 0, 1)[None, :, None]  # B up to column 9, A from column 12
+    soft = (B * (1 - ramp) + A * ramp).astype(np.float32)
+    other = rng.uniform(0, 255, (1, 18, 32, 3)).astype(np.float32)
+    hard = wipe_errors(soft[None], A, B)[0]
+    full = np.abs(soft[None, None] - split_model(A, B, 0)[None]).mean(axis=(2, 3, 4))
+    assert np.allclose(hard, full, rtol=1e-4, atol=1e-3)
+    assert hard.min() > 1.0  # two blended columns of 32
+    assert wipe_errors(soft[None], A, B, band=0.1)[0].min() < 1e-3
+    assert wipe_errors(other, A, B, band=0.1)[0].min() > 0.5 * wipe_errors(other, A, B)[0].min()
 
 
 def test_motion_residual_tells_camera_motion_from_other_content():
@@ -424,7 +472,8 @@ def test_purity_guard_settings_are_in_the_build_fingerprint():
     assert len({fp(), fp(guard=False), fp(guard_max_error=0.2), fp(cut_edges=False),
                 fp(guard_dissolve_min_path=0), fp(guard_dissolve_max_s=0.8), fp(weak_cut_min_diff=0),
                 fp(weak_cut_min_sharp=0.5), fp(guard_dissolve_min_diff=14.0), fp(guard_dissolve_min_share=1.0),
-                fp(guard_dissolve_min_unexplained=0.0)}) == 11
+                fp(guard_min_unexplained=0.0), fp(guard_low_changed=1.0), fp(guard_slide_min_changed=0.3),
+                fp(guard_wipe_band=0.0), fp(guard_min_top_seam=99.0)}) == 15
 
 
 def test_score_matches_each_transition_once():
