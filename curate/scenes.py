@@ -56,7 +56,8 @@ Transition frames belong to no scene; a scene is a maximal run of non-transition
   still edge that moves one way across at least 60 % of the picture, never a third of it in one frame, each within
   ``guard_max_error`` of the ends' difference (where the ends differ in under ``guard_min_changed`` of the picture,
   the cells within ``guard_wipe_band`` of the edge may show any blend of the two: a soft edge weighs much against
-  so small a difference); where the edge is still
+  so small a difference; with ``guard_wipe_drift``, each frame may also differ by what the two shots' own motion
+  changes in it, and their steps are taken out of the summed path, as for slides below); where the edge is still
   inside next to an end of the window (the shot beyond it moves, so the model holds only up to a frame that is not
   yet clean), the span goes on past that end at the edge's pace. *Slides* (where no transition was detected):
   frame ``b`` pushes frame ``a`` out, each frame within ``guard_slide_max_error`` plus what the two shots' own
@@ -159,6 +160,7 @@ class SceneConfig:
     wipe_max_error: float = 0.35  # max mean error of a split-screen model of a wipe/slide frame, share of that
     guard: bool = True  # clip purity guard: mark wipe-like spans inside scenes as suspect (clips keep clear)
     guard_max_s: float = 0.8  # longest window the guard's wipe and slide tests try
+    guard_wipe_drift: bool = True  # the guard's wipe test allows the shots' own motion, as its slide test does
     guard_wipe_band: float = 0.1  # the guard's wipe edge may be soft: any blend within this share of the picture
     guard_max_error: float = 0.15  # max mean error of the guard's still-edge model, share of the ends' difference
     guard_min_changed: float = 0.3  # share of thumbnail cells the two ends must differ in by > 12 levels
@@ -725,16 +727,22 @@ class SceneSplitter:
             at = a + 1 + k // 3, a + 1 + 2 * k // 3
             probes = ring[at[0] % cap], ring[at[1] % cap]
             span, split = None, n <= self._guard_split_max
-            if split and diff >= cfg.guard_min_efficiency * path and _edge_may_fit(ring[a % cap], ring[b % cap],
-                                                                                   *probes, diff, cfg):
-                span = _still_edge_fit(ring[np.arange(a, b + 1) % cap], diff, cfg)
-            # slides: only where no transition was detected; the shots' own steps just outside the window (the
-            # lesser of two) loosen the fit where they move, and only where they are well under the window's mean
-            # step (else the window starts or ends inside the motion: a zoom, a whip pan)
+            # the shots' own steps just outside the window (the lesser of two) loosen the fits where they move, and
+            # only where they are well under the window's mean step (else the window starts or ends inside the
+            # motion: a zoom, a whip pan); wipes take them only with guard_wipe_drift, slides only where no
+            # transition was detected
+            pace = 0.3 * path / n
+            drift = tuple(x if x <= pace else 0.0
+                          for x in (min(d[max(0, a - 1)], d[a]), min(d[b + 1: b + 3], default=0.0)))
+            moved = drift if cfg.guard_wipe_drift else (0.0, 0.0)
+            slack = (0.0, 0.0)
+            if any(moved):
+                allow = _drift_allowance(n, diff, moved)
+                slack = float(allow[at[0] - a - 1]), float(allow[at[1] - a - 1])
+            if (split and diff >= cfg.guard_min_efficiency * max(diff, path - n * (moved[0] + moved[1]) / 2)
+                    and _edge_may_fit(ring[a % cap], ring[b % cap], *probes, diff, cfg, slack)):
+                span = _still_edge_fit(ring[np.arange(a, b + 1) % cap], diff, cfg, moved)
             if span is None and split and not any(inner):
-                pace = 0.3 * path / n
-                drift = tuple(x if x <= pace else 0.0
-                              for x in (min(d[max(0, a - 1)], d[a]), min(d[b + 1: b + 3], default=0.0)))
                 if self._slide_may_fit(a, b, at, diff, drift):
                     span = _slide_fit(ring[np.arange(a, b + 1) % cap], diff, cfg, drift)
             if (span is None and not any(inner) and cfg.guard_dissolve_min_path > 0 and n <= self._guard_blend_max

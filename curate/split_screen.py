@@ -121,7 +121,7 @@ def wipe_errors(mids: np.ndarray, A: np.ndarray, B: np.ndarray, band: float = 0.
 
 
 def edge_may_fit(A: np.ndarray, B: np.ndarray, p1: np.ndarray, p2: np.ndarray, diff: float,
-                  cfg: SceneConfig) -> bool:
+                  cfg: SceneConfig, slack: tuple[float, float] = (0.0, 0.0)) -> bool:
     """Necessary conditions of :func:`still_edge_fit`, at a 10th of its cost, on the ends and two probes: the
     frames a third and two thirds in (of ``k`` frames between the ends: offsets ``1 + k // 3``, ``1 + 2 * k // 3``).
     The edge is inside the picture over a run of at least half the frames, which holds one of the probes."""
@@ -130,19 +130,19 @@ def edge_may_fit(A: np.ndarray, B: np.ndarray, p1: np.ndarray, p2: np.ndarray, d
         return False  # most of the picture stays: an object moved, no other shot came in
     band = _band(changed, cfg)
     limit = cfg.guard_max_error * diff
-    bound = limit * A.size
     apart = cv2.norm(A, B, cv2.NORM_L1)
-    for probe in (p1, p2):  # a lower bound of a frame's model error: each value at the end it is nearer, or (a soft
-        # edge) its distance to the nearest blend of the ends, (|p - a| + |p - b| - |a - b|) / 2 summed
+    for probe, loose in zip((p1, p2), slack):  # a lower bound of a frame's model error: each value at the end it is
+        # nearer, or (a soft edge) its distance to the nearest blend of the ends, (|p - a| + |p - b| - |a - b|) / 2
         if band:
             least = (cv2.norm(probe, A, cv2.NORM_L1) + cv2.norm(probe, B, cv2.NORM_L1) - apart) / 2
         else:
             least = sum(cv2.sumElems(cv2.min(cv2.absdiff(probe, A), cv2.absdiff(probe, B))))
-        if least > bound:
+        if least > (limit + loose) * A.size:
             return False
     for err in wipe_errors(np.stack([p1, p2]), A, B, band):  # both probes fit one model, its edge moving one way and
         edge, full = err.argmin(axis=1), err.shape[1] - 1  # inside the picture in one of them
-        if float(err.min(axis=1).max()) <= limit and edge[0] <= edge[1] and (0 < edge[0] < full or 0 < edge[1] < full):
+        if (float((err.min(axis=1) - np.asarray(slack)).max()) <= limit and edge[0] <= edge[1]
+                and (0 < edge[0] < full or 0 < edge[1] < full)):
             # two shots of one backdrop differ in a part of the picture only; a slow pan changes little as well,
             # and camera motion explains it
             return changed >= cfg.guard_min_changed or motion_residual(A, B) >= cfg.guard_min_unexplained
@@ -156,7 +156,8 @@ def _band(changed: float, cfg: SceneConfig) -> float:
     return cfg.guard_wipe_band if changed < cfg.guard_min_changed else 0.0
 
 
-def still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[int, int] | None:
+def still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig,
+                   drift: tuple[float, float] = (0.0, 0.0)) -> tuple[int, int] | None:
     """The purity guard's wipe test on ``frames`` (the window ``a..b``, ends included; ``diff`` = mean |b - a|):
     offsets ``[lo, hi)`` of the frames where frames ``a`` and ``b`` side by side with a straight still edge explain
     every frame within ``guard_max_error`` (the edge moving one way across at least 60 % of the picture, inside it
@@ -168,6 +169,7 @@ def still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[i
     A, B = frames[0], frames[-1]
     mids = frames[1:-1]
     band = _band(float((np.abs(B - A).mean(axis=2) > 12.0).mean()), cfg)
+    allow = drift_allowance(len(frames) - 1, diff, drift) if any(drift) else 0.0
     best_score, out = cfg.guard_max_error, None
     for err in wipe_errors(mids, A, B, band):
         edge = err.argmin(axis=1)
@@ -177,19 +179,20 @@ def still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[i
         moving = np.nonzero((edge > 0) & (edge < full))[0]
         if len(moving) < max(3, len(edge) // 2):
             continue
-        score = float(err[np.arange(len(edge)), edge].max()) / diff
+        score = float((err[np.arange(len(edge)), edge] - allow).max()) / diff
         if score <= best_score:
             best_score, out = score, (1 + int(moving[0]) - _beyond(edge, moving, 0, full),
                                       2 + int(moving[-1]) + _beyond(edge, moving, len(edge) - 1, full))
     if out is None and cfg.guard_hidden_edge:
         for err in wipe_errors(mids, A, B, band):
-            found = _steady_edge(err, diff, cfg)
+            found = _steady_edge(err, diff, cfg, allow)
             if found is not None and found[0] <= best_score:
                 best_score, out = found
     return out
 
 
-def _steady_edge(err: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[float, tuple[int, int]] | None:
+def _steady_edge(err: np.ndarray, diff: float, cfg: SceneConfig,
+                 allow: np.ndarray | float = 0.0) -> tuple[float, tuple[int, int]] | None:
     """A wipe whose edge is hidden where the two pictures agree (two shots of one backdrop: any edge position
     over the shared part fits a frame equally well). Per frame, the offsets whose error is within 2 % of the ends'
     difference of its best form an interval; where that interval is narrow (at most a quarter of the picture) the
@@ -212,7 +215,7 @@ def _steady_edge(err: np.ndarray, diff: float, cfg: SceneConfig) -> tuple[float,
     at = np.clip(np.rint(line), 0, full).astype(int)
     if at[-1] - at[0] < 0.6 * full:
         return None
-    score = float(err[np.arange(len(err)), at].max()) / diff
+    score = float((err[np.arange(len(err)), at] - allow).max()) / diff
     inside = np.nonzero((line >= 0.5) & (line <= full - 0.5))[0]  # at least half a column (row) in
     if score > cfg.guard_max_error or len(inside) < 3:
         return None

@@ -378,16 +378,18 @@ def _signers(data, outgoing: str, incoming: str, kind: str, direction_seed: int,
     return frames, [(0, cut), (cut + n, len(frames))]
 
 
-@pytest.mark.parametrize("kind,off", [
-    ("slide", {"guard_slide_min_changed": 0.3}),  # the ends differ in under 30 % of the picture; every frame moves
-    ("wipe", {"guard_low_changed": 1.0}),  # ... no pan explains the change, and the edge is soft
-    ("wipe", {"guard_wipe_band": 0.0}),
+@pytest.mark.parametrize("kind,direction_seed,off", [
+    ("slide", 4, {"guard_slide_min_changed": 0.3}),  # the ends differ in under 30 % of the picture; all moves
+    ("wipe", 4, {"guard_low_changed": 1.0}),  # ... and no pan explains the change
+    ("wipe", 4, {"guard_wipe_band": 0.0, "guard_wipe_drift": False}),  # a soft edge, both signers moving
+    ("wipe", 0, {"guard_wipe_drift": False}),  # both signers move: their own steps count against the model
 ])
-def test_purity_guard_keeps_clips_clear_of_a_transition_between_two_signers_before_one_wall(shared_data, kind, off):
-    """Real footage, both signers moving: a push up and a wipe up (direction seed 4) of 10 frames. The two pictures
-    differ in about a quarter of the cells only; the default guard marks the transition, and turning back the
-    check that admits such ends leaves a clip holding it."""
-    frames, shots = _signers(shared_data, "thanks", "no", kind, 4, 10)
+def test_purity_guard_keeps_clips_clear_of_a_transition_between_two_signers_before_one_wall(
+        shared_data, kind, direction_seed, off):
+    """Real footage, both signers moving: a push up, a wipe up or right (direction seeds 4, 0) of 10 frames. The
+    two pictures differ in about a quarter of the cells only; the default guard marks the transition, and turning
+    back the checks that admit it leaves a clip holding it."""
+    frames, shots = _signers(shared_data, "thanks", "no", kind, direction_seed, 10)
     assert _dirty(len(frames), shots, _scenes(frames))[1] == 0
     assert _dirty(len(frames), shots, _scenes(frames, replace(SceneConfig(), **off)))[1] == 1
 
@@ -473,7 +475,7 @@ def test_purity_guard_settings_are_in_the_build_fingerprint():
                 fp(guard_dissolve_min_path=0), fp(guard_dissolve_max_s=0.8), fp(weak_cut_min_diff=0),
                 fp(weak_cut_min_sharp=0.5), fp(guard_dissolve_min_diff=14.0), fp(guard_dissolve_min_share=1.0),
                 fp(guard_min_unexplained=0.0), fp(guard_low_changed=1.0), fp(guard_slide_min_changed=0.3),
-                fp(guard_wipe_band=0.0), fp(guard_min_top_seam=99.0)}) == 15
+                fp(guard_wipe_band=0.0), fp(guard_min_top_seam=99.0), fp(guard_wipe_drift=False)}) == 16
 
 
 def test_score_matches_each_transition_once():
