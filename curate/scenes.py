@@ -63,8 +63,7 @@ Transition frames belong to no scene; a scene is a maximal run of non-transition
   frame ``b`` pushes frame ``a`` out, each frame within ``guard_slide_max_error`` plus what the two shots' own
   motion can change in it (their steps just outside the window, where well under the window's pace, summed over
   the frames from each end), and the seam between them stands out (``guard_min_seam`` times the median step
-  between neighbouring columns or rows, or ``guard_min_top_seam`` where it is one of the frame's two largest steps:
-  a pan fits the same model without a seam). In both, the edge is inside the
+  between neighbouring columns or rows: a pan fits the same model without a seam). In both, the edge is inside the
   picture for at least 3 frames and half the window; those frames, one more on each side, are suspect. A window
   may hold frames the detector marked when the change goes on past them (a span found too short is completed
   here). A whip pan, a zoom or a flash moves or blends the whole picture at once and fits neither model.
@@ -113,6 +112,7 @@ import numpy as np
 from curate.scene_list import _DISSOLVE, _FADE, _NONE, Scene, assemble_scenes  # noqa: F401 (re-exported)
 from curate.split_screen import (SPLIT_MODELS as _SPLIT_MODELS, band_means as _band_means,
                                  drift_allowance as _drift_allowance, edge_may_fit as _edge_may_fit,
+                                 log_luma_ratio as _log_luma_ratio,
                                  median as _median, motion_residual as _motion_residual, push_may_fit as _push_may_fit,
                                  seam_fits as _seam_fits, seams as _seams, slide_fit as _slide_fit,
                                  split_model as _split_model, still_edge_fit as _still_edge_fit,
@@ -169,7 +169,6 @@ class SceneConfig:
     guard_min_efficiency: float = 0.5  # end-to-end difference / summed mean steps over the window (wipes)
     guard_slide_max_error: float = 0.32  # max mean error of the guard's slide model, share of the ends' difference
     guard_min_seam: float = 2.4  # a slide's seam: its step / the median step between neighbouring columns (rows)
-    guard_min_top_seam: float = 1.6  # ... or this, where the seam is one of the frame's 2 largest steps (80 % of frames)
     guard_seams: int = 3  # seam candidates per direction a slide's frame is tried at (its largest steps)
     guard_hidden_edge: bool = True  # wipes whose edge hides where both shots agree: fit its pace (split_screen)
     guard_dissolve_max_s: float = 1.1  # longest window the guard's dissolve test tries
@@ -202,7 +201,7 @@ def _relighting(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Median and median absolute deviation of the per-pixel log luma ratio ``y / x``: a spread near 0 when ``y``
     is ``x`` with other exposure (a fade, an exposure drift; the median is then the log gain), large when ``y``
     shows other content over most of the picture."""
-    ratio = np.log((y[..., 0] + 8.0) / (x[..., 0] + 8.0))
+    ratio = _log_luma_ratio(x, y)
     middle = float(_median(ratio))
     return middle, float(_median(np.abs(ratio - middle)))
 
@@ -735,16 +734,16 @@ class SceneSplitter:
             drift = tuple(x if x <= pace else 0.0
                           for x in (min(d[max(0, a - 1)], d[a]), min(d[b + 1: b + 3], default=0.0)))
             moved = drift if cfg.guard_wipe_drift else (0.0, 0.0)
-            slack = (0.0, 0.0)
-            if any(moved):
-                allow = _drift_allowance(n, diff, moved)
-                slack = float(allow[at[0] - a - 1]), float(allow[at[1] - a - 1])
-            if (split and diff >= cfg.guard_min_efficiency * max(diff, path - n * (moved[0] + moved[1]) / 2)
-                    and _edge_may_fit(ring[a % cap], ring[b % cap], *probes, diff, cfg, slack)):
-                span = _still_edge_fit(ring[np.arange(a, b + 1) % cap], diff, cfg, moved)
+            if split and diff >= cfg.guard_min_efficiency * max(diff, path - n * (moved[0] + moved[1]) / 2):
+                slack = (0.0, 0.0)
+                if moved[0] or moved[1]:
+                    allow = _drift_allowance(n, diff, moved)
+                    slack = float(allow[at[0] - a - 1]), float(allow[at[1] - a - 1])
+                if _edge_may_fit(ring[a % cap], ring[b % cap], *probes, diff, cfg, slack):
+                    span = _still_edge_fit(self._frames(a, b), diff, cfg, moved)
             if span is None and split and not any(inner):
                 if self._slide_may_fit(a, b, at, diff, drift):
-                    span = _slide_fit(ring[np.arange(a, b + 1) % cap], diff, cfg, drift)
+                    span = _slide_fit(self._frames(a, b), diff, cfg, drift)
             if (span is None and not any(inner) and cfg.guard_dissolve_min_path > 0 and n <= self._guard_blend_max
                     and diff >= cfg.guard_dissolve_min_diff and diff >= cfg.guard_dissolve_min_path * path):
                 span = self._guard_dissolve(a, b, diff)
@@ -761,11 +760,26 @@ class SceneSplitter:
         ``a..b`` blend frame ``a`` into ``b`` (alpha rising with no step, every frame within
         ``guard_dissolve_max_residual`` of the blend at its alpha, ends that differ in content)."""
         cfg, cap = self.cfg, self._cap
-        window = self._ring[np.arange(a, b + 1) % cap].reshape(b - a + 1, -1)
-        x0, delta = window[0], window[-1] - window[0]
+        ends = self._ring[a % cap], self._ring[b % cap]
+        x0, delta = ends[0].ravel(), (ends[1] - ends[0]).ravel()
         norm = float(delta @ delta)
         if norm <= 0:
             return None
+        # three frames first (a quarter, half and three quarters in): most windows that fail the residual test
+        # fail there, before the whole window is read
+        k = b - a
+        probes = self._ring[[(a + k // 4) % cap, (a + k // 2) % cap, (a + 3 * k // 4) % cap]].reshape(3, -1) - x0
+        off = (probes - (probes @ delta / norm)[:, None] * delta)
+        if float(np.abs(off).mean(axis=1).max()) / diff > cfg.guard_dissolve_max_residual:
+            return None
+        # the low-contrast blends the detector leaves (two people before one wall): a part of the picture changes
+        # otherwise than by a gain, and no camera motion explains the change (a slow pan or a zoom changes every
+        # cell at a steady pace too; tested last, the dearest)
+        gain, spread = _relighting(*ends)
+        low = diff < cfg.dissolve_min_diff or spread < cfg.dissolve_min_change
+        if spread < cfg.dissolve_min_change and _unlike_share(*ends, gain) < cfg.guard_dissolve_min_share:
+            return None
+        window = self._frames(a, b).reshape(k + 1, -1)
         alpha = (window - x0) @ delta / norm
         steps = np.diff(alpha)
         if steps.max() > cfg.dissolve_max_step or steps.min() < -0.1:
@@ -773,19 +787,17 @@ class SceneSplitter:
         resid = float(np.abs(window[1:-1] - x0 - alpha[1:-1, None] * delta).mean(axis=1).max()) / diff
         if resid > cfg.guard_dissolve_max_residual:
             return None
-        ends = window[0].reshape(THUMB[1], THUMB[0], 3), window[-1].reshape(THUMB[1], THUMB[0], 3)
-        gain, spread = _relighting(*ends)
-        if diff < cfg.dissolve_min_diff or spread < cfg.dissolve_min_change:  # the low-contrast blends the detector
-            # leaves (two people before one wall): a part of the picture changes otherwise than by a gain, and no
-            # camera motion explains the change (a slow pan or a zoom changes every cell at a steady pace too)
-            if spread < cfg.dissolve_min_change and _unlike_share(*ends, gain) < cfg.guard_dissolve_min_share:
-                return None
-            if _motion_residual(*ends) < cfg.guard_min_unexplained:
-                return None
+        if low and _motion_residual(*ends, enough=cfg.guard_min_unexplained) <= cfg.guard_min_unexplained:
+            return None
         inner = np.nonzero((alpha > 0.1) & (alpha < 0.9))[0]
         if len(inner) < 3:
             return None
         return int(inner[0]), int(inner[-1]) + 1
+
+    def _frames(self, a: int, b: int) -> np.ndarray:
+        """Thumbnails ``a..b`` (ends included) from the ring: a view where they do not wrap around it."""
+        lo, hi = a % self._cap, b % self._cap
+        return self._ring[lo: hi + 1] if lo <= hi else self._ring[np.arange(a, b + 1) % self._cap]
 
     def _slide_may_fit(self, a: int, b: int, probes: tuple[int, int], diff: float,
                        drift: tuple[float, float]) -> bool:

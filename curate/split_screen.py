@@ -125,27 +125,29 @@ def edge_may_fit(A: np.ndarray, B: np.ndarray, p1: np.ndarray, p2: np.ndarray, d
     """Necessary conditions of :func:`still_edge_fit`, at a 10th of its cost, on the ends and two probes: the
     frames a third and two thirds in (of ``k`` frames between the ends: offsets ``1 + k // 3``, ``1 + 2 * k // 3``).
     The edge is inside the picture over a run of at least half the frames, which holds one of the probes."""
-    changed = float((np.abs(B - A).mean(axis=2) > 12.0).mean())
+    limit, changed, apart = cfg.guard_max_error * diff, None, None
+    for probe, loose in zip((p1, p2), slack):  # lower bounds of a frame's model error: each value at the end it is
+        # nearer (a hard edge); where that fails, each value's distance to the nearest blend of the ends (a soft
+        # edge, only where the ends differ in little of the picture), (|p - a| + |p - b| - |a - b|) / 2 summed
+        bound = (limit + loose) * A.size
+        if sum(cv2.sumElems(cv2.min(cv2.absdiff(probe, A), cv2.absdiff(probe, B)))) <= bound:
+            continue
+        if changed is None:
+            changed = float((np.abs(B - A).mean(axis=2) > 12.0).mean())
+            apart = cv2.norm(A, B, cv2.NORM_L1)
+        if not _band(changed, cfg) or (cv2.norm(probe, A, cv2.NORM_L1) + cv2.norm(probe, B, cv2.NORM_L1)
+                                       - apart) > 2 * bound:
+            return False
+    if changed is None:
+        changed = float((np.abs(B - A).mean(axis=2) > 12.0).mean())
     if changed < min(cfg.guard_min_changed, cfg.guard_low_changed):
         return False  # most of the picture stays: an object moved, no other shot came in
     band = _band(changed, cfg)
-    limit = cfg.guard_max_error * diff
-    apart = cv2.norm(A, B, cv2.NORM_L1)
-    for probe, loose in zip((p1, p2), slack):  # a lower bound of a frame's model error: each value at the end it is
-        # nearer, or (a soft edge) its distance to the nearest blend of the ends, (|p - a| + |p - b| - |a - b|) / 2
-        if band:
-            least = (cv2.norm(probe, A, cv2.NORM_L1) + cv2.norm(probe, B, cv2.NORM_L1) - apart) / 2
-        else:
-            least = sum(cv2.sumElems(cv2.min(cv2.absdiff(probe, A), cv2.absdiff(probe, B))))
-        if least > (limit + loose) * A.size:
-            return False
     for err in wipe_errors(np.stack([p1, p2]), A, B, band):  # both probes fit one model, its edge moving one way and
         edge, full = err.argmin(axis=1), err.shape[1] - 1  # inside the picture in one of them
         if (float((err.min(axis=1) - np.asarray(slack)).max()) <= limit and edge[0] <= edge[1]
                 and (0 < edge[0] < full or 0 < edge[1] < full)):
-            # two shots of one backdrop differ in a part of the picture only; a slow pan changes little as well,
-            # and camera motion explains it
-            return changed >= cfg.guard_min_changed or motion_residual(A, B) >= cfg.guard_min_unexplained
+            return True
     return False
 
 
@@ -168,10 +170,12 @@ def still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig,
     picture that changes)."""
     A, B = frames[0], frames[-1]
     mids = frames[1:-1]
-    band = _band(float((np.abs(B - A).mean(axis=2) > 12.0).mean()), cfg)
+    changed = float((np.abs(B - A).mean(axis=2) > 12.0).mean())
+    band = _band(changed, cfg)
     allow = drift_allowance(len(frames) - 1, diff, drift) if any(drift) else 0.0
     best_score, out = cfg.guard_max_error, None
-    for err in wipe_errors(mids, A, B, band):
+    errs = wipe_errors(mids, A, B, band)
+    for err in errs:
         edge = err.argmin(axis=1)
         full = err.shape[1] - 1
         if np.any(np.diff(edge) < 0) or edge[-1] - edge[0] < 0.6 * full or np.diff(edge).max() > full / 3:
@@ -184,10 +188,14 @@ def still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig,
             best_score, out = score, (1 + int(moving[0]) - _beyond(edge, moving, 0, full),
                                       2 + int(moving[-1]) + _beyond(edge, moving, len(edge) - 1, full))
     if out is None and cfg.guard_hidden_edge:
-        for err in wipe_errors(mids, A, B, band):
+        for err in errs:
             found = _steady_edge(err, diff, cfg, allow)
             if found is not None and found[0] <= best_score:
                 best_score, out = found
+    if out is not None and changed < cfg.guard_min_changed and motion_residual(
+            A, B, enough=cfg.guard_min_unexplained) <= cfg.guard_min_unexplained:
+        return None  # two shots of one backdrop differ in a part of the picture only; a slow pan changes little as
+        # well, and camera motion explains it
     return out
 
 
@@ -251,10 +259,8 @@ def seams(frame: np.ndarray, cfg: SceneConfig) -> list[tuple[bool, int]]:
     out = []
     for along_columns in (True, False):
         steps = neighbour_steps(frame, along_columns)
-        middle = median(steps) + 1e-3
-        out += [(along_columns, int(k) + 1) for rank, k in enumerate(np.argsort(-steps)[: cfg.guard_seams])
-                if steps[k] >= (cfg.guard_min_seam if rank >= 2 else min(cfg.guard_min_seam, cfg.guard_min_top_seam))
-                * middle]
+        floor = cfg.guard_min_seam * (median(steps) + 1e-3)
+        out += [(along_columns, int(k) + 1) for k in np.argsort(-steps)[: cfg.guard_seams] if steps[k] >= floor]
     return out
 
 
@@ -315,30 +321,34 @@ def slide_fit(frames: np.ndarray, diff: float, cfg: SceneConfig,
             continue
         if np.any(err[np.arange(len(edge)), edge] > limit):
             continue
-        ratios, tops = [], 0
+        ratios = []
         for j in moving:  # push left / up: the seam at (length - offset); push right / down: at the offset
             at = full - int(edge[j]) if m in (4, 6) else int(edge[j])
             steps = neighbour_steps(mids[j], along_columns)
             ratios.append(steps[at - 1] / (median(steps) + 1e-3))
-            tops += int(np.count_nonzero(steps > steps[at - 1]) < 2)
-        ratio = float(np.median(ratios))
-        if ratio >= cfg.guard_min_seam or (ratio >= cfg.guard_min_top_seam and tops >= 0.8 * len(moving)):
+        if float(np.median(ratios)) >= cfg.guard_min_seam:
             return 1 + int(moving[0]), 2 + int(moving[-1])
     return None
 
 
 
+def log_luma_ratio(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-cell log luma ratio ``y / x`` of two thumbnails, each luma offset by 8 levels (dark cells do not blow it
+    up). Full-range luma from a limited-range source goes below 0 (its codes under 16): it is clipped at 0, so the
+    logarithm always has a positive argument."""
+    return np.log((np.maximum(y[..., 0], 0.0) + 8.0) / (np.maximum(x[..., 0], 0.0) + 8.0))
+
+
 def unlike_share(x: np.ndarray, y: np.ndarray, gain: float) -> float:
     """Share of thumbnail cells whose log luma ratio ``y / x`` is over 0.15 from ``gain`` (the median log ratio):
     the part of the picture that changes otherwise than by one exposure gain."""
-    ratio = np.log((y[..., 0] + 8.0) / (x[..., 0] + 8.0))
-    return float((np.abs(ratio - gain) > 0.15).mean())
+    return float((np.abs(log_luma_ratio(x, y) - gain) > 0.15).mean())
 
 
 _ZOOMS = (1.06, 1.12, 1.2, 1.3, 1.42, 1.56, 1.72, 1.9)
 
 
-def motion_residual(x: np.ndarray, y: np.ndarray, reach: tuple[int, int] = (8, 4)) -> float:
+def motion_residual(x: np.ndarray, y: np.ndarray, reach: tuple[int, int] = (8, 4), enough: float = 0.0) -> float:
     """How much of the change from thumbnail ``x`` to ``y`` camera motion leaves unexplained: the least, over
     translations of ``x`` by up to ``reach`` (columns, rows) cells and zooms in or out by up to 1.9x, of the mean
     |luma difference| over the cells both views show, as a share of that difference without the motion (1: no
@@ -375,10 +385,14 @@ def motion_residual(x: np.ndarray, y: np.ndarray, reach: tuple[int, int] = (8, 4
                 got = cv2.norm(seen, lx[my - dy: h - my - dy, mx - dx: w - mx - dx], cv2.NORM_L1) / raw[mx, my]
                 if got < best:
                     best, at = got, (dx, dy)
+                    if best <= enough:
+                        return float(best)
     for dy in (-0.5, 0.0, 0.5):
         for dx in (-0.5, 0.0, 0.5):
             if (dx or dy) and (at[0] + dx or at[1] + dy):
                 best = min(best, unexplained(1.0, at[0] + dx, at[1] + dy))
+    if best <= enough:
+        return float(best)
     zoomed = {s: unexplained(s, 0.0, 0.0) for z in _ZOOMS for s in (z, 1.0 / z)}
     scale = min(zoomed, key=zoomed.__getitem__)
     best = min(best, zoomed[scale], *(unexplained(scale, dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)

@@ -475,7 +475,7 @@ def test_purity_guard_settings_are_in_the_build_fingerprint():
                 fp(guard_dissolve_min_path=0), fp(guard_dissolve_max_s=0.8), fp(weak_cut_min_diff=0),
                 fp(weak_cut_min_sharp=0.5), fp(guard_dissolve_min_diff=14.0), fp(guard_dissolve_min_share=1.0),
                 fp(guard_min_unexplained=0.0), fp(guard_low_changed=1.0), fp(guard_slide_min_changed=0.3),
-                fp(guard_wipe_band=0.0), fp(guard_min_top_seam=99.0), fp(guard_wipe_drift=False)}) == 16
+                fp(guard_wipe_band=0.0), fp(guard_wipe_drift=False)}) == 15
 
 
 def test_score_matches_each_transition_once():
