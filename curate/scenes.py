@@ -111,7 +111,7 @@ import numpy as np
 
 from curate.scene_list import _DISSOLVE, _FADE, _NONE, Scene, assemble_scenes  # noqa: F401 (re-exported)
 from curate.split_screen import (SPLIT_MODELS as _SPLIT_MODELS, band_means as _band_means,
-                                 drift_allowance as _drift_allowance, edge_may_fit as _edge_may_fit,
+                                 drift_slack as _drift_slack, edge_may_fit as _edge_may_fit,
                                  log_luma_ratio as _log_luma_ratio,
                                  median as _median, motion_residual as _motion_residual, push_may_fit as _push_may_fit,
                                  seam_fits as _seam_fits, seams as _seams, slide_fit as _slide_fit,
@@ -737,8 +737,7 @@ class SceneSplitter:
             if split and diff >= cfg.guard_min_efficiency * max(diff, path - n * (moved[0] + moved[1]) / 2):
                 slack = (0.0, 0.0)
                 if moved[0] or moved[1]:
-                    allow = _drift_allowance(n, diff, moved)
-                    slack = float(allow[at[0] - a - 1]), float(allow[at[1] - a - 1])
+                    slack = _drift_slack(n, at[0] - a, diff, moved), _drift_slack(n, at[1] - a, diff, moved)
                 if _edge_may_fit(ring[a % cap], ring[b % cap], *probes, diff, cfg, slack):
                     span = _still_edge_fit(self._frames(a, b), diff, cfg, moved)
             if span is None and split and not any(inner):
@@ -814,7 +813,7 @@ class SceneSplitter:
             seams = self._seams_of[moves] = _seams(ring[moves % cap], self.cfg)
         if not seams:
             return False
-        slack = float(_drift_allowance(b - a, diff, drift)[moves - a - 1])
+        slack = _drift_slack(b - a, moves - a, diff, drift)
         return _seam_fits(ring[moves % cap], seams, ring[a % cap], ring[b % cap], diff, self.cfg, slack)
 
     # ------------------------------------------------------------------------------------------ scenes

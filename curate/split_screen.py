@@ -275,6 +275,13 @@ def drift_allowance(n: int, diff: float, drift: tuple[float, float]) -> np.ndarr
     return (1 - share) * np.minimum(j * drift[0], diff) + share * np.minimum((n - j) * drift[1], diff)
 
 
+def drift_slack(n: int, j: int, diff: float, drift: tuple[float, float]) -> float:
+    """``drift_allowance(n, diff, drift)[j - 1]`` (frame ``j`` of the window), the same float64 arithmetic without
+    the array: the guard asks it for one or two probe frames of thousands of windows."""
+    share = j / n
+    return (1 - share) * min(j * drift[0], diff) + share * min((n - j) * drift[1], diff)
+
+
 def seam_fits(probe: np.ndarray, seams: list[tuple[bool, int]], A: np.ndarray, B: np.ndarray, diff: float,
                cfg: SceneConfig, slack: float = 0.0) -> bool:
     """A necessary condition of :func:`slide_fit` for a frame of the run: it shows a seam (``seams(probe)``) and

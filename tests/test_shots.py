@@ -386,7 +386,7 @@ def _signers(data, outgoing: str, incoming: str, kind: str, direction_seed: int,
 ])
 def test_purity_guard_keeps_clips_clear_of_a_transition_between_two_signers_before_one_wall(
         shared_data, kind, direction_seed, off):
-    """Real footage, both signers moving: a push up, a wipe up or right (direction seeds 4, 0) of 10 frames. The
+    """Real footage, both signers moving: a push up, a wipe down or up (direction seeds 4, 0) of 10 frames. The
     two pictures differ in about a quarter of the cells only; the default guard marks the transition, and turning
     back the checks that admit it leaves a clip holding it."""
     frames, shots = _signers(shared_data, "thanks", "no", kind, direction_seed, 10)
@@ -423,6 +423,16 @@ def test_wipe_errors_band_forgives_a_soft_edge_only():
     assert hard.min() > 1.0  # two blended columns of 32
     assert wipe_errors(soft[None], A, B, band=0.1)[0].min() < 1e-3
     assert wipe_errors(other, A, B, band=0.1)[0].min() > 0.5 * wipe_errors(other, A, B)[0].min()
+
+
+def test_drift_slack_is_the_allowance_of_one_frame():
+    from curate.split_screen import drift_allowance, drift_slack
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n, diff = int(rng.integers(2, 40)), float(rng.uniform(1, 50))
+        drift = float(rng.uniform(0, 3)), float(rng.uniform(0, 3))
+        assert [drift_slack(n, j, diff, drift) for j in range(1, n)] == drift_allowance(n, diff, drift).tolist()
 
 
 def test_motion_residual_tells_camera_motion_from_other_content():
