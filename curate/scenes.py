@@ -174,9 +174,11 @@ class SceneConfig:
     guard_dissolve_max_s: float = 1.1  # longest window the guard's dissolve test tries
     guard_dissolve_min_path: float = 0.4  # guard's dissolve test: end-to-end difference / summed steps (0: off)
     guard_dissolve_max_residual: float = 0.25  # ... every frame within this share of the ends' difference of a blend
-    guard_dissolve_min_diff: float = 8.0  # ... the ends differ by this much (mean |end - start|) at least
-    guard_dissolve_min_share: float = 0.3  # ... or this share of cells changes brightness unlike the rest (>0.15 log)
-    guard_min_unexplained: float = 0.8  # ... and no pan or zoom explains more than 1 - this of the change
+    guard_dissolve_min_diff: float = 8.0  # ... the ends differ by this much at least (under dissolve_min_diff or
+    # dissolve_min_change: the low-contrast route, two people before one wall)
+    guard_dissolve_min_share: float = 0.3  # ... that route: this share of cells changes otherwise than by one gain
+    guard_min_unexplained: float = 0.8  # low-contrast wipes and dissolves: no pan or zoom explains more than 1 - this
+    # of the change between the ends (split_screen.motion_residual)
     cut_edges: bool = True  # cut-edge guard: frames next to a hard cut that still hold the other shot are suspect
     transition_edges: bool = True  # ... and frames next to a detected transition that still hold its other side
     cut_edge_max_s: float = 0.5  # longest run of such frames looked for on each side of a cut or transition
