@@ -89,6 +89,8 @@ def dirty(frames: list[np.ndarray], shot_spans: list[tuple[int, int]], cfg: Scen
 def main(args: argparse.Namespace) -> None:
     methods = {"ours": SceneConfig(), "ours-before": replace(SceneConfig(), **BEFORE),
                "pyscenedetect": replace(SceneConfig(), **PYSCENEDETECT)}
+    if not (Path(args.data) / "intel-sample-videos" / "asl_gestures").is_dir():
+        sys.exit(f"no ASL signer clips under {args.data}/intel-sample-videos/asl_gestures (pass --data)")
     clips = signers(Path(args.data), args.part)
     totals = {m: Counter() for m in methods}
     n_cases = 0
