@@ -95,12 +95,12 @@ def wipe_errors(mids: np.ndarray, A: np.ndarray, B: np.ndarray, band: float = 0.
     the distance to the nearest blend): a soft edge, or an edge between two thumbnail columns."""
     k, h, w = mids.shape[:3]
     to_a, to_b = np.abs(mids - A).reshape(k, h, w * 3), np.abs(mids - B).reshape(k, h, w * 3)
-    apart = np.abs(A - B).reshape(h, w * 3)
+    apart = np.abs(A - B).reshape(h, w * 3) if band else None
     # per column (rows summed first, then channels: a 5th of the cost of one reduction over both, which numpy runs
     # strided) and per row
     sums = ((to_a.sum(axis=1).reshape(k, w, 3).sum(axis=2), to_b.sum(axis=1).reshape(k, w, 3).sum(axis=2),
-             apart.sum(axis=0).reshape(w, 3).sum(axis=1)),
-            (to_a.sum(axis=2), to_b.sum(axis=2), apart.sum(axis=1)))
+             None if apart is None else apart.sum(axis=0).reshape(w, 3).sum(axis=1)),
+            (to_a.sum(axis=2), to_b.sum(axis=2), None if apart is None else apart.sum(axis=1)))
     out = []
     for ca, cb, cab in sums:  # (k, W): an edge along the columns; then (k, H): along the rows
         zero = np.zeros((len(mids), 1), np.float32)
@@ -162,8 +162,11 @@ def still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig,
                    drift: tuple[float, float] = (0.0, 0.0)) -> tuple[int, int] | None:
     """The purity guard's wipe test on ``frames`` (the window ``a..b``, ends included; ``diff`` = mean |b - a|):
     offsets ``[lo, hi)`` of the frames where frames ``a`` and ``b`` side by side with a straight still edge explain
-    every frame within ``guard_max_error`` (the edge moving one way across at least 60 % of the picture, inside it
-    for at least 3 frames and half the window), or None. Where the edge is still inside next to an end of the
+    every frame within ``guard_max_error`` (the edge moving one way across at least 60 % of the picture, never a
+    third of it in one frame, inside it for at least 3 frames and half the window), or None. ``drift`` (the shots'
+    own mean steps, outgoing and incoming) loosens each frame's limit by its :func:`drift_allowance`; where the ends
+    differ in under ``guard_min_changed`` of the picture, the edge may be soft (``guard_wipe_band``) and a fit
+    counts only if no pan or zoom explains the change (:func:`motion_residual`). Where the edge is still inside next to an end of the
     window, the span reaches on past it at the edge's pace (``_beyond``: offsets below 1 or past ``len(frames) - 1``).
     Where no model fits so, and ``guard_hidden_edge``, :func:`_steady_edge` tries an edge at one pace (hidden where
     the two shots agree). :func:`edge_may_fit` runs first (its quick necessary conditions include the share of the
