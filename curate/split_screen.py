@@ -133,13 +133,13 @@ def edge_may_fit(A: np.ndarray, B: np.ndarray, p1: np.ndarray, p2: np.ndarray, d
         if sum(cv2.sumElems(cv2.min(cv2.absdiff(probe, A), cv2.absdiff(probe, B)))) <= bound:
             continue
         if changed is None:
-            changed = float((np.abs(B - A).mean(axis=2) > 12.0).mean())
+            changed = changed_share(A, B)
             apart = cv2.norm(A, B, cv2.NORM_L1)
         if not _band(changed, cfg) or (cv2.norm(probe, A, cv2.NORM_L1) + cv2.norm(probe, B, cv2.NORM_L1)
                                        - apart) > 2 * bound:
             return False
     if changed is None:
-        changed = float((np.abs(B - A).mean(axis=2) > 12.0).mean())
+        changed = changed_share(A, B)
     if changed < min(cfg.guard_min_changed, cfg.guard_low_changed):
         return False  # most of the picture stays: an object moved, no other shot came in
     band = _band(changed, cfg)
@@ -149,6 +149,12 @@ def edge_may_fit(A: np.ndarray, B: np.ndarray, p1: np.ndarray, p2: np.ndarray, d
                 and (0 < edge[0] < full or 0 < edge[1] < full)):
             return True
     return False
+
+
+def changed_share(A: np.ndarray, B: np.ndarray) -> float:
+    """Share of thumbnail cells whose mean |B - A| over the three channels is over 12 levels: how much of the
+    picture the two ends of a window differ in (the guard's ``guard_min_changed`` and kin)."""
+    return float((np.abs(B - A).mean(axis=2) > 12.0).mean())
 
 
 def _band(changed: float, cfg: SceneConfig) -> float:
@@ -173,7 +179,7 @@ def still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig,
     picture that changes)."""
     A, B = frames[0], frames[-1]
     mids = frames[1:-1]
-    changed = float((np.abs(B - A).mean(axis=2) > 12.0).mean())
+    changed = changed_share(A, B)
     band = _band(changed, cfg)
     allow = drift_allowance(len(frames) - 1, diff, drift) if any(drift) else 0.0
     best_score, out = cfg.guard_max_error, None
@@ -312,7 +318,7 @@ def slide_fit(frames: np.ndarray, diff: float, cfg: SceneConfig,
     incoming), and the seam stands out in those frames (median over them of the step at the seam >=
     ``guard_min_seam`` times the median step: a pan, which fits the same model, has no seam)."""
     A, B = frames[0], frames[-1]
-    if float((np.abs(B - A).mean(axis=2) > 12.0).mean()) < cfg.guard_slide_min_changed:
+    if changed_share(A, B) < cfg.guard_slide_min_changed:
         return None
     mids = frames[1:-1]
     limit, banded = cfg.guard_slide_max_error * diff + drift_allowance(len(frames) - 1, diff, drift), {}
@@ -347,6 +353,15 @@ def log_luma_ratio(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     up). Full-range luma from a limited-range source goes below 0 (its codes under 16): it is clipped at 0, so the
     logarithm always has a positive argument."""
     return np.log((np.maximum(y[..., 0], 0.0) + 8.0) / (np.maximum(x[..., 0], 0.0) + 8.0))
+
+
+def relighting(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Median and median absolute deviation of the per-pixel log luma ratio ``y / x``: a spread near 0 when ``y``
+    is ``x`` with other exposure (a fade, an exposure drift; the median is then the log gain), large when ``y``
+    shows other content over most of the picture."""
+    ratio = log_luma_ratio(x, y)
+    middle = float(median(ratio))
+    return middle, float(median(np.abs(ratio - middle)))
 
 
 def unlike_share(x: np.ndarray, y: np.ndarray, gain: float) -> float:
