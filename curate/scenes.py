@@ -45,9 +45,9 @@ Transition frames belong to no scene; a scene is a maximal run of non-transition
   dissolve test that changes no scene and no boundary, only the clips planned from a scene (``Scene.suspect``, read
   by ``curate.clips.plan_clips``, which keeps clips clear of these spans). For every other frame ``b`` and windows
   ``[a, b]`` from 0.2 s to ``guard_max_s`` (wipes, slides) or ``guard_dissolve_max_s`` (dissolves) ending a
-  dissolve window's length before the detector's decisions (so every transition it finds around them is marked), with no hard cut inside, frames ``a`` and ``b``
-  of shots, and no still frames needed around the window (the detector above needs them: a wipe into or out of a
-  shot that moves by itself is missed there). For wipes
+  dissolve window's length before the detector's decisions (so every transition it finds around them is marked),
+  with no hard cut inside, frames ``a`` and ``b`` of shots, and no still frames needed around the window (the
+  detector above needs them: a wipe into or out of a shot that moves by itself is missed there). For wipes
   and slides the ends must differ (``wipe_min_diff``) over at least ``guard_min_changed`` of the picture (a slide:
   ``guard_slide_min_changed``, as its frames move as a whole; a wipe: ``guard_low_changed`` where no pan or zoom
   explains the change, ``guard_min_unexplained``, as between two people before one wall).

@@ -174,9 +174,9 @@ def still_edge_fit(frames: np.ndarray, diff: float, cfg: SceneConfig,
     differ in under ``guard_min_changed`` of the picture, the edge may be soft (``guard_wipe_band``) and a fit
     counts only if no pan or zoom explains the change (:func:`motion_residual`). Where the edge is still inside
     next to an end of the window, the span reaches on past it at the edge's pace (``_beyond``: offsets below 1 or
-    past ``len(frames) - 1``). Where no model fits so, and ``guard_hidden_edge``, :func:`_steady_edge` tries an edge at one pace (hidden where
-    the two shots agree). :func:`edge_may_fit` runs first (its quick necessary conditions include the share of the
-    picture that changes)."""
+    past ``len(frames) - 1``). Where no model fits so, and ``guard_hidden_edge``, :func:`_steady_edge` tries an
+    edge at one pace (hidden where the two shots agree). :func:`edge_may_fit` runs first (its quick necessary
+    conditions include the share of the picture that changes)."""
     A, B = frames[0], frames[-1]
     mids = frames[1:-1]
     changed = changed_share(A, B)
